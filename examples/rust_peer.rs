@@ -1,0 +1,171 @@
+//! A scriptable peer for the integration tests (the Rust twin of
+//! `tests/js/peer.js`, with the same request ops), and a handy echo child.
+//!
+//! `rust_peer [--no-session] [--exit-before-handshake N] [--handshake-delay MS]`
+//!
+//! Request payloads it answers:
+//! - `{"op":"echo","data":X}` -> X
+//! - `{"op":"sleep","ms":N,"data":X}` -> X after N ms
+//! - `{"op":"fail","name":S,"message":S,"code":C,"data":D}` -> fails with that error
+//! - `{"op":"panic"}` -> the handler panics
+//! - `{"op":"drop"}` -> the handler drops its responder without answering
+//! - `{"op":"wait_cancel","key":K}` -> never answers; remembers K once cancelled
+//! - `{"op":"cancelled","key":K}` -> true once K was cancelled (waits up to 2 s), else false
+//! - `{"op":"call","data":X}` -> requests X from the other side: `{"got":..}` or `{"error":..}`
+//! - `{"op":"plain","messages":[..]}` -> sends each as a plain message, answers the count
+//! - `{"op":"exit","code":N}` -> exits at once
+//! - `{"op":"pid"}` -> the process id
+//! - anything else -> `{"unknown": payload}`
+
+use std::collections::HashSet;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use ipc_request::{Error, RemoteError, Request, Responder, Session, open_from_env, responder_fn, setup};
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+
+#[derive(Default)]
+struct State {
+    session: OnceLock<Session>,
+    cancelled: Mutex<HashSet<String>>,
+    cancelled_changed: Notify,
+}
+
+impl State {
+    /// The session, once `setup` has returned (a request may arrive just
+    /// before that).
+    async fn session(&self) -> Session {
+        loop {
+            if let Some(session) = self.session.get() {
+                return session.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    if let Some(code) = flag("--exit-before-handshake") {
+        return ExitCode::from(code.parse::<u8>().unwrap_or(1));
+    }
+    let channel = match open_from_env() {
+        Ok(channel) => channel,
+        Err(e) => {
+            eprintln!("rust_peer: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.iter().any(|a| a == "--no-session") {
+        // Hold the channel open and never answer anything.
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        drop(channel);
+        return ExitCode::SUCCESS;
+    }
+    if let Some(ms) = flag("--handshake-delay") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+    }
+    let state = Arc::new(State::default());
+    let handler_state = state.clone();
+    let handler = responder_fn(move |request: Request, responder: Responder| {
+        let state = handler_state.clone();
+        async move { handle(state, request, responder).await }
+    });
+    let session = match setup(channel, handler).await {
+        Ok(session) => session,
+        Err(e) => {
+            eprintln!("rust_peer: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let _ = state.session.set(session.clone());
+    session.closed().await;
+    ExitCode::SUCCESS
+}
+
+async fn handle(state: Arc<State>, request: Request, responder: Responder) {
+    let payload: Value = request.payload().unwrap_or(Value::Null);
+    let op = payload.get("op").and_then(Value::as_str).unwrap_or("");
+    let answer: Result<Value, RemoteError> = match op {
+        "echo" => Ok(payload["data"].clone()),
+        "sleep" => {
+            let ms = payload["ms"].as_u64().unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok(payload["data"].clone())
+        }
+        "fail" => {
+            let mut error = RemoteError::new(
+                payload["name"].as_str().unwrap_or("Error"),
+                payload["message"].as_str().unwrap_or(""),
+            );
+            error.code = payload.get("code").cloned();
+            error.data = payload.get("data").cloned();
+            Err(error)
+        }
+        "panic" => panic!("asked to panic"),
+        "drop" => {
+            drop(responder);
+            return;
+        }
+        "wait_cancel" => {
+            let key = payload["key"].as_str().unwrap_or("").to_string();
+            request.cancelled().await;
+            state.cancelled.lock().unwrap().insert(key);
+            state.cancelled_changed.notify_waiters();
+            // Answering now must be refused: the peer stopped waiting.
+            let refused = responder.respond(&"too late").await;
+            assert!(matches!(refused, Err(Error::Cancelled)), "{refused:?}");
+            return;
+        }
+        "cancelled" => {
+            let key = payload["key"].as_str().unwrap_or("").to_string();
+            let wait = async {
+                loop {
+                    let changed = state.cancelled_changed.notified();
+                    if state.cancelled.lock().unwrap().contains(&key) {
+                        return;
+                    }
+                    changed.await;
+                }
+            };
+            Ok(json!(
+                tokio::time::timeout(Duration::from_secs(2), wait).await.is_ok()
+            ))
+        }
+        "call" => {
+            let session = state.session().await;
+            match session.request::<Value, Value>(&payload["data"]).await {
+                Ok(got) => Ok(json!({ "got": got })),
+                Err(Error::Remote(e)) => Ok(json!({ "error": *e })),
+                Err(e) => Ok(json!({ "error": { "name": "LocalError", "message": e.to_string() } })),
+            }
+        }
+        "plain" => {
+            let session = state.session().await;
+            let messages = payload["messages"].as_array().cloned().unwrap_or_default();
+            for m in &messages {
+                if let Err(e) = session.send(m).await {
+                    let _ = responder.fail(e.into()).await;
+                    return;
+                }
+            }
+            Ok(json!(messages.len()))
+        }
+        "exit" => std::process::exit(payload["code"].as_i64().unwrap_or(0) as i32),
+        "pid" => Ok(json!(std::process::id())),
+        _ => Ok(json!({ "unknown": payload })),
+    };
+    let _ = match answer {
+        Ok(value) => responder.respond(&value).await,
+        Err(error) => responder.fail(error).await,
+    };
+}

@@ -1,0 +1,248 @@
+//! The one public error type, and the reasons a channel ends.
+
+use std::fmt;
+use std::io;
+use std::process::ExitStatus;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::frame::FrameError;
+
+/// Everything that can go wrong in this crate.
+///
+/// `Error` is `Clone` because one failure (the channel closing) is handed to
+/// every request that was waiting on it; I/O and serde errors are therefore
+/// kept behind an `Arc`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The channel is closed, so the handshake, the request or the send
+    /// could not complete. Returned at once to every pending request when the
+    /// peer disconnects, exits or the stream breaks, and to every later call.
+    /// The [`CloseReason`] says which (with the child's exit code or signal
+    /// when the session owns the child process and it ended).
+    #[error("the channel is closed: {0}")]
+    Closed(CloseReason),
+
+    /// The peer did not complete the handshake within the configured
+    /// handshake timeout (it never set up a session, or is not an
+    /// ipc-request peer at all).
+    #[error("the peer did not complete the handshake within {0:?}")]
+    HandshakeTimeout(Duration),
+
+    /// A request got no answer before its deadline. The request has been
+    /// forgotten locally and, if the peer supports the `cancel` extension,
+    /// cancelled there.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+
+    /// The peer's handler failed; the peer sent back this error (`error`
+    /// extension).
+    #[error("the peer's handler failed: {0}")]
+    Remote(Box<RemoteError>),
+
+    /// A message could not be framed: an outgoing message longer than the
+    /// maximum message length or not serializable (refused before anything
+    /// was written; only this call fails), or an incoming line that is too
+    /// long or not JSON (reported on the plain message stream; the session
+    /// goes on).
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+
+    /// An answer arrived but could not be deserialized into the type the
+    /// caller asked for.
+    #[error("could not decode the answer: {0}")]
+    Decode(Arc<serde_json::Error>),
+
+    /// A request was answered a second time; the second answer was not sent.
+    #[error("this request has already been answered")]
+    AlreadyAnswered,
+
+    /// The peer cancelled this request (`cancel` extension); the answer was
+    /// not sent.
+    #[error("the peer cancelled this request")]
+    Cancelled,
+
+    /// A plain message that would not reach the peer as a plain message: a
+    /// Node internal command (`cmd` starting with `NODE_`) or an ipc-request
+    /// protocol message. Nothing was sent.
+    #[error("refusing to send a reserved message: {0}")]
+    ReservedMessage(&'static str),
+
+    /// The channel the parent should have given this process could not be
+    /// opened: the variable is missing, not a number, not an open socket, or
+    /// names a serialization mode this crate does not support.
+    #[error("{variable}={}: {problem}", value.as_deref().map(|v| format!("{v:?}")).unwrap_or_else(|| "(unset)".into()))]
+    ChannelEnv {
+        /// The environment variable at fault.
+        variable: &'static str,
+        /// Its value, if it was set.
+        value: Option<String>,
+        /// What is wrong with it.
+        problem: String,
+    },
+
+    /// An invalid argument to a setup function (for example a channel fd
+    /// below 3, which would replace the child's stdio).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    /// The child process could not be started.
+    #[error("could not start the child process: {0}")]
+    Spawn(Arc<io::Error>),
+
+    /// An I/O error outside the channel's stream (creating a socket pair,
+    /// setting descriptor flags).
+    #[error("I/O error: {0}")]
+    Io(Arc<io::Error>),
+}
+
+impl Error {
+    pub(crate) fn decode(e: serde_json::Error) -> Self {
+        Error::Decode(Arc::new(e))
+    }
+}
+
+/// Why a channel ended.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// This side closed the session ([`Session::close`](crate::Session::close)).
+    Local,
+    /// The peer closed the channel (end of stream) and no exit status is
+    /// known: it disconnected, or exited and we do not own the process.
+    PeerClosed,
+    /// The child process this session owns ended.
+    ChildExited(ExitStatus),
+    /// Reading from or writing to the channel failed.
+    Io(Arc<io::Error>),
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::Local => f.write_str("closed by this side"),
+            CloseReason::PeerClosed => f.write_str("the peer closed the channel"),
+            CloseReason::ChildExited(status) => {
+                write!(f, "the child process {}", describe_exit(*status))
+            }
+            CloseReason::Io(e) => write!(f, "I/O error: {e}"),
+        }
+    }
+}
+
+/// "exited with code 3" or "was killed by signal 9 (SIGKILL)".
+pub(crate) fn describe_exit(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(code) = status.code() {
+        return format!("exited with code {code}");
+    }
+    match status.signal() {
+        Some(sig) => format!("was killed by signal {sig} ({})", signal_name(sig)),
+        None => format!("ended ({status})"),
+    }
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGUSR2 => "SIGUSR2",
+        _ => "unknown signal",
+    }
+}
+
+/// An error as it travels between peers (`error` extension): what a failed
+/// handler sends back, and what the caller receives in [`Error::Remote`].
+///
+/// Handlers may return any `std::error::Error` with `?`: it converts into a
+/// `RemoteError` named after its type, carrying its message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RemoteError {
+    /// The kind of error, like a JS error's `name` (`"TypeError"`).
+    pub name: String,
+    /// What happened.
+    pub message: String,
+    /// A machine-readable code, a string or a number (`"ENOENT"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<serde_json::Value>,
+    /// A stack trace, as text, if the peer sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack: Option<String>,
+    /// Any further data the handler attached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+}
+
+impl RemoteError {
+    /// An error with a name and a message.
+    pub fn new(name: impl Into<String>, message: impl Into<String>) -> Self {
+        RemoteError {
+            name: name.into(),
+            message: message.into(),
+            code: None,
+            stack: None,
+            data: None,
+        }
+    }
+
+    /// Sets the code (a string or a number).
+    pub fn with_code(mut self, code: impl Into<serde_json::Value>) -> Self {
+        self.code = Some(code.into());
+        self
+    }
+
+    /// Attaches data.
+    pub fn with_data(mut self, data: impl Into<serde_json::Value>) -> Self {
+        self.data = Some(data.into());
+        self
+    }
+
+    /// Sets the stack trace text.
+    pub fn with_stack(mut self, stack: impl Into<String>) -> Self {
+        self.stack = Some(stack.into());
+        self
+    }
+}
+
+impl fmt::Display for RemoteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.name, self.message)?;
+        if let Some(code) = &self.code {
+            write!(f, " (code {code})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Any error type a handler returns with `?` becomes a `RemoteError` whose
+/// name is the error's type name (without its module path) and whose message
+/// is its `Display` text. `RemoteError` itself deliberately does not
+/// implement `std::error::Error`, so that this blanket conversion is possible
+/// (the same trick `anyhow::Error` uses).
+impl<E: std::error::Error> From<E> for RemoteError {
+    fn from(e: E) -> Self {
+        let full = std::any::type_name::<E>();
+        let short = full
+            .split('<')
+            .next()
+            .unwrap_or(full)
+            .rsplit("::")
+            .next()
+            .unwrap_or(full);
+        RemoteError::new(short, e.to_string())
+    }
+}

@@ -1,0 +1,276 @@
+//! Starting a child with a channel, and opening the channel as a child
+//! (PROTOCOL.md 1.1).
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, ExitStatus};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+
+use crate::channel::{Channel, ChannelConfig};
+use crate::error::Error;
+
+/// The variable that tells a child which fd is its channel.
+pub const CHANNEL_FD_VAR: &str = "NODE_CHANNEL_FD";
+/// The variable that tells a child how messages are serialized.
+pub const SERIALIZATION_VAR: &str = "NODE_CHANNEL_SERIALIZATION_MODE";
+
+/// How to start a child.
+#[derive(Debug, Clone)]
+pub struct SpawnOptions {
+    /// The fd number the child finds its channel at (default 3, as Node's
+    /// `fork` does). Must be 3 or more: 0 to 2 are the child's stdio.
+    pub fd: RawFd,
+    /// Settings of the parent's end of the channel.
+    pub channel: ChannelConfig,
+}
+
+impl Default for SpawnOptions {
+    fn default() -> Self {
+        SpawnOptions {
+            fd: 3,
+            channel: ChannelConfig::default(),
+        }
+    }
+}
+
+/// Starts `command` with a channel at fd 3; see [`spawn_with`].
+pub fn spawn(command: Command) -> Result<(Channel, ChildProcess), Error> {
+    spawn_with(command, SpawnOptions::default())
+}
+
+/// Starts `command` (any program: a Rust binary, `node child.js`, ...) with
+/// one end of a Unix socket pair at fd `options.fd`, `NODE_CHANNEL_FD` and
+/// `NODE_CHANNEL_SERIALIZATION_MODE=json` in its environment. Returns our
+/// end as a [`Channel`] (close-on-exec, so no other child inherits it) and
+/// the child. The channel knows the child's exit status, so a session over
+/// it reports how the child ended. Must run inside a Tokio runtime.
+pub fn spawn_with(mut command: Command, options: SpawnOptions) -> Result<(Channel, ChildProcess), Error> {
+    let target = options.fd;
+    if target < 3 {
+        return Err(Error::InvalidArgument(format!(
+            "channel fd {target} would replace the child's stdio; use 3 or more"
+        )));
+    }
+    // std creates both ends close-on-exec (atomically where the OS can).
+    let (ours, theirs) = StdUnixStream::pair().map_err(io_error)?;
+    let theirs_fd = theirs.as_raw_fd();
+    command
+        .env(CHANNEL_FD_VAR, target.to_string())
+        .env(SERIALIZATION_VAR, "json");
+    // SAFETY: the closure runs in the child between fork and exec and only
+    // calls async-signal-safe functions (dup2, fcntl) on descriptors it
+    // owns; it allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            if theirs_fd == target {
+                // dup2 onto itself would keep close-on-exec: clear it.
+                let flags = libc::fcntl(target, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(target, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(theirs_fd, target) < 0 {
+                // dup2 leaves the new fd without close-on-exec, as the
+                // child needs; the original copy closes at exec.
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    // Blocking, as Node hands it over; the child decides.
+    let mut child = tokio::process::Command::from(command)
+        .spawn()
+        .map_err(|e| Error::Spawn(Arc::new(e)))?;
+    // Our copy of the child's end must go, or we would never see the
+    // child's end of stream.
+    drop(theirs);
+    ours.set_nonblocking(true).map_err(io_error)?;
+    let stream = tokio::net::UnixStream::from_std(ours).map_err(io_error)?;
+    let pid = child.id().unwrap_or(0);
+
+    let (exit_tx, exit_rx) = watch::channel(None);
+    // Capacity 1: a kill request is a flag, more than one adds nothing.
+    let (kill_tx, mut kill_rx) = mpsc::channel::<()>(1);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                status = child.wait() => {
+                    match status {
+                        Ok(status) => { let _ = exit_tx.send(Some(status)); }
+                        Err(e) => tracing::warn!("could not wait for child {pid}: {e}"),
+                    }
+                    return;
+                }
+                Some(()) = kill_rx.recv() => {
+                    let _ = child.start_kill();
+                }
+            }
+        }
+    });
+
+    let mut channel = Channel::from_unix(stream, options.channel);
+    channel.set_peer_exit(exit_rx.clone());
+    Ok((
+        channel,
+        ChildProcess {
+            pid,
+            exit: exit_rx,
+            kill: kill_tx,
+        },
+    ))
+}
+
+/// A child started by [`spawn`]. A task waits for it, so it never lingers
+/// as a zombie; dropping this does not kill it (it sees its channel close
+/// when the session ends, and a Node child then exits).
+#[derive(Debug, Clone)]
+pub struct ChildProcess {
+    pid: u32,
+    exit: watch::Receiver<Option<ExitStatus>>,
+    kill: mpsc::Sender<()>,
+}
+
+impl ChildProcess {
+    /// The child's process id.
+    pub fn id(&self) -> u32 {
+        self.pid
+    }
+
+    /// Sends SIGKILL, unless the child has already exited (the task that
+    /// reaps it sends it, so the pid can never be a reused one).
+    pub fn kill(&self) {
+        let _ = self.kill.try_send(());
+    }
+
+    /// The exit status, if the child has exited.
+    pub fn try_status(&self) -> Option<ExitStatus> {
+        *self.exit.borrow()
+    }
+
+    /// Waits for the child to exit.
+    pub async fn wait(&self) -> Result<ExitStatus, Error> {
+        let mut exit = self.exit.clone();
+        let status = exit
+            .wait_for(|s| s.is_some())
+            .await
+            .map_err(|_| io_error(std::io::Error::other("the child could not be waited for")))?;
+        Ok(status.expect("waited for Some"))
+    }
+}
+
+/// Opens the channel this process's parent gave it, as PROTOCOL.md 1.1
+/// says: reads `NODE_CHANNEL_FD`, checks `NODE_CHANNEL_SERIALIZATION_MODE`
+/// (absent or `json`), checks that the fd is an open stream socket, makes it
+/// close-on-exec and non-blocking, and removes both variables so our own
+/// children do not inherit a channel they do not own. Must run inside a
+/// Tokio runtime.
+///
+/// Removing environment variables is only sound while no other thread
+/// reads the environment; call this early, before starting threads of your
+/// own (Tokio's workers do not read it).
+pub fn open_from_env() -> Result<Channel, Error> {
+    open_from_env_with(ChannelConfig::default())
+}
+
+/// [`open_from_env`] with channel settings.
+pub fn open_from_env_with(config: ChannelConfig) -> Result<Channel, Error> {
+    let fd = take_channel_fd()?;
+    let std_stream = StdUnixStream::from(fd);
+    std_stream.set_nonblocking(true).map_err(io_error)?;
+    let stream = tokio::net::UnixStream::from_std(std_stream).map_err(io_error)?;
+    Ok(Channel::from_unix(stream, config))
+}
+
+/// The checks and the environment clean-up of [`open_from_env`], without a
+/// runtime.
+fn take_channel_fd() -> Result<OwnedFd, Error> {
+    let fd_text = std::env::var(CHANNEL_FD_VAR).map_err(|e| Error::ChannelEnv {
+        variable: CHANNEL_FD_VAR,
+        value: match e {
+            std::env::VarError::NotUnicode(v) => Some(v.to_string_lossy().into_owned()),
+            std::env::VarError::NotPresent => None,
+        },
+        problem: "no channel: this process was not started with an IPC channel (by Node's fork/spawn with 'ipc', or ipc_request::spawn)".into(),
+    })?;
+    let env_error = |problem: String| Error::ChannelEnv {
+        variable: CHANNEL_FD_VAR,
+        value: Some(fd_text.clone()),
+        problem,
+    };
+    let fd: RawFd = fd_text
+        .trim()
+        .parse()
+        .ok()
+        .filter(|fd| *fd >= 0)
+        .ok_or_else(|| env_error("not a file descriptor number".into()))?;
+
+    let mode = std::env::var(SERIALIZATION_VAR).ok();
+    match mode.as_deref() {
+        None | Some("json") => {}
+        Some("advanced") => {
+            return Err(Error::ChannelEnv {
+                variable: SERIALIZATION_VAR,
+                value: mode.clone(),
+                problem:
+                    "advanced serialization is not supported yet; start the child with serialization: 'json'"
+                        .into(),
+            });
+        }
+        Some(_) => {
+            return Err(Error::ChannelEnv {
+                variable: SERIALIZATION_VAR,
+                value: mode.clone(),
+                problem: "unknown serialization mode (expected json)".into(),
+            });
+        }
+    }
+
+    // SAFETY: fcntl and fstat only read the descriptor table and do not
+    // take ownership.
+    let is_stream_socket = unsafe {
+        if libc::fcntl(fd, libc::F_GETFD) < 0 {
+            return Err(env_error("that file descriptor is not open".into()));
+        }
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(fd, &mut st) < 0 || (st.st_mode & libc::S_IFMT) != libc::S_IFSOCK {
+            false
+        } else {
+            let mut ty: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_TYPE,
+                (&mut ty as *mut libc::c_int).cast(),
+                &mut len,
+            ) == 0
+                && ty == libc::SOCK_STREAM
+        }
+    };
+    if !is_stream_socket {
+        return Err(env_error("that file descriptor is not a stream socket".into()));
+    }
+    // SAFETY: the fd is open (checked above) and was handed to this process
+    // to own; nothing else in the process uses it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: as above, fcntl on a descriptor we own.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFD);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) < 0 {
+            return Err(io_error(std::io::Error::last_os_error()));
+        }
+    }
+    // SAFETY: see the function docs: the caller runs this before other
+    // threads read the environment. Node does the same.
+    unsafe {
+        std::env::remove_var(CHANNEL_FD_VAR);
+        std::env::remove_var(SERIALIZATION_VAR);
+    }
+    Ok(owned)
+}
+
+fn io_error(e: std::io::Error) -> Error {
+    Error::Io(Arc::new(e))
+}

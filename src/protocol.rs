@@ -1,0 +1,401 @@
+//! The ipc-request message kinds and their JSON shapes (PROTOCOL.md
+//! sections 2 and 3).
+//!
+//! Incoming messages are classified without building a `serde_json::Value`
+//! tree: the envelope keys are read from the message text and the payload is
+//! kept as raw JSON text, to be deserialized once, straight into the type
+//! the user asks for.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::error::RemoteError;
+use crate::frame::Message;
+
+/// Extensions this implementation understands and advertises (section 3).
+pub const OUR_EXTENSIONS: &[&str] = &[EXT_ERROR, EXT_CANCEL];
+/// The `error` extension: failures travel back as errors.
+pub const EXT_ERROR: &str = "error";
+/// The `cancel` extension: a caller that stops waiting tells the peer.
+pub const EXT_CANCEL: &str = "cancel";
+
+const PREFIX: &str = "_IPC_REQUEST/";
+const TYPE_REQUEST: &str = "_IPC_REQUEST/MSG_TYPE:REQUEST";
+const TYPE_RESPONSE: &str = "_IPC_REQUEST/MSG_TYPE:RESPONSE";
+const TYPE_CANCEL: &str = "_IPC_REQUEST/MSG_TYPE:CANCEL";
+const HS_REQUEST: &str = "_IPC_REQUEST/HANDSHAKE_MSG_TYPE:REQUEST";
+const HS_RESPONSE: &str = "_IPC_REQUEST/HANDSHAKE_MSG_TYPE:RESPONSE";
+
+/// A message from the peer, classified.
+#[derive(Debug)]
+pub enum Inbound {
+    /// The peer's handshake request.
+    HandshakeRequest {
+        /// Its UID, to be echoed in our response.
+        uid: String,
+        /// Extensions it advertised; `None` for an ipc-request 1.0 peer.
+        extensions: Option<Vec<String>>,
+    },
+    /// The peer's answer to a handshake request.
+    HandshakeResponse {
+        /// The UID of the request it answers.
+        uid: String,
+        /// Extensions it advertised; `None` for an ipc-request 1.0 peer.
+        extensions: Option<Vec<String>>,
+    },
+    /// A request for our handler.
+    Request {
+        /// The peer's UID for it.
+        uid: String,
+        /// The request data.
+        payload: Message,
+    },
+    /// An answer to one of our requests.
+    Response {
+        /// The UID of our request.
+        uid: String,
+        /// The answer data (`null` when `error` is set).
+        payload: Message,
+        /// The handler's failure (`error` extension).
+        error: Option<RemoteError>,
+    },
+    /// The peer stopped waiting for one of its requests (`cancel` extension).
+    Cancel {
+        /// The UID of the cancelled request.
+        uid: String,
+    },
+    /// Anything else: it belongs to the user, untouched.
+    Plain(Message),
+}
+
+/// Reads the envelope keys of a message. Unknown keys are ignored; a key of
+/// the wrong type makes the whole message a plain one.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(rename = "_IPC_REQUEST/MSG_TYPE", borrow, default)]
+    msg_type: Option<Cow<'a, str>>,
+    #[serde(rename = "_IPC_REQUEST/REQUEST_UID", borrow, default)]
+    uid: Option<Cow<'a, str>>,
+    // `null` is a valid payload, so "present" and "null" must differ:
+    // `deserialize_with` only runs when the key is there.
+    #[serde(
+        rename = "_IPC_REQUEST/PAYLOAD",
+        borrow,
+        default,
+        deserialize_with = "present"
+    )]
+    payload: Option<&'a RawValue>,
+    #[serde(rename = "_IPC_REQUEST/ERROR", borrow, default)]
+    error: Option<&'a RawValue>,
+    #[serde(rename = "_IPC_REQUEST/HANDSHAKE_UID", borrow, default)]
+    hs_uid: Option<Cow<'a, str>>,
+    #[serde(rename = "_IPC_REQUEST/HANDSHAKE_MSG_TYPE", borrow, default)]
+    hs_type: Option<Cow<'a, str>>,
+    #[serde(rename = "_IPC_REQUEST/EXTENSIONS", borrow, default)]
+    extensions: Option<&'a RawValue>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// Classifies one message (PROTOCOL.md section 2: a request or response only
+/// with all three of type, UID and payload; a handshake only with both
+/// handshake keys; everything else is plain).
+pub fn classify(msg: Message) -> Inbound {
+    // Fast path: a message without the prefix anywhere is plain.
+    if memchr::memmem::find(msg.get().as_bytes(), PREFIX.as_bytes()).is_none() {
+        return Inbound::Plain(msg);
+    }
+    let Ok(env) = serde_json::from_str::<Envelope<'_>>(msg.get()) else {
+        return Inbound::Plain(msg);
+    };
+    if let (Some(ty), Some(uid), Some(payload)) = (&env.msg_type, &env.uid, env.payload) {
+        let uid = uid.to_string();
+        match ty.as_ref() {
+            TYPE_REQUEST => {
+                return Inbound::Request {
+                    uid,
+                    payload: payload.to_owned(),
+                };
+            }
+            TYPE_RESPONSE => {
+                let error = env.error.map(parse_remote_error);
+                return Inbound::Response {
+                    uid,
+                    payload: payload.to_owned(),
+                    error,
+                };
+            }
+            TYPE_CANCEL => return Inbound::Cancel { uid },
+            _ => return Inbound::Plain(msg),
+        }
+    }
+    if let (Some(ty), Some(uid)) = (&env.hs_type, &env.hs_uid) {
+        let extensions = env.extensions.map(parse_extensions);
+        let uid = uid.to_string();
+        match ty.as_ref() {
+            HS_REQUEST => return Inbound::HandshakeRequest { uid, extensions },
+            HS_RESPONSE => return Inbound::HandshakeResponse { uid, extensions },
+            _ => {}
+        }
+    }
+    Inbound::Plain(msg)
+}
+
+/// True if a message the user wants to send would be taken for a protocol
+/// message by the peer.
+pub fn is_protocol_message(json: &str) -> bool {
+    if memchr::memmem::find(json.as_bytes(), PREFIX.as_bytes()).is_none() {
+        return false;
+    }
+    let msg: Message = match serde_json::from_str(json) {
+        Ok(m) => m,
+        Err(_) => return false,
+    };
+    !matches!(classify(msg), Inbound::Plain(_))
+}
+
+/// Extension names; anything that is not a string is ignored, as unknown
+/// names are.
+fn parse_extensions(raw: &RawValue) -> Vec<String> {
+    serde_json::from_str::<Vec<serde_json::Value>>(raw.get())
+        .map(|v| {
+            v.into_iter()
+                .filter_map(|e| e.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// An `_IPC_REQUEST/ERROR` object. A malformed one still fails the request:
+/// the caller learns that the peer reported a failure, with its raw text.
+fn parse_remote_error(raw: &RawValue) -> RemoteError {
+    #[derive(Deserialize)]
+    struct Loose {
+        name: Option<serde_json::Value>,
+        message: Option<serde_json::Value>,
+        code: Option<serde_json::Value>,
+        stack: Option<serde_json::Value>,
+        data: Option<serde_json::Value>,
+    }
+    let text = |v: Option<serde_json::Value>| match v {
+        Some(serde_json::Value::String(s)) => Some(s),
+        Some(serde_json::Value::Null) | None => None,
+        Some(other) => Some(other.to_string()),
+    };
+    match serde_json::from_str::<Loose>(raw.get()) {
+        Ok(l) => RemoteError {
+            name: text(l.name).unwrap_or_else(|| "Error".into()),
+            message: text(l.message).unwrap_or_default(),
+            code: l.code.filter(|c| !c.is_null()),
+            stack: text(l.stack),
+            data: l.data,
+        },
+        Err(_) => RemoteError::new("Error", raw.get().to_string()),
+    }
+}
+
+/// Our handshake request or response.
+#[derive(Serialize)]
+pub struct HandshakeOut<'a> {
+    #[serde(rename = "_IPC_REQUEST/HANDSHAKE_UID")]
+    uid: &'a str,
+    #[serde(rename = "_IPC_REQUEST/HANDSHAKE_MSG_TYPE")]
+    msg_type: &'static str,
+    #[serde(rename = "_IPC_REQUEST/EXTENSIONS")]
+    extensions: &'static [&'static str],
+}
+
+impl<'a> HandshakeOut<'a> {
+    /// Our handshake request with a fresh UID.
+    pub fn request(uid: &'a str) -> Self {
+        HandshakeOut {
+            uid,
+            msg_type: HS_REQUEST,
+            extensions: OUR_EXTENSIONS,
+        }
+    }
+    /// Our answer to the peer's handshake request.
+    pub fn response(uid: &'a str) -> Self {
+        HandshakeOut {
+            uid,
+            msg_type: HS_RESPONSE,
+            extensions: OUR_EXTENSIONS,
+        }
+    }
+}
+
+/// A request, a response or a cancel.
+#[derive(Serialize)]
+pub struct MessageOut<'a, T: ?Sized> {
+    #[serde(rename = "_IPC_REQUEST/MSG_TYPE")]
+    msg_type: &'static str,
+    #[serde(rename = "_IPC_REQUEST/REQUEST_UID")]
+    uid: &'a str,
+    #[serde(rename = "_IPC_REQUEST/PAYLOAD")]
+    payload: &'a T,
+    #[serde(rename = "_IPC_REQUEST/ERROR", skip_serializing_if = "Option::is_none")]
+    error: Option<&'a RemoteError>,
+}
+
+impl<'a, T: Serialize + ?Sized> MessageOut<'a, T> {
+    /// A request.
+    pub fn request(uid: &'a str, payload: &'a T) -> Self {
+        MessageOut {
+            msg_type: TYPE_REQUEST,
+            uid,
+            payload,
+            error: None,
+        }
+    }
+    /// A successful response.
+    pub fn response(uid: &'a str, payload: &'a T) -> Self {
+        MessageOut {
+            msg_type: TYPE_RESPONSE,
+            uid,
+            payload,
+            error: None,
+        }
+    }
+}
+
+impl<'a> MessageOut<'a, ()> {
+    /// A failure, for a peer that speaks `error`: payload `null` and the
+    /// error under its own key. (For a 1.0 peer, send
+    /// [`MessageOut::response`] with the error object as payload instead.)
+    pub fn error_response(uid: &'a str, error: &'a RemoteError) -> Self {
+        MessageOut {
+            msg_type: TYPE_RESPONSE,
+            uid,
+            payload: &(),
+            error: Some(error),
+        }
+    }
+    /// A cancel of our request `uid`.
+    pub fn cancel(uid: &'a str) -> Self {
+        MessageOut {
+            msg_type: TYPE_CANCEL,
+            uid,
+            payload: &(),
+            error: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(s: &str) -> Message {
+        serde_json::from_str(s).unwrap()
+    }
+
+    fn encode<T: Serialize>(v: &T) -> String {
+        serde_json::to_string(v).unwrap()
+    }
+
+    #[test]
+    fn request_roundtrip() {
+        let text = encode(&MessageOut::request("7", &serde_json::json!({"a": [1, 2]})));
+        match classify(msg(&text)) {
+            Inbound::Request { uid, payload } => {
+                assert_eq!(uid, "7");
+                assert_eq!(payload.get(), r#"{"a":[1,2]}"#);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn null_payload_is_still_a_request_but_missing_payload_is_plain() {
+        let with_null = r#"{"_IPC_REQUEST/MSG_TYPE":"_IPC_REQUEST/MSG_TYPE:REQUEST","_IPC_REQUEST/REQUEST_UID":"1","_IPC_REQUEST/PAYLOAD":null}"#;
+        assert!(
+            matches!(classify(msg(with_null)), Inbound::Request { payload, .. } if payload.get() == "null")
+        );
+        let without =
+            r#"{"_IPC_REQUEST/MSG_TYPE":"_IPC_REQUEST/MSG_TYPE:REQUEST","_IPC_REQUEST/REQUEST_UID":"1"}"#;
+        assert!(matches!(classify(msg(without)), Inbound::Plain(_)));
+    }
+
+    #[test]
+    fn one_dot_zero_shapes_as_the_js_library_writes_them() {
+        // Key order and spacing as JSON.stringify writes them from 1.0.
+        let hs = r#"{"_IPC_REQUEST/HANDSHAKE_UID":"abc","_IPC_REQUEST/HANDSHAKE_MSG_TYPE":"_IPC_REQUEST/HANDSHAKE_MSG_TYPE:REQUEST"}"#;
+        assert!(
+            matches!(classify(msg(hs)), Inbound::HandshakeRequest { uid, extensions: None } if uid == "abc")
+        );
+        let res = r#"{"_IPC_REQUEST/MSG_TYPE":"_IPC_REQUEST/MSG_TYPE:RESPONSE","_IPC_REQUEST/REQUEST_UID":"x1","_IPC_REQUEST/PAYLOAD":"hi"}"#;
+        assert!(
+            matches!(classify(msg(res)), Inbound::Response { uid, payload, error: None } if uid == "x1" && payload.get() == "\"hi\"")
+        );
+    }
+
+    #[test]
+    fn extensions_are_read_and_unknown_entries_ignored() {
+        let hs = r#"{"_IPC_REQUEST/HANDSHAKE_UID":"u","_IPC_REQUEST/HANDSHAKE_MSG_TYPE":"_IPC_REQUEST/HANDSHAKE_MSG_TYPE:RESPONSE","_IPC_REQUEST/EXTENSIONS":["error",5,"future"]}"#;
+        match classify(msg(hs)) {
+            Inbound::HandshakeResponse { extensions, .. } => {
+                assert_eq!(extensions.unwrap(), vec!["error", "future"]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn our_handshake_carries_extensions() {
+        let text = encode(&HandshakeOut::request("u1"));
+        assert!(text.contains(r#""_IPC_REQUEST/EXTENSIONS":["error","cancel"]"#));
+        assert!(matches!(classify(msg(&text)), Inbound::HandshakeRequest { .. }));
+    }
+
+    #[test]
+    fn error_response_roundtrip() {
+        let err = RemoteError::new("TypeError", "boom")
+            .with_code("E_BOOM")
+            .with_data(serde_json::json!({"n": 1}));
+        let text = encode(&MessageOut::error_response("3", &err));
+        match classify(msg(&text)) {
+            Inbound::Response { payload, error, .. } => {
+                assert_eq!(payload.get(), "null");
+                assert_eq!(error.unwrap(), err);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn malformed_error_still_fails_the_request() {
+        let text = r#"{"_IPC_REQUEST/MSG_TYPE":"_IPC_REQUEST/MSG_TYPE:RESPONSE","_IPC_REQUEST/REQUEST_UID":"3","_IPC_REQUEST/PAYLOAD":null,"_IPC_REQUEST/ERROR":"oops"}"#;
+        match classify(msg(text)) {
+            Inbound::Response { error: Some(e), .. } => assert_eq!(e.message, "\"oops\""),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn plain_messages_stay_plain() {
+        for text in [
+            "1",
+            "\"_IPC_REQUEST/MSG_TYPE\"",
+            r#"{"a":1}"#,
+            r#"{"_IPC_REQUEST/MSG_TYPE":"_IPC_REQUEST/MSG_TYPE:OTHER","_IPC_REQUEST/REQUEST_UID":"1","_IPC_REQUEST/PAYLOAD":1}"#,
+            r#"{"_IPC_REQUEST/MSG_TYPE":"_IPC_REQUEST/MSG_TYPE:REQUEST","_IPC_REQUEST/REQUEST_UID":5,"_IPC_REQUEST/PAYLOAD":1}"#,
+            r#"{"_IPC_REQUEST/HANDSHAKE_UID":"u"}"#,
+        ] {
+            assert!(
+                matches!(classify(msg(text)), Inbound::Plain(m) if m.get() == text),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn protocol_lookalikes_are_detected_for_sending() {
+        assert!(is_protocol_message(&encode(&MessageOut::cancel("1"))));
+        assert!(!is_protocol_message(r#"{"_IPC_REQUEST/x":1}"#));
+        assert!(!is_protocol_message(r#"{"a":1}"#));
+    }
+}

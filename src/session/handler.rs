@@ -1,0 +1,228 @@
+//! What a request handler gets and how it answers.
+
+use std::any::Any;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures_util::FutureExt;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
+use tokio_util::sync::CancellationToken;
+
+use super::Shared;
+use crate::error::{Error, RemoteError};
+use crate::frame::Message;
+
+type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+type HandlerFn = dyn Fn(Request, Responder) -> BoxFuture + Send + Sync;
+
+/// Answers the peer's requests. Build one with [`handler_fn`] (the handler
+/// returns its answer) or [`responder_fn`] (the handler answers through a
+/// [`Responder`], now or later, from any task).
+#[derive(Clone)]
+pub struct Handler {
+    pub(super) call: Arc<HandlerFn>,
+}
+
+impl std::fmt::Debug for Handler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Handler")
+    }
+}
+
+/// A handler that returns its answer: `Ok(value)` is sent as the response,
+/// `Err(error)` travels back as a [`RemoteError`] (any `std::error::Error`
+/// converts with `?`), and a panic is answered with an error named
+/// `HandlerPanicked` carrying the panic message. The session keeps serving
+/// in every case.
+///
+/// ```no_run
+/// # use ipc_request::{handler_fn, Request, RemoteError};
+/// let handler = handler_fn(|req: Request| async move {
+///     let text: String = req.payload()?;
+///     Ok::<_, RemoteError>(format!("(RESPONSE TO {text})"))
+/// });
+/// ```
+pub fn handler_fn<F, Fut, T, E>(f: F) -> Handler
+where
+    F: Fn(Request) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<T, E>> + Send + 'static,
+    T: Serialize + Send + Sync + 'static,
+    E: Into<RemoteError> + Send + 'static,
+{
+    let f = Arc::new(f);
+    Handler {
+        call: Arc::new(move |request, responder| {
+            let f = f.clone();
+            Box::pin(async move {
+                // The user's code runs inside catch_unwind and the responder
+                // stays out here, so a panic is answered with its message.
+                let answer: Result<T, RemoteError> = match AssertUnwindSafe(async move { f(request).await })
+                    .catch_unwind()
+                    .await
+                {
+                    Ok(Ok(value)) => Ok(value),
+                    Ok(Err(error)) => Err(error.into()),
+                    Err(panic) => Err(panic_error(panic)),
+                };
+                let sent = match answer {
+                    Ok(value) => responder.respond(&value).await,
+                    Err(error) => responder.fail(error).await,
+                };
+                if let Err(e) = sent {
+                    tracing::debug!("answer not sent: {e}");
+                }
+            })
+        }),
+    }
+}
+
+/// A handler that answers through its [`Responder`], which it may keep,
+/// move to another task and use later. A responder dropped without an
+/// answer answers with an error named `ResponderDropped` (or
+/// `HandlerPanicked` if it was dropped by a panic), so the caller is never
+/// left waiting.
+pub fn responder_fn<F, Fut>(f: F) -> Handler
+where
+    F: Fn(Request, Responder) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    Handler {
+        call: Arc::new(move |request, responder| Box::pin(f(request, responder))),
+    }
+}
+
+pub(crate) fn panic_error(panic: Box<dyn Any + Send>) -> RemoteError {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "the handler panicked".into());
+    RemoteError::new("HandlerPanicked", text)
+}
+
+/// A request from the peer, as the handler sees it.
+#[derive(Debug)]
+pub struct Request {
+    pub(super) payload: Message,
+    pub(super) cancel: CancellationToken,
+}
+
+impl Request {
+    /// The request data, deserialized.
+    pub fn payload<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        serde_json::from_str(self.payload.get()).map_err(Error::decode)
+    }
+
+    /// The request data as raw JSON text.
+    pub fn raw_payload(&self) -> &RawValue {
+        &self.payload
+    }
+
+    /// True once the peer cancelled this request (`cancel` extension) or
+    /// the channel closed: an answer would not be written.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// Resolves when the request is cancelled; select on it to stop work.
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await
+    }
+
+    /// A token that is cancelled with this request, to hand to other tasks.
+    pub fn cancellation_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+}
+
+/// Answers one request, once. Send it anywhere; answer from any task.
+pub struct Responder {
+    pub(super) shared: Arc<Shared>,
+    pub(super) uid: String,
+    pub(super) cancel: CancellationToken,
+    pub(super) answered: AtomicBool,
+}
+
+impl std::fmt::Debug for Responder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Responder").field("uid", &self.uid).finish()
+    }
+}
+
+impl Responder {
+    /// Sends `value` as the answer. Fails with [`Error::AlreadyAnswered`]
+    /// on a second answer, [`Error::Cancelled`] if the peer cancelled the
+    /// request (nothing is written), [`Error::Frame`] if the answer does not
+    /// encode or is too long (the peer then gets an error answer instead),
+    /// and [`Error::Closed`] if the channel is gone.
+    pub async fn respond<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), Error> {
+        self.claim()?;
+        match self.shared.encode_response(&self.uid, value) {
+            Ok(line) => self.shared.send_answer(line).await,
+            Err(e) => {
+                let error = RemoteError::new("ResponseNotSent", e.to_string());
+                let line = self.shared.encode_error(&self.uid, &error);
+                self.shared.send_answer(line).await?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Answers with an error. To a peer with the `error` extension it
+    /// travels as an error; to an ipc-request 1.0 peer, as a plain response
+    /// whose payload is the error object (PROTOCOL.md section 3).
+    pub async fn fail(&self, error: RemoteError) -> Result<(), Error> {
+        self.claim()?;
+        let line = self.shared.encode_error(&self.uid, &error);
+        self.shared.send_answer(line).await
+    }
+
+    /// True once an answer was given (or refused because of a cancel).
+    pub fn is_answered(&self) -> bool {
+        self.answered.load(Ordering::Acquire)
+    }
+
+    /// True once the peer cancelled the request or the channel closed.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// Marks the request answered, or says why it cannot be.
+    fn claim(&self) -> Result<(), Error> {
+        if self.answered.swap(true, Ordering::AcqRel) {
+            return Err(Error::AlreadyAnswered);
+        }
+        self.shared.forget_running(&self.uid);
+        if self.cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        if self.answered.load(Ordering::Acquire) {
+            return;
+        }
+        self.answered.store(true, Ordering::Release);
+        self.shared.forget_running(&self.uid);
+        if self.cancel.is_cancelled() {
+            return;
+        }
+        let error = if std::thread::panicking() {
+            RemoteError::new("HandlerPanicked", "the handler panicked before answering")
+        } else {
+            RemoteError::new("ResponderDropped", "the handler finished without answering")
+        };
+        // Cannot wait here: bypass the byte budget. At most one such line
+        // per request the handler was given, and those are capped.
+        let line = self.shared.encode_error(&self.uid, &error);
+        let _ = self.shared.sender.send_control(line);
+    }
+}

@@ -1,0 +1,648 @@
+//! The session: handshake, pending requests, handler dispatch, plain
+//! messages, close and failure (PROTOCOL.md sections 2 and 3).
+//!
+//! One reader task owns the receiving half of the channel. It answers
+//! handshakes, routes responses to the requests waiting for them (a map from
+//! id to oneshot sender, ids from a counter), starts a task per incoming
+//! request, and passes plain messages on. When the channel ends it fails
+//! every pending request at once, after everything already in the socket has
+//! been read.
+
+mod handler;
+mod pending;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+pub use handler::{Handler, Request, Responder, handler_fn, responder_fn};
+
+use crate::channel::{Channel, ChannelReceiver, ChannelSender, PeerExit, node_internal_cmd};
+use crate::error::{CloseReason, Error, RemoteError};
+use crate::frame::Message;
+use crate::protocol::{self, EXT_CANCEL, EXT_ERROR, HandshakeOut, Inbound, MessageOut};
+use pending::PendingGuard;
+
+/// Settings of a session. `SessionConfig::default()` gives the documented
+/// defaults.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// How long [`setup`] waits for the peer to complete the handshake
+    /// (default 10 s: a Node child takes well under a second to start and
+    /// set up; ten times that still fails a hung start quickly).
+    pub handshake_timeout: Duration,
+    /// Deadline applied to every request that does not set its own (default
+    /// none). A dead or disconnected peer already fails every request at
+    /// once, so a deadline only matters for a peer that is alive and slow,
+    /// and how slow is too slow depends on the work: a default would fail
+    /// long jobs that are working as intended. Set one here, or per call
+    /// with [`Session::request_timeout`].
+    pub request_timeout: Option<Duration>,
+    /// Requests of ours in flight at once; further requests wait for a slot
+    /// (default 65,536).
+    pub max_in_flight: usize,
+    /// The peer's requests handled at once; past this the session stops
+    /// reading from the channel until a handler finishes, which pushes back
+    /// on the peer (default 1,024).
+    pub max_concurrent_handlers: usize,
+    /// When the session owns the child and the channel closes, how long to
+    /// wait for the child's exit status before failing pending requests
+    /// without it (default 200 ms).
+    pub exit_grace: Duration,
+    /// Plain messages buffered for [`Session::messages`] (default 1,024).
+    /// Until someone takes the stream, messages past this are dropped with a
+    /// warning; after, the session waits for the reader.
+    pub message_buffer: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            handshake_timeout: Duration::from_secs(10),
+            request_timeout: None,
+            max_in_flight: 65_536,
+            max_concurrent_handlers: 1_024,
+            exit_grace: Duration::from_millis(200),
+            message_buffer: 1_024,
+        }
+    }
+}
+
+/// Sets up a session over `channel` with `handler` for the peer's requests
+/// (or `None`: the peer's requests are then answered with an error named
+/// `NoHandler`), and resolves once the handshake shows that the peer is
+/// listening. Must run inside a Tokio runtime.
+///
+/// The Rust counterpart of ipc-request's `setupIpcSession(process,
+/// handler)`; see [`SessionBuilder`] for settings.
+pub async fn setup(channel: Channel, handler: impl Into<Option<Handler>>) -> Result<Session, Error> {
+    SessionBuilder::new().handler(handler).setup(channel).await
+}
+
+/// A session with settings: `SessionBuilder::new().config(c).handler(h).setup(channel)`.
+#[derive(Debug, Default)]
+pub struct SessionBuilder {
+    config: SessionConfig,
+    handler: Option<Handler>,
+}
+
+impl SessionBuilder {
+    /// Default settings, no handler.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Replaces the settings.
+    pub fn config(mut self, config: SessionConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Sets the handler for the peer's requests.
+    pub fn handler(mut self, handler: impl Into<Option<Handler>>) -> Self {
+        self.handler = handler.into();
+        self
+    }
+
+    /// Runs the handshake over `channel` (see [`setup`]).
+    pub async fn setup(self, channel: Channel) -> Result<Session, Error> {
+        let (sender, receiver, peer_exit) = channel.into_parts();
+        let config = self.config;
+        let (messages_tx, messages_rx) = mpsc::channel(config.message_buffer.max(1));
+        let (phase, _) = watch::channel(Phase::Handshaking);
+        let shared = Arc::new(Shared {
+            sender,
+            next_id: AtomicU64::new(1),
+            table: Mutex::new(Table::default()),
+            peer: OnceLock::new(),
+            phase,
+            closing: CancellationToken::new(),
+            in_flight: Semaphore::new(config.max_in_flight.max(1)),
+            handler_slots: Arc::new(Semaphore::new(config.max_concurrent_handlers.max(1))),
+            messages_tx: Mutex::new(Some(messages_tx)),
+            messages_rx: Mutex::new(Some(messages_rx)),
+            messages_taken: AtomicBool::new(false),
+            handler: self.handler,
+            config,
+        });
+        let our_uid = fresh_uid();
+        // The handler is in place and we listen before announcing (2.1 step 1).
+        let mut phase = shared.phase.subscribe();
+        tokio::spawn(read_loop(shared.clone(), receiver, peer_exit, our_uid.clone()));
+
+        let hello = shared.sender.encode(&HandshakeOut::request(&our_uid))?;
+        // A failure here means the channel is already closed: the reader
+        // publishes why, and that is what we report below.
+        let _ = shared.sender.send_line(hello).await;
+
+        let timeout = shared.config.handshake_timeout;
+        let outcome =
+            tokio::time::timeout(timeout, phase.wait_for(|p| !matches!(p, Phase::Handshaking))).await;
+        match outcome {
+            Ok(Ok(p)) => match &*p {
+                Phase::Established => Ok(Session { shared }),
+                Phase::Closed(reason) => Err(Error::Closed(reason.clone())),
+                Phase::Handshaking => unreachable!("wait_for returned early"),
+            },
+            Ok(Err(_)) => Err(Error::Closed(CloseReason::PeerClosed)),
+            Err(_) => {
+                shared.shut(CloseReason::Local);
+                Err(Error::HandshakeTimeout(timeout))
+            }
+        }
+    }
+}
+
+/// What the peer said it understands, from its handshake message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The extension names it advertised, as sent (unknown ones included).
+    pub extensions: Vec<String>,
+    /// False for an ipc-request 1.0 peer (no extensions key at all).
+    pub advertises_extensions: bool,
+}
+
+impl PeerInfo {
+    fn new(extensions: Option<Vec<String>>) -> Self {
+        PeerInfo {
+            advertises_extensions: extensions.is_some(),
+            extensions: extensions.unwrap_or_default(),
+        }
+    }
+
+    /// True if the peer advertised extension `name`.
+    pub fn supports(&self, name: &str) -> bool {
+        self.extensions.iter().any(|e| e == name)
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Phase {
+    Handshaking,
+    Established,
+    Closed(CloseReason),
+}
+
+#[derive(Default)]
+struct Table {
+    /// Our requests waiting for an answer, by id.
+    pending: HashMap<u64, oneshot::Sender<Result<Message, Error>>>,
+    /// The peer's requests being handled, by its UID, for `cancel`. Only
+    /// filled when the peer can cancel.
+    running: HashMap<String, CancellationToken>,
+    /// Set once; from then on nothing is added to either map.
+    closed: Option<CloseReason>,
+}
+
+pub(crate) struct Shared {
+    sender: ChannelSender,
+    config: SessionConfig,
+    handler: Option<Handler>,
+    next_id: AtomicU64,
+    table: Mutex<Table>,
+    peer: OnceLock<PeerInfo>,
+    phase: watch::Sender<Phase>,
+    /// Cancelled when the session ends, to stop the reader.
+    closing: CancellationToken,
+    in_flight: Semaphore,
+    handler_slots: Arc<Semaphore>,
+    messages_tx: Mutex<Option<mpsc::Sender<Result<serde_json::Value, Error>>>>,
+    messages_rx: Mutex<Option<mpsc::Receiver<Result<serde_json::Value, Error>>>>,
+    messages_taken: AtomicBool,
+}
+
+/// A handle on an established session. Cheap to clone; all clones share it.
+///
+/// The session lives until either side closes it: dropping the handles
+/// does not close it (a child that only answers requests keeps serving).
+/// Call [`Session::close`] to end it.
+#[derive(Clone)]
+pub struct Session {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("peer", &self.shared.peer.get())
+            .field("closed", &self.shared.closed_reason())
+            .finish()
+    }
+}
+
+impl Session {
+    /// Sends a request and waits for its answer, deserialized as `Res`.
+    /// Uses the session's default deadline, if any.
+    pub async fn request<Req, Res>(&self, payload: &Req) -> Result<Res, Error>
+    where
+        Req: Serialize + ?Sized,
+        Res: DeserializeOwned,
+    {
+        let raw = self.call(payload, self.shared.config.request_timeout).await?;
+        serde_json::from_str(raw.get()).map_err(Error::decode)
+    }
+
+    /// Like [`Session::request`], with its own deadline: past it the
+    /// request fails with [`Error::Timeout`], is forgotten, and is
+    /// cancelled at the peer if the peer supports `cancel`. The deadline
+    /// covers waiting for a slot and for queue space too.
+    pub async fn request_timeout<Req, Res>(&self, payload: &Req, timeout: Duration) -> Result<Res, Error>
+    where
+        Req: Serialize + ?Sized,
+        Res: DeserializeOwned,
+    {
+        let raw = self.call(payload, Some(timeout)).await?;
+        serde_json::from_str(raw.get()).map_err(Error::decode)
+    }
+
+    /// Sends a request and returns the answer as raw JSON text.
+    pub async fn request_raw<Req: Serialize + ?Sized>(&self, payload: &Req) -> Result<Message, Error> {
+        self.call(payload, self.shared.config.request_timeout).await
+    }
+
+    async fn call<Req: Serialize + ?Sized>(
+        &self,
+        payload: &Req,
+        timeout: Option<Duration>,
+    ) -> Result<Message, Error> {
+        match timeout {
+            None => self.call_inner(payload).await,
+            Some(d) => tokio::time::timeout(d, self.call_inner(payload))
+                .await
+                .unwrap_or(Err(Error::Timeout(d))),
+        }
+    }
+
+    async fn call_inner<Req: Serialize + ?Sized>(&self, payload: &Req) -> Result<Message, Error> {
+        let shared = &self.shared;
+        let _slot = shared
+            .in_flight
+            .acquire()
+            .await
+            .map_err(|_| shared.closed_error())?;
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut uid = itoa::Buffer::new();
+        let uid = uid.format(id);
+        // Encode first: a message that is too long fails this call alone,
+        // before anything is registered or written.
+        let line = shared.sender.encode(&MessageOut::request(uid, payload))?;
+        let (tx, rx) = oneshot::channel();
+        // The guard exists before the send: from here on, a drop (deadline,
+        // caller gave up) removes the entry and, once sent, cancels it.
+        let mut guard = PendingGuard::register(shared, id, tx)?;
+        shared
+            .sender
+            .send_line(line)
+            .await
+            .map_err(|_| shared.closed_error())?;
+        guard.mark_sent();
+        let answer = rx.await.unwrap_or_else(|_| Err(shared.closed_error()));
+        guard.disarm();
+        answer
+    }
+
+    /// Sends a plain message (not a request): the peer's `process.on
+    /// ('message')` or [`Session::messages`] gets it. Refused with
+    /// [`Error::ReservedMessage`] if it would look like a Node internal
+    /// message or an ipc-request protocol message.
+    pub async fn send<T: Serialize + ?Sized>(&self, message: &T) -> Result<(), Error> {
+        let shared = &self.shared;
+        if let Some(reason) = shared.closed_reason() {
+            return Err(Error::Closed(reason));
+        }
+        let line = shared.sender.encode(message)?;
+        let text = std::str::from_utf8(&line[..line.len() - 1]).unwrap_or("");
+        if node_internal_cmd(text).is_some() {
+            return Err(Error::ReservedMessage("a cmd starting with NODE_ is Node's own"));
+        }
+        if protocol::is_protocol_message(text) {
+            return Err(Error::ReservedMessage(
+                "it has the shape of an ipc-request protocol message",
+            ));
+        }
+        shared
+            .sender
+            .send_line(line)
+            .await
+            .map_err(|_| shared.closed_error())
+    }
+
+    /// The stream of plain messages from the peer, in order, with an
+    /// `Err(Error::Frame(_))` item for each line that could not be read (too
+    /// long, not JSON). Returns `None` after the first call: there is one
+    /// stream per session. It ends when the session closes.
+    pub fn messages(&self) -> Option<Messages> {
+        let rx = self.shared.messages_rx.lock().unwrap().take()?;
+        self.shared.messages_taken.store(true, Ordering::Release);
+        Some(Messages { rx })
+    }
+
+    /// What the peer advertised in its handshake.
+    pub fn peer(&self) -> &PeerInfo {
+        self.shared
+            .peer
+            .get()
+            .expect("set before the session is established")
+    }
+
+    /// Requests of ours waiting for an answer.
+    pub fn pending_requests(&self) -> usize {
+        self.shared.table.lock().unwrap().pending.len()
+    }
+
+    /// Bytes waiting in the outgoing queue.
+    pub fn queued_bytes(&self) -> usize {
+        self.shared.sender.queued_bytes()
+    }
+
+    /// The byte budget of the outgoing queue (see
+    /// [`ChannelConfig::write_queue_bytes`](crate::ChannelConfig::write_queue_bytes)).
+    pub fn queue_capacity(&self) -> usize {
+        self.shared.sender.queue_capacity()
+    }
+
+    /// Closes the session: pending requests fail with
+    /// `Error::Closed(CloseReason::Local)`, what is already queued is
+    /// written, then the channel is shut so the peer sees it disconnect.
+    pub fn close(&self) {
+        self.shared.shut(CloseReason::Local);
+    }
+
+    /// Why the session ended, or `None` while it is open.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.shared.closed_reason()
+    }
+
+    /// Resolves when the session ends, with why.
+    pub async fn closed(&self) -> CloseReason {
+        let mut phase = self.shared.phase.subscribe();
+        let p = phase.wait_for(|p| matches!(p, Phase::Closed(_))).await;
+        match p.as_deref() {
+            Ok(Phase::Closed(reason)) => reason.clone(),
+            _ => CloseReason::Local,
+        }
+    }
+}
+
+/// Plain messages from the peer; see [`Session::messages`].
+#[derive(Debug)]
+pub struct Messages {
+    rx: mpsc::Receiver<Result<serde_json::Value, Error>>,
+}
+
+impl Messages {
+    /// The next plain message, or `None` once the session has ended.
+    pub async fn recv(&mut self) -> Option<Result<serde_json::Value, Error>> {
+        self.rx.recv().await
+    }
+}
+
+impl Shared {
+    fn closed_reason(&self) -> Option<CloseReason> {
+        self.table.lock().unwrap().closed.clone()
+    }
+
+    fn closed_error(&self) -> Error {
+        Error::Closed(self.closed_reason().unwrap_or(CloseReason::PeerClosed))
+    }
+
+    fn peer_supports(&self, ext: &str) -> bool {
+        self.peer.get().is_some_and(|p| p.supports(ext))
+    }
+
+    fn encode_response<T: Serialize + ?Sized>(&self, uid: &str, value: &T) -> Result<Vec<u8>, Error> {
+        self.sender.encode(&MessageOut::response(uid, value))
+    }
+
+    /// An error answer, shaped for what the peer understands. Falls back to
+    /// an error without data if the data makes it too long to send.
+    fn encode_error(&self, uid: &str, error: &RemoteError) -> Vec<u8> {
+        let encode = |e: &RemoteError| {
+            if self.peer_supports(EXT_ERROR) {
+                self.sender.encode(&MessageOut::error_response(uid, e))
+            } else {
+                self.sender.encode(&MessageOut::response(uid, e))
+            }
+        };
+        encode(error).unwrap_or_else(|why| {
+            let small = RemoteError::new(error.name.clone(), format!("(error too large to send: {why})"));
+            encode(&small).expect("a small error always encodes")
+        })
+    }
+
+    async fn send_answer(&self, line: Vec<u8>) -> Result<(), Error> {
+        self.sender.send_line(line).await.map_err(|_| self.closed_error())
+    }
+
+    fn forget_running(&self, uid: &str) {
+        if self.peer_supports(EXT_CANCEL) {
+            self.table.lock().unwrap().running.remove(uid);
+        }
+    }
+
+    /// Ends the session once: records why, fails every pending request,
+    /// cancels running handlers, stops the reader and closes the channel.
+    fn shut(&self, reason: CloseReason) {
+        let (pending, running) = {
+            let mut table = self.table.lock().unwrap();
+            if table.closed.is_some() {
+                return;
+            }
+            table.closed = Some(reason.clone());
+            (
+                std::mem::take(&mut table.pending),
+                std::mem::take(&mut table.running),
+            )
+        };
+        match &reason {
+            CloseReason::Local | CloseReason::PeerClosed => tracing::debug!("session closed: {reason}"),
+            _ => tracing::warn!("session ended: {reason}"),
+        }
+        for (_, tx) in pending {
+            let _ = tx.send(Err(Error::Closed(reason.clone())));
+        }
+        for (_, token) in running {
+            token.cancel();
+        }
+        self.in_flight.close();
+        self.messages_tx.lock().unwrap().take();
+        self.phase.send_replace(Phase::Closed(reason));
+        self.closing.cancel();
+        self.sender.close();
+    }
+
+    fn establish(&self) {
+        self.phase.send_if_modified(|p| {
+            let first = matches!(p, Phase::Handshaking);
+            if first {
+                *p = Phase::Established;
+            }
+            first
+        });
+    }
+
+    async fn dispatch(self: &Arc<Self>, msg: Message, our_uid: &str) {
+        match protocol::classify(msg) {
+            Inbound::HandshakeRequest { uid, extensions } => {
+                let _ = self.peer.set(PeerInfo::new(extensions));
+                let Ok(line) = self.sender.encode(&HandshakeOut::response(&uid)) else {
+                    return;
+                };
+                if matches!(*self.phase.borrow(), Phase::Handshaking) {
+                    // Established once our response is written (2.1 step 4);
+                    // wait for that off the reader task.
+                    let shared = self.clone();
+                    tokio::spawn(async move {
+                        if shared.sender.send_line_written(line).await.is_ok() {
+                            shared.establish();
+                        }
+                    });
+                } else {
+                    let _ = self.sender.send_line(line).await;
+                }
+            }
+            Inbound::HandshakeResponse { uid, extensions } => {
+                if uid == our_uid {
+                    let _ = self.peer.set(PeerInfo::new(extensions));
+                    self.establish();
+                }
+            }
+            Inbound::Request { uid, payload } => self.start_handler(uid, payload).await,
+            Inbound::Response { uid, payload, error } => {
+                let waiter = uid
+                    .parse::<u64>()
+                    .ok()
+                    .and_then(|id| self.table.lock().unwrap().pending.remove(&id));
+                match waiter {
+                    Some(tx) => {
+                        let _ = tx.send(match error {
+                            Some(e) => Err(Error::Remote(Box::new(e))),
+                            None => Ok(payload),
+                        });
+                    }
+                    None => tracing::debug!("answer to a request no longer pending: {uid}"),
+                }
+            }
+            Inbound::Cancel { uid } => {
+                if let Some(token) = self.table.lock().unwrap().running.remove(&uid) {
+                    token.cancel();
+                }
+            }
+            Inbound::Plain(msg) => {
+                let value = serde_json::from_str(msg.get()).map_err(Error::decode);
+                self.deliver(value).await;
+            }
+        }
+    }
+
+    async fn start_handler(self: &Arc<Self>, uid: String, payload: Message) {
+        // Waiting here stops reading: the peer feels the pressure.
+        let Ok(slot) = self.handler_slots.clone().acquire_owned().await else {
+            return;
+        };
+        let cancel = CancellationToken::new();
+        if self.peer_supports(EXT_CANCEL) {
+            let mut table = self.table.lock().unwrap();
+            if table.closed.is_some() {
+                return;
+            }
+            table.running.insert(uid.clone(), cancel.clone());
+        }
+        let responder = Responder {
+            shared: self.clone(),
+            uid,
+            cancel: cancel.clone(),
+            answered: AtomicBool::new(false),
+        };
+        let request = Request { payload, cancel };
+        let handler = self.handler.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let Some(handler) = handler else {
+                let _ = responder
+                    .fail(RemoteError::new(
+                        "NoHandler",
+                        "this side set up its session without a request handler",
+                    ))
+                    .await;
+                return;
+            };
+            let run = std::panic::AssertUnwindSafe(async move { (handler.call)(request, responder).await });
+            if run.catch_unwind().await.is_err() {
+                tracing::warn!("a request handler panicked; the request was answered with an error");
+            }
+        });
+    }
+
+    async fn deliver(&self, item: Result<serde_json::Value, Error>) {
+        let Some(tx) = self.messages_tx.lock().unwrap().clone() else {
+            return;
+        };
+        if self.messages_taken.load(Ordering::Acquire) {
+            let _ = tx.send(item).await;
+        } else if tx.try_send(item).is_err() {
+            tracing::warn!("plain message dropped: nobody took Session::messages() and its buffer is full");
+        }
+    }
+}
+
+async fn read_loop(
+    shared: Arc<Shared>,
+    mut receiver: ChannelReceiver,
+    peer_exit: Option<PeerExit>,
+    our_uid: String,
+) {
+    let reason = loop {
+        let next = tokio::select! {
+            biased;
+            _ = shared.closing.cancelled() => return,
+            next = receiver.recv() => next,
+        };
+        match next {
+            Ok(Some(msg)) => shared.dispatch(msg, &our_uid).await,
+            Ok(None) => break CloseReason::PeerClosed,
+            Err(Error::Frame(e)) => {
+                tracing::warn!("skipped a line from the peer: {e}");
+                shared.deliver(Err(Error::Frame(e))).await;
+            }
+            Err(Error::Closed(reason)) => break reason,
+            Err(other) => break CloseReason::Io(Arc::new(std::io::Error::other(other.to_string()))),
+        }
+    };
+    let reason = with_exit_status(reason, peer_exit, shared.config.exit_grace).await;
+    shared.shut(reason);
+}
+
+/// When we own the peer process, a channel that ended is better explained
+/// by how the process ended, if it does within the grace period.
+async fn with_exit_status(reason: CloseReason, peer_exit: Option<PeerExit>, grace: Duration) -> CloseReason {
+    let Some(mut exit) = peer_exit else {
+        return reason;
+    };
+    match tokio::time::timeout(grace, exit.wait_for(|s| s.is_some())).await {
+        Ok(Ok(status)) => CloseReason::ChildExited(status.expect("waited for Some")),
+        _ => reason,
+    }
+}
+
+/// A fresh handshake UID: unique per process, per call and over time.
+fn fresh_uid() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{:x}-{:x}-{:x}",
+        std::process::id(),
+        nanos,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}

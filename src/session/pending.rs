@@ -1,0 +1,85 @@
+//! The guard that keeps the table of pending requests honest.
+//!
+//! Created before the request is written (as tarpc does): whatever ends the
+//! call early (its deadline, the caller dropping the future) drops the
+//! guard, which removes the entry, so nothing is left behind, and, if the
+//! request had been written and the peer supports it, tells the peer to
+//! stop working on it.
+
+use tokio::sync::oneshot;
+
+use super::Shared;
+use crate::error::Error;
+use crate::frame::Message;
+use crate::protocol::{EXT_CANCEL, MessageOut};
+
+pub(super) struct PendingGuard<'a> {
+    shared: &'a Shared,
+    id: u64,
+    sent: bool,
+    armed: bool,
+}
+
+impl<'a> PendingGuard<'a> {
+    /// Registers request `id`; fails if the session has closed, so that no
+    /// entry is ever added after the close swept the table (both happen
+    /// under the table's lock).
+    pub(super) fn register(
+        shared: &'a Shared,
+        id: u64,
+        tx: oneshot::Sender<Result<Message, Error>>,
+    ) -> Result<Self, Error> {
+        let mut table = shared.table.lock().unwrap();
+        if let Some(reason) = &table.closed {
+            return Err(Error::Closed(reason.clone()));
+        }
+        table.pending.insert(id, tx);
+        Ok(PendingGuard {
+            shared,
+            id,
+            sent: false,
+            armed: true,
+        })
+    }
+
+    /// The request is on its way to the peer: a later drop cancels it there.
+    pub(super) fn mark_sent(&mut self) {
+        self.sent = true;
+    }
+
+    /// The answer (or the close) has arrived: the entry is gone already.
+    pub(super) fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        // Race with an answer arriving now: whoever removes the entry
+        // first wins. If the reader got it, the answer is simply dropped
+        // and no cancel is sent for a request that is already answered.
+        let removed = self
+            .shared
+            .table
+            .lock()
+            .unwrap()
+            .pending
+            .remove(&self.id)
+            .is_some();
+        if removed && self.sent && self.shared.peer_supports(EXT_CANCEL) {
+            let mut uid = itoa::Buffer::new();
+            if let Ok(line) = self
+                .shared
+                .sender
+                .encode(&MessageOut::cancel(uid.format(self.id)))
+            {
+                // A drop cannot wait for queue space; a cancel is one small
+                // line per request in flight, and those are capped.
+                let _ = self.shared.sender.send_control(line);
+            }
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use ipc_request::{
+    Channel, ChannelConfig, Handler, RemoteError, Request, Session, SessionBuilder, handler_fn,
+};
+use serde_json::{Value, json};
+
+/// A handler for in-process tests: `{"op":"echo","data":X}` -> X,
+/// `{"op":"sleep","ms":N,"data":X}` -> X after N ms, `{"op":"fail",...}`
+/// fails, anything else is echoed back.
+pub fn ops_handler() -> Handler {
+    handler_fn(|req: Request| async move {
+        let payload: Value = req.payload()?;
+        match payload.get("op").and_then(Value::as_str) {
+            Some("sleep") => {
+                tokio::time::sleep(Duration::from_millis(payload["ms"].as_u64().unwrap_or(0))).await;
+                Ok(payload["data"].clone())
+            }
+            Some("echo") => Ok(payload["data"].clone()),
+            Some("fail") => Err(RemoteError::new(
+                payload["name"].as_str().unwrap_or("Error"),
+                payload["message"].as_str().unwrap_or(""),
+            )),
+            _ => Ok(json!({ "echo": payload })),
+        }
+    })
+}
+
+/// Two sessions over an in-memory pair, both with `ops_handler`.
+pub async fn connected() -> (Session, Session) {
+    let (a, b) = Channel::pair(ChannelConfig::default());
+    let (sa, sb) = tokio::join!(
+        SessionBuilder::new().handler(ops_handler()).setup(a),
+        SessionBuilder::new().handler(ops_handler()).setup(b),
+    );
+    (sa.expect("side a"), sb.expect("side b"))
+}
+
+/// An example binary built by `cargo test` (examples are built for tests).
+pub fn example(name: &str) -> PathBuf {
+    let mut dir = std::env::current_exe().expect("test binary path");
+    dir.pop();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test`, which builds the examples",
+        path.display()
+    );
+    path
+}
+
+/// The JS test peer.
+pub fn js_peer() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/js/peer.js")
+}
+
+/// `node`, or `None` with a message when it is missing. In CI (`CI` set)
+/// a missing node is a failure, never a skip.
+pub fn node() -> Option<PathBuf> {
+    let found = Command::new("node")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if found {
+        return Some(PathBuf::from("node"));
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("node is not installed, and CI must run the Node tests");
+    }
+    eprintln!("SKIPPED: node is not on PATH; install Node.js (v20) to run the Node interop tests");
+    None
+}
+
+/// Our open file descriptors (Linux), to check that none leak.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+}

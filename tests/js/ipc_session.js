@@ -1,0 +1,265 @@
+'use strict';
+// A small, plain-Node implementation of the ipc-request protocol
+// (see PROTOCOL.md: section 2 = ipc-request 1.0, section 3 = extensions
+// `error` and `cancel`). Used by tests/js/peer.js to test the Rust crate
+// against an independent implementation.
+//
+//   const session = await setupIpcSession(proc, handler, opts)
+//
+// proc:    `process` (child side) or a ChildProcess (parent side) with an IPC
+//          channel in JSON mode.
+// handler: (payload, ctx) => value | Promise; ctx.cancelled (getter) and
+//          ctx.onCancel(fn) report a CANCEL from the peer.
+// opts:    { extensions = ['error', 'cancel'], handshakeTimeoutMs = 10000 }
+//          extensions = [] is plain ipc-request 1.0 mode.
+//
+// The session: request(payload, {timeoutMs}), send(plain), onMessage(fn)
+// (returns an unsubscribe function), peerExtensions (what the peer
+// advertised), extensions (negotiated: ours AND the peer's), uses(name),
+// close() (disconnects the channel).
+
+const crypto = require('crypto');
+
+// Exact key and value strings of the wire protocol.
+const P = '_IPC_REQUEST/';
+const HS_UID = P + 'HANDSHAKE_UID';
+const HS_TYPE = P + 'HANDSHAKE_MSG_TYPE';
+const HS_REQUEST = P + 'HANDSHAKE_MSG_TYPE:REQUEST';
+const HS_RESPONSE = P + 'HANDSHAKE_MSG_TYPE:RESPONSE';
+const MSG_TYPE = P + 'MSG_TYPE';
+const UID = P + 'REQUEST_UID';
+const PAYLOAD = P + 'PAYLOAD';
+const REQUEST = P + 'MSG_TYPE:REQUEST';
+const RESPONSE = P + 'MSG_TYPE:RESPONSE';
+const CANCEL = P + 'MSG_TYPE:CANCEL'; // extension `cancel`
+const EXTENSIONS = P + 'EXTENSIONS'; // extension negotiation
+const ERROR = P + 'ERROR'; // extension `error`
+
+const has = (o, k) => Object.prototype.hasOwnProperty.call(o, k);
+const isObject = (m) => m !== null && typeof m === 'object' && !Array.isArray(m);
+// Section 2: a handshake message has both handshake keys; a request/response
+// (or CANCEL) has all three of MSG_TYPE, REQUEST_UID and PAYLOAD. Anything
+// else is a plain message and belongs to the user.
+const isHandshake = (m) => isObject(m) && has(m, HS_UID) && has(m, HS_TYPE);
+const isRequestLike = (m) => isObject(m) && has(m, MSG_TYPE) && has(m, UID) && has(m, PAYLOAD);
+
+// The error object of extension `error` (and of the 1.0 fallback payload).
+function errorToWire(err) {
+  if (!isObject(err)) return { name: 'Error', message: String(err) };
+  const out = {
+    name: typeof err.name === 'string' ? err.name : 'Error',
+    message: typeof err.message === 'string' ? err.message : String(err.message ?? ''),
+  };
+  if (typeof err.stack === 'string') out.stack = err.stack;
+  if (typeof err.code === 'string' || typeof err.code === 'number') out.code = err.code;
+  if (err.data !== undefined) out.data = err.data;
+  return out;
+}
+
+function errorFromWire(w) {
+  const e = new Error(isObject(w) && typeof w.message === 'string' ? w.message : String(w));
+  if (!isObject(w)) return e;
+  if (typeof w.name === 'string') e.name = w.name;
+  if (w.code !== undefined) e.code = w.code;
+  if (w.data !== undefined) e.data = w.data;
+  if (typeof w.stack === 'string') e.stack = w.stack;
+  e.remote = true;
+  return e;
+}
+
+function makeError(message, code, name = 'Error') {
+  const e = new Error(message);
+  e.name = name;
+  e.code = code;
+  return e;
+}
+
+function setupIpcSession(proc, handler, { extensions = ['error', 'cancel'], handshakeTimeoutMs = 10000 } = {}) {
+  if (!proc || typeof proc.send !== 'function') {
+    return Promise.reject(makeError('no IPC channel on this process', 'ERR_NO_IPC'));
+  }
+  const ours = [...extensions];
+  const v1 = ours.length === 0; // plain ipc-request 1.0 mode
+  const ourUid = `${process.pid}-${crypto.randomUUID()}`; // fresh handshake UID
+
+  let established = false;
+  let closed = false;
+  let peerExtensions = [];
+  let nextId = 0;
+  const pending = new Map(); // our request id -> {resolve, reject, timer}
+  const running = new Map(); // peer request id -> ctx state of the running handler
+  const plainListeners = new Set();
+  let settleHandshake; // {resolve, reject} while the handshake runs
+
+  const uses = (name) => ours.includes(name) && peerExtensions.includes(name);
+
+  // process.send with a callback, so that a closed channel is reported to the
+  // callback instead of as an 'error' event (or a throw).
+  function write(msg, cb = () => {}) {
+    if (closed || !proc.connected) return cb(makeError('IPC channel closed', 'ERR_IPC_CHANNEL_CLOSED'));
+    try {
+      proc.send(msg, (err) => cb(err || null));
+    } catch (err) {
+      cb(err);
+    }
+  }
+
+  function handshakeMessage(type, uid) {
+    const m = { [HS_UID]: uid, [HS_TYPE]: type };
+    if (!v1) m[EXTENSIONS] = ours; // 1.0 mode: no EXTENSIONS key at all
+    return m;
+  }
+
+  function recordPeerExtensions(m) {
+    if (established) return; // negotiated once, at establishment
+    const ext = m[EXTENSIONS];
+    peerExtensions = Array.isArray(ext) ? ext.filter((x) => typeof x === 'string') : [];
+  }
+
+  function establish() {
+    if (established || closed) return;
+    established = true;
+    settleHandshake.resolve();
+  }
+
+  function onHandshake(m) {
+    if (m[HS_TYPE] === HS_REQUEST) {
+      // 2.1 step 3: answer every handshake request of the peer (also after
+      // establishment). Step 4b: established once our answer is written.
+      recordPeerExtensions(m);
+      write(handshakeMessage(HS_RESPONSE, m[HS_UID]), (err) => { if (!err) establish(); });
+    } else if (m[HS_TYPE] === HS_RESPONSE && m[HS_UID] === ourUid) {
+      // Step 4a: the answer to our own handshake request.
+      recordPeerExtensions(m);
+      establish();
+    }
+  }
+
+  function onRequest(id, payload) {
+    let cancelled = false;
+    const cancelFns = [];
+    const state = {
+      cancel() {
+        if (cancelled) return;
+        cancelled = true;
+        for (const fn of cancelFns.splice(0)) { try { fn(); } catch (_) { /* ignore */ } }
+      },
+    };
+    const ctx = {
+      get cancelled() { return cancelled; },
+      onCancel(fn) { if (cancelled) fn(); else cancelFns.push(fn); },
+    };
+    running.set(id, state);
+    const answer = (msg) => {
+      if (running.get(id) === state) running.delete(id);
+      if (cancelled) return; // cancel: whatever the handler sends later is not written
+      write({ [MSG_TYPE]: RESPONSE, [UID]: id, ...msg });
+    };
+    Promise.resolve()
+      .then(() => handler(payload, ctx))
+      .then(
+        (value) => answer({ [PAYLOAD]: value === undefined ? null : value }),
+        (err) => answer(uses('error')
+          ? { [PAYLOAD]: null, [ERROR]: errorToWire(err) } // extension `error`
+          : { [PAYLOAD]: errorToWire(err) }), // 1.0 peer: the error object as payload
+      );
+  }
+
+  function onResponse(m) {
+    const p = pending.get(m[UID]);
+    if (!p) return; // unknown, timed out or already answered: dropped
+    pending.delete(m[UID]);
+    clearTimeout(p.timer);
+    if (uses('error') && has(m, ERROR)) p.reject(errorFromWire(m[ERROR]));
+    else p.resolve(m[PAYLOAD]);
+  }
+
+  // The single 'message' listener: demultiplexes protocol and plain messages.
+  function onMessage(m) {
+    if (closed) return;
+    if (isHandshake(m)) return onHandshake(m);
+    if (isRequestLike(m)) {
+      const type = m[MSG_TYPE];
+      // Requests are served from the start (2.1 step 1), even before we
+      // consider ourselves established: the peer may already be.
+      if (type === REQUEST) return onRequest(m[UID], m[PAYLOAD]);
+      if (type === RESPONSE) return onResponse(m);
+      if (type === CANCEL && ours.includes('cancel')) running.get(m[UID])?.cancel();
+      return; // CANCEL in 1.0 mode, or an unknown type: ignored
+    }
+    for (const fn of plainListeners) fn(m);
+  }
+
+  function close(reason) {
+    if (closed) return;
+    closed = true;
+    const err = makeError(`IPC channel closed (${reason})`, 'ERR_IPC_CHANNEL_CLOSED');
+    if (!established) settleHandshake.reject(err);
+    for (const p of pending.values()) { clearTimeout(p.timer); p.reject(err); }
+    pending.clear();
+    for (const s of running.values()) s.cancel(); // nobody can receive the answers
+    running.clear();
+    proc.removeListener('message', onMessage);
+  }
+
+  const session = {
+    get peerExtensions() { return [...peerExtensions]; },
+    get extensions() { return ours.filter((x) => peerExtensions.includes(x)); },
+    uses,
+    request(payload, { timeoutMs } = {}) {
+      return new Promise((resolve, reject) => {
+        if (closed) return reject(makeError('IPC channel closed', 'ERR_IPC_CHANNEL_CLOSED'));
+        const id = String(++nextId);
+        const p = { resolve, reject, timer: null };
+        pending.set(id, p);
+        if (timeoutMs != null) {
+          p.timer = setTimeout(() => {
+            if (pending.get(id) !== p) return;
+            pending.delete(id);
+            reject(makeError(`request ${id} timed out after ${timeoutMs} ms`, 'ETIMEDOUT', 'TimeoutError'));
+            // Extension `cancel`: tell the peer we stopped waiting.
+            if (uses('cancel')) write({ [MSG_TYPE]: CANCEL, [UID]: id, [PAYLOAD]: null });
+          }, timeoutMs);
+        }
+        write({ [MSG_TYPE]: REQUEST, [UID]: id, [PAYLOAD]: payload === undefined ? null : payload }, (err) => {
+          if (err && pending.get(id) === p) { pending.delete(id); clearTimeout(p.timer); reject(err); }
+        });
+      });
+    },
+    send(msg) {
+      return new Promise((resolve, reject) => write(msg, (err) => (err ? reject(err) : resolve())));
+    },
+    onMessage(fn) {
+      plainListeners.add(fn);
+      return () => plainListeners.delete(fn);
+    },
+    close() {
+      if (proc.connected) proc.disconnect();
+      close('closed locally');
+    },
+  };
+
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      const err = makeError(`handshake timed out after ${handshakeTimeoutMs} ms`, 'ETIMEDOUT', 'TimeoutError');
+      closed = true;
+      proc.removeListener('message', onMessage);
+      reject(err);
+    }, handshakeTimeoutMs);
+    settleHandshake = {
+      resolve() { clearTimeout(timer); resolve(session); },
+      reject(err) { clearTimeout(timer); reject(err); },
+    };
+    // 2.1 step 1: listen first; then step 2: announce ourselves.
+    proc.on('message', onMessage);
+    proc.once('disconnect', () => close('disconnected'));
+    if (proc !== process) {
+      // A child that exited: give the channel a moment to deliver what is
+      // still in the socket (its 'disconnect' normally follows), then give up.
+      proc.once('exit', () => setTimeout(() => close('peer exited'), 200).unref());
+    }
+    write(handshakeMessage(HS_REQUEST, ourUid));
+  });
+}
+
+module.exports = { setupIpcSession, errorToWire, KEYS: { HS_UID, HS_TYPE, HS_REQUEST, HS_RESPONSE, MSG_TYPE, UID, PAYLOAD, REQUEST, RESPONSE, CANCEL, EXTENSIONS, ERROR } };

@@ -1,0 +1,154 @@
+//! Deadlines, cancellation and backpressure, in process.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipc_request::{Channel, ChannelConfig, Error, Request, Responder, SessionBuilder, responder_fn, setup};
+use serde_json::Value;
+use serde_json::value::RawValue;
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+
+/// A server whose handler waits for cancellation and reports what it saw:
+/// that it was cancelled, and that its late answer was refused.
+fn cancel_observer() -> (ipc_request::Handler, mpsc::UnboundedReceiver<(String, bool)>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let handler = responder_fn(move |req: Request, responder: Responder| {
+        let tx = tx.clone();
+        async move {
+            let key: String = req.payload().unwrap();
+            req.cancelled().await;
+            let refused = matches!(responder.respond(&"late").await, Err(Error::Cancelled));
+            let _ = tx.send((key, refused));
+        }
+    });
+    (handler, rx)
+}
+
+#[tokio::test]
+async fn a_deadline_fails_the_request_cancels_it_at_the_peer_and_leaves_nothing_behind() {
+    let (handler, mut seen) = cancel_observer();
+    let (a, b) = Channel::pair(ChannelConfig::default());
+    let (client, server) = tokio::join!(setup(a, None), setup(b, handler));
+    let (client, _server) = (client.unwrap(), server.unwrap());
+    let err = client
+        .request_timeout::<_, Value>("k1", Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Timeout(d) if d == Duration::from_millis(100)),
+        "{err}"
+    );
+    assert_eq!(client.pending_requests(), 0);
+    let (key, refused) = seen.recv().await.unwrap();
+    assert_eq!(key, "k1");
+    assert!(refused, "the answer after the cancel must be refused");
+}
+
+#[tokio::test]
+async fn the_session_default_deadline_applies() {
+    let (handler, _seen) = cancel_observer();
+    let config = ipc_request::SessionConfig {
+        request_timeout: Some(Duration::from_millis(50)),
+        ..Default::default()
+    };
+    let (a, b) = Channel::pair(ChannelConfig::default());
+    let (client, server) = tokio::join!(SessionBuilder::new().config(config).setup(a), setup(b, handler));
+    let (client, _server) = (client.unwrap(), server.unwrap());
+    assert!(matches!(
+        client.request::<_, Value>("x").await,
+        Err(Error::Timeout(_))
+    ));
+}
+
+#[tokio::test]
+async fn dropping_a_request_future_cancels_it_at_the_peer() {
+    let (handler, mut seen) = cancel_observer();
+    let (a, b) = Channel::pair(ChannelConfig::default());
+    let (client, server) = tokio::join!(setup(a, None), setup(b, handler));
+    let (client, _server) = (client.unwrap(), server.unwrap());
+    let call = {
+        let client = client.clone();
+        tokio::spawn(async move { client.request::<_, Value>("dropped").await })
+    };
+    while client.pending_requests() == 0 {
+        tokio::task::yield_now().await;
+    }
+    call.abort();
+    let (key, refused) = seen.recv().await.unwrap();
+    assert_eq!(key, "dropped");
+    assert!(refused);
+    assert_eq!(client.pending_requests(), 0);
+}
+
+#[tokio::test]
+async fn a_peer_that_stops_reading_bounds_our_queue_while_we_send_a_gibibyte() {
+    const MESSAGE: usize = 1024 * 1024;
+    const COUNT: usize = 1024; // 1 GiB in total
+    let (a_io, mut b_io) = tokio::io::duplex(64 * 1024);
+    let config = ChannelConfig {
+        write_queue_bytes: 4 * MESSAGE,
+        ..Default::default()
+    };
+    // The peer is raw bytes in this test: it answers the handshake as an
+    // ipc-request 1.0 peer would, then reads only when the test says so.
+    let a = tokio::spawn(setup(Channel::from_stream(a_io, config), None));
+    let hello = read_line(&mut b_io).await;
+    let hello: Value = serde_json::from_str(&hello).unwrap();
+    let answer = serde_json::json!({
+        "_IPC_REQUEST/HANDSHAKE_UID": hello["_IPC_REQUEST/HANDSHAKE_UID"],
+        "_IPC_REQUEST/HANDSHAKE_MSG_TYPE": "_IPC_REQUEST/HANDSHAKE_MSG_TYPE:RESPONSE"
+    });
+    tokio::io::AsyncWriteExt::write_all(&mut b_io, format!("{answer}\n").as_bytes())
+        .await
+        .unwrap();
+    let a = a.await.unwrap().unwrap();
+
+    let text = format!("\"{}\"", "y".repeat(MESSAGE - 3));
+    let payload: Arc<Box<RawValue>> = Arc::new(RawValue::from_string(text).unwrap());
+    let sender = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            for _ in 0..COUNT {
+                a.send(&**payload).await.unwrap();
+            }
+        })
+    };
+    let cap = a.queue_capacity();
+    let mut max_queued = 0;
+    // Phase 1: the peer reads nothing. The sender fills the queue to its
+    // budget and must then wait.
+    while a.queued_bytes() + MESSAGE <= cap {
+        tokio::task::yield_now().await;
+        max_queued = max_queued.max(a.queued_bytes());
+    }
+    assert!(
+        !sender.is_finished(),
+        "1 GiB cannot go to a peer that reads nothing"
+    );
+    // Phase 2: the peer reads; the queue is checked after every chunk.
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut received = 0;
+    while received < COUNT * MESSAGE {
+        let n = b_io.read(&mut buf).await.unwrap();
+        assert!(n > 0, "stream ended early");
+        received += n;
+        max_queued = max_queued.max(a.queued_bytes());
+    }
+    sender.await.unwrap();
+    assert_eq!(received, COUNT * MESSAGE, "every byte of every message arrived");
+    assert!(max_queued <= cap, "queued {max_queued} > budget {cap}");
+}
+
+async fn read_line<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> String {
+    let mut line = Vec::new();
+    loop {
+        let byte = r.read_u8().await.unwrap();
+        if byte == b'\n' {
+            return String::from_utf8(line).unwrap();
+        }
+        line.push(byte);
+    }
+}

@@ -1,0 +1,566 @@
+//! Real processes: Rust parent with Rust child, Rust parent with a Node
+//! child, Node parent with the Rust child; and children that die, exit
+//! early, or never answer.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{example, js_peer, node, open_fds};
+use ipc_request::{
+    ChildProcess, CloseReason, Error, FrameError, Request, Session, SessionBuilder, SessionConfig,
+    SpawnOptions, handler_fn, spawn, spawn_with,
+};
+use serde_json::{Value, json};
+
+/// The parent's handler in these tests: answers `{"from":"rust-parent",
+/// "data":X}`, and fails when asked to with `{"fail": true}`.
+fn parent_handler() -> ipc_request::Handler {
+    handler_fn(|req: Request| async move {
+        let data: Value = req.payload()?;
+        if data.get("fail") == Some(&json!(true)) {
+            return Err(ipc_request::RemoteError::new("RangeError", "parent refused").with_code(42));
+        }
+        Ok(json!({"from": "rust-parent", "data": data}))
+    })
+}
+
+async fn start(command: Command) -> (Session, ChildProcess) {
+    let (channel, child) = spawn(command).expect("spawn");
+    let session = SessionBuilder::new()
+        .handler(parent_handler())
+        .setup(channel)
+        .await
+        .expect("handshake with the child");
+    (session, child)
+}
+
+fn rust_child(args: &[&str]) -> Command {
+    let mut command = Command::new(example("rust_peer"));
+    command.args(args);
+    command
+}
+
+fn node_child(node: &std::path::Path, args: &[&str]) -> Command {
+    let mut command = Command::new(node);
+    command.arg(js_peer()).arg("child").args(args);
+    command
+}
+
+/// Everything a full (extensions) peer must do, whatever language it is in.
+async fn exercise_full_peer(session: &Session) {
+    assert!(
+        session.peer().supports("error") && session.peer().supports("cancel"),
+        "{:?}",
+        session.peer()
+    );
+
+    let payload = json!({"nested": {"list": [1, 2.5, null, true], "text": "é 😀 \u{2028} \u{0001}"}});
+    let got: Value = session
+        .request(&json!({"op":"echo","data":payload}))
+        .await
+        .unwrap();
+    assert_eq!(got, payload);
+
+    // Many in flight, answered out of order.
+    let calls = (0..200u64).map(|i| {
+        let session = session.clone();
+        async move {
+            let ms = (i * 7919) % 50;
+            let got: Value = session
+                .request(&json!({"op":"sleep","ms":ms,"data":i}))
+                .await
+                .unwrap();
+            assert_eq!(got, json!(i));
+        }
+    });
+    futures_util::future::join_all(calls).await;
+
+    // req1 req2 res2 res1
+    let (slow, fast) = tokio::join!(
+        async {
+            let v: Value = session
+                .request(&json!({"op":"sleep","ms":300,"data":"req1"}))
+                .await
+                .unwrap();
+            (v, Instant::now())
+        },
+        async {
+            let v: Value = session
+                .request(&json!({"op":"sleep","ms":0,"data":"req2"}))
+                .await
+                .unwrap();
+            (v, Instant::now())
+        }
+    );
+    assert_eq!((slow.0, fast.0.clone()), (json!("req1"), json!("req2")));
+    assert!(fast.1 < slow.1);
+
+    // The child calls the parent back, while the parent waits on the child.
+    let got: Value = session
+        .request(&json!({"op":"call","data":"ping"}))
+        .await
+        .unwrap();
+    assert_eq!(got, json!({"got": {"from": "rust-parent", "data": "ping"}}));
+
+    // Our handler's failure reaches the child as an error.
+    let got: Value = session
+        .request(&json!({"op":"call","data":{"fail":true}}))
+        .await
+        .unwrap();
+    assert_eq!(got["error"]["name"], json!("RangeError"));
+    assert_eq!(got["error"]["message"], json!("parent refused"));
+    assert_eq!(got["error"]["code"], json!(42));
+
+    // The child's handler failure reaches us as a typed remote error.
+    let fail = json!({"op":"fail","name":"TypeError","message":"boom","code":"E_BOOM","data":{"n":1}});
+    match session.request::<_, Value>(&fail).await {
+        Err(Error::Remote(e)) => {
+            assert_eq!((e.name.as_str(), e.message.as_str()), ("TypeError", "boom"));
+            assert_eq!(e.code, Some(json!("E_BOOM")));
+            assert_eq!(e.data, Some(json!({"n": 1})));
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Cancellation reaches the child's handler.
+    let err = session
+        .request_timeout::<_, Value>(
+            &json!({"op":"wait_cancel","key":"k1"}),
+            Duration::from_millis(100),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Timeout(_)), "{err}");
+    let seen: bool = session
+        .request(&json!({"op":"cancelled","key":"k1"}))
+        .await
+        .unwrap();
+    assert!(seen, "the child's handler did not observe the cancel");
+    assert_eq!(session.pending_requests(), 0);
+}
+
+/// Plain messages from the child arrive in order, around protocol traffic.
+async fn exercise_plain_messages(session: &Session) {
+    let mut messages = session.messages().unwrap();
+    let sent = json!([{"a": 1}, "two", 3, [4], null]);
+    let count: Value = session
+        .request(&json!({"op":"plain","messages":sent}))
+        .await
+        .unwrap();
+    assert_eq!(count, json!(5));
+    for expected in sent.as_array().unwrap() {
+        assert_eq!(&messages.recv().await.unwrap().unwrap(), expected);
+    }
+}
+
+async fn finish(session: Session, child: ChildProcess) {
+    session.close();
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("the child exits once its channel closes")
+        .unwrap();
+    assert!(status.success(), "child ended with {status}");
+}
+
+#[tokio::test]
+async fn rust_parent_with_rust_child() {
+    let (session, child) = start(rust_child(&[])).await;
+    exercise_full_peer(&session).await;
+    exercise_plain_messages(&session).await;
+    for (op, name) in [("panic", "HandlerPanicked"), ("drop", "ResponderDropped")] {
+        match session.request::<_, Value>(&json!({ "op": op })).await {
+            Err(Error::Remote(e)) => assert_eq!(e.name, name),
+            other => panic!("{op}: {other:?}"),
+        }
+    }
+    finish(session, child).await;
+}
+
+#[tokio::test]
+async fn rust_child_at_another_fd() {
+    let options = SpawnOptions {
+        fd: 7,
+        ..Default::default()
+    };
+    let (channel, child) = spawn_with(rust_child(&[]), options).unwrap();
+    let session = ipc_request::setup(channel, None).await.unwrap();
+    let got: Value = session.request(&json!({"op":"echo","data":7})).await.unwrap();
+    assert_eq!(got, json!(7));
+    finish(session, child).await;
+    assert!(matches!(
+        spawn_with(
+            rust_child(&[]),
+            SpawnOptions {
+                fd: 2,
+                ..Default::default()
+            }
+        ),
+        Err(Error::InvalidArgument(_))
+    ));
+}
+
+#[tokio::test]
+async fn rust_parent_with_node_child() {
+    let Some(node) = node() else { return };
+    let (session, child) = start(node_child(&node, &[])).await;
+    exercise_full_peer(&session).await;
+    exercise_plain_messages(&session).await;
+    finish(session, child).await;
+}
+
+#[tokio::test]
+async fn rust_parent_with_a_one_dot_zero_node_child() {
+    let Some(node) = node() else { return };
+    let (session, child) = start(node_child(&node, &["--v1"])).await;
+    assert!(!session.peer().advertises_extensions);
+    let got: Value = session
+        .request(&json!({"op":"echo","data":[1, "x"]}))
+        .await
+        .unwrap();
+    assert_eq!(got, json!([1, "x"]));
+    // Our handler fails; a 1.0 peer gets the error object as the payload.
+    let got: Value = session
+        .request(&json!({"op":"call","data":{"fail":true}}))
+        .await
+        .unwrap();
+    assert_eq!(got["got"]["name"], json!("RangeError"), "{got}");
+    assert_eq!(got["got"]["message"], json!("parent refused"));
+    assert_eq!(got["got"]["code"], json!(42));
+    // No cancel goes to a 1.0 peer: the request just times out locally.
+    let err = session
+        .request_timeout::<_, Value>(
+            &json!({"op":"sleep","ms":500,"data":0}),
+            Duration::from_millis(50),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Timeout(_)));
+    // Its late answer is dropped quietly; the session goes on.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let got: Value = session
+        .request(&json!({"op":"echo","data":"after"}))
+        .await
+        .unwrap();
+    assert_eq!(got, json!("after"));
+    finish(session, child).await;
+}
+
+#[tokio::test]
+async fn rust_parent_with_a_node_child_whose_listener_comes_late() {
+    let Some(node) = node() else { return };
+    // The child ignores our first handshake request; its own completes both.
+    let (session, child) = start(node_child(&node, &["--handshake-delay", "300"])).await;
+    let got: Value = session.request(&json!({"op":"echo","data":1})).await.unwrap();
+    assert_eq!(got, json!(1));
+    finish(session, child).await;
+}
+
+fn run_node_parent(node: &std::path::Path, parent_args: &[&str], child: &[&str]) {
+    let output = Command::new(node)
+        .arg(js_peer())
+        .arg("parent")
+        .args(parent_args)
+        .arg("--")
+        .arg(example("rust_peer"))
+        .args(child)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "node parent failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+    for check in [
+        "handshake",
+        "echo",
+        "concurrent",
+        "out_of_order",
+        "callback",
+        "plain",
+        "error",
+    ] {
+        assert!(
+            stdout.contains(&format!("PASS {check}")),
+            "{check} missing:\n{stdout}"
+        );
+    }
+    assert!(stdout.contains("DONE"), "{stdout}");
+}
+
+#[test]
+fn node_parent_with_rust_child() {
+    let Some(node) = node() else { return };
+    run_node_parent(&node, &[], &[]);
+}
+
+#[test]
+fn one_dot_zero_node_parent_with_rust_child() {
+    let Some(node) = node() else { return };
+    run_node_parent(&node, &["--v1"], &[]);
+}
+
+#[tokio::test]
+async fn a_child_killed_with_a_thousand_requests_pending_fails_them_all_at_once() {
+    let (session, child) = start(rust_child(&[])).await;
+    let calls: Vec<_> = (0..1000)
+        .map(|i| {
+            let session = session.clone();
+            tokio::spawn(async move {
+                session
+                    .request::<_, Value>(&json!({"op":"sleep","ms":60_000,"data":i}))
+                    .await
+            })
+        })
+        .collect();
+    while session.pending_requests() < 1000 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let killed_at = Instant::now();
+    child.kill();
+    for call in calls {
+        let result = tokio::time::timeout(Duration::from_secs(5), call)
+            .await
+            .expect("a request hung after the child died")
+            .unwrap();
+        match result {
+            Err(Error::Closed(CloseReason::ChildExited(status))) => {
+                use std::os::unix::process::ExitStatusExt;
+                assert_eq!(status.signal(), Some(9));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let elapsed = killed_at.elapsed();
+    eprintln!("all 1000 failed {elapsed:?} after the kill");
+    let err = session
+        .request::<_, Value>(&json!({"op":"echo"}))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("SIGKILL"), "{err}");
+}
+
+#[tokio::test]
+async fn a_child_that_exits_before_the_handshake_fails_it_at_once_with_its_code() {
+    let (channel, _child) = spawn(rust_child(&["--exit-before-handshake", "7"])).unwrap();
+    let config = SessionConfig {
+        handshake_timeout: Duration::from_secs(60),
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let err = SessionBuilder::new()
+        .config(config)
+        .setup(channel)
+        .await
+        .unwrap_err();
+    match &err {
+        Error::Closed(CloseReason::ChildExited(status)) => assert_eq!(status.code(), Some(7)),
+        other => panic!("{other:?}"),
+    }
+    assert!(err.to_string().contains("exited with code 7"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "waited for the timeout"
+    );
+}
+
+#[tokio::test]
+async fn a_child_that_never_sets_up_a_session_times_the_handshake_out() {
+    for command in [
+        Some(rust_child(&["--no-session"])),
+        node().map(|n| node_child(&n, &["--no-session"])),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let (channel, child) = spawn(command).unwrap();
+        let config = SessionConfig {
+            handshake_timeout: Duration::from_millis(500),
+            ..Default::default()
+        };
+        let err = SessionBuilder::new()
+            .config(config)
+            .setup(channel)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::HandshakeTimeout(_)), "{err}");
+        // The failed setup closed our end: the child sees it and exits (the
+        // Rust one sleeps, so it is killed).
+        child.kill();
+        child.wait().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn an_invalid_line_and_a_handle_from_a_node_child_do_not_break_the_session() {
+    let Some(node) = node() else { return };
+    let (session, child) = start(node_child(&node, &[])).await;
+    let mut messages = session.messages().unwrap();
+
+    let written: Value = session
+        .request(&json!({"op":"raw","text":"this is not json\n"}))
+        .await
+        .unwrap();
+    assert_eq!(written, json!("written"));
+    match messages.recv().await.unwrap() {
+        Err(Error::Frame(FrameError::InvalidJson { snippet, .. })) => assert!(snippet.contains("not json")),
+        other => panic!("{other:?}"),
+    }
+
+    let fds_before = open_fds();
+    // Node sends NODE_HANDLE with a descriptor and then waits for our NACK
+    // before writing anything else: the answer arriving proves the NACK.
+    let sent: Value = tokio::time::timeout(Duration::from_secs(10), session.request(&json!({"op":"handle"})))
+        .await
+        .expect("the Node child stalled: no NODE_HANDLE_NACK?")
+        .unwrap();
+    assert_eq!(sent, json!("sent"));
+    let got: Value = session
+        .request(&json!({"op":"echo","data":"still fine"}))
+        .await
+        .unwrap();
+    assert_eq!(got, json!("still fine"));
+    assert!(
+        open_fds() <= fds_before,
+        "a passed descriptor was installed in our process"
+    );
+    // Node's internal messages never surfaced as plain messages.
+    let count: Value = session
+        .request(&json!({"op":"plain","messages":["marker"]}))
+        .await
+        .unwrap();
+    assert_eq!(count, json!(1));
+    assert_eq!(messages.recv().await.unwrap().unwrap(), json!("marker"));
+    finish(session, child).await;
+}
+
+#[test]
+fn a_rust_child_without_a_usable_channel_says_which_variable_is_wrong() {
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (&[], "NODE_CHANNEL_FD=(unset)"),
+        (
+            &[("NODE_CHANNEL_FD", "abc")],
+            "NODE_CHANNEL_FD=\"abc\": not a file descriptor number",
+        ),
+        (
+            &[("NODE_CHANNEL_FD", "97")],
+            "NODE_CHANNEL_FD=\"97\": that file descriptor is not open",
+        ),
+        (
+            &[("NODE_CHANNEL_FD", "0")],
+            "NODE_CHANNEL_FD=\"0\": that file descriptor is not a stream socket",
+        ),
+        (
+            &[
+                ("NODE_CHANNEL_FD", "0"),
+                ("NODE_CHANNEL_SERIALIZATION_MODE", "advanced"),
+            ],
+            "NODE_CHANNEL_SERIALIZATION_MODE=\"advanced\"",
+        ),
+        (
+            &[
+                ("NODE_CHANNEL_FD", "0"),
+                ("NODE_CHANNEL_SERIALIZATION_MODE", "xml"),
+            ],
+            "NODE_CHANNEL_SERIALIZATION_MODE=\"xml\": unknown serialization mode",
+        ),
+    ];
+    for (env, expected) in cases {
+        let mut command = Command::new(example("rust_peer"));
+        command
+            .env_remove("NODE_CHANNEL_FD")
+            .env_remove("NODE_CHANNEL_SERIALIZATION_MODE")
+            .stdin(std::process::Stdio::null());
+        for (k, v) in *env {
+            command.env(k, v);
+        }
+        let output = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{env:?}: {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{env:?}: expected {expected:?} in {stderr:?}"
+        );
+    }
+}
+
+#[test]
+fn the_parent_example_prints_the_seed_log() {
+    let output = Command::new(example("parent")).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for line in [
+        "[parent] Hands have been shaken! Now I know that the child process listens to my requests",
+        "[parent] Sending request:  (REQUEST FROM parent)",
+        "[child]  Got request:      (REQUEST FROM parent)",
+        "[child]  Sending response: (RESPONSE FROM child TO (REQUEST FROM parent))",
+        "[parent] Got response:     (RESPONSE FROM child TO (REQUEST FROM parent))",
+        "[child]  Response sent:    (RESPONSE FROM child TO (REQUEST FROM parent))",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l == line),
+            "missing {line:?} in:\n{stdout}"
+        );
+    }
+}
+
+#[test]
+fn the_parent_example_names_the_signal_when_its_child_dies() {
+    let output = Command::new(example("parent"))
+        .args(["sh", "-c", "kill -9 $$"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("killed by signal 9 (SIGKILL)"), "{stderr}");
+}
+
+#[test]
+fn the_examples_interoperate_with_node() {
+    let Some(node) = node() else { return };
+    let root = env!("CARGO_MANIFEST_DIR");
+    // Rust parent, Node child.
+    let output = Command::new(example("parent"))
+        .arg(&node)
+        .arg(format!("{root}/examples/node/child.js"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("[parent] Got response:     (RESPONSE FROM child TO (REQUEST FROM parent))"),
+        "{stdout}"
+    );
+    // Node parent, Rust child.
+    let output = Command::new(&node)
+        .arg(format!("{root}/examples/node/parent.js"))
+        .arg(example("child"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("[child]  Got request:      (REQUEST FROM parent)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("[parent] Got response:     (RESPONSE FROM child TO (REQUEST FROM parent))"),
+        "{stdout}"
+    );
+}

@@ -1,0 +1,396 @@
+//! The session over in-memory pairs: handshake orders, requests both ways,
+//! ordering, many in flight, plain messages, failures.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::{connected, ops_handler};
+use ipc_request::{
+    Channel, ChannelConfig, CloseReason, Error, RemoteError, Request, Responder, SessionBuilder, handler_fn,
+    responder_fn, setup,
+};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test]
+async fn handshake_when_both_start_at_once() {
+    let (a, b) = connected().await;
+    assert!(a.peer().supports("error") && a.peer().supports("cancel"));
+    assert!(b.peer().advertises_extensions);
+}
+
+#[tokio::test]
+async fn handshake_when_one_side_starts_first() {
+    for delay_a in [true, false] {
+        let (a, b) = Channel::pair(ChannelConfig::default());
+        let (first, second) = if delay_a { (b, a) } else { (a, b) };
+        let early = tokio::spawn(setup(first, ops_handler()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!early.is_finished(), "established without a peer");
+        let late = setup(second, ops_handler()).await.unwrap();
+        let early = early.await.unwrap().unwrap();
+        let got: Value = late.request(&json!({"op":"echo","data":1})).await.unwrap();
+        assert_eq!(got, json!(1));
+        let got: Value = early.request(&json!({"op":"echo","data":2})).await.unwrap();
+        assert_eq!(got, json!(2));
+    }
+}
+
+#[tokio::test]
+async fn handshake_when_the_first_request_is_lost() {
+    let (a_io, mut b_io) = tokio::io::duplex(64 * 1024);
+    let a = tokio::spawn(setup(
+        Channel::from_stream(a_io, ChannelConfig::default()),
+        ops_handler(),
+    ));
+    // Nobody listens on b yet: read a's handshake request off the stream and
+    // throw it away, as a Node peer without a listener would.
+    let mut lost = Vec::new();
+    loop {
+        let byte = b_io.read_u8().await.unwrap();
+        if byte == b'\n' {
+            break;
+        }
+        lost.push(byte);
+    }
+    assert!(
+        String::from_utf8(lost)
+            .unwrap()
+            .contains("HANDSHAKE_MSG_TYPE:REQUEST")
+    );
+    let b = setup(
+        Channel::from_stream(b_io, ChannelConfig::default()),
+        ops_handler(),
+    )
+    .await
+    .unwrap();
+    let a = a.await.unwrap().unwrap();
+    let got: Value = a.request(&json!({"op":"echo","data":"x"})).await.unwrap();
+    assert_eq!(got, json!("x"));
+    let got: Value = b.request(&json!({"op":"echo","data":"y"})).await.unwrap();
+    assert_eq!(got, json!("y"));
+}
+
+#[tokio::test]
+async fn handshake_times_out_when_nobody_answers() {
+    let (a, _b_unused) = tokio::io::duplex(1024);
+    let config = ipc_request::SessionConfig {
+        handshake_timeout: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let err = SessionBuilder::new()
+        .config(config)
+        .setup(Channel::from_stream(a, ChannelConfig::default()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::HandshakeTimeout(d) if d == Duration::from_millis(100)),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn handshake_fails_at_once_when_the_peer_goes_away() {
+    let (a, b) = tokio::io::duplex(1024);
+    let started = std::time::Instant::now();
+    let setup = tokio::spawn(setup(Channel::from_stream(a, ChannelConfig::default()), None));
+    drop(b);
+    let err = setup.await.unwrap().unwrap_err();
+    assert!(matches!(err, Error::Closed(CloseReason::PeerClosed)), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn both_sides_are_client_and_server_at_once() {
+    let (a, b) = connected().await;
+    let mut calls = Vec::new();
+    for i in 0..100 {
+        let (a, b) = (a.clone(), b.clone());
+        calls.push(tokio::spawn(async move {
+            let x: Value = a.request(&json!({"op":"echo","data":i})).await.unwrap();
+            let y: Value = b.request(&json!({"op":"echo","data":-i})).await.unwrap();
+            (x, y)
+        }));
+    }
+    for (i, call) in calls.into_iter().enumerate() {
+        let (x, y) = call.await.unwrap();
+        assert_eq!(x, json!(i));
+        assert_eq!(y, json!(-(i as i64)));
+    }
+}
+
+#[tokio::test]
+async fn answers_out_of_order_are_matched_by_id() {
+    let (a, _b) = connected().await;
+    let slow_req = json!({"op":"sleep","ms":200,"data":"req1"});
+    let slow = a.request::<_, Value>(&slow_req);
+    let fast = async {
+        let r: Value = a
+            .request(&json!({"op":"sleep","ms":0,"data":"req2"}))
+            .await
+            .unwrap();
+        (r, std::time::Instant::now())
+    };
+    let (slow, (fast, fast_at)) =
+        tokio::join!(async { (slow.await.unwrap(), std::time::Instant::now()) }, fast);
+    assert_eq!(slow.0, json!("req1"));
+    assert_eq!(fast, json!("req2"));
+    assert!(fast_at < slow.1, "res2 arrived after res1");
+}
+
+#[tokio::test]
+async fn ten_thousand_in_flight() {
+    let (a, _b) = connected().await;
+    let calls = (0..10_000).map(|i| {
+        let a = a.clone();
+        async move { a.request::<_, Value>(&json!({"op":"echo","data":i})).await }
+    });
+    let answers = futures_util::future::join_all(calls).await;
+    for (i, answer) in answers.into_iter().enumerate() {
+        assert_eq!(answer.unwrap(), json!(i));
+    }
+    assert_eq!(a.pending_requests(), 0);
+}
+
+#[tokio::test]
+async fn plain_messages_interleaved_with_requests_arrive_untouched_and_in_order() {
+    let (a, b) = connected().await;
+    let mut messages = b.messages().expect("first call gets the stream");
+    assert!(b.messages().is_none(), "one stream per session");
+    let sent: Vec<Value> = (0..200)
+        .map(|i| match i % 4 {
+            0 => json!({"i": i, "cmd": "user", "nested": {"_IPC_REQUEST/x": 1}}),
+            1 => json!(format!("text {i} \u{2028} é")),
+            2 => json!([i, null, true]),
+            _ => json!(i),
+        })
+        .collect();
+    for (i, m) in sent.iter().enumerate() {
+        a.send(m).await.unwrap();
+        if i % 10 == 0 {
+            let _: Value = a.request(&json!({"op":"echo","data":i})).await.unwrap();
+        }
+    }
+    for expected in &sent {
+        let got = messages.recv().await.unwrap().unwrap();
+        assert_eq!(&got, expected);
+    }
+}
+
+#[tokio::test]
+async fn reserved_messages_are_refused() {
+    let (a, _b) = connected().await;
+    let err = a.send(&json!({"cmd": "NODE_HANDLE_ACK"})).await.unwrap_err();
+    assert!(matches!(err, Error::ReservedMessage(_)), "{err}");
+    let lookalike = json!({
+        "_IPC_REQUEST/MSG_TYPE": "_IPC_REQUEST/MSG_TYPE:RESPONSE",
+        "_IPC_REQUEST/REQUEST_UID": "1",
+        "_IPC_REQUEST/PAYLOAD": null
+    });
+    assert!(matches!(a.send(&lookalike).await, Err(Error::ReservedMessage(_))));
+    // "NODE" alone (5 characters) is not Node's: it passes.
+    a.send(&json!({"cmd": "NODE_"})).await.unwrap();
+}
+
+#[tokio::test]
+async fn handler_errors_panics_and_dropped_responders_answer_with_errors() {
+    let (a, b) = Channel::pair(ChannelConfig::default());
+    let handler = responder_fn(|req: Request, responder: Responder| async move {
+        match req.payload::<String>().unwrap().as_str() {
+            "error" => {
+                let _ = responder
+                    .fail(
+                        RemoteError::new("TypeError", "boom")
+                            .with_code("E_BOOM")
+                            .with_data(json!({"n": 1})),
+                    )
+                    .await;
+            }
+            "panic" => panic!("handler exploded"),
+            "drop" => drop(responder),
+            "twice" => {
+                responder.respond(&1).await.unwrap();
+                assert!(matches!(responder.respond(&2).await, Err(Error::AlreadyAnswered)));
+            }
+            _ => {
+                let _ = responder.respond(&"ok").await;
+            }
+        }
+    });
+    let (client, _server) = tokio::join!(setup(a, None), setup(b, handler));
+    let client = client.unwrap();
+    match client.request::<_, Value>("error").await {
+        Err(Error::Remote(e)) => {
+            assert_eq!((e.name.as_str(), e.message.as_str()), ("TypeError", "boom"));
+            assert_eq!(e.code, Some(json!("E_BOOM")));
+            assert_eq!(e.data, Some(json!({"n": 1})));
+        }
+        other => panic!("{other:?}"),
+    }
+    match client.request::<_, Value>("panic").await {
+        Err(Error::Remote(e)) => assert_eq!(e.name, "HandlerPanicked"),
+        other => panic!("{other:?}"),
+    }
+    match client.request::<_, Value>("drop").await {
+        Err(Error::Remote(e)) => assert_eq!(e.name, "ResponderDropped"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(client.request::<_, Value>("twice").await.unwrap(), json!(1));
+    // Still serving after all that.
+    assert_eq!(client.request::<_, Value>("fine").await.unwrap(), json!("ok"));
+}
+
+#[tokio::test]
+async fn a_panic_in_a_returning_handler_carries_its_message() {
+    let (a, b) = Channel::pair(ChannelConfig::default());
+    let handler = handler_fn(|_req: Request| async move {
+        if true {
+            panic!("exploded with detail");
+        }
+        Ok::<_, RemoteError>(0)
+    });
+    let (client, _server) = tokio::join!(setup(a, None), setup(b, handler));
+    match client.unwrap().request::<_, Value>(&0).await {
+        Err(Error::Remote(e)) => {
+            assert_eq!(e.name, "HandlerPanicked");
+            assert_eq!(e.message, "exploded with detail");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn requests_to_a_side_without_handler_fail_with_no_handler() {
+    let (a, b) = Channel::pair(ChannelConfig::default());
+    let (client, _server) = tokio::join!(setup(a, None), setup(b, None));
+    match client.unwrap().request::<_, Value>(&0).await {
+        Err(Error::Remote(e)) => assert_eq!(e.name, "NoHandler"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn closing_fails_pending_requests_on_both_sides_and_later_calls() {
+    let (a, b) = connected().await;
+    let pending = {
+        let b = b.clone();
+        tokio::spawn(async move { b.request::<_, Value>(&json!({"op":"sleep","ms":60_000})).await })
+    };
+    let mine = {
+        let a = a.clone();
+        tokio::spawn(async move { a.request::<_, Value>(&json!({"op":"sleep","ms":60_000})).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    a.close();
+    assert!(matches!(
+        mine.await.unwrap(),
+        Err(Error::Closed(CloseReason::Local))
+    ));
+    let err = pending.await.unwrap().unwrap_err();
+    assert!(matches!(err, Error::Closed(CloseReason::PeerClosed)), "{err}");
+    assert!(matches!(b.closed().await, CloseReason::PeerClosed));
+    assert!(matches!(
+        a.request::<_, Value>(&1).await,
+        Err(Error::Closed(CloseReason::Local))
+    ));
+    assert!(matches!(b.send(&1).await, Err(Error::Closed(_))));
+}
+
+#[tokio::test]
+async fn a_too_long_request_fails_alone() {
+    let config = ChannelConfig {
+        max_message_len: 1024,
+        ..Default::default()
+    };
+    let (a, b) = Channel::pair(config);
+    let (a, _b) = tokio::join!(setup(a, ops_handler()), setup(b, ops_handler()));
+    let a = a.unwrap();
+    let big = "x".repeat(2000);
+    let err = a
+        .request::<_, Value>(&json!({"op":"echo","data":big}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Frame(ipc_request::FrameError::TooLong { max: 1024, .. })
+        ),
+        "{err}"
+    );
+    assert_eq!(a.pending_requests(), 0);
+    assert_eq!(
+        a.request::<_, Value>(&json!({"op":"echo","data":"small"}))
+            .await
+            .unwrap(),
+        json!("small")
+    );
+}
+
+#[tokio::test]
+async fn a_bad_line_from_the_peer_is_reported_and_the_session_goes_on() {
+    let (a_io, b_io) = tokio::io::duplex(64 * 1024);
+    let (b_read, mut b_write) = tokio::io::split(b_io);
+    // b speaks the protocol by hand: answer a's handshake, then send garbage
+    // and a plain message.
+    let a = tokio::spawn(setup(Channel::from_stream(a_io, ChannelConfig::default()), None));
+    let mut reader = tokio::io::BufReader::new(b_read);
+    let mut line = String::new();
+    tokio::io::AsyncBufReadExt::read_line(&mut reader, &mut line)
+        .await
+        .unwrap();
+    let hello: Value = serde_json::from_str(&line).unwrap();
+    let uid = hello["_IPC_REQUEST/HANDSHAKE_UID"].as_str().unwrap();
+    let answer = json!({
+        "_IPC_REQUEST/HANDSHAKE_UID": uid,
+        "_IPC_REQUEST/HANDSHAKE_MSG_TYPE": "_IPC_REQUEST/HANDSHAKE_MSG_TYPE:RESPONSE"
+    });
+    b_write
+        .write_all(format!("{answer}\nnot json\n{{\"after\":1}}\n").as_bytes())
+        .await
+        .unwrap();
+    let a = a.await.unwrap().unwrap();
+    assert!(!a.peer().advertises_extensions, "a 1.0 peer");
+    let mut messages = a.messages().unwrap();
+    let bad = messages.recv().await.unwrap().unwrap_err();
+    assert!(
+        matches!(bad, Error::Frame(ipc_request::FrameError::InvalidJson { .. })),
+        "{bad}"
+    );
+    assert_eq!(messages.recv().await.unwrap().unwrap(), json!({"after": 1}));
+}
+
+#[tokio::test]
+async fn concurrent_handlers_are_capped() {
+    let running = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (r, p) = (running.clone(), peak.clone());
+    let handler = handler_fn(move |_req: Request| {
+        let (running, peak) = (r.clone(), p.clone());
+        async move {
+            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+            peak.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            running.fetch_sub(1, Ordering::SeqCst);
+            Ok::<_, RemoteError>(())
+        }
+    });
+    let config = ipc_request::SessionConfig {
+        max_concurrent_handlers: 4,
+        ..Default::default()
+    };
+    let (a, b) = Channel::pair(ChannelConfig::default());
+    let (client, _server) = tokio::join!(
+        setup(a, None),
+        SessionBuilder::new().config(config).handler(handler).setup(b)
+    );
+    let client = client.unwrap();
+    let calls = (0..64).map(|_| client.request::<_, ()>(&0));
+    for r in futures_util::future::join_all(calls).await {
+        r.unwrap();
+    }
+    let peak = peak.load(Ordering::SeqCst);
+    assert!((1..=4).contains(&peak), "peak {peak}");
+}
