@@ -1,44 +1,63 @@
-//! The child of the seed example: answers the parent's request.
+//! The child of the seed example: answers the parent's request, then asks
+//! the parent one of its own.
 //!
-//! Started by `cargo run --example parent`, or by a Node parent:
-//! `spawn(path, [], {stdio: ['inherit', 'inherit', 'inherit', 'ipc']})`.
+//! Started by `cargo run --example parent`, or by a Node parent
+//! (`node examples/node/parent.js target/debug/examples/child`, which spawns
+//! it with `stdio: ['inherit', 'inherit', 'inherit', 'ipc']`).
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use ipc_request::{Request, Responder, open_from_env, responder_fn, setup};
+use tokio::sync::Notify;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let channel = match open_from_env() {
-        Ok(channel) => channel,
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("[child]  {e}");
-            return ExitCode::from(2);
+            ExitCode::FAILURE
         }
-    };
-    let handler = responder_fn(|request: Request, responder: Responder| async move {
-        let text: String = match request.payload() {
-            Ok(text) => text,
-            Err(e) => {
-                let _ = responder.fail(e.into()).await;
-                return;
+    }
+}
+
+async fn run() -> Result<(), ipc_request::Error> {
+    let channel = open_from_env()?;
+    let answered = Arc::new(Notify::new());
+    let notify = answered.clone();
+    let handler = responder_fn(move |request: Request, responder: Responder| {
+        let answered = notify.clone();
+        async move {
+            let text: String = match request.payload() {
+                Ok(text) => text,
+                Err(e) => {
+                    let _ = responder.fail(e.into()).await;
+                    return;
+                }
+            };
+            println!("[child]  Got request:      {text}");
+            let response = format!("(RESPONSE FROM child TO {text})");
+            println!("[child]  Sending response: {response}");
+            if responder.respond(&response).await.is_ok() {
+                println!("[child]  Response sent:    {response}");
+                answered.notify_one();
             }
-        };
-        println!("[child]  Got request:      {text}");
-        let response = format!("(RESPONSE FROM child TO {text})");
-        println!("[child]  Sending response: {response}");
-        if responder.respond(&response).await.is_ok() {
-            println!("[child]  Response sent:    {response}");
         }
     });
-    let session = match setup(channel, handler).await {
-        Ok(session) => session,
-        Err(e) => {
-            eprintln!("[child]  {e}");
-            return ExitCode::FAILURE;
+    let session = setup(channel, handler).await?;
+
+    // The other direction: once we have answered, we ask the parent.
+    tokio::select! {
+        _ = answered.notified() => {
+            let request = "(REQUEST FROM child)";
+            println!("[child]  Sending request:  {request}");
+            let response: String = session.request(request).await?;
+            println!("[child]  Got response:     {response}");
         }
-    };
+        _ = session.closed() => return Ok(()),
+    }
     // Serve until the parent disconnects.
     session.closed().await;
-    ExitCode::SUCCESS
+    Ok(())
 }

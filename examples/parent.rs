@@ -1,4 +1,5 @@
-//! The seed example: fork a child, shake hands, send one request.
+//! The seed example: fork a child, shake hands, send one request, then
+//! answer the child's request and disconnect.
 //!
 //! `cargo run --example parent` forks the `child` example;
 //! `cargo run --example parent -- PROGRAM [ARGS...]` forks PROGRAM instead,
@@ -9,7 +10,10 @@
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
-use ipc_request::{Error, setup, spawn};
+use std::time::Duration;
+
+use ipc_request::{Error, RemoteError, Request, SessionBuilder, handler_fn, spawn};
+use tokio::sync::mpsc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -33,7 +37,20 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         None => Command::new(child_example()?),
     };
     let (channel, child) = spawn(command)?;
-    let session = setup(channel, None).await?;
+    // Capacity 1: we wait for one request from the child, and then stop.
+    let (served_tx, mut served) = mpsc::channel::<()>(1);
+    let handler = handler_fn(move |request: Request| {
+        let served = served_tx.clone();
+        async move {
+            let text: String = request.payload()?;
+            println!("[parent] Got request:      {text}");
+            let response = format!("(RESPONSE FROM parent TO {text})");
+            println!("[parent] Sending response: {response}");
+            let _ = served.try_send(());
+            Ok::<_, RemoteError>(response)
+        }
+    });
+    let session = SessionBuilder::new().handler(handler).setup(channel).await?;
     println!("[parent] Hands have been shaken! Now I know that the child process listens to my requests");
 
     let request = "(REQUEST FROM parent)";
@@ -41,7 +58,12 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let response: String = session.request(request).await?;
     println!("[parent] Got response:     {response}");
 
-    // Disconnect; the child sees its channel close and exits.
+    // The child asks us something in return; answer it, then disconnect.
+    tokio::time::timeout(Duration::from_secs(10), served.recv())
+        .await
+        .map_err(|_| "the child sent no request within 10 s")?;
+    // Disconnect once the answer is written; the child sees its channel
+    // close and exits.
     session.close();
     let status = child.wait().await?;
     if !status.success() {

@@ -74,6 +74,8 @@ async fn main() -> ExitCode {
     if let Some(ms) = flag("--handshake-delay") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
     }
+    // The "panic" op panics on purpose: one line on stderr, no backtrace.
+    std::panic::set_hook(Box::new(|info| eprintln!("rust_peer: {info}")));
     let state = Arc::new(State::default());
     let handler_state = state.clone();
     let handler = responder_fn(move |request: Request, responder: Responder| {

@@ -41,8 +41,9 @@
 //! A [`FrameDecoder`] has a maximum line length. As soon as the buffer holds more than that
 //! without a newline, the decoder reports [`FrameError::TooLong`], clears the buffer and
 //! discards bytes until the next newline (as tokio-util's `LinesCodec` does with
-//! `max_length`). After `decode` returns `Ok(None)` or an error, the buffer never holds more
-//! than `max_len` bytes, so it never grows past `max_len` plus what one read appended.
+//! `max_length`). When `decode` returns `Ok(None)` the buffer holds at most `max_len` bytes
+//! (the start of one unfinished line), so a reader that decodes until `Ok(None)` before each
+//! read never holds more than `max_len` plus what one read appended.
 
 use std::io;
 
@@ -133,8 +134,8 @@ impl FrameDecoder {
     /// stream to `buf`). Ok(None): no complete message yet, read more. Err: see FrameError;
     /// after an Err, calling decode again goes on with the rest of the buffer.
     ///
-    /// Blank lines are skipped. When this returns `Ok(None)` or an error, `buf` holds at most
-    /// `max_len` bytes.
+    /// Blank lines are skipped. When this returns `Ok(None)`, `buf` holds at most `max_len`
+    /// bytes; call it until then after each read to keep memory bounded.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Message>, FrameError> {
         loop {
             if self.discarding {

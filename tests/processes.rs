@@ -504,6 +504,11 @@ fn the_parent_example_prints_the_seed_log() {
         "[child]  Sending response: (RESPONSE FROM child TO (REQUEST FROM parent))",
         "[parent] Got response:     (RESPONSE FROM child TO (REQUEST FROM parent))",
         "[child]  Response sent:    (RESPONSE FROM child TO (REQUEST FROM parent))",
+        // The other direction.
+        "[child]  Sending request:  (REQUEST FROM child)",
+        "[parent] Got request:      (REQUEST FROM child)",
+        "[parent] Sending response: (RESPONSE FROM parent TO (REQUEST FROM child))",
+        "[child]  Got response:     (RESPONSE FROM parent TO (REQUEST FROM child))",
     ] {
         assert!(
             stdout.lines().any(|l| l == line),
