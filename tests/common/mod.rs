@@ -41,7 +41,8 @@ pub async fn connected() -> (Session, Session) {
     (sa.expect("side a"), sb.expect("side b"))
 }
 
-/// An example binary built by `cargo test` (examples are built for tests).
+/// An example binary. A plain `cargo test` builds the examples; a run of
+/// one test target (`cargo test --test soak`) does not, so build it then.
 pub fn example(name: &str) -> PathBuf {
     let mut dir = std::env::current_exe().expect("test binary path");
     dir.pop();
@@ -49,11 +50,16 @@ pub fn example(name: &str) -> PathBuf {
         dir.pop();
     }
     let path = dir.join("examples").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run the tests with `cargo test`, which builds the examples",
-        path.display()
-    );
+    if !path.exists() {
+        let mut build = Command::new(env!("CARGO"));
+        build.args(["build", "--quiet", "--example", name, "--manifest-path"]);
+        build.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"));
+        if dir.ends_with("release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo build");
+        assert!(status.success() && path.exists(), "could not build example {name}");
+    }
     path
 }
 

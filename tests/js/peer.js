@@ -29,6 +29,8 @@
 //        (env PEER_CHANNEL_FD if set, else the channel handle's fd, else 3),
 //        then answers "written"
 //   {"op":"exit","code":N}                -> process.exit(N) at once, no answer
+//   {"op":"plain_exit","messages":[...],"code":N} -> sends the plain messages,
+//                                            then process.exit(N), no answer
 //   {"op":"pid"}                          -> process.pid
 //   anything else                         -> {"unknown": payload}
 //
@@ -166,6 +168,14 @@ function makeOpsHandler(proc, getSession) {
       case 'raw':
         writeRaw(channelFd(proc), String(p.text));
         return 'written';
+      case 'plain_exit': {
+        // Small messages are written to the socket synchronously, so they
+        // are in it when the process exits at once, with no answer.
+        const session = await getSession();
+        for (const m of Array.isArray(p.messages) ? p.messages : []) session.send(m).catch(() => {});
+        process.exit(Number(p.code) || 0);
+        return undefined; // not reached
+      }
       case 'exit':
         process.exit(Number(p.code) || 0);
         return undefined; // not reached
