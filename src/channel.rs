@@ -83,11 +83,13 @@ impl Channel {
         W: AsyncWrite + Unpin + Send + 'static,
     {
         let (tx, rx) = mpsc::unbounded_channel();
-        let budget = Arc::new(Semaphore::new(config.write_queue_bytes));
+        // Permits are taken a u32 at a time; a budget past 4 GiB means nothing.
+        let budget_total = config.write_queue_bytes.clamp(1, u32::MAX as usize);
+        let budget = Arc::new(Semaphore::new(budget_total));
         let shared = Arc::new(SenderShared {
             tx,
             budget: budget.clone(),
-            budget_total: config.write_queue_bytes,
+            budget_total,
             max_len: config.max_message_len,
             closed: Mutex::new(None),
         });
@@ -221,7 +223,7 @@ impl ChannelSender {
         line: Vec<u8>,
         written: Option<oneshot::Sender<()>>,
     ) -> Result<(), Error> {
-        let want = line.len().clamp(1, self.shared.budget_total.max(1));
+        let want = line.len().clamp(1, self.shared.budget_total);
         let permit = self
             .shared
             .budget

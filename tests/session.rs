@@ -394,3 +394,33 @@ async fn concurrent_handlers_are_capped() {
     let peak = peak.load(Ordering::SeqCst);
     assert!((1..=4).contains(&peak), "peak {peak}");
 }
+
+#[tokio::test]
+async fn numbers_travel_exactly_as_node_writes_them() {
+    let (a, _b) = connected().await;
+    // Shortest round-trip text of doubles, as JSON.stringify writes them.
+    for text in ["0.23959544841335137", "5e-324", "1.7976931348623157e+308", "-0", "9007199254740993"] {
+        let sent: Value = serde_json::from_str(text).unwrap();
+        let got: Value = a.request(&json!({"op":"echo","data":sent})).await.unwrap();
+        assert_eq!(got, sent, "{text}");
+    }
+}
+
+#[tokio::test]
+async fn an_answer_too_long_to_send_reaches_the_caller_as_an_error() {
+    let config = ChannelConfig {
+        max_message_len: 4096,
+        ..Default::default()
+    };
+    let (a, b) = Channel::pair(config);
+    let handler = handler_fn(|_req: Request| async move { Ok::<_, RemoteError>("z".repeat(10_000)) });
+    let (client, server) = tokio::join!(setup(a, None), setup(b, handler));
+    let (client, _server) = (client.unwrap(), server.unwrap());
+    match client.request::<_, Value>(&0).await {
+        Err(Error::Remote(e)) => {
+            assert_eq!(e.name, "ResponseNotSent");
+            assert!(e.message.contains("4096"), "{}", e.message);
+        }
+        other => panic!("{other:?}"),
+    }
+}

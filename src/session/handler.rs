@@ -166,7 +166,7 @@ impl Responder {
             Ok(line) => self.shared.send_answer(line).await,
             Err(e) => {
                 let error = RemoteError::new("ResponseNotSent", e.to_string());
-                let line = self.shared.encode_error(&self.uid, &error);
+                let line = self.shared.encode_error(&self.uid, &error)?;
                 self.shared.send_answer(line).await?;
                 Err(e)
             }
@@ -178,7 +178,7 @@ impl Responder {
     /// whose payload is the error object (PROTOCOL.md section 3).
     pub async fn fail(&self, error: RemoteError) -> Result<(), Error> {
         self.claim()?;
-        let line = self.shared.encode_error(&self.uid, &error);
+        let line = self.shared.encode_error(&self.uid, &error)?;
         self.shared.send_answer(line).await
     }
 
@@ -222,7 +222,11 @@ impl Drop for Responder {
         };
         // Cannot wait here: bypass the byte budget. At most one such line
         // per request the handler was given, and those are capped.
-        let line = self.shared.encode_error(&self.uid, &error);
-        let _ = self.shared.sender.send_control(line);
+        match self.shared.encode_error(&self.uid, &error) {
+            Ok(line) => {
+                let _ = self.shared.sender.send_control(line);
+            }
+            Err(e) => tracing::warn!("could not answer request {}: {e}", self.uid),
+        }
     }
 }

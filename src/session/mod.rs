@@ -50,7 +50,9 @@ pub struct SessionConfig {
     pub max_in_flight: usize,
     /// The peer's requests handled at once; past this the session stops
     /// reading from the channel until a handler finishes, which pushes back
-    /// on the peer (default 1,024).
+    /// on the peer (default 1,024). While it is not reading, answers to our
+    /// own requests wait too: handlers that wait on requests to the same
+    /// peer should stay well below this number.
     pub max_concurrent_handlers: usize,
     /// When the session owns the child and the channel closes, how long to
     /// wait for the child's exit status before failing pending requests
@@ -421,9 +423,10 @@ impl Shared {
         self.sender.encode(&MessageOut::response(uid, value))
     }
 
-    /// An error answer, shaped for what the peer understands. Falls back to
-    /// an error without data if the data makes it too long to send.
-    fn encode_error(&self, uid: &str, error: &RemoteError) -> Vec<u8> {
+    /// An error answer, shaped for what the peer understands. If the error
+    /// is too long to send (its data or stack), it goes without them; if even
+    /// that does not fit the maximum message length, nothing can be sent.
+    fn encode_error(&self, uid: &str, error: &RemoteError) -> Result<Vec<u8>, Error> {
         let encode = |e: &RemoteError| {
             if self.peer_supports(EXT_ERROR) {
                 self.sender.encode(&MessageOut::error_response(uid, e))
@@ -431,9 +434,9 @@ impl Shared {
                 self.sender.encode(&MessageOut::response(uid, e))
             }
         };
-        encode(error).unwrap_or_else(|why| {
+        encode(error).or_else(|why| {
             let small = RemoteError::new(error.name.clone(), format!("(error too large to send: {why})"));
-            encode(&small).expect("a small error always encodes")
+            encode(&small)
         })
     }
 
