@@ -399,7 +399,13 @@ async fn concurrent_handlers_are_capped() {
 async fn numbers_travel_exactly_as_node_writes_them() {
     let (a, _b) = connected().await;
     // Shortest round-trip text of doubles, as JSON.stringify writes them.
-    for text in ["0.23959544841335137", "5e-324", "1.7976931348623157e+308", "-0", "9007199254740993"] {
+    for text in [
+        "0.23959544841335137",
+        "5e-324",
+        "1.7976931348623157e+308",
+        "-0",
+        "9007199254740993",
+    ] {
         let sent: Value = serde_json::from_str(text).unwrap();
         let got: Value = a.request(&json!({"op":"echo","data":sent})).await.unwrap();
         assert_eq!(got, sent, "{text}");
@@ -422,5 +428,45 @@ async fn an_answer_too_long_to_send_reaches_the_caller_as_an_error() {
             assert!(e.message.contains("4096"), "{}", e.message);
         }
         other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_senders_messages_keep_their_order_when_senders_race() {
+    // Small budget and a small pipe: lines go both ways, straight to the
+    // stream and through the queue, and must never overtake each other.
+    let config = ChannelConfig {
+        write_queue_bytes: 4096,
+        ..Default::default()
+    };
+    let (a_io, b_io) = tokio::io::duplex(1024);
+    let a = Channel::from_stream(a_io, config.clone());
+    let b = Channel::from_stream(b_io, config);
+    let (a, b) = tokio::join!(setup(a, None), setup(b, None));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let mut messages = b.messages().unwrap();
+    const SENDERS: u64 = 8;
+    const EACH: u64 = 500;
+    let senders: Vec<_> = (0..SENDERS)
+        .map(|s| {
+            let a = a.clone();
+            tokio::spawn(async move {
+                for i in 0..EACH {
+                    a.send(&json!({"s": s, "i": i, "pad": "p".repeat((i % 7 * 50) as usize)}))
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    let mut next = vec![0u64; SENDERS as usize];
+    for _ in 0..SENDERS * EACH {
+        let m = messages.recv().await.unwrap().unwrap();
+        let (s, i) = (m["s"].as_u64().unwrap() as usize, m["i"].as_u64().unwrap());
+        assert_eq!(i, next[s], "sender {s} out of order");
+        next[s] += 1;
+    }
+    for s in senders {
+        s.await.unwrap();
     }
 }

@@ -467,7 +467,9 @@ impl Shared {
         // A disconnect or a clean exit is the normal end, not a crash.
         match &reason {
             CloseReason::Local | CloseReason::PeerClosed => tracing::debug!("session closed: {reason}"),
-            CloseReason::ChildExited(status) if status.success() => tracing::debug!("session closed: {reason}"),
+            CloseReason::ChildExited(status) if status.success() => {
+                tracing::debug!("session closed: {reason}")
+            }
             _ => tracing::warn!("session ended: {reason}"),
         }
         for (_, tx) in pending {

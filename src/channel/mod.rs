@@ -1,0 +1,235 @@
+//! A duplex of framed messages over any async byte stream.
+//!
+//! A [`Channel`] is two halves:
+//!
+//! * [`ChannelSender`] (cheap to clone) encodes a message on the caller's task
+//!   and writes it straight to the stream when nothing is queued and the
+//!   stream takes it at once; otherwise it puts the line on a queue that one
+//!   writer task drains, coalescing every line queued at that moment into one
+//!   `write` call. The queue is bounded in **bytes** (a semaphore of byte
+//!   permits): when the peer stops reading, the socket fills, the writer
+//!   stalls, the budget runs out and senders wait. A single message larger
+//!   than the whole budget takes the whole budget, so it still goes through,
+//!   alone.
+//! * [`ChannelReceiver`] reads large chunks and hands out every complete
+//!   line in them. Node's internal messages (PROTOCOL.md 1.3) never reach
+//!   the caller: a `NODE_HANDLE` is answered with `NODE_HANDLE_NACK` (or the
+//!   Node peer would queue everything after it forever) and other `NODE_`
+//!   commands are dropped.
+//!
+//! The descriptor a `NODE_HANDLE` carries (SCM_RIGHTS) is never installed in
+//! this process: we read with plain `read(2)`, without ancillary data, and
+//! the kernel then discards the passed descriptors (Linux `scm_recv`, and
+//! likewise on macOS). So "close any fd that came with it" holds by
+//! construction; a test counts our open descriptors to keep proving it.
+
+mod writer;
+
+use std::borrow::Cow;
+use std::process::ExitStatus;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::sync::watch;
+
+pub use writer::ChannelSender;
+
+use crate::error::{CloseReason, Error};
+use crate::frame::{self, FrameDecoder, Message};
+
+/// Settings of a channel.
+#[derive(Debug, Clone)]
+pub struct ChannelConfig {
+    /// Longest message line, in bytes, read or written (default
+    /// [`frame::DEFAULT_MAX_MESSAGE_LEN`], 64 MiB). Longer incoming lines are
+    /// skipped with [`FrameError::TooLong`](crate::FrameError::TooLong);
+    /// longer outgoing messages are refused before anything is written.
+    pub max_message_len: usize,
+    /// How many bytes may wait in the outgoing queue before senders wait
+    /// (default 1 MiB: enough to fill a socket buffer several times over, so
+    /// the writer always has a batch ready, small enough not to matter).
+    pub write_queue_bytes: usize,
+}
+
+impl Default for ChannelConfig {
+    fn default() -> Self {
+        ChannelConfig {
+            max_message_len: frame::DEFAULT_MAX_MESSAGE_LEN,
+            write_queue_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// Size of the read buffer reserved before each read. Reading big chunks and
+/// parsing every complete line in them keeps syscalls per message low.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// The status a peer process ended with, published by whoever owns it
+/// (the process layer); the session reads it to say how a channel ended.
+pub type PeerExit = watch::Receiver<Option<ExitStatus>>;
+
+/// A framed duplex over a byte stream. See the module docs.
+pub struct Channel {
+    sender: ChannelSender,
+    receiver: ChannelReceiver,
+    peer_exit: Option<PeerExit>,
+}
+
+impl Channel {
+    /// A channel over separate read and write halves. Spawns the writer task,
+    /// so it must be called inside a Tokio runtime.
+    pub fn new<R, W>(reader: R, writer: W, config: ChannelConfig) -> Channel
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let sender = ChannelSender::start(writer, &config);
+        let receiver = ChannelReceiver {
+            reader: Box::new(reader),
+            buf: BytesMut::with_capacity(READ_CHUNK),
+            decoder: FrameDecoder::new(config.max_message_len),
+            sender: sender.clone(),
+            at_eof: false,
+        };
+        Channel {
+            sender,
+            receiver,
+            peer_exit: None,
+        }
+    }
+
+    /// A channel over one bidirectional stream (TCP, duplex, ...), split with
+    /// `tokio::io::split`.
+    pub fn from_stream<S>(stream: S, config: ChannelConfig) -> Channel
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (r, w) = tokio::io::split(stream);
+        Channel::new(r, w, config)
+    }
+
+    /// A channel over a Unix stream socket (what Node uses), split without a
+    /// lock.
+    pub fn from_unix(stream: tokio::net::UnixStream, config: ChannelConfig) -> Channel {
+        let (r, w) = stream.into_split();
+        Channel::new(r, w, config)
+    }
+
+    /// Two connected channels in memory, for tests and benchmarks.
+    pub fn pair(config: ChannelConfig) -> (Channel, Channel) {
+        let (a, b) = tokio::io::duplex(256 * 1024);
+        (
+            Channel::from_stream(a, config.clone()),
+            Channel::from_stream(b, config),
+        )
+    }
+
+    /// Attaches the exit status of the peer process, so that a session over
+    /// this channel can say how the peer ended (set by [`crate::process`]).
+    pub fn set_peer_exit(&mut self, peer_exit: PeerExit) {
+        self.peer_exit = Some(peer_exit);
+    }
+
+    /// Splits into the sending half, the receiving half and the peer's exit
+    /// status source (if one was attached).
+    pub fn into_parts(self) -> (ChannelSender, ChannelReceiver, Option<PeerExit>) {
+        (self.sender, self.receiver, self.peer_exit)
+    }
+
+    /// The sending half.
+    pub fn sender(&self) -> &ChannelSender {
+        &self.sender
+    }
+
+    /// Receives the next message; see [`ChannelReceiver::recv`].
+    pub async fn recv(&mut self) -> Result<Option<Message>, Error> {
+        self.receiver.recv().await
+    }
+}
+
+/// The receiving half of a channel.
+pub struct ChannelReceiver {
+    reader: Box<dyn AsyncRead + Unpin + Send>,
+    buf: BytesMut,
+    decoder: FrameDecoder,
+    /// Used to answer `NODE_HANDLE` with `NODE_HANDLE_NACK`.
+    sender: ChannelSender,
+    at_eof: bool,
+}
+
+impl ChannelReceiver {
+    /// The next message from the peer.
+    ///
+    /// * `Ok(Some(message))`: one JSON value.
+    /// * `Ok(None)`: end of stream (an unfinished trailing line is dropped).
+    /// * `Err(Error::Frame(_))`: one bad line (too long, not JSON); it has
+    ///   been skipped and the next call goes on.
+    /// * `Err(Error::Closed(CloseReason::Io(_)))`: reading failed; the
+    ///   channel is finished.
+    ///
+    /// Cancel safe: if the future is dropped, no message is lost.
+    pub async fn recv(&mut self) -> Result<Option<Message>, Error> {
+        loop {
+            let decoded = if self.at_eof {
+                self.decoder.decode_eof(&mut self.buf)
+            } else {
+                self.decoder.decode(&mut self.buf)
+            };
+            match decoded {
+                Ok(Some(msg)) => {
+                    if self.is_node_internal(&msg) {
+                        continue;
+                    }
+                    return Ok(Some(msg));
+                }
+                Ok(None) if self.at_eof => return Ok(None),
+                Ok(None) => {}
+                Err(e) => return Err(Error::Frame(e)),
+            }
+            self.buf.reserve(READ_CHUNK);
+            match self.reader.read_buf(&mut self.buf).await {
+                Ok(0) => self.at_eof = true,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => self.at_eof = true,
+                Err(e) => return Err(Error::Closed(CloseReason::Io(Arc::new(e)))),
+            }
+        }
+    }
+
+    /// True for Node's own messages (PROTOCOL.md 1.3), which are handled
+    /// here and never surface.
+    fn is_node_internal(&self, msg: &Message) -> bool {
+        let Some(cmd) = node_internal_cmd(msg.get()) else {
+            return false;
+        };
+        if cmd == "NODE_HANDLE" {
+            // The descriptor that came with it was discarded by the kernel
+            // (see the module docs); refuse the handle so Node goes on.
+            let nack = br#"{"cmd":"NODE_HANDLE_NACK"}"#;
+            let mut line = nack.to_vec();
+            line.push(b'\n');
+            let _ = self.sender.send_control(line);
+            tracing::debug!("refused a handle from the peer (NODE_HANDLE_NACK)");
+        } else {
+            tracing::trace!("ignored Node internal message {cmd}");
+        }
+        true
+    }
+}
+
+/// The `cmd` of a Node internal message (an object whose `cmd` is a string
+/// longer than 5 characters starting with `NODE_`), or `None`.
+pub(crate) fn node_internal_cmd(json: &str) -> Option<Cow<'_, str>> {
+    // Fast path: most messages have no "cmd" key at all.
+    memchr::memmem::find(json.as_bytes(), b"\"cmd\"")?;
+    #[derive(Deserialize)]
+    struct Probe<'a> {
+        #[serde(borrow)]
+        cmd: Option<Cow<'a, str>>,
+    }
+    let probe: Probe<'_> = serde_json::from_str(json).ok()?;
+    let cmd = probe.cmd?;
+    (cmd.len() > 5 && cmd.starts_with("NODE_")).then_some(cmd)
+}

@@ -1,0 +1,348 @@
+//! The sending half of a channel: a byte-bounded queue, one writer task, and
+//! a direct path that skips both when nothing is waiting.
+//!
+//! Why a direct path: handing every line to the writer task costs a task
+//! wake-up per message, which dominates a round trip on a local socket.
+//! When the queue is empty and the writer lock is free, the sender writes
+//! the line itself with one non-blocking `write`; only what the stream does
+//! not take at once goes through the queue.
+//!
+//! Order: lines of one sender (one task sending one message after another)
+//! stay in order. A direct write happens only under the writer lock and only
+//! when no line is queued (`queued_lines == 0`, read under that lock); the
+//! writer task takes lines off the queue and writes them under the same lock
+//! and decrements the count only once they are written. So a line can never
+//! overtake one queued before it. Lines of different tasks sent at the same
+//! time have no defined order, as with any channel.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use serde::Serialize;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+
+use super::ChannelConfig;
+use crate::error::{CloseReason, Error};
+use crate::frame;
+
+/// Lines up to this size are copied into one batch buffer for a single
+/// write; larger ones are written from their own buffer.
+const COALESCE_LIMIT: usize = 64 * 1024;
+
+type BoxWriter = Box<dyn AsyncWrite + Unpin + Send>;
+
+/// One line waiting to be written.
+struct Outgoing {
+    line: Vec<u8>,
+    /// Byte budget this line holds until it has been written.
+    _permit: Option<OwnedSemaphorePermit>,
+    /// Told once the line has been handed to the kernel.
+    written: Option<oneshot::Sender<()>>,
+}
+
+enum Command {
+    Write(Outgoing),
+    /// Write what is queued before this, then shut the write side down.
+    Close,
+}
+
+struct SenderShared {
+    // Unbounded as a channel, bounded in bytes by `budget`: every line but
+    // the small control lines of `send_control` holds permits for its size.
+    tx: mpsc::UnboundedSender<Command>,
+    /// The write half. Whoever writes (the writer task, or a sender on the
+    /// direct path) holds this lock for the whole line, so lines never mix.
+    writer: tokio::sync::Mutex<BoxWriter>,
+    /// Lines queued and not yet written (see the module docs on order).
+    queued_lines: AtomicUsize,
+    budget: Arc<Semaphore>,
+    budget_total: usize,
+    max_len: usize,
+    closed: Mutex<Option<CloseReason>>,
+}
+
+/// The sending half of a channel; clones share one queue and one writer.
+#[derive(Clone)]
+pub struct ChannelSender {
+    shared: Arc<SenderShared>,
+}
+
+impl ChannelSender {
+    /// Takes the write half and spawns the writer task.
+    pub(super) fn start<W: AsyncWrite + Unpin + Send + 'static>(writer: W, config: &ChannelConfig) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        // Permits are taken a u32 at a time; a budget past 4 GiB means nothing.
+        let budget_total = config.write_queue_bytes.clamp(1, u32::MAX as usize);
+        let shared = Arc::new(SenderShared {
+            tx,
+            writer: tokio::sync::Mutex::new(Box::new(writer)),
+            queued_lines: AtomicUsize::new(0),
+            budget: Arc::new(Semaphore::new(budget_total)),
+            budget_total,
+            max_len: config.max_message_len,
+            closed: Mutex::new(None),
+        });
+        tokio::spawn(write_loop(rx, shared.clone()));
+        ChannelSender { shared }
+    }
+
+    /// Encodes `value` as one line and sends it, waiting while the queue is
+    /// full. Fails with [`Error::Frame`] (nothing sent) if it does not encode
+    /// or is longer than the maximum message length, and with
+    /// [`Error::Closed`] once the channel is closed.
+    pub async fn send<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), Error> {
+        let line = self.encode(value)?;
+        self.send_line(line).await
+    }
+
+    /// Encodes one message as a line, checking the maximum length.
+    pub(crate) fn encode<T: Serialize + ?Sized>(&self, value: &T) -> Result<Vec<u8>, Error> {
+        let mut line = Vec::new();
+        frame::encode(value, self.shared.max_len, &mut line)?;
+        Ok(line)
+    }
+
+    /// Sends an encoded line, waiting for budget.
+    pub(crate) async fn send_line(&self, line: Vec<u8>) -> Result<(), Error> {
+        self.send_line_inner(line, None).await
+    }
+
+    /// Sends an encoded line and resolves once it has been written.
+    pub(crate) async fn send_line_written(&self, line: Vec<u8>) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        self.send_line_inner(line, Some(tx)).await?;
+        rx.await.map_err(|_| self.closed_error())
+    }
+
+    async fn send_line_inner(
+        &self,
+        line: Vec<u8>,
+        written: Option<oneshot::Sender<()>>,
+    ) -> Result<(), Error> {
+        let want = line.len().clamp(1, self.shared.budget_total);
+        // Budget first, even on the direct path: a sender must never wait
+        // for budget while holding the writer lock (the writer task frees
+        // budget under that lock).
+        let permit = self
+            .shared
+            .budget
+            .clone()
+            .acquire_many_owned(want as u32)
+            .await
+            .map_err(|_| self.closed_error())?;
+        self.write_or_queue(Outgoing {
+            line,
+            _permit: Some(permit),
+            written,
+        })
+    }
+
+    /// Queues a small control line (a cancel, a NACK, an answer from a
+    /// destructor) without waiting for budget, for callers that cannot
+    /// wait. Every caller bounds how many of these exist: at most one per
+    /// request in flight or per running handler.
+    pub(crate) fn send_control(&self, line: Vec<u8>) -> Result<(), Error> {
+        self.write_or_queue(Outgoing {
+            line,
+            _permit: None,
+            written: None,
+        })
+    }
+
+    /// The direct path when possible, else the queue.
+    fn write_or_queue(&self, mut out: Outgoing) -> Result<(), Error> {
+        let shared = &self.shared;
+        let Ok(mut writer) = shared.writer.try_lock() else {
+            return self.queue(out);
+        };
+        if shared.queued_lines.load(Ordering::Acquire) > 0 {
+            return self.queue(out);
+        }
+        if let Some(reason) = shared.closed.lock().unwrap().clone() {
+            return Err(Error::Closed(reason));
+        }
+        match write_now(&mut **writer, &out.line) {
+            Ok(DirectWrite::All) => {
+                if let Some(tx) = out.written.take() {
+                    let _ = tx.send(());
+                }
+                Ok(())
+            }
+            Ok(DirectWrite::Part(n)) => {
+                // The rest goes through the queue, still under the lock so
+                // nothing can be written between the two parts.
+                out.line.drain(..n);
+                self.queue(out)
+            }
+            Err(e) => {
+                drop(writer);
+                fail(shared, e);
+                Err(self.closed_error())
+            }
+        }
+    }
+
+    fn queue(&self, out: Outgoing) -> Result<(), Error> {
+        self.shared.queued_lines.fetch_add(1, Ordering::AcqRel);
+        self.shared.tx.send(Command::Write(out)).map_err(|_| {
+            self.shared.queued_lines.fetch_sub(1, Ordering::AcqRel);
+            self.closed_error()
+        })
+    }
+
+    /// Writes everything queued so far, then shuts the write side down (the
+    /// peer sees end of stream). Later sends fail with [`Error::Closed`].
+    pub fn close(&self) {
+        self.shared.set_closed(CloseReason::Local);
+        let _ = self.shared.tx.send(Command::Close);
+    }
+
+    /// Bytes currently queued and not yet written (control lines aside).
+    pub fn queued_bytes(&self) -> usize {
+        self.shared.budget_total - self.shared.budget.available_permits()
+    }
+
+    /// The size of the outgoing byte budget.
+    pub fn queue_capacity(&self) -> usize {
+        self.shared.budget_total
+    }
+
+    fn closed_error(&self) -> Error {
+        Error::Closed(
+            self.shared
+                .closed
+                .lock()
+                .unwrap()
+                .clone()
+                .unwrap_or(CloseReason::PeerClosed),
+        )
+    }
+}
+
+enum DirectWrite {
+    /// The whole line was written.
+    All,
+    /// Only this many bytes were taken; the stream is full for now.
+    Part(usize),
+}
+
+/// Writes as much of `line` as the stream takes without waiting. Polling
+/// with a no-op waker is sound: if the stream is not ready, the writer task
+/// polls it again later with its own waker, which replaces this one.
+fn write_now(writer: &mut (dyn AsyncWrite + Unpin + Send), line: &[u8]) -> io::Result<DirectWrite> {
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut done = 0;
+    while done < line.len() {
+        match Pin::new(&mut *writer).poll_write(&mut cx, &line[done..]) {
+            Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+            Poll::Ready(Ok(n)) => done += n,
+            Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+            Poll::Ready(Err(e)) => return Err(e),
+            Poll::Pending => return Ok(DirectWrite::Part(done)),
+        }
+    }
+    // Sockets do not buffer, so this is immediate; a buffering stream that
+    // cannot flush now gets flushed by the writer task (an empty line).
+    match Pin::new(&mut *writer).poll_flush(&mut cx) {
+        Poll::Ready(Ok(())) => Ok(DirectWrite::All),
+        Poll::Ready(Err(e)) => Err(e),
+        Poll::Pending => Ok(DirectWrite::Part(line.len())),
+    }
+}
+
+impl SenderShared {
+    fn set_closed(&self, reason: CloseReason) {
+        let mut closed = self.closed.lock().unwrap();
+        if closed.is_none() {
+            *closed = Some(reason);
+        }
+        drop(closed);
+        // Wake every sender waiting for budget: they fail with Closed.
+        self.budget.close();
+    }
+}
+
+async fn write_loop(mut rx: mpsc::UnboundedReceiver<Command>, shared: Arc<SenderShared>) {
+    let mut batch: Vec<u8> = Vec::with_capacity(COALESCE_LIMIT);
+    let mut done: Vec<Outgoing> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut writer = shared.writer.lock().await;
+        let mut next = Some(first);
+        let mut close = false;
+        // Take everything queued right now: one syscall for the lot.
+        while let Some(cmd) = next.take() {
+            match cmd {
+                Command::Close => {
+                    close = true;
+                    break;
+                }
+                Command::Write(out) if out.line.len() > COALESCE_LIMIT => {
+                    let result = match flush_batch(&mut **writer, &mut batch, &mut done, &shared).await {
+                        Ok(()) => writer.write_all(&out.line).await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = result {
+                        return fail(&shared, e);
+                    }
+                    finish(out, &shared);
+                }
+                Command::Write(out) => {
+                    batch.extend_from_slice(&out.line);
+                    done.push(out);
+                    if batch.len() >= COALESCE_LIMIT {
+                        if let Err(e) = flush_batch(&mut **writer, &mut batch, &mut done, &shared).await {
+                            return fail(&shared, e);
+                        }
+                    }
+                }
+            }
+            next = rx.try_recv().ok();
+        }
+        if let Err(e) = flush_batch(&mut **writer, &mut batch, &mut done, &shared).await {
+            return fail(&shared, e);
+        }
+        if let Err(e) = writer.flush().await {
+            return fail(&shared, e);
+        }
+        if close {
+            let _ = writer.shutdown().await;
+            shared.set_closed(CloseReason::Local);
+            return;
+        }
+    }
+}
+
+/// Writes the batch, then releases the lines in it.
+async fn flush_batch(
+    writer: &mut (dyn AsyncWrite + Unpin + Send),
+    batch: &mut Vec<u8>,
+    done: &mut Vec<Outgoing>,
+    shared: &SenderShared,
+) -> io::Result<()> {
+    if !batch.is_empty() {
+        writer.write_all(batch).await?;
+        batch.clear();
+    }
+    for out in done.drain(..) {
+        finish(out, shared);
+    }
+    Ok(())
+}
+
+/// A queued line has been written: count it out, free its budget, tell
+/// whoever waits for it.
+fn finish(out: Outgoing, shared: &SenderShared) {
+    shared.queued_lines.fetch_sub(1, Ordering::AcqRel);
+    if let Some(tx) = out.written {
+        let _ = tx.send(());
+    }
+}
+
+fn fail(shared: &SenderShared, e: io::Error) {
+    tracing::debug!("channel write failed: {e}");
+    shared.set_closed(CloseReason::Io(Arc::new(e)));
+}
