@@ -12,7 +12,7 @@ use std::process::{Command, ExitCode};
 
 use std::time::Duration;
 
-use ipc_request::{Error, RemoteError, Request, SessionBuilder, handler_fn, spawn};
+use ipc_request::{Error, RemoteError, Request, Responder, SessionBuilder, responder_fn, spawn};
 use tokio::sync::mpsc;
 
 #[tokio::main]
@@ -39,15 +39,22 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let (channel, child) = spawn(command)?;
     // Capacity 1: we wait for one request from the child, and then stop.
     let (served_tx, mut served) = mpsc::channel::<()>(1);
-    let handler = handler_fn(move |request: Request| {
+    let handler = responder_fn(move |request: Request, responder: Responder| {
         let served = served_tx.clone();
         async move {
-            let text: String = request.payload()?;
+            let Ok(text) = request.payload::<String>() else {
+                let _ = responder
+                    .fail(RemoteError::new("TypeError", "expected a string"))
+                    .await;
+                return;
+            };
             println!("[parent] Got request:      {text}");
             let response = format!("(RESPONSE FROM parent TO {text})");
             println!("[parent] Sending response: {response}");
-            let _ = served.try_send(());
-            Ok::<_, RemoteError>(response)
+            // Only once the answer is on its way may main() disconnect.
+            if responder.respond(&response).await.is_ok() {
+                let _ = served.try_send(());
+            }
         }
     });
     let session = SessionBuilder::new().handler(handler).setup(channel).await?;

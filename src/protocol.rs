@@ -7,6 +7,7 @@
 //! the user asks for.
 
 use std::borrow::Cow;
+use std::sync::LazyLock;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -22,6 +23,13 @@ pub const EXT_ERROR: &str = "error";
 pub const EXT_CANCEL: &str = "cancel";
 
 const PREFIX: &str = "_IPC_REQUEST/";
+/// Built once: building a searcher per message showed up in profiles.
+static PREFIX_FINDER: LazyLock<memchr::memmem::Finder<'static>> =
+    LazyLock::new(|| memchr::memmem::Finder::new(PREFIX));
+
+fn has_prefix(json: &str) -> bool {
+    PREFIX_FINDER.find(json.as_bytes()).is_some()
+}
 const TYPE_REQUEST: &str = "_IPC_REQUEST/MSG_TYPE:REQUEST";
 const TYPE_RESPONSE: &str = "_IPC_REQUEST/MSG_TYPE:RESPONSE";
 const TYPE_CANCEL: &str = "_IPC_REQUEST/MSG_TYPE:CANCEL";
@@ -106,7 +114,7 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValu
 /// handshake keys; everything else is plain).
 pub fn classify(msg: Message) -> Inbound {
     // Fast path: a message without the prefix anywhere is plain.
-    if memchr::memmem::find(msg.get().as_bytes(), PREFIX.as_bytes()).is_none() {
+    if !has_prefix(msg.get()) {
         return Inbound::Plain(msg);
     }
     let Ok(env) = serde_json::from_str::<Envelope<'_>>(msg.get()) else {
@@ -148,7 +156,7 @@ pub fn classify(msg: Message) -> Inbound {
 /// True if a message the user wants to send would be taken for a protocol
 /// message by the peer.
 pub fn is_protocol_message(json: &str) -> bool {
-    if memchr::memmem::find(json.as_bytes(), PREFIX.as_bytes()).is_none() {
+    if !has_prefix(json) {
         return false;
     }
     let msg: Message = match serde_json::from_str(json) {

@@ -446,7 +446,7 @@ async fn each_senders_messages_keep_their_order_when_senders_race() {
     let (a, b) = (a.unwrap(), b.unwrap());
     let mut messages = b.messages().unwrap();
     const SENDERS: u64 = 8;
-    const EACH: u64 = 500;
+    const EACH: u64 = 2_000;
     let senders: Vec<_> = (0..SENDERS)
         .map(|s| {
             let a = a.clone();

@@ -27,7 +27,7 @@ mod writer;
 
 use std::borrow::Cow;
 use std::process::ExitStatus;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use bytes::BytesMut;
 use serde::Deserialize;
@@ -198,6 +198,13 @@ impl ChannelReceiver {
         }
     }
 
+    /// Bytes already read and not yet handed out: non-zero means more
+    /// messages are probably waiting, which the session uses to batch its
+    /// answers into one write.
+    pub fn buffered_bytes(&self) -> usize {
+        self.buf.len()
+    }
+
     /// True for Node's own messages (PROTOCOL.md 1.3), which are handled
     /// here and never surface.
     fn is_node_internal(&self, msg: &Message) -> bool {
@@ -223,7 +230,9 @@ impl ChannelReceiver {
 /// longer than 5 characters starting with `NODE_`), or `None`.
 pub(crate) fn node_internal_cmd(json: &str) -> Option<Cow<'_, str>> {
     // Fast path: most messages have no "cmd" key at all.
-    memchr::memmem::find(json.as_bytes(), b"\"cmd\"")?;
+    static CMD_FINDER: LazyLock<memchr::memmem::Finder<'static>> =
+        LazyLock::new(|| memchr::memmem::Finder::new(b"\"cmd\""));
+    CMD_FINDER.find(json.as_bytes())?;
     #[derive(Deserialize)]
     struct Probe<'a> {
         #[serde(borrow)]

@@ -14,6 +14,13 @@
 //! and decrements the count only once they are written. So a line can never
 //! overtake one queued before it. Lines of different tasks sent at the same
 //! time have no defined order, as with any channel.
+//!
+//! Integrity: a line is never split by another. When the stream takes only
+//! part of a direct write, the rest goes to a slot beside the stream, not to
+//! the queue (another sender may have queued a line a moment earlier, which
+//! would then be written in the middle of this one); whoever next holds the
+//! lock writes that rest before anything else. A racing-senders test caught
+//! exactly this.
 
 use std::io;
 use std::pin::Pin;
@@ -35,6 +42,15 @@ const COALESCE_LIMIT: usize = 64 * 1024;
 
 type BoxWriter = Box<dyn AsyncWrite + Unpin + Send>;
 
+/// The write half and the rest of a line a direct write could not finish.
+struct Stream {
+    writer: BoxWriter,
+    /// Written before anything else by whoever next holds the lock. It
+    /// cannot go through the queue: a line queued by another sender a moment
+    /// earlier would then land in the middle of this one.
+    partial: Option<Outgoing>,
+}
+
 /// One line waiting to be written.
 struct Outgoing {
     line: Vec<u8>,
@@ -46,6 +62,8 @@ struct Outgoing {
 
 enum Command {
     Write(Outgoing),
+    /// A direct write left the rest of its line in [`Stream::partial`].
+    WritePartial,
     /// Write what is queued before this, then shut the write side down.
     Close,
 }
@@ -56,9 +74,11 @@ struct SenderShared {
     tx: mpsc::UnboundedSender<Command>,
     /// The write half. Whoever writes (the writer task, or a sender on the
     /// direct path) holds this lock for the whole line, so lines never mix.
-    writer: tokio::sync::Mutex<BoxWriter>,
+    writer: tokio::sync::Mutex<Stream>,
     /// Lines queued and not yet written (see the module docs on order).
     queued_lines: AtomicUsize,
+    /// Length of the last line encoded, to size the next buffer.
+    last_line_len: AtomicUsize,
     budget: Arc<Semaphore>,
     budget_total: usize,
     max_len: usize,
@@ -79,8 +99,12 @@ impl ChannelSender {
         let budget_total = config.write_queue_bytes.clamp(1, u32::MAX as usize);
         let shared = Arc::new(SenderShared {
             tx,
-            writer: tokio::sync::Mutex::new(Box::new(writer)),
+            writer: tokio::sync::Mutex::new(Stream {
+                writer: Box::new(writer),
+                partial: None,
+            }),
             queued_lines: AtomicUsize::new(0),
+            last_line_len: AtomicUsize::new(0),
             budget: Arc::new(Semaphore::new(budget_total)),
             budget_total,
             max_len: config.max_message_len,
@@ -101,20 +125,31 @@ impl ChannelSender {
 
     /// Encodes one message as a line, checking the maximum length.
     pub(crate) fn encode<T: Serialize + ?Sized>(&self, value: &T) -> Result<Vec<u8>, Error> {
-        let mut line = Vec::new();
+        // Start at the size of the last line: growing a Vec from empty
+        // costs several reallocations per message.
+        let hint = self.shared.last_line_len.load(Ordering::Relaxed);
+        let mut line = Vec::with_capacity(hint.clamp(64, COALESCE_LIMIT));
         frame::encode(value, self.shared.max_len, &mut line)?;
+        self.shared.last_line_len.store(line.len(), Ordering::Relaxed);
         Ok(line)
     }
 
-    /// Sends an encoded line, waiting for budget.
+    /// Sends an encoded line, waiting for budget; written straight to the
+    /// stream when nothing is queued (lowest latency).
     pub(crate) async fn send_line(&self, line: Vec<u8>) -> Result<(), Error> {
-        self.send_line_inner(line, None).await
+        self.send_line_inner(line, None, Path::Direct).await
+    }
+
+    /// Sends an encoded line through the writer task, for callers that know
+    /// more lines are coming at once: they then share one write call.
+    pub(crate) async fn send_line_batched(&self, line: Vec<u8>) -> Result<(), Error> {
+        self.send_line_inner(line, None, Path::Queue).await
     }
 
     /// Sends an encoded line and resolves once it has been written.
     pub(crate) async fn send_line_written(&self, line: Vec<u8>) -> Result<(), Error> {
         let (tx, rx) = oneshot::channel();
-        self.send_line_inner(line, Some(tx)).await?;
+        self.send_line_inner(line, Some(tx), Path::Direct).await?;
         rx.await.map_err(|_| self.closed_error())
     }
 
@@ -122,6 +157,7 @@ impl ChannelSender {
         &self,
         line: Vec<u8>,
         written: Option<oneshot::Sender<()>>,
+        path: Path,
     ) -> Result<(), Error> {
         let want = line.len().clamp(1, self.shared.budget_total);
         // Budget first, even on the direct path: a sender must never wait
@@ -134,11 +170,15 @@ impl ChannelSender {
             .acquire_many_owned(want as u32)
             .await
             .map_err(|_| self.closed_error())?;
-        self.write_or_queue(Outgoing {
+        let out = Outgoing {
             line,
             _permit: Some(permit),
             written,
-        })
+        };
+        match path {
+            Path::Direct => self.write_or_queue(out),
+            Path::Queue => self.queue(out),
+        }
     }
 
     /// Queues a small control line (a cancel, a NACK, an answer from a
@@ -156,7 +196,7 @@ impl ChannelSender {
     /// The direct path when possible, else the queue.
     fn write_or_queue(&self, mut out: Outgoing) -> Result<(), Error> {
         let shared = &self.shared;
-        let Ok(mut writer) = shared.writer.try_lock() else {
+        let Ok(mut stream) = shared.writer.try_lock() else {
             return self.queue(out);
         };
         if shared.queued_lines.load(Ordering::Acquire) > 0 {
@@ -165,7 +205,7 @@ impl ChannelSender {
         if let Some(reason) = shared.closed.lock().unwrap().clone() {
             return Err(Error::Closed(reason));
         }
-        match write_now(&mut **writer, &out.line) {
+        match write_now(&mut *stream.writer, &out.line) {
             Ok(DirectWrite::All) => {
                 if let Some(tx) = out.written.take() {
                     let _ = tx.send(());
@@ -173,13 +213,19 @@ impl ChannelSender {
                 Ok(())
             }
             Ok(DirectWrite::Part(n)) => {
-                // The rest goes through the queue, still under the lock so
-                // nothing can be written between the two parts.
+                // The rest waits in the partial slot, which the writer task
+                // writes first thing once it holds the lock; counted as
+                // queued so that no direct write can pass it.
                 out.line.drain(..n);
-                self.queue(out)
+                stream.partial = Some(out);
+                shared.queued_lines.fetch_add(1, Ordering::AcqRel);
+                shared
+                    .tx
+                    .send(Command::WritePartial)
+                    .map_err(|_| self.closed_error())
             }
             Err(e) => {
-                drop(writer);
+                drop(stream);
                 fail(shared, e);
                 Err(self.closed_error())
             }
@@ -221,6 +267,14 @@ impl ChannelSender {
                 .unwrap_or(CloseReason::PeerClosed),
         )
     }
+}
+
+#[derive(Clone, Copy)]
+enum Path {
+    /// Straight to the stream if nothing is queued.
+    Direct,
+    /// Through the writer task.
+    Queue,
 }
 
 enum DirectWrite {
@@ -270,7 +324,16 @@ async fn write_loop(mut rx: mpsc::UnboundedReceiver<Command>, shared: Arc<Sender
     let mut batch: Vec<u8> = Vec::with_capacity(COALESCE_LIMIT);
     let mut done: Vec<Outgoing> = Vec::new();
     while let Some(first) = rx.recv().await {
-        let mut writer = shared.writer.lock().await;
+        let mut stream = shared.writer.lock().await;
+        let Stream { writer, partial } = &mut *stream;
+        let writer = &mut **writer;
+        // The rest of a line started by a direct write goes first.
+        if let Some(rest) = partial.take() {
+            if let Err(e) = writer.write_all(&rest.line).await {
+                return fail(&shared, e);
+            }
+            finish(rest, &shared);
+        }
         let mut next = Some(first);
         let mut close = false;
         // Take everything queued right now: one syscall for the lot.
@@ -280,8 +343,9 @@ async fn write_loop(mut rx: mpsc::UnboundedReceiver<Command>, shared: Arc<Sender
                     close = true;
                     break;
                 }
+                Command::WritePartial => {}
                 Command::Write(out) if out.line.len() > COALESCE_LIMIT => {
-                    let result = match flush_batch(&mut **writer, &mut batch, &mut done, &shared).await {
+                    let result = match flush_batch(writer, &mut batch, &mut done, &shared).await {
                         Ok(()) => writer.write_all(&out.line).await,
                         Err(e) => Err(e),
                     };
@@ -294,7 +358,7 @@ async fn write_loop(mut rx: mpsc::UnboundedReceiver<Command>, shared: Arc<Sender
                     batch.extend_from_slice(&out.line);
                     done.push(out);
                     if batch.len() >= COALESCE_LIMIT {
-                        if let Err(e) = flush_batch(&mut **writer, &mut batch, &mut done, &shared).await {
+                        if let Err(e) = flush_batch(writer, &mut batch, &mut done, &shared).await {
                             return fail(&shared, e);
                         }
                     }
@@ -302,7 +366,7 @@ async fn write_loop(mut rx: mpsc::UnboundedReceiver<Command>, shared: Arc<Sender
             }
             next = rx.try_recv().ok();
         }
-        if let Err(e) = flush_batch(&mut **writer, &mut batch, &mut done, &shared).await {
+        if let Err(e) = flush_batch(writer, &mut batch, &mut done, &shared).await {
             return fail(&shared, e);
         }
         if let Err(e) = writer.flush().await {

@@ -126,6 +126,7 @@ impl SessionBuilder {
             peer: OnceLock::new(),
             phase,
             closing: CancellationToken::new(),
+            more_input: AtomicBool::new(false),
             in_flight: Semaphore::new(config.max_in_flight.max(1)),
             handler_slots: Arc::new(Semaphore::new(config.max_concurrent_handlers.max(1))),
             messages_tx: Mutex::new(Some(messages_tx)),
@@ -213,6 +214,10 @@ pub(crate) struct Shared {
     phase: watch::Sender<Phase>,
     /// Cancelled when the session ends, to stop the reader.
     closing: CancellationToken,
+    /// The reader holds more input than the message it is dispatching: more
+    /// requests are probably coming at once, so answers go through the
+    /// writer task and share one write instead of one write each.
+    more_input: AtomicBool,
     in_flight: Semaphore,
     handler_slots: Arc<Semaphore>,
     messages_tx: Mutex<Option<mpsc::Sender<Result<serde_json::Value, Error>>>>,
@@ -298,12 +303,15 @@ impl Session {
         let (tx, rx) = oneshot::channel();
         // The guard exists before the send: from here on, a drop (deadline,
         // caller gave up) removes the entry and, once sent, cancels it.
-        let mut guard = PendingGuard::register(shared, id, tx)?;
-        shared
-            .sender
-            .send_line(line)
-            .await
-            .map_err(|_| shared.closed_error())?;
+        let (mut guard, in_flight) = PendingGuard::register(shared, id, tx)?;
+        // Alone: straight to the stream. With others in flight: through the
+        // writer task, so that requests sent together share one write.
+        let sent = if in_flight > 1 {
+            shared.sender.send_line_batched(line).await
+        } else {
+            shared.sender.send_line(line).await
+        };
+        sent.map_err(|_| shared.closed_error())?;
         guard.mark_sent();
         let answer = rx.await.unwrap_or_else(|_| Err(shared.closed_error()));
         guard.disarm();
@@ -440,8 +448,18 @@ impl Shared {
         })
     }
 
+    /// Sends an answer: straight to the stream when it is the only one
+    /// around, through the writer task (one write for many) when more
+    /// requests are arriving or other handlers are running.
     async fn send_answer(&self, line: Vec<u8>) -> Result<(), Error> {
-        self.sender.send_line(line).await.map_err(|_| self.closed_error())
+        let busy = self.more_input.load(Ordering::Relaxed)
+            || self.handler_slots.available_permits() + 1 < self.config.max_concurrent_handlers.max(1);
+        let sent = if busy {
+            self.sender.send_line_batched(line).await
+        } else {
+            self.sender.send_line(line).await
+        };
+        sent.map_err(|_| self.closed_error())
     }
 
     fn forget_running(&self, uid: &str) {
@@ -570,7 +588,7 @@ impl Shared {
         };
         let request = Request { payload, cancel };
         let handler = self.handler.clone();
-        tokio::spawn(async move {
+        let mut task = Box::pin(async move {
             let _slot = slot;
             let Some(handler) = handler else {
                 let _ = responder
@@ -586,6 +604,16 @@ impl Shared {
                 tracing::warn!("a request handler panicked; the request was answered with an error");
             }
         });
+        // Run the handler here until it first waits: a handler that answers
+        // at once (most do) then costs no task and no wake-up. One that waits
+        // continues as its own task. Polling with a no-op waker is sound: the
+        // task polls it again with its own waker before anything could wake
+        // it. The cost: a handler's synchronous part delays reading; handlers
+        // must not block (use spawn_blocking for heavy work).
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if task.as_mut().poll(&mut cx).is_pending() {
+            tokio::spawn(task);
+        }
     }
 
     async fn deliver(&self, item: Result<serde_json::Value, Error>) {
@@ -613,7 +641,12 @@ async fn read_loop(
             next = receiver.recv() => next,
         };
         match next {
-            Ok(Some(msg)) => shared.dispatch(msg, &our_uid).await,
+            Ok(Some(msg)) => {
+                shared
+                    .more_input
+                    .store(receiver.buffered_bytes() > 0, Ordering::Relaxed);
+                shared.dispatch(msg, &our_uid).await
+            }
             Ok(None) => break CloseReason::PeerClosed,
             Err(Error::Frame(e)) => {
                 tracing::warn!("skipped a line from the peer: {e}");

@@ -21,25 +21,27 @@ pub(super) struct PendingGuard<'a> {
 }
 
 impl<'a> PendingGuard<'a> {
-    /// Registers request `id`; fails if the session has closed, so that no
-    /// entry is ever added after the close swept the table (both happen
-    /// under the table's lock).
+    /// Registers request `id` and says how many are pending with it; fails
+    /// if the session has closed, so that no entry is ever added after the
+    /// close swept the table (both happen under the table's lock).
     pub(super) fn register(
         shared: &'a Shared,
         id: u64,
         tx: oneshot::Sender<Result<Message, Error>>,
-    ) -> Result<Self, Error> {
+    ) -> Result<(Self, usize), Error> {
         let mut table = shared.table.lock().unwrap();
         if let Some(reason) = &table.closed {
             return Err(Error::Closed(reason.clone()));
         }
         table.pending.insert(id, tx);
-        Ok(PendingGuard {
+        let in_flight = table.pending.len();
+        let guard = PendingGuard {
             shared,
             id,
             sent: false,
             armed: true,
-        })
+        };
+        Ok((guard, in_flight))
     }
 
     /// The request is on its way to the peer: a later drop cancels it there.
