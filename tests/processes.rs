@@ -577,7 +577,11 @@ async fn what_a_dying_child_wrote_is_delivered_before_pending_requests_fail() {
     let mut messages = session.messages().unwrap();
     let waiting = {
         let session = session.clone();
-        tokio::spawn(async move { session.request::<_, Value>(&json!({"op":"sleep","ms":60_000})).await })
+        tokio::spawn(async move {
+            session
+                .request::<_, Value>(&json!({"op":"sleep","ms":60_000}))
+                .await
+        })
     };
     let dying = session
         .request::<_, Value>(&json!({"op":"plain_exit","messages":["last", "words"],"code":3}))
@@ -588,7 +592,10 @@ async fn what_a_dying_child_wrote_is_delivered_before_pending_requests_fail() {
         other => panic!("{other:?}"),
     }
     assert!(dying.to_string().contains("exited with code 3"), "{dying}");
-    assert!(matches!(waiting.await.unwrap(), Err(Error::Closed(CloseReason::ChildExited(_)))));
+    assert!(matches!(
+        waiting.await.unwrap(),
+        Err(Error::Closed(CloseReason::ChildExited(_)))
+    ));
     // The messages were read before the requests were failed, and are
     // still there to take; then the stream ends.
     assert_eq!(messages.recv().await.unwrap().unwrap(), json!("last"));

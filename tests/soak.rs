@@ -33,13 +33,17 @@ impl Rng {
         self.next() % n
     }
     fn string(&mut self) -> String {
-        const PIECES: &[&str] = &["a", "é", "😀", "\u{2028}", "\u{0}", "\n", "\"", "\\", " ", "z", "\u{7f}"];
+        const PIECES: &[&str] = &[
+            "a", "é", "😀", "\u{2028}", "\u{0}", "\n", "\"", "\\", " ", "z", "\u{7f}",
+        ];
         let len = match self.below(100) {
             0 => 10_000 + self.below(50_000),
             1..=10 => self.below(1_000),
             _ => self.below(30),
         };
-        (0..len).map(|_| PIECES[self.below(PIECES.len() as u64) as usize]).collect()
+        (0..len)
+            .map(|_| PIECES[self.below(PIECES.len() as u64) as usize])
+            .collect()
     }
     fn value(&mut self, depth: u32) -> Value {
         match self.below(if depth > 3 { 5 } else { 7 }) {
@@ -72,7 +76,10 @@ fn rss_kib() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "takes minutes; run with --ignored (see the module docs)"]
 async fn a_million_random_requests_all_answered_correctly() {
-    let total: u64 = std::env::var("SOAK_REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let total: u64 = std::env::var("SOAK_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
     const WINDOW: u64 = 256;
     let (channel, child) = spawn(Command::new(example("rust_peer"))).unwrap();
     let session = SessionBuilder::new().setup(channel).await.unwrap();
@@ -89,11 +96,18 @@ async fn a_million_random_requests_all_answered_correctly() {
                 let mut i = w;
                 while i < total {
                     let payload = json!({"i": i, "v": rng.value(0)});
-                    let answer: Value = session.request(&json!({"op": "echo", "data": payload})).await.unwrap();
+                    let answer: Value = session
+                        .request(&json!({"op": "echo", "data": payload}))
+                        .await
+                        .unwrap();
                     assert_eq!(answer, payload, "request {i} got someone else's answer");
                     checked += 1;
                     if i % 100_000 == 0 {
-                        eprintln!("soak: request {i}, RSS {} KiB, {:?}", rss_kib(), started.elapsed());
+                        eprintln!(
+                            "soak: request {i}, RSS {} KiB, {:?}",
+                            rss_kib(),
+                            started.elapsed()
+                        );
                     }
                     i += WINDOW;
                 }

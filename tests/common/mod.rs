@@ -58,7 +58,10 @@ pub fn example(name: &str) -> PathBuf {
             build.arg("--release");
         }
         let status = build.status().expect("run cargo build");
-        assert!(status.success() && path.exists(), "could not build example {name}");
+        assert!(
+            status.success() && path.exists(),
+            "could not build example {name}"
+        );
     }
     path
 }

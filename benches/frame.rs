@@ -1,0 +1,120 @@
+//! Criterion benches of the frame layer (PROTOCOL.md 1.2): encoding a
+//! message as one JSON line and decoding lines back, without processes or
+//! sockets, so a regression in the hot path shows up on its own.
+//!
+//! `cargo bench --bench frame`
+
+use bytes::BytesMut;
+use criterion::{BatchSize, Criterion, Throughput, black_box, criterion_group, criterion_main};
+use ipc_request::frame::{DEFAULT_MAX_MESSAGE_LEN, FrameDecoder, encode};
+use serde::Serialize;
+
+/// The shape of an ipc-request 1.0 request on the wire.
+#[derive(Serialize)]
+struct RequestLine<'a, P: Serialize> {
+    #[serde(rename = "_IPC_REQUEST/MSG_TYPE")]
+    msg_type: &'a str,
+    #[serde(rename = "_IPC_REQUEST/REQUEST_UID")]
+    uid: &'a str,
+    #[serde(rename = "_IPC_REQUEST/PAYLOAD")]
+    payload: P,
+}
+
+fn small(uid: &str) -> RequestLine<'_, (u64, &'static str)> {
+    RequestLine {
+        msg_type: "_IPC_REQUEST/MSG_TYPE:REQUEST",
+        uid,
+        payload: (12345, "hello, bench"),
+    }
+}
+
+fn line_of<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut line = Vec::new();
+    encode(value, DEFAULT_MAX_MESSAGE_LEN, &mut line).expect("encodes");
+    line
+}
+
+fn bench_encode(c: &mut Criterion) {
+    let mut group = c.benchmark_group("encode");
+    let msg = small("42");
+    group.throughput(Throughput::Bytes(line_of(&msg).len() as u64));
+    group.bench_function("small", |b| {
+        let mut out = Vec::with_capacity(256);
+        b.iter(|| {
+            out.clear();
+            encode(black_box(&msg), DEFAULT_MAX_MESSAGE_LEN, &mut out).unwrap();
+            black_box(out.len())
+        })
+    });
+    let big_text = "x".repeat(64 * 1024);
+    let big = RequestLine {
+        msg_type: "_IPC_REQUEST/MSG_TYPE:REQUEST",
+        uid: "42",
+        payload: big_text.as_str(),
+    };
+    group.throughput(Throughput::Bytes(line_of(&big).len() as u64));
+    group.bench_function("64KiB", |b| {
+        let mut out = Vec::with_capacity(70 * 1024);
+        b.iter(|| {
+            out.clear();
+            encode(black_box(&big), DEFAULT_MAX_MESSAGE_LEN, &mut out).unwrap();
+            black_box(out.len())
+        })
+    });
+    group.finish();
+}
+
+fn bench_decode(c: &mut Criterion) {
+    let mut group = c.benchmark_group("decode");
+    let small_line = line_of(&small("42"));
+    group.throughput(Throughput::Bytes(small_line.len() as u64));
+    group.bench_function("small", |b| {
+        let mut decoder = FrameDecoder::default();
+        b.iter_batched_ref(
+            || BytesMut::from(&small_line[..]),
+            |buf| black_box(decoder.decode(buf).unwrap().expect("one message")),
+            BatchSize::SmallInput,
+        )
+    });
+    let big_text = "x".repeat(64 * 1024);
+    let big_line = line_of(&RequestLine {
+        msg_type: "_IPC_REQUEST/MSG_TYPE:REQUEST",
+        uid: "42",
+        payload: big_text.as_str(),
+    });
+    group.throughput(Throughput::Bytes(big_line.len() as u64));
+    group.bench_function("64KiB", |b| {
+        let mut decoder = FrameDecoder::default();
+        b.iter_batched_ref(
+            || BytesMut::from(&big_line[..]),
+            |buf| black_box(decoder.decode(buf).unwrap().expect("one message")),
+            BatchSize::SmallInput,
+        )
+    });
+    // A read that brought 1,000 small lines at once, as under a burst.
+    let mut many = Vec::new();
+    for i in 0..1_000u32 {
+        many.extend_from_slice(&line_of(&small(&i.to_string())));
+    }
+    group.throughput(Throughput::Elements(1_000));
+    group.bench_function("1000_small_lines", |b| {
+        let mut decoder = FrameDecoder::default();
+        b.iter_batched_ref(
+            || BytesMut::from(&many[..]),
+            |buf| {
+                let mut n = 0;
+                while let Some(msg) = decoder.decode(buf).unwrap() {
+                    black_box(&msg);
+                    n += 1;
+                }
+                assert_eq!(n, 1_000);
+                n
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_encode, bench_decode);
+criterion_main!(benches);

@@ -1,0 +1,222 @@
+//! The floor: a raw line echo over the same kind of channel, with no JSON
+//! and no async runtime.
+//!
+//! The parent makes an `AF_UNIX` `SOCK_STREAM` socket pair (what both Node
+//! and `ipc_request::spawn` use), places the child's end at fd 3 without
+//! close-on-exec (pre_exec + dup2, as `src/process.rs` does) and sets
+//! `NODE_CHANNEL_FD=3`. We do not reuse `ipc_request::spawn` here because it
+//! hands back a `Channel` and never the raw descriptor; the kernel objects
+//! are the same.
+//!
+//! The child ([`child`]) is blocking std code: it reads into a big buffer
+//! and writes back every complete line it has in one `write_all`, keeping
+//! the unfinished tail. The parent writes and reads the very bytes our
+//! crate would write for the same requests (see `ours::request_line`).
+
+use std::io::{self, ErrorKind, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, ExitCode};
+use std::time::{Duration, Instant};
+
+/// The child's side: echo complete lines until end of stream.
+pub fn child() -> ExitCode {
+    match echo_lines() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("[floor-child] {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn echo_lines() -> io::Result<()> {
+    let fd: i32 = std::env::var("NODE_CHANNEL_FD")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| io::Error::other("NODE_CHANNEL_FD is not set to a descriptor"))?;
+    // SAFETY: the parent handed us this descriptor to own (fd 3, open,
+    // blocking); nothing else in this process uses it.
+    let mut stream = unsafe { UnixStream::from_raw_fd(fd) };
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            // A line longer than the buffer (the 16 MiB payload): grow.
+            buf.resize(buf.len() * 2, 0);
+        }
+        let n = match stream.read(&mut buf[len..]) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let fresh = len;
+        len += n;
+        // Earlier bytes hold no newline (they are the unfinished tail).
+        if let Some(last) = memchr::memrchr(b'\n', &buf[fresh..len]) {
+            let end = fresh + last + 1;
+            match stream.write_all(&buf[..end]) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::BrokenPipe => return Ok(()),
+                Err(e) => return Err(e),
+            }
+            buf.copy_within(end..len, 0);
+            len -= end;
+        }
+    }
+}
+
+/// The parent's side: our end of the pair and the child.
+pub struct FloorPeer {
+    stream: UnixStream,
+    child: Child,
+    reply: Vec<u8>,
+}
+
+impl FloorPeer {
+    pub fn spawn(exe: &Path) -> io::Result<FloorPeer> {
+        // std creates both ends close-on-exec.
+        let (ours, theirs) = UnixStream::pair()?;
+        let theirs_fd = theirs.as_raw_fd();
+        let mut command = Command::new(exe);
+        command
+            .arg("floor-child")
+            .env("NODE_CHANNEL_FD", "3")
+            .env("NODE_CHANNEL_SERIALIZATION_MODE", "json");
+        // SAFETY: runs between fork and exec, only async-signal-safe calls
+        // (fcntl, dup2) on descriptors this process owns; no allocation.
+        unsafe {
+            command.pre_exec(move || {
+                if theirs_fd == 3 {
+                    let flags = libc::fcntl(3, libc::F_GETFD);
+                    if flags < 0 || libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                } else if libc::dup2(theirs_fd, 3) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn()?;
+        drop(theirs);
+        Ok(FloorPeer {
+            stream: ours,
+            child,
+            reply: vec![0u8; 64 * 1024],
+        })
+    }
+
+    /// Sequential: write one line, read until its newline, `iters` times.
+    /// Blocking I/O. Returns the mean round-trip time.
+    pub fn sequential(&mut self, line: &[u8], iters: usize) -> io::Result<Duration> {
+        self.stream.set_nonblocking(false)?;
+        if self.reply.len() < line.len() {
+            self.reply.resize(line.len(), 0);
+        }
+        let start = Instant::now();
+        for _ in 0..iters {
+            self.stream.write_all(line)?;
+            let mut got = 0;
+            // The answer is exactly the line: read until its newline.
+            while got == 0 || self.reply[got - 1] != b'\n' {
+                if got == line.len() {
+                    return Err(io::Error::other("floor: answer longer than the request"));
+                }
+                match self.stream.read(&mut self.reply[got..line.len()]) {
+                    Ok(0) => return Err(io::Error::other("floor child closed the channel")),
+                    Ok(n) => got += n,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if self.reply[..got] != *line {
+                return Err(io::Error::other(
+                    "floor: the echoed line differs from the request",
+                ));
+            }
+        }
+        Ok(start.elapsed() / iters as u32)
+    }
+
+    /// Writes all of `out` (many lines, or one big one) while reading the
+    /// echo back, from one thread with non-blocking I/O and poll(2): no
+    /// thread hand-offs, as fast as the kernel allows. Checks that the echo
+    /// equals what was sent and returns the elapsed time.
+    pub fn exchange(&mut self, out: &[u8], echo: &mut Vec<u8>) -> io::Result<Duration> {
+        echo.clear();
+        echo.resize(out.len(), 0);
+        self.stream.set_nonblocking(true)?;
+        let fd = self.stream.as_raw_fd();
+        let start = Instant::now();
+        let (mut written, mut read) = (0, 0);
+        while read < out.len() {
+            let mut progressed = false;
+            if written < out.len() {
+                match (&self.stream).write(&out[written..]) {
+                    Ok(n) => {
+                        written += n;
+                        progressed = true;
+                    }
+                    Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            match (&self.stream).read(&mut echo[read..]) {
+                Ok(0) => return Err(io::Error::other("floor child closed the channel")),
+                Ok(n) => {
+                    read += n;
+                    progressed = true;
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
+                Err(e) => return Err(e),
+            }
+            if !progressed {
+                let mut events = libc::POLLIN;
+                if written < out.len() {
+                    events |= libc::POLLOUT;
+                }
+                let mut pfd = libc::pollfd {
+                    fd,
+                    events,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd on the stack.
+                let rc = unsafe { libc::poll(&mut pfd, 1, 60_000) };
+                if rc == 0 {
+                    return Err(io::Error::other("floor: no progress for 60 s"));
+                }
+                if rc < 0 {
+                    let e = io::Error::last_os_error();
+                    if e.kind() != ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        let elapsed = start.elapsed();
+        self.stream.set_nonblocking(false)?;
+        if echo[..] != *out {
+            return Err(io::Error::other(
+                "floor: the echoed bytes differ from the requests",
+            ));
+        }
+        Ok(elapsed)
+    }
+
+    /// Closes the channel and waits for the child, which exits at end of
+    /// stream.
+    pub fn finish(mut self) -> io::Result<()> {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        drop(self.stream);
+        let status = self.child.wait()?;
+        if !status.success() {
+            return Err(io::Error::other(format!("floor child ended with {status}")));
+        }
+        Ok(())
+    }
+}
