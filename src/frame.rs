@@ -312,13 +312,38 @@ fn hex4(text: &[u8], at: usize) -> Option<u16> {
 /// pretty-printed JSON): a newline would split the message in two, so tabs, carriage returns
 /// and newlines are left out. This is always safe: in a valid JSON text they can only appear
 /// between tokens, never raw inside a string. Serialization stops as soon as the text exceeds
-/// `max_len`, so the `len` of a [`FrameError::TooLong`] is a lower bound.
+/// `max_len`, so the `len` of a [`FrameError::TooLong`] is a lower bound; that check counts
+/// the whitespace of an embedded RawValue before it is left out.
 pub fn encode<T: serde::Serialize + ?Sized>(
     value: &T,
     max_len: usize,
     out: &mut Vec<u8>,
 ) -> Result<(), FrameError> {
+    encode_wrapped(&[], value, b"", max_len, out)
+}
+
+/// Like [`encode`], for a line made of raw JSON fragments around one value: `prefix` (its
+/// pieces in order), the JSON text of `value`, then `suffix`. The caller vouches that the
+/// fragments are compact JSON without raw control characters and that together they make one
+/// JSON text; the protocol layer uses this to write its constant envelope keys without
+/// escaping them anew for every message. `max_len` counts the whole text.
+pub fn encode_wrapped<T: serde::Serialize + ?Sized>(
+    prefix: &[&[u8]],
+    value: &T,
+    suffix: &[u8],
+    max_len: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), FrameError> {
     let start = out.len();
+    for piece in prefix {
+        out.extend_from_slice(piece);
+    }
+    let value_start = out.len();
+    if value_start - start > max_len {
+        let len = value_start - start;
+        out.truncate(start);
+        return Err(FrameError::TooLong { len, max: max_len });
+    }
     let mut writer = LineWriter {
         out,
         start,
@@ -335,6 +360,27 @@ pub fn encode<T: serde::Serialize + ?Sized>(
             },
         });
     }
+    // One scan over the value's text rather than one per fragment serde_json
+    // writes (measured: the per-fragment scan was ~7% of a request burst).
+    // Only an embedded RawValue can bring these bytes, so the common case
+    // is a single SIMD pass that finds nothing.
+    if memchr3(b'\n', b'\r', b'\t', &out[value_start..]).is_some() {
+        let mut keep = value_start;
+        for i in value_start..out.len() {
+            let byte = out[i];
+            if !matches!(byte, b'\n' | b'\r' | b'\t') {
+                out[keep] = byte;
+                keep += 1;
+            }
+        }
+        out.truncate(keep);
+    }
+    let len = out.len() - start + suffix.len();
+    if len > max_len {
+        out.truncate(start);
+        return Err(FrameError::TooLong { len, max: max_len });
+    }
+    out.extend_from_slice(suffix);
     debug_assert!(out.len() > start, "serde_json wrote an empty JSON text");
     debug_assert!(
         out[start..].iter().all(|&byte| byte >= 0x20),
@@ -344,8 +390,8 @@ pub fn encode<T: serde::Serialize + ?Sized>(
     Ok(())
 }
 
-/// The writer [`encode`] serializes into: appends to the output, drops JSON whitespace other
-/// than spaces, and fails once the text would exceed the maximum length.
+/// The writer [`encode`] serializes into: appends to the output and fails once the text would
+/// exceed the maximum length (so a huge value is not serialized in full only to be refused).
 struct LineWriter<'a> {
     out: &'a mut Vec<u8>,
     /// Length of `out` before this message.
@@ -373,13 +419,7 @@ impl io::Write for LineWriter<'_> {
         Ok(bytes.len())
     }
 
-    fn write_all(&mut self, mut bytes: &[u8]) -> io::Result<()> {
-        // serde_json escapes control characters in strings, so these can only come from an
-        // embedded RawValue, as whitespace between tokens.
-        while let Some(skip) = memchr3(b'\n', b'\r', b'\t', bytes) {
-            self.push(&bytes[..skip])?;
-            bytes = &bytes[skip + 1..];
-        }
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.push(bytes)
     }
 

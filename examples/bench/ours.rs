@@ -65,6 +65,12 @@ fn config() -> SessionConfig {
 /// A runtime like the one the bench parent uses: 2 workers, built
 /// explicitly.
 pub fn runtime() -> tokio::runtime::Runtime {
+    if std::env::var_os("EXPERIMENT_CURRENT_THREAD").is_some() {
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+    }
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -374,6 +380,11 @@ pub fn profile_burst(args: &[String]) -> ExitCode {
             } else {
                 Fanout::Tasks
             };
+            if args.get(3).is_some_and(|a| a == "seq") {
+                let d = peer.sequential(n).await?;
+                println!("sequential: {:.2} µs per round trip", d.as_secs_f64() * 1e6);
+                continue;
+            }
             if args.get(3).is_some_and(|a| a == "big") {
                 let d = peer.big(Arc::new("x".repeat(n))).await?;
                 println!("{n} bytes echoed: {:.0} MB/s", n as f64 / 1e6 / d.as_secs_f64());

@@ -193,10 +193,14 @@ enum Phase {
     Closed(CloseReason),
 }
 
+/// What a pending request receives. The error is boxed so that the slot
+/// every request in flight carries stays small.
+type Answer = Result<Message, Box<Error>>;
+
 #[derive(Default)]
 struct Table {
     /// Our requests waiting for an answer, by id.
-    pending: HashMap<u64, oneshot::Sender<Result<Message, Error>>>,
+    pending: HashMap<u64, oneshot::Sender<Answer>>,
     /// The peer's requests being handled, by its UID, for `cancel`. Only
     /// filled when the peer can cancel.
     running: HashMap<String, CancellationToken>,
@@ -281,7 +285,10 @@ impl Session {
     ) -> Result<Message, Error> {
         match timeout {
             None => self.call_inner(payload).await,
-            Some(d) => tokio::time::timeout(d, self.call_inner(payload))
+            // Boxed: a timer is large, and without the box every request
+            // future would carry one, deadline or not (memory per request in
+            // flight is measured by the bench).
+            Some(d) => Box::pin(tokio::time::timeout(d, self.call_inner(payload)))
                 .await
                 .unwrap_or(Err(Error::Timeout(d))),
         }
@@ -295,11 +302,16 @@ impl Session {
             .await
             .map_err(|_| shared.closed_error())?;
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut uid = itoa::Buffer::new();
-        let uid = uid.format(id);
         // Encode first: a message that is too long fails this call alone,
-        // before anything is registered or written.
-        let line = shared.sender.encode(&MessageOut::request(uid, payload))?;
+        // before anything is registered or written. (In a block, so the id's
+        // text buffer is not kept across the awaits below.)
+        let line = {
+            let mut uid = itoa::Buffer::new();
+            let uid = uid.format(id);
+            shared
+                .sender
+                .encode_with(|max, out| protocol::encode_request(uid, payload, max, out))?
+        };
         let (tx, rx) = oneshot::channel();
         // The guard exists before the send: from here on, a drop (deadline,
         // caller gave up) removes the entry and, once sent, cancels it.
@@ -313,7 +325,10 @@ impl Session {
         };
         sent.map_err(|_| shared.closed_error())?;
         guard.mark_sent();
-        let answer = rx.await.unwrap_or_else(|_| Err(shared.closed_error()));
+        let answer = match rx.await {
+            Ok(answer) => answer.map_err(|e| *e),
+            Err(_) => Err(shared.closed_error()),
+        };
         guard.disarm();
         answer
     }
@@ -428,7 +443,8 @@ impl Shared {
     }
 
     fn encode_response<T: Serialize + ?Sized>(&self, uid: &str, value: &T) -> Result<Vec<u8>, Error> {
-        self.sender.encode(&MessageOut::response(uid, value))
+        self.sender
+            .encode_with(|max, out| protocol::encode_response(uid, value, max, out))
     }
 
     /// An error answer, shaped for what the peer understands. If the error
@@ -491,7 +507,7 @@ impl Shared {
             _ => tracing::warn!("session ended: {reason}"),
         }
         for (_, tx) in pending {
-            let _ = tx.send(Err(Error::Closed(reason.clone())));
+            let _ = tx.send(Err(Box::new(Error::Closed(reason.clone()))));
         }
         for (_, token) in running {
             token.cancel();
@@ -548,7 +564,7 @@ impl Shared {
                 match waiter {
                     Some(tx) => {
                         let _ = tx.send(match error {
-                            Some(e) => Err(Error::Remote(Box::new(e))),
+                            Some(e) => Err(Box::new(Error::Remote(Box::new(e)))),
                             None => Ok(payload),
                         });
                     }

@@ -10,7 +10,6 @@ use tokio::sync::oneshot;
 
 use super::Shared;
 use crate::error::Error;
-use crate::frame::Message;
 use crate::protocol::{EXT_CANCEL, MessageOut};
 
 pub(super) struct PendingGuard<'a> {
@@ -27,7 +26,7 @@ impl<'a> PendingGuard<'a> {
     pub(super) fn register(
         shared: &'a Shared,
         id: u64,
-        tx: oneshot::Sender<Result<Message, Error>>,
+        tx: oneshot::Sender<super::Answer>,
     ) -> Result<(Self, usize), Error> {
         let mut table = shared.table.lock().unwrap();
         if let Some(reason) = &table.closed {
