@@ -65,12 +65,6 @@ fn config() -> SessionConfig {
 /// A runtime like the one the bench parent uses: 2 workers, built
 /// explicitly.
 pub fn runtime() -> tokio::runtime::Runtime {
-    if std::env::var_os("EXPERIMENT_CURRENT_THREAD").is_some() {
-        return tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-    }
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
