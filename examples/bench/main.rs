@@ -39,7 +39,7 @@ use report::{Samples, Series, row};
 
 const BURSTS: [usize; 3] = [1_000, 10_000, 100_000];
 /// Bursts also measured as futures of one task (see `Fanout::JoinAll`).
-const JOIN_ALL_BURSTS: [usize; 2] = [1_000, 10_000];
+const JOIN_ALL_BURSTS: [usize; 3] = [1_000, 10_000, 100_000];
 const BIG: usize = 16 * 1024 * 1024;
 const MEM_IN_FLIGHT: usize = 100_000;
 

@@ -119,13 +119,13 @@ impl OursPeer {
     /// `n` requests started at once; returns the time until the last
     /// answer. Answers are checked after the clock stops.
     ///
-    /// With [`Fanout::JoinAll`], beware: as of tokio 1.54 and futures-util
-    /// 0.3.31 one task holding ~10,000+ request futures goes quadratic. Once
-    /// the task's coop budget is spent, every budgeted tokio primitive
-    /// returns Pending and defers its wake-up to the worker's park, so
-    /// `FuturesUnordered` does not see it as a yield and polls every other
-    /// ready future, each of which does the same. That is why `Tasks` is
-    /// the default, and why `JoinAll` is only measured up to 10,000.
+    /// [`Fanout::JoinAll`] puts every request future in one task. That used
+    /// to go quadratic past ~10,000 futures: once the task's coop budget was
+    /// spent, every budgeted tokio primitive in the request path returned
+    /// Pending and deferred its wake-up, so `FuturesUnordered` polled every
+    /// other ready future, each of which did the same. The request path now
+    /// takes its semaphores with `try_acquire` first and awaits its answer
+    /// unconstrained, and this row checks that it stays linear.
     pub async fn burst(&self, n: usize, fanout: Fanout) -> BenchResult<Duration> {
         let session = self.session.clone();
         let work = tokio::spawn(async move { burst(&session, n, fanout).await });

@@ -30,7 +30,7 @@ use std::task::{Context, Poll, Waker};
 
 use serde::Serialize;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, oneshot};
 
 use super::ChannelConfig;
 use crate::error::{CloseReason, Error};
@@ -172,13 +172,22 @@ impl ChannelSender {
         // Budget first, even on the direct path: a sender must never wait
         // for budget while holding the writer lock (the writer task frees
         // budget under that lock).
-        let permit = self
-            .shared
-            .budget
-            .clone()
-            .acquire_many_owned(want as u32)
-            .await
-            .map_err(|_| self.closed_error())?;
+        //
+        // try_acquire first: when budget is there (almost always), taking it
+        // must not spend the task's cooperative budget. A task driving
+        // thousands of requests at once (join_all) otherwise runs out of
+        // budget on every poll and goes quadratic. It cannot starve a waiter:
+        // released permits go to queued waiters first.
+        let budget = &self.shared.budget;
+        let permit = match budget.clone().try_acquire_many_owned(want as u32) {
+            Ok(permit) => permit,
+            Err(TryAcquireError::Closed) => return Err(self.closed_error()),
+            Err(TryAcquireError::NoPermits) => budget
+                .clone()
+                .acquire_many_owned(want as u32)
+                .await
+                .map_err(|_| self.closed_error())?,
+        };
         let out = Outgoing {
             line,
             _permit: Some(permit),
