@@ -337,6 +337,9 @@ async fn a_child_killed_with_a_thousand_requests_pending_fails_them_all_at_once(
     }
     let elapsed = killed_at.elapsed();
     eprintln!("all 1000 failed {elapsed:?} after the kill");
+    // The bound. Not a speed test: failing waits at most for the
+    // exit grace (200 ms); measured ~4 ms. Only a hang could break it.
+    assert!(elapsed < Duration::from_secs(1), "took {elapsed:?}");
     let err = session
         .request::<_, Value>(&json!({"op":"echo"}))
         .await
