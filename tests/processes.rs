@@ -491,33 +491,43 @@ fn a_rust_child_without_a_usable_channel_says_which_variable_is_wrong() {
     }
 }
 
-#[test]
-fn the_parent_example_prints_the_seed_log() {
-    let output = Command::new(example("parent")).output().unwrap();
+/// The seed log, then the other direction; every parent/child pair of
+/// examples, Rust or Node, prints all of it.
+const EXAMPLE_LOG: &[&str] = &[
+    "[parent] Hands have been shaken! Now I know that the child process listens to my requests",
+    "[parent] Sending request:  (REQUEST FROM parent)",
+    "[child]  Got request:      (REQUEST FROM parent)",
+    "[child]  Sending response: (RESPONSE FROM child TO (REQUEST FROM parent))",
+    "[parent] Got response:     (RESPONSE FROM child TO (REQUEST FROM parent))",
+    "[child]  Response sent:    (RESPONSE FROM child TO (REQUEST FROM parent))",
+    "[child]  Sending request:  (REQUEST FROM child)",
+    "[parent] Got request:      (REQUEST FROM child)",
+    "[parent] Sending response: (RESPONSE FROM parent TO (REQUEST FROM child))",
+    "[child]  Got response:     (RESPONSE FROM parent TO (REQUEST FROM child))",
+];
+
+/// Runs an example pair to completion and checks that it succeeded and
+/// printed the whole log (lines of the two processes may interleave).
+fn assert_prints_the_example_log(command: &mut Command) {
+    let output = command.output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
+        "{:?} failed:\n{stdout}\n{stderr}",
+        command
     );
-    for line in [
-        "[parent] Hands have been shaken! Now I know that the child process listens to my requests",
-        "[parent] Sending request:  (REQUEST FROM parent)",
-        "[child]  Got request:      (REQUEST FROM parent)",
-        "[child]  Sending response: (RESPONSE FROM child TO (REQUEST FROM parent))",
-        "[parent] Got response:     (RESPONSE FROM child TO (REQUEST FROM parent))",
-        "[child]  Response sent:    (RESPONSE FROM child TO (REQUEST FROM parent))",
-        // The other direction.
-        "[child]  Sending request:  (REQUEST FROM child)",
-        "[parent] Got request:      (REQUEST FROM child)",
-        "[parent] Sending response: (RESPONSE FROM parent TO (REQUEST FROM child))",
-        "[child]  Got response:     (RESPONSE FROM parent TO (REQUEST FROM child))",
-    ] {
+    for line in EXAMPLE_LOG {
         assert!(
-            stdout.lines().any(|l| l == line),
+            stdout.lines().any(|l| l == *line),
             "missing {line:?} in:\n{stdout}"
         );
     }
+}
+
+#[test]
+fn the_parent_example_prints_the_seed_log() {
+    assert_prints_the_example_log(&mut Command::new(example("parent")));
 }
 
 #[test]
@@ -536,41 +546,19 @@ fn the_examples_interoperate_with_node() {
     let Some(node) = node() else { return };
     let root = env!("CARGO_MANIFEST_DIR");
     // Rust parent, Node child.
-    let output = Command::new(example("parent"))
-        .arg(&node)
-        .arg(format!("{root}/examples/node/child.js"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        stdout.contains("[parent] Got response:     (RESPONSE FROM child TO (REQUEST FROM parent))"),
-        "{stdout}"
+    assert_prints_the_example_log(
+        Command::new(example("parent"))
+            .arg(&node)
+            .arg(format!("{root}/examples/node/child.js")),
     );
     // Node parent, Rust child.
-    let output = Command::new(&node)
-        .arg(format!("{root}/examples/node/parent.js"))
-        .arg(example("child"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
+    assert_prints_the_example_log(
+        Command::new(&node)
+            .arg(format!("{root}/examples/node/parent.js"))
+            .arg(example("child")),
     );
-    assert!(
-        stdout.contains("[child]  Got request:      (REQUEST FROM parent)"),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains("[parent] Got response:     (RESPONSE FROM child TO (REQUEST FROM parent))"),
-        "{stdout}"
-    );
+    // Node parent, Node child: the Node examples agree with ours.
+    assert_prints_the_example_log(Command::new(&node).arg(format!("{root}/examples/node/parent.js")));
 }
 
 #[tokio::test]
