@@ -113,8 +113,9 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValu
 /// with all three of type, UID and payload; a handshake only with both
 /// handshake keys; everything else is plain).
 pub fn classify(msg: Message) -> Inbound {
-    // Fast path: a message without the prefix anywhere is plain.
-    if !has_prefix(msg.get()) {
+    // Fast path: a message without the prefix anywhere is plain. Only
+    // objects qualify (serde would also read a struct from an array).
+    if !msg.get().starts_with('{') || !has_prefix(msg.get()) {
         return Inbound::Plain(msg);
     }
     let Ok(env) = serde_json::from_str::<Envelope<'_>>(msg.get()) else {
@@ -154,16 +155,19 @@ pub fn classify(msg: Message) -> Inbound {
 }
 
 /// True if a message the user wants to send would be taken for a protocol
-/// message by the peer.
+/// message by the peer. Read as Node's `JSON.parse` reads it (decoded keys,
+/// the last of duplicate keys wins), and conservatively: having the keys is
+/// enough, whatever their values.
 pub fn is_protocol_message(json: &str) -> bool {
-    if !has_prefix(json) {
+    if !json.starts_with('{') || (!has_prefix(json) && memchr::memchr(b'\\', json.as_bytes()).is_none()) {
         return false;
     }
-    let msg: Message = match serde_json::from_str(json) {
-        Ok(m) => m,
-        Err(_) => return false,
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(json) else {
+        return false;
     };
-    !matches!(classify(msg), Inbound::Plain(_))
+    let has = |key: &str| map.contains_key(key);
+    (has("_IPC_REQUEST/MSG_TYPE") && has("_IPC_REQUEST/REQUEST_UID") && has("_IPC_REQUEST/PAYLOAD"))
+        || (has("_IPC_REQUEST/HANDSHAKE_UID") && has("_IPC_REQUEST/HANDSHAKE_MSG_TYPE"))
 }
 
 /// Extension names; anything that is not a string is ignored, as unknown
@@ -494,7 +498,24 @@ mod tests {
     }
 
     #[test]
+    fn arrays_are_never_protocol_messages() {
+        for text in [
+            r#"["_IPC_REQUEST/MSG_TYPE:REQUEST","1",{"a":1}]"#,
+            r#"["_IPC_REQUEST/MSG_TYPE:RESPONSE","5",null]"#,
+        ] {
+            assert!(matches!(classify(msg(text)), Inbound::Plain(_)), "{text}");
+            assert!(!is_protocol_message(text), "{text}");
+        }
+    }
+
+    #[test]
     fn protocol_lookalikes_are_detected_for_sending() {
+        assert!(is_protocol_message(
+            r#"{"\u005fIPC_REQUEST/HANDSHAKE_UID":"u","_IPC_REQUEST/HANDSHAKE_MSG_TYPE":5}"#
+        ));
+        assert!(is_protocol_message(
+            r#"{"_IPC_REQUEST/MSG_TYPE":1,"_IPC_REQUEST/MSG_TYPE":2,"_IPC_REQUEST/REQUEST_UID":"1","_IPC_REQUEST/PAYLOAD":0}"#
+        ));
         assert!(is_protocol_message(&encode(&MessageOut::cancel("1"))));
         assert!(!is_protocol_message(r#"{"_IPC_REQUEST/x":1}"#));
         assert!(!is_protocol_message(r#"{"a":1}"#));

@@ -470,3 +470,62 @@ async fn each_senders_messages_keep_their_order_when_senders_race() {
         s.await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn two_sessions_flooding_each_other_with_requests_do_not_deadlock() {
+    // Tiny budgets make the circle easy to close: each side's handlers
+    // wait for write budget held by its own requests, which wait for the
+    // peer to read. The reader must keep reading (queueing requests for a
+    // handler slot) so that answers keep flowing.
+    let channel_config = ChannelConfig {
+        write_queue_bytes: 8 * 1024,
+        ..Default::default()
+    };
+    let session_config = || ipc_request::SessionConfig {
+        max_concurrent_handlers: 4,
+        ..Default::default()
+    };
+    let (a_io, b_io) = tokio::io::duplex(8 * 1024);
+    let (a, b) = tokio::join!(
+        SessionBuilder::new()
+            .config(session_config())
+            .handler(ops_handler())
+            .setup(Channel::from_stream(a_io, channel_config.clone())),
+        SessionBuilder::new()
+            .config(session_config())
+            .handler(ops_handler())
+            .setup(Channel::from_stream(b_io, channel_config)),
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let flood = |s: ipc_request::Session, tag: &'static str| async move {
+        let calls = (0..200).map(|i| {
+            let s = s.clone();
+            async move {
+                let data = format!("{tag}{i}{}", "z".repeat(4096));
+                let got: Value = s.request(&json!({"op":"echo","data":data})).await.unwrap();
+                assert_eq!(got, json!(data));
+            }
+        });
+        futures_util::future::join_all(calls).await;
+    };
+    tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::join!(flood(a, "a"), flood(b, "b"))
+    })
+    .await
+    .expect("deadlock: both sides stopped reading");
+}
+
+#[tokio::test]
+async fn a_json_parse_view_of_keys_keeps_node_internal_commands_from_being_sent() {
+    let (a, _b) = connected().await;
+    for text in [
+        r#"{"cmd":"x","cmd":"NODE_HANDLE_ACK"}"#,
+        r#"{"\u0063md":"NODE_HANDLE_ACK"}"#,
+    ] {
+        let raw = serde_json::value::RawValue::from_string(text.to_string()).unwrap();
+        assert!(
+            matches!(a.send(&raw).await, Err(Error::ReservedMessage(_))),
+            "{text}"
+        );
+    }
+}

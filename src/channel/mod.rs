@@ -30,7 +30,6 @@ use std::process::ExitStatus;
 use std::sync::{Arc, LazyLock};
 
 use bytes::BytesMut;
-use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::watch;
 
@@ -179,7 +178,8 @@ impl ChannelReceiver {
             };
             match decoded {
                 Ok(Some(msg)) => {
-                    if self.is_node_internal(&msg) {
+                    if let Some(cmd) = node_internal_cmd(msg.get()) {
+                        Self::handle_node_internal(&self.sender, &cmd).await;
                         continue;
                     }
                     return Ok(Some(msg));
@@ -205,40 +205,90 @@ impl ChannelReceiver {
         self.buf.len()
     }
 
-    /// True for Node's own messages (PROTOCOL.md 1.3), which are handled
-    /// here and never surface.
-    fn is_node_internal(&self, msg: &Message) -> bool {
-        let Some(cmd) = node_internal_cmd(msg.get()) else {
-            return false;
-        };
+    /// Handles one of Node's own messages (PROTOCOL.md 1.3), which never
+    /// surface. A `NODE_HANDLE` is refused with a NACK; the descriptor that
+    /// came with it was discarded by the kernel (see the module docs). The
+    /// NACK waits for queue space like any line: a peer that floods us with
+    /// handles and reads nothing is slowed down, not buffered without end.
+    async fn handle_node_internal(sender: &ChannelSender, cmd: &str) {
         if cmd == "NODE_HANDLE" {
-            // The descriptor that came with it was discarded by the kernel
-            // (see the module docs); refuse the handle so Node goes on.
-            let nack = br#"{"cmd":"NODE_HANDLE_NACK"}"#;
-            let mut line = nack.to_vec();
-            line.push(b'\n');
-            let _ = self.sender.send_control(line);
+            let line = br#"{"cmd":"NODE_HANDLE_NACK"}"#.iter().chain(b"\n").copied().collect();
+            let _ = sender.send_line(line).await;
             tracing::debug!("refused a handle from the peer (NODE_HANDLE_NACK)");
         } else {
             tracing::trace!("ignored Node internal message {cmd}");
         }
-        true
     }
 }
 
 /// The `cmd` of a Node internal message (an object whose `cmd` is a string
 /// longer than 5 characters starting with `NODE_`), or `None`.
-pub(crate) fn node_internal_cmd(json: &str) -> Option<Cow<'_, str>> {
-    // Fast path: most messages have no "cmd" key at all.
+///
+/// Read as Node's `JSON.parse` reads it, because what matters is what the
+/// Node peer will see: keys are decoded (`"\u0063md"` is `cmd`) and of
+/// duplicate keys the last wins. Only the value of `cmd` is kept; the rest
+/// is skipped without building anything.
+pub(crate) fn node_internal_cmd(json: &str) -> Option<String> {
     static CMD_FINDER: LazyLock<memchr::memmem::Finder<'static>> =
         LazyLock::new(|| memchr::memmem::Finder::new(b"\"cmd\""));
-    CMD_FINDER.find(json.as_bytes())?;
-    #[derive(Deserialize)]
-    struct Probe<'a> {
-        #[serde(borrow)]
-        cmd: Option<Cow<'a, str>>,
+    // Fast path: only an object can be one, and its key can only be `cmd`
+    // if the text says so literally or has an escape somewhere.
+    if !json.starts_with('{')
+        || (CMD_FINDER.find(json.as_bytes()).is_none() && memchr::memchr(b'\\', json.as_bytes()).is_none())
+    {
+        return None;
     }
-    let probe: Probe<'_> = serde_json::from_str(json).ok()?;
-    let cmd = probe.cmd?;
+    struct LastCmd;
+    impl<'de> serde::de::Visitor<'de> for LastCmd {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut cmd = None;
+            while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                if key == "cmd" {
+                    cmd = Some(map.next_value::<serde_json::Value>()?);
+                } else {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+            Ok(match cmd {
+                Some(serde_json::Value::String(cmd)) => Some(cmd),
+                _ => None,
+            })
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(json);
+    let cmd = serde::Deserializer::deserialize_map(&mut de, LastCmd).ok()??;
     (cmd.len() > 5 && cmd.starts_with("NODE_")).then_some(cmd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::node_internal_cmd;
+
+    #[test]
+    fn node_internal_commands_are_read_as_json_parse_reads_them() {
+        let internal = [
+            r#"{"cmd":"NODE_HANDLE","type":"net.Socket","msg":{"with":"handle"}}"#,
+            r#"{"cmd":"x","cmd":"NODE_HANDLE_ACK"}"#,
+            r#"{"\u0063md":"NODE_HANDLE_ACK"}"#,
+            r#"{"a":"\n","cmd":"NODE_CLUSTER"}"#,
+        ];
+        for json in internal {
+            assert!(node_internal_cmd(json).is_some(), "{json}");
+        }
+        let plain = [
+            r#"{"cmd":"NODE_"}"#,
+            r#"{"cmd":"NODE_HANDLE_ACK","cmd":"x"}"#,
+            r#"{"cmd":5}"#,
+            r#"["NODE_\"cmd"]"#,
+            r#""{\"cmd\":\"NODE_HANDLE\"}""#,
+            r#"{"nested":{"cmd":"NODE_HANDLE"}}"#,
+        ];
+        for json in plain {
+            assert!(node_internal_cmd(json).is_none(), "{json}");
+        }
+    }
 }

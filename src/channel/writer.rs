@@ -252,6 +252,11 @@ impl ChannelSender {
     }
 
     fn queue(&self, out: Outgoing) -> Result<(), Error> {
+        // After a close or a failed write nothing more is written: say so
+        // rather than accept a line that would be dropped.
+        if let Some(reason) = self.shared.closed.lock().unwrap().clone() {
+            return Err(Error::Closed(reason));
+        }
         self.shared.queued_lines.fetch_add(1, Ordering::AcqRel);
         self.shared.tx.send(Command::Write(out)).map_err(|_| {
             self.shared.queued_lines.fetch_sub(1, Ordering::AcqRel);

@@ -19,7 +19,7 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::{Semaphore, TryAcquireError, mpsc, oneshot, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use handler::{Handler, Request, Responder, handler_fn, responder_fn};
@@ -48,12 +48,18 @@ pub struct SessionConfig {
     /// Requests of ours in flight at once; further requests wait for a slot
     /// (default 65,536).
     pub max_in_flight: usize,
-    /// The peer's requests handled at once; past this the session stops
-    /// reading from the channel until a handler finishes, which pushes back
-    /// on the peer (default 1,024). While it is not reading, answers to our
-    /// own requests wait too: handlers that wait on requests to the same
-    /// peer should stay well below this number.
+    /// The peer's requests handled at once (default 1,024); more wait in a
+    /// bounded queue, see `max_queued_requests`.
     pub max_concurrent_handlers: usize,
+    /// The peer's requests that may wait for a handler slot (default
+    /// 65,536). The reader goes on reading while fewer wait, so answers to
+    /// our own requests keep arriving even when every handler is busy (two
+    /// sessions flooding each other with requests would otherwise deadlock);
+    /// past this, or past `max_queued_request_bytes`, it stops reading.
+    pub max_queued_requests: usize,
+    /// Total payload bytes of the requests waiting for a handler slot
+    /// (default 64 MiB). One request is always let in, however large.
+    pub max_queued_request_bytes: usize,
     /// When the session owns the child and the channel closes, how long to
     /// wait for the child's exit status before failing pending requests
     /// without it (default 200 ms).
@@ -71,6 +77,8 @@ impl Default for SessionConfig {
             request_timeout: None,
             max_in_flight: 65_536,
             max_concurrent_handlers: 1_024,
+            max_queued_requests: 65_536,
+            max_queued_request_bytes: 64 * 1024 * 1024,
             exit_grace: Duration::from_millis(200),
             message_buffer: 1_024,
         }
@@ -117,7 +125,10 @@ impl SessionBuilder {
     pub async fn setup(self, channel: Channel) -> Result<Session, Error> {
         let (sender, receiver, peer_exit) = channel.into_parts();
         let config = self.config;
-        let (messages_tx, messages_rx) = mpsc::channel(config.message_buffer.max(1));
+        // Tokio panics on capacities past Semaphore::MAX_PERMITS ("no
+        // limit" written as usize::MAX must not do that).
+        let bounded = |n: usize| n.clamp(1, Semaphore::MAX_PERMITS);
+        let (messages_tx, messages_rx) = mpsc::channel(bounded(config.message_buffer));
         let (phase, _) = watch::channel(Phase::Handshaking);
         let shared = Arc::new(Shared {
             sender,
@@ -127,8 +138,11 @@ impl SessionBuilder {
             phase,
             closing: CancellationToken::new(),
             more_input: AtomicBool::new(false),
-            in_flight: Semaphore::new(config.max_in_flight.max(1)),
-            handler_slots: Arc::new(Semaphore::new(config.max_concurrent_handlers.max(1))),
+            in_flight: Semaphore::new(bounded(config.max_in_flight)),
+            handler_slots: Arc::new(Semaphore::new(bounded(config.max_concurrent_handlers))),
+            backlog: Mutex::new(Backlog::default()),
+            backlog_space: Notify::new(),
+            answering_handshake: AtomicBool::new(false),
             messages_tx: Mutex::new(Some(messages_tx)),
             messages_rx: Mutex::new(Some(messages_rx)),
             messages_taken: AtomicBool::new(false),
@@ -137,10 +151,10 @@ impl SessionBuilder {
         });
         let our_uid = fresh_uid();
         // The handler is in place and we listen before announcing (2.1 step 1).
+        let hello = shared.sender.encode(&HandshakeOut::request(&our_uid))?;
         let mut phase = shared.phase.subscribe();
         tokio::spawn(read_loop(shared.clone(), receiver, peer_exit, our_uid.clone()));
 
-        let hello = shared.sender.encode(&HandshakeOut::request(&our_uid))?;
         // A failure here means the channel is already closed: the reader
         // publishes why, and that is what we report below.
         let _ = shared.sender.send_line(hello).await;
@@ -193,6 +207,13 @@ enum Phase {
     Closed(CloseReason),
 }
 
+/// The peer's requests waiting for a handler slot.
+#[derive(Default)]
+struct Backlog {
+    requests: std::collections::VecDeque<(String, Message)>,
+    bytes: usize,
+}
+
 /// What a pending request receives. The error is boxed so that the slot
 /// every request in flight carries stays small.
 type Answer = Result<Message, Box<Error>>;
@@ -224,6 +245,12 @@ pub(crate) struct Shared {
     more_input: AtomicBool,
     in_flight: Semaphore,
     handler_slots: Arc<Semaphore>,
+    /// The peer's requests waiting for a handler slot, in arrival order.
+    backlog: Mutex<Backlog>,
+    /// Told when a request leaves a full backlog.
+    backlog_space: Notify,
+    /// A handshake answer is already on its way during the handshake.
+    answering_handshake: AtomicBool,
     messages_tx: Mutex<Option<mpsc::Sender<Result<serde_json::Value, Error>>>>,
     messages_rx: Mutex<Option<mpsc::Receiver<Result<serde_json::Value, Error>>>>,
     messages_taken: AtomicBool,
@@ -329,7 +356,7 @@ impl Session {
         } else {
             shared.sender.send_line(line).await
         };
-        sent.map_err(|_| shared.closed_error())?;
+        sent.map_err(|e| shared.send_error(e))?;
         guard.mark_sent();
         // Unconstrained: Tokio's cooperative budget exists to make a task
         // that finds its resources always ready yield now and then. This
@@ -369,7 +396,7 @@ impl Session {
             .sender
             .send_line(line)
             .await
-            .map_err(|_| shared.closed_error())
+            .map_err(|e| shared.send_error(e))
     }
 
     /// The stream of plain messages from the peer, in order, with an
@@ -451,6 +478,15 @@ impl Shared {
         Error::Closed(self.closed_reason().unwrap_or(CloseReason::PeerClosed))
     }
 
+    /// The error for a failed send: why the session ended if it has, else
+    /// what the channel said (a write error, say).
+    fn send_error(&self, channel_error: Error) -> Error {
+        match self.closed_reason() {
+            Some(reason) => Error::Closed(reason),
+            None => channel_error,
+        }
+    }
+
     fn peer_supports(&self, ext: &str) -> bool {
         self.peer.get().is_some_and(|p| p.supports(ext))
     }
@@ -472,7 +508,11 @@ impl Shared {
             }
         };
         encode(error).or_else(|why| {
-            let small = RemoteError::new(error.name.clone(), format!("(error too large to send: {why})"));
+            let name: String = error.name.chars().take(64).collect();
+            let small = RemoteError::new(
+                "ErrorTooLarge",
+                format!("{name}: the error was too large to send ({why})"),
+            );
             encode(&small)
         })
     }
@@ -488,7 +528,7 @@ impl Shared {
         } else {
             self.sender.send_line(line).await
         };
-        sent.map_err(|_| self.closed_error())
+        sent.map_err(|e| self.send_error(e))
     }
 
     fn forget_running(&self, uid: &str) {
@@ -526,6 +566,7 @@ impl Shared {
             token.cancel();
         }
         self.in_flight.close();
+        self.handler_slots.close();
         self.messages_tx.lock().unwrap().take();
         self.phase.send_replace(Phase::Closed(reason));
         self.closing.cancel();
@@ -549,9 +590,12 @@ impl Shared {
                 let Ok(line) = self.sender.encode(&HandshakeOut::response(&uid)) else {
                     return;
                 };
-                if matches!(*self.phase.borrow(), Phase::Handshaking) {
+                let handshaking = matches!(*self.phase.borrow(), Phase::Handshaking);
+                if handshaking && !self.answering_handshake.swap(true, Ordering::AcqRel) {
                     // Established once our response is written (2.1 step 4);
-                    // wait for that off the reader task.
+                    // wait for that off the reader task (once: further
+                    // handshake requests are answered inline below, so a
+                    // flood of them cannot pile up tasks).
                     let shared = self.clone();
                     tokio::spawn(async move {
                         if shared.sender.send_line_written(line).await.is_ok() {
@@ -596,18 +640,66 @@ impl Shared {
         }
     }
 
+    /// Starts a handler for the peer's request, or queues the request
+    /// until a handler slot frees up. Waits (stops reading) only when the
+    /// queue is full.
     async fn start_handler(self: &Arc<Self>, uid: String, payload: Message) {
-        // Waiting here stops reading: the peer feels the pressure.
-        let Ok(slot) = self.handler_slots.clone().acquire_owned().await else {
-            return;
-        };
+        let size = uid.len() + payload.get().len();
+        loop {
+            let space = self.backlog_space.notified();
+            {
+                let mut backlog = self.backlog.lock().unwrap();
+                let fits = backlog.requests.len() < self.config.max_queued_requests.max(1)
+                    && (backlog.requests.is_empty()
+                        || backlog.bytes + size <= self.config.max_queued_request_bytes);
+                if fits {
+                    backlog.requests.push_back((uid, payload));
+                    backlog.bytes += size;
+                    break;
+                }
+            }
+            // Full: the peer feels the pressure until a handler finishes.
+            tokio::select! {
+                _ = space => {}
+                _ = self.closing.cancelled() => return,
+            }
+        }
+        self.drain_backlog();
+    }
+
+    /// Runs queued requests while handler slots are free. Called after a
+    /// request is queued and after a handler task finishes; each side
+    /// changes its state before looking at the other's, so no request is
+    /// left waiting with a slot free.
+    fn drain_backlog(self: &Arc<Self>) {
+        loop {
+            let Ok(slot) = self.handler_slots.clone().try_acquire_owned() else {
+                return;
+            };
+            let next = {
+                let mut backlog = self.backlog.lock().unwrap();
+                let next = backlog.requests.pop_front();
+                if let Some((uid, payload)) = &next {
+                    backlog.bytes -= uid.len() + payload.get().len();
+                }
+                next
+            };
+            let Some((uid, payload)) = next else { return };
+            self.backlog_space.notify_one();
+            self.run_handler(uid, payload, slot);
+        }
+    }
+
+    fn run_handler(self: &Arc<Self>, uid: String, payload: Message, slot: OwnedSemaphorePermit) {
         let cancel = CancellationToken::new();
-        if self.peer_supports(EXT_CANCEL) {
+        {
             let mut table = self.table.lock().unwrap();
             if table.closed.is_some() {
                 return;
             }
-            table.running.insert(uid.clone(), cancel.clone());
+            if self.peer_supports(EXT_CANCEL) {
+                table.running.insert(uid.clone(), cancel.clone());
+            }
         }
         let responder = Responder {
             shared: self.clone(),
@@ -641,7 +733,12 @@ impl Shared {
         // must not block (use spawn_blocking for heavy work).
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         if task.as_mut().poll(&mut cx).is_pending() {
-            tokio::spawn(task);
+            let shared = self.clone();
+            tokio::spawn(async move {
+                task.await;
+                // Its slot is free now: start what waits for one.
+                shared.drain_backlog();
+            });
         }
     }
 
@@ -650,7 +747,10 @@ impl Shared {
             return;
         };
         if self.messages_taken.load(Ordering::Acquire) {
-            let _ = tx.send(item).await;
+            tokio::select! {
+                _ = tx.send(item) => {}
+                _ = self.closing.cancelled() => {}
+            }
         } else if tx.try_send(item).is_err() {
             tracing::warn!("plain message dropped: nobody took Session::messages() and its buffer is full");
         }
