@@ -12,7 +12,7 @@ mod handler;
 mod pending;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -142,6 +142,7 @@ impl SessionBuilder {
             handler_slots: Arc::new(Semaphore::new(bounded(config.max_concurrent_handlers))),
             backlog: Mutex::new(Backlog::default()),
             backlog_space: Notify::new(),
+            backlog_len: AtomicUsize::new(0),
             answering_handshake: AtomicBool::new(false),
             messages_tx: Mutex::new(Some(messages_tx)),
             messages_rx: Mutex::new(Some(messages_rx)),
@@ -249,6 +250,8 @@ pub(crate) struct Shared {
     backlog: Mutex<Backlog>,
     /// Told when a request leaves a full backlog.
     backlog_space: Notify,
+    /// The backlog's length, readable without its lock.
+    backlog_len: AtomicUsize,
     /// A handshake answer is already on its way during the handshake.
     answering_handshake: AtomicBool,
     messages_tx: Mutex<Option<mpsc::Sender<Result<serde_json::Value, Error>>>>,
@@ -644,6 +647,12 @@ impl Shared {
     /// until a handler slot frees up. Waits (stops reading) only when the
     /// queue is full.
     async fn start_handler(self: &Arc<Self>, uid: String, payload: Message) {
+        // The common case: nothing waits and a slot is free.
+        if self.backlog_len.load(Ordering::Acquire) == 0 {
+            if let Ok(slot) = self.handler_slots.clone().try_acquire_owned() {
+                return self.run_handler(uid, payload, slot);
+            }
+        }
         let size = uid.len() + payload.get().len();
         loop {
             let space = self.backlog_space.notified();
@@ -655,6 +664,7 @@ impl Shared {
                 if fits {
                     backlog.requests.push_back((uid, payload));
                     backlog.bytes += size;
+                    self.backlog_len.store(backlog.requests.len(), Ordering::Release);
                     break;
                 }
             }
@@ -682,6 +692,7 @@ impl Shared {
                 if let Some((uid, payload)) = &next {
                     backlog.bytes -= uid.len() + payload.get().len();
                 }
+                self.backlog_len.store(backlog.requests.len(), Ordering::Release);
                 next
             };
             let Some((uid, payload)) = next else { return };
