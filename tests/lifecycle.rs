@@ -152,3 +152,78 @@ async fn read_line<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> String {
         line.push(byte);
     }
 }
+
+#[tokio::test]
+async fn dropped_responders_cannot_grow_our_queue_when_the_peer_reads_nothing() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // A handler that drops every responder: each request gets an error
+    // answer. The peer floods us with requests and reads nothing; those
+    // answers must wait for queue space, which stops our reader, instead of
+    // piling up in memory.
+    let started = Arc::new(AtomicUsize::new(0));
+    let counter = started.clone();
+    let handler = responder_fn(move |_req: Request, responder: Responder| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        drop(responder);
+        async {}
+    });
+    let channel_config = ChannelConfig {
+        write_queue_bytes: 4096,
+        ..Default::default()
+    };
+    let session_config = ipc_request::SessionConfig {
+        max_concurrent_handlers: 4,
+        max_queued_requests: 16,
+        ..Default::default()
+    };
+    let (a_io, b_io) = tokio::io::duplex(16 * 1024);
+    let (mut b_read, mut b_write) = tokio::io::split(b_io);
+    let a = tokio::spawn(
+        SessionBuilder::new()
+            .config(session_config)
+            .handler(handler)
+            .setup(Channel::from_stream(a_io, channel_config)),
+    );
+    let hello: Value = serde_json::from_str(&read_line(&mut b_read).await).unwrap();
+    let answer = serde_json::json!({
+        "_IPC_REQUEST/HANDSHAKE_UID": hello["_IPC_REQUEST/HANDSHAKE_UID"],
+        "_IPC_REQUEST/HANDSHAKE_MSG_TYPE": "_IPC_REQUEST/HANDSHAKE_MSG_TYPE:RESPONSE"
+    });
+    use tokio::io::AsyncWriteExt;
+    b_write.write_all(format!("{answer}\n").as_bytes()).await.unwrap();
+    let a = a.await.unwrap().unwrap();
+    const REQUESTS: usize = 100_000;
+    let flood = tokio::spawn(async move {
+        for i in 0..REQUESTS {
+            let request = serde_json::json!({
+                "_IPC_REQUEST/MSG_TYPE": "_IPC_REQUEST/MSG_TYPE:REQUEST",
+                "_IPC_REQUEST/REQUEST_UID": i.to_string(),
+                "_IPC_REQUEST/PAYLOAD": i
+            });
+            b_write
+                .write_all(format!("{request}\n").as_bytes())
+                .await
+                .unwrap();
+        }
+    });
+    // The error answers fill our queue to its budget...
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while a.queued_bytes() + 200 < a.queue_capacity() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the error answers never filled the queue: they bypass it");
+    // ...and then our reader stops: the handlers started stay a handful.
+    for _ in 0..1000 {
+        tokio::task::yield_now().await;
+    }
+    let count = started.load(Ordering::SeqCst);
+    assert!(
+        count < 1_000,
+        "{count} handlers ran for a peer that reads nothing"
+    );
+    assert!(!flood.is_finished(), "all requests were read");
+    assert!(a.queued_bytes() <= a.queue_capacity());
+    flood.abort();
+}

@@ -4,8 +4,8 @@ use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 
 use futures_util::FutureExt;
 use serde::Serialize;
@@ -145,7 +145,56 @@ pub struct Responder {
     pub(super) shared: Arc<Shared>,
     pub(super) uid: String,
     pub(super) cancel: CancellationToken,
-    pub(super) answered: AtomicBool,
+    pub(super) state: Arc<AnswerState>,
+}
+
+/// What a responder and the task running its handler share, so that the
+/// error answer of a responder dropped unanswered goes out with back-pressure
+/// whenever possible.
+///
+/// A destructor cannot wait for queue space. If the handler is still running
+/// when its responder is dropped (the usual case: the handler returned or
+/// panicked without answering), the answer is left here and the handler's
+/// task sends it, waiting for space while it still holds its handler slot:
+/// a peer that floods us with requests and reads nothing then meets a full
+/// queue and a stopped reader, not growing memory. Only a responder that
+/// outlived its handler (moved elsewhere, then dropped) queues its answer
+/// without waiting; there is one per responder the application kept.
+#[derive(Default)]
+pub(super) struct AnswerState {
+    answered: AtomicBool,
+    /// HANDLER_RUNNING, HANDLER_DONE or ORPHANED.
+    phase: AtomicU8,
+    orphan: Mutex<Option<Vec<u8>>>,
+}
+
+const HANDLER_RUNNING: u8 = 0;
+const HANDLER_DONE: u8 = 1;
+const ORPHANED: u8 = 2;
+
+impl AnswerState {
+    /// Called by the handler's task once the handler has finished: the
+    /// answer a dropped responder left for it to send, if any.
+    pub(super) fn handler_finished(&self) -> Option<Vec<u8>> {
+        if self.phase.swap(HANDLER_DONE, Ordering::AcqRel) == ORPHANED {
+            self.orphan.lock().unwrap().take()
+        } else {
+            None
+        }
+    }
+
+    /// Leaves `line` for the handler's task; gives it back if that task
+    /// has already finished.
+    fn leave(&self, line: Vec<u8>) -> Option<Vec<u8>> {
+        *self.orphan.lock().unwrap() = Some(line);
+        match self
+            .phase
+            .compare_exchange(HANDLER_RUNNING, ORPHANED, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => None,
+            Err(_) => self.orphan.lock().unwrap().take(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Responder {
@@ -184,7 +233,7 @@ impl Responder {
 
     /// True once an answer was given (or refused because of a cancel).
     pub fn is_answered(&self) -> bool {
-        self.answered.load(Ordering::Acquire)
+        self.state.answered.load(Ordering::Acquire)
     }
 
     /// True once the peer cancelled the request or the channel closed.
@@ -194,7 +243,7 @@ impl Responder {
 
     /// Marks the request answered, or says why it cannot be.
     fn claim(&self) -> Result<(), Error> {
-        if self.answered.swap(true, Ordering::AcqRel) {
+        if self.state.answered.swap(true, Ordering::AcqRel) {
             return Err(Error::AlreadyAnswered);
         }
         self.shared.forget_running(&self.uid);
@@ -207,10 +256,9 @@ impl Responder {
 
 impl Drop for Responder {
     fn drop(&mut self) {
-        if self.answered.load(Ordering::Acquire) {
+        if self.state.answered.swap(true, Ordering::AcqRel) {
             return;
         }
-        self.answered.store(true, Ordering::Release);
         self.shared.forget_running(&self.uid);
         if self.cancel.is_cancelled() {
             return;
@@ -220,11 +268,12 @@ impl Drop for Responder {
         } else {
             RemoteError::new("ResponderDropped", "the handler finished without answering")
         };
-        // Cannot wait here: bypass the byte budget. At most one such line
-        // per request the handler was given, and those are capped.
+        // See AnswerState: the handler's task sends it if it can.
         match self.shared.encode_error(&self.uid, &error) {
             Ok(line) => {
-                let _ = self.shared.sender.send_control(line);
+                if let Some(line) = self.state.leave(line) {
+                    let _ = self.shared.sender.send_control(line);
+                }
             }
             Err(e) => tracing::warn!("could not answer request {}: {e}", self.uid),
         }

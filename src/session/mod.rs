@@ -24,6 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use handler::{Handler, Request, Responder, handler_fn, responder_fn};
 
+use handler::AnswerState;
+
 use crate::channel::{Channel, ChannelReceiver, ChannelSender, PeerExit, node_internal_cmd};
 use crate::error::{CloseReason, Error, RemoteError};
 use crate::frame::Message;
@@ -712,14 +714,16 @@ impl Shared {
                 table.running.insert(uid.clone(), cancel.clone());
             }
         }
+        let state = Arc::new(AnswerState::default());
         let responder = Responder {
             shared: self.clone(),
             uid,
             cancel: cancel.clone(),
-            answered: AtomicBool::new(false),
+            state: state.clone(),
         };
         let request = Request { payload, cancel };
         let handler = self.handler.clone();
+        let shared = self.clone();
         let mut task = Box::pin(async move {
             let _slot = slot;
             let Some(handler) = handler else {
@@ -734,6 +738,11 @@ impl Shared {
             let run = std::panic::AssertUnwindSafe(async move { (handler.call)(request, responder).await });
             if run.catch_unwind().await.is_err() {
                 tracing::warn!("a request handler panicked; the request was answered with an error");
+            }
+            // The answer of a responder dropped unanswered, sent while this
+            // task still holds its slot (see AnswerState).
+            if let Some(line) = state.handler_finished() {
+                let _ = shared.sender.send_line(line).await;
             }
         });
         // Run the handler here until it first waits: a handler that answers
