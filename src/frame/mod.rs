@@ -1,0 +1,433 @@
+//! Framing of Node's JSON-mode IPC channel: bytes to messages and back.
+//!
+//! Pure code, no I/O: the transport reads bytes into a [`bytes::BytesMut`] and asks a
+//! [`FrameDecoder`] for messages; it turns values into bytes with [`encode`] and writes them.
+//! The wire format is section 1.2 of `PROTOCOL.md`: each message is the text of one JSON
+//! value (`JSON.stringify(value)`) followed by one `\n`.
+//!
+//! # Reading is tolerant, writing is strict
+//!
+//! What we read comes from a Node peer (or anything else holding the fd), so the decoder
+//! accepts everything Node's own reader accepts: lines split across reads anywhere (even
+//! inside a UTF-8 sequence), `\r\n`, surrounding whitespace, blank lines (skipped silently),
+//! any JSON value at top level. A bad line (not JSON, too long) is reported as an error and
+//! consumed; the lines after it decode normally, so one bad message never desynchronises the
+//! stream.
+//!
+//! What we write goes to a Node peer, and Node exits with an uncaught `SyntaxError` on an
+//! empty line, a line that is not JSON, or a raw control character inside a string. So
+//! [`encode`] writes exactly one compact JSON text and one `\n`, or nothing at all.
+//!
+//! # Lone surrogates
+//!
+//! JavaScript strings are sequences of UTF-16 code units and may hold a lone surrogate
+//! (`"\ud800"`); Node sends one as that escape, and its `JSON.parse` accepts it. A Rust
+//! `String` cannot hold a lone surrogate, so serde_json refuses to turn such an escape into a
+//! `String` or a [`serde_json::Value`]. If the decoder passed the text through unchanged, the
+//! layers above would fail on a message a Node peer may legitimately send. The decoder
+//! therefore rewrites every *lone* surrogate escape to `\ufffd` (U+FFFD REPLACEMENT
+//! CHARACTER), the same substitution `String::from_utf16_lossy` makes. Proper escaped pairs
+//! (`\ud83d\ude00`) are kept. This is lossy, but it never fails on what Node sends.
+//!
+//! serde_json's [`RawValue`] parser only checks that a `\u` escape has four hex digits, so in
+//! practice a lone surrogate does not make the first parse fail; the decoder looks for lone
+//! surrogates after every successful parse too. That look is a `memchr` for `\` over the line,
+//! and the copy-and-rewrite only happens when a lone surrogate is actually there. Should a
+//! later serde_json reject lone surrogates in a [`RawValue`], the rewrite is also tried after
+//! a failed parse.
+//!
+//! # Bounded memory
+//!
+//! A [`FrameDecoder`] has a maximum line length. As soon as the buffer holds more than that
+//! without a newline, the decoder reports [`FrameError::TooLong`], clears the buffer and
+//! discards bytes until the next newline (as tokio-util's `LinesCodec` does with
+//! `max_length`). When `decode` returns `Ok(None)` the buffer holds at most `max_len` bytes
+//! (the start of one unfinished line), so a reader that decodes until `Ok(None)` before each
+//! read never holds more than `max_len` plus what one read appended.
+
+use std::io;
+
+use bytes::{Buf, BytesMut};
+use memchr::{memchr, memchr3};
+use serde_json::value::RawValue;
+
+/// One message as it travels: the text of one JSON value (validated).
+///
+/// The decoder only returns texts without lone surrogate escapes (see the module docs), so
+/// every message it returns also parses into a `String`-based type such as
+/// [`serde_json::Value`], within serde_json's own limits (nesting depth, number range).
+pub type Message = Box<RawValue>;
+
+/// Default maximum length of one message line in bytes (newline excluded).
+///
+/// Node itself sets no limit; this one only protects the receiver's memory.
+pub const DEFAULT_MAX_MESSAGE_LEN: usize = 64 * 1024 * 1024;
+
+/// Longest snippet of a bad line kept in [`FrameError::InvalidJson`], in characters.
+const SNIPPET_CHARS: usize = 64;
+
+/// Why one message could not be decoded or encoded.
+///
+/// None of these is fatal to the stream: after an error the decoder goes on with the next
+/// line, and a failed [`encode`] leaves the output buffer as it was.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// A line (or an outgoing message) longer than the maximum. When reading, the decoder has
+    /// discarded it up to and including its newline; the next line decodes normally.
+    #[error("message of {len} bytes or more exceeds the maximum of {max} bytes")]
+    TooLong {
+        /// The length seen: the whole line if its end was seen, else at least this much.
+        len: usize,
+        /// The limit that was exceeded.
+        max: usize,
+    },
+    /// A complete line that is not one JSON value. The line is consumed; decoding goes on.
+    #[error("message is not valid JSON ({reason}): {snippet:?}")]
+    InvalidJson {
+        /// What the JSON parser objected to.
+        reason: String,
+        /// The first (at most 64) characters of the trimmed line, lossy UTF-8, for error
+        /// messages.
+        snippet: String,
+    },
+    /// A value that serde_json could not serialize (e.g. a map with non-string keys).
+    #[error("cannot encode message as JSON: {reason}")]
+    Encode {
+        /// What the serializer objected to.
+        reason: String,
+    },
+}
+
+/// Splits a byte stream into [`Message`]s, one per `\n`-terminated line.
+///
+/// Use one decoder per stream and always pass it the same buffer, to which the caller only
+/// appends: the decoder remembers how far it has already looked for a newline.
+#[derive(Debug, Clone)]
+pub struct FrameDecoder {
+    /// Maximum line length in bytes, newline excluded, before trimming.
+    max_len: usize,
+    /// Length of the buffer prefix already scanned without finding a newline; the next call
+    /// starts its search there, so no byte is scanned twice.
+    scanned: usize,
+    /// An over-long line was reported before its newline arrived: drop bytes up to and
+    /// including the next newline.
+    discarding: bool,
+}
+
+impl FrameDecoder {
+    /// A decoder that accepts lines of at most `max_len` bytes (newline excluded, surrounding
+    /// whitespace included).
+    pub fn new(max_len: usize) -> Self {
+        FrameDecoder {
+            max_len,
+            scanned: 0,
+            discarding: false,
+        }
+    }
+
+    /// The maximum line length this decoder accepts, in bytes.
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    /// Takes the next complete message out of `buf` (the caller appends bytes read from the
+    /// stream to `buf`). Ok(None): no complete message yet, read more. Err: see FrameError;
+    /// after an Err, calling decode again goes on with the rest of the buffer.
+    ///
+    /// Blank lines are skipped. When this returns `Ok(None)`, `buf` holds at most `max_len`
+    /// bytes; call it until then after each read to keep memory bounded.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Message>, FrameError> {
+        loop {
+            if self.discarding {
+                // The over-long line was already reported; its bytes are worthless.
+                match memchr(b'\n', buf) {
+                    Some(newline) => {
+                        buf.advance(newline + 1);
+                        self.discarding = false;
+                        self.scanned = 0;
+                    }
+                    None => {
+                        buf.clear();
+                        return Ok(None);
+                    }
+                }
+            }
+
+            // `min` only matters if the caller broke the contract and shrank the buffer.
+            let from = self.scanned.min(buf.len());
+            let Some(offset) = memchr(b'\n', &buf[from..]) else {
+                if buf.len() > self.max_len {
+                    // The line is already too long; report it now rather than buffering it.
+                    let len = buf.len();
+                    buf.clear();
+                    self.scanned = 0;
+                    self.discarding = true;
+                    return Err(FrameError::TooLong {
+                        len,
+                        max: self.max_len,
+                    });
+                }
+                self.scanned = buf.len();
+                return Ok(None);
+            };
+
+            let newline = from + offset;
+            self.scanned = 0;
+            if newline > self.max_len {
+                buf.advance(newline + 1);
+                return Err(FrameError::TooLong {
+                    len: newline,
+                    max: self.max_len,
+                });
+            }
+            let line = buf[..newline].trim_ascii();
+            if line.is_empty() {
+                buf.advance(newline + 1);
+                continue;
+            }
+            let message = parse_line(line);
+            buf.advance(newline + 1);
+            return message.map(Some);
+        }
+    }
+
+    /// Same, at end of stream: complete lines still decode; once none is left, an unfinished
+    /// trailing message (bytes after the last newline) is dropped, buf is cleared, Ok(None).
+    ///
+    /// Node drops such bytes too: they are a message whose sender exited mid-write.
+    pub fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Message>, FrameError> {
+        match self.decode(buf)? {
+            Some(message) => Ok(Some(message)),
+            None => {
+                buf.clear();
+                self.scanned = 0;
+                self.discarding = false;
+                Ok(None)
+            }
+        }
+    }
+}
+
+impl Default for FrameDecoder {
+    /// A decoder with [`DEFAULT_MAX_MESSAGE_LEN`].
+    fn default() -> Self {
+        FrameDecoder::new(DEFAULT_MAX_MESSAGE_LEN)
+    }
+}
+
+/// Parses one trimmed, non-empty line into a message.
+fn parse_line(line: &[u8]) -> Result<Message, FrameError> {
+    match serde_json::from_slice::<Message>(line) {
+        Ok(message) => match replace_lone_surrogates(message.get().as_bytes()) {
+            None => Ok(message),
+            // The rewrite swaps one valid escape for another, so this parse cannot fail; the
+            // error path is only there to avoid a panic.
+            Some(fixed) => serde_json::from_slice(&fixed).map_err(|e| invalid_json(&e, line)),
+        },
+        Err(error) => match replace_lone_surrogates(line) {
+            Some(fixed) => serde_json::from_slice(&fixed).map_err(|_| invalid_json(&error, line)),
+            None => Err(invalid_json(&error, line)),
+        },
+    }
+}
+
+fn invalid_json(error: &serde_json::Error, line: &[u8]) -> FrameError {
+    // 64 characters take at most 4 bytes each, even when lossy decoding replaces bytes.
+    let prefix = &line[..line.len().min(SNIPPET_CHARS * 4)];
+    FrameError::InvalidJson {
+        reason: error.to_string(),
+        snippet: String::from_utf8_lossy(prefix)
+            .chars()
+            .take(SNIPPET_CHARS)
+            .collect(),
+    }
+}
+
+/// Rewrites each lone surrogate escape (`\uD800`..`\uDFFF` not part of a high-low pair) in a
+/// JSON text to `\ufffd`. Returns `None`, without allocating, when there is none.
+///
+/// Escape sequences are read left to right from each backslash, so `\\ud800` (an escaped
+/// backslash, then the text `ud800`) is left alone. A backslash outside a string is invalid
+/// JSON anyway, so there is no need to track whether we are inside one.
+fn replace_lone_surrogates(text: &[u8]) -> Option<Vec<u8>> {
+    const REPLACEMENT: &[u8; 6] = b"\\ufffd";
+    let mut fixed: Option<Vec<u8>> = None;
+    // Bytes of `text` already copied into `fixed`.
+    let mut copied = 0;
+    let mut pos = 0;
+    // `pos` may point one past the end after a backslash that ends the text.
+    while let Some(offset) = text.get(pos..).and_then(|rest| memchr(b'\\', rest)) {
+        let escape = pos + offset;
+        // Any escape other than `\u` is two bytes long; neither byte starts a new escape.
+        pos = escape + 2;
+        if text.get(escape + 1) != Some(&b'u') {
+            continue;
+        }
+        let Some(unit) = hex4(text, escape + 2) else {
+            continue;
+        };
+        let lone = match unit {
+            0xD800..=0xDBFF => {
+                let paired = text.get(escape + 6) == Some(&b'\\')
+                    && text.get(escape + 7) == Some(&b'u')
+                    && hex4(text, escape + 8).is_some_and(|low| (0xDC00..=0xDFFF).contains(&low));
+                if paired {
+                    pos = escape + 12;
+                }
+                !paired
+            }
+            0xDC00..=0xDFFF => true,
+            _ => false,
+        };
+        if lone {
+            let out = fixed.get_or_insert_with(|| Vec::with_capacity(text.len()));
+            out.extend_from_slice(&text[copied..escape]);
+            out.extend_from_slice(REPLACEMENT);
+            copied = escape + 6;
+            pos = escape + 6;
+        }
+    }
+    fixed.map(|mut out| {
+        out.extend_from_slice(&text[copied..]);
+        out
+    })
+}
+
+/// The value of the four hex digits at `text[at..at + 4]`, if they are there.
+fn hex4(text: &[u8], at: usize) -> Option<u16> {
+    let digits = text.get(at..at + 4)?;
+    digits.iter().try_fold(0u16, |acc, &digit| {
+        let value = (digit as char).to_digit(16)?;
+        Some((acc << 4) | value as u16)
+    })
+}
+
+/// Appends exactly one line for `value` to `out`: its JSON text and one b'\n'. Never writes an
+/// empty line or a raw control character (serde_json escapes them; keep a debug_assert). If the
+/// JSON text is longer than `max_len` bytes, or serialization fails, `out` is restored to its
+/// previous length (nothing half-written) and an error is returned (TooLong / Encode).
+///
+/// The text is compact. A [`RawValue`] embedded in `value` is written verbatim by serde_json,
+/// and may carry whitespace such as a newline between tokens (e.g. one built from
+/// pretty-printed JSON): a newline would split the message in two, so tabs, carriage returns
+/// and newlines are left out. This is always safe: in a valid JSON text they can only appear
+/// between tokens, never raw inside a string. Serialization stops as soon as the text exceeds
+/// `max_len`, so the `len` of a [`FrameError::TooLong`] is a lower bound; that check counts
+/// the whitespace of an embedded RawValue before it is left out.
+pub fn encode<T: serde::Serialize + ?Sized>(
+    value: &T,
+    max_len: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), FrameError> {
+    encode_wrapped(&[], value, b"", max_len, out)
+}
+
+/// Like [`encode`], for a line made of raw JSON fragments around one value: `prefix` (its
+/// pieces in order), the JSON text of `value`, then `suffix`. The caller vouches that the
+/// fragments are compact JSON without raw control characters and that together they make one
+/// JSON text; the protocol layer uses this to write its constant envelope keys without
+/// escaping them anew for every message. `max_len` counts the whole text.
+pub fn encode_wrapped<T: serde::Serialize + ?Sized>(
+    prefix: &[&[u8]],
+    value: &T,
+    suffix: &[u8],
+    max_len: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), FrameError> {
+    let start = out.len();
+    for piece in prefix {
+        out.extend_from_slice(piece);
+    }
+    let value_start = out.len();
+    if value_start - start > max_len {
+        let len = value_start - start;
+        out.truncate(start);
+        return Err(FrameError::TooLong { len, max: max_len });
+    }
+    let mut writer = LineWriter {
+        out,
+        start,
+        max_len,
+        too_long: None,
+    };
+    if let Err(error) = serde_json::to_writer(&mut writer, value) {
+        let too_long = writer.too_long;
+        out.truncate(start);
+        return Err(match too_long {
+            Some(len) => FrameError::TooLong { len, max: max_len },
+            None => FrameError::Encode {
+                reason: error.to_string(),
+            },
+        });
+    }
+    // One scan over the value's text rather than one per fragment serde_json
+    // writes (measured: the per-fragment scan was ~7% of a request burst).
+    // Only an embedded RawValue can bring these bytes, so the common case
+    // is a single SIMD pass that finds nothing.
+    if memchr3(b'\n', b'\r', b'\t', &out[value_start..]).is_some() {
+        let mut keep = value_start;
+        for i in value_start..out.len() {
+            let byte = out[i];
+            if !matches!(byte, b'\n' | b'\r' | b'\t') {
+                out[keep] = byte;
+                keep += 1;
+            }
+        }
+        out.truncate(keep);
+    }
+    let len = out.len() - start + suffix.len();
+    if len > max_len {
+        out.truncate(start);
+        return Err(FrameError::TooLong { len, max: max_len });
+    }
+    out.extend_from_slice(suffix);
+    debug_assert!(out.len() > start, "serde_json wrote an empty JSON text");
+    debug_assert!(
+        out[start..].iter().all(|&byte| byte >= 0x20),
+        "a raw control character in an outgoing message"
+    );
+    out.push(b'\n');
+    Ok(())
+}
+
+/// The writer [`encode`] serializes into: appends to the output and fails once the text would
+/// exceed the maximum length (so a huge value is not serialized in full only to be refused).
+struct LineWriter<'a> {
+    out: &'a mut Vec<u8>,
+    /// Length of `out` before this message.
+    start: usize,
+    max_len: usize,
+    /// Set when a write was refused for length: the length the text would have had.
+    too_long: Option<usize>,
+}
+
+impl LineWriter<'_> {
+    fn push(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let len = self.out.len() - self.start + bytes.len();
+        if len > self.max_len {
+            self.too_long = Some(len);
+            return Err(io::Error::other("message exceeds the maximum length"));
+        }
+        self.out.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
+impl io::Write for LineWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.write_all(bytes)?;
+        Ok(bytes.len())
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.push(bytes)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+// Byte by byte, against what Node writes and accepts.
+#[cfg(test)]
+mod tests;

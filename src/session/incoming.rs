@@ -1,0 +1,271 @@
+//! The reader side of a session: one task reads the channel, answers
+//! handshakes, routes answers to the requests waiting for them, starts
+//! handlers for the peer's requests (queueing them while every handler slot
+//! is busy) and passes plain messages on. When the channel ends it fails
+//! every pending request, after everything already in the socket was read.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+
+use super::handler::AnswerState;
+use super::{PeerInfo, Phase, Request, Responder, Shared};
+use crate::channel::{ChannelReceiver, PeerExit};
+use crate::error::{CloseReason, Error, RemoteError};
+use crate::frame::Message;
+use crate::protocol::{self, EXT_CANCEL, HandshakeOut, Inbound};
+
+/// The peer's requests waiting for a handler slot.
+#[derive(Default)]
+pub(super) struct Backlog {
+    pub(super) requests: std::collections::VecDeque<(String, Message)>,
+    pub(super) bytes: usize,
+}
+
+impl Shared {
+    fn establish(&self) {
+        self.phase.send_if_modified(|p| {
+            let first = matches!(p, Phase::Handshaking);
+            if first {
+                *p = Phase::Established;
+            }
+            first
+        });
+    }
+
+    async fn dispatch(self: &Arc<Self>, msg: Message, our_uid: &str) {
+        match protocol::classify(msg) {
+            Inbound::HandshakeRequest { uid, extensions } => {
+                let _ = self.peer.set(PeerInfo::new(extensions));
+                let Ok(line) = self.sender.encode(&HandshakeOut::response(&uid)) else {
+                    return;
+                };
+                let handshaking = matches!(*self.phase.borrow(), Phase::Handshaking);
+                if handshaking && !self.answering_handshake.swap(true, Ordering::AcqRel) {
+                    // Established once our response is written (2.1 step 4);
+                    // wait for that off the reader task (once: further
+                    // handshake requests are answered inline below, so a
+                    // flood of them cannot pile up tasks).
+                    let shared = self.clone();
+                    tokio::spawn(async move {
+                        if shared.sender.send_line_written(line).await.is_ok() {
+                            shared.establish();
+                        }
+                    });
+                } else {
+                    let _ = self.sender.send_line(line).await;
+                }
+            }
+            Inbound::HandshakeResponse { uid, extensions } => {
+                if uid == our_uid {
+                    let _ = self.peer.set(PeerInfo::new(extensions));
+                    self.establish();
+                }
+            }
+            Inbound::Request { uid, payload } => self.start_handler(uid, payload).await,
+            Inbound::Response { uid, payload, error } => {
+                let waiter = uid
+                    .parse::<u64>()
+                    .ok()
+                    .and_then(|id| self.table.lock().unwrap().pending.remove(&id));
+                match waiter {
+                    Some(tx) => {
+                        let _ = tx.send(match error {
+                            Some(e) => Err(Box::new(Error::Remote(Box::new(e)))),
+                            None => Ok(payload),
+                        });
+                    }
+                    None => tracing::debug!("answer to a request no longer pending: {uid}"),
+                }
+            }
+            Inbound::Cancel { uid } => {
+                if let Some(token) = self.table.lock().unwrap().running.remove(&uid) {
+                    token.cancel();
+                }
+            }
+            Inbound::Plain(msg) => {
+                let value = serde_json::from_str(msg.get()).map_err(Error::decode);
+                self.deliver(value).await;
+            }
+        }
+    }
+
+    /// Starts a handler for the peer's request, or queues the request
+    /// until a handler slot frees up. Waits (stops reading) only when the
+    /// queue is full.
+    async fn start_handler(self: &Arc<Self>, uid: String, payload: Message) {
+        // The common case: nothing waits and a slot is free.
+        if self.backlog_len.load(Ordering::Acquire) == 0 {
+            if let Ok(slot) = self.handler_slots.clone().try_acquire_owned() {
+                return self.run_handler(uid, payload, slot);
+            }
+        }
+        let size = uid.len() + payload.get().len();
+        loop {
+            let space = self.backlog_space.notified();
+            {
+                let mut backlog = self.backlog.lock().unwrap();
+                let fits = backlog.requests.len() < self.config.max_queued_requests.max(1)
+                    && (backlog.requests.is_empty()
+                        || backlog.bytes + size <= self.config.max_queued_request_bytes);
+                if fits {
+                    backlog.requests.push_back((uid, payload));
+                    backlog.bytes += size;
+                    self.backlog_len.store(backlog.requests.len(), Ordering::Release);
+                    break;
+                }
+            }
+            // Full: the peer feels the pressure until a handler finishes.
+            tokio::select! {
+                _ = space => {}
+                _ = self.closing.cancelled() => return,
+            }
+        }
+        self.drain_backlog();
+    }
+
+    /// Runs queued requests while handler slots are free. Called after a
+    /// request is queued and after a handler task finishes; each side
+    /// changes its state before looking at the other's, so no request is
+    /// left waiting with a slot free.
+    fn drain_backlog(self: &Arc<Self>) {
+        loop {
+            let Ok(slot) = self.handler_slots.clone().try_acquire_owned() else {
+                return;
+            };
+            let next = {
+                let mut backlog = self.backlog.lock().unwrap();
+                let next = backlog.requests.pop_front();
+                if let Some((uid, payload)) = &next {
+                    backlog.bytes -= uid.len() + payload.get().len();
+                }
+                self.backlog_len.store(backlog.requests.len(), Ordering::Release);
+                next
+            };
+            let Some((uid, payload)) = next else { return };
+            self.backlog_space.notify_one();
+            self.run_handler(uid, payload, slot);
+        }
+    }
+
+    fn run_handler(self: &Arc<Self>, uid: String, payload: Message, slot: OwnedSemaphorePermit) {
+        let cancel = CancellationToken::new();
+        {
+            let mut table = self.table.lock().unwrap();
+            if table.closed.is_some() {
+                return;
+            }
+            if self.peer_supports(EXT_CANCEL) {
+                table.running.insert(uid.clone(), cancel.clone());
+            }
+        }
+        let state = Arc::new(AnswerState::default());
+        let responder = Responder {
+            shared: self.clone(),
+            uid,
+            cancel: cancel.clone(),
+            state: state.clone(),
+        };
+        let request = Request { payload, cancel };
+        let handler = self.handler.clone();
+        let shared = self.clone();
+        let mut task = Box::pin(async move {
+            let _slot = slot;
+            let Some(handler) = handler else {
+                let _ = responder
+                    .fail(RemoteError::new(
+                        "NoHandler",
+                        "this side set up its session without a request handler",
+                    ))
+                    .await;
+                return;
+            };
+            let run = std::panic::AssertUnwindSafe(async move { (handler.call)(request, responder).await });
+            if run.catch_unwind().await.is_err() {
+                tracing::warn!("a request handler panicked; the request was answered with an error");
+            }
+            // The answer of a responder dropped unanswered, sent while this
+            // task still holds its slot (see AnswerState).
+            if let Some(line) = state.handler_finished() {
+                let _ = shared.sender.send_line(line).await;
+            }
+        });
+        // Run the handler here until it first waits: a handler that answers
+        // at once (most do) then costs no task and no wake-up. One that waits
+        // continues as its own task. Polling with a no-op waker is sound: the
+        // task polls it again with its own waker before anything could wake
+        // it. The cost: a handler's synchronous part delays reading; handlers
+        // must not block (use spawn_blocking for heavy work).
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if task.as_mut().poll(&mut cx).is_pending() {
+            let shared = self.clone();
+            tokio::spawn(async move {
+                task.await;
+                // Its slot is free now: start what waits for one.
+                shared.drain_backlog();
+            });
+        }
+    }
+
+    async fn deliver(&self, item: Result<serde_json::Value, Error>) {
+        let Some(tx) = self.messages_tx.lock().unwrap().clone() else {
+            return;
+        };
+        if self.messages_taken.load(Ordering::Acquire) {
+            tokio::select! {
+                _ = tx.send(item) => {}
+                _ = self.closing.cancelled() => {}
+            }
+        } else if tx.try_send(item).is_err() {
+            tracing::warn!("plain message dropped: nobody took Session::messages() and its buffer is full");
+        }
+    }
+}
+
+pub(super) async fn read_loop(
+    shared: Arc<Shared>,
+    mut receiver: ChannelReceiver,
+    peer_exit: Option<PeerExit>,
+    our_uid: String,
+) {
+    let reason = loop {
+        let next = tokio::select! {
+            biased;
+            _ = shared.closing.cancelled() => return,
+            next = receiver.recv() => next,
+        };
+        match next {
+            Ok(Some(msg)) => {
+                shared
+                    .more_input
+                    .store(receiver.buffered_bytes() > 0, Ordering::Relaxed);
+                shared.dispatch(msg, &our_uid).await
+            }
+            Ok(None) => break CloseReason::PeerClosed,
+            Err(Error::Frame(e)) => {
+                tracing::warn!("skipped a line from the peer: {e}");
+                shared.deliver(Err(Error::Frame(e))).await;
+            }
+            Err(Error::Closed(reason)) => break reason,
+            Err(other) => break CloseReason::Io(Arc::new(std::io::Error::other(other.to_string()))),
+        }
+    };
+    let reason = with_exit_status(reason, peer_exit, shared.config.exit_grace).await;
+    shared.shut(reason);
+}
+
+/// When we own the peer process, a channel that ended is better explained
+/// by how the process ended, if it does within the grace period.
+async fn with_exit_status(reason: CloseReason, peer_exit: Option<PeerExit>, grace: Duration) -> CloseReason {
+    let Some(mut exit) = peer_exit else {
+        return reason;
+    };
+    match tokio::time::timeout(grace, exit.wait_for(|s| s.is_some())).await {
+        Ok(Ok(status)) => CloseReason::ChildExited(status.expect("waited for Some")),
+        _ => reason,
+    }
+}
