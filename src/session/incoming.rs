@@ -17,7 +17,7 @@ use super::{PeerInfo, Phase, Request, Responder, Shared};
 use crate::channel::{ChannelReceiver, PeerExit};
 use crate::error::{CloseReason, Error, RemoteError};
 use crate::frame::Message;
-use crate::protocol::{self, EXT_CANCEL, HandshakeOut, Inbound};
+use crate::protocol::{self, HandshakeOut, Inbound};
 
 /// The peer's requests waiting for a handler slot.
 #[derive(Default)]
@@ -159,7 +159,7 @@ impl Shared {
             if table.closed.is_some() {
                 return;
             }
-            if self.peer_supports(EXT_CANCEL) {
+            if self.peer_can_cancel() {
                 table.running.insert(uid.clone(), cancel.clone());
             }
         }

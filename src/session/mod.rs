@@ -187,13 +187,25 @@ pub struct PeerInfo {
     pub extensions: Vec<String>,
     /// False for an ipc-request 1.0 peer (no extensions key at all).
     pub advertises_extensions: bool,
+    /// The two extensions this crate uses, looked up once: they are asked
+    /// about for every request and answer.
+    takes_errors: bool,
+    can_cancel: bool,
 }
 
 impl PeerInfo {
     fn new(extensions: Option<Vec<String>>) -> Self {
+        let extensions = extensions.map(|names| {
+            let has = |name: &str| names.iter().any(|e| e == name);
+            (has(EXT_ERROR), has(EXT_CANCEL), names)
+        });
+        let advertises_extensions = extensions.is_some();
+        let (takes_errors, can_cancel, extensions) = extensions.unwrap_or_default();
         PeerInfo {
-            advertises_extensions: extensions.is_some(),
-            extensions: extensions.unwrap_or_default(),
+            extensions,
+            advertises_extensions,
+            takes_errors,
+            can_cancel,
         }
     }
 
@@ -485,8 +497,14 @@ impl Shared {
         }
     }
 
-    fn peer_supports(&self, ext: &str) -> bool {
-        self.peer.get().is_some_and(|p| p.supports(ext))
+    /// The peer advertised `error`: failures go back as errors.
+    fn peer_takes_errors(&self) -> bool {
+        self.peer.get().is_some_and(|p| p.takes_errors)
+    }
+
+    /// The peer advertised `cancel`: it may cancel, and we may.
+    fn peer_can_cancel(&self) -> bool {
+        self.peer.get().is_some_and(|p| p.can_cancel)
     }
 
     fn encode_response<T: Serialize + ?Sized>(&self, uid: &str, value: &T) -> Result<Vec<u8>, Error> {
@@ -499,7 +517,7 @@ impl Shared {
     /// that does not fit the maximum message length, nothing can be sent.
     fn encode_error(&self, uid: &str, error: &RemoteError) -> Result<Vec<u8>, Error> {
         let encode = |e: &RemoteError| {
-            if self.peer_supports(EXT_ERROR) {
+            if self.peer_takes_errors() {
                 self.sender.encode(&MessageOut::error_response(uid, e))
             } else {
                 self.sender.encode(&MessageOut::response(uid, e))
@@ -530,7 +548,7 @@ impl Shared {
     }
 
     fn forget_running(&self, uid: &str) {
-        if self.peer_supports(EXT_CANCEL) {
+        if self.peer_can_cancel() {
             self.table.lock().unwrap().running.remove(uid);
         }
     }

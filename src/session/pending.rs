@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 
 use super::Shared;
 use crate::error::Error;
-use crate::protocol::{EXT_CANCEL, MessageOut};
+use crate::protocol::MessageOut;
 
 pub(super) struct PendingGuard<'a> {
     shared: &'a Shared,
@@ -70,7 +70,7 @@ impl Drop for PendingGuard<'_> {
             .pending
             .remove(&self.id)
             .is_some();
-        if removed && self.sent && self.shared.peer_supports(EXT_CANCEL) {
+        if removed && self.sent && self.shared.peer_can_cancel() {
             let mut uid = itoa::Buffer::new();
             if let Ok(line) = self
                 .shared
