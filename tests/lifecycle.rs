@@ -2,6 +2,8 @@
 
 mod common;
 
+use common::answer_handshake_as_one_dot_zero;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -87,7 +89,7 @@ async fn dropping_a_request_future_cancels_it_at_the_peer() {
 async fn a_peer_that_stops_reading_bounds_our_queue_while_we_send_a_gibibyte() {
     const MESSAGE: usize = 1024 * 1024;
     const COUNT: usize = 1024; // 1 GiB in total
-    let (a_io, mut b_io) = tokio::io::duplex(64 * 1024);
+    let (a_io, b_io) = tokio::io::duplex(64 * 1024);
     let config = ChannelConfig {
         write_queue_bytes: 4 * MESSAGE,
         ..Default::default()
@@ -95,15 +97,8 @@ async fn a_peer_that_stops_reading_bounds_our_queue_while_we_send_a_gibibyte() {
     // The peer is raw bytes in this test: it answers the handshake as an
     // ipc-request 1.0 peer would, then reads only when the test says so.
     let a = tokio::spawn(setup(Channel::from_stream(a_io, config), None));
-    let hello = read_line(&mut b_io).await;
-    let hello: Value = serde_json::from_str(&hello).unwrap();
-    let answer = serde_json::json!({
-        "_IPC_REQUEST/HANDSHAKE_UID": hello["_IPC_REQUEST/HANDSHAKE_UID"],
-        "_IPC_REQUEST/HANDSHAKE_MSG_TYPE": "_IPC_REQUEST/HANDSHAKE_MSG_TYPE:RESPONSE"
-    });
-    tokio::io::AsyncWriteExt::write_all(&mut b_io, format!("{answer}\n").as_bytes())
-        .await
-        .unwrap();
+    let (mut b_read, mut b_write) = tokio::io::split(b_io);
+    answer_handshake_as_one_dot_zero(&mut b_read, &mut b_write).await;
     let a = a.await.unwrap().unwrap();
 
     let text = format!("\"{}\"", "y".repeat(MESSAGE - 3));
@@ -132,7 +127,7 @@ async fn a_peer_that_stops_reading_bounds_our_queue_while_we_send_a_gibibyte() {
     let mut buf = vec![0u8; 64 * 1024];
     let mut received = 0;
     while received < COUNT * MESSAGE {
-        let n = b_io.read(&mut buf).await.unwrap();
+        let n = b_read.read(&mut buf).await.unwrap();
         assert!(n > 0, "stream ended early");
         received += n;
         max_queued = max_queued.max(a.queued_bytes());
@@ -140,17 +135,6 @@ async fn a_peer_that_stops_reading_bounds_our_queue_while_we_send_a_gibibyte() {
     sender.await.unwrap();
     assert_eq!(received, COUNT * MESSAGE, "every byte of every message arrived");
     assert!(max_queued <= cap, "queued {max_queued} > budget {cap}");
-}
-
-async fn read_line<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> String {
-    let mut line = Vec::new();
-    loop {
-        let byte = r.read_u8().await.unwrap();
-        if byte == b'\n' {
-            return String::from_utf8(line).unwrap();
-        }
-        line.push(byte);
-    }
 }
 
 #[tokio::test]
@@ -184,14 +168,9 @@ async fn dropped_responders_cannot_grow_our_queue_when_the_peer_reads_nothing() 
             .handler(handler)
             .setup(Channel::from_stream(a_io, channel_config)),
     );
-    let hello: Value = serde_json::from_str(&read_line(&mut b_read).await).unwrap();
-    let answer = serde_json::json!({
-        "_IPC_REQUEST/HANDSHAKE_UID": hello["_IPC_REQUEST/HANDSHAKE_UID"],
-        "_IPC_REQUEST/HANDSHAKE_MSG_TYPE": "_IPC_REQUEST/HANDSHAKE_MSG_TYPE:RESPONSE"
-    });
-    use tokio::io::AsyncWriteExt;
-    b_write.write_all(format!("{answer}\n").as_bytes()).await.unwrap();
+    answer_handshake_as_one_dot_zero(&mut b_read, &mut b_write).await;
     let a = a.await.unwrap().unwrap();
+    use tokio::io::AsyncWriteExt;
     const REQUESTS: usize = 100_000;
     let flood = tokio::spawn(async move {
         for i in 0..REQUESTS {

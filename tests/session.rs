@@ -332,25 +332,12 @@ async fn a_too_long_request_fails_alone() {
 #[tokio::test]
 async fn a_bad_line_from_the_peer_is_reported_and_the_session_goes_on() {
     let (a_io, b_io) = tokio::io::duplex(64 * 1024);
-    let (b_read, mut b_write) = tokio::io::split(b_io);
+    let (mut b_read, mut b_write) = tokio::io::split(b_io);
     // b speaks the protocol by hand: answer a's handshake, then send garbage
     // and a plain message.
     let a = tokio::spawn(setup(Channel::from_stream(a_io, ChannelConfig::default()), None));
-    let mut reader = tokio::io::BufReader::new(b_read);
-    let mut line = String::new();
-    tokio::io::AsyncBufReadExt::read_line(&mut reader, &mut line)
-        .await
-        .unwrap();
-    let hello: Value = serde_json::from_str(&line).unwrap();
-    let uid = hello["_IPC_REQUEST/HANDSHAKE_UID"].as_str().unwrap();
-    let answer = json!({
-        "_IPC_REQUEST/HANDSHAKE_UID": uid,
-        "_IPC_REQUEST/HANDSHAKE_MSG_TYPE": "_IPC_REQUEST/HANDSHAKE_MSG_TYPE:RESPONSE"
-    });
-    b_write
-        .write_all(format!("{answer}\nnot json\n{{\"after\":1}}\n").as_bytes())
-        .await
-        .unwrap();
+    common::answer_handshake_as_one_dot_zero(&mut b_read, &mut b_write).await;
+    b_write.write_all(b"not json\n{\"after\":1}\n").await.unwrap();
     let a = a.await.unwrap().unwrap();
     assert!(!a.peer().advertises_extensions, "a 1.0 peer");
     let mut messages = a.messages().unwrap();

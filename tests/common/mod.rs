@@ -93,3 +93,33 @@ pub fn node() -> Option<PathBuf> {
 pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
 }
+
+/// Reads one line (without its newline) byte by byte, so that nothing after
+/// it is taken off the stream.
+pub async fn read_line<R: tokio::io::AsyncRead + Unpin>(reader: &mut R) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut line = Vec::new();
+    loop {
+        let byte = reader.read_u8().await.unwrap();
+        if byte == b'\n' {
+            return String::from_utf8(line).unwrap();
+        }
+        line.push(byte);
+    }
+}
+
+/// Plays an ipc-request 1.0 peer's part of the handshake by hand: reads the
+/// session's handshake request and answers it (no extensions key).
+pub async fn answer_handshake_as_one_dot_zero<R, W>(reader: &mut R, writer: &mut W)
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    let hello: Value = serde_json::from_str(&read_line(reader).await).unwrap();
+    let answer = json!({
+        "_IPC_REQUEST/HANDSHAKE_UID": hello["_IPC_REQUEST/HANDSHAKE_UID"],
+        "_IPC_REQUEST/HANDSHAKE_MSG_TYPE": "_IPC_REQUEST/HANDSHAKE_MSG_TYPE:RESPONSE"
+    });
+    writer.write_all(format!("{answer}\n").as_bytes()).await.unwrap();
+}
