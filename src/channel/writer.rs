@@ -204,10 +204,11 @@ impl ChannelSender {
         }
     }
 
-    /// Queues a small control line (a cancel, a NACK, an answer from a
-    /// destructor) without waiting for budget, for callers that cannot
-    /// wait. Every caller bounds how many of these exist: at most one per
-    /// request in flight or per running handler.
+    /// Queues a small line without waiting for budget, for the two callers
+    /// that run in destructors and cannot wait: a cancel (at most one per
+    /// request in flight, which are capped) and the error answer of a
+    /// responder dropped after its handler finished (at most one per
+    /// responder the application kept; see `AnswerState`).
     pub(crate) fn send_control(&self, line: Vec<u8>) -> Result<(), Error> {
         self.write_or_queue(Outgoing {
             line,
