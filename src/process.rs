@@ -87,7 +87,6 @@ pub fn spawn_with(mut command: Command, options: SpawnOptions) -> Result<(Channe
     // child's end of stream.
     drop(theirs);
     ours.set_nonblocking(true).map_err(io_error)?;
-    let stream = tokio::net::UnixStream::from_std(ours).map_err(io_error)?;
     let pid = child.id().unwrap_or(0);
 
     let (exit_tx, exit_rx) = watch::channel(None);
@@ -110,7 +109,7 @@ pub fn spawn_with(mut command: Command, options: SpawnOptions) -> Result<(Channe
         }
     });
 
-    let mut channel = Channel::from_unix(stream, options.channel);
+    let mut channel = Channel::from_unix_socket(ours.into(), options.channel)?;
     channel.set_peer_exit(exit_rx.clone());
     Ok((
         channel,
@@ -179,8 +178,7 @@ pub fn open_from_env_with(config: ChannelConfig) -> Result<Channel, Error> {
     let fd = take_channel_fd()?;
     let std_stream = StdUnixStream::from(fd);
     std_stream.set_nonblocking(true).map_err(io_error)?;
-    let stream = tokio::net::UnixStream::from_std(std_stream).map_err(io_error)?;
-    Ok(Channel::from_unix(stream, config))
+    Channel::from_unix_socket(std_stream.into(), config)
 }
 
 /// The checks and the environment clean-up of [`open_from_env`], without a

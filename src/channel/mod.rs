@@ -23,9 +23,11 @@
 //! likewise on macOS). So "close any fd that came with it" holds by
 //! construction; a test counts our open descriptors to keep proving it.
 
+mod unix;
 mod writer;
 
 use std::borrow::Cow;
+use std::os::fd::OwnedFd;
 use std::process::ExitStatus;
 use std::sync::{Arc, LazyLock};
 
@@ -110,10 +112,19 @@ impl Channel {
     }
 
     /// A channel over a Unix stream socket (what Node uses), split without a
-    /// lock.
-    pub fn from_unix(stream: tokio::net::UnixStream, config: ChannelConfig) -> Channel {
-        let (r, w) = stream.into_split();
-        Channel::new(r, w, config)
+    /// lock. The socket is registered for readable events only and for
+    /// writable ones only while it is full (see `channel/unix.rs` for the
+    /// wake-ups that saves).
+    pub fn from_unix(stream: tokio::net::UnixStream, config: ChannelConfig) -> Result<Channel, Error> {
+        let socket = stream.into_std().map_err(|e| Error::Io(Arc::new(e)))?;
+        Channel::from_unix_socket(socket.into(), config)
+    }
+
+    /// The same for a connected Unix stream socket's descriptor, which must
+    /// be non-blocking already.
+    pub(crate) fn from_unix_socket(socket: OwnedFd, config: ChannelConfig) -> Result<Channel, Error> {
+        let (r, w) = unix::split(socket).map_err(|e| Error::Io(Arc::new(e)))?;
+        Ok(Channel::new(r, w, config))
     }
 
     /// Two connected channels in memory, for tests and benchmarks.
