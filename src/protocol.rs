@@ -62,8 +62,10 @@ pub enum Inbound {
     },
     /// An answer to one of our requests.
     Response {
-        /// The UID of our request.
-        uid: String,
+        /// The UID of our request: `Ok` with its number when it is one (we
+        /// only issue decimal numbers), else `Err` with its text, which can
+        /// match no request of ours.
+        uid: Result<u64, String>,
         /// The answer data (`null` when `error` is set).
         payload: Message,
         /// The handler's failure (`error` extension).
@@ -113,45 +115,69 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValu
 /// with all three of type, UID and payload; a handshake only with both
 /// handshake keys; everything else is plain).
 pub fn classify(msg: Message) -> Inbound {
+    classify_protocol(msg.get()).unwrap_or(Inbound::Plain(msg))
+}
+
+/// Parses and classifies the text of one line in a single pass: the parser
+/// the session hands to the frame decoder (see
+/// [`FrameDecoder::decode_with`](crate::frame::FrameDecoder::decode_with)).
+/// Reading the envelope already checks the whole text, so a protocol message
+/// is parsed once and only its payload is copied; a plain message is parsed
+/// into a [`Message`]. Errs exactly when the text is not one JSON value.
+pub fn parse_inbound(text: &str) -> Result<Inbound, serde_json::Error> {
+    match classify_protocol(text) {
+        Some(inbound) => Ok(inbound),
+        None => frame::parse_message(text).map(Inbound::Plain),
+    }
+}
+
+/// The protocol message `text` is, or `None` for a plain message (or a text
+/// that is not JSON).
+fn classify_protocol(text: &str) -> Option<Inbound> {
     // Fast path: a message without the prefix anywhere is plain. Only
     // objects qualify (serde would also read a struct from an array).
-    if !msg.get().starts_with('{') || !has_prefix(msg.get()) {
-        return Inbound::Plain(msg);
+    if !text.starts_with('{') || !has_prefix(text) {
+        return None;
     }
-    let Ok(env) = serde_json::from_str::<Envelope<'_>>(msg.get()) else {
-        return Inbound::Plain(msg);
-    };
+    // Duplicate envelope keys or a key of the wrong type fail this parse;
+    // such a message is plain.
+    let env = serde_json::from_str::<Envelope<'_>>(text).ok()?;
     if let (Some(ty), Some(uid), Some(payload)) = (&env.msg_type, &env.uid, env.payload) {
-        let uid = uid.to_string();
-        match ty.as_ref() {
-            TYPE_REQUEST => {
-                return Inbound::Request {
-                    uid,
-                    payload: payload.to_owned(),
-                };
-            }
-            TYPE_RESPONSE => {
-                let error = env.error.map(parse_remote_error);
-                return Inbound::Response {
-                    uid,
-                    payload: payload.to_owned(),
-                    error,
-                };
-            }
-            TYPE_CANCEL => return Inbound::Cancel { uid },
-            _ => return Inbound::Plain(msg),
-        }
+        return match ty.as_ref() {
+            TYPE_REQUEST => Some(Inbound::Request {
+                uid: uid.to_string(),
+                payload: payload.to_owned(),
+            }),
+            TYPE_RESPONSE => Some(Inbound::Response {
+                // No allocation for the UIDs we issue: this runs once per
+                // answer.
+                uid: uid.parse::<u64>().map_err(|_| uid.to_string()),
+                payload: payload.to_owned(),
+                error: env.error.map(parse_remote_error),
+            }),
+            TYPE_CANCEL => Some(Inbound::Cancel { uid: uid.to_string() }),
+            _ => None,
+        };
     }
     if let (Some(ty), Some(uid)) = (&env.hs_type, &env.hs_uid) {
-        let extensions = env.extensions.map(parse_extensions);
-        let uid = uid.to_string();
+        let extensions = || env.extensions.map(parse_extensions);
         match ty.as_ref() {
-            HS_REQUEST => return Inbound::HandshakeRequest { uid, extensions },
-            HS_RESPONSE => return Inbound::HandshakeResponse { uid, extensions },
+            HS_REQUEST => {
+                return Some(Inbound::HandshakeRequest {
+                    uid: uid.to_string(),
+                    extensions: extensions(),
+                });
+            }
+            HS_RESPONSE => {
+                return Some(Inbound::HandshakeResponse {
+                    uid: uid.to_string(),
+                    extensions: extensions(),
+                });
+            }
             _ => {}
         }
     }
-    Inbound::Plain(msg)
+    None
 }
 
 /// True if a message the user wants to send would be taken for a protocol
@@ -434,7 +460,7 @@ mod tests {
         );
         let res = r#"{"_IPC_REQUEST/MSG_TYPE":"_IPC_REQUEST/MSG_TYPE:RESPONSE","_IPC_REQUEST/REQUEST_UID":"x1","_IPC_REQUEST/PAYLOAD":"hi"}"#;
         assert!(
-            matches!(classify(msg(res)), Inbound::Response { uid, payload, error: None } if uid == "x1" && payload.get() == "\"hi\"")
+            matches!(classify(msg(res)), Inbound::Response { uid: Err(uid), payload, error: None } if uid == "x1" && payload.get() == "\"hi\"")
         );
     }
 
@@ -494,6 +520,37 @@ mod tests {
                 matches!(classify(msg(text)), Inbound::Plain(m) if m.get() == text),
                 "{text}"
             );
+        }
+    }
+
+    #[test]
+    fn the_single_pass_parse_accepts_and_classifies_as_the_two_pass_one() {
+        let request = encode(&MessageOut::request("7", &serde_json::json!([1, "x"])));
+        let texts = [
+            request.clone(),
+            encode(&MessageOut::response("7", &"y")),
+            encode(&MessageOut::response("not-ours", &1)),
+            encode(&MessageOut::cancel("7")),
+            encode(&HandshakeOut::request("u")),
+            r#"{"a":1}"#.to_string(),
+            "[1,2]".to_string(),
+            "\"_IPC_REQUEST/\"".to_string(),
+            // Not JSON, though the envelope is all there.
+            format!("{request}x"),
+            format!("{request}{{}}"),
+            request.replace("\"_IPC_REQUEST/PAYLOAD\":", "\"_IPC_REQUEST/PAYLOAD\":01"),
+            request.replace("\"x\"", "\"\u{1}\""),
+            // JSON, but plain: a duplicate envelope key, a UID of the wrong type.
+            request.replacen('{', r#"{"_IPC_REQUEST/MSG_TYPE":1,"#, 1),
+            request.replace(r#""7""#, "7"),
+        ];
+        for text in &texts {
+            let two_pass = frame::parse_message(text).map(classify);
+            let one_pass = parse_inbound(text);
+            assert_eq!(one_pass.is_ok(), two_pass.is_ok(), "{text}");
+            if let (Ok(one), Ok(two)) = (one_pass, two_pass) {
+                assert_eq!(format!("{one:?}"), format!("{two:?}"), "{text}");
+            }
         }
     }
 

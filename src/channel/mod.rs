@@ -181,20 +181,32 @@ impl ChannelReceiver {
     ///
     /// Cancel safe: if the future is dropped, no message is lost.
     pub async fn recv(&mut self) -> Result<Option<Message>, Error> {
+        self.recv_with(frame::parse_message).await
+    }
+
+    /// [`recv`](Self::recv) with each line's text parsed by `parse` (see
+    /// [`FrameDecoder::decode_with`]); Node's internal messages are taken out
+    /// before `parse` sees them.
+    pub async fn recv_with<T>(
+        &mut self,
+        parse: impl Fn(&str) -> Result<T, serde_json::Error>,
+    ) -> Result<Option<T>, Error> {
         loop {
+            let parse_line = |text: &str| match node_internal_cmd(text) {
+                Some(cmd) => Ok(Line::NodeInternal(cmd)),
+                None => parse(text).map(Line::Message),
+            };
             let decoded = if self.at_eof {
-                self.decoder.decode_eof(&mut self.buf)
+                self.decoder.decode_eof_with(&mut self.buf, parse_line)
             } else {
-                self.decoder.decode(&mut self.buf)
+                self.decoder.decode_with(&mut self.buf, parse_line)
             };
             match decoded {
-                Ok(Some(msg)) => {
-                    if let Some(cmd) = node_internal_cmd(msg.get()) {
-                        Self::handle_node_internal(&self.sender, &cmd).await;
-                        continue;
-                    }
-                    return Ok(Some(msg));
+                Ok(Some(Line::NodeInternal(cmd))) => {
+                    Self::handle_node_internal(&self.sender, &cmd).await;
+                    continue;
                 }
+                Ok(Some(Line::Message(msg))) => return Ok(Some(msg)),
                 Ok(None) if self.at_eof => return Ok(None),
                 Ok(None) => {}
                 Err(e) => return Err(Error::Frame(e)),
@@ -230,6 +242,14 @@ impl ChannelReceiver {
             tracing::trace!("ignored Node internal message {cmd}");
         }
     }
+}
+
+/// One line, sorted before the caller's parser sees it.
+enum Line<T> {
+    /// One of Node's own messages: its `cmd`.
+    NodeInternal(String),
+    /// Anything else, parsed.
+    Message(T),
 }
 
 /// The `cmd` of a Node internal message (an object whose `cmd` is a string
@@ -272,6 +292,10 @@ pub(crate) fn node_internal_cmd(json: &str) -> Option<String> {
     }
     let mut de = serde_json::Deserializer::from_str(json);
     let cmd = serde::Deserializer::deserialize_map(&mut de, LastCmd).ok()??;
+    // The whole text must be one JSON value (this runs before the line is
+    // otherwise checked): `{"cmd":"NODE_HANDLE"} x` is a bad line, not a
+    // handle.
+    de.end().ok()?;
     (cmd.len() > 5 && cmd.starts_with("NODE_")).then_some(cmd)
 }
 
@@ -297,6 +321,8 @@ mod tests {
             r#"["NODE_\"cmd"]"#,
             r#""{\"cmd\":\"NODE_HANDLE\"}""#,
             r#"{"nested":{"cmd":"NODE_HANDLE"}}"#,
+            r#"{"cmd":"NODE_HANDLE"} trailing"#,
+            r#"{"cmd":"NODE_HANDLE"}{}"#,
         ];
         for json in plain {
             assert!(node_internal_cmd(json).is_none(), "{json}");

@@ -29,12 +29,10 @@
 //! CHARACTER), the same substitution `String::from_utf16_lossy` makes. Proper escaped pairs
 //! (`\ud83d\ude00`) are kept. This is lossy, but it never fails on what Node sends.
 //!
-//! serde_json's [`RawValue`] parser only checks that a `\u` escape has four hex digits, so in
-//! practice a lone surrogate does not make the first parse fail; the decoder looks for lone
-//! surrogates after every successful parse too. That look is a `memchr` for `\` over the line,
-//! and the copy-and-rewrite only happens when a lone surrogate is actually there. Should a
-//! later serde_json reject lone surrogates in a [`RawValue`], the rewrite is also tried after
-//! a failed parse.
+//! The rewrite happens before the line is parsed, so that whatever parses it (a [`RawValue`],
+//! or the protocol layer's envelope reader) only ever sees clean text. Finding out costs a
+//! `memchr` for `\` over the line; the copy-and-rewrite only happens when a lone surrogate is
+//! actually there.
 //!
 //! # Bounded memory
 //!
@@ -137,6 +135,21 @@ impl FrameDecoder {
     /// Blank lines are skipped. When this returns `Ok(None)`, `buf` holds at most `max_len`
     /// bytes; call it until then after each read to keep memory bounded.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Message>, FrameError> {
+        self.decode_with(buf, parse_message)
+    }
+
+    /// Like [`decode`](Self::decode), with the line's text parsed by `parse`
+    /// instead of into a [`Message`]: a layer above that reads what it needs
+    /// straight from the text (the protocol layer reads the envelope) then
+    /// parses each line once, not twice. The text is trimmed, valid UTF-8
+    /// and free of lone surrogate escapes; a `parse` error is reported as
+    /// [`FrameError::InvalidJson`], so `parse` must accept exactly the
+    /// texts that are one JSON value (serde_json's `from_str` does).
+    pub fn decode_with<T>(
+        &mut self,
+        buf: &mut BytesMut,
+        parse: impl FnOnce(&str) -> Result<T, serde_json::Error>,
+    ) -> Result<Option<T>, FrameError> {
         loop {
             if self.discarding {
                 // The over-long line was already reported; its bytes are worthless.
@@ -185,7 +198,7 @@ impl FrameDecoder {
                 buf.advance(newline + 1);
                 continue;
             }
-            let message = parse_line(line);
+            let message = parse_line(line, parse);
             buf.advance(newline + 1);
             return message.map(Some);
         }
@@ -196,7 +209,17 @@ impl FrameDecoder {
     ///
     /// Node drops such bytes too: they are a message whose sender exited mid-write.
     pub fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Message>, FrameError> {
-        match self.decode(buf)? {
+        self.decode_eof_with(buf, parse_message)
+    }
+
+    /// [`decode_eof`](Self::decode_eof) with a parser, as in
+    /// [`decode_with`](Self::decode_with).
+    pub fn decode_eof_with<T>(
+        &mut self,
+        buf: &mut BytesMut,
+        parse: impl FnOnce(&str) -> Result<T, serde_json::Error>,
+    ) -> Result<Option<T>, FrameError> {
+        match self.decode_with(buf, parse)? {
             Some(message) => Ok(Some(message)),
             None => {
                 buf.clear();
@@ -215,20 +238,35 @@ impl Default for FrameDecoder {
     }
 }
 
-/// Parses one trimmed, non-empty line into a message.
-fn parse_line(line: &[u8]) -> Result<Message, FrameError> {
-    match serde_json::from_slice::<Message>(line) {
-        Ok(message) => match replace_lone_surrogates(message.get().as_bytes()) {
-            None => Ok(message),
-            // The rewrite swaps one valid escape for another, so this parse cannot fail; the
-            // error path is only there to avoid a panic.
-            Some(fixed) => serde_json::from_slice(&fixed).map_err(|e| invalid_json(&e, line)),
-        },
-        Err(error) => match replace_lone_surrogates(line) {
-            Some(fixed) => serde_json::from_slice(&fixed).map_err(|_| invalid_json(&error, line)),
-            None => Err(invalid_json(&error, line)),
-        },
-    }
+/// Parses a line's text into a [`Message`]: the parser of
+/// [`FrameDecoder::decode`].
+pub fn parse_message(text: &str) -> Result<Message, serde_json::Error> {
+    serde_json::from_str(text)
+}
+
+/// Parses one trimmed, non-empty line with `parse`, after rewriting its lone
+/// surrogate escapes (see the module docs). Rewriting before the parse is
+/// safe on any line: a backslash outside a string makes the line invalid
+/// anyway, and the rewrite swaps one well-formed escape for another.
+fn parse_line<T>(
+    line: &[u8],
+    parse: impl FnOnce(&str) -> Result<T, serde_json::Error>,
+) -> Result<T, FrameError> {
+    let fixed = replace_lone_surrogates(line);
+    let bytes = fixed.as_deref().unwrap_or(line);
+    // One SIMD pass here lets every parser above read a `&str` (serde_json's
+    // string reader then skips its own UTF-8 checks).
+    let text = match std::str::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(_) => {
+            // Let serde_json say where: a line that is not UTF-8 is not JSON.
+            let error = serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+                .err()
+                .unwrap_or_else(|| serde::de::Error::custom("invalid UTF-8"));
+            return Err(invalid_json(&error, line));
+        }
+    };
+    parse(text).map_err(|error| invalid_json(&error, line))
 }
 
 fn invalid_json(error: &serde_json::Error, line: &[u8]) -> FrameError {

@@ -490,3 +490,34 @@ fn error_messages_name_the_numbers() {
         "{invalid}"
     );
 }
+
+#[test]
+fn decode_with_hands_the_parser_clean_trimmed_text_and_reports_its_errors() {
+    let mut decoder = FrameDecoder::default();
+    let mut buf = BytesMut::from(&b"  {\"a\":\"\\ud800\"}\r\n[1, 2 \nnot json\n\xff\n"[..]);
+    let mut seen = Vec::new();
+    let mut parse = |text: &str| {
+        seen.push(text.to_owned());
+        serde_json::from_str::<Value>(text)
+    };
+    assert_eq!(
+        decoder.decode_with(&mut buf, &mut parse),
+        Ok(Some(json!({"a": "\u{fffd}"})))
+    );
+    assert!(matches!(
+        decoder.decode_with(&mut buf, &mut parse),
+        Err(FrameError::InvalidJson { .. })
+    ));
+    assert!(matches!(
+        decoder.decode_with(&mut buf, &mut parse),
+        Err(FrameError::InvalidJson { .. })
+    ));
+    // Not UTF-8: refused before any parser sees it.
+    let not_utf8 = decoder.decode_with(&mut buf, &mut parse);
+    assert!(
+        matches!(not_utf8, Err(FrameError::InvalidJson { .. })),
+        "{not_utf8:?}"
+    );
+    assert_eq!(decoder.decode_with(&mut buf, &mut parse), Ok(None));
+    assert_eq!(seen, [r#"{"a":"\ufffd"}"#, "[1, 2", "not json"]);
+}

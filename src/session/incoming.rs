@@ -37,8 +37,8 @@ impl Shared {
         });
     }
 
-    async fn dispatch(self: &Arc<Self>, msg: Message, our_uid: &str) {
-        match protocol::classify(msg) {
+    async fn dispatch(self: &Arc<Self>, inbound: Inbound, our_uid: &str) {
+        match inbound {
             Inbound::HandshakeRequest { uid, extensions } => {
                 let _ = self.peer.set(PeerInfo::new(extensions));
                 let Ok(line) = self.sender.encode(&HandshakeOut::response(&uid)) else {
@@ -68,10 +68,10 @@ impl Shared {
             }
             Inbound::Request { uid, payload } => self.start_handler(uid, payload).await,
             Inbound::Response { uid, payload, error } => {
-                let waiter = uid
-                    .parse::<u64>()
-                    .ok()
-                    .and_then(|id| self.table.lock().unwrap().pending.remove(&id));
+                let waiter = match &uid {
+                    Ok(id) => self.table.lock().unwrap().pending.remove(id),
+                    Err(_) => None,
+                };
                 match waiter {
                     Some(tx) => {
                         let _ = tx.send(match error {
@@ -79,7 +79,7 @@ impl Shared {
                             None => Ok(payload),
                         });
                     }
-                    None => tracing::debug!("answer to a request no longer pending: {uid}"),
+                    None => tracing::debug!("answer to a request no longer pending: {uid:?}"),
                 }
             }
             Inbound::Cancel { uid } => {
@@ -236,14 +236,14 @@ pub(super) async fn read_loop(
         let next = tokio::select! {
             biased;
             _ = shared.closing.cancelled() => return,
-            next = receiver.recv() => next,
+            next = receiver.recv_with(protocol::parse_inbound) => next,
         };
         match next {
-            Ok(Some(msg)) => {
+            Ok(Some(inbound)) => {
                 shared
                     .more_input
                     .store(receiver.buffered_bytes() > 0, Ordering::Relaxed);
-                shared.dispatch(msg, &our_uid).await
+                shared.dispatch(inbound, &our_uid).await
             }
             Ok(None) => break CloseReason::PeerClosed,
             Err(Error::Frame(e)) => {
