@@ -21,25 +21,74 @@ use std::path::Path;
 use std::process::{Child, Command, ExitCode};
 use std::time::{Duration, Instant};
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 /// The child's side: echo complete lines until end of stream.
 pub fn child() -> ExitCode {
-    match echo_lines() {
+    report_child("floor-child", echo_lines())
+}
+
+/// `tokio-floor-child`: the same echo through Tokio's reactor, on the
+/// runtime our own child uses. With [`TokioFloorPeer`] it measures what
+/// the reactor alone costs a round trip, before any JSON or session code.
+pub fn tokio_child() -> ExitCode {
+    let result = crate::ours::runtime().block_on(async {
+        let mut stream = tokio::net::UnixStream::from_std(channel_from_env()?)?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut len = 0;
+        loop {
+            if len == buf.len() {
+                buf.resize(buf.len() * 2, 0);
+            }
+            let n = match stream.read(&mut buf[len..]).await {
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            let fresh = len;
+            len += n;
+            if let Some(last) = memchr::memrchr(b'\n', &buf[fresh..len]) {
+                let end = fresh + last + 1;
+                match stream.write_all(&buf[..end]).await {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == ErrorKind::BrokenPipe => return Ok(()),
+                    Err(e) => return Err(e),
+                }
+                buf.copy_within(end..len, 0);
+                len -= end;
+            }
+        }
+    });
+    report_child("tokio-floor-child", result)
+}
+
+fn report_child(name: &str, result: io::Result<()>) -> ExitCode {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("[floor-child] {e}");
+            eprintln!("[{name}] {e}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn echo_lines() -> io::Result<()> {
+/// The channel the parent gave us, set non-blocking for Tokio.
+fn channel_from_env() -> io::Result<UnixStream> {
     let fd: i32 = std::env::var("NODE_CHANNEL_FD")
         .ok()
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| io::Error::other("NODE_CHANNEL_FD is not set to a descriptor"))?;
-    // SAFETY: the parent handed us this descriptor to own (fd 3, open,
-    // blocking); nothing else in this process uses it.
-    let mut stream = unsafe { UnixStream::from_raw_fd(fd) };
+    // SAFETY: the parent handed us this descriptor to own (fd 3, open);
+    // nothing else in this process uses it.
+    let stream = unsafe { UnixStream::from_raw_fd(fd) };
+    stream.set_nonblocking(true)?;
+    Ok(stream)
+}
+
+fn echo_lines() -> io::Result<()> {
+    let mut stream = channel_from_env()?;
+    stream.set_nonblocking(false)?;
     let mut buf = vec![0u8; 1 << 20];
     let mut len = 0;
     loop {
@@ -79,12 +128,16 @@ pub struct FloorPeer {
 
 impl FloorPeer {
     pub fn spawn(exe: &Path) -> io::Result<FloorPeer> {
+        Self::spawn_mode(exe, "floor-child")
+    }
+
+    fn spawn_mode(exe: &Path, mode: &str) -> io::Result<FloorPeer> {
         // std creates both ends close-on-exec.
         let (ours, theirs) = UnixStream::pair()?;
         let theirs_fd = theirs.as_raw_fd();
         let mut command = Command::new(exe);
         command
-            .arg("floor-child")
+            .arg(mode)
             .env("NODE_CHANNEL_FD", "3")
             .env("NODE_CHANNEL_SERIALIZATION_MODE", "json");
         // SAFETY: runs between fork and exec, only async-signal-safe calls
@@ -216,6 +269,70 @@ impl FloorPeer {
         let status = self.child.wait()?;
         if !status.success() {
             return Err(io::Error::other(format!("floor child ended with {status}")));
+        }
+        Ok(())
+    }
+}
+
+/// The floor through Tokio on both sides: a `tokio-floor-child` and a
+/// parent that writes and reads with `tokio::net::UnixStream`, no JSON.
+pub struct TokioFloorPeer {
+    stream: tokio::net::UnixStream,
+    child: Child,
+    reply: Vec<u8>,
+}
+
+impl TokioFloorPeer {
+    /// Must be called inside the runtime that will drive it.
+    pub fn spawn(exe: &Path) -> io::Result<TokioFloorPeer> {
+        let FloorPeer { stream, child, reply } = FloorPeer::spawn_mode(exe, "tokio-floor-child")?;
+        stream.set_nonblocking(true)?;
+        Ok(TokioFloorPeer {
+            stream: tokio::net::UnixStream::from_std(stream)?,
+            child,
+            reply,
+        })
+    }
+
+    /// As [`FloorPeer::sequential`], through the reactor. Takes and gives
+    /// back the peer, so that it can run as a task of its own.
+    pub async fn sequential(mut self, line: Vec<u8>, iters: usize) -> (Self, io::Result<Duration>) {
+        let result = self.sequential_inner(&line, iters).await;
+        (self, result)
+    }
+
+    async fn sequential_inner(&mut self, line: &[u8], iters: usize) -> io::Result<Duration> {
+        if self.reply.len() < line.len() {
+            self.reply.resize(line.len(), 0);
+        }
+        let start = Instant::now();
+        for _ in 0..iters {
+            self.stream.write_all(line).await?;
+            let mut got = 0;
+            while got == 0 || self.reply[got - 1] != b'\n' {
+                if got == line.len() {
+                    return Err(io::Error::other("tokio floor: answer longer than the request"));
+                }
+                match self.stream.read(&mut self.reply[got..line.len()]).await? {
+                    0 => return Err(io::Error::other("tokio floor child closed the channel")),
+                    n => got += n,
+                }
+            }
+            if self.reply[..got] != *line {
+                return Err(io::Error::other(
+                    "tokio floor: the echoed line differs from the request",
+                ));
+            }
+        }
+        Ok(start.elapsed() / iters as u32)
+    }
+
+    /// Closes the channel and waits for the child.
+    pub fn finish(mut self) -> io::Result<()> {
+        drop(self.stream);
+        let status = self.child.wait()?;
+        if !status.success() {
+            return Err(io::Error::other(format!("tokio floor child ended with {status}")));
         }
         Ok(())
     }
