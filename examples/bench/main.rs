@@ -16,7 +16,9 @@
 //! crate, echoing each payload as raw JSON), `hold-child` and `mem-parent`
 //! (the memory measurement, see `ours.rs`). `profile-burst N [REPS]` runs
 //! only our burst of N against a `rust-child` and prints requests/s, to
-//! look at under `perf record`.
+//! look at under `perf record`. `count [burst|big]` runs a fixed workload
+//! between two sessions in one process, for instruction counts:
+//! `valgrind --tool=callgrind target/release/examples/bench count burst`.
 //!
 //! Each repetition runs every variant once, in a fixed order; the first
 //! repetition is a warm-up and is not recorded. The table shows medians over
@@ -98,6 +100,7 @@ fn main() -> ExitCode {
         Some("rust-child" | "hold-child") => return ours::child(&args),
         Some("mem-parent") => return ours::mem_parent(&args),
         Some("profile-burst") => return ours::profile_burst(&args),
+        Some("count") => return ours::count(&args),
         _ => {}
     }
     let opts = match Options::parse(&args) {

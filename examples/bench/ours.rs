@@ -397,3 +397,58 @@ pub fn profile_burst(args: &[String]) -> ExitCode {
         }
     }
 }
+
+/// `count [burst|big]`: a fixed workload between two sessions in this
+/// process, over `Channel::pair`, on a current-thread runtime; a target for
+/// `valgrind --tool=callgrind`, whose instruction counts stay put on a
+/// noisy machine where timings do not. `burst`: 20 bursts of 1,000 small
+/// requests (join_all); `big`: 10 echoes of a 4 MiB string.
+pub fn count(args: &[String]) -> ExitCode {
+    let big = args.get(1).is_some_and(|a| a == "big");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result: BenchResult<()> = rt.block_on(async {
+        let (a, b) = ipc_request::Channel::pair(ipc_request::ChannelConfig::default());
+        let echo = responder_fn(|req: Request, responder: Responder| async move {
+            let _ = responder.respond(req.raw_payload()).await;
+        });
+        let (client, server) = tokio::join!(setup(a, None), setup(b, echo));
+        let (client, _server) = (
+            client.map_err(|e| e.to_string())?,
+            server.map_err(|e| e.to_string())?,
+        );
+        if big {
+            let text = "x".repeat(4 << 20);
+            for _ in 0..10 {
+                let answer = client
+                    .request_raw(text.as_str())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if answer.get().len() != text.len() + 2 {
+                    return Err("big answer has the wrong length".into());
+                }
+            }
+        } else {
+            let mut scratch = String::new();
+            for _ in 0..20 {
+                let client = &client;
+                let answers =
+                    join_all((0..1_000u64).map(|i| async move { client.request_raw(&(i, TEXT)).await }))
+                        .await;
+                for (i, answer) in answers.into_iter().enumerate() {
+                    check_small(&answer.map_err(|e| e.to_string())?, i as u64, &mut scratch)?;
+                }
+            }
+        }
+        Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("count: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -229,7 +229,7 @@ type Answer = Result<Message, Box<Error>>;
 #[derive(Default)]
 struct Table {
     /// Our requests waiting for an answer, by id.
-    pending: HashMap<u64, oneshot::Sender<Answer>>,
+    pending: pending::PendingMap<oneshot::Sender<Answer>>,
     /// The peer's requests being handled, by its UID, for `cancel`. Only
     /// filled when the peer can cancel.
     running: HashMap<String, CancellationToken>,
