@@ -524,7 +524,7 @@ mod tests {
     }
 
     #[test]
-    fn the_single_pass_parse_accepts_and_classifies_as_the_two_pass_one() {
+    fn parse_inbound_accepts_what_the_frame_parser_accepts_and_classifies_alike() {
         let request = encode(&MessageOut::request("7", &serde_json::json!([1, "x"])));
         let texts = [
             request.clone(),

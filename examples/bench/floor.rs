@@ -28,9 +28,12 @@ pub fn child() -> ExitCode {
     report_child("floor-child", echo_lines())
 }
 
-/// `tokio-floor-child`: the same echo through Tokio's reactor, on the
-/// runtime our own child uses. With [`TokioFloorPeer`] it measures what
-/// the reactor alone costs a round trip, before any JSON or session code.
+/// `tokio-echo-child`: the same echo written the usual Tokio way, with
+/// `tokio::net::UnixStream`, on the runtime our own child uses. With
+/// [`TokioEchoPeer`] it shows what a plain Tokio round trip costs, before
+/// any JSON or session code. Not a floor: `UnixStream` registers for
+/// writable events too, which wakes each side once more per message (our
+/// channel avoids that, see `src/channel/unix.rs`).
 pub fn tokio_child() -> ExitCode {
     let result = crate::ours::runtime().block_on(async {
         let mut stream = tokio::net::UnixStream::from_std(channel_from_env()?)?;
@@ -60,7 +63,7 @@ pub fn tokio_child() -> ExitCode {
             }
         }
     });
-    report_child("tokio-floor-child", result)
+    report_child("tokio-echo-child", result)
 }
 
 fn report_child(name: &str, result: io::Result<()>) -> ExitCode {
@@ -274,20 +277,20 @@ impl FloorPeer {
     }
 }
 
-/// The floor through Tokio on both sides: a `tokio-floor-child` and a
+/// The raw echo through Tokio on both sides: a `tokio-echo-child` and a
 /// parent that writes and reads with `tokio::net::UnixStream`, no JSON.
-pub struct TokioFloorPeer {
+pub struct TokioEchoPeer {
     stream: tokio::net::UnixStream,
     child: Child,
     reply: Vec<u8>,
 }
 
-impl TokioFloorPeer {
+impl TokioEchoPeer {
     /// Must be called inside the runtime that will drive it.
-    pub fn spawn(exe: &Path) -> io::Result<TokioFloorPeer> {
-        let FloorPeer { stream, child, reply } = FloorPeer::spawn_mode(exe, "tokio-floor-child")?;
+    pub fn spawn(exe: &Path) -> io::Result<TokioEchoPeer> {
+        let FloorPeer { stream, child, reply } = FloorPeer::spawn_mode(exe, "tokio-echo-child")?;
         stream.set_nonblocking(true)?;
-        Ok(TokioFloorPeer {
+        Ok(TokioEchoPeer {
             stream: tokio::net::UnixStream::from_std(stream)?,
             child,
             reply,
@@ -311,16 +314,16 @@ impl TokioFloorPeer {
             let mut got = 0;
             while got == 0 || self.reply[got - 1] != b'\n' {
                 if got == line.len() {
-                    return Err(io::Error::other("tokio floor: answer longer than the request"));
+                    return Err(io::Error::other("tokio echo: answer longer than the request"));
                 }
                 match self.stream.read(&mut self.reply[got..line.len()]).await? {
-                    0 => return Err(io::Error::other("tokio floor child closed the channel")),
+                    0 => return Err(io::Error::other("tokio echo child closed the channel")),
                     n => got += n,
                 }
             }
             if self.reply[..got] != *line {
                 return Err(io::Error::other(
-                    "tokio floor: the echoed line differs from the request",
+                    "tokio echo: the echoed line differs from the request",
                 ));
             }
         }
@@ -332,7 +335,7 @@ impl TokioFloorPeer {
         drop(self.stream);
         let status = self.child.wait()?;
         if !status.success() {
-            return Err(io::Error::other(format!("tokio floor child ended with {status}")));
+            return Err(io::Error::other(format!("tokio echo child ended with {status}")));
         }
         Ok(())
     }

@@ -11,8 +11,8 @@
 //! not write `bench/results.json` and `docs/throughput.svg`).
 //!
 //! The binary is also its own children, selected by the first argument:
-//! `floor-child` (blocking line echo, see `floor.rs`), `tokio-floor-child`
-//! (the same echo through Tokio), `rust-child` (this
+//! `floor-child` (blocking line echo, see `floor.rs`), `tokio-echo-child`
+//! (the same echo written the usual Tokio way), `rust-child` (this
 //! crate, echoing each payload as raw JSON), `hold-child` and `mem-parent`
 //! (the memory measurement, see `ours.rs`). `profile-burst N [REPS]` runs
 //! only our burst of N against a `rust-child` and prints requests/s, to
@@ -96,7 +96,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("floor-child") => return floor::child(),
-        Some("tokio-floor-child") => return floor::tokio_child(),
+        Some("tokio-echo-child") => return floor::tokio_child(),
         Some("rust-child" | "hold-child") => return ours::child(&args),
         Some("mem-parent") => return ours::mem_parent(&args),
         Some("profile-burst") => return ours::profile_burst(&args),
@@ -171,9 +171,9 @@ fn run(opts: &Options) -> BenchResult<()> {
 
     let rt = ours::runtime();
     let mut floor = floor::FloorPeer::spawn(&exe).map_err(|e| format!("floor child: {e}"))?;
-    let mut tokio_floor = {
+    let mut tokio_echo = {
         let _runtime = rt.enter();
-        floor::TokioFloorPeer::spawn(&exe).map_err(|e| format!("tokio floor child: {e}"))?
+        floor::TokioEchoPeer::spawn(&exe).map_err(|e| format!("tokio echo child: {e}"))?
     };
     let ours = rt.block_on(OursPeer::spawn(&exe, "rust-child", &[]))?;
     let mut samples = Samples::default();
@@ -192,10 +192,10 @@ fn run(opts: &Options) -> BenchResult<()> {
         s("floor_seq_rtt", secs(d) * 1e6);
         // On a worker thread, as our own requests run (see ours.rs).
         let (peer, d) = rt
-            .block_on(rt.spawn(tokio_floor.sequential(seq_line.clone(), opts.seq_iters)))
+            .block_on(rt.spawn(tokio_echo.sequential(seq_line.clone(), opts.seq_iters)))
             .map_err(|e| e.to_string())?;
-        tokio_floor = peer;
-        s("tokio_floor_seq_rtt", secs(d.map_err(floor_err)?) * 1e6);
+        tokio_echo = peer;
+        s("tokio_echo_seq_rtt", secs(d.map_err(floor_err)?) * 1e6);
         let d = rt.block_on(ours.sequential(opts.seq_iters))?;
         s("ours_seq_rtt", secs(d) * 1e6);
 
@@ -251,7 +251,7 @@ fn run(opts: &Options) -> BenchResult<()> {
     }
     rt.block_on(ours.finish())?;
     floor.finish().map_err(|e| format!("floor: {e}"))?;
-    tokio_floor.finish().map_err(|e| format!("tokio floor: {e}"))?;
+    tokio_echo.finish().map_err(|e| format!("tokio echo: {e}"))?;
     drop(rt);
 
     print_report(opts, &root, &machine, &samples, node, started)
@@ -293,8 +293,8 @@ fn print_report(
     let mut rows = vec![
         row("floor_seq_rtt", "floor: sequential round trip", "µs", None),
         row(
-            "tokio_floor_seq_rtt",
-            "floor through Tokio (same echo, no JSON): sequential round trip",
+            "tokio_echo_seq_rtt",
+            "raw echo with tokio::net::UnixStream (no JSON): sequential round trip",
             "µs",
             floor_of("floor_seq_rtt"),
         ),

@@ -18,7 +18,7 @@
 //!   commands are dropped.
 //!
 //! The descriptor a `NODE_HANDLE` carries (SCM_RIGHTS) is never installed in
-//! this process: we read with plain `read(2)`, without ancillary data, and
+//! this process: we read with `recvmsg(2)` and no room for ancillary data, and
 //! the kernel then discards the passed descriptors (Linux `scm_recv`, and
 //! likewise on macOS). So "close any fd that came with it" holds by
 //! construction; a test counts our open descriptors to keep proving it.
@@ -187,7 +187,7 @@ impl ChannelReceiver {
     /// [`recv`](Self::recv) with each line's text parsed by `parse` (see
     /// [`FrameDecoder::decode_with`]); Node's internal messages are taken out
     /// before `parse` sees them.
-    pub async fn recv_with<T>(
+    pub(crate) async fn recv_with<T>(
         &mut self,
         parse: impl Fn(&str) -> Result<T, serde_json::Error>,
     ) -> Result<Option<T>, Error> {
@@ -302,6 +302,22 @@ pub(crate) fn node_internal_cmd(json: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::node_internal_cmd;
+
+    #[tokio::test]
+    async fn channels_over_a_unix_socket_pair_talk_both_ways() {
+        let (a, b) = tokio::net::UnixStream::pair().unwrap();
+        let mut a = super::Channel::from_unix(a, super::ChannelConfig::default()).unwrap();
+        let mut b = super::Channel::from_unix(b, super::ChannelConfig::default()).unwrap();
+        a.sender().send(&serde_json::json!({"to": "b"})).await.unwrap();
+        assert_eq!(b.recv().await.unwrap().unwrap().get(), r#"{"to":"b"}"#);
+        b.sender().send(&[1, 2]).await.unwrap();
+        assert_eq!(a.recv().await.unwrap().unwrap().get(), "[1,2]");
+        a.sender().close();
+        assert!(
+            b.recv().await.unwrap().is_none(),
+            "a closed: b sees end of stream"
+        );
+    }
 
     #[test]
     fn node_internal_commands_are_read_as_json_parse_reads_them() {

@@ -6,15 +6,14 @@
 //! peer reads frees space in our send buffer, and the kernel reports that as
 //! a writable edge, which wakes our reactor although nobody waits to write.
 //! In a sequential round trip that doubled the wake-ups of each process
-//! (strace: half of all `epoll_wait` returns were `EPOLLOUT` alone), and
-//! wake-ups are most of what a round trip costs.
+//! (strace: half of all `epoll_wait` returns were `EPOLLOUT` alone).
 //!
 //! So the reading half registers the socket for readable events only. The
 //! writing half writes without the reactor; only when the socket is full
-//! does it register a duplicate of the descriptor for writable events, and
-//! it drops that registration once a write goes through again. A burst that
-//! keeps the socket full pays two `epoll_ctl` calls per time it fills up,
-//! not a wake-up per message read.
+//! does it register a duplicate of the descriptor (made once, kept) for
+//! writable events, and it drops that registration once a write is taken
+//! whole. A burst that keeps the socket full pays two `epoll_ctl` calls each
+//! time the queue drains, not a wake-up per message the peer reads.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -29,6 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 /// Must be called inside a Tokio runtime (the reading half registers now,
 /// and the writing half keeps the runtime's handle to register later).
 pub(super) fn split(socket: OwnedFd) -> io::Result<(UnixReadHalf, UnixWriteHalf)> {
+    no_sigpipe(&socket)?;
     let socket = Arc::new(socket);
     // SAFETY (register_with_interest): the Arc keeps the descriptor open and
     // unchanged for as long as the registration lives.
@@ -38,9 +38,36 @@ pub(super) fn split(socket: OwnedFd) -> io::Result<(UnixReadHalf, UnixWriteHalf)
     let writer = UnixWriteHalf {
         socket,
         runtime: tokio::runtime::Handle::current(),
-        waiting: None,
+        waiting: Waiting::Idle(None),
+        #[cfg(test)]
+        registrations: 0,
     };
     Ok((reader, writer))
+}
+
+/// Writing to a socket whose peer is gone must be an `EPIPE` error, not a
+/// `SIGPIPE` that kills a process which did not ignore it. Linux says so per
+/// call (`MSG_NOSIGNAL`); Apple's systems per socket.
+fn no_sigpipe(socket: &OwnedFd) -> io::Result<()> {
+    #[cfg(target_vendor = "apple")]
+    {
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt on a descriptor we own, with a c_int option.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_NOSIGPIPE,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    let _ = socket;
+    Ok(())
 }
 
 /// Reads the socket; registered for readable events only.
@@ -54,14 +81,23 @@ impl AsyncRead for UnixReadHalf {
             let mut ready = ready!(self.socket.poll_read_ready(cx))?;
             // Read into the uninitialized part: zeroing a 64 KiB buffer
             // before every read cost more than the read (measured).
-            // SAFETY: only read(2) writes there, and only the `n` bytes it
+            // SAFETY: only recvmsg(2) writes there, and only the `n` bytes it
             // reports are marked initialized below.
             let unfilled = unsafe { buf.unfilled_mut() };
             let wanted = unfilled.len();
-            // Plain read(2): no ancillary data, so the kernel discards any
-            // descriptor a NODE_HANDLE carries (see the channel docs).
-            // SAFETY: `unfilled` is valid for writes of `wanted` bytes.
-            let n = unsafe { libc::read(self.socket.as_raw_fd(), unfilled.as_mut_ptr().cast(), wanted) };
+            let mut iov = libc::iovec {
+                iov_base: unfilled.as_mut_ptr().cast(),
+                iov_len: wanted,
+            };
+            // No room for ancillary data: the kernel discards (closes) any
+            // descriptor a NODE_HANDLE carries (see the channel docs), and
+            // says so with MSG_CTRUNC.
+            // SAFETY: an all-zero msghdr is a valid empty one.
+            let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
+            header.msg_iov = &mut iov;
+            header.msg_iovlen = 1;
+            // SAFETY: `header` points at one iovec valid for `wanted` bytes.
+            let n = unsafe { libc::recvmsg(self.socket.as_raw_fd(), &mut header, 0) };
             if n < 0 {
                 let error = io::Error::last_os_error();
                 match error.kind() {
@@ -74,13 +110,17 @@ impl AsyncRead for UnixReadHalf {
                 }
             }
             let n = n as usize;
-            // A short read of a stream socket means it is drained; saying so
-            // now saves the read that would return EAGAIN. No event is lost:
-            // clear_ready keeps readiness that arrived after it was observed.
-            if n > 0 && n < wanted {
+            // A short read usually means the socket is drained, and saying
+            // so now saves the read that would return EAGAIN (clear_ready
+            // keeps readiness that arrived after it was observed). Not when
+            // descriptors came with the bytes: the kernel ends a read at such
+            // a message even with more data queued behind it, and no new
+            // event would come for that data (a review reproduced the hang).
+            let descriptors_came = header.msg_flags & libc::MSG_CTRUNC != 0;
+            if n > 0 && n < wanted && !descriptors_came {
                 ready.clear_ready();
             }
-            // SAFETY: read(2) initialized the first `n` bytes of `unfilled`.
+            // SAFETY: recvmsg(2) initialized the first `n` bytes of `unfilled`.
             unsafe { buf.assume_init(n) };
             buf.advance(n);
             return Poll::Ready(Ok(()));
@@ -92,16 +132,24 @@ impl AsyncRead for UnixReadHalf {
 pub(super) struct UnixWriteHalf {
     socket: Arc<OwnedFd>,
     runtime: tokio::runtime::Handle,
-    /// A duplicate of the socket's descriptor, registered for writable
-    /// events, while a write waits for room. A duplicate, because epoll
-    /// refuses a second registration of the same descriptor.
-    waiting: Option<AsyncFd<OwnedFd>>,
+    waiting: Waiting,
+    /// How many times the write half registered for writable events.
+    #[cfg(test)]
+    registrations: usize,
+}
+
+/// A duplicate of the socket's descriptor, for writable events (a
+/// duplicate, because epoll refuses a second registration of the same
+/// descriptor). Made the first time the socket is full, then kept.
+enum Waiting {
+    /// Not registered; the duplicate, once made.
+    Idle(Option<OwnedFd>),
+    /// Registered: a write waits for room.
+    Registered(AsyncFd<OwnedFd>),
 }
 
 impl UnixWriteHalf {
     fn send(&self, bytes: &[u8]) -> io::Result<usize> {
-        // MSG_NOSIGNAL: a closed peer is an EPIPE error, not a SIGPIPE that
-        // kills a process which did not ignore it.
         #[cfg(any(target_os = "linux", target_os = "android"))]
         const FLAGS: libc::c_int = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
         #[cfg(not(any(target_os = "linux", target_os = "android")))]
@@ -114,6 +162,48 @@ impl UnixWriteHalf {
             Ok(n as usize)
         }
     }
+
+    /// Stops listening for writable events, which would otherwise wake us
+    /// for every message the peer reads.
+    fn unregister(&mut self) {
+        if let Waiting::Registered(_) = self.waiting {
+            let Waiting::Registered(registered) = std::mem::replace(&mut self.waiting, Waiting::Idle(None))
+            else {
+                unreachable!("matched above");
+            };
+            self.waiting = Waiting::Idle(Some(registered.into_inner()));
+        }
+    }
+
+    /// The registration for writable events, made if needed.
+    fn registered(&mut self) -> io::Result<&AsyncFd<OwnedFd>> {
+        if let Waiting::Idle(duplicate) = &mut self.waiting {
+            let duplicate = match duplicate.take() {
+                Some(duplicate) => duplicate,
+                None => self.socket.try_clone()?,
+            };
+            let _runtime = self.runtime.enter();
+            // Registering a socket that has room reports it writable at once,
+            // so room made between the failed send and now is not missed.
+            // SAFETY: the registration owns the duplicate, which stays open
+            // and unchanged until it is handed back by into_inner.
+            let registered = unsafe { AsyncFd::register_with_interest(duplicate, Interest::WRITABLE) }
+                .map_err(|e| {
+                    let (duplicate, error) = e.into_parts();
+                    self.waiting = Waiting::Idle(Some(duplicate));
+                    error
+                })?;
+            self.waiting = Waiting::Registered(registered);
+            #[cfg(test)]
+            {
+                self.registrations += 1;
+            }
+        }
+        match &self.waiting {
+            Waiting::Registered(registered) => Ok(registered),
+            Waiting::Idle(_) => unreachable!("registered above"),
+        }
+    }
 }
 
 impl AsyncWrite for UnixWriteHalf {
@@ -121,10 +211,11 @@ impl AsyncWrite for UnixWriteHalf {
         loop {
             match self.send(bytes) {
                 Ok(n) => {
-                    // Room again: stop listening for writable events, which
-                    // would otherwise wake us for every message the peer reads.
-                    if let Some(waiting) = self.waiting.take() {
-                        drop(waiting.into_inner());
+                    // Taken whole: the socket has room again. Taken in part:
+                    // the next write will very likely wait, so stay
+                    // registered rather than pay two epoll_ctl calls for it.
+                    if n == bytes.len() {
+                        self.unregister();
                     }
                     return Poll::Ready(Ok(n));
                 }
@@ -132,19 +223,8 @@ impl AsyncWrite for UnixWriteHalf {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Poll::Ready(Err(e)),
             }
-            if self.waiting.is_none() {
-                // Registering a socket that has room already reports it
-                // writable, so room made between the failed send and this
-                // registration is not missed.
-                let duplicate = self.socket.try_clone()?;
-                let _runtime = self.runtime.enter();
-                // SAFETY: the registration owns the duplicate, which stays
-                // open and unchanged until the registration is dropped.
-                self.waiting =
-                    Some(unsafe { AsyncFd::register_with_interest(duplicate, Interest::WRITABLE)? });
-            }
-            let waiting = self.waiting.as_ref().expect("registered above");
-            let mut ready = ready!(waiting.poll_write_ready(cx))?;
+            let registered = self.registered()?;
+            let mut ready = ready!(registered.poll_write_ready(cx))?;
             ready.clear_ready();
         }
     }
@@ -170,6 +250,7 @@ impl AsyncWrite for UnixWriteHalf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test]
@@ -197,10 +278,79 @@ mod tests {
         });
         writer.write_all(&sent).await.unwrap();
         assert!(
-            writer.waiting.is_none(),
+            writer.registrations > 0,
+            "the socket never filled up: the test proves nothing"
+        );
+        assert!(
+            matches!(writer.waiting, Waiting::Idle(Some(_))),
             "still registered for writable events after the write went through"
         );
         read.await.unwrap();
+    }
+
+    /// Sends `data` in one sendmsg(2) with `fd` attached (SCM_RIGHTS), as
+    /// Node sends a handle.
+    fn send_with_descriptor(socket: &std::os::unix::net::UnixStream, data: &[u8], fd: i32) {
+        let fd_len = std::mem::size_of::<i32>() as u32;
+        // SAFETY: a msghdr with one iovec over `data` and a control buffer
+        // sized by CMSG_SPACE for one descriptor, filled via the CMSG macros.
+        unsafe {
+            let mut iov = libc::iovec {
+                iov_base: data.as_ptr() as *mut _,
+                iov_len: data.len(),
+            };
+            let mut control = vec![0u8; libc::CMSG_SPACE(fd_len) as usize];
+            let mut header: libc::msghdr = std::mem::zeroed();
+            header.msg_iov = &mut iov;
+            header.msg_iovlen = 1;
+            header.msg_control = control.as_mut_ptr().cast();
+            header.msg_controllen = control.len() as _;
+            let cmsg = libc::CMSG_FIRSTHDR(&header);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(fd_len) as _;
+            std::ptr::copy_nonoverlapping(&fd, libc::CMSG_DATA(cmsg).cast(), 1);
+            let sent = libc::sendmsg(socket.as_raw_fd(), &header, 0);
+            assert_eq!(sent, data.len() as isize, "{}", io::Error::last_os_error());
+        }
+    }
+
+    /// Reads until `want` bytes came, failing if the reader stalls.
+    async fn read_exactly(reader: &mut UnixReadHalf, want: usize) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut chunk = vec![0; 1 << 20];
+        while got.len() < want {
+            let read = tokio::time::timeout(std::time::Duration::from_secs(5), reader.read(&mut chunk));
+            let n = read
+                .await
+                .unwrap_or_else(|_| panic!("reader stalled after {} of {want} bytes", got.len()))
+                .unwrap();
+            assert!(n > 0, "end of stream after {} of {want} bytes", got.len());
+            got.extend_from_slice(&chunk[..n]);
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn bytes_after_a_passed_descriptor_are_read() {
+        use std::io::Write;
+        let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let (mut reader, _writer) = split(ours.into()).unwrap();
+        let file = std::fs::File::open("/dev/null").unwrap();
+        // The kernel ends a read at a message that carried descriptors:
+        // the line after it must still be read, without a new event.
+        let handle = b"{\"cmd\":\"NODE_HANDLE\"}\n";
+        send_with_descriptor(&theirs, handle, file.as_raw_fd());
+        theirs.write_all(b"{\"after\":1}\n").unwrap();
+        let got = read_exactly(&mut reader, handle.len() + 12).await;
+        assert!(got.ends_with(b"{\"after\":1}\n"));
+
+        // One big write with a descriptor, read over many calls.
+        let mut line = vec![b'x'; 150 * 1024];
+        line.push(b'\n');
+        send_with_descriptor(&theirs, &line, file.as_raw_fd());
+        assert_eq!(read_exactly(&mut reader, line.len()).await, line);
     }
 
     #[tokio::test]

@@ -258,11 +258,13 @@ fn parse_line<T>(
     // string reader then skips its own UTF-8 checks).
     let text = match std::str::from_utf8(bytes) {
         Ok(text) => text,
-        Err(_) => {
-            // Let serde_json say where: a line that is not UTF-8 is not JSON.
-            let error = serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
-                .err()
-                .unwrap_or_else(|| serde::de::Error::custom("invalid UTF-8"));
+        Err(utf8) => {
+            // A line that is not UTF-8 is not JSON. serde_json's RawValue
+            // reader checks UTF-8 inside strings too, and says where (the
+            // bad byte may also come first as a JSON syntax error).
+            let error = serde_json::from_slice::<Message>(bytes).err().unwrap_or_else(|| {
+                serde::de::Error::custom(format_args!("invalid UTF-8 at byte {}", utf8.valid_up_to()))
+            });
             return Err(invalid_json(&error, line));
         }
     };

@@ -521,3 +521,14 @@ fn decode_with_hands_the_parser_clean_trimmed_text_and_reports_its_errors() {
     assert_eq!(decoder.decode_with(&mut buf, &mut parse), Ok(None));
     assert_eq!(seen, [r#"{"a":"\ufffd"}"#, "[1, 2", "not json"]);
 }
+
+#[test]
+fn invalid_utf8_inside_a_string_is_reported_with_its_position() {
+    let results = feed_all(b"{\"a\":\"\xff\"}\n");
+    match &results[..] {
+        [Err(FrameError::InvalidJson { reason, .. })] => {
+            assert!(reason.contains("column 7"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
