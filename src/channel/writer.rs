@@ -190,8 +190,9 @@ impl ChannelSender {
         match budget.try_acquire_many(want as u32) {
             Ok(permit) => permit.forget(),
             Err(TryAcquireError::Closed) => return Err(self.closed_error()),
-            Err(TryAcquireError::NoPermits) => budget
-                .acquire_many(want as u32)
+            // Boxed, as the request future's own wait for a slot: the wait
+            // node would otherwise make every request future larger.
+            Err(TryAcquireError::NoPermits) => Box::pin(budget.acquire_many(want as u32))
                 .await
                 .map_err(|_| self.closed_error())?
                 .forget(),

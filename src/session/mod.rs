@@ -338,9 +338,9 @@ impl Session {
         let _slot = match shared.in_flight.try_acquire() {
             Ok(slot) => slot,
             Err(TryAcquireError::Closed) => return Err(shared.closed_error()),
-            Err(TryAcquireError::NoPermits) => shared
-                .in_flight
-                .acquire()
+            // Boxed: a semaphore's wait node is large, and every request
+            // future in flight would carry it unboxed, waiting or not.
+            Err(TryAcquireError::NoPermits) => Box::pin(shared.in_flight.acquire())
                 .await
                 .map_err(|_| shared.closed_error())?,
         };
