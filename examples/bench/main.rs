@@ -16,7 +16,7 @@
 //! crate, echoing each payload as raw JSON), `hold-child` and `mem-parent`
 //! (the memory measurement, see `ours.rs`). `profile-burst N [REPS]` runs
 //! only our burst of N against a `rust-child` and prints requests/s, to
-//! look at under `perf record`. `count [burst|big]` runs a fixed workload
+//! look at under `perf record`. `count [burst|seq|big]` runs a fixed workload
 //! between two sessions in one process, for instruction counts:
 //! `valgrind --tool=callgrind target/release/examples/bench count burst`.
 //!

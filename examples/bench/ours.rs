@@ -398,13 +398,14 @@ pub fn profile_burst(args: &[String]) -> ExitCode {
     }
 }
 
-/// `count [burst|big]`: a fixed workload between two sessions in this
+/// `count [burst|seq|big]`: a fixed workload between two sessions in this
 /// process, over `Channel::pair`, on a current-thread runtime; a target for
 /// `valgrind --tool=callgrind`, whose instruction counts stay put on a
 /// noisy machine where timings do not. `burst`: 20 bursts of 1,000 small
-/// requests (join_all); `big`: 10 echoes of a 4 MiB string.
+/// requests (join_all); `seq`: 20,000 requests one at a time; `big`: 10
+/// echoes of a 4 MiB string.
 pub fn count(args: &[String]) -> ExitCode {
-    let big = args.get(1).is_some_and(|a| a == "big");
+    let mode = args.get(1).map(String::as_str).unwrap_or("burst");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -419,7 +420,13 @@ pub fn count(args: &[String]) -> ExitCode {
             client.map_err(|e| e.to_string())?,
             server.map_err(|e| e.to_string())?,
         );
-        if big {
+        if mode == "seq" {
+            let mut scratch = String::new();
+            for i in 0..20_000u64 {
+                let answer = client.request_raw(&(i, TEXT)).await.map_err(|e| e.to_string())?;
+                check_small(&answer, i, &mut scratch)?;
+            }
+        } else if mode == "big" {
             let text = "x".repeat(4 << 20);
             for _ in 0..10 {
                 let answer = client
