@@ -422,6 +422,16 @@ async fn an_invalid_line_and_a_handle_from_a_node_child_do_not_break_the_session
         .expect("the Node child stalled: no NODE_HANDLE_NACK?")
         .unwrap();
     assert_eq!(sent, json!("sent"));
+    // A handle message that fills several reads: the kernel ends a read at
+    // the bytes a descriptor came with, and what follows must still be read.
+    let sent: Value = tokio::time::timeout(
+        Duration::from_secs(10),
+        session.request(&json!({"op":"handle","pad":300_000})),
+    )
+    .await
+    .expect("the read stalled after a large message that carried a handle")
+    .unwrap();
+    assert_eq!(sent, json!("sent"));
     let got: Value = session
         .request(&json!({"op":"echo","data":"still fine"}))
         .await

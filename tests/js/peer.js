@@ -17,8 +17,10 @@
 //        {"got": <its response payload>} or {"error": {"name","message","code","data"}}
 //   {"op":"plain","messages":[...]}       -> sends each element as a plain message,
 //                                            in order, then answers their count
-//   {"op":"handle"}                       -> sends the plain message {"with":"handle"}
-//        together with a handle (a TCP socket connected over 127.0.0.1),
+//   {"op":"handle","pad":N}               -> sends the plain message {"with":"handle"}
+//        (plus "pad": N x's if N is given, so that the message and its
+//        handle fill more than one read) together with a handle (a TCP
+//        socket connected over 127.0.0.1),
 //        answers "sent". Node holds back everything it writes after a handle
 //        until the peer answers NODE_HANDLE_ACK or NODE_HANDLE_NACK; on NACK it
 //        retransmits the handle (as {"cmd":"NODE_HANDLE","type":"net.Native",
@@ -162,7 +164,10 @@ function makeOpsHandler(proc, getSession) {
         // Node detaches the fd from `sock` and closes it itself on ACK, or
         // after the last NACK (with the suppressed warning).
         await new Promise((resolve, reject) =>
-          proc.send({ with: 'handle' }, sock, (err) => (err ? reject(err) : resolve())));
+          proc.send(
+            p.pad ? { with: 'handle', pad: 'x'.repeat(p.pad) } : { with: 'handle' },
+            sock,
+            (err) => (err ? reject(err) : resolve())));
         return 'sent';
       }
       case 'raw':
