@@ -102,7 +102,10 @@ impl Channel {
     }
 
     /// A channel over one bidirectional stream (TCP, duplex, ...), split with
-    /// `tokio::io::split`.
+    /// `tokio::io::split`. For a Unix socket use [`Channel::from_unix`]:
+    /// `tokio::net::UnixStream` can miss the data that follows a message
+    /// carrying a descriptor (a Node handle), and wakes for every message
+    /// the peer reads.
     pub fn from_stream<S>(stream: S, config: ChannelConfig) -> Channel
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
