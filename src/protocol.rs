@@ -135,7 +135,9 @@ pub fn parse_inbound(text: &str) -> Result<Inbound, serde_json::Error> {
 /// that is not JSON).
 fn classify_protocol(text: &str) -> Option<Inbound> {
     // Fast path: a message without the prefix anywhere is plain. Only
-    // objects qualify (serde would also read a struct from an array).
+    // objects qualify (serde would also read a struct from an array). The
+    // frame decoder hands over trimmed lines; this is for other callers.
+    let text = text.trim_start_matches([' ', '\t', '\n', '\r']);
     if !text.starts_with('{') || !has_prefix(text) {
         return None;
     }
@@ -538,6 +540,7 @@ mod tests {
             // Not JSON, though the envelope is all there.
             format!("{request}x"),
             format!("{request}{{}}"),
+            format!(" \n{request}\t"),
             request.replace("\"_IPC_REQUEST/PAYLOAD\":", "\"_IPC_REQUEST/PAYLOAD\":01"),
             request.replace("\"x\"", "\"\u{1}\""),
             // JSON, but plain: a duplicate envelope key, a UID of the wrong type.
