@@ -37,29 +37,20 @@ pub fn child() -> ExitCode {
 pub fn tokio_child() -> ExitCode {
     let result = crate::ours::runtime().block_on(async {
         let mut stream = tokio::net::UnixStream::from_std(channel_from_env()?)?;
-        let mut buf = vec![0u8; 1 << 20];
-        let mut len = 0;
+        let mut lines = LineEcho::new();
         loop {
-            if len == buf.len() {
-                buf.resize(buf.len() * 2, 0);
-            }
-            let n = match stream.read(&mut buf[len..]).await {
+            let n = match stream.read(lines.space()).await {
                 Ok(0) => return Ok(()),
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::ConnectionReset => return Ok(()),
                 Err(e) => return Err(e),
             };
-            let fresh = len;
-            len += n;
-            if let Some(last) = memchr::memrchr(b'\n', &buf[fresh..len]) {
-                let end = fresh + last + 1;
-                match stream.write_all(&buf[..end]).await {
-                    Ok(()) => {}
+            if let Some(complete) = lines.filled(n) {
+                match stream.write_all(complete).await {
+                    Ok(()) => lines.written(),
                     Err(e) if e.kind() == ErrorKind::BrokenPipe => return Ok(()),
                     Err(e) => return Err(e),
                 }
-                buf.copy_within(end..len, 0);
-                len -= end;
             }
         }
     });
@@ -92,33 +83,67 @@ fn channel_from_env() -> io::Result<UnixStream> {
 fn echo_lines() -> io::Result<()> {
     let mut stream = channel_from_env()?;
     stream.set_nonblocking(false)?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut len = 0;
+    let mut lines = LineEcho::new();
     loop {
-        if len == buf.len() {
-            // A line longer than the buffer (the 16 MiB payload): grow.
-            buf.resize(buf.len() * 2, 0);
-        }
-        let n = match stream.read(&mut buf[len..]) {
+        let n = match stream.read(lines.space()) {
             Ok(0) => return Ok(()),
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) if e.kind() == ErrorKind::ConnectionReset => return Ok(()),
             Err(e) => return Err(e),
         };
-        let fresh = len;
-        len += n;
-        // Earlier bytes hold no newline (they are the unfinished tail).
-        if let Some(last) = memchr::memrchr(b'\n', &buf[fresh..len]) {
-            let end = fresh + last + 1;
-            match stream.write_all(&buf[..end]) {
-                Ok(()) => {}
+        if let Some(complete) = lines.filled(n) {
+            match stream.write_all(complete) {
+                Ok(()) => lines.written(),
                 Err(e) if e.kind() == ErrorKind::BrokenPipe => return Ok(()),
                 Err(e) => return Err(e),
             }
-            buf.copy_within(end..len, 0);
-            len -= end;
         }
+    }
+}
+
+/// The echo children's buffer: bytes read, of which every complete line is
+/// written back at once and the unfinished tail kept.
+struct LineEcho {
+    buf: Vec<u8>,
+    len: usize,
+    /// End of the complete lines handed out by `filled`.
+    complete: usize,
+}
+
+impl LineEcho {
+    fn new() -> Self {
+        LineEcho {
+            buf: vec![0u8; 1 << 20],
+            len: 0,
+            complete: 0,
+        }
+    }
+
+    /// Where to read next; grows for a line longer than the buffer (the
+    /// 16 MiB payload).
+    fn space(&mut self) -> &mut [u8] {
+        if self.len == self.buf.len() {
+            self.buf.resize(self.buf.len() * 2, 0);
+        }
+        &mut self.buf[self.len..]
+    }
+
+    /// `n` bytes were read into `space`: the complete lines to write back,
+    /// if any. Earlier bytes hold no newline (they are the unfinished tail).
+    fn filled(&mut self, n: usize) -> Option<&[u8]> {
+        let fresh = self.len;
+        self.len += n;
+        let last = memchr::memrchr(b'\n', &self.buf[fresh..self.len])?;
+        self.complete = fresh + last + 1;
+        Some(&self.buf[..self.complete])
+    }
+
+    /// The lines from `filled` were written: keep only the tail.
+    fn written(&mut self) {
+        self.buf.copy_within(self.complete..self.len, 0);
+        self.len -= self.complete;
+        self.complete = 0;
     }
 }
 
