@@ -31,6 +31,9 @@ impl Shared {
         self.phase.send_if_modified(|p| {
             let first = matches!(p, Phase::Handshaking);
             if first {
+                // Inside the watch's lock: set before anyone can see the
+                // phase move on, to Established or past it to Closed.
+                self.was_established.store(true, Ordering::Release);
                 *p = Phase::Established;
             }
             first

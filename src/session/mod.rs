@@ -146,6 +146,7 @@ impl SessionBuilder {
             backlog_space: Notify::new(),
             backlog_len: AtomicUsize::new(0),
             answering_handshake: AtomicBool::new(false),
+            was_established: AtomicBool::new(false),
             messages_tx: Mutex::new(Some(messages_tx)),
             messages_rx: Mutex::new(Some(messages_rx)),
             messages_taken: AtomicBool::new(false),
@@ -168,6 +169,10 @@ impl SessionBuilder {
         match outcome {
             Ok(Ok(p)) => match &*p {
                 Phase::Established => Ok(Session { shared }),
+                // The peer may have been quick: handshake, requests both
+                // ways and close, all before this task ran again. The
+                // session did its work; its close reason says how it ended.
+                Phase::Closed(_) if shared.was_established.load(Ordering::Acquire) => Ok(Session { shared }),
                 Phase::Closed(reason) => Err(Error::Closed(reason.clone())),
                 Phase::Handshaking => unreachable!("wait_for returned early"),
             },
@@ -261,6 +266,9 @@ pub(crate) struct Shared {
     backlog_len: AtomicUsize,
     /// A handshake answer is already on its way during the handshake.
     answering_handshake: AtomicBool,
+    /// Set when the handshake completes, and never cleared: a session can
+    /// be established, serve and close before `setup` looks at the phase.
+    was_established: AtomicBool,
     messages_tx: Mutex<Option<mpsc::Sender<Result<serde_json::Value, Error>>>>,
     messages_rx: Mutex<Option<mpsc::Receiver<Result<serde_json::Value, Error>>>>,
     messages_taken: AtomicBool,
