@@ -89,7 +89,8 @@ async fn dropping_a_request_future_cancels_it_at_the_peer() {
 async fn a_peer_that_stops_reading_bounds_our_queue_while_we_send_a_gibibyte() {
     const MESSAGE: usize = 1024 * 1024;
     const COUNT: usize = 1024; // 1 GiB in total
-    let (a_io, b_io) = tokio::io::duplex(64 * 1024);
+    const PIPE: usize = 64 * 1024;
+    let (a_io, b_io) = tokio::io::duplex(PIPE);
     let config = ChannelConfig {
         write_queue_bytes: 4 * MESSAGE,
         ..Default::default()
@@ -103,22 +104,36 @@ async fn a_peer_that_stops_reading_bounds_our_queue_while_we_send_a_gibibyte() {
 
     let text = format!("\"{}\"", "y".repeat(MESSAGE - 3));
     let payload: Arc<Box<RawValue>> = Arc::new(RawValue::from_string(text).unwrap());
+    // Messages whose send returned: written, or queued within the budget.
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let sender = {
-        let a = a.clone();
+        let (a, accepted) = (a.clone(), accepted.clone());
         tokio::spawn(async move {
             for _ in 0..COUNT {
                 a.send(&**payload).await.unwrap();
+                accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
         })
     };
     let cap = a.queue_capacity();
-    let mut max_queued = 0;
+    // What we hold for the peer (accepted, not yet read by it) is at most
+    // the budget plus what the pipe itself buffers; counted from the sends
+    // and the reads, not from the budget, so that a line slipping past the
+    // budget would show.
+    let mut max_held = 0;
+    let held = |received: usize| {
+        (accepted.load(std::sync::atomic::Ordering::SeqCst) * MESSAGE).saturating_sub(received)
+    };
     // Phase 1: the peer reads nothing. The sender fills the queue to its
     // budget and must then wait.
-    while a.queued_bytes() + MESSAGE <= cap {
+    while a.queued_bytes() + MESSAGE <= cap && held(0) <= cap + PIPE && !sender.is_finished() {
         tokio::task::yield_now().await;
-        max_queued = max_queued.max(a.queued_bytes());
+        max_held = max_held.max(held(0));
     }
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    max_held = max_held.max(held(0));
     assert!(
         !sender.is_finished(),
         "1 GiB cannot go to a peer that reads nothing"
@@ -130,11 +145,14 @@ async fn a_peer_that_stops_reading_bounds_our_queue_while_we_send_a_gibibyte() {
         let n = b_read.read(&mut buf).await.unwrap();
         assert!(n > 0, "stream ended early");
         received += n;
-        max_queued = max_queued.max(a.queued_bytes());
+        max_held = max_held.max(held(received));
     }
     sender.await.unwrap();
     assert_eq!(received, COUNT * MESSAGE, "every byte of every message arrived");
-    assert!(max_queued <= cap, "queued {max_queued} > budget {cap}");
+    assert!(
+        max_held <= cap + PIPE,
+        "held {max_held} bytes for the peer, more than the budget {cap} + the pipe {PIPE}"
+    );
 }
 
 #[tokio::test]
@@ -203,6 +221,29 @@ async fn dropped_responders_cannot_grow_our_queue_when_the_peer_reads_nothing() 
         "{count} handlers ran for a peer that reads nothing"
     );
     assert!(!flood.is_finished(), "all requests were read");
-    assert!(a.queued_bytes() <= a.queue_capacity());
     flood.abort();
+}
+
+#[tokio::test]
+async fn setup_succeeds_for_a_peer_that_handshakes_and_leaves_at_once() {
+    // On this current-thread runtime the reader reads the handshake answer
+    // and the end of stream in one go, before setup runs again: the session
+    // was established, then closed, and setup must say the former.
+    let (a_io, b_io) = tokio::io::duplex(64 * 1024);
+    let a = tokio::spawn(setup(Channel::from_stream(a_io, ChannelConfig::default()), None));
+    let (mut b_read, mut b_write) = tokio::io::split(b_io);
+    answer_handshake_as_one_dot_zero(&mut b_read, &mut b_write).await;
+    drop((b_read, b_write));
+    let session = a
+        .await
+        .unwrap()
+        .expect("the handshake completed, so setup succeeds");
+    tokio::time::timeout(Duration::from_secs(5), session.closed())
+        .await
+        .expect("the session is closed");
+    assert!(
+        matches!(session.close_reason(), Some(ipc_request::CloseReason::PeerClosed)),
+        "{:?}",
+        session.close_reason()
+    );
 }

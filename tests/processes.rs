@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{example, js_peer, node, open_fds};
+use common::{example, js_peer, node, open_tcp_sockets};
 use ipc_request::{
     ChildProcess, CloseReason, Error, FrameError, Request, Session, SessionBuilder, SessionConfig,
     SpawnOptions, handler_fn, spawn, spawn_with,
@@ -414,7 +414,13 @@ async fn an_invalid_line_and_a_handle_from_a_node_child_do_not_break_the_session
         other => panic!("{other:?}"),
     }
 
-    let fds_before = open_fds();
+    let tcp_before = open_tcp_sockets();
+    {
+        // The count sees a TCP socket in this process, so the check below
+        // would see an installed one.
+        let _listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert_eq!(open_tcp_sockets(), tcp_before + 1);
+    }
     // Node sends NODE_HANDLE with a descriptor and then waits for our NACK
     // before writing anything else: the answer arriving proves the NACK.
     let sent: Value = tokio::time::timeout(Duration::from_secs(10), session.request(&json!({"op":"handle"})))
@@ -438,7 +444,7 @@ async fn an_invalid_line_and_a_handle_from_a_node_child_do_not_break_the_session
         .unwrap();
     assert_eq!(got, json!("still fine"));
     assert!(
-        open_fds() <= fds_before,
+        open_tcp_sockets() <= tcp_before,
         "a passed descriptor was installed in our process"
     );
     // Node's internal messages never surfaced as plain messages.

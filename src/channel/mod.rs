@@ -307,6 +307,30 @@ mod tests {
     use super::node_internal_cmd;
 
     #[tokio::test]
+    async fn lines_left_unwritten_by_a_failed_channel_give_their_budget_back() {
+        let (ours, theirs) = tokio::io::duplex(64);
+        let channel = super::Channel::from_stream(ours, super::ChannelConfig::default());
+        let sender = channel.sender().clone();
+        for i in 0..10 {
+            sender.send(&format!("{i:0>96}")).await.unwrap();
+        }
+        assert!(
+            sender.queued_bytes() > 0,
+            "the lines should wait: the pipe holds 64 bytes"
+        );
+        drop(theirs);
+        let drained = async {
+            while sender.queued_bytes() > 0 {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(5), drained)
+            .await
+            .expect("the budget of unwritten lines was never given back");
+        assert!(sender.send(&1).await.is_err(), "the channel has failed");
+    }
+
+    #[tokio::test]
     async fn channels_over_a_unix_socket_pair_talk_both_ways() {
         let (a, b) = tokio::net::UnixStream::pair().unwrap();
         let mut a = super::Channel::from_unix(a, super::ChannelConfig::default()).unwrap();

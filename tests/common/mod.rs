@@ -89,9 +89,32 @@ pub fn node() -> Option<PathBuf> {
     None
 }
 
-/// Our open file descriptors (Linux), to check that none leak.
-pub fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+/// How many TCP sockets this process holds (Linux): what a Node handle
+/// passes in our tests is one, and no test opens one of its own, so tests
+/// running alongside cannot change the count (a count of all descriptors
+/// could, as they open and close pipes and sockets).
+pub fn open_tcp_sockets() -> usize {
+    let mut tcp_inodes = std::collections::HashSet::new();
+    for table in ["/proc/self/net/tcp", "/proc/self/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        // Column 10 of each entry (after the header line) is the inode.
+        for line in text.lines().skip(1) {
+            if let Some(inode) = line.split_whitespace().nth(9) {
+                tcp_inodes.insert(inode.to_string());
+            }
+        }
+    }
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+        return 0;
+    };
+    fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_str()?.to_string();
+            let inode = target.strip_prefix("socket:[")?.strip_suffix(']')?.to_string();
+            Some(inode)
+        })
+        .filter(|inode| tcp_inodes.contains(inode))
+        .count()
 }
 
 /// Reads one line (without its newline) byte by byte, so that nothing after
