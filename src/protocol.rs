@@ -134,7 +134,20 @@ pub fn parse_inbound(text: &str) -> Result<Inbound, serde_json::Error> {
 /// The protocol message `text` is, or `None` for a plain message (or a text
 /// that is not JSON).
 fn classify_protocol(text: &str) -> Option<Inbound> {
-    classify_exact(text).or_else(|| classify_envelope(text))
+    match classify_exact(text) {
+        Some(exact) => {
+            // Tests and fuzzing run with debug assertions: there, every
+            // message the byte reader takes is read by serde too.
+            debug_assert_eq!(
+                format!("{:?}", Some(&exact)),
+                format!("{:?}", classify_envelope(text).as_ref()),
+                "the two envelope readers disagree on {}",
+                text
+            );
+            Some(exact)
+        }
+        None => classify_envelope(text),
+    }
 }
 
 /// A request or a successful response in exactly the bytes this crate
@@ -630,7 +643,13 @@ mod tests {
             r#"", "_IPC_REQUEST/PAYLOAD":"#,
             r#"","_IPC_REQUEST/PAYLOAD" :"#,
         ];
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
         let payloads = [
+            &deep,
+            "1e400",
+            r#""\ud800""#,
+            "\t\n1",
+            "[1,]",
             "1",
             "-0.5e3",
             "01",
@@ -671,7 +690,7 @@ mod tests {
                                 continue;
                             };
                             answered += 1;
-                            assert!(serde_json::from_str::<serde_json::Value>(&text).is_ok(), "{text}");
+                            assert!(frame::parse_message(&text).is_ok(), "{text}");
                             let envelope = classify_envelope(&text).expect("the serde reader answers too");
                             assert_eq!(format!("{exact:?}"), format!("{envelope:?}"), "{text}");
                         }
@@ -679,8 +698,8 @@ mod tests {
                 }
             }
         }
-        // 2 heads x 4 plain UIDs x 1 separator x 10 valid payloads x 1 suffix.
-        assert_eq!(answered, 80);
+        // 2 heads x 4 plain UIDs x 1 separator x 14 valid payloads x 1 suffix.
+        assert_eq!(answered, 112);
     }
 
     proptest::proptest! {
@@ -690,12 +709,20 @@ mod tests {
             let mut line = Vec::new();
             encode_request(&uid, &payload, 1 << 20, &mut line).unwrap();
             let line = std::str::from_utf8(&line).unwrap().trim_end();
-            let is_request = matches!(classify_exact(line), Some(Inbound::Request { .. }));
+            let sent = serde_json::to_string(&payload).unwrap();
+            let is_request = matches!(
+                classify_exact(line),
+                Some(Inbound::Request { uid: u, payload: p }) if u == uid && p.get() == sent
+            );
             proptest::prop_assert!(is_request, "{}", line);
             let mut line = Vec::new();
             encode_response(&uid, &payload, 1 << 20, &mut line).unwrap();
             let line = std::str::from_utf8(&line).unwrap().trim_end();
-            let is_response = matches!(classify_exact(line), Some(Inbound::Response { .. }));
+            let is_response = matches!(
+                classify_exact(line),
+                Some(Inbound::Response { uid: u, payload: p, error: None })
+                    if u == uid.parse::<u64>().map_err(|_| uid.clone()) && p.get() == sent
+            );
             proptest::prop_assert!(is_response, "{}", line);
         }
     }
