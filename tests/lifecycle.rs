@@ -247,3 +247,67 @@ async fn setup_succeeds_for_a_peer_that_handshakes_and_leaves_at_once() {
         session.close_reason()
     );
 }
+
+/// A reader that panics when the bytes it hands out contain `trigger`.
+struct PanicOn<R> {
+    inner: R,
+    trigger: &'static [u8],
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for PanicOn<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let trigger = self.trigger;
+        if buf.filled()[before..]
+            .windows(trigger.len())
+            .any(|w| w == trigger)
+        {
+            panic!("the stream under the channel broke");
+        }
+        polled
+    }
+}
+
+#[tokio::test]
+async fn a_panic_on_the_reader_fails_pending_requests_instead_of_hanging() {
+    let (a_io, b_io) = tokio::io::duplex(64 * 1024);
+    let (a_read, a_write) = tokio::io::split(a_io);
+    let a_channel = Channel::new(
+        PanicOn {
+            inner: a_read,
+            trigger: b"BOOM",
+        },
+        a_write,
+        ChannelConfig::default(),
+    );
+    // b never answers: a's request stays pending until a's reader dies.
+    let silent = responder_fn(|_req: Request, responder: Responder| async move {
+        std::mem::forget(responder);
+    });
+    let b_channel = Channel::from_stream(b_io, ChannelConfig::default());
+    let (a, b) = tokio::join!(setup(a_channel, None), setup(b_channel, silent));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let pending = tokio::spawn({
+        let a = a.clone();
+        async move { a.request_raw(&1).await }
+    });
+    while b.pending_requests() == 0 && a.pending_requests() == 0 {
+        tokio::task::yield_now().await;
+    }
+    b.send("BOOM").await.unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(5), pending)
+        .await
+        .expect("the pending request hung after the reader panicked")
+        .unwrap();
+    match answer {
+        Err(Error::Closed(ipc_request::CloseReason::Io(e))) => {
+            assert!(e.to_string().contains("panicked"), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -157,7 +157,19 @@ impl SessionBuilder {
         // The handler is in place and we listen before announcing (2.1 step 1).
         let hello = shared.sender.encode(&HandshakeOut::request(&our_uid))?;
         let mut phase = shared.phase.subscribe();
-        tokio::spawn(read_loop(shared.clone(), receiver, peer_exit, our_uid.clone()));
+        let reader = read_loop(shared.clone(), receiver, peer_exit, our_uid.clone());
+        let reader_shared = shared.clone();
+        tokio::spawn(async move {
+            // A panic on the reader (a bug, or a panicking stream the channel
+            // was built on) must fail what waits on it, not leave it hanging.
+            if futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(reader))
+                .await
+                .is_err()
+            {
+                let error = std::io::Error::other("the session's reader panicked");
+                reader_shared.shut(CloseReason::Io(Arc::new(error)));
+            }
+        });
 
         // A failure here means the channel is already closed: the reader
         // publishes why, and that is what we report below.
@@ -565,7 +577,12 @@ impl Shared {
     /// cancels running handlers, stops the reader and closes the channel.
     fn shut(&self, reason: CloseReason) {
         let (pending, running) = {
-            let mut table = self.table.lock().unwrap();
+            // Poisoned only by a panic elsewhere, which is exactly when the
+            // session must still close.
+            let mut table = self
+                .table
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if table.closed.is_some() {
                 return;
             }
@@ -591,7 +608,10 @@ impl Shared {
         }
         self.in_flight.close();
         self.handler_slots.close();
-        self.messages_tx.lock().unwrap().take();
+        self.messages_tx
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
         self.phase.send_replace(Phase::Closed(reason));
         self.closing.cancel();
         self.sender.close();
