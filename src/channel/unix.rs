@@ -166,13 +166,10 @@ impl UnixWriteHalf {
     /// Stops listening for writable events, which would otherwise wake us
     /// for every message the peer reads.
     fn unregister(&mut self) {
-        if let Waiting::Registered(_) = self.waiting {
-            let Waiting::Registered(registered) = std::mem::replace(&mut self.waiting, Waiting::Idle(None))
-            else {
-                unreachable!("matched above");
-            };
-            self.waiting = Waiting::Idle(Some(registered.into_inner()));
-        }
+        self.waiting = match std::mem::replace(&mut self.waiting, Waiting::Idle(None)) {
+            Waiting::Registered(registered) => Waiting::Idle(Some(registered.into_inner())),
+            idle => idle,
+        };
     }
 
     /// The registration for writable events, made if needed.
