@@ -430,6 +430,11 @@ pub fn encode_wrapped<T: serde::Serialize + ?Sized>(
     Ok(())
 }
 
+/// Spare room reserved after a big write (at least this long) that grows
+/// the line buffer: the closing bytes of a line (quotes, brackets, the envelope's `}`, the
+/// newline) and a few small values after a big one.
+const LINE_TAIL_ROOM: usize = 4096;
+
 /// The writer [`encode`] serializes into: appends to the output and fails once the text would
 /// exceed the maximum length (so a huge value is not serialized in full only to be refused).
 struct LineWriter<'a> {
@@ -447,6 +452,14 @@ impl LineWriter<'_> {
         if len > self.max_len {
             self.too_long = Some(len);
             return Err(io::Error::other("message exceeds the maximum length"));
+        }
+        if bytes.len() >= LINE_TAIL_ROOM && bytes.len() > self.out.capacity() - self.out.len() {
+            // A big write (a large string) is usually followed by a
+            // few closing bytes. Left to `Vec`'s own growth, the buffer is
+            // sized to fit exactly, and the closing quote then doubles it:
+            // a copy of the whole line into fresh pages (measured on a
+            // 16 MiB echo). Room for the rest of the line avoids that.
+            self.out.reserve(bytes.len() + LINE_TAIL_ROOM);
         }
         self.out.extend_from_slice(bytes);
         Ok(())

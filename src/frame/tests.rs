@@ -389,6 +389,22 @@ fn encode_appends_after_existing_content() {
 }
 
 #[test]
+fn encode_sizes_the_buffer_of_a_big_string_once() {
+    // Without room for the closing bytes, the closing quote would double
+    // the buffer and copy the whole line (see `LINE_TAIL_ROOM`).
+    let text = "x".repeat(1 << 20);
+    let mut out = Vec::with_capacity(64);
+    encode_wrapped(&[b"{\"payload\":"], text.as_str(), b"}", usize::MAX, &mut out).unwrap();
+    assert_eq!(out.len(), text.len() + 15);
+    assert!(
+        out.capacity() < out.len() + 2 * LINE_TAIL_ROOM,
+        "a {}-byte line grew its buffer to {} bytes",
+        out.len(),
+        out.capacity()
+    );
+}
+
+#[test]
 fn encode_never_writes_raw_control_characters() {
     let every_control: String = (0u8..0x20).chain([0x7f]).map(char::from).collect();
     let value = json!({ every_control.clone(): [every_control.clone(), "\u{2028}\u{2029}"] });
