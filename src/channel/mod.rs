@@ -214,6 +214,15 @@ impl ChannelReceiver {
                 Ok(None) => {}
                 Err(e) => return Err(Error::Frame(e)),
             }
+            if self.buf.is_empty() {
+                // Every line read so far is handed out: start the next one
+                // at the front of the allocation. `BytesMut` would otherwise
+                // go on filling the space after the last line and, once it
+                // reaches the end, copy the new line back to the front (or
+                // grow): a 16 MiB copy per big message in an echo, seen in
+                // its profile. Never allocates; copies nothing here.
+                let _ = self.buf.try_reclaim(self.buf.capacity() + 1);
+            }
             self.buf.reserve(READ_CHUNK);
             match self.reader.read_buf(&mut self.buf).await {
                 Ok(0) => self.at_eof = true,
@@ -328,6 +337,23 @@ mod tests {
             .await
             .expect("the budget of unwritten lines was never given back");
         assert!(sender.send(&1).await.is_err(), "the channel has failed");
+    }
+
+    #[tokio::test]
+    async fn the_line_after_a_big_one_is_read_into_the_front_of_the_buffer() {
+        use tokio::io::AsyncWriteExt;
+        let (ours, mut theirs) = tokio::io::duplex(1 << 20);
+        let mut channel = super::Channel::from_stream(ours, super::ChannelConfig::default());
+        let big = format!("\"{}\"\n", "x".repeat(150_000));
+        theirs.write_all(big.as_bytes()).await.unwrap();
+        assert_eq!(channel.recv().await.unwrap().unwrap().get().len(), 150_002);
+        theirs.write_all(b"[1]\n").await.unwrap();
+        assert_eq!(channel.recv().await.unwrap().unwrap().get(), "[1]");
+        // Read after the big line, the small one would leave the buffer
+        // with only the space behind both (under 150,000 bytes); read at
+        // the front, it leaves all of it but its own 4 bytes.
+        let room = channel.receiver.buf.capacity();
+        assert!(room > 150_000, "{room} bytes of room after the small line");
     }
 
     #[tokio::test]
