@@ -125,29 +125,39 @@ pub fn classify(msg: Message) -> Inbound {
 /// is parsed once and only its payload is copied; a plain message is parsed
 /// into a [`Message`]. Errs exactly when the text is not one JSON value.
 pub fn parse_inbound(text: &str) -> Result<Inbound, serde_json::Error> {
-    match classify_protocol(text) {
-        Some(inbound) => Ok(inbound),
-        None => frame::parse_message(text).map(Inbound::Plain),
+    parse_inbound_line(text).map(|(inbound, _)| inbound)
+}
+
+/// [`parse_inbound`], and whether `text` was in the exact form this crate
+/// writes: then its top-level keys are the three of a request or response
+/// and nothing else (no `cmd`, so it is not one of Node's own messages).
+pub(crate) fn parse_inbound_line(text: &str) -> Result<(Inbound, bool), serde_json::Error> {
+    if let Some(exact) = classify_exact_checked(text) {
+        return Ok((exact, true));
+    }
+    match classify_envelope(text) {
+        Some(inbound) => Ok((inbound, false)),
+        None => frame::parse_message(text).map(|msg| (Inbound::Plain(msg), false)),
     }
 }
 
 /// The protocol message `text` is, or `None` for a plain message (or a text
 /// that is not JSON).
 fn classify_protocol(text: &str) -> Option<Inbound> {
-    match classify_exact(text) {
-        Some(exact) => {
-            // Tests and fuzzing run with debug assertions: there, every
-            // message the byte reader takes is read by serde too.
-            debug_assert_eq!(
-                format!("{:?}", Some(&exact)),
-                format!("{:?}", classify_envelope(text).as_ref()),
-                "the two envelope readers disagree on {}",
-                text
-            );
-            Some(exact)
-        }
-        None => classify_envelope(text),
-    }
+    classify_exact_checked(text).or_else(|| classify_envelope(text))
+}
+
+/// [`classify_exact`]. Tests and fuzzing run with debug assertions: there,
+/// every message the byte reader takes is read by serde too.
+fn classify_exact_checked(text: &str) -> Option<Inbound> {
+    let exact = classify_exact(text)?;
+    debug_assert_eq!(
+        format!("{:?}", Some(&exact)),
+        format!("{:?}", classify_envelope(text).as_ref()),
+        "the two envelope readers disagree on {}",
+        text
+    );
+    Some(exact)
 }
 
 /// A request or a successful response in exactly the bytes this crate

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::handler::AnswerState;
 use super::{PeerInfo, Phase, Request, Responder, Shared};
-use crate::channel::{ChannelReceiver, PeerExit};
+use crate::channel::{ChannelReceiver, Parsed, PeerExit};
 use crate::error::{CloseReason, Error, RemoteError};
 use crate::frame::Message;
 use crate::protocol::{self, HandshakeOut, Inbound};
@@ -239,7 +239,11 @@ pub(super) async fn read_loop(
         let next = tokio::select! {
             biased;
             _ = shared.closing.cancelled() => return,
-            next = receiver.recv_with(protocol::parse_inbound) => next,
+            next = receiver.recv_with(|text| {
+                protocol::parse_inbound_line(text).map(|(inbound, exact)| {
+                    if exact { Parsed::NotNodes(inbound) } else { Parsed::Unchecked(inbound) }
+                })
+            }) => next,
         };
         match next {
             Ok(Some(inbound)) => {
