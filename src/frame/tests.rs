@@ -427,6 +427,19 @@ fn encode_removes_newlines_from_embedded_raw_json() {
 }
 
 #[test]
+fn encode_counts_embedded_raw_json_without_the_whitespace_it_leaves_out() {
+    let raw = RawValue::from_string("[1,\n\t2]".into()).unwrap();
+    let mut out = Vec::new();
+    encode(&raw, 5, &mut out).unwrap();
+    assert_eq!(out, b"[1,2]\n");
+    assert!(matches!(
+        encode(&raw, 4, &mut out),
+        Err(FrameError::TooLong { max: 4, .. })
+    ));
+    assert_eq!(out, b"[1,2]\n", "a refused message leaves nothing behind");
+}
+
+#[test]
 fn encode_too_long_restores_out() {
     let mut out = b"earlier\n".to_vec();
     assert_eq!(encode("abcd", 6, &mut out), Ok(()));
