@@ -39,6 +39,7 @@ pub use writer::ChannelSender;
 
 use crate::error::{CloseReason, Error};
 use crate::frame::{self, FrameDecoder, Message};
+use serde_json::value::RawValue;
 
 /// Settings of a channel.
 #[derive(Debug, Clone)]
@@ -307,27 +308,38 @@ pub(crate) fn node_internal_cmd(json: &str) -> Option<String> {
             f.write_str("an object")
         }
         fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut cmd = None;
+            // Every `cmd` is only skipped over (as raw text): an earlier
+            // duplicate that a value tree would refuse (`1e400`, deep
+            // nesting) must not hide the last one, which Node reads.
+            let mut cmd: Option<&'de RawValue> = None;
             while let Some(key) = map.next_key::<Cow<'de, str>>()? {
                 if key == "cmd" {
-                    cmd = Some(map.next_value::<serde_json::Value>()?);
+                    cmd = Some(map.next_value()?);
                 } else {
                     map.next_value::<serde::de::IgnoredAny>()?;
                 }
             }
-            Ok(match cmd {
-                Some(serde_json::Value::String(cmd)) => Some(cmd),
-                _ => None,
-            })
+            Ok(cmd.and_then(json_string))
         }
     }
     let mut de = serde_json::Deserializer::from_str(json);
     let cmd = serde::Deserializer::deserialize_map(&mut de, LastCmd).ok()??;
-    // The whole text must be one JSON value (this runs before the line is
-    // otherwise checked): `{"cmd":"NODE_HANDLE"} x` is a bad line, not a
-    // handle.
+    // The whole text must be one JSON value: `{"cmd":"NODE_HANDLE"} x` is a
+    // bad line, not a handle (and a line the session's parser refused is
+    // Node's only if it is one value).
     de.end().ok()?;
     (cmd.len() > 5 && cmd.starts_with("NODE_")).then_some(cmd)
+}
+
+/// The string `raw` holds, or `None` if it is not a string. A lone
+/// surrogate (which Node's strings may hold) reads as U+FFFD, so that a
+/// `cmd` that starts with `NODE_` is still seen to.
+fn json_string(raw: &RawValue) -> Option<String> {
+    if !raw.get().starts_with('"') {
+        return None;
+    }
+    let fixed = frame::replace_lone_surrogates(raw.get().as_bytes());
+    serde_json::from_slice(fixed.as_deref().unwrap_or(raw.get().as_bytes())).ok()
 }
 
 #[cfg(test)]
@@ -429,9 +441,19 @@ mod tests {
             r#"{"cmd":"x","cmd":"NODE_HANDLE_ACK"}"#,
             r#"{"\u0063md":"NODE_HANDLE_ACK"}"#,
             r#"{"a":"\n","cmd":"NODE_CLUSTER"}"#,
+            // An earlier duplicate no value tree takes does not hide the
+            // last one (Node: 1e400 is Infinity, depth has no limit).
+            r#"{"cmd":1e400,"cmd":"NODE_HANDLE"}"#,
+            &format!(
+                r#"{{"cmd":{}{},"cmd":"NODE_HANDLE"}}"#,
+                "[".repeat(200),
+                "]".repeat(200)
+            ),
+            // A lone surrogate in the name is still a name Node reads.
+            r#"{"cmd":"NODE_HANDLE\ud800"}"#,
         ];
         for json in internal {
-            assert!(node_internal_cmd(json).is_some(), "{json}");
+            assert!(node_internal_cmd(json).is_some(), "{json:.80}");
         }
         let plain = [
             r#"{"cmd":"NODE_"}"#,
@@ -442,6 +464,7 @@ mod tests {
             r#"{"nested":{"cmd":"NODE_HANDLE"}}"#,
             r#"{"cmd":"NODE_HANDLE"} trailing"#,
             r#"{"cmd":"NODE_HANDLE"}{}"#,
+            r#"{"cmd":"NODE_HANDLE","cmd":1e400}"#,
         ];
         for json in plain {
             assert!(node_internal_cmd(json).is_none(), "{json}");

@@ -289,7 +289,7 @@ fn invalid_json(error: &serde_json::Error, line: &[u8]) -> FrameError {
 /// Escape sequences are read left to right from each backslash, so `\\ud800` (an escaped
 /// backslash, then the text `ud800`) is left alone. A backslash outside a string is invalid
 /// JSON anyway, so there is no need to track whether we are inside one.
-fn replace_lone_surrogates(text: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn replace_lone_surrogates(text: &[u8]) -> Option<Vec<u8>> {
     const REPLACEMENT: &[u8; 6] = b"\\ufffd";
     let mut fixed: Option<Vec<u8>> = None;
     // Bytes of `text` already copied into `fixed`.
