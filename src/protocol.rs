@@ -737,6 +737,34 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// The channel skips its search for Node's own messages on the
+        /// lines this reader takes (`parse_inbound_line` says `exact`):
+        /// sound only if none of them has a top-level `cmd`, however the
+        /// payload and what follows it try to smuggle one in.
+        #[test]
+        fn lines_the_exact_reader_takes_are_never_nodes_own(
+            head in proptest::sample::select(vec![REQUEST_HEAD, RESPONSE_HEAD]),
+            uid in "[0-9a-zA-Z._:-]{0,6}",
+            payload in proptest::sample::select(vec![
+                r#"{"cmd":"NODE_HANDLE"}"#, r#"1,"cmd":"NODE_HANDLE""#, r#""x","cmd":"NODE_HANDLE""#,
+                r#"{}, "cmd":"NODE_HANDLE""#, r#"null}{"cmd":"NODE_HANDLE""#, "1", r#""\u0063md""#,
+                r#"[1]"cmd""#, r#"1 ,"\u0063md":"NODE_X""#, r#"{"a":1}"#, "\"NODE_HANDLE\"",
+            ]),
+            tail in proptest::sample::select(vec![
+                "}", r#","cmd":"NODE_HANDLE"}"#, r#","\u0063md":"NODE_HANDLE"}"#, "} ", "}\n", "",
+            ]),
+        ) {
+            let text = format!("{head}{uid}{UID_TO_PAYLOAD}{payload}{tail}");
+            if let Ok((_, true)) = parse_inbound_line(&text) {
+                proptest::prop_assert!(crate::channel::node_internal_cmd(&text).is_none(), "{}", text);
+                let object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text).unwrap();
+                proptest::prop_assert_eq!(object.len(), 3, "{}", text);
+                proptest::prop_assert!(!object.contains_key("cmd"), "{}", text);
+            }
+        }
+    }
+
     #[test]
     fn arrays_are_never_protocol_messages() {
         for text in [

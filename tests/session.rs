@@ -508,11 +508,46 @@ async fn a_json_parse_view_of_keys_keeps_node_internal_commands_from_being_sent(
     for text in [
         r#"{"cmd":"x","cmd":"NODE_HANDLE_ACK"}"#,
         r#"{"\u0063md":"NODE_HANDLE_ACK"}"#,
+        r#"{"cmd":1e400,"cmd":"NODE_HANDLE_NACK"}"#,
+        &format!(
+            r#"{{"cmd":{}{},"cmd":"NODE_HANDLE_NACK"}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        ),
     ] {
         let raw = serde_json::value::RawValue::from_string(text.to_string()).unwrap();
         assert!(
             matches!(a.send(&raw).await, Err(Error::ReservedMessage(_))),
-            "{text}"
+            "{text:.80}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_handle_from_the_peer_is_refused_and_the_session_goes_on() {
+    let (a_io, b_io) = tokio::io::duplex(64 * 1024);
+    let (mut b_read, mut b_write) = tokio::io::split(b_io);
+    let a = tokio::spawn(setup(Channel::from_stream(a_io, ChannelConfig::default()), None));
+    common::answer_handshake_as_one_dot_zero(&mut b_read, &mut b_write).await;
+    let a = a.await.unwrap().unwrap();
+    let mut messages = a.messages().unwrap();
+    // Between two lines in the exact form the session reads without
+    // looking for Node's messages, and with the handle's `cmd` last.
+    b_write
+        .write_all(
+            concat!(
+                r#"{"_IPC_REQUEST/MSG_TYPE":"_IPC_REQUEST/MSG_TYPE:RESPONSE","_IPC_REQUEST/REQUEST_UID":"9","_IPC_REQUEST/PAYLOAD":1}"#,
+                "\n",
+                r#"{"type":"net.Socket","msg":"m","cmd":"NODE_HANDLE"}"#,
+                "\n{\"after\":1}\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let refusal = tokio::time::timeout(Duration::from_secs(5), common::read_line(&mut b_read))
+        .await
+        .expect("no NODE_HANDLE_NACK: the handle was not seen as Node's");
+    assert_eq!(refusal, r#"{"cmd":"NODE_HANDLE_NACK"}"#);
+    assert_eq!(messages.recv().await.unwrap().unwrap(), json!({"after": 1}));
 }
