@@ -46,7 +46,7 @@
 use std::io;
 
 use bytes::{Buf, BytesMut};
-use memchr::{memchr, memchr3};
+use memchr::{memchr, memchr2, memchr3};
 use serde_json::value::RawValue;
 
 /// One message as it travels: the text of one JSON value (validated).
@@ -107,6 +107,11 @@ pub struct FrameDecoder {
     /// Length of the buffer prefix already scanned without finding a newline; the next call
     /// starts its search there, so no byte is scanned twice.
     scanned: usize,
+    /// Length of the buffer prefix known to hold no backslash (at most `scanned`, or the line
+    /// length once the newline is found). The search for the newline notes the first
+    /// backslash on the way, so the search for lone surrogate escapes starts there, and a
+    /// line without escapes is scanned once, not twice.
+    clean: usize,
     /// An over-long line was reported before its newline arrived: drop bytes up to and
     /// including the next newline.
     discarding: bool,
@@ -119,6 +124,7 @@ impl FrameDecoder {
         FrameDecoder {
             max_len,
             scanned: 0,
+            clean: 0,
             discarding: false,
         }
     }
@@ -158,6 +164,7 @@ impl FrameDecoder {
                         buf.advance(newline + 1);
                         self.discarding = false;
                         self.scanned = 0;
+                        self.clean = 0;
                     }
                     None => {
                         buf.clear();
@@ -168,12 +175,13 @@ impl FrameDecoder {
 
             // `min` only matters if the caller broke the contract and shrank the buffer.
             let from = self.scanned.min(buf.len());
-            let Some(offset) = memchr(b'\n', &buf[from..]) else {
+            let Some(newline) = self.find_newline(&buf[..], from) else {
                 if buf.len() > self.max_len {
                     // The line is already too long; report it now rather than buffering it.
                     let len = buf.len();
                     buf.clear();
                     self.scanned = 0;
+                    self.clean = 0;
                     self.discarding = true;
                     return Err(FrameError::TooLong {
                         len,
@@ -184,7 +192,7 @@ impl FrameDecoder {
                 return Ok(None);
             };
 
-            let newline = from + offset;
+            let clean = std::mem::take(&mut self.clean);
             self.scanned = 0;
             if newline > self.max_len {
                 buf.advance(newline + 1);
@@ -193,14 +201,35 @@ impl FrameDecoder {
                     max: self.max_len,
                 });
             }
-            let line = buf[..newline].trim_ascii();
+            let untrimmed = buf[..newline].trim_ascii_end();
+            let line = untrimmed.trim_ascii_start();
             if line.is_empty() {
                 buf.advance(newline + 1);
                 continue;
             }
-            let message = parse_line(line, parse);
+            let clean = clean.saturating_sub(untrimmed.len() - line.len());
+            let message = parse_line(line, clean, parse);
             buf.advance(newline + 1);
             return message.map(Some);
+        }
+    }
+
+    /// The position of the first newline in `buf` at or after `from`, noting in `clean` how
+    /// far the line is known to hold no backslash.
+    fn find_newline(&mut self, buf: &[u8], from: usize) -> Option<usize> {
+        let clean_so_far = self.clean >= from;
+        if !clean_so_far {
+            return memchr(b'\n', &buf[from..]).map(|at| from + at);
+        }
+        match memchr2(b'\n', b'\\', &buf[from..]).map(|at| from + at) {
+            Some(at) if buf[at] == b'\\' => {
+                self.clean = at;
+                memchr(b'\n', &buf[at + 1..]).map(|rest| at + 1 + rest)
+            }
+            found => {
+                self.clean = found.unwrap_or(buf.len());
+                found
+            }
         }
     }
 
@@ -224,6 +253,7 @@ impl FrameDecoder {
             None => {
                 buf.clear();
                 self.scanned = 0;
+                self.clean = 0;
                 self.discarding = false;
                 Ok(None)
             }
@@ -245,14 +275,16 @@ pub fn parse_message(text: &str) -> Result<Message, serde_json::Error> {
 }
 
 /// Parses one trimmed, non-empty line with `parse`, after rewriting its lone
-/// surrogate escapes (see the module docs). Rewriting before the parse is
-/// safe on any line: a backslash outside a string makes the line invalid
-/// anyway, and the rewrite swaps one well-formed escape for another.
+/// surrogate escapes (see the module docs); its first `clean` bytes are
+/// known to hold no backslash. Rewriting before the parse is safe on any
+/// line: a backslash outside a string makes the line invalid anyway, and the
+/// rewrite swaps one well-formed escape for another.
 fn parse_line<T>(
     line: &[u8],
+    clean: usize,
     parse: impl FnOnce(&str) -> Result<T, serde_json::Error>,
 ) -> Result<T, FrameError> {
-    let fixed = replace_lone_surrogates(line);
+    let fixed = replace_lone_surrogates_after(line, clean);
     let bytes = fixed.as_deref().unwrap_or(line);
     // One SIMD pass here lets every parser above read a `&str` (serde_json's
     // string reader then skips its own UTF-8 checks).
@@ -290,11 +322,17 @@ fn invalid_json(error: &serde_json::Error, line: &[u8]) -> FrameError {
 /// backslash, then the text `ud800`) is left alone. A backslash outside a string is invalid
 /// JSON anyway, so there is no need to track whether we are inside one.
 pub(crate) fn replace_lone_surrogates(text: &[u8]) -> Option<Vec<u8>> {
+    replace_lone_surrogates_after(text, 0)
+}
+
+/// [`replace_lone_surrogates`] for a text whose first `clean` bytes hold no
+/// backslash.
+fn replace_lone_surrogates_after(text: &[u8], clean: usize) -> Option<Vec<u8>> {
     const REPLACEMENT: &[u8; 6] = b"\\ufffd";
     let mut fixed: Option<Vec<u8>> = None;
     // Bytes of `text` already copied into `fixed`.
     let mut copied = 0;
-    let mut pos = 0;
+    let mut pos = clean;
     // `pos` may point one past the end after a backslash that ends the text.
     while let Some(offset) = text.get(pos..).and_then(|rest| memchr(b'\\', rest)) {
         let escape = pos + offset;

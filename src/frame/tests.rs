@@ -81,7 +81,9 @@ fn decodes_a_raw_u2028_inside_a_string() {
 }
 
 /// Several messages, with multi-byte characters, CRLF, blanks and padding.
-const STREAM: &[u8] = "{\"a\":1}\n\"x\"\n\"é😀\u{2028}\"\r\n\n  [1,\"\\ud800\"] \n{\"k\":\"é\"}\n".as_bytes();
+/// Two lines hold a lone surrogate, one of them after another escape: the
+/// search for the newline notes the first backslash, wherever a read ends.
+const STREAM: &[u8] = "{\"a\":1}\n\"x\"\n\"é😀\u{2028}\"\r\n\n  [1,\"\\ud800\"] \n{\"k\":\"é\"}\n{\"q\":\"\\\"\",\"s\":\"\\udc00\"}\n".as_bytes();
 
 fn stream_expected() -> Vec<Result<String, FrameError>> {
     ok(&[
@@ -90,6 +92,7 @@ fn stream_expected() -> Vec<Result<String, FrameError>> {
         "\"é😀\u{2028}\"",
         r#"[1,"\ufffd"]"#,
         r#"{"k":"é"}"#,
+        r#"{"q":"\"","s":"\ufffd"}"#,
     ])
 }
 
