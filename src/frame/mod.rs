@@ -30,8 +30,9 @@
 //! (`\ud83d\ude00`) are kept. This is lossy, but it never fails on what Node sends.
 //!
 //! The rewrite happens before the line is parsed, so that whatever parses it (a [`RawValue`],
-//! or the protocol layer's envelope reader) only ever sees clean text. Finding out costs a
-//! `memchr` for `\` over the line; the copy-and-rewrite only happens when a lone surrogate is
+//! or the protocol layer's envelope reader) only ever sees clean text. Finding out costs
+//! little: the search for the newline also notes the line's first `\`, a line without one is
+//! not looked at again, and the copy-and-rewrite only happens when a lone surrogate is
 //! actually there.
 //!
 //! # Bounded memory
@@ -107,10 +108,11 @@ pub struct FrameDecoder {
     /// Length of the buffer prefix already scanned without finding a newline; the next call
     /// starts its search there, so no byte is scanned twice.
     scanned: usize,
-    /// Length of the buffer prefix known to hold no backslash (at most `scanned`, or the line
-    /// length once the newline is found). The search for the newline notes the first
-    /// backslash on the way, so the search for lone surrogate escapes starts there, and a
-    /// line without escapes is scanned once, not twice.
+    /// Between calls: `scanned` while the unfinished line holds no backslash, else the
+    /// position of its first backslash. The search for the newline notes the first backslash
+    /// on the way, so the search for lone surrogate escapes starts there, and a line without
+    /// escapes is scanned once, not twice. Like `scanned`, this relies on the caller only
+    /// appending to the buffer.
     clean: usize,
     /// An over-long line was reported before its newline arrived: drop bytes up to and
     /// including the next newline.
