@@ -32,6 +32,7 @@ use std::process::ExitStatus;
 use std::sync::{Arc, LazyLock};
 
 use bytes::BytesMut;
+use serde_json::value::RawValue;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::watch;
 
@@ -39,7 +40,6 @@ pub use writer::ChannelSender;
 
 use crate::error::{CloseReason, Error};
 use crate::frame::{self, FrameDecoder, Message};
-use serde_json::value::RawValue;
 
 /// Settings of a channel.
 #[derive(Debug, Clone)]
