@@ -467,6 +467,12 @@ impl serde_json::ser::Formatter for LineFormatter {
         writer: &mut W,
         fragment: &str,
     ) -> io::Result<()> {
+        // A raw fragment is one valid JSON value. Only an array or an object
+        // has room for whitespace; a string holds no raw control character,
+        // so a big string payload (echoed as it came) is not scanned.
+        if !fragment.starts_with(['[', '{']) {
+            return writer.write_all(fragment.as_bytes());
+        }
         let mut rest = fragment.as_bytes();
         while let Some(at) = memchr3(b'\n', b'\r', b'\t', rest) {
             writer.write_all(&rest[..at])?;

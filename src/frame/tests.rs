@@ -427,6 +427,18 @@ fn encode_removes_newlines_from_embedded_raw_json() {
     let line = std::str::from_utf8(&out).unwrap();
     assert_eq!(line, "[\"p\",{  \"a\": [1,2],  \"b\": \"x y\"}]\n");
     assert_eq!(value_of(&out), json!(["p", {"a": [1, 2], "b": "x y"}]));
+    // Whitespace around a raw value is not part of it (the encoder's check
+    // for brackets at its start relies on that).
+    for text in ["\r\n [1,\n2]\t\n", "\n\"a b\"\n", "\t1\r\n"] {
+        let raw = RawValue::from_string(text.into()).unwrap();
+        let out = encoded(&raw);
+        assert!(
+            !out[..out.len() - 1]
+                .iter()
+                .any(|b| matches!(b, b'\n' | b'\r' | b'\t')),
+            "{text:?}"
+        );
+    }
 }
 
 #[test]
