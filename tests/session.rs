@@ -551,3 +551,59 @@ async fn a_handle_from_the_peer_is_refused_and_the_session_goes_on() {
     assert_eq!(refusal, r#"{"cmd":"NODE_HANDLE_NACK"}"#);
     assert_eq!(messages.recv().await.unwrap().unwrap(), json!({"after": 1}));
 }
+
+#[tokio::test]
+async fn a_request_cancelled_while_it_waits_for_a_handler_never_runs() {
+    let handled = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (started, release) = (
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let (seen, start, gate) = (handled.clone(), started.clone(), release.clone());
+    let handler = handler_fn(move |req: Request| {
+        let (seen, start, gate) = (seen.clone(), start.clone(), gate.clone());
+        async move {
+            let n: u32 = req.payload().unwrap();
+            seen.lock().unwrap().push(n);
+            if n == 0 {
+                start.notify_one();
+                gate.notified().await;
+            }
+            Ok::<_, RemoteError>(n)
+        }
+    });
+    let config = ipc_request::SessionConfig {
+        max_concurrent_handlers: 1,
+        ..Default::default()
+    };
+    let (a, b) = Channel::pair(ChannelConfig::default());
+    let (client, server) = tokio::join!(
+        setup(a, None),
+        SessionBuilder::new().config(config).handler(handler).setup(b)
+    );
+    let (client, server) = (client.unwrap(), server.unwrap());
+    let mut server_messages = server.messages().unwrap();
+    // 0 takes the only handler slot; 1 waits behind it and is cancelled
+    // (its deadline passes); 2 waits behind it too.
+    let first = tokio::spawn({
+        let client = client.clone();
+        async move { client.request::<_, u32>(&0).await }
+    });
+    started.notified().await;
+    let timed_out = client
+        .request_timeout::<_, u32>(&1, Duration::from_millis(50))
+        .await;
+    assert!(matches!(timed_out, Err(Error::Timeout(_))), "{timed_out:?}");
+    let third = tokio::spawn({
+        let client = client.clone();
+        async move { client.request::<_, u32>(&2).await }
+    });
+    // The server reads in order: once this arrives, it has read 2 and the
+    // cancel of 1 before it.
+    client.send(&"read up to here").await.unwrap();
+    server_messages.recv().await.unwrap().unwrap();
+    release.notify_one();
+    assert_eq!(first.await.unwrap().unwrap(), 0);
+    assert_eq!(third.await.unwrap().unwrap(), 2);
+    assert_eq!(*handled.lock().unwrap(), [0, 2], "the cancelled request ran");
+}

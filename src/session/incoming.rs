@@ -4,6 +4,7 @@
 //! is busy) and passes plain messages on. When the channel ends it fails
 //! every pending request, after everything already in the socket was read.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -22,8 +23,60 @@ use crate::protocol::{self, HandshakeOut, Inbound};
 /// The peer's requests waiting for a handler slot.
 #[derive(Default)]
 pub(super) struct Backlog {
-    pub(super) requests: std::collections::VecDeque<(String, Message)>,
-    pub(super) bytes: usize,
+    requests: VecDeque<(String, Message)>,
+    bytes: usize,
+    /// How many waiting requests carry each UID (one, unless the peer
+    /// reuses UIDs), so that a cancel can tell whether its request waits.
+    queued: HashMap<String, usize>,
+    /// How many of those the peer has cancelled: the first ones of that UID
+    /// to come off the queue are dropped instead of handled. Never more than
+    /// `queued` for the UID, so both maps hold at most one entry per
+    /// waiting request.
+    cancelled: HashMap<String, usize>,
+}
+
+impl Backlog {
+    fn push(&mut self, uid: String, payload: Message) {
+        self.bytes += uid.len() + payload.get().len();
+        *self.queued.entry(uid.clone()).or_default() += 1;
+        self.requests.push_back((uid, payload));
+    }
+
+    /// The next request to handle; cancelled ones are dropped on the way.
+    fn pop(&mut self) -> Option<(String, Message)> {
+        while let Some((uid, payload)) = self.requests.pop_front() {
+            self.bytes -= uid.len() + payload.get().len();
+            let was_cancelled = take_one(&mut self.cancelled, &uid);
+            take_one(&mut self.queued, &uid);
+            if !was_cancelled {
+                return Some((uid, payload));
+            }
+            tracing::debug!("dropped request {uid}: the peer cancelled it while it waited");
+        }
+        None
+    }
+
+    /// Marks a waiting request of `uid` cancelled (the peer expects no
+    /// answer to it): it is dropped when its turn comes.
+    fn cancel(&mut self, uid: &str) {
+        let waiting = self.queued.get(uid).copied().unwrap_or(0);
+        let cancelled = self.cancelled.get(uid).copied().unwrap_or(0);
+        if waiting > cancelled {
+            *self.cancelled.entry(uid.to_owned()).or_default() += 1;
+        }
+    }
+}
+
+/// Takes one off the count of `uid`; false if it had none.
+fn take_one(counts: &mut HashMap<String, usize>, uid: &str) -> bool {
+    match counts.get_mut(uid) {
+        Some(count) if *count > 1 => *count -= 1,
+        Some(_) => {
+            counts.remove(uid);
+        }
+        None => return false,
+    }
+    true
 }
 
 impl Shared {
@@ -88,6 +141,14 @@ impl Shared {
             Inbound::Cancel { uid } => {
                 if let Some(token) = self.table.lock().unwrap().running.remove(&uid) {
                     token.cancel();
+                } else if self.backlog_len.load(Ordering::Acquire) > 0 {
+                    // Not started yet: it never will be. A cancel that
+                    // finds the request in neither place came after its
+                    // answer, or in the instant a finishing handler's task
+                    // moved it from the backlog to a handler; then the
+                    // handler runs and the peer drops its answer, as it
+                    // does for any answer to a cancelled request.
+                    self.backlog.lock().unwrap().cancel(&uid);
                 }
             }
             Inbound::Plain(msg) => {
@@ -116,8 +177,7 @@ impl Shared {
                     && (backlog.requests.is_empty()
                         || backlog.bytes + size <= self.config.max_queued_request_bytes);
                 if fits {
-                    backlog.requests.push_back((uid, payload));
-                    backlog.bytes += size;
+                    backlog.push(uid, payload);
                     self.backlog_len.store(backlog.requests.len(), Ordering::Release);
                     break;
                 }
@@ -142,10 +202,7 @@ impl Shared {
             };
             let next = {
                 let mut backlog = self.backlog.lock().unwrap();
-                let next = backlog.requests.pop_front();
-                if let Some((uid, payload)) = &next {
-                    backlog.bytes -= uid.len() + payload.get().len();
-                }
+                let next = backlog.pop();
                 self.backlog_len.store(backlog.requests.len(), Ordering::Release);
                 next
             };
@@ -274,5 +331,60 @@ async fn with_exit_status(reason: CloseReason, peer_exit: Option<PeerExit>, grac
     match tokio::time::timeout(grace, exit.wait_for(|s| s.is_some())).await {
         Ok(Ok(status)) => CloseReason::ChildExited(status.expect("waited for Some")),
         _ => reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Backlog;
+
+    fn queue(uids: &[&str]) -> Backlog {
+        let mut backlog = Backlog::default();
+        for (i, uid) in uids.iter().enumerate() {
+            let payload = serde_json::value::RawValue::from_string(i.to_string()).unwrap();
+            backlog.push(uid.to_string(), payload);
+        }
+        backlog
+    }
+
+    fn drain(backlog: &mut Backlog) -> Vec<String> {
+        std::iter::from_fn(|| {
+            backlog
+                .pop()
+                .map(|(uid, payload)| format!("{uid}{}", payload.get()))
+        })
+        .collect()
+    }
+
+    #[test]
+    fn cancelled_requests_leave_the_backlog_unhandled_and_everything_is_counted_out() {
+        let mut backlog = queue(&["a", "b", "a", "c"]);
+        backlog.cancel("a");
+        backlog.cancel("c");
+        backlog.cancel("x"); // not waiting: nothing to cancel
+        assert_eq!(drain(&mut backlog), ["b1", "a2"]);
+        assert_eq!(backlog.bytes, 0);
+        assert!(backlog.queued.is_empty() && backlog.cancelled.is_empty());
+    }
+
+    #[test]
+    fn a_cancel_counts_for_one_waiting_request_at_most() {
+        let mut backlog = queue(&["a", "a"]);
+        for _ in 0..5 {
+            backlog.cancel("a");
+        }
+        assert!(drain(&mut backlog).is_empty());
+        let mut backlog = queue(&["a"]);
+        backlog.cancel("a");
+        backlog.cancel("a");
+        backlog.push(
+            "a".into(),
+            serde_json::value::RawValue::from_string("9".into()).unwrap(),
+        );
+        assert_eq!(
+            drain(&mut backlog),
+            ["a9"],
+            "only one of the two cancels was for a waiting request"
+        );
     }
 }
