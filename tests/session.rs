@@ -607,3 +607,61 @@ async fn a_request_cancelled_while_it_waits_for_a_handler_never_runs() {
     assert_eq!(third.await.unwrap().unwrap(), 2);
     assert_eq!(*handled.lock().unwrap(), [0, 2], "the cancelled request ran");
 }
+
+#[tokio::test]
+async fn a_reader_waiting_behind_a_backlog_of_cancelled_requests_goes_on() {
+    let (started, release) = (
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let (start, gate) = (started.clone(), release.clone());
+    let handler = handler_fn(move |req: Request| {
+        let (start, gate) = (start.clone(), gate.clone());
+        async move {
+            let n: u32 = req.payload().unwrap();
+            if n == 0 {
+                start.notify_one();
+                gate.notified().await;
+            }
+            Ok::<_, RemoteError>(n)
+        }
+    });
+    let config = ipc_request::SessionConfig {
+        max_concurrent_handlers: 1,
+        max_queued_requests: 2,
+        ..Default::default()
+    };
+    let (a, b) = Channel::pair(ChannelConfig::default());
+    let (client, server) = tokio::join!(
+        setup(a, None),
+        SessionBuilder::new().config(config).handler(handler).setup(b)
+    );
+    let (client, _server) = (client.unwrap(), server.unwrap());
+    let first = tokio::spawn({
+        let client = client.clone();
+        async move { client.request::<_, u32>(&0).await }
+    });
+    started.notified().await;
+    // 1 and 2 fill the backlog and are cancelled there.
+    let (one, two) = tokio::join!(
+        client.request_timeout::<_, u32>(&1, Duration::from_millis(50)),
+        client.request_timeout::<_, u32>(&2, Duration::from_millis(50)),
+    );
+    assert!(matches!(
+        (one, two),
+        (Err(Error::Timeout(_)), Err(Error::Timeout(_)))
+    ));
+    // 3 finds the backlog full and the reader waits for room. (Given less
+    // time to get there, the test passes without showing anything.)
+    let third = tokio::spawn({
+        let client = client.clone();
+        async move { client.request::<_, u32>(&3).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    release.notify_one();
+    assert_eq!(first.await.unwrap().unwrap(), 0);
+    let third = tokio::time::timeout(Duration::from_secs(5), third)
+        .await
+        .expect("the reader never got room: the backlog emptied without a word");
+    assert_eq!(third.unwrap().unwrap(), 3);
+}

@@ -200,14 +200,20 @@ impl Shared {
             let Ok(slot) = self.handler_slots.clone().try_acquire_owned() else {
                 return;
             };
-            let next = {
+            let (next, shrank) = {
                 let mut backlog = self.backlog.lock().unwrap();
+                let before = backlog.requests.len();
                 let next = backlog.pop();
                 self.backlog_len.store(backlog.requests.len(), Ordering::Release);
-                next
+                (next, backlog.requests.len() < before)
             };
+            // Whenever the backlog shrank, even by cancelled requests only:
+            // a reader waiting for room behind a backlog of nothing but
+            // cancelled requests would otherwise wait for ever.
+            if shrank {
+                self.backlog_space.notify_one();
+            }
             let Some((uid, payload)) = next else { return };
-            self.backlog_space.notify_one();
             self.run_handler(uid, payload, slot);
         }
     }
