@@ -598,8 +598,8 @@ async fn a_request_cancelled_while_it_waits_for_a_handler_never_runs() {
         let client = client.clone();
         async move { client.request::<_, u32>(&2).await }
     });
-    // The server reads in order: once this arrives, it has read 2 and the
-    // cancel of 1 before it.
+    // The server reads in order: once this arrives, it has read the cancel
+    // of 1 (2 may come before or after it; either way it waits behind 0).
     client.send(&"read up to here").await.unwrap();
     server_messages.recv().await.unwrap().unwrap();
     release.notify_one();

@@ -141,7 +141,7 @@ impl Shared {
             Inbound::Cancel { uid } => {
                 if let Some(token) = self.table.lock().unwrap().running.remove(&uid) {
                     token.cancel();
-                } else if self.backlog_len.load(Ordering::Acquire) > 0 {
+                } else if self.peer_can_cancel() && self.backlog_len.load(Ordering::Acquire) > 0 {
                     // Not started yet: it never will be. A cancel that
                     // finds the request in neither place came after its
                     // answer, or in the instant a finishing handler's task

@@ -272,7 +272,8 @@ pub(crate) struct Shared {
     handler_slots: Arc<Semaphore>,
     /// The peer's requests waiting for a handler slot, in arrival order.
     backlog: Mutex<Backlog>,
-    /// Told when a request leaves a full backlog.
+    /// Told whenever the backlog shrinks (a request handed to a handler,
+    /// or cancelled ones dropped), for a reader waiting for room.
     backlog_space: Notify,
     /// The backlog's length, readable without its lock.
     backlog_len: AtomicUsize,
