@@ -552,100 +552,99 @@ async fn a_handle_from_the_peer_is_refused_and_the_session_goes_on() {
     assert_eq!(messages.recv().await.unwrap().unwrap(), json!({"after": 1}));
 }
 
+/// A server with one handler slot, busy with the client's request 0 until
+/// `release` is told; its handler records every request it runs.
+struct BusyServer {
+    client: ipc_request::Session,
+    server: ipc_request::Session,
+    first: tokio::task::JoinHandle<Result<u32, Error>>,
+    release: Arc<tokio::sync::Notify>,
+    handled: Arc<std::sync::Mutex<Vec<u32>>>,
+}
+
+impl BusyServer {
+    async fn start(max_queued_requests: usize) -> BusyServer {
+        let handled = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (started, release) = (
+            Arc::new(tokio::sync::Notify::new()),
+            Arc::new(tokio::sync::Notify::new()),
+        );
+        let (seen, start, gate) = (handled.clone(), started.clone(), release.clone());
+        let handler = handler_fn(move |req: Request| {
+            let (seen, start, gate) = (seen.clone(), start.clone(), gate.clone());
+            async move {
+                let n: u32 = req.payload().unwrap();
+                seen.lock().unwrap().push(n);
+                if n == 0 {
+                    start.notify_one();
+                    gate.notified().await;
+                }
+                Ok::<_, RemoteError>(n)
+            }
+        });
+        let config = ipc_request::SessionConfig {
+            max_concurrent_handlers: 1,
+            max_queued_requests,
+            ..Default::default()
+        };
+        let (a, b) = Channel::pair(ChannelConfig::default());
+        let (client, server) = tokio::join!(
+            setup(a, None),
+            SessionBuilder::new().config(config).handler(handler).setup(b)
+        );
+        let (client, server) = (client.unwrap(), server.unwrap());
+        let first = tokio::spawn({
+            let client = client.clone();
+            async move { client.request::<_, u32>(&0).await }
+        });
+        started.notified().await;
+        BusyServer {
+            client,
+            server,
+            first,
+            release,
+            handled,
+        }
+    }
+
+    /// Sends request `n` from a task of its own.
+    fn request(&self, n: u32) -> tokio::task::JoinHandle<Result<u32, Error>> {
+        let client = self.client.clone();
+        tokio::spawn(async move { client.request::<_, u32>(&n).await })
+    }
+}
+
 #[tokio::test]
 async fn a_request_cancelled_while_it_waits_for_a_handler_never_runs() {
-    let handled = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let (started, release) = (
-        Arc::new(tokio::sync::Notify::new()),
-        Arc::new(tokio::sync::Notify::new()),
-    );
-    let (seen, start, gate) = (handled.clone(), started.clone(), release.clone());
-    let handler = handler_fn(move |req: Request| {
-        let (seen, start, gate) = (seen.clone(), start.clone(), gate.clone());
-        async move {
-            let n: u32 = req.payload().unwrap();
-            seen.lock().unwrap().push(n);
-            if n == 0 {
-                start.notify_one();
-                gate.notified().await;
-            }
-            Ok::<_, RemoteError>(n)
-        }
-    });
-    let config = ipc_request::SessionConfig {
-        max_concurrent_handlers: 1,
-        ..Default::default()
-    };
-    let (a, b) = Channel::pair(ChannelConfig::default());
-    let (client, server) = tokio::join!(
-        setup(a, None),
-        SessionBuilder::new().config(config).handler(handler).setup(b)
-    );
-    let (client, server) = (client.unwrap(), server.unwrap());
-    let mut server_messages = server.messages().unwrap();
-    // 0 takes the only handler slot; 1 waits behind it and is cancelled
+    let busy = BusyServer::start(65_536).await;
+    let mut server_messages = busy.server.messages().unwrap();
+    // 0 holds the only handler slot; 1 waits behind it and is cancelled
     // (its deadline passes); 2 waits behind it too.
-    let first = tokio::spawn({
-        let client = client.clone();
-        async move { client.request::<_, u32>(&0).await }
-    });
-    started.notified().await;
-    let timed_out = client
+    let timed_out = busy
+        .client
         .request_timeout::<_, u32>(&1, Duration::from_millis(50))
         .await;
     assert!(matches!(timed_out, Err(Error::Timeout(_))), "{timed_out:?}");
-    let third = tokio::spawn({
-        let client = client.clone();
-        async move { client.request::<_, u32>(&2).await }
-    });
+    let third = busy.request(2);
     // The server reads in order: once this arrives, it has read the cancel
     // of 1 (2 may come before or after it; either way it waits behind 0).
-    client.send(&"read up to here").await.unwrap();
+    busy.client.send(&"read up to here").await.unwrap();
     server_messages.recv().await.unwrap().unwrap();
-    release.notify_one();
-    assert_eq!(first.await.unwrap().unwrap(), 0);
+    busy.release.notify_one();
+    assert_eq!(busy.first.await.unwrap().unwrap(), 0);
     assert_eq!(third.await.unwrap().unwrap(), 2);
-    assert_eq!(*handled.lock().unwrap(), [0, 2], "the cancelled request ran");
+    assert_eq!(*busy.handled.lock().unwrap(), [0, 2], "the cancelled request ran");
 }
 
 #[tokio::test]
 async fn a_reader_waiting_behind_a_backlog_of_cancelled_requests_goes_on() {
-    let (started, release) = (
-        Arc::new(tokio::sync::Notify::new()),
-        Arc::new(tokio::sync::Notify::new()),
-    );
-    let (start, gate) = (started.clone(), release.clone());
-    let handler = handler_fn(move |req: Request| {
-        let (start, gate) = (start.clone(), gate.clone());
-        async move {
-            let n: u32 = req.payload().unwrap();
-            if n == 0 {
-                start.notify_one();
-                gate.notified().await;
-            }
-            Ok::<_, RemoteError>(n)
-        }
-    });
-    let config = ipc_request::SessionConfig {
-        max_concurrent_handlers: 1,
-        max_queued_requests: 2,
-        ..Default::default()
-    };
-    let (a, b) = Channel::pair(ChannelConfig::default());
-    let (client, server) = tokio::join!(
-        setup(a, None),
-        SessionBuilder::new().config(config).handler(handler).setup(b)
-    );
-    let (client, _server) = (client.unwrap(), server.unwrap());
-    let first = tokio::spawn({
-        let client = client.clone();
-        async move { client.request::<_, u32>(&0).await }
-    });
-    started.notified().await;
+    let busy = BusyServer::start(2).await;
     // 1 and 2 fill the backlog and are cancelled there.
     let (one, two) = tokio::join!(
-        client.request_timeout::<_, u32>(&1, Duration::from_millis(50)),
-        client.request_timeout::<_, u32>(&2, Duration::from_millis(50)),
+        busy.client
+            .request_timeout::<_, u32>(&1, Duration::from_millis(50)),
+        busy.client
+            .request_timeout::<_, u32>(&2, Duration::from_millis(50)),
     );
     assert!(matches!(
         (one, two),
@@ -653,13 +652,10 @@ async fn a_reader_waiting_behind_a_backlog_of_cancelled_requests_goes_on() {
     ));
     // 3 finds the backlog full and the reader waits for room. (Given less
     // time to get there, the test passes without showing anything.)
-    let third = tokio::spawn({
-        let client = client.clone();
-        async move { client.request::<_, u32>(&3).await }
-    });
+    let third = busy.request(3);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    release.notify_one();
-    assert_eq!(first.await.unwrap().unwrap(), 0);
+    busy.release.notify_one();
+    assert_eq!(busy.first.await.unwrap().unwrap(), 0);
     let third = tokio::time::timeout(Duration::from_secs(5), third)
         .await
         .expect("the reader never got room: the backlog emptied without a word");
