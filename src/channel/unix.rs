@@ -250,13 +250,20 @@ mod tests {
     use std::os::fd::AsRawFd;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    #[tokio::test]
-    async fn a_full_socket_waits_for_room_and_then_stops_listening() {
+    /// Our write half and the peer's read half of a socket pair, with the
+    /// other two halves (kept, so that nothing closes early).
+    fn one_way() -> (UnixWriteHalf, UnixReadHalf, (UnixReadHalf, UnixWriteHalf)) {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
         ours.set_nonblocking(true).unwrap();
         theirs.set_nonblocking(true).unwrap();
-        let (_, mut writer) = split(ours.into()).unwrap();
-        let (mut reader, _their_writer) = split(theirs.into()).unwrap();
+        let (our_reader, writer) = split(ours.into()).unwrap();
+        let (reader, their_writer) = split(theirs.into()).unwrap();
+        (writer, reader, (our_reader, their_writer))
+    }
+
+    #[tokio::test]
+    async fn a_full_socket_waits_for_room_and_then_stops_listening() {
+        let (mut writer, mut reader, _rest) = one_way();
 
         // Far more than a socket buffer: the writer must hit a full socket.
         let sent: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
@@ -352,11 +359,7 @@ mod tests {
 
     #[tokio::test]
     async fn shutdown_is_end_of_stream_for_the_peer() {
-        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
-        ours.set_nonblocking(true).unwrap();
-        theirs.set_nonblocking(true).unwrap();
-        let (_, mut writer) = split(ours.into()).unwrap();
-        let (mut reader, _) = split(theirs.into()).unwrap();
+        let (mut writer, mut reader, _rest) = one_way();
         writer.write_all(b"last\n").await.unwrap();
         writer.shutdown().await.unwrap();
         let mut got = Vec::new();
