@@ -57,7 +57,7 @@ pub fn tokio_child() -> ExitCode {
     report_child("tokio-echo-child", result)
 }
 
-fn report_child(name: &str, result: io::Result<()>) -> ExitCode {
+pub fn report_child(name: &str, result: io::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -67,8 +67,62 @@ fn report_child(name: &str, result: io::Result<()>) -> ExitCode {
     }
 }
 
+/// Writes all of `out` to `stream` while calling `read` for what comes
+/// back, from one thread with poll(2), until `read` says it has everything.
+/// The stream must be non-blocking (set by the caller, outside the timed
+/// part). `read` makes one read: `Ok(None)` if nothing was there,
+/// `Ok(Some(done))` if something was.
+pub fn write_while_reading(
+    stream: &UnixStream,
+    out: &[u8],
+    mut read: impl FnMut(&UnixStream) -> io::Result<Option<bool>>,
+) -> io::Result<()> {
+    let mut written = 0;
+    loop {
+        let mut progressed = false;
+        if written < out.len() {
+            match (&*stream).write(&out[written..]) {
+                Ok(n) => {
+                    written += n;
+                    progressed = true;
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        match read(stream)? {
+            Some(true) => break,
+            Some(false) => progressed = true,
+            None => {}
+        }
+        if !progressed {
+            let mut events = libc::POLLIN;
+            if written < out.len() {
+                events |= libc::POLLOUT;
+            }
+            let mut pfd = libc::pollfd {
+                fd: stream.as_raw_fd(),
+                events,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd on the stack.
+            let rc = unsafe { libc::poll(&mut pfd, 1, 60_000) };
+            if rc == 0 {
+                return Err(io::Error::other("no progress for 60 s"));
+            }
+            if rc < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() != ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The channel the parent gave us, set non-blocking for Tokio.
-fn channel_from_env() -> io::Result<UnixStream> {
+pub fn channel_from_env() -> io::Result<UnixStream> {
     let fd: i32 = std::env::var("NODE_CHANNEL_FD")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -149,8 +203,8 @@ impl LineEcho {
 
 /// The parent's side: our end of the pair and the child.
 pub struct FloorPeer {
-    stream: UnixStream,
-    child: Child,
+    pub stream: UnixStream,
+    pub child: Child,
     reply: Vec<u8>,
 }
 
@@ -159,7 +213,7 @@ impl FloorPeer {
         Self::spawn_mode(exe, "floor-child")
     }
 
-    fn spawn_mode(exe: &Path, mode: &str) -> io::Result<FloorPeer> {
+    pub fn spawn_mode(exe: &Path, mode: &str) -> io::Result<FloorPeer> {
         // std creates both ends close-on-exec.
         let (ours, theirs) = UnixStream::pair()?;
         let theirs_fd = theirs.as_raw_fd();
@@ -232,53 +286,19 @@ impl FloorPeer {
         echo.clear();
         echo.resize(out.len(), 0);
         self.stream.set_nonblocking(true)?;
-        let fd = self.stream.as_raw_fd();
         let start = Instant::now();
-        let (mut written, mut read) = (0, 0);
-        while read < out.len() {
-            let mut progressed = false;
-            if written < out.len() {
-                match (&self.stream).write(&out[written..]) {
-                    Ok(n) => {
-                        written += n;
-                        progressed = true;
-                    }
-                    Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            match (&self.stream).read(&mut echo[read..]) {
-                Ok(0) => return Err(io::Error::other("floor child closed the channel")),
+        let mut read = 0;
+        write_while_reading(&self.stream, out, |mut stream| {
+            match stream.read(&mut echo[read..]) {
+                Ok(0) => Err(io::Error::other("floor child closed the channel")),
                 Ok(n) => {
                     read += n;
-                    progressed = true;
+                    Ok(Some(read == out.len()))
                 }
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
-                Err(e) => return Err(e),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => Ok(None),
+                Err(e) => Err(e),
             }
-            if !progressed {
-                let mut events = libc::POLLIN;
-                if written < out.len() {
-                    events |= libc::POLLOUT;
-                }
-                let mut pfd = libc::pollfd {
-                    fd,
-                    events,
-                    revents: 0,
-                };
-                // SAFETY: one valid pollfd on the stack.
-                let rc = unsafe { libc::poll(&mut pfd, 1, 60_000) };
-                if rc == 0 {
-                    return Err(io::Error::other("floor: no progress for 60 s"));
-                }
-                if rc < 0 {
-                    let e = io::Error::last_os_error();
-                    if e.kind() != ErrorKind::Interrupted {
-                        return Err(e);
-                    }
-                }
-            }
-        }
+        })?;
         let elapsed = start.elapsed();
         self.stream.set_nonblocking(false)?;
         if echo[..] != *out {

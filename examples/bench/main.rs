@@ -11,7 +11,8 @@
 //! not write `bench/results.json` and `docs/throughput.svg`).
 //!
 //! The binary is also its own children, selected by the first argument:
-//! `floor-child` (blocking line echo, see `floor.rs`), `tokio-echo-child`
+//! `floor-child` (blocking line echo, see `floor.rs`), `json-child` (the
+//! same with this crate's JSON work, see `json_floor.rs`), `tokio-echo-child`
 //! (the same echo written the usual Tokio way), `rust-child` (this
 //! crate, echoing each payload as raw JSON), `hold-child` and `mem-parent`
 //! (the memory measurement, see `ours.rs`). `profile-burst N [REPS]` runs
@@ -27,6 +28,7 @@
 //! answer, a child that dies), never because of a slow number.
 
 mod floor;
+mod json_floor;
 mod nodejs;
 mod ours;
 mod report;
@@ -45,6 +47,8 @@ const BURSTS: [usize; 3] = [1_000, 10_000, 100_000];
 const JOIN_ALL_BURSTS: [usize; 3] = [1_000, 10_000, 100_000];
 const BIG: usize = 16 * 1024 * 1024;
 const MEM_IN_FLIGHT: usize = 100_000;
+/// How the table names the JSON floor (see `json_floor.rs`).
+const JSON_FLOOR: &str = "JSON floor (our frame + protocol code, blocking, no runtime)";
 
 struct Options {
     quick: bool,
@@ -97,6 +101,7 @@ fn main() -> ExitCode {
     match args.first().map(String::as_str) {
         Some("floor-child") => return floor::child(),
         Some("tokio-echo-child") => return floor::tokio_child(),
+        Some("json-child") => return json_floor::child(),
         Some("rust-child" | "hold-child") => return ours::child(&args),
         Some("mem-parent") => return ours::mem_parent(&args),
         Some("profile-burst") => return ours::profile_burst(&args),
@@ -175,6 +180,8 @@ fn run(opts: &Options) -> BenchResult<()> {
         let _runtime = rt.enter();
         floor::TokioEchoPeer::spawn(&exe).map_err(|e| format!("tokio echo child: {e}"))?
     };
+    let mut json_floor =
+        json_floor::JsonFloorPeer::spawn(&exe).map_err(|e| format!("json floor child: {e}"))?;
     let ours = rt.block_on(OursPeer::spawn(&exe, "rust-child", &[]))?;
     let mut samples = Samples::default();
 
@@ -187,9 +194,12 @@ fn run(opts: &Options) -> BenchResult<()> {
             }
         };
         let floor_err = |e: std::io::Error| format!("floor: {e}");
+        let json_err = |e: std::io::Error| format!("json floor: {e}");
 
         let d = floor.sequential(&seq_line, opts.seq_iters).map_err(floor_err)?;
         s("floor_seq_rtt", secs(d) * 1e6);
+        let d = json_floor.sequential(opts.seq_iters).map_err(json_err)?;
+        s("json_floor_seq_rtt", secs(d) * 1e6);
         // On a worker thread, as our own requests run (see ours.rs).
         let (peer, d) = rt
             .block_on(rt.spawn(tokio_echo.sequential(seq_line.clone(), opts.seq_iters)))
@@ -202,6 +212,8 @@ fn run(opts: &Options) -> BenchResult<()> {
         for (i, &n) in BURSTS.iter().enumerate() {
             let d = floor.exchange(&burst_bytes[i], &mut echo).map_err(floor_err)?;
             s(&format!("floor_burst_{n}"), n as f64 / secs(d));
+            let d = json_floor.burst(n).map_err(json_err)?;
+            s(&format!("json_floor_burst_{n}"), n as f64 / secs(d));
             let d = rt.block_on(ours.burst(n, Fanout::Tasks))?;
             s(&format!("ours_burst_{n}"), n as f64 / secs(d));
             if JOIN_ALL_BURSTS.contains(&n) {
@@ -213,6 +225,8 @@ fn run(opts: &Options) -> BenchResult<()> {
         let mb = BIG as f64 / 1e6;
         let d = floor.exchange(&big_line, &mut echo).map_err(floor_err)?;
         s("floor_big", mb / secs(d));
+        let d = json_floor.big(&big_text).map_err(json_err)?;
+        s("json_floor_big", mb / secs(d));
         let d = rt.block_on(ours.big(big_text.clone()))?;
         s("ours_big", mb / secs(d));
 
@@ -251,6 +265,7 @@ fn run(opts: &Options) -> BenchResult<()> {
     }
     rt.block_on(ours.finish())?;
     floor.finish().map_err(|e| format!("floor: {e}"))?;
+    json_floor.finish().map_err(|e| format!("json floor: {e}"))?;
     tokio_echo.finish().map_err(|e| format!("tokio echo: {e}"))?;
     drop(rt);
 
@@ -293,6 +308,12 @@ fn print_report(
     let mut rows = vec![
         row("floor_seq_rtt", "floor: sequential round trip", "µs", None),
         row(
+            "json_floor_seq_rtt",
+            format!("{JSON_FLOOR}: sequential round trip"),
+            "µs",
+            floor_of("floor_seq_rtt"),
+        ),
+        row(
             "tokio_echo_seq_rtt",
             "raw echo with tokio::net::UnixStream (no JSON): sequential round trip",
             "µs",
@@ -314,6 +335,12 @@ fn print_report(
             None,
         ));
         rows.push(row(
+            format!("json_floor_burst_{n}"),
+            format!("{JSON_FLOOR}: burst of {nn}"),
+            "req/s",
+            floor_of(&format!("floor_burst_{n}")),
+        ));
+        rows.push(row(
             format!("ours_burst_{n}"),
             format!("ours Rust↔Rust: burst of {nn}"),
             "req/s",
@@ -332,6 +359,12 @@ fn print_report(
         ));
     }
     rows.push(row("floor_big", "floor: 16 MiB line echoed", "MB/s", None));
+    rows.push(row(
+        "json_floor_big",
+        format!("{JSON_FLOOR}: 16 MiB string echoed"),
+        "MB/s",
+        floor_of("floor_big"),
+    ));
     rows.push(row(
         "ours_big",
         "ours Rust↔Rust: 16 MiB string echoed",
@@ -392,6 +425,13 @@ fn print_report(
             color: "#888888",
             points: std::iter::once(seq_rps("floor_seq_rtt"))
                 .chain(BURSTS.iter().map(|&n| at("floor_burst", n)))
+                .collect(),
+        },
+        Series {
+            name: "JSON floor (no runtime)".into(),
+            color: "#9c36b5",
+            points: std::iter::once(seq_rps("json_floor_seq_rtt"))
+                .chain(BURSTS.iter().map(|&n| at("json_floor_burst", n)))
                 .collect(),
         },
         Series {

@@ -42,7 +42,7 @@ pub fn big_request_line(id: u64, text: &str) -> String {
     )
 }
 
-fn check_small(answer: &Message, i: u64, scratch: &mut String) -> BenchResult<()> {
+pub fn check_small(answer: &Message, i: u64, scratch: &mut String) -> BenchResult<()> {
     scratch.clear();
     let _ = write!(scratch, "[{i},\"{TEXT}\"]");
     if answer.get() != scratch.as_str() {
