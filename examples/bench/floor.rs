@@ -67,15 +67,22 @@ pub fn report_child(name: &str, result: io::Result<()>) -> ExitCode {
     }
 }
 
+/// What one read of [`write_while_reading`] found.
+pub struct ReadStep {
+    /// Some bytes came.
+    pub progressed: bool,
+    /// Everything the caller waits for has come.
+    pub done: bool,
+}
+
 /// Writes all of `out` to `stream` while calling `read` for what comes
-/// back, from one thread with poll(2), until `read` says it has everything.
-/// The stream must be non-blocking (set by the caller, outside the timed
-/// part). `read` makes one read: `Ok(None)` if nothing was there,
-/// `Ok(Some(done))` if something was.
+/// back, from one thread with poll(2), until `out` is written and `read`
+/// says it is done. The stream must be non-blocking (set by the caller,
+/// outside the timed part); `read` makes one read.
 pub fn write_while_reading(
     stream: &UnixStream,
     out: &[u8],
-    mut read: impl FnMut(&UnixStream) -> io::Result<Option<bool>>,
+    mut read: impl FnMut(&UnixStream) -> io::Result<ReadStep>,
 ) -> io::Result<()> {
     let mut written = 0;
     loop {
@@ -90,11 +97,11 @@ pub fn write_while_reading(
                 Err(e) => return Err(e),
             }
         }
-        match read(stream)? {
-            Some(true) => break,
-            Some(false) => progressed = true,
-            None => {}
+        let step = read(stream)?;
+        if step.done && written == out.len() {
+            return Ok(());
         }
+        progressed |= step.progressed;
         if !progressed {
             let mut events = libc::POLLIN;
             if written < out.len() {
@@ -118,7 +125,6 @@ pub fn write_while_reading(
             }
         }
     }
-    Ok(())
 }
 
 /// The channel the parent gave us, set non-blocking for Tokio.
@@ -289,15 +295,19 @@ impl FloorPeer {
         let start = Instant::now();
         let mut read = 0;
         write_while_reading(&self.stream, out, |mut stream| {
-            match stream.read(&mut echo[read..]) {
-                Ok(0) => Err(io::Error::other("floor child closed the channel")),
+            let progressed = match stream.read(&mut echo[read..]) {
+                Ok(0) => return Err(io::Error::other("floor child closed the channel")),
                 Ok(n) => {
                     read += n;
-                    Ok(Some(read == out.len()))
+                    true
                 }
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => Ok(None),
-                Err(e) => Err(e),
-            }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => false,
+                Err(e) => return Err(e),
+            };
+            Ok(ReadStep {
+                progressed,
+                done: read == out.len(),
+            })
         })?;
         let elapsed = start.elapsed();
         self.stream.set_nonblocking(false)?;

@@ -23,11 +23,15 @@ use ipc_request::ChannelConfig;
 use ipc_request::frame::{FrameDecoder, Message};
 use ipc_request::protocol::{self, Inbound};
 
-use crate::floor::{FloorPeer, channel_from_env, report_child, write_while_reading};
+use crate::floor::{FloorPeer, ReadStep, channel_from_env, report_child, write_while_reading};
 use crate::ours::{TEXT, check_small};
 
 /// Bytes each read may fill at least: what a Unix socket holds by default.
 const READ_ROOM: usize = 256 * 1024;
+
+/// Requests a burst encodes before it writes them: about 56 KiB of lines,
+/// near what one write of ours carries in a burst.
+const BATCH: usize = 512;
 
 /// `json-child`: answers every request with its own payload, as the
 /// `rust-child` does, until end of stream.
@@ -159,17 +163,23 @@ impl JsonFloorPeer {
         Ok(start.elapsed() / iters as u32)
     }
 
-    /// `n` requests encoded, written while their answers are read and
-    /// parsed; returns the time until the last answer. Answers are checked
-    /// after the clock stops, as ours are.
+    /// `n` requests, encoded a batch at a time, each batch written while
+    /// the answers that have come are read and parsed (so the two
+    /// processes work at once, as ours do); returns the time until the last
+    /// answer. Answers are checked after the clock stops, as ours are.
     pub fn burst(&mut self, n: usize) -> io::Result<Duration> {
         self.stream.set_nonblocking(true)?;
         let start = Instant::now();
-        self.out.clear();
-        for i in 0..n as u64 {
-            self.encode(i + 1, &(i, TEXT))?;
+        let mut answers = Vec::with_capacity(n);
+        for first in (0..n as u64).step_by(BATCH) {
+            self.out.clear();
+            for i in first..(first + BATCH as u64).min(n as u64) {
+                self.encode(i + 1, &(i, TEXT))?;
+            }
+            self.exchange(&mut answers, None)?;
         }
-        let answers = self.exchange(n)?;
+        self.out.clear();
+        self.exchange(&mut answers, Some(n))?;
         let elapsed = start.elapsed();
         let mut scratch = String::new();
         for (i, inbound) in answers.into_iter().enumerate() {
@@ -186,7 +196,8 @@ impl JsonFloorPeer {
         let start = Instant::now();
         self.out.clear();
         self.encode(1, text)?;
-        let mut answers = self.exchange(1)?;
+        let mut answers = Vec::with_capacity(1);
+        self.exchange(&mut answers, Some(1))?;
         let elapsed = start.elapsed();
         let answer = answer_to(answers.remove(0), 1)?;
         let got = answer.get().as_bytes();
@@ -198,26 +209,26 @@ impl JsonFloorPeer {
         Ok(elapsed)
     }
 
-    /// Writes the encoded requests while reading and parsing answers, until
-    /// `n` have come.
-    fn exchange(&mut self, n: usize) -> io::Result<Vec<Inbound>> {
-        let mut answers = Vec::with_capacity(n);
-        let (lines, out) = (&mut self.lines, &self.out);
-        write_while_reading(&self.stream, out, |stream| {
-            match lines.read(stream) {
+    /// Writes the encoded requests in `out` while reading and parsing the
+    /// answers that come, into `answers`; then, with `until`, goes on
+    /// reading until there are that many.
+    fn exchange(&mut self, answers: &mut Vec<Inbound>, until: Option<usize>) -> io::Result<()> {
+        let lines = &mut self.lines;
+        write_while_reading(&self.stream, &self.out, |stream| {
+            let progressed = match lines.read(stream) {
                 Ok(0) => return Err(io::Error::other("json child closed the channel")),
-                Ok(_) => {}
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
-                    return Ok(None);
-                }
+                Ok(_) => true,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => false,
                 Err(e) => return Err(e),
-            }
+            };
             while let Some(inbound) = lines.next()? {
                 answers.push(inbound);
             }
-            Ok(Some(answers.len() == n))
-        })?;
-        Ok(answers)
+            Ok(ReadStep {
+                progressed,
+                done: until.is_none_or(|n| answers.len() == n),
+            })
+        })
     }
 
     /// Closes the channel and waits for the child.
