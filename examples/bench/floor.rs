@@ -57,6 +57,8 @@ pub fn tokio_child() -> ExitCode {
     report_child("tokio-echo-child", result)
 }
 
+/// A child's exit: success, or the error on stderr and failure (the
+/// parent's `finish` reports the status).
 pub fn report_child(name: &str, result: io::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -207,19 +209,19 @@ impl LineEcho {
     }
 }
 
-/// The parent's side: our end of the pair and the child.
-pub struct FloorPeer {
+/// A bench child started on a socket pair: our end and the process.
+pub struct ChildChannel {
+    /// Our end of the pair, blocking.
     pub stream: UnixStream,
-    pub child: Child,
-    reply: Vec<u8>,
+    child: Child,
+    /// The child's mode, for errors.
+    mode: &'static str,
 }
 
-impl FloorPeer {
-    pub fn spawn(exe: &Path) -> io::Result<FloorPeer> {
-        Self::spawn_mode(exe, "floor-child")
-    }
-
-    pub fn spawn_mode(exe: &Path, mode: &str) -> io::Result<FloorPeer> {
+impl ChildChannel {
+    /// Starts this bench binary in `mode` with the other end of a fresh
+    /// socket pair at fd 3 and `NODE_CHANNEL_FD=3`.
+    pub fn spawn(exe: &Path, mode: &'static str) -> io::Result<ChildChannel> {
         // std creates both ends close-on-exec.
         let (ours, theirs) = UnixStream::pair()?;
         let theirs_fd = theirs.as_raw_fd();
@@ -245,9 +247,48 @@ impl FloorPeer {
         }
         let child = command.spawn()?;
         drop(theirs);
-        Ok(FloorPeer {
+        Ok(ChildChannel {
             stream: ours,
             child,
+            mode,
+        })
+    }
+
+    /// Splits off the process, for a peer that drives the stream its own
+    /// way (through Tokio); [`finish_child`] ends it.
+    pub fn into_parts(self) -> (UnixStream, Child, &'static str) {
+        (self.stream, self.child, self.mode)
+    }
+
+    /// Closes the channel and waits for the child, which exits at end of
+    /// stream.
+    pub fn finish(self) -> io::Result<()> {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        drop(self.stream);
+        finish_child(self.child, self.mode)
+    }
+}
+
+/// Waits for a child whose channel we closed; fails if it did not succeed.
+pub fn finish_child(mut child: Child, mode: &str) -> io::Result<()> {
+    let status = child.wait()?;
+    if !status.success() {
+        return Err(io::Error::other(format!("{mode} ended with {status}")));
+    }
+    Ok(())
+}
+
+/// The parent's side of the floor: a `floor-child` and a reply buffer.
+pub struct FloorPeer {
+    channel: ChildChannel,
+    reply: Vec<u8>,
+}
+
+impl FloorPeer {
+    /// Starts a `floor-child`.
+    pub fn spawn(exe: &Path) -> io::Result<FloorPeer> {
+        Ok(FloorPeer {
+            channel: ChildChannel::spawn(exe, "floor-child")?,
             reply: vec![0u8; 64 * 1024],
         })
     }
@@ -255,20 +296,20 @@ impl FloorPeer {
     /// Sequential: write one line, read until its newline, `iters` times.
     /// Blocking I/O. Returns the mean round-trip time.
     pub fn sequential(&mut self, line: &[u8], iters: usize) -> io::Result<Duration> {
-        self.stream.set_nonblocking(false)?;
+        self.channel.stream.set_nonblocking(false)?;
         if self.reply.len() < line.len() {
             self.reply.resize(line.len(), 0);
         }
         let start = Instant::now();
         for _ in 0..iters {
-            self.stream.write_all(line)?;
+            self.channel.stream.write_all(line)?;
             let mut got = 0;
             // The answer is exactly the line: read until its newline.
             while got == 0 || self.reply[got - 1] != b'\n' {
                 if got == line.len() {
                     return Err(io::Error::other("floor: answer longer than the request"));
                 }
-                match self.stream.read(&mut self.reply[got..line.len()]) {
+                match self.channel.stream.read(&mut self.reply[got..line.len()]) {
                     Ok(0) => return Err(io::Error::other("floor child closed the channel")),
                     Ok(n) => got += n,
                     Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -291,10 +332,10 @@ impl FloorPeer {
     pub fn exchange(&mut self, out: &[u8], echo: &mut Vec<u8>) -> io::Result<Duration> {
         echo.clear();
         echo.resize(out.len(), 0);
-        self.stream.set_nonblocking(true)?;
+        self.channel.stream.set_nonblocking(true)?;
         let start = Instant::now();
         let mut read = 0;
-        write_while_reading(&self.stream, out, |mut stream| {
+        write_while_reading(&self.channel.stream, out, |mut stream| {
             let progressed = match stream.read(&mut echo[read..]) {
                 Ok(0) => return Err(io::Error::other("floor child closed the channel")),
                 Ok(n) => {
@@ -310,7 +351,7 @@ impl FloorPeer {
             })
         })?;
         let elapsed = start.elapsed();
-        self.stream.set_nonblocking(false)?;
+        self.channel.stream.set_nonblocking(false)?;
         if echo[..] != *out {
             return Err(io::Error::other(
                 "floor: the echoed bytes differ from the requests",
@@ -319,16 +360,9 @@ impl FloorPeer {
         Ok(elapsed)
     }
 
-    /// Closes the channel and waits for the child, which exits at end of
-    /// stream.
-    pub fn finish(mut self) -> io::Result<()> {
-        let _ = self.stream.shutdown(std::net::Shutdown::Both);
-        drop(self.stream);
-        let status = self.child.wait()?;
-        if !status.success() {
-            return Err(io::Error::other(format!("floor child ended with {status}")));
-        }
-        Ok(())
+    /// Closes the channel and waits for the child.
+    pub fn finish(self) -> io::Result<()> {
+        self.channel.finish()
     }
 }
 
@@ -337,18 +371,20 @@ impl FloorPeer {
 pub struct TokioEchoPeer {
     stream: tokio::net::UnixStream,
     child: Child,
+    mode: &'static str,
     reply: Vec<u8>,
 }
 
 impl TokioEchoPeer {
     /// Must be called inside the runtime that will drive it.
     pub fn spawn(exe: &Path) -> io::Result<TokioEchoPeer> {
-        let FloorPeer { stream, child, reply } = FloorPeer::spawn_mode(exe, "tokio-echo-child")?;
+        let (stream, child, mode) = ChildChannel::spawn(exe, "tokio-echo-child")?.into_parts();
         stream.set_nonblocking(true)?;
         Ok(TokioEchoPeer {
             stream: tokio::net::UnixStream::from_std(stream)?,
             child,
-            reply,
+            mode,
+            reply: vec![0u8; 64 * 1024],
         })
     }
 
@@ -386,12 +422,8 @@ impl TokioEchoPeer {
     }
 
     /// Closes the channel and waits for the child.
-    pub fn finish(mut self) -> io::Result<()> {
+    pub fn finish(self) -> io::Result<()> {
         drop(self.stream);
-        let status = self.child.wait()?;
-        if !status.success() {
-            return Err(io::Error::other(format!("tokio echo child ended with {status}")));
-        }
-        Ok(())
+        finish_child(self.child, self.mode)
     }
 }

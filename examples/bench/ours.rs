@@ -42,6 +42,8 @@ pub fn big_request_line(id: u64, text: &str) -> String {
     )
 }
 
+/// Checks that `answer` echoes the small request `i`, `[i, TEXT]`;
+/// `scratch` saves an allocation per answer.
 pub fn check_small(answer: &Message, i: u64, scratch: &mut String) -> BenchResult<()> {
     scratch.clear();
     let _ = write!(scratch, "[{i},\"{TEXT}\"]");
@@ -49,6 +51,24 @@ pub fn check_small(answer: &Message, i: u64, scratch: &mut String) -> BenchResul
         return Err(format!(
             "answer {:?} does not echo request {scratch}",
             answer.get()
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that `answer` is `text` as a JSON string (which, for the bench's
+/// text, needs no escapes): the echo of the big request.
+pub fn check_big(answer: &Message, text: &str) -> BenchResult<()> {
+    let got = answer.get().as_bytes();
+    let ok = got.len() == text.len() + 2
+        && got[0] == b'"'
+        && got[got.len() - 1] == b'"'
+        && &got[1..got.len() - 1] == text.as_bytes();
+    if !ok {
+        return Err(format!(
+            "big answer of {} bytes does not echo the {}-byte request",
+            got.len(),
+            text.len()
         ));
     }
     Ok(())
@@ -142,18 +162,7 @@ impl OursPeer {
                 .await
                 .map_err(|e| format!("big request: {e}"))?;
             let elapsed = start.elapsed();
-            let got = answer.get().as_bytes();
-            let ok = got.len() == text.len() + 2
-                && got[0] == b'"'
-                && got[got.len() - 1] == b'"'
-                && &got[1..got.len() - 1] == text.as_bytes();
-            if !ok {
-                return Err(format!(
-                    "big answer of {} bytes does not echo the {}-byte request",
-                    got.len(),
-                    text.len()
-                ));
-            }
+            check_big(&answer, &text)?;
             Ok(elapsed)
         });
         limited("big payload", async { work.await.map_err(|e| e.to_string())? }).await
