@@ -417,30 +417,20 @@ fn print_report(
 
     // The chart: requests/s at 1 (sequential), 1k, 10k, 100k in flight.
     let in_flight = [1usize, 1_000, 10_000, 100_000];
-    let seq_rps = |key: &str| samples.median(key).map(|us| 1e6 / us);
     let at = |prefix: &str, n: usize| samples.median(&format!("{prefix}_{n}"));
+    // A sequential round trip (`{prefix}_seq_rtt`, in µs) as requests/s at
+    // 1 in flight, then the bursts (`{prefix}_burst_{n}`).
+    let echo_series = |name: &str, color: &'static str, prefix: &str| Series {
+        name: name.into(),
+        color,
+        points: std::iter::once(samples.median(&format!("{prefix}_seq_rtt")).map(|us| 1e6 / us))
+            .chain(BURSTS.iter().map(|&n| at(&format!("{prefix}_burst"), n)))
+            .collect(),
+    };
     let mut series = vec![
-        Series {
-            name: "floor (raw line echo)".into(),
-            color: "#888888",
-            points: std::iter::once(seq_rps("floor_seq_rtt"))
-                .chain(BURSTS.iter().map(|&n| at("floor_burst", n)))
-                .collect(),
-        },
-        Series {
-            name: "JSON floor (no runtime)".into(),
-            color: "#9c36b5",
-            points: std::iter::once(seq_rps("json_floor_seq_rtt"))
-                .chain(BURSTS.iter().map(|&n| at("json_floor_burst", n)))
-                .collect(),
-        },
-        Series {
-            name: "ours Rust↔Rust".into(),
-            color: "#d9480f",
-            points: std::iter::once(seq_rps("ours_seq_rtt"))
-                .chain(BURSTS.iter().map(|&n| at("ours_burst", n)))
-                .collect(),
-        },
+        echo_series("floor (raw line echo)", "#888888", "floor"),
+        echo_series("JSON floor (no runtime)", "#9c36b5", "json_floor"),
+        echo_series("ours Rust↔Rust", "#d9480f", "ours"),
     ];
     if node {
         series.push(Series {
