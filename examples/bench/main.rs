@@ -27,6 +27,12 @@
 //! The exit status is non-zero only if a variant fails (an error, a wrong
 //! answer, a child that dies), never because of a slow number.
 
+// With `--features bench-mimalloc`: how much of a burst is the allocator.
+// The parent and every Rust child are this binary, so both sides use it.
+#[cfg(feature = "bench-mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod floor;
 mod json_floor;
 mod nodejs;

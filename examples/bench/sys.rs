@@ -2,6 +2,14 @@
 
 use std::process::Command;
 
+/// The global allocator both sides of every Rust variant run with (the
+/// children are this same binary).
+const ALLOCATOR: &str = if cfg!(feature = "bench-mimalloc") {
+    "mimalloc (--features bench-mimalloc)"
+} else {
+    "the system's (glibc malloc)"
+};
+
 /// One line per fact, for the top of the report and for results.json.
 pub fn machine() -> Vec<(&'static str, String)> {
     let cpus = std::thread::available_parallelism()
@@ -25,6 +33,7 @@ pub fn machine() -> Vec<(&'static str, String)> {
         ("kernel", kernel),
         ("rustc", version_of("rustc", "--version")),
         ("node", version_of("node", "--version")),
+        ("allocator", ALLOCATOR.into()),
     ]
 }
 
