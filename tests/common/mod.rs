@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use ipc_request::{
@@ -41,16 +42,22 @@ pub async fn connected() -> (Session, Session) {
     (sa.expect("side a"), sb.expect("side b"))
 }
 
-/// An example binary. A plain `cargo test` builds the examples; a run of
-/// one test target (`cargo test --test soak`) does not, so build it then.
+/// An example binary, built first if it is missing or older than its
+/// source. A plain `cargo test` builds the examples; a run of one test
+/// target (`cargo test --test processes`) does not, and would otherwise run
+/// whatever binary an earlier build left. Cargo does nothing when it is up
+/// to date; each test process asks once per example.
 pub fn example(name: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let mut dir = std::env::current_exe().expect("test binary path");
     dir.pop();
     if dir.ends_with("deps") {
         dir.pop();
     }
     let path = dir.join("examples").join(name);
-    if !path.exists() {
+    // Held during the build: tests running in parallel wait for one build.
+    let mut built = BUILT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !built.iter().any(|b| b == name) {
         let mut build = Command::new(env!("CARGO"));
         build.args(["build", "--quiet", "--example", name, "--manifest-path"]);
         build.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"));
@@ -62,6 +69,7 @@ pub fn example(name: &str) -> PathBuf {
             status.success() && path.exists(),
             "could not build example {name}"
         );
+        built.push(name.to_string());
     }
     path
 }
