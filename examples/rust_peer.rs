@@ -15,6 +15,7 @@
 //! - `{"op":"plain","messages":[..]}` -> sends each as a plain message, answers the count
 //! - `{"op":"exit","code":N}` -> exits at once
 //! - `{"op":"pid"}` -> the process id
+//! - `{"op":"env","names":[S..]}` -> `{S: value or null}` for each variable named
 //! - anything else -> `{"unknown": payload}`
 
 use std::collections::HashSet;
@@ -58,7 +59,9 @@ async fn main() -> ExitCode {
     if let Some(code) = flag("--exit-before-handshake") {
         return ExitCode::from(code.parse::<u8>().unwrap_or(1));
     }
-    let channel = match open_from_env() {
+    // SAFETY: nothing in this program reads the environment from another
+    // thread (open_from_env removes the channel's variables from it).
+    let channel = match unsafe { open_from_env() } {
         Ok(channel) => channel,
         Err(e) => {
             eprintln!("rust_peer: {e}");
@@ -164,6 +167,15 @@ async fn handle(state: Arc<State>, request: Request, responder: Responder) {
         }
         "exit" => std::process::exit(payload["code"].as_i64().unwrap_or(0) as i32),
         "pid" => Ok(json!(std::process::id())),
+        "env" => {
+            let names = payload["names"].as_array().cloned().unwrap_or_default();
+            let names = names.iter().filter_map(Value::as_str);
+            Ok(Value::Object(
+                names
+                    .map(|n| (n.to_string(), std::env::var(n).map_or(Value::Null, Value::String)))
+                    .collect(),
+            ))
+        }
         _ => Ok(json!({ "unknown": payload })),
     };
     let _ = match answer {

@@ -163,19 +163,33 @@ impl ChildProcess {
 /// says: reads `NODE_CHANNEL_FD`, checks `NODE_CHANNEL_SERIALIZATION_MODE`
 /// (absent or `json`), checks that the fd is an open stream socket, makes it
 /// close-on-exec and non-blocking, and removes both variables so our own
-/// children do not inherit a channel they do not own. Must run inside a
+/// children do not inherit a channel they do not own (a Node grandchild
+/// would otherwise try to open that fd at start-up). Must run inside a
 /// Tokio runtime.
 ///
-/// Removing environment variables is only sound while no other thread
-/// reads the environment; call this early, before starting threads of your
-/// own (Tokio's workers do not read it).
-pub fn open_from_env() -> Result<Channel, Error> {
-    open_from_env_with(ChannelConfig::default())
+/// # Safety
+///
+/// Removing the two variables has the contract of
+/// [`std::env::remove_var`]: no other thread may read or write the
+/// environment while this runs, other than through `std::env` (which std
+/// serializes). A library cannot know that about its process, so the caller
+/// vouches for it. It holds when this is called near the top of `main`,
+/// before starting threads that call into C code that reads the
+/// environment; Tokio's own threads do not read it.
+pub unsafe fn open_from_env() -> Result<Channel, Error> {
+    // SAFETY: the caller upholds open_from_env_with's contract, the same.
+    unsafe { open_from_env_with(ChannelConfig::default()) }
 }
 
 /// [`open_from_env`] with channel settings.
-pub fn open_from_env_with(config: ChannelConfig) -> Result<Channel, Error> {
-    let fd = take_channel_fd()?;
+///
+/// # Safety
+///
+/// As [`open_from_env`]: no other thread reads or writes the environment
+/// while this runs, other than through `std::env`.
+pub unsafe fn open_from_env_with(config: ChannelConfig) -> Result<Channel, Error> {
+    // SAFETY: the caller upholds take_channel_fd's contract, the same.
+    let fd = unsafe { take_channel_fd()? };
     let std_stream = StdUnixStream::from(fd);
     std_stream.set_nonblocking(true).map_err(io_error)?;
     Channel::from_unix_socket(std_stream.into(), config)
@@ -183,7 +197,12 @@ pub fn open_from_env_with(config: ChannelConfig) -> Result<Channel, Error> {
 
 /// The checks and the environment clean-up of [`open_from_env`], without a
 /// runtime.
-fn take_channel_fd() -> Result<OwnedFd, Error> {
+///
+/// # Safety
+///
+/// As [`open_from_env`]: no other thread reads or writes the environment
+/// while this runs, other than through `std::env`.
+unsafe fn take_channel_fd() -> Result<OwnedFd, Error> {
     let fd_text = std::env::var(CHANNEL_FD_VAR).map_err(|e| Error::ChannelEnv {
         variable: CHANNEL_FD_VAR,
         value: match e {
@@ -260,8 +279,8 @@ fn take_channel_fd() -> Result<OwnedFd, Error> {
             return Err(io_error(std::io::Error::last_os_error()));
         }
     }
-    // SAFETY: see the function docs: the caller runs this before other
-    // threads read the environment. Node does the same.
+    // SAFETY: the caller vouches that no other thread uses the environment
+    // now (see the function's contract). Node removes them too (1.1).
     unsafe {
         std::env::remove_var(CHANNEL_FD_VAR);
         std::env::remove_var(SERIALIZATION_VAR);

@@ -56,6 +56,15 @@ async fn exercise_full_peer(session: &Session) {
         session.peer()
     );
 
+    // PROTOCOL.md 1.1: a child that opened its channel removes both
+    // variables, so its own children do not inherit a channel they do not
+    // own. Node does; so must we.
+    let names = ["NODE_CHANNEL_FD", "NODE_CHANNEL_SERIALIZATION_MODE", "PATH"];
+    let env: Value = session.request(&json!({"op":"env","names":names})).await.unwrap();
+    assert_eq!(env["NODE_CHANNEL_FD"], Value::Null, "{env}");
+    assert_eq!(env["NODE_CHANNEL_SERIALIZATION_MODE"], Value::Null, "{env}");
+    assert!(env["PATH"].is_string(), "the op reads the environment: {env}");
+
     let payload = json!({"nested": {"list": [1, 2.5, null, true], "text": "é 😀 \u{2028} \u{0001}"}});
     let got: Value = session
         .request(&json!({"op":"echo","data":payload}))

@@ -34,6 +34,7 @@
 //   {"op":"plain_exit","messages":[...],"code":N} -> sends the plain messages,
 //                                            then process.exit(N), no answer
 //   {"op":"pid"}                          -> process.pid
+//   {"op":"env","names":[S...]}           -> {S: process.env[S] or null} for each name
 //   anything else                         -> {"unknown": payload}
 //
 // ## Command lines
@@ -186,6 +187,8 @@ function makeOpsHandler(proc, getSession) {
         return undefined; // not reached
       case 'pid':
         return process.pid;
+      case 'env': // the value of each variable named, or null if unset
+        return Object.fromEntries((p.names || []).map((n) => [n, process.env[n] ?? null]));
       default:
         return { unknown: p };
     }
