@@ -1,5 +1,5 @@
-//! Property tests of the JSON-mode framing: what `encode` writes, cut anywhere, decodes to the
-//! same values; arbitrary bytes never panic the decoder nor grow its buffer without bound; and
+//! Property tests of the JSON-mode framing: `encode` writes what serde_json writes; what it
+//! writes, cut anywhere, decodes to the same values; arbitrary bytes never panic the decoder nor grow its buffer without bound; and
 //! lone surrogates decode the way `String::from_utf16_lossy` reads them.
 
 use bytes::BytesMut;
@@ -103,6 +103,23 @@ fn js_string_literal(units: &[u16], escape_everything: bool) -> String {
 }
 
 proptest! {
+    /// `encode` writes strings with its own escaper (see
+    /// `frame/json_writer.rs`); everything must still come out exactly as
+    /// serde_json writes it.
+    #[test]
+    fn encode_writes_exactly_what_serde_json_writes(
+        value in arb_value(),
+        long in prop::collection::vec(arb_char(), 0..48).prop_map(String::from_iter),
+    ) {
+        for value in [value, Value::String(long)] {
+            let mut line = Vec::new();
+            encode(&value, 1 << 20, &mut line).unwrap();
+            let mut expected = serde_json::to_vec(&value).unwrap();
+            expected.push(b'\n');
+            prop_assert_eq!(String::from_utf8(line).unwrap(), String::from_utf8(expected).unwrap());
+        }
+    }
+
     #[test]
     fn encoded_values_cut_anywhere_decode_to_the_same_values(
         values in prop::collection::vec(arb_value(), 0..8),

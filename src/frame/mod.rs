@@ -50,6 +50,9 @@ use bytes::{Buf, BytesMut};
 use memchr::{memchr, memchr2, memchr3};
 use serde_json::value::RawValue;
 
+mod json_writer;
+use json_writer::JsonWriter;
+
 /// One message as it travels: the text of one JSON value (validated).
 ///
 /// The decoder only returns texts without lone surrogate escapes (see the module docs), so
@@ -429,8 +432,7 @@ pub fn encode_wrapped<T: serde::Serialize + ?Sized>(
         max_len,
         too_long: None,
     };
-    let mut serializer = serde_json::Serializer::with_formatter(&mut writer, LineFormatter);
-    if let Err(error) = value.serialize(&mut serializer) {
+    if let Err(error) = value.serialize(&mut JsonWriter::new(&mut writer)) {
         let too_long = writer.too_long;
         out.truncate(start);
         return Err(match too_long {
@@ -499,6 +501,7 @@ struct LineWriter<'a> {
 }
 
 impl LineWriter<'_> {
+    #[inline]
     fn push(&mut self, bytes: &[u8]) -> io::Result<()> {
         let len = self.out.len() - self.start + bytes.len();
         if len > self.max_len {
@@ -514,6 +517,31 @@ impl LineWriter<'_> {
             self.out.reserve(bytes.len() + LINE_TAIL_ROOM);
         }
         self.out.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    /// `"text"`, for a text with nothing to escape: one length check
+    /// instead of three.
+    #[inline]
+    fn push_quoted(&mut self, text: &[u8]) -> io::Result<()> {
+        let len = self.out.len() - self.start + text.len() + 2;
+        if len > self.max_len {
+            self.too_long = Some(len);
+            return Err(io::Error::other("message exceeds the maximum length"));
+        }
+        if text.len() + 2 > self.out.capacity() - self.out.len() {
+            // A big text: room for the closing bytes of the line too (see
+            // `push`).
+            let tail = if text.len() >= LINE_TAIL_ROOM {
+                LINE_TAIL_ROOM
+            } else {
+                2
+            };
+            self.out.reserve(text.len() + tail);
+        }
+        self.out.push(b'"');
+        self.out.extend_from_slice(text);
+        self.out.push(b'"');
         Ok(())
     }
 }

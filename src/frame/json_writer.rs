@@ -1,0 +1,624 @@
+//! The serializer behind [`encode`](super::encode): serde_json's compact
+//! output, byte for byte, except that strings are escaped a word at a time.
+//!
+//! Why not serde_json's own `Serializer`: it escapes strings one byte at a
+//! time (a table lookup per byte, ~1.1 GB/s here), which was the largest
+//! single cost of echoing a 16 MiB string, about a quarter of the round
+//! trip. Testing eight bytes at once for the three kinds of byte JSON must
+//! escape, and copying the runs between them, halves the cost of encoding
+//! such a string (14.5 ms to 7.2 ms); writing punctuation straight into
+//! the line rather than through `io::Write` makes small messages a little
+//! cheaper too (see the closing note of issue 4 for the figures).
+//!
+//! Only strings (values, map keys, struct field names) are written here,
+//! along with the punctuation around them. Numbers, booleans, `null` and
+//! byte arrays go through serde_json's own code, so they print exactly as
+//! before; raw values go through [`LineFormatter`] as serde_json sends them.
+//! Tests compare the output with serde_json's, for every kind of value
+//! (`json_writer/tests.rs`) and for arbitrary ones (`tests/frame_props.rs`).
+
+use std::io;
+
+use serde::Serialize;
+use serde::ser::{self, Impossible};
+use serde_json::Error;
+
+use super::{LineFormatter, LineWriter};
+
+/// The struct name serde_json's `RawValue` serializes itself under, which
+/// its own serializer recognizes to write the text as it is. It is not
+/// public API, but it has not changed since raw values appeared (1.0.29);
+/// a test fails if it ever does, rather than raw values being written as
+/// a one-key object.
+const RAW_VALUE_TOKEN: &str = "$serde_json::private::RawValue";
+
+/// A compact JSON serializer into a line (see the module docs). It writes
+/// to the [`LineWriter`] itself rather than through `io::Write`: most
+/// writes are a byte or two of punctuation, and a call through the trait
+/// for each (as serde_json makes) cost more than the bytes.
+pub(super) struct JsonWriter<'w, 'o> {
+    writer: &'w mut LineWriter<'o>,
+}
+
+impl<'w, 'o> JsonWriter<'w, 'o> {
+    pub(super) fn new(writer: &'w mut LineWriter<'o>) -> Self {
+        JsonWriter { writer }
+    }
+
+    /// serde_json's serializer over the same line, for the values it
+    /// writes (numbers, booleans, null, byte arrays).
+    fn serde_json(&mut self) -> serde_json::Serializer<&mut LineWriter<'o>, LineFormatter> {
+        serde_json::Serializer::with_formatter(&mut *self.writer, LineFormatter)
+    }
+
+    fn raw(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        self.writer.push(bytes).map_err(Error::io)
+    }
+
+    fn string(&mut self, text: &str) -> Result<(), Error> {
+        write_escaped(self.writer, text).map_err(Error::io)
+    }
+
+    /// Opens `{"variant":`, as serde_json writes an enum variant with data.
+    fn open_variant(&mut self, variant: &str) -> Result<(), Error> {
+        self.raw(b"{")?;
+        self.string(variant)?;
+        self.raw(b":")
+    }
+}
+
+/// `"text"` with what JSON requires escaped, as serde_json escapes it: `"`,
+/// `\` and the control characters below U+0020 (`\b \t \n \f \r` by name,
+/// the others as `\u00XX` in lower case). Nothing else is escaped: U+2028,
+/// U+007F and non-ASCII text travel raw, as JSON.stringify writes them
+/// (PROTOCOL.md 1.2). A Rust `str` holds no lone surrogate, so none can be
+/// written.
+fn write_escaped(writer: &mut LineWriter<'_>, text: &str) -> io::Result<()> {
+    let bytes = text.as_bytes();
+    // The common case, nothing to escape: one length check, three copies.
+    let Some(first) = find_escape(bytes, 0) else {
+        return writer.push_quoted(bytes);
+    };
+    writer.push(b"\"")?;
+    // bytes[run..] need no escaping before the next find, and are not
+    // written yet.
+    let mut run = 0;
+    let mut next = Some(first);
+    while let Some(at) = next {
+        writer.push(&bytes[run..at])?;
+        let byte = bytes[at];
+        let named = match byte {
+            b'"' | b'\\' => Some(byte),
+            0x08 => Some(b'b'),
+            0x09 => Some(b't'),
+            0x0a => Some(b'n'),
+            0x0c => Some(b'f'),
+            0x0d => Some(b'r'),
+            _ => None,
+        };
+        match named {
+            Some(name) => writer.push(&[b'\\', name])?,
+            None => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                let (high, low) = (HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 0xf)]);
+                writer.push(&[b'\\', b'u', b'0', b'0', high, low])?;
+            }
+        }
+        run = at + 1;
+        next = find_escape(bytes, run);
+    }
+    writer.push(&bytes[run..])?;
+    writer.push(b"\"")
+}
+
+/// Where the first byte at or after `from` that needs escaping is.
+fn find_escape(bytes: &[u8], from: usize) -> Option<usize> {
+    let mut at = from;
+    // Eight bytes at a time while there are eight.
+    while let Some(word) = bytes.get(at..at + 8) {
+        let flags = escape_flags(u64::from_le_bytes(word.try_into().expect("8 bytes")));
+        if flags != 0 {
+            // Little-endian: the lowest flag is the first byte in the text.
+            return Some(at + flags.trailing_zeros() as usize / 8);
+        }
+        at += 8;
+    }
+    // The last few: padded with spaces, which need no escaping.
+    let tail = &bytes[at..];
+    if tail.is_empty() {
+        return None;
+    }
+    let mut word = [b' '; 8];
+    word[..tail.len()].copy_from_slice(tail);
+    let flags = escape_flags(u64::from_le_bytes(word));
+    (flags != 0).then(|| at + flags.trailing_zeros() as usize / 8)
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// The high bit of each byte of `word` that is below 0x20, a `"` or a `\`
+/// (and maybe of bytes after one that is). The classic "has a byte less
+/// than n" and "has a zero byte" tests: a borrow can only carry upwards,
+/// into bytes that come later in the text, so the lowest flag always marks
+/// a byte that really matches.
+fn escape_flags(word: u64) -> u64 {
+    let below_space = word.wrapping_sub(ONES * 0x20) & !word;
+    let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x;
+    let quote = zero_byte(word ^ (ONES * u64::from(b'"')));
+    let backslash = zero_byte(word ^ (ONES * u64::from(b'\\')));
+    (below_space | quote | backslash) & HIGHS
+}
+
+/// Delegates a scalar to serde_json's serializer.
+macro_rules! to_serde_json {
+    ($($method:ident($ty:ty)),* $(,)?) => {
+        $(fn $method(self, value: $ty) -> Result<(), Error> {
+            ser::Serializer::$method(&mut self.serde_json(), value)
+        })*
+    };
+}
+
+impl<'a, 'w, 'o> ser::Serializer for &'a mut JsonWriter<'w, 'o> {
+    type Ok = ();
+    type Error = Error;
+    type SerializeSeq = Compound<'a, 'w, 'o>;
+    type SerializeTuple = Compound<'a, 'w, 'o>;
+    type SerializeTupleStruct = Compound<'a, 'w, 'o>;
+    type SerializeTupleVariant = Compound<'a, 'w, 'o>;
+    type SerializeMap = Compound<'a, 'w, 'o>;
+    type SerializeStruct = Compound<'a, 'w, 'o>;
+    type SerializeStructVariant = Compound<'a, 'w, 'o>;
+
+    to_serde_json! {
+        serialize_bool(bool), serialize_i8(i8), serialize_i16(i16), serialize_i32(i32),
+        serialize_i64(i64), serialize_i128(i128), serialize_u8(u8), serialize_u16(u16),
+        serialize_u32(u32), serialize_u64(u64), serialize_u128(u128), serialize_f32(f32),
+        serialize_f64(f64), serialize_bytes(&[u8]),
+    }
+
+    fn serialize_char(self, value: char) -> Result<(), Error> {
+        self.string(value.encode_utf8(&mut [0; 4]))
+    }
+
+    fn serialize_str(self, value: &str) -> Result<(), Error> {
+        self.string(value)
+    }
+
+    fn serialize_none(self) -> Result<(), Error> {
+        self.raw(b"null")
+    }
+
+    fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<(), Error> {
+        value.serialize(self)
+    }
+
+    fn serialize_unit(self) -> Result<(), Error> {
+        self.raw(b"null")
+    }
+
+    fn serialize_unit_struct(self, _name: &'static str) -> Result<(), Error> {
+        self.raw(b"null")
+    }
+
+    fn serialize_unit_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+    ) -> Result<(), Error> {
+        self.string(variant)
+    }
+
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        _name: &'static str,
+        value: &T,
+    ) -> Result<(), Error> {
+        value.serialize(self)
+    }
+
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+        value: &T,
+    ) -> Result<(), Error> {
+        self.open_variant(variant)?;
+        value.serialize(&mut *self)?;
+        self.raw(b"}")
+    }
+
+    fn serialize_seq(self, _len: Option<usize>) -> Result<Compound<'a, 'w, 'o>, Error> {
+        Compound::open(self, b"[", b"]")
+    }
+
+    fn serialize_tuple(self, _len: usize) -> Result<Compound<'a, 'w, 'o>, Error> {
+        Compound::open(self, b"[", b"]")
+    }
+
+    fn serialize_tuple_struct(self, _name: &'static str, _len: usize) -> Result<Compound<'a, 'w, 'o>, Error> {
+        Compound::open(self, b"[", b"]")
+    }
+
+    fn serialize_tuple_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+        _len: usize,
+    ) -> Result<Compound<'a, 'w, 'o>, Error> {
+        self.open_variant(variant)?;
+        Compound::open(self, b"[", b"]}")
+    }
+
+    fn serialize_map(self, _len: Option<usize>) -> Result<Compound<'a, 'w, 'o>, Error> {
+        Compound::open(self, b"{", b"}")
+    }
+
+    fn serialize_struct(self, name: &'static str, _len: usize) -> Result<Compound<'a, 'w, 'o>, Error> {
+        if name == RAW_VALUE_TOKEN {
+            return Ok(Compound {
+                ser: self,
+                first: true,
+                close: b"",
+                raw_value: true,
+            });
+        }
+        Compound::open(self, b"{", b"}")
+    }
+
+    fn serialize_struct_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+        _len: usize,
+    ) -> Result<Compound<'a, 'w, 'o>, Error> {
+        self.open_variant(variant)?;
+        Compound::open(self, b"{", b"}}")
+    }
+}
+
+/// An array, an object, or a raw value being written.
+pub(super) struct Compound<'a, 'w, 'o> {
+    ser: &'a mut JsonWriter<'w, 'o>,
+    /// No element written yet: no comma before the next one.
+    first: bool,
+    /// What `end` writes.
+    close: &'static [u8],
+    /// A serde_json `RawValue`: its one field is the JSON text to write as
+    /// it is.
+    raw_value: bool,
+}
+
+impl<'a, 'w, 'o> Compound<'a, 'w, 'o> {
+    fn open(ser: &'a mut JsonWriter<'w, 'o>, open: &[u8], close: &'static [u8]) -> Result<Self, Error> {
+        ser.raw(open)?;
+        Ok(Compound {
+            ser,
+            first: true,
+            close,
+            raw_value: false,
+        })
+    }
+
+    /// The comma before every element but the first.
+    fn separate(&mut self) -> Result<(), Error> {
+        if self.first {
+            self.first = false;
+            Ok(())
+        } else {
+            self.ser.raw(b",")
+        }
+    }
+
+    fn element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+        self.separate()?;
+        value.serialize(&mut *self.ser)
+    }
+
+    fn field<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> Result<(), Error> {
+        if self.raw_value {
+            return if key == RAW_VALUE_TOKEN {
+                value.serialize(RawText(&mut *self.ser.writer))
+            } else {
+                Err(expected_raw_value())
+            };
+        }
+        self.separate()?;
+        self.ser.string(key)?;
+        self.ser.raw(b":")?;
+        value.serialize(&mut *self.ser)
+    }
+
+    fn close(self) -> Result<(), Error> {
+        self.ser.raw(self.close)
+    }
+}
+
+impl ser::SerializeSeq for Compound<'_, '_, '_> {
+    type Ok = ();
+    type Error = Error;
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+        self.element(value)
+    }
+    fn end(self) -> Result<(), Error> {
+        self.close()
+    }
+}
+
+impl ser::SerializeTuple for Compound<'_, '_, '_> {
+    type Ok = ();
+    type Error = Error;
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+        self.element(value)
+    }
+    fn end(self) -> Result<(), Error> {
+        self.close()
+    }
+}
+
+impl ser::SerializeTupleStruct for Compound<'_, '_, '_> {
+    type Ok = ();
+    type Error = Error;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+        self.element(value)
+    }
+    fn end(self) -> Result<(), Error> {
+        self.close()
+    }
+}
+
+impl ser::SerializeTupleVariant for Compound<'_, '_, '_> {
+    type Ok = ();
+    type Error = Error;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+        self.element(value)
+    }
+    fn end(self) -> Result<(), Error> {
+        self.close()
+    }
+}
+
+impl ser::SerializeMap for Compound<'_, '_, '_> {
+    type Ok = ();
+    type Error = Error;
+    fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), Error> {
+        self.separate()?;
+        key.serialize(MapKey(&mut *self.ser))
+    }
+    fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+        self.ser.raw(b":")?;
+        value.serialize(&mut *self.ser)
+    }
+    fn end(self) -> Result<(), Error> {
+        self.close()
+    }
+}
+
+impl ser::SerializeStruct for Compound<'_, '_, '_> {
+    type Ok = ();
+    type Error = Error;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Result<(), Error> {
+        self.field(key, value)
+    }
+    fn end(self) -> Result<(), Error> {
+        self.close()
+    }
+}
+
+impl ser::SerializeStructVariant for Compound<'_, '_, '_> {
+    type Ok = ();
+    type Error = Error;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Result<(), Error> {
+        self.field(key, value)
+    }
+    fn end(self) -> Result<(), Error> {
+        self.close()
+    }
+}
+
+fn key_must_be_a_string() -> Error {
+    ser::Error::custom("key must be a string")
+}
+
+/// Refuses every kind of value but the ones listed, with `$error`.
+macro_rules! refuse {
+    ($error:expr; $($method:ident($($arg:ty),*)),* $(,)?) => {
+        $(fn $method(self, $(_: $arg),*) -> Result<(), Error> {
+            Err($error)
+        })*
+    };
+}
+
+/// Refuses every compound kind of value, with `$error`.
+macro_rules! refuse_compounds {
+    ($error:expr) => {
+        type SerializeSeq = Impossible<(), Error>;
+        type SerializeTuple = Impossible<(), Error>;
+        type SerializeTupleStruct = Impossible<(), Error>;
+        type SerializeTupleVariant = Impossible<(), Error>;
+        type SerializeMap = Impossible<(), Error>;
+        type SerializeStruct = Impossible<(), Error>;
+        type SerializeStructVariant = Impossible<(), Error>;
+
+        fn serialize_newtype_variant<T: Serialize + ?Sized>(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+            _: &T,
+        ) -> Result<(), Error> {
+            Err($error)
+        }
+        fn serialize_seq(self, _: Option<usize>) -> Result<Self::SerializeSeq, Error> {
+            Err($error)
+        }
+        fn serialize_tuple(self, _: usize) -> Result<Self::SerializeTuple, Error> {
+            Err($error)
+        }
+        fn serialize_tuple_struct(
+            self,
+            _: &'static str,
+            _: usize,
+        ) -> Result<Self::SerializeTupleStruct, Error> {
+            Err($error)
+        }
+        fn serialize_tuple_variant(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+            _: usize,
+        ) -> Result<Self::SerializeTupleVariant, Error> {
+            Err($error)
+        }
+        fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, Error> {
+            Err($error)
+        }
+        fn serialize_struct(self, _: &'static str, _: usize) -> Result<Self::SerializeStruct, Error> {
+            Err($error)
+        }
+        fn serialize_struct_variant(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+            _: usize,
+        ) -> Result<Self::SerializeStructVariant, Error> {
+            Err($error)
+        }
+    };
+}
+
+/// An object key, as serde_json writes one: strings (and chars, unit
+/// variants) as strings; booleans and numbers quoted; anything else is
+/// refused.
+struct MapKey<'a, 'w, 'o>(&'a mut JsonWriter<'w, 'o>);
+
+impl<'o> MapKey<'_, '_, 'o> {
+    /// A quoted scalar, printed by serde_json.
+    fn quoted(
+        self,
+        write: impl FnOnce(&mut serde_json::Serializer<&mut LineWriter<'o>, LineFormatter>) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        self.0.raw(b"\"")?;
+        write(&mut self.0.serde_json())?;
+        self.0.raw(b"\"")
+    }
+}
+
+/// Writes a key that serde_json writes as a quoted scalar.
+macro_rules! quoted_key {
+    ($($method:ident($ty:ty)),* $(,)?) => {
+        $(fn $method(self, value: $ty) -> Result<(), Error> {
+            self.quoted(|json| ser::Serializer::$method(json, value))
+        })*
+    };
+}
+
+impl ser::Serializer for MapKey<'_, '_, '_> {
+    type Ok = ();
+    type Error = Error;
+
+    refuse_compounds!(key_must_be_a_string());
+    refuse!(key_must_be_a_string(); serialize_bytes(&[u8]), serialize_unit(), serialize_unit_struct(&'static str), serialize_none());
+
+    quoted_key! {
+        serialize_bool(bool), serialize_i8(i8), serialize_i16(i16), serialize_i32(i32),
+        serialize_i64(i64), serialize_i128(i128), serialize_u8(u8), serialize_u16(u16),
+        serialize_u32(u32), serialize_u64(u64), serialize_u128(u128),
+    }
+
+    fn serialize_f32(self, value: f32) -> Result<(), Error> {
+        if !value.is_finite() {
+            return Err(float_key_must_be_finite());
+        }
+        self.quoted(|json| ser::Serializer::serialize_f32(json, value))
+    }
+
+    fn serialize_f64(self, value: f64) -> Result<(), Error> {
+        if !value.is_finite() {
+            return Err(float_key_must_be_finite());
+        }
+        self.quoted(|json| ser::Serializer::serialize_f64(json, value))
+    }
+
+    fn serialize_char(self, value: char) -> Result<(), Error> {
+        self.0.string(value.encode_utf8(&mut [0; 4]))
+    }
+
+    fn serialize_str(self, value: &str) -> Result<(), Error> {
+        self.0.string(value)
+    }
+
+    fn serialize_unit_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+    ) -> Result<(), Error> {
+        self.0.string(variant)
+    }
+
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        _name: &'static str,
+        value: &T,
+    ) -> Result<(), Error> {
+        value.serialize(self)
+    }
+
+    fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<(), Error> {
+        value.serialize(self)
+    }
+}
+
+fn float_key_must_be_finite() -> Error {
+    ser::Error::custom("float key must be finite (got NaN or +/-inf)")
+}
+
+fn expected_raw_value() -> Error {
+    ser::Error::custom("expected RawValue")
+}
+
+/// The one field of a raw value: its JSON text, written as it is (through
+/// [`LineFormatter`], which keeps newlines out of the line).
+struct RawText<'a, 'o>(&'a mut LineWriter<'o>);
+
+impl ser::Serializer for RawText<'_, '_> {
+    type Ok = ();
+    type Error = Error;
+
+    refuse_compounds!(expected_raw_value());
+    refuse!(expected_raw_value();
+        serialize_bool(bool), serialize_i8(i8), serialize_i16(i16), serialize_i32(i32),
+        serialize_i64(i64), serialize_i128(i128), serialize_u8(u8), serialize_u16(u16),
+        serialize_u32(u32), serialize_u64(u64), serialize_u128(u128), serialize_f32(f32),
+        serialize_f64(f64), serialize_char(char), serialize_bytes(&[u8]), serialize_unit(),
+        serialize_unit_struct(&'static str), serialize_none(),
+        serialize_unit_variant(&'static str, u32, &'static str),
+    );
+
+    fn serialize_str(self, text: &str) -> Result<(), Error> {
+        use serde_json::ser::Formatter;
+        LineFormatter.write_raw_fragment(self.0, text).map_err(Error::io)
+    }
+
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        _name: &'static str,
+        _value: &T,
+    ) -> Result<(), Error> {
+        Err(expected_raw_value())
+    }
+
+    fn serialize_some<T: Serialize + ?Sized>(self, _value: &T) -> Result<(), Error> {
+        Err(expected_raw_value())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,196 @@
+//! Everything here is compared with what serde_json writes for the same
+//! value: the writer must be serde_json's compact output, byte for byte.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Serialize;
+use serde::ser::{SerializeMap, Serializer};
+use serde_json::json;
+use serde_json::value::RawValue;
+
+use crate::frame::{FrameError, encode};
+
+fn ours(value: &(impl Serialize + ?Sized)) -> Result<String, String> {
+    let mut out = Vec::new();
+    encode(value, usize::MAX, &mut out).map_err(|e| match e {
+        FrameError::Encode { reason } => reason,
+        other => other.to_string(),
+    })?;
+    assert_eq!(out.pop(), Some(b'\n'));
+    Ok(String::from_utf8(out).expect("UTF-8"))
+}
+
+fn theirs(value: &(impl Serialize + ?Sized)) -> Result<String, String> {
+    serde_json::to_string(value).map_err(|e| e.to_string())
+}
+
+#[track_caller]
+fn same(value: &(impl Serialize + ?Sized)) {
+    assert_eq!(ours(value), theirs(value));
+}
+
+#[test]
+fn escapes_every_byte_like_serde_json_wherever_it_falls_in_a_word() {
+    let specials: Vec<char> = (0u8..0x20)
+        .map(char::from)
+        .chain(['"', '\\', '/', '\u{7f}', '\u{2028}', 'é', '😀'])
+        .collect();
+    for special in specials {
+        for len in 0..20 {
+            for at in 0..=len {
+                let mut text: String = "a".repeat(len);
+                text.insert(at, special);
+                same(&text);
+            }
+        }
+    }
+    same("");
+    same(&"\"\\\n".repeat(100));
+}
+
+#[test]
+fn writes_every_kind_of_value_like_serde_json() {
+    #[derive(Serialize)]
+    struct Unit;
+    #[derive(Serialize)]
+    struct Newtype(String);
+    #[derive(Serialize)]
+    struct Tuple(u8, &'static str);
+    #[derive(Serialize)]
+    enum Kind {
+        Unit,
+        Newtype(String),
+        Tuple(u8, String),
+        Struct { a: i32, b: Option<String> },
+    }
+    #[derive(Serialize)]
+    struct Everything {
+        i: (i8, i16, i32, i64, i128),
+        u: (u8, u16, u32, u64, u128),
+        f: (f32, f64, f64, f64),
+        c: (char, char, char),
+        b: bool,
+        none: Option<u8>,
+        some: Option<&'static str>,
+        unit: (),
+        unit_struct: Unit,
+        newtype: Newtype,
+        tuple: Tuple,
+        kinds: Vec<Kind>,
+        empty: (Vec<u8>, BTreeMap<String, u8>, [u8; 0]),
+        #[serde(rename = "we\"ird\nkey")]
+        weird: u8,
+    }
+    same(&Everything {
+        i: (i8::MIN, -300, i32::MIN, i64::MIN, i128::MIN),
+        u: (u8::MAX, 300, u32::MAX, u64::MAX, u128::MAX),
+        f: (1.5, 0.1, f64::NAN, f64::NEG_INFINITY),
+        c: ('"', '\n', '😀'),
+        b: true,
+        none: None,
+        some: Some("s\tt"),
+        unit: (),
+        unit_struct: Unit,
+        newtype: Newtype("n\"t".into()),
+        tuple: Tuple(7, "t\\"),
+        kinds: vec![
+            Kind::Unit,
+            Kind::Newtype("x\u{1}".into()),
+            Kind::Tuple(1, "y".into()),
+            Kind::Struct { a: -1, b: None },
+        ],
+        empty: (vec![], BTreeMap::new(), []),
+        weird: 1,
+    });
+    same(&json!({"nested": {"list": [1, 2.5, null, true, "é \u{2028} \u{1}"]}}));
+    same(&Kind::Struct {
+        a: 1,
+        b: Some("z".into()),
+    });
+}
+
+/// A map with keys of any type, to reach serde_json's key rules.
+struct Keys<K>(Vec<K>);
+
+impl<K: Serialize> Serialize for Keys<K> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for key in &self.0 {
+            map.serialize_entry(key, &0)?;
+        }
+        map.end()
+    }
+}
+
+#[test]
+fn writes_and_refuses_map_keys_like_serde_json() {
+    #[derive(Serialize)]
+    enum Variant {
+        Unit,
+        Newtype(u8),
+    }
+    #[derive(Serialize)]
+    struct Wrapped(&'static str);
+    same(&Keys(vec!["a", "b\"c", ""]));
+    same(&Keys(vec![true, false]));
+    same(&Keys(vec![i64::MIN, 0, 7]));
+    same(&Keys(vec![u128::MAX]));
+    same(&Keys(vec![-1.5f64, 1e300]));
+    same(&Keys(vec![2.5f32]));
+    same(&Keys(vec!['\n', 'x']));
+    same(&Keys(vec![Variant::Unit]));
+    same(&Keys(vec![Wrapped("w")]));
+    same(&Keys(vec![Some("s")]));
+    // Refused, with serde_json's message.
+    for refused in [
+        ours(&Keys(vec![f64::NAN])),
+        ours(&Keys(vec![f32::INFINITY])),
+        ours(&Keys(vec![()])),
+        ours(&Keys(vec![None::<u8>])),
+        ours(&Keys(vec![vec![1]])),
+        ours(&Keys(vec![Variant::Newtype(1)])),
+        ours(&Keys(vec![json!({})])),
+    ] {
+        assert!(refused.is_err(), "{refused:?}");
+    }
+    assert_eq!(ours(&Keys(vec![()])), theirs(&Keys(vec![()])));
+    assert_eq!(ours(&Keys(vec![f64::NAN])), theirs(&Keys(vec![f64::NAN])));
+}
+
+#[test]
+fn writes_bytes_and_displayed_values_like_serde_json() {
+    struct Bytes(&'static [u8]);
+    impl Serialize for Bytes {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            serializer.serialize_bytes(self.0)
+        }
+    }
+    same(&Bytes(b"\x00\"ab"));
+    same(&Bytes(b""));
+    struct Shown;
+    impl fmt::Display for Shown {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("shown \"here\"\n")
+        }
+    }
+    impl Serialize for Shown {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            serializer.collect_str(self)
+        }
+    }
+    same(&Shown);
+}
+
+#[test]
+fn writes_raw_values_as_they_are() {
+    // If serde_json ever renamed the struct its RawValue serializes
+    // under, these would come out as {"$serde_json...": "..."}.
+    let raw = RawValue::from_string(r#"{"a":[1,"\n"]}"#.into()).unwrap();
+    same(&raw);
+    same(&[&raw, &raw]);
+    same(&json!({"k": serde_json::to_value(1).unwrap()}));
+    let boxed: Box<RawValue> = serde_json::from_str("  \"x\"  ").unwrap();
+    assert_eq!(ours(&boxed).unwrap(), "\"x\"");
+    same(&boxed);
+}
