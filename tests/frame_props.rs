@@ -1,6 +1,7 @@
 //! Property tests of the JSON-mode framing: `encode` writes what serde_json writes; what it
-//! writes, cut anywhere, decodes to the same values; arbitrary bytes never panic the decoder nor grow its buffer without bound; and
-//! lone surrogates decode the way `String::from_utf16_lossy` reads them.
+//! writes, cut anywhere, decodes to the same values; arbitrary bytes never panic the decoder
+//! nor grow its buffer without bound; and lone surrogates decode the way
+//! `String::from_utf16_lossy` reads them.
 
 use bytes::BytesMut;
 use ipc_request::frame::{FrameDecoder, FrameError, Message, encode};

@@ -10,12 +10,19 @@
 //! the line rather than through `io::Write` makes small messages a little
 //! cheaper too (see the closing note of issue 4 for the figures).
 //!
-//! Only strings (values, map keys, struct field names) are written here,
-//! along with the punctuation around them. Numbers, booleans, `null` and
-//! byte arrays go through serde_json's own code, so they print exactly as
-//! before; raw values go through [`LineFormatter`] as serde_json sends them.
-//! Tests compare the output with serde_json's, for every kind of value
-//! (`json_writer/tests.rs`) and for arbitrary ones (`tests/frame_props.rs`).
+//! Strings (values, map keys, struct field names), `null` and the
+//! punctuation are written here. Numbers, booleans and byte arrays go
+//! through serde_json's own code, so they print exactly as before; raw
+//! values (and numbers, when some crate turns on serde_json's
+//! `arbitrary_precision`) go through [`LineFormatter`] as serde_json sends
+//! them. Tests compare the output with serde_json's, for every kind of
+//! value (`json_writer/tests.rs`, also run in CI with
+//! `arbitrary_precision`) and for arbitrary ones (`tests/frame_props.rs`).
+//!
+//! One deliberate difference: a `Serialize` impl that announces a length
+//! of 0 and then serializes elements anyway gets `[],0]` from serde_json,
+//! which is not JSON (a Node peer would stop on it, PROTOCOL.md 1.2); here
+//! it gets `[0]`. The length hint is not used at all.
 
 use std::io;
 
@@ -32,6 +39,11 @@ use super::{LineFormatter, LineWriter};
 /// a one-key object.
 const RAW_VALUE_TOKEN: &str = "$serde_json::private::RawValue";
 
+/// The same for `serde_json::Number` when serde_json's `arbitrary_precision`
+/// feature is on (any crate in a build can turn it on): the number's text.
+/// The tests run with that feature in CI.
+const NUMBER_TOKEN: &str = "$serde_json::private::Number";
+
 /// A compact JSON serializer into a line (see the module docs). It writes
 /// to the [`LineWriter`] itself rather than through `io::Write`: most
 /// writes are a byte or two of punctuation, and a call through the trait
@@ -46,7 +58,7 @@ impl<'w, 'o> JsonWriter<'w, 'o> {
     }
 
     /// serde_json's serializer over the same line, for the values it
-    /// writes (numbers, booleans, null, byte arrays).
+    /// writes (numbers, booleans, byte arrays).
     fn serde_json(&mut self) -> serde_json::Serializer<&mut LineWriter<'o>, LineFormatter> {
         serde_json::Serializer::with_formatter(&mut *self.writer, LineFormatter)
     }
@@ -76,39 +88,79 @@ impl<'w, 'o> JsonWriter<'w, 'o> {
 fn write_escaped(writer: &mut LineWriter<'_>, text: &str) -> io::Result<()> {
     let bytes = text.as_bytes();
     // The common case, nothing to escape: one length check, three copies.
-    let Some(first) = find_escape(bytes, 0) else {
+    let Some(mut at) = find_escape(bytes, 0) else {
         return writer.push_quoted(bytes);
     };
     writer.push(b"\"")?;
-    // bytes[run..] need no escaping before the next find, and are not
-    // written yet.
+    // Written up to `run`; `at` is the next byte to escape.
     let mut run = 0;
-    let mut next = Some(first);
-    while let Some(at) = next {
-        writer.push(&bytes[run..at])?;
-        let byte = bytes[at];
-        let named = match byte {
-            b'"' | b'\\' => Some(byte),
-            0x08 => Some(b'b'),
-            0x09 => Some(b't'),
-            0x0a => Some(b'n'),
-            0x0c => Some(b'f'),
-            0x0d => Some(b'r'),
-            _ => None,
-        };
-        match named {
-            Some(name) => writer.push(&[b'\\', name])?,
-            None => {
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                let (high, low) = (HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 0xf)]);
-                writer.push(&[b'\\', b'u', b'0', b'0', high, low])?;
-            }
+    loop {
+        if at > run {
+            writer.push(&bytes[run..at])?;
         }
-        run = at + 1;
-        next = find_escape(bytes, run);
+        // Escapes tend to come close together (a text of short lines, JSON
+        // sent as a string): from an escape on, bytes go one by one through
+        // a small buffer, written in one piece, until DENSE_UNTIL clean
+        // bytes in a row say the word-at-a-time search is worth resuming.
+        // Without this, text with an escape every few bytes was slower than
+        // serde_json (two writes per escape).
+        const DENSE_UNTIL: usize = 16;
+        let mut buffer = [0u8; 256];
+        let mut len = 0;
+        let mut clean = 0;
+        run = at;
+        while run < bytes.len() && len + 6 <= buffer.len() && clean < DENSE_UNTIL {
+            let byte = bytes[run];
+            if needs_escape(byte) {
+                len += escape(byte, &mut buffer[len..]);
+                clean = 0;
+            } else {
+                buffer[len] = byte;
+                len += 1;
+                clean += 1;
+            }
+            run += 1;
+        }
+        writer.push(&buffer[..len])?;
+        match find_escape(bytes, run) {
+            Some(next) => at = next,
+            None => break,
+        }
     }
     writer.push(&bytes[run..])?;
     writer.push(b"\"")
+}
+
+fn needs_escape(byte: u8) -> bool {
+    byte < 0x20 || byte == b'"' || byte == b'\\'
+}
+
+/// Writes the escape of `byte` (one that [`needs_escape`]) at the start of
+/// `out`; returns its length.
+fn escape(byte: u8, out: &mut [u8]) -> usize {
+    let named = match byte {
+        b'"' | b'\\' => byte,
+        0x08 => b'b',
+        0x09 => b't',
+        0x0a => b'n',
+        0x0c => b'f',
+        0x0d => b'r',
+        _ => {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            let code = [
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(byte >> 4)],
+                HEX[usize::from(byte & 0xf)],
+            ];
+            out[..6].copy_from_slice(&code);
+            return 6;
+        }
+    };
+    out[..2].copy_from_slice(&[b'\\', named]);
+    2
 }
 
 /// Where the first byte at or after `from` that needs escaping is.
@@ -258,12 +310,12 @@ impl<'a, 'w, 'o> ser::Serializer for &'a mut JsonWriter<'w, 'o> {
     }
 
     fn serialize_struct(self, name: &'static str, _len: usize) -> Result<Compound<'a, 'w, 'o>, Error> {
-        if name == RAW_VALUE_TOKEN {
+        if name == RAW_VALUE_TOKEN || name == NUMBER_TOKEN {
             return Ok(Compound {
                 ser: self,
                 first: true,
                 close: b"",
-                raw_value: true,
+                raw_text_of: Some(name),
             });
         }
         Compound::open(self, b"{", b"}")
@@ -288,9 +340,9 @@ pub(super) struct Compound<'a, 'w, 'o> {
     first: bool,
     /// What `end` writes.
     close: &'static [u8],
-    /// A serde_json `RawValue`: its one field is the JSON text to write as
-    /// it is.
-    raw_value: bool,
+    /// A serde_json `RawValue` (or `Number`), by its struct name: its one
+    /// field, of that same name, is the JSON text to write as it is.
+    raw_text_of: Option<&'static str>,
 }
 
 impl<'a, 'w, 'o> Compound<'a, 'w, 'o> {
@@ -300,7 +352,7 @@ impl<'a, 'w, 'o> Compound<'a, 'w, 'o> {
             ser,
             first: true,
             close,
-            raw_value: false,
+            raw_text_of: None,
         })
     }
 
@@ -320,12 +372,14 @@ impl<'a, 'w, 'o> Compound<'a, 'w, 'o> {
     }
 
     fn field<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> Result<(), Error> {
-        if self.raw_value {
-            return if key == RAW_VALUE_TOKEN {
-                value.serialize(RawText(&mut *self.ser.writer))
-            } else {
-                Err(expected_raw_value())
-            };
+        if let Some(token) = self.raw_text_of {
+            // One field, of the struct's own name, as serde_json's types
+            // write it; anything else is refused with serde_json's message.
+            if key != token || !self.first {
+                return Err(ser::Error::custom("expected value"));
+            }
+            self.first = false;
+            return value.serialize(RawText(&mut *self.ser.writer));
         }
         self.separate()?;
         self.ser.string(key)?;
@@ -334,6 +388,11 @@ impl<'a, 'w, 'o> Compound<'a, 'w, 'o> {
     }
 
     fn close(self) -> Result<(), Error> {
+        if self.raw_text_of.is_some() && self.first {
+            // serde_json would write nothing here: an empty line, or a key
+            // with no value, which a Node peer cannot parse.
+            return Err(ser::Error::custom("expected value"));
+        }
         self.ser.raw(self.close)
     }
 }

@@ -92,7 +92,7 @@ pub enum FrameError {
         /// messages.
         snippet: String,
     },
-    /// A value that serde_json could not serialize (e.g. a map with non-string keys).
+    /// A value that cannot be written as JSON (e.g. a map with non-string keys).
     #[error("cannot encode message as JSON: {reason}")]
     Encode {
         /// What the serializer objected to.
@@ -386,12 +386,12 @@ fn hex4(text: &[u8], at: usize) -> Option<u16> {
 }
 
 /// Appends exactly one line for `value` to `out`: its JSON text and one b'\n'. Never writes an
-/// empty line or a raw control character (serde_json escapes them; keep a debug_assert). If the
+/// empty line or a raw control character (strings are escaped; a debug_assert checks). If the
 /// JSON text is longer than `max_len` bytes, or serialization fails, `out` is restored to its
 /// previous length (nothing half-written) and an error is returned (TooLong / Encode).
 ///
-/// The text is compact. A [`RawValue`] embedded in `value` is written verbatim by serde_json,
-/// and may carry whitespace such as a newline between tokens (e.g. one built from
+/// The text is serde_json's compact text (see `json_writer.rs` for how it is written). A
+/// [`RawValue`] embedded in `value` is written verbatim, and may carry whitespace such as a newline between tokens (e.g. one built from
 /// pretty-printed JSON): a newline would split the message in two, so tabs, carriage returns
 /// and newlines are left out. This is always safe: in a valid JSON text they can only appear
 /// between tokens, never raw inside a string. Serialization stops as soon as the text exceeds
@@ -432,14 +432,26 @@ pub fn encode_wrapped<T: serde::Serialize + ?Sized>(
         max_len,
         too_long: None,
     };
-    if let Err(error) = value.serialize(&mut JsonWriter::new(&mut writer)) {
-        let too_long = writer.too_long;
+    let result = value.serialize(&mut JsonWriter::new(&mut writer));
+    // A refused write fails the message even if the value's own Serialize
+    // impl ignored the error and went on: what is in `out` is then not the
+    // whole value.
+    if let Some(len) = writer.too_long {
         out.truncate(start);
-        return Err(match too_long {
-            Some(len) => FrameError::TooLong { len, max: max_len },
-            None => FrameError::Encode {
-                reason: error.to_string(),
-            },
+        return Err(FrameError::TooLong { len, max: max_len });
+    }
+    if let Err(error) = result {
+        out.truncate(start);
+        return Err(FrameError::Encode {
+            reason: error.to_string(),
+        });
+    }
+    if out.len() == value_start {
+        // Only a Serialize impl that serializes nothing gets here; an empty
+        // text would make an empty line, which stops a Node peer.
+        out.truncate(start);
+        return Err(FrameError::Encode {
+            reason: "the value wrote no JSON at all".into(),
         });
     }
     let len = out.len() - start + suffix.len();
@@ -448,7 +460,6 @@ pub fn encode_wrapped<T: serde::Serialize + ?Sized>(
         return Err(FrameError::TooLong { len, max: max_len });
     }
     out.extend_from_slice(suffix);
-    debug_assert!(out.len() > start, "serde_json wrote an empty JSON text");
     debug_assert!(
         out[start..].iter().all(|&byte| byte >= 0x20),
         "a raw control character in an outgoing message"
@@ -459,8 +470,8 @@ pub fn encode_wrapped<T: serde::Serialize + ?Sized>(
 
 /// serde_json's compact format, except that the text of an embedded
 /// [`RawValue`] is written without its tabs, carriage returns and newlines
-/// (see [`encode`]). serde_json itself never writes these bytes raw, so only
-/// raw fragments need the scan: a big string is not scanned a second time.
+/// (see [`encode`]). Nothing else writes these bytes raw, so only raw
+/// fragments need the scan: a big string is not scanned a second time.
 struct LineFormatter;
 
 impl serde_json::ser::Formatter for LineFormatter {
@@ -503,19 +514,7 @@ struct LineWriter<'a> {
 impl LineWriter<'_> {
     #[inline]
     fn push(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let len = self.out.len() - self.start + bytes.len();
-        if len > self.max_len {
-            self.too_long = Some(len);
-            return Err(io::Error::other("message exceeds the maximum length"));
-        }
-        if bytes.len() >= LINE_TAIL_ROOM && bytes.len() > self.out.capacity() - self.out.len() {
-            // A big write (a large string) is usually followed by a
-            // few closing bytes. Left to `Vec`'s own growth, the buffer is
-            // sized to fit exactly, and the closing quote then doubles it:
-            // a copy of the whole line into fresh pages (measured on a
-            // 16 MiB echo). Room for the rest of the line avoids that.
-            self.out.reserve(bytes.len() + LINE_TAIL_ROOM);
-        }
+        self.make_room(bytes.len())?;
         self.out.extend_from_slice(bytes);
         Ok(())
     }
@@ -524,24 +523,30 @@ impl LineWriter<'_> {
     /// instead of three.
     #[inline]
     fn push_quoted(&mut self, text: &[u8]) -> io::Result<()> {
-        let len = self.out.len() - self.start + text.len() + 2;
+        self.make_room(text.len() + 2)?;
+        self.out.push(b'"');
+        self.out.extend_from_slice(text);
+        self.out.push(b'"');
+        Ok(())
+    }
+
+    /// Checks that `more` bytes keep the text within the maximum length,
+    /// and makes room for them.
+    #[inline]
+    fn make_room(&mut self, more: usize) -> io::Result<()> {
+        let len = self.out.len() - self.start + more;
         if len > self.max_len {
             self.too_long = Some(len);
             return Err(io::Error::other("message exceeds the maximum length"));
         }
-        if text.len() + 2 > self.out.capacity() - self.out.len() {
-            // A big text: room for the closing bytes of the line too (see
-            // `push`).
-            let tail = if text.len() >= LINE_TAIL_ROOM {
-                LINE_TAIL_ROOM
-            } else {
-                2
-            };
-            self.out.reserve(text.len() + tail);
+        if more >= LINE_TAIL_ROOM && more > self.out.capacity() - self.out.len() {
+            // A big write (a large string) is usually followed by a
+            // few closing bytes. Left to `Vec`'s own growth, the buffer is
+            // sized to fit exactly, and the closing quote then doubles it:
+            // a copy of the whole line into fresh pages (measured on a
+            // 16 MiB echo). Room for the rest of the line avoids that.
+            self.out.reserve(more + LINE_TAIL_ROOM);
         }
-        self.out.push(b'"');
-        self.out.extend_from_slice(text);
-        self.out.push(b'"');
         Ok(())
     }
 }

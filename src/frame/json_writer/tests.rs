@@ -31,6 +31,23 @@ fn same(value: &(impl Serialize + ?Sized)) {
 }
 
 #[test]
+fn escapes_runs_of_escapes_and_returns_to_words_like_serde_json() {
+    // Escapes every `gap` bytes, over lengths that fill the dense path's
+    // buffer several times and leave it for the word-at-a-time search
+    // (after 16 clean bytes) and come back.
+    for gap in 1..40 {
+        for (special, len) in [('"', 700), ('\u{1}', 700), ('\n', 90)] {
+            let text: String = (0..len)
+                .map(|i| if i % gap == 0 { special } else { 'a' })
+                .collect();
+            same(&text);
+        }
+    }
+    same(&"\u{1f}".repeat(1000));
+    same(&format!("{}\n{}", "x".repeat(1000), "y".repeat(17)));
+}
+
+#[test]
 fn escapes_every_byte_like_serde_json_wherever_it_falls_in_a_word() {
     let specials: Vec<char> = (0u8..0x20)
         .map(char::from)
@@ -189,8 +206,78 @@ fn writes_raw_values_as_they_are() {
     let raw = RawValue::from_string(r#"{"a":[1,"\n"]}"#.into()).unwrap();
     same(&raw);
     same(&[&raw, &raw]);
-    same(&json!({"k": serde_json::to_value(1).unwrap()}));
+    same(&json!({"k": serde_json::value::to_raw_value(&1).unwrap()}));
     let boxed: Box<RawValue> = serde_json::from_str("  \"x\"  ").unwrap();
     assert_eq!(ours(&boxed).unwrap(), "\"x\"");
     same(&boxed);
+}
+
+/// Struct names serde_json gives its own types, used by a type that is not
+/// one of them.
+struct Forged(&'static str, &'static [(&'static str, &'static str)]);
+
+impl Serialize for Forged {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut fields = serializer.serialize_struct(self.0, self.1.len())?;
+        for (key, value) in self.1 {
+            fields.serialize_field(key, value)?;
+        }
+        fields.end()
+    }
+}
+
+#[test]
+fn refuses_what_would_write_an_empty_or_broken_raw_value() {
+    const RAW: &str = "$serde_json::private::RawValue";
+    assert_eq!(ours(&Forged(RAW, &[(RAW, "[1]")])).as_deref(), Ok("[1]"));
+    // serde_json writes nothing for these (an empty line), or a key with
+    // no value; both would stop a Node peer.
+    assert!(ours(&Forged(RAW, &[])).is_err());
+    assert!(ours(&Forged(RAW, &[("other", "1")])).is_err());
+    assert!(ours(&Forged(RAW, &[(RAW, "1"), (RAW, "2")])).is_err());
+    assert!(ours(&("a", Forged(RAW, &[]))).is_err());
+}
+
+/// A sequence that announces no elements, then has one.
+struct Lying;
+
+impl Serialize for Lying {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = serializer.serialize_seq(Some(0))?;
+        seq.serialize_element(&0)?;
+        seq.end()
+    }
+}
+
+#[test]
+fn writes_json_even_for_a_length_hint_that_lies() {
+    // serde_json writes `[],0]` (not JSON) and trusts the hint; the hint
+    // is not used here.
+    assert_eq!(theirs(&Lying).as_deref(), Ok("[],0]"));
+    assert_eq!(ours(&Lying).as_deref(), Ok("[0]"));
+}
+
+/// A sequence that ignores the errors of its elements.
+struct Careless;
+
+impl Serialize for Careless {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = serializer.serialize_seq(None)?;
+        let _ = seq.serialize_element("aaaa\"bbbb");
+        seq.end()
+    }
+}
+
+#[test]
+fn a_refused_write_fails_the_message_even_if_the_value_ignores_it() {
+    let mut out = b"before\n".to_vec();
+    assert!(matches!(
+        encode(&Careless, 4, &mut out),
+        Err(FrameError::TooLong { max: 4, .. })
+    ));
+    assert_eq!(out, b"before\n", "nothing half-written is left behind");
+    assert_eq!(ours(&Careless).as_deref(), Ok(r#"["aaaa\"bbbb"]"#));
 }
