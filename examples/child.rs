@@ -24,7 +24,8 @@ async fn main() -> ExitCode {
 
 async fn run() -> Result<(), ipc_request::Error> {
     // SAFETY: nothing in this program reads the environment from another
-    // thread (open_from_env removes the channel's variables from it).
+    // thread (open_from_env removes the channel's variables from it), and
+    // nothing else here uses the channel's fd.
     let channel = unsafe { open_from_env() }?;
     let answered = Arc::new(Notify::new());
     let notify = answered.clone();

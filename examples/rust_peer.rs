@@ -60,7 +60,8 @@ async fn main() -> ExitCode {
         return ExitCode::from(code.parse::<u8>().unwrap_or(1));
     }
     // SAFETY: nothing in this program reads the environment from another
-    // thread (open_from_env removes the channel's variables from it).
+    // thread (open_from_env removes the channel's variables from it), and
+    // nothing else here uses the channel's fd.
     let channel = match unsafe { open_from_env() } {
         Ok(channel) => channel,
         Err(e) => {

@@ -169,13 +169,20 @@ impl ChildProcess {
 ///
 /// # Safety
 ///
-/// Removing the two variables has the contract of
-/// [`std::env::remove_var`]: no other thread may read or write the
-/// environment while this runs, other than through `std::env` (which std
-/// serializes). A library cannot know that about its process, so the caller
-/// vouches for it. It holds when this is called near the top of `main`,
-/// before starting threads that call into C code that reads the
-/// environment; Tokio's own threads do not read it.
+/// - Removing the two variables has the contract of
+///   [`std::env::remove_var`]: no other thread may read or write the
+///   environment while this runs, other than through `std::env` (which std
+///   serializes). That includes C code run by tasks already spawned on the
+///   runtime, such as a DNS lookup (`getaddrinfo` reads `RES_OPTIONS`,
+///   `LOCALDOMAIN`) or local time (`TZ`). A library cannot know that about
+///   its process, so the caller vouches for it. It holds when this is
+///   called near the top of `main`, before other work starts; Tokio's own
+///   threads do not read the environment.
+/// - The descriptor `NODE_CHANNEL_FD` names was handed to this process for
+///   the channel, and nothing else in the process owns it: the returned
+///   [`Channel`] owns it from now on and closes it when dropped. (Node puts
+///   the channel wherever its parent's `stdio` array says, even at 0 to 2,
+///   so no number is refused.)
 pub unsafe fn open_from_env() -> Result<Channel, Error> {
     // SAFETY: the caller upholds open_from_env_with's contract, the same.
     unsafe { open_from_env_with(ChannelConfig::default()) }
@@ -186,7 +193,8 @@ pub unsafe fn open_from_env() -> Result<Channel, Error> {
 /// # Safety
 ///
 /// As [`open_from_env`]: no other thread reads or writes the environment
-/// while this runs, other than through `std::env`.
+/// while this runs, other than through `std::env`, and nothing else in the
+/// process owns the descriptor `NODE_CHANNEL_FD` names.
 pub unsafe fn open_from_env_with(config: ChannelConfig) -> Result<Channel, Error> {
     // SAFETY: the caller upholds take_channel_fd's contract, the same.
     let fd = unsafe { take_channel_fd()? };
@@ -200,8 +208,7 @@ pub unsafe fn open_from_env_with(config: ChannelConfig) -> Result<Channel, Error
 ///
 /// # Safety
 ///
-/// As [`open_from_env`]: no other thread reads or writes the environment
-/// while this runs, other than through `std::env`.
+/// As [`open_from_env`].
 unsafe fn take_channel_fd() -> Result<OwnedFd, Error> {
     let fd_text = std::env::var(CHANNEL_FD_VAR).map_err(|e| Error::ChannelEnv {
         variable: CHANNEL_FD_VAR,
@@ -269,8 +276,8 @@ unsafe fn take_channel_fd() -> Result<OwnedFd, Error> {
     if !is_stream_socket {
         return Err(env_error("that file descriptor is not a stream socket".into()));
     }
-    // SAFETY: the fd is open (checked above) and was handed to this process
-    // to own; nothing else in the process uses it.
+    // SAFETY: the fd is open (checked above); the caller vouches that it
+    // was handed to this process for the channel and nothing else owns it.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     // SAFETY: as above, fcntl on a descriptor we own.
     unsafe {

@@ -229,7 +229,8 @@ pub fn child(args: &[String]) -> ExitCode {
     let rt = runtime();
     let result = rt.block_on(async {
         // SAFETY: nothing in the bench reads the environment from another
-        // thread (open_from_env removes the channel's variables from it).
+        // thread (open_from_env removes the channel's variables from it), and
+        // nothing else here uses the channel's fd.
         let channel = unsafe { open_from_env() }.map_err(|e| e.to_string())?;
         match args.first().map(String::as_str) {
             Some("rust-child") => {
