@@ -61,6 +61,29 @@ fn bench_encode(c: &mut Criterion) {
             black_box(out.len())
         })
     });
+    // Text with something to escape every few dozen bytes (lines, quotes):
+    // the JSON writer's slower path.
+    let text: String = (0..64 * 1024)
+        .map(|i| match i % 60 {
+            59 => '\n',
+            29 => '"',
+            _ => 'x',
+        })
+        .collect();
+    let escaped = RequestLine {
+        msg_type: "_IPC_REQUEST/MSG_TYPE:REQUEST",
+        uid: "42",
+        payload: text.as_str(),
+    };
+    group.throughput(Throughput::Bytes(line_of(&escaped).len() as u64));
+    group.bench_function("64KiB_escaped", |b| {
+        let mut out = Vec::with_capacity(80 * 1024);
+        b.iter(|| {
+            out.clear();
+            encode(black_box(&escaped), DEFAULT_MAX_MESSAGE_LEN, &mut out).unwrap();
+            black_box(out.len())
+        })
+    });
     group.finish();
 }
 

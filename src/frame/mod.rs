@@ -530,6 +530,18 @@ impl LineWriter<'_> {
         Ok(())
     }
 
+    /// Fails if what was written so far is past the maximum length (for
+    /// writers that append to `out` directly, then check).
+    #[inline]
+    fn check_len(&mut self) -> io::Result<()> {
+        let len = self.out.len() - self.start;
+        if len > self.max_len {
+            self.too_long = Some(len);
+            return Err(io::Error::other("message exceeds the maximum length"));
+        }
+        Ok(())
+    }
+
     /// Checks that `more` bytes keep the text within the maximum length,
     /// and makes room for them.
     #[inline]
