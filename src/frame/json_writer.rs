@@ -92,11 +92,11 @@ fn write_escaped(writer: &mut LineWriter<'_>, text: &str) -> io::Result<()> {
         return writer.push_quoted(bytes);
     };
     // Room for the text as it is; its escapes may grow it. The pieces go
-    // straight into the line, and the length is checked once, at the end:
-    // a check and a call per piece made text with an escape every few
-    // dozen bytes slower than serde_json. The text is in memory already,
-    // and its escaped form is at most six times as long.
+    // straight into the line, and only a comparison per escape watches the
+    // maximum length: a check and a call per piece made text with an escape
+    // every few dozen bytes slower than serde_json.
     writer.make_room(bytes.len() + 2)?;
+    let limit = writer.start.saturating_add(writer.max_len);
     let out = &mut *writer.out;
     out.push(b'"');
     // Written up to `run`; `at` is the next byte to escape.
@@ -105,6 +105,10 @@ fn write_escaped(writer: &mut LineWriter<'_>, text: &str) -> io::Result<()> {
         out.extend_from_slice(&bytes[run..at]);
         run = at;
         while let Some(&byte) = bytes.get(run).filter(|&&byte| needs_escape(byte)) {
+            if out.len() > limit {
+                // Too long already: stop here, check_len says so.
+                return writer.check_len();
+            }
             escape(byte, out);
             run += 1;
         }

@@ -281,3 +281,24 @@ fn a_refused_write_fails_the_message_even_if_the_value_ignores_it() {
     assert_eq!(out, b"before\n", "nothing half-written is left behind");
     assert_eq!(ours(&Careless).as_deref(), Ok(r#"["aaaa\"bbbb"]"#));
 }
+
+#[test]
+fn a_string_of_escapes_stops_at_the_maximum_length() {
+    // Each byte escapes to six: the writer must stop near the limit, not
+    // write the whole escaped text first.
+    let text = "\u{1}".repeat(900);
+    let mut out = Vec::new();
+    match encode(&text, 1_000, &mut out) {
+        Err(FrameError::TooLong { len, max: 1_000 }) => {
+            assert!((1_001..=1_010).contains(&len), "stopped at {len}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(out.is_empty());
+    // Just fits / just does not, escapes included.
+    let text = "\n".repeat(10);
+    for (max, fits) in [(22, true), (21, false)] {
+        let mut out = Vec::new();
+        assert_eq!(encode(&text, max, &mut out).is_ok(), fits, "max {max}");
+    }
+}
