@@ -371,6 +371,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_channel_dropped_without_close_ends_the_stream_after_its_lines() {
+        // Over a real socket pair, as a spawned child's channel is: the
+        // peer must see what was sent, then end of stream, not wait for ever.
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        for s in [&ours, &theirs] {
+            s.set_nonblocking(true).unwrap();
+        }
+        let config = super::ChannelConfig::default();
+        let ours = super::Channel::from_unix_socket(ours.into(), config.clone()).unwrap();
+        let mut theirs = super::Channel::from_unix_socket(theirs.into(), config).unwrap();
+        ours.sender().send(&"last words").await.unwrap();
+        drop(ours);
+        let within = std::time::Duration::from_secs(5);
+        let got = tokio::time::timeout(within, theirs.recv()).await.expect("a line");
+        assert_eq!(got.unwrap().unwrap().get(), "\"last words\"");
+        let end = tokio::time::timeout(within, theirs.recv())
+            .await
+            .expect("the stream never ended");
+        assert!(matches!(end, Ok(None)), "{end:?}");
+    }
+
+    #[tokio::test]
     async fn the_line_after_a_big_one_is_read_into_the_front_of_the_buffer() {
         use tokio::io::AsyncWriteExt;
         let (ours, mut theirs) = tokio::io::duplex(1 << 20);

@@ -97,9 +97,6 @@ enum Command {
 }
 
 struct SenderShared {
-    // Unbounded as a channel, bounded in bytes by `budget`: every line but
-    // the small control lines of `send_control` holds permits for its size.
-    tx: mpsc::UnboundedSender<Command>,
     /// The write half. Whoever writes (the writer task, or a sender on the
     /// direct path) holds this lock for the whole line, so lines never mix.
     writer: tokio::sync::Mutex<Stream>,
@@ -118,9 +115,16 @@ struct SenderShared {
 }
 
 /// The sending half of a channel; clones share one queue and one writer.
+/// When the last clone is dropped, the writer task writes what is queued,
+/// shuts the write side down (the peer sees end of stream) and ends.
 #[derive(Clone)]
 pub struct ChannelSender {
     shared: Arc<SenderShared>,
+    // Unbounded as a channel, bounded in bytes by `budget`: every line but
+    // the small control lines of `send_control` holds permits for its size.
+    // Only the handles hold it (not the writer task), so the queue closes
+    // when the last handle goes.
+    tx: mpsc::UnboundedSender<Command>,
 }
 
 impl ChannelSender {
@@ -130,7 +134,6 @@ impl ChannelSender {
         // Permits are taken a u32 at a time; a budget past 4 GiB means nothing.
         let budget_total = config.write_queue_bytes.clamp(1, u32::MAX as usize);
         let shared = Arc::new(SenderShared {
-            tx,
             writer: tokio::sync::Mutex::new(Stream {
                 writer: Box::new(writer),
                 partial: None,
@@ -144,7 +147,7 @@ impl ChannelSender {
             is_closed: AtomicBool::new(false),
         });
         tokio::spawn(write_loop(rx, shared.clone()));
-        ChannelSender { shared }
+        ChannelSender { shared, tx }
     }
 
     /// Encodes `value` as one line and sends it, waiting while the queue is
@@ -276,8 +279,7 @@ impl ChannelSender {
                 // down showed in the large-payload profile.
                 stream.partial = Some((out, n));
                 shared.queued_lines.fetch_add(1, Ordering::AcqRel);
-                shared
-                    .tx
+                self.tx
                     .send(Command::WritePartial)
                     .map_err(|_| self.closed_error())
             }
@@ -296,7 +298,7 @@ impl ChannelSender {
             return Err(self.closed_error());
         }
         self.shared.queued_lines.fetch_add(1, Ordering::AcqRel);
-        self.shared.tx.send(Command::Write(out)).map_err(|_| {
+        self.tx.send(Command::Write(out)).map_err(|_| {
             self.shared.queued_lines.fetch_sub(1, Ordering::AcqRel);
             self.closed_error()
         })
@@ -306,7 +308,7 @@ impl ChannelSender {
     /// peer sees end of stream). Later sends fail with [`Error::Closed`].
     pub fn close(&self) {
         self.shared.set_closed(CloseReason::Local);
-        let _ = self.shared.tx.send(Command::Close);
+        let _ = self.tx.send(Command::Close);
     }
 
     /// Bytes currently queued and not yet written (control lines aside).
@@ -444,6 +446,12 @@ async fn write_loop(mut rx: mpsc::UnboundedReceiver<Command>, shared: Arc<Sender
             return;
         }
     }
+    // Every handle is gone (the channel was dropped without `close`), and
+    // everything it queued is written: end the stream as `close` would, or
+    // the peer would wait for ever on a channel nobody can write to.
+    let mut stream = shared.writer.lock().await;
+    let _ = stream.writer.shutdown().await;
+    shared.set_closed(CloseReason::Local);
 }
 
 /// Writes the batch, then releases the lines in it.
