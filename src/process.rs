@@ -57,6 +57,12 @@ pub fn spawn_with(mut command: Command, options: SpawnOptions) -> Result<(Channe
     // std creates both ends close-on-exec (atomically where the OS can).
     let (ours, theirs) = StdUnixStream::pair().map_err(io_error)?;
     let theirs_fd = theirs.as_raw_fd();
+    // std reports a failed exec through a close-on-exec pipe it opens while
+    // spawning, at the lowest free descriptors. Were one of them `target`,
+    // the dup2 below would replace it in the child and a program that
+    // failed to start would look started. Holding `target` here (if it is
+    // free) keeps the pipe off it; if it is taken, the pipe cannot have it.
+    let _hold_target = hold_fd_number(&theirs, target);
     command
         .env(CHANNEL_FD_VAR, target.to_string())
         .env(SERIALIZATION_VAR, "json");
@@ -157,6 +163,23 @@ impl ChildProcess {
             .map_err(|_| io_error(std::io::Error::other("the child could not be waited for")))?;
         Ok(status.expect("waited for Some"))
     }
+}
+
+/// A close-on-exec copy of `fd` at descriptor number `target`, if that
+/// number is free in this process; `None` if it is in use (or the copy
+/// fails, which leaves things as they were without it). `F_DUPFD_CLOEXEC`
+/// takes the lowest free number from `target` up, so nothing open is ever
+/// replaced, even if another thread opens descriptors meanwhile.
+fn hold_fd_number(fd: &impl AsRawFd, target: RawFd) -> Option<OwnedFd> {
+    // SAFETY: fcntl on a descriptor we own; the result, if any, is a new
+    // descriptor nobody else has.
+    let copy = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, target) };
+    if copy < 0 {
+        return None;
+    }
+    // SAFETY: `copy` was just created and is owned here alone.
+    let copy = unsafe { OwnedFd::from_raw_fd(copy) };
+    (copy.as_raw_fd() == target).then_some(copy)
 }
 
 /// Opens the channel this process's parent gave it, as PROTOCOL.md 1.1

@@ -618,3 +618,21 @@ async fn what_a_dying_child_wrote_is_delivered_before_pending_requests_fail() {
     assert_eq!(messages.recv().await.unwrap().unwrap(), json!("words"));
     assert!(messages.recv().await.is_none());
 }
+
+#[tokio::test]
+async fn a_program_that_cannot_start_fails_the_spawn_whatever_the_channel_fd() {
+    // std reports a failed exec through a pipe at the lowest free
+    // descriptors; a channel placed on one of them must not hide the error.
+    for fd in 3..=24 {
+        let options = SpawnOptions {
+            fd,
+            ..Default::default()
+        };
+        let result = spawn_with(Command::new("/nonexistent/ipc-request-test-program"), options);
+        assert!(
+            matches!(result, Err(Error::Spawn(_))),
+            "fd {fd}: {:?}",
+            result.map(|_| ())
+        );
+    }
+}
