@@ -153,6 +153,10 @@ impl SessionBuilder {
             handler: self.handler,
             config,
         });
+        // Until a Session is handed back, dropping this future (the
+        // caller's own timeout, a select!) or failing must not leave the
+        // reader, the writer and the socket running for nobody.
+        let mut unclaimed = ShutOnDrop(Some(shared.clone()));
         let our_uid = fresh_uid();
         // The handler is in place and we listen before announcing (2.1 step 1).
         let hello = shared.sender.encode(&HandshakeOut::request(&our_uid))?;
@@ -178,13 +182,17 @@ impl SessionBuilder {
         let timeout = shared.config.handshake_timeout;
         let outcome =
             tokio::time::timeout(timeout, phase.wait_for(|p| !matches!(p, Phase::Handshaking))).await;
+        let mut established = |shared| {
+            unclaimed.0 = None;
+            Ok(Session { shared })
+        };
         match outcome {
             Ok(Ok(p)) => match &*p {
-                Phase::Established => Ok(Session { shared }),
+                Phase::Established => established(shared),
                 // The peer may have been quick: handshake, requests both
                 // ways and close, all before this task ran again. The
                 // session did its work; its close reason says how it ended.
-                Phase::Closed(_) if shared.was_established.load(Ordering::Acquire) => Ok(Session { shared }),
+                Phase::Closed(_) if shared.was_established.load(Ordering::Acquire) => established(shared),
                 Phase::Closed(reason) => Err(Error::Closed(reason.clone())),
                 Phase::Handshaking => unreachable!("wait_for returned early"),
             },
@@ -193,6 +201,17 @@ impl SessionBuilder {
                 shared.shut(CloseReason::Local);
                 Err(Error::HandshakeTimeout(timeout))
             }
+        }
+    }
+}
+
+/// Shuts the session down when dropped, unless taken out first.
+struct ShutOnDrop(Option<Arc<Shared>>);
+
+impl Drop for ShutOnDrop {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0.take() {
+            shared.shut(CloseReason::Local);
         }
     }
 }
