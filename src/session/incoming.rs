@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio_util::sync::CancellationToken;
 
 use super::handler::AnswerState;
 use super::{PeerInfo, Phase, Request, Responder, Shared};
@@ -219,7 +218,11 @@ impl Shared {
     }
 
     fn run_handler(self: &Arc<Self>, uid: String, payload: Message, slot: OwnedSemaphorePermit) {
-        let cancel = CancellationToken::new();
+        // A child of the session's own token: every handler sees the
+        // session end, whatever the peer supports. Only a peer's cancel
+        // needs the `running` map below, so only a peer that can cancel
+        // fills it.
+        let cancel = self.closing.child_token();
         {
             let mut table = self.table.lock().unwrap();
             if table.closed.is_some() {
