@@ -311,3 +311,123 @@ async fn a_panic_on_the_reader_fails_pending_requests_instead_of_hanging() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_setup_dropped_before_the_handshake_closes_its_channel() {
+    // The caller's own timeout around setup: nothing may go on running for
+    // nobody, and the peer must see the channel end.
+    let (ours, mut theirs) = tokio::io::duplex(4096);
+    let pending = setup(Channel::from_stream(ours, ChannelConfig::default()), None);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), pending)
+            .await
+            .is_err()
+    );
+    let mut seen = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), theirs.read_to_end(&mut seen))
+        .await
+        .expect("the channel of a dropped setup was never closed")
+        .unwrap();
+    let seen = String::from_utf8_lossy(&seen);
+    assert!(seen.contains("_IPC_REQUEST/HANDSHAKE_UID"), "{seen}");
+}
+
+#[tokio::test]
+async fn a_handler_sees_the_channel_close_when_the_peer_cannot_cancel() {
+    // Request::cancelled fires when the channel closes, whatever the peer
+    // supports: here an ipc-request 1.0 peer, which has no cancel.
+    let (tx, mut woke) = mpsc::unbounded_channel();
+    let handler = responder_fn(move |req: Request, responder: Responder| {
+        let tx = tx.clone();
+        async move {
+            req.cancelled().await;
+            let _ = tx.send((req.is_cancelled(), responder.is_cancelled()));
+        }
+    });
+    let (ours, theirs) = tokio::io::duplex(4096);
+    let (mut reader, mut writer) = tokio::io::split(theirs);
+    let server = tokio::spawn(
+        SessionBuilder::new()
+            .handler(handler)
+            .setup(Channel::from_stream(ours, ChannelConfig::default())),
+    );
+    answer_handshake_as_one_dot_zero(&mut reader, &mut writer).await;
+    let _server = server.await.unwrap().unwrap();
+    use tokio::io::AsyncWriteExt;
+    writer
+        .write_all(
+            b"{\"_IPC_REQUEST/MSG_TYPE\":\"_IPC_REQUEST/MSG_TYPE:REQUEST\",\
+              \"_IPC_REQUEST/REQUEST_UID\":\"1\",\"_IPC_REQUEST/PAYLOAD\":null}\n",
+        )
+        .await
+        .unwrap();
+    drop((reader, writer));
+    let seen = tokio::time::timeout(Duration::from_secs(5), woke.recv())
+        .await
+        .expect("the handler never saw the channel close");
+    assert_eq!(seen, Some((true, true)));
+}
+
+#[tokio::test]
+async fn a_respond_given_up_while_the_queue_is_full_still_answers_the_caller() {
+    // The server's queue holds one line; the first answer fills it while
+    // the peer reads nothing. The second handler gives up on respond (its
+    // own timeout): its caller must still get an answer, an error.
+    let (tx, mut gave_up) = mpsc::unbounded_channel();
+    let handler = responder_fn(move |req: Request, responder: Responder| {
+        let tx = tx.clone();
+        async move {
+            let n: u64 = req.payload().unwrap();
+            if n == 1 {
+                let _ = responder.respond(&"x".repeat(10_000)).await;
+                return;
+            }
+            let attempt = tokio::time::timeout(Duration::from_millis(100), responder.respond(&n)).await;
+            let _ = tx.send((attempt.is_err(), responder.is_answered()));
+        }
+    });
+    let config = ChannelConfig {
+        write_queue_bytes: 1,
+        ..ChannelConfig::default()
+    };
+    let (ours, theirs) = tokio::io::duplex(64);
+    let (mut reader, mut writer) = tokio::io::split(theirs);
+    let server = tokio::spawn(
+        SessionBuilder::new()
+            .handler(handler)
+            .setup(Channel::from_stream(ours, config)),
+    );
+    answer_handshake_as_one_dot_zero(&mut reader, &mut writer).await;
+    let _server = server.await.unwrap().unwrap();
+    use tokio::io::AsyncWriteExt;
+    for n in 1..=2 {
+        let line = format!(
+            "{{\"_IPC_REQUEST/MSG_TYPE\":\"_IPC_REQUEST/MSG_TYPE:REQUEST\",\
+             \"_IPC_REQUEST/REQUEST_UID\":\"{n}\",\"_IPC_REQUEST/PAYLOAD\":{n}}}\n"
+        );
+        writer.write_all(line.as_bytes()).await.unwrap();
+    }
+    let (timed_out, answered) = tokio::time::timeout(Duration::from_secs(5), gave_up.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(timed_out, "respond should have waited for the full queue");
+    assert!(
+        !answered,
+        "a respond that never went out does not count as an answer"
+    );
+    // Now read: both requests get an answer line.
+    let mut uids = Vec::new();
+    while uids.len() < 2 {
+        let line = tokio::time::timeout(Duration::from_secs(5), common::read_line(&mut reader))
+            .await
+            .expect("an answer never came");
+        let value: Value = serde_json::from_str(&line).unwrap();
+        uids.push((
+            value["_IPC_REQUEST/REQUEST_UID"].as_str().unwrap().to_string(),
+            value["_IPC_REQUEST/PAYLOAD"]["name"].as_str().map(str::to_string),
+        ));
+    }
+    assert_eq!(uids[0].0, "1");
+    assert_eq!(uids[1], ("2".to_string(), Some("ResponderDropped".to_string())));
+}

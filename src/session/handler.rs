@@ -210,25 +210,36 @@ impl Responder {
     /// encode or is too long (the peer then gets an error answer instead),
     /// and [`Error::Closed`] if the channel is gone.
     pub async fn respond<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), Error> {
-        self.claim()?;
-        match self.shared.encode_response(&self.uid, value) {
-            Ok(line) => self.shared.send_answer(line).await,
-            Err(e) => {
-                let error = RemoteError::new("ResponseNotSent", e.to_string());
-                let line = self.shared.encode_error(&self.uid, &error)?;
-                self.shared.send_answer(line).await?;
-                Err(e)
+        let claim = self.claim()?;
+        let sent = async {
+            match self.shared.encode_response(&self.uid, value) {
+                Ok(line) => self.shared.send_answer(line).await,
+                Err(e) => {
+                    let error = RemoteError::new("ResponseNotSent", e.to_string());
+                    let line = self.shared.encode_error(&self.uid, &error)?;
+                    self.shared.send_answer(line).await?;
+                    Err(e)
+                }
             }
         }
+        .await;
+        // Finished, sent or not: only a drop before this gives it back.
+        claim.keep();
+        sent
     }
 
     /// Answers with an error. To a peer with the `error` extension it
     /// travels as an error; to an ipc-request 1.0 peer, as a plain response
     /// whose payload is the error object (PROTOCOL.md section 3).
     pub async fn fail(&self, error: RemoteError) -> Result<(), Error> {
-        self.claim()?;
-        let line = self.shared.encode_error(&self.uid, &error)?;
-        self.shared.send_answer(line).await
+        let claim = self.claim()?;
+        let sent = async {
+            let line = self.shared.encode_error(&self.uid, &error)?;
+            self.shared.send_answer(line).await
+        }
+        .await;
+        claim.keep();
+        sent
     }
 
     /// True once an answer was given (or refused because of a cancel).
@@ -241,8 +252,12 @@ impl Responder {
         self.cancel.is_cancelled()
     }
 
-    /// Marks the request answered, or says why it cannot be.
-    fn claim(&self) -> Result<(), Error> {
+    /// Marks the request answered, or says why it cannot be. The claim is
+    /// given back if the answering future is dropped before its line was
+    /// accepted (a caller's timeout around `respond` while the queue is
+    /// full): the responder's drop then answers with an error, instead of
+    /// the peer waiting for an answer that never went.
+    fn claim(&self) -> Result<Claim<'_>, Error> {
         if self.state.answered.swap(true, Ordering::AcqRel) {
             return Err(Error::AlreadyAnswered);
         }
@@ -250,7 +265,31 @@ impl Responder {
         if self.cancel.is_cancelled() {
             return Err(Error::Cancelled);
         }
-        Ok(())
+        Ok(Claim {
+            answered: &self.state.answered,
+            kept: false,
+        })
+    }
+}
+
+/// A responder's claim to answer, given back unless kept.
+struct Claim<'a> {
+    answered: &'a AtomicBool,
+    kept: bool,
+}
+
+impl Claim<'_> {
+    /// The answer was sent, or failed for good: the claim stands.
+    fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.answered.store(false, Ordering::Release);
+        }
     }
 }
 
