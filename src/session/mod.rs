@@ -68,7 +68,8 @@ pub struct SessionConfig {
     pub exit_grace: Duration,
     /// Plain messages buffered for [`Session::messages`] (default 1,024).
     /// Until someone takes the stream, messages past this are dropped with a
-    /// warning; after, the session waits for the reader.
+    /// warning; after, the session stops reading until the stream's reader
+    /// makes room (see [`Session::messages`]).
     pub message_buffer: usize,
 }
 
@@ -453,6 +454,13 @@ impl Session {
     /// `Err(Error::Frame(_))` item for each line that could not be read (too
     /// long, not JSON). Returns `None` after the first call: there is one
     /// stream per session. It ends when the session closes.
+    ///
+    /// Once taken, read it steadily, from a task of its own: while its
+    /// buffer ([`SessionConfig::message_buffer`]) is full, the session reads
+    /// nothing else from the peer, so answers to our own requests wait too.
+    /// A loop that awaits a request between two `recv`s stalls for good if
+    /// the peer sends more than that many messages meanwhile. (Nothing is
+    /// dropped and memory stays bounded; the price is this back-pressure.)
     pub fn messages(&self) -> Option<Messages> {
         let rx = self.shared.messages_rx.lock().unwrap().take()?;
         self.shared.messages_taken.store(true, Ordering::Release);
