@@ -5,7 +5,10 @@
 //! `cargo bench --bench frame`
 
 use bytes::BytesMut;
-use criterion::{BatchSize, Criterion, Throughput, black_box, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{
+    BatchSize, BenchmarkGroup, Criterion, Throughput, black_box, criterion_group, criterion_main,
+};
 use ipc_request::frame::{DEFAULT_MAX_MESSAGE_LEN, FrameDecoder, encode};
 use serde::Serialize;
 
@@ -34,33 +37,30 @@ fn line_of<T: Serialize>(value: &T) -> Vec<u8> {
     line
 }
 
-fn bench_encode(c: &mut Criterion) {
-    let mut group = c.benchmark_group("encode");
-    let msg = small("42");
-    group.throughput(Throughput::Bytes(line_of(&msg).len() as u64));
-    group.bench_function("small", |b| {
-        let mut out = Vec::with_capacity(256);
+/// One encode case: `value` encoded again and again into a reused buffer.
+fn encode_case<T: Serialize>(group: &mut BenchmarkGroup<'_, WallTime>, name: &str, value: &T) {
+    let len = line_of(value).len();
+    group.throughput(Throughput::Bytes(len as u64));
+    group.bench_function(name, |b| {
+        let mut out = Vec::with_capacity(len + 1024);
         b.iter(|| {
             out.clear();
-            encode(black_box(&msg), DEFAULT_MAX_MESSAGE_LEN, &mut out).unwrap();
+            encode(black_box(value), DEFAULT_MAX_MESSAGE_LEN, &mut out).unwrap();
             black_box(out.len())
         })
     });
+}
+
+fn bench_encode(c: &mut Criterion) {
+    let mut group = c.benchmark_group("encode");
+    encode_case(&mut group, "small", &small("42"));
     let big_text = "x".repeat(64 * 1024);
     let big = RequestLine {
         msg_type: "_IPC_REQUEST/MSG_TYPE:REQUEST",
         uid: "42",
         payload: big_text.as_str(),
     };
-    group.throughput(Throughput::Bytes(line_of(&big).len() as u64));
-    group.bench_function("64KiB", |b| {
-        let mut out = Vec::with_capacity(70 * 1024);
-        b.iter(|| {
-            out.clear();
-            encode(black_box(&big), DEFAULT_MAX_MESSAGE_LEN, &mut out).unwrap();
-            black_box(out.len())
-        })
-    });
+    encode_case(&mut group, "64KiB", &big);
     // Text with something to escape every few dozen bytes (lines, quotes):
     // the JSON writer's slower path.
     let text: String = (0..64 * 1024)
@@ -75,15 +75,7 @@ fn bench_encode(c: &mut Criterion) {
         uid: "42",
         payload: text.as_str(),
     };
-    group.throughput(Throughput::Bytes(line_of(&escaped).len() as u64));
-    group.bench_function("64KiB_escaped", |b| {
-        let mut out = Vec::with_capacity(80 * 1024);
-        b.iter(|| {
-            out.clear();
-            encode(black_box(&escaped), DEFAULT_MAX_MESSAGE_LEN, &mut out).unwrap();
-            black_box(out.len())
-        })
-    });
+    encode_case(&mut group, "64KiB_escaped", &escaped);
     group.finish();
 }
 

@@ -344,23 +344,9 @@ async fn a_handler_sees_the_channel_close_when_the_peer_cannot_cancel() {
             let _ = tx.send((req.is_cancelled(), responder.is_cancelled()));
         }
     });
-    let (ours, theirs) = tokio::io::duplex(4096);
-    let (mut reader, mut writer) = tokio::io::split(theirs);
-    let server = tokio::spawn(
-        SessionBuilder::new()
-            .handler(handler)
-            .setup(Channel::from_stream(ours, ChannelConfig::default())),
-    );
-    answer_handshake_as_one_dot_zero(&mut reader, &mut writer).await;
-    let _server = server.await.unwrap().unwrap();
-    use tokio::io::AsyncWriteExt;
-    writer
-        .write_all(
-            b"{\"_IPC_REQUEST/MSG_TYPE\":\"_IPC_REQUEST/MSG_TYPE:REQUEST\",\
-              \"_IPC_REQUEST/REQUEST_UID\":\"1\",\"_IPC_REQUEST/PAYLOAD\":null}\n",
-        )
-        .await
-        .unwrap();
+    let (_server, reader, mut writer) =
+        serve_a_one_dot_zero_peer(handler, ChannelConfig::default(), 4096).await;
+    send_one_dot_zero_request(&mut writer, 1).await;
     drop((reader, writer));
     let seen = tokio::time::timeout(Duration::from_secs(5), woke.recv())
         .await
@@ -390,22 +376,9 @@ async fn a_respond_given_up_while_the_queue_is_full_still_answers_the_caller() {
         write_queue_bytes: 1,
         ..ChannelConfig::default()
     };
-    let (ours, theirs) = tokio::io::duplex(64);
-    let (mut reader, mut writer) = tokio::io::split(theirs);
-    let server = tokio::spawn(
-        SessionBuilder::new()
-            .handler(handler)
-            .setup(Channel::from_stream(ours, config)),
-    );
-    answer_handshake_as_one_dot_zero(&mut reader, &mut writer).await;
-    let _server = server.await.unwrap().unwrap();
-    use tokio::io::AsyncWriteExt;
+    let (_server, mut reader, mut writer) = serve_a_one_dot_zero_peer(handler, config, 64).await;
     for n in 1..=2 {
-        let line = format!(
-            "{{\"_IPC_REQUEST/MSG_TYPE\":\"_IPC_REQUEST/MSG_TYPE:REQUEST\",\
-             \"_IPC_REQUEST/REQUEST_UID\":\"{n}\",\"_IPC_REQUEST/PAYLOAD\":{n}}}\n"
-        );
-        writer.write_all(line.as_bytes()).await.unwrap();
+        send_one_dot_zero_request(&mut writer, n).await;
     }
     let (timed_out, answered) = tokio::time::timeout(Duration::from_secs(5), gave_up.recv())
         .await
@@ -430,4 +403,36 @@ async fn a_respond_given_up_while_the_queue_is_full_still_answers_the_caller() {
     }
     assert_eq!(uids[0].0, "1");
     assert_eq!(uids[1], ("2".to_string(), Some("ResponderDropped".to_string())));
+}
+
+type PeerReader = tokio::io::ReadHalf<tokio::io::DuplexStream>;
+type PeerWriter = tokio::io::WriteHalf<tokio::io::DuplexStream>;
+
+/// A session with `handler`, over an in-memory pipe of `capacity` bytes
+/// each way, whose peer is played by hand as ipc-request 1.0 (no
+/// extensions: it cannot cancel). Returns the session and the peer's ends.
+async fn serve_a_one_dot_zero_peer(
+    handler: ipc_request::Handler,
+    config: ChannelConfig,
+    capacity: usize,
+) -> (ipc_request::Session, PeerReader, PeerWriter) {
+    let (ours, theirs) = tokio::io::duplex(capacity);
+    let (mut reader, mut writer) = tokio::io::split(theirs);
+    let server = tokio::spawn(
+        SessionBuilder::new()
+            .handler(handler)
+            .setup(Channel::from_stream(ours, config)),
+    );
+    answer_handshake_as_one_dot_zero(&mut reader, &mut writer).await;
+    (server.await.unwrap().unwrap(), reader, writer)
+}
+
+/// Writes a 1.0 request with UID `n` and payload `n`.
+async fn send_one_dot_zero_request(writer: &mut PeerWriter, n: u64) {
+    use tokio::io::AsyncWriteExt;
+    let line = format!(
+        "{{\"_IPC_REQUEST/MSG_TYPE\":\"_IPC_REQUEST/MSG_TYPE:REQUEST\",\
+         \"_IPC_REQUEST/REQUEST_UID\":\"{n}\",\"_IPC_REQUEST/PAYLOAD\":{n}}}\n"
+    );
+    writer.write_all(line.as_bytes()).await.unwrap();
 }
