@@ -391,11 +391,12 @@ fn hex4(text: &[u8], at: usize) -> Option<u16> {
 /// previous length (nothing half-written) and an error is returned (TooLong / Encode).
 ///
 /// The text is serde_json's compact text (see `json_writer.rs` for how it is written). A
-/// [`RawValue`] embedded in `value` is written verbatim, and may carry whitespace such as a newline between tokens (e.g. one built from
-/// pretty-printed JSON): a newline would split the message in two, so tabs, carriage returns
-/// and newlines are left out. This is always safe: in a valid JSON text they can only appear
-/// between tokens, never raw inside a string. Serialization stops as soon as the text exceeds
-/// `max_len`, so the `len` of a [`FrameError::TooLong`] is a lower bound.
+/// [`RawValue`] embedded in `value` is written verbatim, and may carry whitespace such as a
+/// newline between tokens (e.g. one built from pretty-printed JSON): a newline would split the
+/// message in two, so tabs, carriage returns and newlines are left out. This is always safe:
+/// in a valid JSON text they can only appear between tokens, never raw inside a string.
+/// Serialization stops as soon as the text exceeds `max_len`, so the `len` of a
+/// [`FrameError::TooLong`] is a lower bound.
 pub fn encode<T: serde::Serialize + ?Sized>(
     value: &T,
     max_len: usize,
@@ -534,12 +535,7 @@ impl LineWriter<'_> {
     /// writers that append to `out` directly, then check).
     #[inline]
     fn check_len(&mut self) -> io::Result<()> {
-        let len = self.out.len() - self.start;
-        if len > self.max_len {
-            self.too_long = Some(len);
-            return Err(io::Error::other("message exceeds the maximum length"));
-        }
-        Ok(())
+        self.make_room(0)
     }
 
     /// Checks that `more` bytes keep the text within the maximum length,
