@@ -405,6 +405,55 @@ async fn a_respond_given_up_while_the_queue_is_full_still_answers_the_caller() {
     assert_eq!(uids[1], ("2".to_string(), Some("ResponderDropped".to_string())));
 }
 
+#[tokio::test]
+async fn a_respond_given_up_still_hears_the_cancel_of_a_peer_that_can_cancel() {
+    // As above, with a peer that advertises `cancel`: its handlers are
+    // told of a cancel through the session's map of running handlers. The
+    // given-up respond must leave its handler in that map, or the peer's
+    // cancel (and the session's close) never reaches it.
+    let (tx, mut seen) = mpsc::unbounded_channel();
+    let handler = responder_fn(move |req: Request, responder: Responder| {
+        let tx = tx.clone();
+        async move {
+            let n: u64 = req.payload().unwrap();
+            if n == 1 {
+                let _ = responder.respond(&"x".repeat(10_000)).await;
+                return;
+            }
+            let attempt = tokio::time::timeout(Duration::from_millis(100), responder.respond(&n)).await;
+            let _ = tx.send(("gave up", attempt.is_err()));
+            let heard = tokio::time::timeout(Duration::from_secs(5), req.cancelled()).await;
+            let _ = tx.send(("heard the cancel", heard.is_ok()));
+        }
+    });
+    let config = ChannelConfig {
+        write_queue_bytes: 1,
+        ..ChannelConfig::default()
+    };
+    let (_server, _reader, mut writer) =
+        serve_a_hand_played_peer(handler, config, 64, Some(&["error", "cancel"])).await;
+    for n in 1..=2 {
+        send_one_dot_zero_request(&mut writer, n).await;
+    }
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(10), seen.recv())
+            .await
+            .unwrap()
+    };
+    assert_eq!(next().await, Some(("gave up", true)));
+    {
+        use tokio::io::AsyncWriteExt;
+        let cancel = "{\"_IPC_REQUEST/MSG_TYPE\":\"_IPC_REQUEST/MSG_TYPE:CANCEL\",\
+                      \"_IPC_REQUEST/REQUEST_UID\":\"2\",\"_IPC_REQUEST/PAYLOAD\":null}\n";
+        writer.write_all(cancel.as_bytes()).await.unwrap();
+    }
+    assert_eq!(
+        next().await,
+        Some(("heard the cancel", true)),
+        "the peer's cancel never reached the handler whose respond gave up"
+    );
+}
+
 type PeerReader = tokio::io::ReadHalf<tokio::io::DuplexStream>;
 type PeerWriter = tokio::io::WriteHalf<tokio::io::DuplexStream>;
 
@@ -416,6 +465,17 @@ async fn serve_a_one_dot_zero_peer(
     config: ChannelConfig,
     capacity: usize,
 ) -> (ipc_request::Session, PeerReader, PeerWriter) {
+    serve_a_hand_played_peer(handler, config, capacity, None).await
+}
+
+/// [`serve_a_one_dot_zero_peer`], with a peer that advertises `extensions`
+/// (`None`: none, as 1.0).
+async fn serve_a_hand_played_peer(
+    handler: ipc_request::Handler,
+    config: ChannelConfig,
+    capacity: usize,
+    extensions: Option<&[&str]>,
+) -> (ipc_request::Session, PeerReader, PeerWriter) {
     let (ours, theirs) = tokio::io::duplex(capacity);
     let (mut reader, mut writer) = tokio::io::split(theirs);
     let server = tokio::spawn(
@@ -423,7 +483,7 @@ async fn serve_a_one_dot_zero_peer(
             .handler(handler)
             .setup(Channel::from_stream(ours, config)),
     );
-    answer_handshake_as_one_dot_zero(&mut reader, &mut writer).await;
+    common::answer_handshake(&mut reader, &mut writer, extensions).await;
     (server.await.unwrap().unwrap(), reader, writer)
 }
 

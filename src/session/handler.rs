@@ -257,16 +257,21 @@ impl Responder {
     /// accepted (a caller's timeout around `respond` while the queue is
     /// full): the responder's drop then answers with an error, instead of
     /// the peer waiting for an answer that never went.
+    ///
+    /// The handler stays in the session's `running` map until the claim is
+    /// kept, so a claim given back still sees the peer's cancel and the
+    /// session's close. A cancel that arrives while the answer is being
+    /// sent cancels a token nobody waits on any more: harmless.
     fn claim(&self) -> Result<Claim<'_>, Error> {
         if self.state.answered.swap(true, Ordering::AcqRel) {
             return Err(Error::AlreadyAnswered);
         }
-        self.shared.forget_running(&self.uid);
         if self.cancel.is_cancelled() {
+            self.shared.forget_running(&self.uid);
             return Err(Error::Cancelled);
         }
         Ok(Claim {
-            answered: &self.state.answered,
+            responder: self,
             kept: false,
         })
     }
@@ -274,21 +279,23 @@ impl Responder {
 
 /// A responder's claim to answer, given back unless kept.
 struct Claim<'a> {
-    answered: &'a AtomicBool,
+    responder: &'a Responder,
     kept: bool,
 }
 
 impl Claim<'_> {
-    /// The answer was sent, or failed for good: the claim stands.
+    /// The answer was sent, or failed for good: the claim stands, and the
+    /// handler no longer needs to hear of a cancel.
     fn keep(mut self) {
         self.kept = true;
+        self.responder.shared.forget_running(&self.responder.uid);
     }
 }
 
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
         if !self.kept {
-            self.answered.store(false, Ordering::Release);
+            self.responder.state.answered.store(false, Ordering::Release);
         }
     }
 }

@@ -146,11 +146,25 @@ where
     R: tokio::io::AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin,
 {
+    answer_handshake(reader, writer, None).await
+}
+
+/// Plays a peer's part of the handshake by hand: reads the session's
+/// handshake request and answers it, advertising `extensions` (PROTOCOL.md
+/// section 3) or, with `None`, as ipc-request 1.0 (no extensions key).
+pub async fn answer_handshake<R, W>(reader: &mut R, writer: &mut W, extensions: Option<&[&str]>)
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
     use tokio::io::AsyncWriteExt;
     let hello: Value = serde_json::from_str(&read_line(reader).await).unwrap();
-    let answer = json!({
+    let mut answer = json!({
         "_IPC_REQUEST/HANDSHAKE_UID": hello["_IPC_REQUEST/HANDSHAKE_UID"],
         "_IPC_REQUEST/HANDSHAKE_MSG_TYPE": "_IPC_REQUEST/HANDSHAKE_MSG_TYPE:RESPONSE"
     });
+    if let Some(extensions) = extensions {
+        answer["_IPC_REQUEST/EXTENSIONS"] = json!(extensions);
+    }
     writer.write_all(format!("{answer}\n").as_bytes()).await.unwrap();
 }
