@@ -370,6 +370,48 @@ mod tests {
         assert!(sender.send(&1).await.is_err(), "the channel has failed");
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn every_send_reported_queued_is_written_when_close_races_it() {
+        // Three tasks send as fast as the pipe allows while a fourth closes
+        // the channel: each line whose send said Ok must reach the peer
+        // before its end of stream, each later send must fail.
+        for round in 0..100u64 {
+            let (ours, theirs) = tokio::io::duplex(256);
+            let ours = super::Channel::from_stream(ours, super::ChannelConfig::default());
+            let mut theirs = super::Channel::from_stream(theirs, super::ChannelConfig::default());
+            let reader = tokio::spawn(async move {
+                let mut lines = 0u64;
+                while theirs.recv().await.unwrap().is_some() {
+                    lines += 1;
+                }
+                lines
+            });
+            let senders: Vec<_> = (0..3)
+                .map(|_| {
+                    let sender = ours.sender().clone();
+                    tokio::spawn(async move {
+                        let mut sent = 0u64;
+                        while sender.send(&sent).await.is_ok() {
+                            sent += 1;
+                        }
+                        sent
+                    })
+                })
+                .collect();
+            tokio::time::sleep(std::time::Duration::from_micros(round % 64)).await;
+            ours.sender().close();
+            let mut sent = 0;
+            for task in senders {
+                sent += task.await.unwrap();
+            }
+            let lines = tokio::time::timeout(std::time::Duration::from_secs(5), reader)
+                .await
+                .expect("the stream never ended")
+                .unwrap();
+            assert_eq!(lines, sent, "round {round}: lines read / sends that said Ok");
+        }
+    }
+
     #[tokio::test]
     async fn a_channel_dropped_without_close_ends_the_stream_after_its_lines() {
         // Over a real socket pair, as a spawned child's channel is: the

@@ -94,6 +94,9 @@ enum Command {
     WritePartial,
     /// Write what is queued before this, then shut the write side down.
     Close,
+    /// A sender that counted its line in `queued_lines`, then found the
+    /// channel closed, has taken the count back (see `queue`).
+    Uncounted,
 }
 
 struct SenderShared {
@@ -294,10 +297,20 @@ impl ChannelSender {
     fn queue(&self, out: Outgoing) -> Result<(), Error> {
         // After a close or a failed write nothing more is written: say so
         // rather than accept a line that would be dropped.
-        if self.shared.is_closed.load(Ordering::Acquire) {
+        //
+        // The race with `close`: a send that passes this check just before
+        // `close` sets the flag queues its line after the Close command.
+        // The line is counted first and the flag read after, both SeqCst,
+        // as `close` sets the flag before sending Close: so either this
+        // send sees the flag and takes its count back, or the writer task,
+        // once at the Close command, sees the count and waits for the line
+        // (see `write_loop`). Every send that says Ok is written.
+        self.shared.queued_lines.fetch_add(1, Ordering::SeqCst);
+        if self.shared.is_closed.load(Ordering::SeqCst) {
+            self.shared.queued_lines.fetch_sub(1, Ordering::AcqRel);
+            let _ = self.tx.send(Command::Uncounted);
             return Err(self.closed_error());
         }
-        self.shared.queued_lines.fetch_add(1, Ordering::AcqRel);
         self.tx.send(Command::Write(out)).map_err(|_| {
             self.shared.queued_lines.fetch_sub(1, Ordering::AcqRel);
             self.closed_error()
@@ -305,7 +318,9 @@ impl ChannelSender {
     }
 
     /// Writes everything queued so far, then shuts the write side down (the
-    /// peer sees end of stream). Later sends fail with [`Error::Closed`].
+    /// peer sees end of stream). Later sends fail with [`Error::Closed`]; a
+    /// send racing this call either fails or is written: none says Ok for
+    /// a line the peer will not get.
     pub fn close(&self) {
         self.shared.set_closed(CloseReason::Local);
         let _ = self.tx.send(Command::Close);
@@ -380,7 +395,8 @@ impl SenderShared {
         if closed.is_none() {
             *closed = Some(reason);
         }
-        self.is_closed.store(true, Ordering::Release);
+        // SeqCst: see `ChannelSender::queue`.
+        self.is_closed.store(true, Ordering::SeqCst);
         drop(closed);
         // Wake every sender waiting for budget: they fail with Closed.
         self.budget.close();
@@ -411,7 +427,7 @@ async fn write_loop(mut rx: mpsc::UnboundedReceiver<Command>, shared: Arc<Sender
                     close = true;
                     break;
                 }
-                Command::WritePartial => {}
+                Command::WritePartial | Command::Uncounted => {}
                 Command::Write(out) if out.line.len() > COALESCE_LIMIT => {
                     let result = match flush_batch(writer, &mut batch, &mut done, &shared).await {
                         Ok(()) => writer.write_all(&out.line).await,
@@ -441,6 +457,23 @@ async fn write_loop(mut rx: mpsc::UnboundedReceiver<Command>, shared: Arc<Sender
             return fail(&shared, e);
         }
         if close {
+            // Lines of sends that raced the close (see `ChannelSender::queue`)
+            // are counted and still on their way: write them first. Every
+            // line queued before the Close command is written by now, and no
+            // new one is counted (the flag is set), so the count can only
+            // fall, by a line arriving or a sender taking its count back.
+            while shared.queued_lines.load(Ordering::SeqCst) > 0 {
+                match rx.recv().await {
+                    Some(Command::Write(out)) => {
+                        if let Err(e) = writer.write_all(&out.line).await {
+                            return fail(&shared, e);
+                        }
+                        finish(out, &shared);
+                    }
+                    Some(_) => {}
+                    None => break,
+                }
+            }
             let _ = writer.shutdown().await;
             shared.set_closed(CloseReason::Local);
             return;
