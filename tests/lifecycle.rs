@@ -355,31 +355,75 @@ async fn a_handler_sees_the_channel_close_when_the_peer_cannot_cancel() {
 }
 
 #[tokio::test]
-async fn a_respond_given_up_while_the_queue_is_full_still_answers_the_caller() {
-    // The server's queue holds one line; the first answer fills it while
-    // the peer reads nothing. The second handler gives up on respond (its
-    // own timeout): its caller must still get an answer, an error.
-    let (tx, mut gave_up) = mpsc::unbounded_channel();
+async fn a_handler_that_answered_still_sees_the_channel_close_when_the_peer_can_cancel() {
+    // The same promise, to a handler that answers first and works on: a
+    // peer that can cancel reaches handlers through the session's map of
+    // running handlers, and an answer must not take the handler out of it
+    // while the handler still runs. Both of the responder's ways out:
+    // answered with `respond` (request 1), and dropped unanswered (2, whose
+    // error answer goes once its handler ends: see `AnswerState`).
+    let (tx, mut events) = mpsc::unbounded_channel();
     let handler = responder_fn(move |req: Request, responder: Responder| {
         let tx = tx.clone();
         async move {
             let n: u64 = req.payload().unwrap();
             if n == 1 {
-                let _ = responder.respond(&"x".repeat(10_000)).await;
-                return;
+                responder.respond(&n).await.unwrap();
+            } else {
+                drop(responder);
             }
-            let attempt = tokio::time::timeout(Duration::from_millis(100), responder.respond(&n)).await;
-            let _ = tx.send((attempt.is_err(), responder.is_answered()));
+            let _ = tx.send((n, "answered"));
+            let closed = tokio::time::timeout(Duration::from_secs(5), req.cancelled()).await;
+            let _ = tx.send((
+                n,
+                if closed.is_ok() {
+                    "saw the close"
+                } else {
+                    "timed out"
+                },
+            ));
         }
     });
-    let config = ChannelConfig {
-        write_queue_bytes: 1,
-        ..ChannelConfig::default()
-    };
-    let (_server, mut reader, mut writer) = serve_a_one_dot_zero_peer(handler, config, 64).await;
-    for n in 1..=2 {
-        send_one_dot_zero_request(&mut writer, n).await;
+    let (a, b) = Channel::pair(ChannelConfig::default());
+    let (client, server) = tokio::join!(setup(a, None), setup(b, handler));
+    let (client, _server) = (client.unwrap(), server.unwrap());
+    assert!(client.peer().supports("cancel"));
+    assert_eq!(client.request::<_, u64>(&1).await.unwrap(), 1);
+    let second = tokio::spawn({
+        let client = client.clone();
+        async move { client.request::<_, u64>(&2).await }
+    });
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        seen.push(events.recv().await.unwrap());
     }
+    client.close();
+    while seen.len() < 4 {
+        seen.push(events.recv().await.unwrap());
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            (1, "answered"),
+            (1, "saw the close"),
+            (2, "answered"),
+            (2, "saw the close")
+        ]
+    );
+    assert!(second.await.unwrap().is_err());
+}
+
+#[tokio::test]
+async fn a_respond_given_up_while_the_queue_is_full_still_answers_the_caller() {
+    // Its caller must still get an answer, an error.
+    let (tx, mut gave_up) = mpsc::unbounded_channel();
+    let (_server, mut reader, _writer) =
+        give_up_a_respond_on_a_full_queue(None, move |_, responder, timed_out| {
+            let _ = tx.send((timed_out, responder.is_answered()));
+            async {}
+        })
+        .await;
     let (timed_out, answered) = tokio::time::timeout(Duration::from_secs(5), gave_up.recv())
         .await
         .unwrap()
@@ -407,34 +451,21 @@ async fn a_respond_given_up_while_the_queue_is_full_still_answers_the_caller() {
 
 #[tokio::test]
 async fn a_respond_given_up_still_hears_the_cancel_of_a_peer_that_can_cancel() {
-    // As above, with a peer that advertises `cancel`: its handlers are
-    // told of a cancel through the session's map of running handlers. The
-    // given-up respond must leave its handler in that map, or the peer's
-    // cancel (and the session's close) never reaches it.
+    // With a peer that advertises `cancel`, handlers are told of a cancel
+    // through the session's map of running handlers. The given-up respond
+    // must leave its handler in that map, or the peer's cancel (and the
+    // session's close) never reaches it.
     let (tx, mut seen) = mpsc::unbounded_channel();
-    let handler = responder_fn(move |req: Request, responder: Responder| {
-        let tx = tx.clone();
-        async move {
-            let n: u64 = req.payload().unwrap();
-            if n == 1 {
-                let _ = responder.respond(&"x".repeat(10_000)).await;
-                return;
-            }
-            let attempt = tokio::time::timeout(Duration::from_millis(100), responder.respond(&n)).await;
-            let _ = tx.send(("gave up", attempt.is_err()));
-            let heard = tokio::time::timeout(Duration::from_secs(5), req.cancelled()).await;
-            let _ = tx.send(("heard the cancel", heard.is_ok()));
-        }
-    });
-    let config = ChannelConfig {
-        write_queue_bytes: 1,
-        ..ChannelConfig::default()
-    };
     let (_server, _reader, mut writer) =
-        serve_a_hand_played_peer(handler, config, 64, Some(&["error", "cancel"])).await;
-    for n in 1..=2 {
-        send_one_dot_zero_request(&mut writer, n).await;
-    }
+        give_up_a_respond_on_a_full_queue(Some(&["error", "cancel"]), move |req, _, timed_out| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(("gave up", timed_out));
+                let heard = tokio::time::timeout(Duration::from_secs(5), req.cancelled()).await;
+                let _ = tx.send(("heard the cancel", heard.is_ok()));
+            }
+        })
+        .await;
     let mut next = async || {
         tokio::time::timeout(Duration::from_secs(10), seen.recv())
             .await
@@ -452,6 +483,43 @@ async fn a_respond_given_up_still_hears_the_cancel_of_a_peer_that_can_cancel() {
         Some(("heard the cancel", true)),
         "the peer's cancel never reached the handler whose respond gave up"
     );
+}
+
+/// A session whose queue holds one line, serving a hand-played peer (see
+/// [`serve_a_hand_played_peer`]) that reads nothing and has sent requests
+/// 1 and 2. The first answer (10,000 bytes) fills the queue; the handler
+/// of request 2 gives up on its respond after 100 ms (its own timeout),
+/// then runs `then` with whether the respond timed out.
+async fn give_up_a_respond_on_a_full_queue<F, Fut>(
+    extensions: Option<&[&str]>,
+    then: F,
+) -> (ipc_request::Session, PeerReader, PeerWriter)
+where
+    F: Fn(Request, Responder, bool) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let then = Arc::new(then);
+    let handler = responder_fn(move |req: Request, responder: Responder| {
+        let then = then.clone();
+        async move {
+            let n: u64 = req.payload().unwrap();
+            if n == 1 {
+                let _ = responder.respond(&"x".repeat(10_000)).await;
+                return;
+            }
+            let attempt = tokio::time::timeout(Duration::from_millis(100), responder.respond(&n)).await;
+            then(req, responder, attempt.is_err()).await;
+        }
+    });
+    let config = ChannelConfig {
+        write_queue_bytes: 1,
+        ..ChannelConfig::default()
+    };
+    let (server, reader, mut writer) = serve_a_hand_played_peer(handler, config, 64, extensions).await;
+    for n in 1..=2 {
+        send_one_dot_zero_request(&mut writer, n).await;
+    }
+    (server, reader, writer)
 }
 
 type PeerReader = tokio::io::ReadHalf<tokio::io::DuplexStream>;

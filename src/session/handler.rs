@@ -143,7 +143,6 @@ impl Request {
 /// Answers one request, once. Send it anywhere; answer from any task.
 pub struct Responder {
     pub(super) shared: Arc<Shared>,
-    pub(super) uid: String,
     pub(super) cancel: CancellationToken,
     pub(super) state: Arc<AnswerState>,
 }
@@ -160,12 +159,21 @@ pub struct Responder {
 /// queue and a stopped reader, not growing memory. Only a responder that
 /// outlived its handler (moved elsewhere, then dropped) queues its answer
 /// without waiting; there is one per responder the application kept.
-#[derive(Default)]
+///
+/// The request's entry in the session's map of running handlers (peers
+/// that can cancel, see `run_handler`) is held by two: the handler's task,
+/// which may wait on `Request::cancelled` after the answer went (the
+/// session's close must still reach it), and the answer, since a responder
+/// can outlive its handler and must still hear the peer's cancel. The last
+/// of the two to let go removes the entry.
 pub(super) struct AnswerState {
+    uid: String,
     answered: AtomicBool,
     /// HANDLER_RUNNING, HANDLER_DONE or ORPHANED.
     phase: AtomicU8,
     orphan: Mutex<Option<Vec<u8>>>,
+    /// Holders of the running-map entry left: 2, then 1, then 0.
+    entry_holders: AtomicU8,
 }
 
 const HANDLER_RUNNING: u8 = 0;
@@ -173,6 +181,25 @@ const HANDLER_DONE: u8 = 1;
 const ORPHANED: u8 = 2;
 
 impl AnswerState {
+    pub(super) fn new(uid: String) -> Self {
+        AnswerState {
+            uid,
+            answered: AtomicBool::new(false),
+            phase: AtomicU8::new(HANDLER_RUNNING),
+            orphan: Mutex::new(None),
+            entry_holders: AtomicU8::new(2),
+        }
+    }
+
+    /// One holder of the running-map entry lets go (see the type's docs):
+    /// the handler's task once, when it ends, and the answer once, when it
+    /// is final. The last removes the entry.
+    pub(super) fn let_go_of_entry(&self, shared: &Shared) {
+        if self.entry_holders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            shared.forget_running(&self.uid);
+        }
+    }
+
     /// Called by the handler's task once the handler has finished: the
     /// answer a dropped responder left for it to send, if any.
     pub(super) fn handler_finished(&self) -> Option<Vec<u8>> {
@@ -199,7 +226,7 @@ impl AnswerState {
 
 impl std::fmt::Debug for Responder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Responder").field("uid", &self.uid).finish()
+        f.debug_struct("Responder").field("uid", &self.state.uid).finish()
     }
 }
 
@@ -212,11 +239,11 @@ impl Responder {
     pub async fn respond<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), Error> {
         let claim = self.claim()?;
         let sent = async {
-            match self.shared.encode_response(&self.uid, value) {
+            match self.shared.encode_response(&self.state.uid, value) {
                 Ok(line) => self.shared.send_answer(line).await,
                 Err(e) => {
                     let error = RemoteError::new("ResponseNotSent", e.to_string());
-                    let line = self.shared.encode_error(&self.uid, &error)?;
+                    let line = self.shared.encode_error(&self.state.uid, &error)?;
                     self.shared.send_answer(line).await?;
                     Err(e)
                 }
@@ -234,7 +261,7 @@ impl Responder {
     pub async fn fail(&self, error: RemoteError) -> Result<(), Error> {
         let claim = self.claim()?;
         let sent = async {
-            let line = self.shared.encode_error(&self.uid, &error)?;
+            let line = self.shared.encode_error(&self.state.uid, &error)?;
             self.shared.send_answer(line).await
         }
         .await;
@@ -258,16 +285,16 @@ impl Responder {
     /// full): the responder's drop then answers with an error, instead of
     /// the peer waiting for an answer that never went.
     ///
-    /// The handler stays in the session's `running` map until the claim is
-    /// kept, so a claim given back still sees the peer's cancel and the
-    /// session's close. A cancel that arrives while the answer is being
-    /// sent cancels a token nobody waits on any more: harmless.
+    /// The answer lets go of the request's entry in the session's map of
+    /// running handlers only once the claim is kept (see [`AnswerState`]),
+    /// so a claim given back still hears the peer's cancel and the
+    /// session's close.
     fn claim(&self) -> Result<Claim<'_>, Error> {
         if self.state.answered.swap(true, Ordering::AcqRel) {
             return Err(Error::AlreadyAnswered);
         }
         if self.cancel.is_cancelled() {
-            self.shared.forget_running(&self.uid);
+            self.state.let_go_of_entry(&self.shared);
             return Err(Error::Cancelled);
         }
         Ok(Claim {
@@ -284,11 +311,11 @@ struct Claim<'a> {
 }
 
 impl Claim<'_> {
-    /// The answer was sent, or failed for good: the claim stands, and the
-    /// handler no longer needs to hear of a cancel.
+    /// The answer was sent, or failed for good: the claim stands.
     fn keep(mut self) {
         self.kept = true;
-        self.responder.shared.forget_running(&self.responder.uid);
+        let responder = self.responder;
+        responder.state.let_go_of_entry(&responder.shared);
     }
 }
 
@@ -305,7 +332,7 @@ impl Drop for Responder {
         if self.state.answered.swap(true, Ordering::AcqRel) {
             return;
         }
-        self.shared.forget_running(&self.uid);
+        self.state.let_go_of_entry(&self.shared);
         if self.cancel.is_cancelled() {
             return;
         }
@@ -315,13 +342,13 @@ impl Drop for Responder {
             RemoteError::new("ResponderDropped", "the handler finished without answering")
         };
         // See AnswerState: the handler's task sends it if it can.
-        match self.shared.encode_error(&self.uid, &error) {
+        match self.shared.encode_error(&self.state.uid, &error) {
             Ok(line) => {
                 if let Some(line) = self.state.leave(line) {
                     let _ = self.shared.sender.send_control(line);
                 }
             }
-            Err(e) => tracing::warn!("could not answer request {}: {e}", self.uid),
+            Err(e) => tracing::warn!("could not answer request {}: {e}", self.state.uid),
         }
     }
 }

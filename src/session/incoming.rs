@@ -240,10 +240,9 @@ impl Shared {
                 table.running.insert(uid.clone(), cancel.clone());
             }
         }
-        let state = Arc::new(AnswerState::default());
+        let state = Arc::new(AnswerState::new(uid));
         let responder = Responder {
             shared: self.clone(),
-            uid,
             cancel: cancel.clone(),
             state: state.clone(),
         };
@@ -252,6 +251,9 @@ impl Shared {
         let shared = self.clone();
         let mut task = Box::pin(async move {
             let _slot = slot;
+            // However the task ends (its handler may have answered long
+            // before), it lets go of the request's running-map entry.
+            let _entry = LetGoOfEntry(&state, &shared);
             let Some(handler) = handler else {
                 let _ = responder
                     .fail(RemoteError::new(
@@ -348,6 +350,16 @@ async fn with_exit_status(reason: CloseReason, peer_exit: Option<PeerExit>, grac
     match tokio::time::timeout(grace, exit.wait_for(|s| s.is_some())).await {
         Ok(Ok(status)) => CloseReason::ChildExited(status.expect("waited for Some")),
         _ => reason,
+    }
+}
+
+/// Lets go of the handler task's hold on its request's entry in the map of
+/// running handlers (see [`AnswerState`]) when dropped.
+struct LetGoOfEntry<'a>(&'a AnswerState, &'a Shared);
+
+impl Drop for LetGoOfEntry<'_> {
+    fn drop(&mut self) {
+        self.0.let_go_of_entry(self.1);
     }
 }
 
