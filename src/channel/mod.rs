@@ -37,6 +37,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::watch;
 
 pub use writer::ChannelSender;
+pub(crate) use writer::line_text;
 
 use crate::error::{CloseReason, Error};
 use crate::frame::{self, FrameDecoder, Message};
@@ -480,6 +481,28 @@ mod tests {
             got.push(text);
         }
         assert_eq!(got, ["[1]", "[2]", r#"{"cmd":"NODE_C"}"#]);
+    }
+
+    #[tokio::test]
+    async fn a_message_a_node_peer_would_take_for_its_own_is_refused_unsent() {
+        // PROTOCOL.md 1.3: Node handles such a line itself, and an
+        // unexpected NODE_ command makes it fail an internal assertion.
+        let (a, mut b) = super::Channel::pair(super::ChannelConfig::default());
+        for reserved in [
+            serde_json::json!({"cmd": "NODE_HANDLE_ACK"}),
+            serde_json::json!({"x": 1, "cmd": "NODE_anything"}),
+        ] {
+            let refused = a.sender().send(&reserved).await;
+            assert!(
+                matches!(refused, Err(crate::Error::ReservedMessage(_))),
+                "{reserved}: {refused:?}"
+            );
+        }
+        a.sender()
+            .send(&serde_json::json!({"cmd": "mine"}))
+            .await
+            .unwrap();
+        assert_eq!(b.recv().await.unwrap().unwrap().get(), r#"{"cmd":"mine"}"#);
     }
 
     #[tokio::test]

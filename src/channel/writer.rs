@@ -155,10 +155,16 @@ impl ChannelSender {
 
     /// Encodes `value` as one line and sends it, waiting while the queue is
     /// full. Fails with [`Error::Frame`] (nothing sent) if it does not encode
-    /// or is longer than the maximum message length, and with
+    /// or is longer than the maximum message length,
+    /// [`Error::ReservedMessage`] (nothing sent) if a Node peer would take it
+    /// for one of its own internal messages (an object whose `cmd` starts
+    /// with `NODE_`: PROTOCOL.md 1.3, such a line can crash it), and with
     /// [`Error::Closed`] once the channel is closed.
     pub async fn send<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), Error> {
         let line = self.encode(value)?;
+        if super::node_internal_cmd(line_text(&line)).is_some() {
+            return Err(Error::ReservedMessage("a cmd starting with NODE_ is Node's own"));
+        }
         self.send_line(line).await
     }
 
@@ -348,6 +354,12 @@ impl ChannelSender {
                 .unwrap_or(CloseReason::PeerClosed),
         )
     }
+}
+
+/// The JSON text of an encoded line (without its newline). Encoded lines
+/// are UTF-8; an empty text never matches anything it is checked for.
+pub(crate) fn line_text(line: &[u8]) -> &str {
+    std::str::from_utf8(line.strip_suffix(b"\n").unwrap_or(line)).unwrap_or("")
 }
 
 #[derive(Clone, Copy)]

@@ -26,7 +26,7 @@ pub use handler::{Handler, Request, Responder, handler_fn, responder_fn};
 
 use incoming::{Backlog, read_loop};
 
-use crate::channel::{Channel, ChannelSender, node_internal_cmd};
+use crate::channel::{Channel, ChannelSender, line_text, node_internal_cmd};
 use crate::error::{CloseReason, Error, RemoteError};
 use crate::frame::Message;
 use crate::protocol::{self, EXT_CANCEL, EXT_ERROR, HandshakeOut, MessageOut};
@@ -434,7 +434,7 @@ impl Session {
             return Err(Error::Closed(reason));
         }
         let line = shared.sender.encode(message)?;
-        let text = std::str::from_utf8(&line[..line.len() - 1]).unwrap_or("");
+        let text = line_text(&line);
         if node_internal_cmd(text).is_some() {
             return Err(Error::ReservedMessage("a cmd starting with NODE_ is Node's own"));
         }
