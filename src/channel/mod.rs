@@ -94,6 +94,7 @@ impl Channel {
             buf: BytesMut::with_capacity(READ_CHUNK),
             decoder: FrameDecoder::new(config.max_message_len),
             sender: sender.clone(),
+            nacks_owed: 0,
             at_eof: false,
         };
         Channel {
@@ -171,6 +172,10 @@ pub struct ChannelReceiver {
     decoder: FrameDecoder,
     /// Used to answer `NODE_HANDLE` with `NODE_HANDLE_NACK`.
     sender: ChannelSender,
+    /// NACKs owed to the peer and not yet queued: a `recv` dropped while a
+    /// NACK waited for queue space leaves it to the next `recv`. (Node
+    /// holds back every later message until its handle is answered.)
+    nacks_owed: usize,
     at_eof: bool,
 }
 
@@ -184,7 +189,8 @@ impl ChannelReceiver {
     /// * `Err(Error::Closed(CloseReason::Io(_)))`: reading failed; the
     ///   channel is finished.
     ///
-    /// Cancel safe: if the future is dropped, no message is lost.
+    /// Cancel safe: if the future is dropped, no message is lost, and an
+    /// answer owed to one of Node's own messages goes out with the next call.
     pub async fn recv(&mut self) -> Result<Option<Message>, Error> {
         self.recv_with(|text| frame::parse_message(text).map(Parsed::Unchecked))
             .await
@@ -199,6 +205,7 @@ impl ChannelReceiver {
         parse: impl Fn(&str) -> Result<Parsed<T>, serde_json::Error>,
     ) -> Result<Option<T>, Error> {
         loop {
+            self.send_owed_nacks().await;
             let parse_line = |text: &str| match parse(text) {
                 Ok(Parsed::NotNodes(value)) => Ok(Line::Message(value)),
                 Ok(Parsed::Unchecked(value)) => Ok(match node_internal_cmd(text) {
@@ -216,7 +223,7 @@ impl ChannelReceiver {
             };
             match decoded {
                 Ok(Some(Line::NodeInternal(cmd))) => {
-                    Self::handle_node_internal(&self.sender, &cmd).await;
+                    self.handle_node_internal(&cmd);
                     continue;
                 }
                 Ok(Some(Line::Message(msg))) => return Ok(Some(msg)),
@@ -251,17 +258,32 @@ impl ChannelReceiver {
     }
 
     /// Handles one of Node's own messages (PROTOCOL.md 1.3), which never
-    /// surface. A `NODE_HANDLE` is refused with a NACK; the descriptor that
-    /// came with it was discarded by the kernel (see the module docs). The
-    /// NACK waits for queue space like any line: a peer that floods us with
-    /// handles and reads nothing is slowed down, not buffered without end.
-    async fn handle_node_internal(sender: &ChannelSender, cmd: &str) {
+    /// surface. A `NODE_HANDLE` is refused with a NACK (sent by
+    /// [`send_owed_nacks`](Self::send_owed_nacks) before anything more is
+    /// read); the descriptor that came with it was discarded by the kernel
+    /// (see the module docs).
+    fn handle_node_internal(&mut self, cmd: &str) {
         if cmd == "NODE_HANDLE" {
-            let line = br#"{"cmd":"NODE_HANDLE_NACK"}"#.iter().chain(b"\n").copied().collect();
-            let _ = sender.send_line(line).await;
-            tracing::debug!("refused a handle from the peer (NODE_HANDLE_NACK)");
+            self.nacks_owed += 1;
+            tracing::debug!("refusing a handle from the peer (NODE_HANDLE_NACK)");
         } else {
             tracing::trace!("ignored Node internal message {cmd}");
+        }
+    }
+
+    /// Queues the NACKs owed. Each waits for queue space like any line: a
+    /// peer that floods us with handles and reads nothing is slowed down,
+    /// not buffered without end. Cancel safe: a NACK counts as sent only
+    /// once queued (`send_line` queues nothing if dropped while waiting).
+    async fn send_owed_nacks(&mut self) {
+        while self.nacks_owed > 0 {
+            let line = br#"{"cmd":"NODE_HANDLE_NACK"}"#.iter().chain(b"\n").copied().collect();
+            if self.sender.send_line(line).await.is_err() {
+                // Closed: nothing more is written, to anyone.
+                self.nacks_owed = 0;
+                return;
+            }
+            self.nacks_owed -= 1;
         }
     }
 }
@@ -503,6 +525,44 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(b.recv().await.unwrap().unwrap().get(), r#"{"cmd":"mine"}"#);
+    }
+
+    #[tokio::test]
+    async fn a_nack_still_goes_when_the_recv_that_read_the_handle_is_dropped() {
+        // The NACK waits for queue space; a caller's timeout around `recv`
+        // drops it there. The next `recv` must send it: a Node peer holds
+        // back everything after a handle until it is answered.
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (ours, theirs) = tokio::io::duplex(64);
+        let (mut their_reader, mut their_writer) = tokio::io::split(theirs);
+        let config = super::ChannelConfig {
+            write_queue_bytes: 64,
+            ..super::ChannelConfig::default()
+        };
+        let mut channel = super::Channel::from_stream(ours, config);
+        // Fills the pipe and takes the whole queue budget.
+        channel.sender().send(&"x".repeat(200)).await.unwrap();
+        their_writer
+            .write_all(b"{\"cmd\":\"NODE_HANDLE\",\"type\":\"net.Socket\"}\n[1]\n")
+            .await
+            .unwrap();
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(200), channel.recv()).await;
+        assert!(waited.is_err(), "the NACK should wait for queue space");
+        let reading = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let mut chunk = [0; 256];
+            while !String::from_utf8_lossy(&seen).contains("NODE_HANDLE_NACK") {
+                let n = their_reader.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "end of stream before the NACK");
+                seen.extend_from_slice(&chunk[..n]);
+            }
+        });
+        let next = channel.recv().await.unwrap().unwrap();
+        assert_eq!(next.get(), "[1]");
+        tokio::time::timeout(std::time::Duration::from_secs(5), reading)
+            .await
+            .expect("the NACK of the dropped recv never went")
+            .unwrap();
     }
 
     #[tokio::test]
