@@ -5,8 +5,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitStatus};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use tokio::process::{ChildStderr, ChildStdin, ChildStdout};
 use tokio::sync::{mpsc, watch};
 
 use crate::channel::{Channel, ChannelConfig};
@@ -47,6 +48,9 @@ pub fn spawn(command: Command) -> Result<(Channel, ChildProcess), Error> {
 /// end as a [`Channel`] (close-on-exec, so no other child inherits it) and
 /// the child. The channel knows the child's exit status, so a session over
 /// it reports how the child ended. Must run inside a Tokio runtime.
+///
+/// Streams of `command` set to [`Stdio::piped()`](std::process::Stdio::piped)
+/// are there for the taking: [`ChildProcess::take_stdout`] and its siblings.
 pub fn spawn_with(mut command: Command, options: SpawnOptions) -> Result<(Channel, ChildProcess), Error> {
     let target = options.fd;
     if target < 3 {
@@ -94,6 +98,14 @@ pub fn spawn_with(mut command: Command, options: SpawnOptions) -> Result<(Channe
     drop(theirs);
     ours.set_nonblocking(true).map_err(io_error)?;
     let pid = child.id().unwrap_or(0);
+    // Out of the child before the task that waits for it takes it: there
+    // they would be out of reach, a piped stdout that nobody can read
+    // would fill and block the child, and the wait would close stdin.
+    let pipes = Arc::new(Mutex::new(Pipes {
+        stdin: child.stdin.take(),
+        stdout: child.stdout.take(),
+        stderr: child.stderr.take(),
+    }));
 
     let (exit_tx, exit_rx) = watch::channel(None);
     // Capacity 1: a kill request is a flag, more than one adds nothing.
@@ -123,6 +135,7 @@ pub fn spawn_with(mut command: Command, options: SpawnOptions) -> Result<(Channe
             pid,
             exit: exit_rx,
             kill: kill_tx,
+            pipes,
         },
     ))
 }
@@ -135,6 +148,16 @@ pub struct ChildProcess {
     pid: u32,
     exit: watch::Receiver<Option<ExitStatus>>,
     kill: mpsc::Sender<()>,
+    /// Shared by the clones: each pipe goes to whoever takes it first.
+    pipes: Arc<Mutex<Pipes>>,
+}
+
+/// The piped stdio of a child, until taken.
+#[derive(Debug)]
+struct Pipes {
+    stdin: Option<ChildStdin>,
+    stdout: Option<ChildStdout>,
+    stderr: Option<ChildStderr>,
 }
 
 impl ChildProcess {
@@ -147,6 +170,25 @@ impl ChildProcess {
     /// reaps it sends it, so the pid can never be a reused one).
     pub fn kill(&self) {
         let _ = self.kill.try_send(());
+    }
+
+    /// The child's stdin, if its command set it to
+    /// [`Stdio::piped()`](std::process::Stdio::piped) and no clone of this
+    /// took it yet. Drop it to close the child's stdin.
+    pub fn take_stdin(&self) -> Option<ChildStdin> {
+        self.pipes.lock().unwrap().stdin.take()
+    }
+
+    /// The child's stdout, as [`take_stdin`](Self::take_stdin). Read it:
+    /// a child whose pipe is full blocks until it is read. A pipe nobody
+    /// takes closes when the last clone of this is dropped.
+    pub fn take_stdout(&self) -> Option<ChildStdout> {
+        self.pipes.lock().unwrap().stdout.take()
+    }
+
+    /// The child's stderr, as [`take_stdout`](Self::take_stdout).
+    pub fn take_stderr(&self) -> Option<ChildStderr> {
+        self.pipes.lock().unwrap().stderr.take()
     }
 
     /// The exit status, if the child has exited.

@@ -636,3 +636,36 @@ async fn a_program_that_cannot_start_fails_the_spawn_whatever_the_channel_fd() {
         );
     }
 }
+
+#[tokio::test]
+async fn piped_stdio_is_handed_over_and_a_full_stdout_does_not_block_the_child() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // More than a pipe holds (64 KiB), so the child blocks until it is read.
+    let mut command = Command::new("sh");
+    command
+        .args(["-c", "head -c 200000 /dev/zero; cat; echo oops >&2"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let (_channel, child) = spawn(command).unwrap();
+    let mut stdin = child.take_stdin().expect("stdin was piped");
+    assert!(child.clone().take_stdin().is_none(), "each pipe is taken once");
+    let mut stdout = child.take_stdout().expect("stdout was piped");
+    let mut stderr = child.take_stderr().expect("stderr was piped");
+    stdin.write_all(b"hello\n").await.unwrap();
+    drop(stdin);
+    let mut out = Vec::new();
+    let mut err = String::new();
+    let within = Duration::from_secs(10);
+    tokio::time::timeout(within, async {
+        stdout.read_to_end(&mut out).await.unwrap();
+        stderr.read_to_string(&mut err).await.unwrap();
+    })
+    .await
+    .expect("the child's output never ended");
+    assert_eq!(out.len(), 200_006);
+    assert!(out.ends_with(b"\0hello\n"), "stdin reached the child");
+    assert_eq!(err, "oops\n");
+    let status = tokio::time::timeout(within, child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "{status}");
+}
