@@ -669,3 +669,100 @@ async fn piped_stdio_is_handed_over_and_a_full_stdout_does_not_block_the_child()
     let status = tokio::time::timeout(within, child.wait()).await.unwrap().unwrap();
     assert!(status.success(), "{status}");
 }
+
+/// `command`, run by a shell that first starts a background job holding
+/// the channel's fd for a minute (as a wrapper script may): the child's end
+/// of the channel then outlives the child. Its stdout is piped; the job's
+/// pid is its first line (see [`JobHoldingTheChannel`]).
+fn with_a_job_holding_the_channel(command: Option<&Command>) -> Command {
+    let mut wrapped = Command::new("sh");
+    wrapped.stdout(std::process::Stdio::piped()).arg("-c");
+    match command {
+        Some(command) => wrapped
+            .arg("sleep 60 & echo $!; exec \"$0\" \"$@\"")
+            .arg(command.get_program())
+            .args(command.get_args()),
+        None => wrapped.arg("sleep 60 & echo $!; exit 3"),
+    };
+    wrapped
+}
+
+/// The background job of [`with_a_job_holding_the_channel`], killed on drop;
+/// holds the child's stdout, so that what it prints has somewhere to go.
+struct JobHoldingTheChannel {
+    pid: i32,
+    _stdout: tokio::io::BufReader<tokio::process::ChildStdout>,
+}
+
+impl JobHoldingTheChannel {
+    async fn of(child: &ChildProcess) -> JobHoldingTheChannel {
+        use tokio::io::AsyncBufReadExt;
+        let mut stdout = tokio::io::BufReader::new(child.take_stdout().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).await.unwrap();
+        let pid = line.trim().parse().expect("the job's pid");
+        JobHoldingTheChannel { pid, _stdout: stdout }
+    }
+}
+
+impl Drop for JobHoldingTheChannel {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the pid of our own grandchild, still running
+        // (it sleeps for a minute) and never reaped by anyone else.
+        unsafe { libc::kill(self.pid, libc::SIGKILL) };
+    }
+}
+
+#[tokio::test]
+async fn a_child_that_dies_while_another_process_holds_its_channel_ends_the_session() {
+    // Before the handshake: it fails with the child's code, not a timeout.
+    let (channel, child) = spawn(with_a_job_holding_the_channel(None)).unwrap();
+    let _job = JobHoldingTheChannel::of(&child).await;
+    let config = SessionConfig {
+        handshake_timeout: Duration::from_secs(60),
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let err = SessionBuilder::new()
+        .config(config)
+        .setup(channel)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Closed(CloseReason::ChildExited(s)) if s.code() == Some(3)),
+        "{err}"
+    );
+    // Not a speed test: both the handshake timeout and the job last a minute.
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "waited for the timeout"
+    );
+
+    // After it: pending requests fail with how the child ended.
+    let (channel, child) = spawn(with_a_job_holding_the_channel(Some(&rust_child(&[])))).unwrap();
+    let _job = JobHoldingTheChannel::of(&child).await;
+    let session = SessionBuilder::new().setup(channel).await.unwrap();
+    let pending = tokio::spawn({
+        let session = session.clone();
+        async move {
+            session
+                .request::<_, Value>(&json!({"op":"sleep","ms":60_000}))
+                .await
+        }
+    });
+    while session.pending_requests() < 1 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    child.kill();
+    let result = tokio::time::timeout(Duration::from_secs(30), pending)
+        .await
+        .expect("the request hung after the child died")
+        .unwrap();
+    match result {
+        Err(Error::Closed(CloseReason::ChildExited(status))) => {
+            use std::os::unix::process::ExitStatusExt;
+            assert_eq!(status.signal(), Some(9));
+        }
+        other => panic!("{other:?}"),
+    }
+}

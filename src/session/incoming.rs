@@ -311,7 +311,11 @@ pub(super) async fn read_loop(
     peer_exit: Option<PeerExit>,
     our_uid: String,
 ) {
+    let grace = shared.config.exit_grace;
+    let mut child_gone = std::pin::pin!(child_gone(peer_exit.clone(), grace));
     let reason = loop {
+        // Reading comes first (biased): what the child wrote before it
+        // died is read and delivered before the session ends for it.
         let next = tokio::select! {
             biased;
             _ = shared.closing.cancelled() => return,
@@ -320,6 +324,7 @@ pub(super) async fn read_loop(
                     if exact { Parsed::NotNodes(inbound) } else { Parsed::Unchecked(inbound) }
                 })
             }) => next,
+            status = &mut child_gone => break CloseReason::ChildExited(status),
         };
         match next {
             Ok(Some(inbound)) => {
@@ -337,8 +342,28 @@ pub(super) async fn read_loop(
             Err(other) => break CloseReason::Io(Arc::new(std::io::Error::other(other.to_string()))),
         }
     };
-    let reason = with_exit_status(reason, peer_exit, shared.config.exit_grace).await;
+    let reason = with_exit_status(reason, peer_exit, grace).await;
     shared.shut(reason);
+}
+
+/// When we own the peer process: its exit status, `grace` after it exited;
+/// never, for a peer we do not own. The child's end of the channel usually
+/// closes as it dies, but not when another process holds a copy (a
+/// background job of a shell wrapper, a helper the child started before it
+/// opened its channel): the session must not wait on that process.
+async fn child_gone(peer_exit: Option<PeerExit>, grace: Duration) -> std::process::ExitStatus {
+    if let Some(mut exit) = peer_exit {
+        // The borrow of the watch must end before the sleep.
+        let status = exit
+            .wait_for(|s| s.is_some())
+            .await
+            .map(|s| s.expect("waited for Some"));
+        if let Ok(status) = status {
+            tokio::time::sleep(grace).await;
+            return status;
+        }
+    }
+    std::future::pending().await
 }
 
 /// When we own the peer process, a channel that ended is better explained

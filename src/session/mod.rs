@@ -62,9 +62,12 @@ pub struct SessionConfig {
     /// Total payload bytes of the requests waiting for a handler slot
     /// (default 64 MiB). One request is always let in, however large.
     pub max_queued_request_bytes: usize,
-    /// When the session owns the child and the channel closes, how long to
-    /// wait for the child's exit status before failing pending requests
-    /// without it (default 200 ms).
+    /// When the session owns the child (default 200 ms): if the channel
+    /// closes first, how long to wait for the child's exit status to name
+    /// it in the error; if the child exits first, how long to go on reading
+    /// what it wrote before the session ends, even if another process
+    /// (a background job of a wrapper script) still holds the child's end
+    /// of the channel.
     pub exit_grace: Duration,
     /// Plain messages buffered for [`Session::messages`] (default 1,024).
     /// Until someone takes the stream, messages past this are dropped with a
