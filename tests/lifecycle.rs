@@ -415,6 +415,88 @@ async fn a_handler_that_answered_still_sees_the_channel_close_when_the_peer_can_
 }
 
 #[tokio::test]
+async fn a_handler_that_cancels_its_own_token_still_answers_its_caller() {
+    // The token is the handler's to share with its own work; cancelling
+    // it must not cost the caller the answer (or, for a dropped responder,
+    // the error that says there will be none).
+    let handler = responder_fn(|req: Request, responder: Responder| async move {
+        req.cancellation_token().cancel();
+        assert!(req.is_cancelled());
+        if req.payload::<u64>().unwrap() == 1 {
+            responder.respond(&"answered anyway").await.unwrap();
+        }
+    });
+    let (a, b) = Channel::pair(ChannelConfig::default());
+    let (client, server) = tokio::join!(setup(a, None), setup(b, handler));
+    let (client, _server) = (client.unwrap(), server.unwrap());
+    let within = Duration::from_secs(5);
+    let answer = tokio::time::timeout(within, client.request::<_, String>(&1)).await;
+    assert_eq!(answer.expect("no answer came").unwrap(), "answered anyway");
+    let dropped = tokio::time::timeout(within, client.request::<_, String>(&2)).await;
+    match dropped.expect("no answer came") {
+        Err(Error::Remote(e)) => assert_eq!(e.name, "ResponderDropped"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_handler_done_with_a_uid_leaves_a_later_request_with_it_cancellable() {
+    // A peer may reuse a UID once it has its answer. The first handler,
+    // answered and finishing later, must not take the second one's entry
+    // out of the map of running handlers: the peer's cancel would miss it.
+    let finish_first = Arc::new(tokio::sync::Notify::new());
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let handler = responder_fn({
+        let finish_first = finish_first.clone();
+        move |req: Request, responder: Responder| {
+            let (finish_first, tx) = (finish_first.clone(), tx.clone());
+            async move {
+                if req.payload::<u64>().unwrap() == 1 {
+                    responder.respond(&1).await.unwrap();
+                    finish_first.notified().await;
+                    let _ = tx.send("first finished");
+                } else {
+                    let _ = tx.send("second started");
+                    let heard = tokio::time::timeout(Duration::from_secs(5), req.cancelled()).await;
+                    let _ = tx.send(if heard.is_ok() {
+                        "second cancelled"
+                    } else {
+                        "second missed it"
+                    });
+                }
+            }
+        }
+    });
+    let (_server, _reader, mut writer) = serve_a_hand_played_peer(
+        handler,
+        ChannelConfig::default(),
+        4096,
+        Some(&["error", "cancel"]),
+    )
+    .await;
+    use tokio::io::AsyncWriteExt;
+    let line = |kind: &str, payload: &str| {
+        format!(
+            "{{\"_IPC_REQUEST/MSG_TYPE\":\"_IPC_REQUEST/MSG_TYPE:{kind}\",\
+             \"_IPC_REQUEST/REQUEST_UID\":\"7\",\"_IPC_REQUEST/PAYLOAD\":{payload}}}\n"
+        )
+    };
+    writer.write_all(line("REQUEST", "1").as_bytes()).await.unwrap();
+    writer.write_all(line("REQUEST", "2").as_bytes()).await.unwrap();
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(10), events.recv())
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    assert_eq!(next().await, "second started");
+    finish_first.notify_one();
+    assert_eq!(next().await, "first finished");
+    writer.write_all(line("CANCEL", "null").as_bytes()).await.unwrap();
+    assert_eq!(next().await, "second cancelled");
+}
+
+#[tokio::test]
 async fn a_respond_given_up_while_the_queue_is_full_still_answers_the_caller() {
     // Its caller must still get an answer, an error.
     let (tx, mut gave_up) = mpsc::unbounded_channel();

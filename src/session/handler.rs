@@ -124,7 +124,9 @@ impl Request {
     }
 
     /// True once the peer cancelled this request (`cancel` extension) or
-    /// the channel closed: an answer would not be written.
+    /// the channel closed, when an answer would not be written; also once
+    /// the handler cancelled its [`cancellation_token`](Self::cancellation_token)
+    /// itself, which does not stop its answer.
     pub fn is_cancelled(&self) -> bool {
         self.cancel.is_cancelled()
     }
@@ -135,6 +137,9 @@ impl Request {
     }
 
     /// A token that is cancelled with this request, to hand to other tasks.
+    /// Cancelling it yourself stops whatever watches it, but not the
+    /// answer: the caller still gets what the responder sends, or the error
+    /// its drop sends.
     pub fn cancellation_token(&self) -> CancellationToken {
         self.cancel.clone()
     }
@@ -174,6 +179,10 @@ pub(super) struct AnswerState {
     orphan: Mutex<Option<Vec<u8>>>,
     /// Holders of the running-map entry left: 2, then 1, then 0.
     entry_holders: AtomicU8,
+    /// The peer cancelled the request or the session closed: no answer
+    /// is written. (The token alone cannot say so: the handler may cancel
+    /// it itself, which must not cost its caller the answer.)
+    refused: AtomicBool,
 }
 
 const HANDLER_RUNNING: u8 = 0;
@@ -188,7 +197,18 @@ impl AnswerState {
             phase: AtomicU8::new(HANDLER_RUNNING),
             orphan: Mutex::new(None),
             entry_holders: AtomicU8::new(2),
+            refused: AtomicBool::new(false),
         }
+    }
+
+    /// The request's UID.
+    pub(super) fn uid(&self) -> &str {
+        &self.uid
+    }
+
+    /// See `refused`. Called before the handler's token is cancelled.
+    pub(super) fn refuse(&self) {
+        self.refused.store(true, Ordering::Release);
     }
 
     /// One holder of the running-map entry lets go (see the type's docs):
@@ -196,7 +216,7 @@ impl AnswerState {
     /// is final. The last removes the entry.
     pub(super) fn let_go_of_entry(&self, shared: &Shared) {
         if self.entry_holders.fetch_sub(1, Ordering::AcqRel) == 1 {
-            shared.forget_running(&self.uid);
+            shared.forget_running(self);
         }
     }
 
@@ -274,9 +294,20 @@ impl Responder {
         self.state.answered.load(Ordering::Acquire)
     }
 
-    /// True once the peer cancelled the request or the channel closed.
+    /// True once the peer cancelled the request or the channel closed: an
+    /// answer would not be written. (A token the handler cancelled itself
+    /// does not count here; see [`Request::cancellation_token`].)
     pub fn is_cancelled(&self) -> bool {
+        self.answer_refused()
+    }
+
+    /// The peer cancelled the request or the session closed: nothing this
+    /// responder sends would be written. A token the handler cancelled
+    /// itself does not count. Only a cancelled token is looked into
+    /// further, so the usual answer pays one atomic load.
+    fn answer_refused(&self) -> bool {
         self.cancel.is_cancelled()
+            && (self.state.refused.load(Ordering::Acquire) || self.shared.closing.is_cancelled())
     }
 
     /// Marks the request answered, or says why it cannot be. The claim is
@@ -293,7 +324,7 @@ impl Responder {
         if self.state.answered.swap(true, Ordering::AcqRel) {
             return Err(Error::AlreadyAnswered);
         }
-        if self.cancel.is_cancelled() {
+        if self.answer_refused() {
             self.state.let_go_of_entry(&self.shared);
             return Err(Error::Cancelled);
         }
@@ -333,7 +364,7 @@ impl Drop for Responder {
             return;
         }
         self.state.let_go_of_entry(&self.shared);
-        if self.cancel.is_cancelled() {
+        if self.answer_refused() {
             return;
         }
         let error = if std::thread::panicking() {

@@ -14,7 +14,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use super::handler::AnswerState;
-use super::{PeerInfo, Phase, Request, Responder, Shared};
+use super::{PeerInfo, Phase, Request, Responder, RunningHandler, Shared};
 use crate::channel::{ChannelReceiver, Parsed, PeerExit};
 use crate::error::{CloseReason, Error, RemoteError};
 use crate::frame::Message;
@@ -139,8 +139,9 @@ impl Shared {
                 }
             }
             Inbound::Cancel { uid } => {
-                if let Some(token) = self.table.lock().unwrap().running.remove(&uid) {
-                    token.cancel();
+                let running = self.table.lock().unwrap().running.remove(&uid);
+                if let Some(handler) = running {
+                    handler.refuse();
                 } else if self.peer_can_cancel() && self.backlog_len.load(Ordering::Acquire) > 0 {
                     // Not started yet: it never will be. A cancel that
                     // finds the request in neither place came after its
@@ -231,16 +232,20 @@ impl Shared {
         } else {
             self.closing.child_token()
         };
+        let state = Arc::new(AnswerState::new(uid));
         {
             let mut table = self.table.lock().unwrap();
             if table.closed.is_some() {
                 return;
             }
             if self.peer_can_cancel() {
-                table.running.insert(uid.clone(), cancel.clone());
+                let handler = RunningHandler {
+                    cancel: cancel.clone(),
+                    answer: state.clone(),
+                };
+                table.running.insert(state.uid().to_owned(), handler);
             }
         }
-        let state = Arc::new(AnswerState::new(uid));
         let responder = Responder {
             shared: self.clone(),
             cancel: cancel.clone(),

@@ -22,6 +22,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, Semaphore, TryAcquireError, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use handler::AnswerState;
 pub use handler::{Handler, Request, Responder, handler_fn, responder_fn};
 
 use incoming::{Backlog, read_loop};
@@ -272,9 +273,26 @@ struct Table {
     pending: pending::PendingMap<oneshot::Sender<Answer>>,
     /// The peer's requests being handled, by its UID, for `cancel`. Only
     /// filled when the peer can cancel.
-    running: HashMap<String, CancellationToken>,
+    running: HashMap<String, RunningHandler>,
     /// Set once; from then on nothing is added to either map.
     closed: Option<CloseReason>,
+}
+
+/// A handler in the `running` map.
+struct RunningHandler {
+    cancel: CancellationToken,
+    /// Says whose entry this is (a peer may reuse a UID once answered), and
+    /// takes the news that the answer is refused.
+    answer: Arc<AnswerState>,
+}
+
+impl RunningHandler {
+    /// The peer cancelled the request, or the session closed: the handler
+    /// is told, and whatever it answers is not written.
+    fn refuse(self) {
+        self.answer.refuse();
+        self.cancel.cancel();
+    }
 }
 
 pub(crate) struct Shared {
@@ -598,9 +616,17 @@ impl Shared {
         sent.map_err(|e| self.send_error(e))
     }
 
-    fn forget_running(&self, uid: &str) {
-        if self.peer_can_cancel() {
-            self.table.lock().unwrap().running.remove(uid);
+    /// Removes `answer`'s entry from the `running` map, if it is still
+    /// there: not one a later request with the same UID put there.
+    fn forget_running(&self, answer: &AnswerState) {
+        if !self.peer_can_cancel() {
+            return;
+        }
+        let mut table = self.table.lock().unwrap();
+        if let Some((uid, entry)) = table.running.remove_entry(answer.uid()) {
+            if !std::ptr::eq(Arc::as_ptr(&entry.answer), answer) {
+                table.running.insert(uid, entry);
+            }
         }
     }
 
@@ -634,8 +660,8 @@ impl Shared {
         for (_, tx) in pending {
             let _ = tx.send(Err(Box::new(Error::Closed(reason.clone()))));
         }
-        for (_, token) in running {
-            token.cancel();
+        for (_, handler) in running {
+            handler.refuse();
         }
         self.in_flight.close();
         self.handler_slots.close();
