@@ -306,11 +306,13 @@ impl ChannelSender {
         //
         // The race with `close`: a send that passes this check just before
         // `close` sets the flag queues its line after the Close command.
-        // The line is counted first and the flag read after, both SeqCst,
-        // as `close` sets the flag before sending Close: so either this
-        // send sees the flag and takes its count back, or the writer task,
-        // once at the Close command, sees the count and waits for the line
-        // (see `write_loop`). Every send that says Ok is written.
+        // The line is counted first and the flag read after, both SeqCst;
+        // `close` stores the flag (SeqCst) before it sends Close, and the
+        // writer task reads the count (SeqCst) after receiving it, so that
+        // store comes before that read (the queue orders them). Then either
+        // this send sees the flag and takes its count back, or its count is
+        // there when the writer task reads it, and the task waits for the
+        // line (see `write_loop`). Every send that says Ok is written.
         self.shared.queued_lines.fetch_add(1, Ordering::SeqCst);
         if self.shared.is_closed.load(Ordering::SeqCst) {
             self.shared.queued_lines.fetch_sub(1, Ordering::AcqRel);
@@ -471,9 +473,10 @@ async fn write_loop(mut rx: mpsc::UnboundedReceiver<Command>, shared: Arc<Sender
         if close {
             // Lines of sends that raced the close (see `ChannelSender::queue`)
             // are counted and still on their way: write them first. Every
-            // line queued before the Close command is written by now, and no
-            // new one is counted (the flag is set), so the count can only
-            // fall, by a line arriving or a sender taking its count back.
+            // line queued before the Close command is written by now. A send
+            // that counts its line from now on sees the flag and takes the
+            // count back, sending Uncounted, which wakes this loop to look
+            // again; so the count reaches 0 once the racing lines are in.
             while shared.queued_lines.load(Ordering::SeqCst) > 0 {
                 match rx.recv().await {
                     Some(Command::Write(out)) => {
