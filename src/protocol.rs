@@ -319,6 +319,38 @@ const RESPONSE_HEAD: &str =
     r#"{"_IPC_REQUEST/MSG_TYPE":"_IPC_REQUEST/MSG_TYPE:RESPONSE","_IPC_REQUEST/REQUEST_UID":""#;
 const UID_TO_PAYLOAD: &str = r#"","_IPC_REQUEST/PAYLOAD":"#;
 
+/// What a line too long to read was, by its first bytes (see
+/// [`FrameDecoder::too_long_head`](crate::frame::FrameDecoder::too_long_head)).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum TooLongLine<'a> {
+    /// A request, with its UID.
+    Request(&'a str),
+    /// A response, with its UID.
+    Response(&'a str),
+}
+
+/// The request or response a line too long to read was, if its envelope
+/// is in the exact form this crate writes (and `JSON.stringify` writes for
+/// a 1.0 object) up to its payload, all of it within `head`. The caller
+/// can then fail that request rather than leave it waiting for ever;
+/// anything else (`None`) is only reported.
+pub(crate) fn too_long_line(head: &[u8]) -> Option<TooLongLine<'_>> {
+    let (is_request, rest) = match head.strip_prefix(REQUEST_HEAD.as_bytes()) {
+        Some(rest) => (true, rest),
+        None => (false, head.strip_prefix(RESPONSE_HEAD.as_bytes())?),
+    };
+    let uid_len = memchr::memchr(b'"', rest)?;
+    let uid = std::str::from_utf8(&rest[..uid_len]).ok()?;
+    if !is_plain_uid(uid) || !rest[uid_len..].starts_with(UID_TO_PAYLOAD.as_bytes()) {
+        return None;
+    }
+    Some(if is_request {
+        TooLongLine::Request(uid)
+    } else {
+        TooLongLine::Response(uid)
+    })
+}
+
 /// True if `uid` can go between quotes as it is: no escaping needed.
 fn is_plain_uid(uid: &str) -> bool {
     uid.bytes()
@@ -787,5 +819,28 @@ mod tests {
         assert!(is_protocol_message(&encode(&MessageOut::cancel("1"))));
         assert!(!is_protocol_message(r#"{"_IPC_REQUEST/x":1}"#));
         assert!(!is_protocol_message(r#"{"a":1}"#));
+    }
+
+    #[test]
+    fn a_too_long_line_is_known_by_its_envelope_up_to_the_payload() {
+        let request = encode(&MessageOut::request("42", &"x".repeat(300)));
+        let response = encode(&MessageOut::response("7", &[1, 2, 3]));
+        assert_eq!(
+            too_long_line(&request.as_bytes()[..120]),
+            Some(TooLongLine::Request("42"))
+        );
+        assert_eq!(
+            too_long_line(response.as_bytes()),
+            Some(TooLongLine::Response("7"))
+        );
+        // Cut before the payload key: the UID may not be whole.
+        let cut = request.find("\",\"_IPC_REQUEST/PAYLOAD").unwrap();
+        assert_eq!(too_long_line(&request.as_bytes()[..cut]), None);
+        assert_eq!(too_long_line(&request.as_bytes()[..cut - 1]), None);
+        // Other shapes are only reported.
+        assert_eq!(too_long_line(br#"{"a":"_IPC_REQUEST/MSG_TYPE"}"#), None);
+        assert_eq!(too_long_line(b"[1,2,3]"), None);
+        let escaped = request.replacen("\"42\"", r#""4\u0032""#, 1);
+        assert_eq!(too_long_line(escaped.as_bytes()), None);
     }
 }

@@ -330,6 +330,56 @@ async fn a_too_long_request_fails_alone() {
 }
 
 #[tokio::test]
+async fn a_line_too_long_for_its_reader_fails_its_request_instead_of_leaving_it_waiting() {
+    // Node has no length limit, so a peer may send more than our limit. An
+    // answer too long to read fails its request; a request too long for
+    // the peer is answered by the peer with an error.
+    let (small_io, big_io) = tokio::io::duplex(64 * 1024);
+    let small_config = ChannelConfig {
+        max_message_len: 1024,
+        ..Default::default()
+    };
+    let (small, big) = tokio::join!(
+        setup(Channel::from_stream(small_io, small_config), ops_handler()),
+        setup(
+            Channel::from_stream(big_io, ChannelConfig::default()),
+            ops_handler()
+        ),
+    );
+    let (small, big) = (small.unwrap(), big.unwrap());
+    let within = Duration::from_secs(5);
+    let answer = tokio::time::timeout(
+        within,
+        small.request::<_, Value>(&json!({"op":"repeat","n":2000})),
+    )
+    .await
+    .expect("a request whose answer was too long was left waiting");
+    assert!(
+        matches!(
+            answer,
+            Err(Error::Frame(ipc_request::FrameError::TooLong { max: 1024, .. }))
+        ),
+        "{answer:?}"
+    );
+    assert_eq!(small.pending_requests(), 0);
+    let big_request = json!({"op":"echo","data":"x".repeat(2000)});
+    let refused = tokio::time::timeout(within, big.request::<_, Value>(&big_request))
+        .await
+        .expect("a request too long for the peer was left waiting");
+    match refused {
+        Err(Error::Remote(e)) => {
+            assert_eq!(e.name, "RequestTooLong");
+            assert!(e.message.contains("1024"), "{}", e.message);
+        }
+        other => panic!("{other:?}"),
+    }
+    for side in [&small, &big] {
+        let echo = side.request::<_, Value>(&json!({"op":"echo","data":"on"})).await;
+        assert_eq!(echo.unwrap(), json!("on"), "the session goes on");
+    }
+}
+
+#[tokio::test]
 async fn a_bad_line_from_the_peer_is_reported_and_the_session_goes_on() {
     let (a_io, b_io) = tokio::io::duplex(64 * 1024);
     let (mut b_read, mut b_write) = tokio::io::split(b_io);

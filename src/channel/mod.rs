@@ -250,6 +250,12 @@ impl ChannelReceiver {
         }
     }
 
+    /// The first bytes of the line last reported as too long (see
+    /// [`FrameDecoder::too_long_head`]).
+    pub(crate) fn too_long_head(&self) -> &[u8] {
+        self.decoder.too_long_head()
+    }
+
     /// Bytes already read and not yet handed out: non-zero means more
     /// messages are probably waiting, which the session uses to batch its
     /// answers into one write.

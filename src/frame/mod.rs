@@ -120,7 +120,13 @@ pub struct FrameDecoder {
     /// An over-long line was reported before its newline arrived: drop bytes up to and
     /// including the next newline.
     discarding: bool,
+    /// The first bytes of the line last reported as too long (see [`FrameDecoder::too_long_head`]).
+    too_long_head: Vec<u8>,
 }
+
+/// How many bytes of an over-long line [`FrameDecoder::too_long_head`] keeps: enough for the
+/// envelope of a request or response up to its UID.
+pub const TOO_LONG_HEAD_LEN: usize = 256;
 
 impl FrameDecoder {
     /// A decoder that accepts lines of at most `max_len` bytes (newline excluded, surrounding
@@ -131,7 +137,22 @@ impl FrameDecoder {
             scanned: 0,
             clean: 0,
             discarding: false,
+            too_long_head: Vec::new(),
         }
+    }
+
+    /// The first bytes (at most [`TOO_LONG_HEAD_LEN`], leading whitespace skipped) of the line
+    /// most recently reported as [`FrameError::TooLong`], so that a layer above can say what it
+    /// was (the protocol layer finds the request it answered, or asked). Empty before any.
+    pub fn too_long_head(&self) -> &[u8] {
+        &self.too_long_head
+    }
+
+    fn keep_too_long_head(&mut self, line: &[u8]) {
+        let line = line.trim_ascii_start();
+        self.too_long_head.clear();
+        self.too_long_head
+            .extend_from_slice(&line[..line.len().min(TOO_LONG_HEAD_LEN)]);
     }
 
     /// The maximum line length this decoder accepts, in bytes.
@@ -184,6 +205,7 @@ impl FrameDecoder {
                 if buf.len() > self.max_len {
                     // The line is already too long; report it now rather than buffering it.
                     let len = buf.len();
+                    self.keep_too_long_head(buf);
                     buf.clear();
                     self.scanned = 0;
                     self.clean = 0;
@@ -200,6 +222,7 @@ impl FrameDecoder {
             let clean = std::mem::take(&mut self.clean);
             self.scanned = 0;
             if newline > self.max_len {
+                self.keep_too_long_head(&buf[..newline]);
                 buf.advance(newline + 1);
                 return Err(FrameError::TooLong {
                     len: newline,

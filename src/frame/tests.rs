@@ -686,3 +686,23 @@ mod against_a_full_scan {
         }
     }
 }
+
+#[test]
+fn the_head_of_an_over_long_line_is_kept_for_the_layer_above() {
+    let line = format!("  [\"{}\"]", "y".repeat(1_000));
+    let head = &line.as_bytes()[2..2 + TOO_LONG_HEAD_LEN];
+    // Its newline seen in the same read, then not yet seen.
+    for (bytes, len) in [(format!("{line}\n[1]\n"), line.len()), (line.clone(), line.len())] {
+        let mut decoder = FrameDecoder::new(100);
+        assert!(decoder.too_long_head().is_empty());
+        let mut buf = BytesMut::from(bytes.as_bytes());
+        let results = drain(&mut decoder, &mut buf);
+        assert_eq!(results[0], Err(FrameError::TooLong { len, max: 100 }));
+        assert_eq!(decoder.too_long_head(), head, "leading whitespace skipped");
+    }
+    // A short over-long line is kept whole.
+    let mut decoder = FrameDecoder::new(4);
+    let mut buf = BytesMut::from(&b"[1,2,3]\n"[..]);
+    drain(&mut decoder, &mut buf);
+    assert_eq!(decoder.too_long_head(), b"[1,2,3]");
+}

@@ -17,8 +17,8 @@ use super::handler::AnswerState;
 use super::{PeerInfo, Phase, Request, Responder, RunningHandler, Shared};
 use crate::channel::{ChannelReceiver, Parsed, PeerExit};
 use crate::error::{CloseReason, Error, RemoteError};
-use crate::frame::Message;
-use crate::protocol::{self, HandshakeOut, Inbound};
+use crate::frame::{FrameError, Message};
+use crate::protocol::{self, HandshakeOut, Inbound, TooLongLine};
 
 /// The peer's requests waiting for a handler slot.
 #[derive(Default)]
@@ -295,6 +295,51 @@ impl Shared {
         }
     }
 
+    /// A line too long to read that was the answer to one of our requests
+    /// fails that request with the error; one that was a request of the
+    /// peer is answered with an error. Without this both would wait for
+    /// ever: Node has no length limit, so a Node peer may well send one.
+    /// True if the line was either (it is then not a plain message's error).
+    ///
+    /// The error answer is queued without waiting for space, like the
+    /// control lines, so the reader never waits on the writer (two peers
+    /// could deadlock): it is small, and there is at most one per line too
+    /// long to read, so per `max_message_len` bytes read.
+    fn answer_too_long_line(&self, error: &FrameError, head: &[u8]) -> bool {
+        if !matches!(error, FrameError::TooLong { .. }) {
+            return false;
+        }
+        match protocol::too_long_line(head) {
+            Some(TooLongLine::Response(uid)) => {
+                let waiter = match uid.parse::<u64>() {
+                    Ok(id) => self.table.lock().unwrap().pending.remove(&id),
+                    Err(_) => None,
+                };
+                match waiter {
+                    Some(tx) => {
+                        let _ = tx.send(Err(Box::new(Error::Frame(error.clone()))));
+                    }
+                    None => tracing::debug!("too long answer to a request no longer pending: {uid:?}"),
+                }
+                true
+            }
+            Some(TooLongLine::Request(uid)) => {
+                let refusal = RemoteError::new(
+                    "RequestTooLong",
+                    format!("the peer could not read this request: {error}"),
+                );
+                match self.encode_error(uid, &refusal) {
+                    Ok(line) => {
+                        let _ = self.sender.send_control(line);
+                    }
+                    Err(e) => tracing::warn!("could not answer the too long request {uid}: {e}"),
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
     async fn deliver(&self, item: Result<serde_json::Value, Error>) {
         let Some(tx) = self.messages_tx.lock().unwrap().clone() else {
             return;
@@ -341,7 +386,9 @@ pub(super) async fn read_loop(
             Ok(None) => break CloseReason::PeerClosed,
             Err(Error::Frame(e)) => {
                 tracing::warn!("skipped a line from the peer: {e}");
-                shared.deliver(Err(Error::Frame(e))).await;
+                if !shared.answer_too_long_line(&e, receiver.too_long_head()) {
+                    shared.deliver(Err(Error::Frame(e))).await;
+                }
             }
             Err(Error::Closed(reason)) => break reason,
             Err(other) => break CloseReason::Io(Arc::new(std::io::Error::other(other.to_string()))),

@@ -373,6 +373,11 @@ impl Session {
     }
 
     /// Sends a request and returns the answer as raw JSON text.
+    ///
+    /// An answer longer than this side's `max_message_len` fails the
+    /// request with [`Error::Frame`] (`TooLong`); a request longer than the
+    /// peer's limit comes back, from a peer running this crate, as
+    /// [`Error::Remote`] named `RequestTooLong`.
     pub async fn request_raw<Req: Serialize + ?Sized>(&self, payload: &Req) -> Result<Message, Error> {
         self.call(payload, self.shared.config.request_timeout).await
     }
@@ -473,7 +478,9 @@ impl Session {
 
     /// The stream of plain messages from the peer, in order, with an
     /// `Err(Error::Frame(_))` item for each line that could not be read (too
-    /// long, not JSON). Returns `None` after the first call: there is one
+    /// long, not JSON), unless the session could tell it was a request or
+    /// the answer to one of ours (then that request fails instead, on
+    /// whichever side asked). Returns `None` after the first call: there is one
     /// stream per session. It ends when the session closes.
     ///
     /// Once taken, read it steadily, from a task of its own: while its

@@ -12,8 +12,9 @@ use ipc_request::{
 use serde_json::{Value, json};
 
 /// A handler for in-process tests: `{"op":"echo","data":X}` -> X,
-/// `{"op":"sleep","ms":N,"data":X}` -> X after N ms, `{"op":"fail",...}`
-/// fails, anything else is echoed back.
+/// `{"op":"sleep","ms":N,"data":X}` -> X after N ms, `{"op":"repeat",
+/// "n":N}` -> N times "x", `{"op":"fail",...}` fails, anything else is
+/// echoed back.
 pub fn ops_handler() -> Handler {
     handler_fn(|req: Request| async move {
         let payload: Value = req.payload()?;
@@ -23,6 +24,7 @@ pub fn ops_handler() -> Handler {
                 Ok(payload["data"].clone())
             }
             Some("echo") => Ok(payload["data"].clone()),
+            Some("repeat") => Ok(json!("x".repeat(payload["n"].as_u64().unwrap_or(0) as usize))),
             Some("fail") => Err(RemoteError::new(
                 payload["name"].as_str().unwrap_or("Error"),
                 payload["message"].as_str().unwrap_or(""),
