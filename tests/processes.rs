@@ -359,6 +359,14 @@ async fn a_child_killed_with_a_thousand_requests_pending_fails_them_all_at_once(
 #[tokio::test]
 async fn a_child_that_exits_before_the_handshake_fails_it_at_once_with_its_code() {
     let (channel, _child) = spawn(rust_child(&["--exit-before-handshake", "7"])).unwrap();
+    let err = handshake_fails_with_exit_code(channel, 7).await;
+    assert!(err.to_string().contains("exited with code 7"), "{err}");
+}
+
+/// Sets up a session over `channel` with a handshake timeout of a minute,
+/// and checks that it fails well before, because the child exited with
+/// `code`.
+async fn handshake_fails_with_exit_code(channel: ipc_request::Channel, code: i32) -> Error {
     let config = SessionConfig {
         handshake_timeout: Duration::from_secs(60),
         ..Default::default()
@@ -370,14 +378,15 @@ async fn a_child_that_exits_before_the_handshake_fails_it_at_once_with_its_code(
         .await
         .unwrap_err();
     match &err {
-        Error::Closed(CloseReason::ChildExited(status)) => assert_eq!(status.code(), Some(7)),
+        Error::Closed(CloseReason::ChildExited(status)) => assert_eq!(status.code(), Some(code)),
         other => panic!("{other:?}"),
     }
-    assert!(err.to_string().contains("exited with code 7"), "{err}");
+    // Not a speed test: only waiting for the timeout takes this long.
     assert!(
         started.elapsed() < Duration::from_secs(30),
         "waited for the timeout"
     );
+    err
 }
 
 #[tokio::test]
@@ -718,25 +727,7 @@ async fn a_child_that_dies_while_another_process_holds_its_channel_ends_the_sess
     // Before the handshake: it fails with the child's code, not a timeout.
     let (channel, child) = spawn(with_a_job_holding_the_channel(None)).unwrap();
     let _job = JobHoldingTheChannel::of(&child).await;
-    let config = SessionConfig {
-        handshake_timeout: Duration::from_secs(60),
-        ..Default::default()
-    };
-    let started = Instant::now();
-    let err = SessionBuilder::new()
-        .config(config)
-        .setup(channel)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, Error::Closed(CloseReason::ChildExited(s)) if s.code() == Some(3)),
-        "{err}"
-    );
-    // Not a speed test: both the handshake timeout and the job last a minute.
-    assert!(
-        started.elapsed() < Duration::from_secs(30),
-        "waited for the timeout"
-    );
+    handshake_fails_with_exit_code(channel, 3).await;
 
     // After it: pending requests fail with how the child ended.
     let (channel, child) = spawn(with_a_job_holding_the_channel(Some(&rust_child(&[])))).unwrap();
