@@ -85,7 +85,11 @@ where
 /// move to another task and use later. A responder dropped without an
 /// answer answers with an error named `ResponderDropped` (or
 /// `HandlerPanicked` if it was dropped by a panic), so the caller is never
-/// left waiting.
+/// left waiting. A responder dropped while its handler still runs sends
+/// that error when the handler ends (it then waits for queue space while
+/// the handler still holds its slot, so that a flood of such requests
+/// meets back-pressure); to fail the caller at once, call
+/// [`Responder::fail`].
 pub fn responder_fn<F, Fut>(f: F) -> Handler
 where
     F: Fn(Request, Responder) -> Fut + Send + Sync + 'static,
