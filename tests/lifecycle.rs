@@ -497,6 +497,66 @@ async fn a_handler_done_with_a_uid_leaves_a_later_request_with_it_cancellable() 
 }
 
 #[tokio::test]
+async fn a_handler_whose_uid_the_peer_reused_still_sees_the_close() {
+    // The second request with UID 7 takes its place in the map of running
+    // handlers (a cancel of 7 now means it), but the first, answered and
+    // still working, must still hear the session end.
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let handler = responder_fn(move |req: Request, responder: Responder| {
+        let tx = tx.clone();
+        async move {
+            let n = req.payload::<u64>().unwrap();
+            if n == 1 {
+                responder.respond(&1).await.unwrap();
+            }
+            let _ = tx.send((n, "started"));
+            let heard = tokio::time::timeout(Duration::from_secs(5), req.cancelled()).await;
+            let _ = tx.send((
+                n,
+                if heard.is_ok() {
+                    "saw the close"
+                } else {
+                    "missed it"
+                },
+            ));
+        }
+    });
+    let (_server, reader, mut writer) = serve_a_hand_played_peer(
+        handler,
+        ChannelConfig::default(),
+        4096,
+        Some(&["error", "cancel"]),
+    )
+    .await;
+    use tokio::io::AsyncWriteExt;
+    for n in 1..=2 {
+        let line = format!(
+            "{{\"_IPC_REQUEST/MSG_TYPE\":\"_IPC_REQUEST/MSG_TYPE:REQUEST\",\
+             \"_IPC_REQUEST/REQUEST_UID\":\"7\",\"_IPC_REQUEST/PAYLOAD\":{n}}}\n"
+        );
+        writer.write_all(line.as_bytes()).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        seen.push(events.recv().await.unwrap());
+    }
+    drop((reader, writer));
+    while seen.len() < 4 {
+        seen.push(events.recv().await.unwrap());
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            (1, "saw the close"),
+            (1, "started"),
+            (2, "saw the close"),
+            (2, "started")
+        ]
+    );
+}
+
+#[tokio::test]
 async fn a_respond_given_up_while_the_queue_is_full_still_answers_the_caller() {
     // Its caller must still get an answer, an error.
     let (tx, mut gave_up) = mpsc::unbounded_channel();

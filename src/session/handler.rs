@@ -308,7 +308,7 @@ impl Responder {
     /// The peer cancelled the request or the session closed: nothing this
     /// responder sends would be written. A token the handler cancelled
     /// itself does not count. Only a cancelled token is looked into
-    /// further, so the usual answer pays one atomic load.
+    /// further, so the usual answer pays one look at its token.
     fn answer_refused(&self) -> bool {
         self.cancel.is_cancelled()
             && (self.state.refused.load(Ordering::Acquire) || self.shared.closing.is_cancelled())

@@ -243,7 +243,9 @@ impl Shared {
                     cancel: cancel.clone(),
                     answer: state.clone(),
                 };
-                table.running.insert(state.uid().to_owned(), handler);
+                if let Some(older) = table.running.insert(state.uid().to_owned(), handler) {
+                    table.displaced.push(older);
+                }
             }
         }
         let responder = Responder {

@@ -274,6 +274,11 @@ struct Table {
     /// The peer's requests being handled, by its UID, for `cancel`. Only
     /// filled when the peer can cancel.
     running: HashMap<String, RunningHandler>,
+    /// Handlers whose UID the peer used again while they still ran (it
+    /// may, once it has their answer): out of `running`, where the newer
+    /// request is what a cancel of that UID means, but still told of the
+    /// close. As many as such handlers (and responders) still alive.
+    displaced: Vec<RunningHandler>,
     /// Set once; from then on nothing is added to either map.
     closed: Option<CloseReason>,
 }
@@ -629,18 +634,23 @@ impl Shared {
         if !self.peer_can_cancel() {
             return;
         }
+        let is_this = |entry: &RunningHandler| std::ptr::eq(Arc::as_ptr(&entry.answer), answer);
         let mut table = self.table.lock().unwrap();
         if let Some((uid, entry)) = table.running.remove_entry(answer.uid()) {
-            if !std::ptr::eq(Arc::as_ptr(&entry.answer), answer) {
-                table.running.insert(uid, entry);
+            if is_this(&entry) {
+                return;
             }
+            table.running.insert(uid, entry);
+        }
+        if let Some(at) = table.displaced.iter().position(is_this) {
+            table.displaced.swap_remove(at);
         }
     }
 
     /// Ends the session once: records why, fails every pending request,
     /// cancels running handlers, stops the reader and closes the channel.
     fn shut(&self, reason: CloseReason) {
-        let (pending, running) = {
+        let (pending, running, displaced) = {
             // Poisoned only by a panic elsewhere, which is exactly when the
             // session must still close.
             let mut table = self
@@ -654,6 +664,7 @@ impl Shared {
             (
                 std::mem::take(&mut table.pending),
                 std::mem::take(&mut table.running),
+                std::mem::take(&mut table.displaced),
             )
         };
         // A disconnect or a clean exit is the normal end, not a crash.
@@ -667,7 +678,7 @@ impl Shared {
         for (_, tx) in pending {
             let _ = tx.send(Err(Box::new(Error::Closed(reason.clone()))));
         }
-        for (_, handler) in running {
+        for handler in running.into_values().chain(displaced) {
             handler.refuse();
         }
         self.in_flight.close();
