@@ -557,6 +557,61 @@ async fn a_handler_whose_uid_the_peer_reused_still_sees_the_close() {
 }
 
 #[tokio::test]
+async fn a_peer_sending_requests_too_long_to_read_and_reading_nothing_is_slowed_down() {
+    // Each such request gets an error answer. While the peer reads none,
+    // they must wait for queue space (we stop reading), not pile up; once
+    // it reads, every request has its answer.
+    const REQUESTS: usize = 1_000;
+    let config = ChannelConfig {
+        max_message_len: 300,
+        write_queue_bytes: 1024,
+    };
+    let handler = responder_fn(|_: Request, _: Responder| async {});
+    let (_server, mut reader, mut writer) = serve_a_hand_played_peer(handler, config, 4096, None).await;
+    let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let flood = tokio::spawn({
+        let written = written.clone();
+        async move {
+            use tokio::io::AsyncWriteExt;
+            let big = "y".repeat(400);
+            for n in 0..REQUESTS {
+                let line = format!(
+                    "{{\"_IPC_REQUEST/MSG_TYPE\":\"_IPC_REQUEST/MSG_TYPE:REQUEST\",\
+                     \"_IPC_REQUEST/REQUEST_UID\":\"{n}\",\"_IPC_REQUEST/PAYLOAD\":\"{big}\"}}\n"
+                );
+                writer.write_all(line.as_bytes()).await.unwrap();
+                written.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    // Until the flood stops moving (it would finish at once if unbounded).
+    let mut last = usize::MAX;
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = written.load(std::sync::atomic::Ordering::SeqCst);
+        if now == last || now == REQUESTS {
+            break;
+        }
+        last = now;
+    }
+    let stalled_at = written.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        stalled_at < 50,
+        "{stalled_at} requests of 400 bytes went in while the peer read nothing"
+    );
+    let mut refused = std::collections::HashSet::new();
+    while refused.len() < REQUESTS {
+        let line = tokio::time::timeout(Duration::from_secs(10), common::read_line(&mut reader))
+            .await
+            .expect("an answer never came");
+        let value: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(value["_IPC_REQUEST/PAYLOAD"]["name"], "RequestTooLong", "{line}");
+        refused.insert(value["_IPC_REQUEST/REQUEST_UID"].as_str().unwrap().to_string());
+    }
+    flood.await.unwrap();
+}
+
+#[tokio::test]
 async fn a_respond_given_up_while_the_queue_is_full_still_answers_the_caller() {
     // Its caller must still get an answer, an error.
     let (tx, mut gave_up) = mpsc::unbounded_channel();

@@ -247,13 +247,11 @@ impl ChannelSender {
         }
     }
 
-    /// Queues a small line without waiting for budget, for callers that
-    /// cannot wait: two run in destructors, a cancel (at most one per
+    /// Queues a small line without waiting for budget, for the two callers
+    /// that run in destructors and cannot wait: a cancel (at most one per
     /// request in flight, which are capped) and the error answer of a
     /// responder dropped after its handler finished (at most one per
-    /// responder the application kept; see `AnswerState`); the reader
-    /// answers a request too long to read (at most one per
-    /// `max_message_len` bytes read), as it must never wait on the writer.
+    /// responder the application kept; see `AnswerState`).
     pub(crate) fn send_control(&self, line: Vec<u8>) -> Result<(), Error> {
         self.write_or_queue(Outgoing {
             line,

@@ -303,11 +303,10 @@ impl Shared {
     /// ever: Node has no length limit, so a Node peer may well send one.
     /// True if the line was either (it is then not a plain message's error).
     ///
-    /// The error answer is queued without waiting for space, like the
-    /// control lines, so the reader never waits on the writer (two peers
-    /// could deadlock): it is small, and there is at most one per line too
-    /// long to read, so per `max_message_len` bytes read.
-    fn answer_too_long_line(&self, error: &FrameError, head: &[u8]) -> bool {
+    /// The error answer waits for queue space, as a NACK does: a peer that
+    /// sends such requests and reads nothing is slowed down (we stop
+    /// reading), not answered into a queue without end.
+    async fn answer_too_long_line(&self, error: &FrameError, head: &[u8]) -> bool {
         if !matches!(error, FrameError::TooLong { .. }) {
             return false;
         }
@@ -332,7 +331,7 @@ impl Shared {
                 );
                 match self.encode_error(uid, &refusal) {
                     Ok(line) => {
-                        let _ = self.sender.send_control(line);
+                        let _ = self.send_answer(line).await;
                     }
                     Err(e) => tracing::warn!("could not answer the too long request {uid}: {e}"),
                 }
@@ -388,7 +387,7 @@ pub(super) async fn read_loop(
             Ok(None) => break CloseReason::PeerClosed,
             Err(Error::Frame(e)) => {
                 tracing::warn!("skipped a line from the peer: {e}");
-                if !shared.answer_too_long_line(&e, receiver.too_long_head()) {
+                if !shared.answer_too_long_line(&e, receiver.too_long_head()).await {
                     shared.deliver(Err(Error::Frame(e))).await;
                 }
             }
