@@ -142,7 +142,10 @@ pub fn spawn_with(mut command: Command, options: SpawnOptions) -> Result<(Channe
 
 /// A child started by [`spawn`]. A task waits for it, so it never lingers
 /// as a zombie; dropping this does not kill it (it sees its channel close
-/// when the session ends, and a Node child then exits).
+/// when the session ends, and a Node child then exits). Dropping the last
+/// clone does close the piped stdio nobody took: a child that writes to
+/// such a pipe afterwards gets `EPIPE` (Node throws, Rust's `println!`
+/// panics), so take the pipes you asked for.
 #[derive(Debug, Clone)]
 pub struct ChildProcess {
     pid: u32,
