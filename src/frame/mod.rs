@@ -120,7 +120,8 @@ pub struct FrameDecoder {
     /// An over-long line was reported before its newline arrived: drop bytes up to and
     /// including the next newline.
     discarding: bool,
-    /// The first bytes of the line last reported as too long (see [`FrameDecoder::too_long_head`]).
+    /// The first bytes of the line last reported as too long (see
+    /// [`FrameDecoder::too_long_head`]).
     too_long_head: Vec<u8>,
 }
 
