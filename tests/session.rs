@@ -711,3 +711,37 @@ async fn a_reader_waiting_behind_a_backlog_of_cancelled_requests_goes_on() {
         .expect("the reader never got room: the backlog emptied without a word");
     assert_eq!(third.unwrap().unwrap(), 3);
 }
+
+#[tokio::test]
+async fn cancelled_requests_free_their_room_in_the_backlog_at_once() {
+    // Were they kept until their turn, the backlog would stay full of
+    // requests nobody waits for, and the reader would stop: a handler
+    // waiting for an answer from the peer would then wait for ever.
+    let busy = BusyServer::start(2).await;
+    let mut server_messages = busy.server.messages().unwrap();
+    let (one, two) = tokio::join!(
+        busy.client
+            .request_timeout::<_, u32>(&1, Duration::from_millis(50)),
+        busy.client
+            .request_timeout::<_, u32>(&2, Duration::from_millis(50)),
+    );
+    assert!(matches!(
+        (one, two),
+        (Err(Error::Timeout(_)), Err(Error::Timeout(_)))
+    ));
+    // Their cancels went first; 3 takes a freed place and the reader goes
+    // on, while 0 still holds the only handler slot.
+    let third = busy.request(3);
+    // Time for 3 to go out before the message. (Sent sooner, the message
+    // overtakes it and the test passes without showing anything.)
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    busy.client.send(&"still reading").await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), server_messages.recv())
+        .await
+        .expect("the reader stopped behind a backlog of cancelled requests");
+    assert_eq!(got.unwrap().unwrap(), json!("still reading"));
+    busy.release.notify_one();
+    assert_eq!(busy.first.await.unwrap().unwrap(), 0);
+    assert_eq!(third.await.unwrap().unwrap(), 3);
+    assert_eq!(*busy.handled.lock().unwrap(), [0, 3]);
+}

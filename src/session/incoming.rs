@@ -4,7 +4,8 @@
 //! is busy) and passes plain messages on. When the channel ends it fails
 //! every pending request, after everything already in the socket was read.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -21,62 +22,93 @@ use crate::frame::{FrameError, Message};
 use crate::protocol::{self, HandshakeOut, Inbound, TooLongLine};
 
 /// The peer's requests waiting for a handler slot.
+///
+/// A cancel takes its request out at once, freeing its room: a backlog
+/// full of requests nobody waits for any more must not stop the reader (a
+/// review found that deadlock when cancelled requests only left the queue
+/// in turn). Hence a map ordered by arrival rather than a queue: taking out
+/// the request of a UID is O(log n), not a scan.
 #[derive(Default)]
 pub(super) struct Backlog {
-    requests: VecDeque<(String, Message)>,
+    /// The waiting requests, by arrival number.
+    requests: BTreeMap<u64, (String, Message)>,
+    next_arrival: u64,
     bytes: usize,
-    /// How many waiting requests carry each UID (one, unless the peer
-    /// reuses UIDs), so that a cancel can tell whether its request waits.
-    queued: HashMap<String, usize>,
-    /// How many of those the peer has cancelled: the first ones of that UID
-    /// to come off the queue are dropped instead of handled. Never more than
-    /// `queued` for the UID, so both maps hold at most one entry per
-    /// waiting request.
-    cancelled: HashMap<String, usize>,
+    /// The arrival numbers of the waiting requests of each UID, oldest
+    /// first: one, unless the peer reuses UIDs. A cancel takes the oldest.
+    by_uid: HashMap<String, Arrivals>,
+}
+
+/// The arrival numbers of one UID's waiting requests; one without an
+/// allocation.
+enum Arrivals {
+    One(u64),
+    Many(VecDeque<u64>),
 }
 
 impl Backlog {
     fn push(&mut self, uid: String, payload: Message) {
+        let arrival = self.next_arrival;
+        self.next_arrival += 1;
         self.bytes += uid.len() + payload.get().len();
-        *self.queued.entry(uid.clone()).or_default() += 1;
-        self.requests.push_back((uid, payload));
+        match self.by_uid.entry(uid.clone()) {
+            Entry::Vacant(entry) => {
+                entry.insert(Arrivals::One(arrival));
+            }
+            Entry::Occupied(mut entry) => {
+                let arrivals = entry.get_mut();
+                if let Arrivals::One(first) = *arrivals {
+                    *arrivals = Arrivals::Many(VecDeque::from([first]));
+                }
+                if let Arrivals::Many(all) = arrivals {
+                    all.push_back(arrival);
+                }
+            }
+        }
+        self.requests.insert(arrival, (uid, payload));
     }
 
-    /// The next request to handle; cancelled ones are dropped on the way.
+    /// How many requests wait.
+    fn len(&self) -> usize {
+        self.requests.len()
+    }
+
+    /// The next request to handle.
     fn pop(&mut self) -> Option<(String, Message)> {
-        while let Some((uid, payload)) = self.requests.pop_front() {
+        let (_, (uid, payload)) = self.requests.pop_first()?;
+        self.bytes -= uid.len() + payload.get().len();
+        self.take_oldest_arrival(&uid);
+        Some((uid, payload))
+    }
+
+    /// Takes the oldest waiting request of `uid` out (the peer expects no
+    /// answer to it); false if none waits.
+    fn cancel(&mut self, uid: &str) -> bool {
+        let Some(arrival) = self.take_oldest_arrival(uid) else {
+            return false;
+        };
+        if let Some((uid, payload)) = self.requests.remove(&arrival) {
             self.bytes -= uid.len() + payload.get().len();
-            let was_cancelled = take_one(&mut self.cancelled, &uid);
-            take_one(&mut self.queued, &uid);
-            if !was_cancelled {
-                return Some((uid, payload));
-            }
             tracing::debug!("dropped request {uid}: the peer cancelled it while it waited");
         }
-        None
+        true
     }
 
-    /// Marks a waiting request of `uid` cancelled (the peer expects no
-    /// answer to it): it is dropped when its turn comes.
-    fn cancel(&mut self, uid: &str) {
-        let waiting = self.queued.get(uid).copied().unwrap_or(0);
-        let cancelled = self.cancelled.get(uid).copied().unwrap_or(0);
-        if waiting > cancelled {
-            *self.cancelled.entry(uid.to_owned()).or_default() += 1;
+    fn take_oldest_arrival(&mut self, uid: &str) -> Option<u64> {
+        let arrivals = self.by_uid.get_mut(uid)?;
+        let oldest = match arrivals {
+            Arrivals::One(only) => {
+                let only = *only;
+                self.by_uid.remove(uid);
+                return Some(only);
+            }
+            Arrivals::Many(all) => all.pop_front(),
+        };
+        if matches!(arrivals, Arrivals::Many(all) if all.is_empty()) {
+            self.by_uid.remove(uid);
         }
+        oldest
     }
-}
-
-/// Takes one off the count of `uid`; false if it had none.
-fn take_one(counts: &mut HashMap<String, usize>, uid: &str) -> bool {
-    match counts.get_mut(uid) {
-        Some(count) if *count > 1 => *count -= 1,
-        Some(_) => {
-            counts.remove(uid);
-        }
-        None => return false,
-    }
-    true
 }
 
 impl Shared {
@@ -149,7 +181,13 @@ impl Shared {
                     // moved it from the backlog to a handler; then the
                     // handler runs and the peer drops its answer, as it
                     // does for any answer to a cancelled request.
-                    self.backlog.lock().unwrap().cancel(&uid);
+                    let mut backlog = self.backlog.lock().unwrap();
+                    if backlog.cancel(&uid) {
+                        self.backlog_len.store(backlog.len(), Ordering::Release);
+                        drop(backlog);
+                        // Its room is free: a reader waiting for room goes on.
+                        self.backlog_space.notify_one();
+                    }
                 }
             }
             Inbound::Plain(msg) => {
@@ -174,12 +212,11 @@ impl Shared {
             let space = self.backlog_space.notified();
             {
                 let mut backlog = self.backlog.lock().unwrap();
-                let fits = backlog.requests.len() < self.config.max_queued_requests.max(1)
-                    && (backlog.requests.is_empty()
-                        || backlog.bytes + size <= self.config.max_queued_request_bytes);
+                let fits = backlog.len() < self.config.max_queued_requests.max(1)
+                    && (backlog.len() == 0 || backlog.bytes + size <= self.config.max_queued_request_bytes);
                 if fits {
                     backlog.push(uid, payload);
-                    self.backlog_len.store(backlog.requests.len(), Ordering::Release);
+                    self.backlog_len.store(backlog.len(), Ordering::Release);
                     break;
                 }
             }
@@ -201,20 +238,14 @@ impl Shared {
             let Ok(slot) = self.handler_slots.clone().try_acquire_owned() else {
                 return;
             };
-            let (next, shrank) = {
+            let next = {
                 let mut backlog = self.backlog.lock().unwrap();
-                let before = backlog.requests.len();
                 let next = backlog.pop();
-                self.backlog_len.store(backlog.requests.len(), Ordering::Release);
-                (next, backlog.requests.len() < before)
+                self.backlog_len.store(backlog.len(), Ordering::Release);
+                next
             };
-            // Whenever the backlog shrank, even by cancelled requests only:
-            // a reader waiting for room behind a backlog of nothing but
-            // cancelled requests would otherwise wait for ever.
-            if shrank {
-                self.backlog_space.notify_one();
-            }
             let Some((uid, payload)) = next else { return };
+            self.backlog_space.notify_one();
             self.run_handler(uid, payload, slot);
         }
     }
@@ -464,26 +495,26 @@ mod tests {
     }
 
     #[test]
-    fn cancelled_requests_leave_the_backlog_unhandled_and_everything_is_counted_out() {
+    fn cancelled_requests_leave_the_backlog_at_once_and_everything_is_counted_out() {
         let mut backlog = queue(&["a", "b", "a", "c"]);
-        backlog.cancel("a");
-        backlog.cancel("c");
-        backlog.cancel("x"); // not waiting: nothing to cancel
+        assert!(backlog.cancel("a"), "the first a waits");
+        assert!(backlog.cancel("c"));
+        assert!(!backlog.cancel("x"), "not waiting: nothing to cancel");
+        assert_eq!(backlog.len(), 2, "their room is free at once");
         assert_eq!(drain(&mut backlog), ["b1", "a2"]);
         assert_eq!(backlog.bytes, 0);
-        assert!(backlog.queued.is_empty() && backlog.cancelled.is_empty());
+        assert!(backlog.by_uid.is_empty() && backlog.requests.is_empty());
     }
 
     #[test]
     fn a_cancel_counts_for_one_waiting_request_at_most() {
         let mut backlog = queue(&["a", "a"]);
-        for _ in 0..5 {
-            backlog.cancel("a");
-        }
+        let cancelled: Vec<bool> = (0..5).map(|_| backlog.cancel("a")).collect();
+        assert_eq!(cancelled, [true, true, false, false, false]);
         assert!(drain(&mut backlog).is_empty());
         let mut backlog = queue(&["a"]);
-        backlog.cancel("a");
-        backlog.cancel("a");
+        assert!(backlog.cancel("a"));
+        assert!(!backlog.cancel("a"));
         backlog.push(
             "a".into(),
             serde_json::value::RawValue::from_string("9".into()).unwrap(),
@@ -493,5 +524,6 @@ mod tests {
             ["a9"],
             "only one of the two cancels was for a waiting request"
         );
+        assert!(backlog.by_uid.is_empty());
     }
 }
