@@ -93,6 +93,26 @@ async fn handshake_times_out_when_nobody_answers() {
 }
 
 #[tokio::test]
+async fn handshake_times_out_when_even_our_request_cannot_go_out() {
+    // Something was sent on the channel before setup, and the peer reads
+    // nothing: our handshake request waits for queue space, within the
+    // deadline.
+    let (a, _b_unread) = tokio::io::duplex(1024);
+    let channel = Channel::from_stream(a, ChannelConfig::default());
+    channel.sender().send(&"x".repeat(2 << 20)).await.unwrap();
+    let config = ipc_request::SessionConfig {
+        handshake_timeout: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let setup = SessionBuilder::new().config(config).setup(channel);
+    let err = tokio::time::timeout(Duration::from_secs(5), setup)
+        .await
+        .expect("the handshake deadline did not cover sending our request")
+        .unwrap_err();
+    assert!(matches!(err, Error::HandshakeTimeout(_)), "{err}");
+}
+
+#[tokio::test]
 async fn handshake_fails_at_once_when_the_peer_goes_away() {
     let (a, b) = tokio::io::duplex(1024);
     let started = std::time::Instant::now();

@@ -180,13 +180,16 @@ impl SessionBuilder {
             }
         });
 
-        // A failure here means the channel is already closed: the reader
-        // publishes why, and that is what we report below.
-        let _ = shared.sender.send_line(hello).await;
-
+        // The deadline covers sending our request too: the queue may be
+        // full already (lines sent on the channel before setup, a peer that
+        // reads nothing). A failed send means the channel is already
+        // closed: the reader publishes why, and that is what we report.
         let timeout = shared.config.handshake_timeout;
-        let outcome =
-            tokio::time::timeout(timeout, phase.wait_for(|p| !matches!(p, Phase::Handshaking))).await;
+        let outcome = tokio::time::timeout(timeout, async {
+            let _ = shared.sender.send_line(hello).await;
+            phase.wait_for(|p| !matches!(p, Phase::Handshaking)).await
+        })
+        .await;
         let mut established = |shared| {
             unclaimed.0 = None;
             Ok(Session { shared })
