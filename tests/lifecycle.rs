@@ -612,6 +612,39 @@ async fn a_peer_sending_requests_too_long_to_read_and_reading_nothing_is_slowed_
 }
 
 #[tokio::test]
+async fn an_answer_after_the_session_closed_fails_with_closed() {
+    // As `respond` documents; `Cancelled` is for the peer's cancel.
+    let started = Arc::new(tokio::sync::Notify::new());
+    let (tx, mut answered) = mpsc::unbounded_channel();
+    let handler = responder_fn({
+        let started = started.clone();
+        move |req: Request, responder: Responder| {
+            let (started, tx) = (started.clone(), tx.clone());
+            async move {
+                started.notify_one();
+                req.cancelled().await;
+                let _ = tx.send(responder.respond(&1).await);
+            }
+        }
+    });
+    let (a, b) = Channel::pair(ChannelConfig::default());
+    let (client, server) = tokio::join!(setup(a, None), setup(b, handler));
+    let (client, server) = (client.unwrap(), server.unwrap());
+    let call = tokio::spawn(async move { client.request::<_, u64>(&1).await });
+    started.notified().await;
+    server.close();
+    let result = tokio::time::timeout(Duration::from_secs(5), answered.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(result, Err(Error::Closed(ipc_request::CloseReason::Local))),
+        "{result:?}"
+    );
+    assert!(call.await.unwrap().is_err());
+}
+
+#[tokio::test]
 async fn a_respond_given_up_while_the_queue_is_full_still_answers_the_caller() {
     // Its caller must still get an answer, an error.
     let (tx, mut gave_up) = mpsc::unbounded_channel();

@@ -330,7 +330,12 @@ impl Responder {
         }
         if self.answer_refused() {
             self.state.let_go_of_entry(&self.shared);
-            return Err(Error::Cancelled);
+            // The session's end explains more than the token it cancelled.
+            return Err(if self.shared.closing.is_cancelled() {
+                self.shared.closed_error()
+            } else {
+                Error::Cancelled
+            });
         }
         Ok(Claim {
             responder: self,
