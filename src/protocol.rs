@@ -260,12 +260,39 @@ pub fn is_protocol_message(json: &str) -> bool {
     if !json.starts_with('{') || (!has_prefix(json) && memchr::memchr(b'\\', json.as_bytes()).is_none()) {
         return false;
     }
-    let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(json) else {
+    // Only the top-level keys are read; every value is skipped over, not
+    // built: a value tree would refuse a message nested deeper than its
+    // limit, and that refusal must not let a look-alike through.
+    const KEYS: [&str; 5] = [
+        "_IPC_REQUEST/MSG_TYPE",
+        "_IPC_REQUEST/REQUEST_UID",
+        "_IPC_REQUEST/PAYLOAD",
+        "_IPC_REQUEST/HANDSHAKE_UID",
+        "_IPC_REQUEST/HANDSHAKE_MSG_TYPE",
+    ];
+    struct KeysPresent;
+    impl<'de> serde::de::Visitor<'de> for KeysPresent {
+        type Value = u8;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<u8, A::Error> {
+            let mut present = 0u8;
+            while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                if let Some(at) = KEYS.iter().position(|k| *k == key) {
+                    present |= 1 << at;
+                }
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+            Ok(present)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(json);
+    let Ok(present) = serde::Deserializer::deserialize_map(&mut de, KeysPresent) else {
         return false;
     };
-    let has = |key: &str| map.contains_key(key);
-    (has("_IPC_REQUEST/MSG_TYPE") && has("_IPC_REQUEST/REQUEST_UID") && has("_IPC_REQUEST/PAYLOAD"))
-        || (has("_IPC_REQUEST/HANDSHAKE_UID") && has("_IPC_REQUEST/HANDSHAKE_MSG_TYPE"))
+    let all = |bits: u8| present & bits == bits;
+    all(0b00111) || all(0b11000)
 }
 
 /// Extension names; anything that is not a string is ignored, as unknown
@@ -842,5 +869,20 @@ mod tests {
         assert_eq!(too_long_line(b"[1,2,3]"), None);
         let escaped = request.replacen("\"42\"", r#""4\u0032""#, 1);
         assert_eq!(too_long_line(escaped.as_bytes()), None);
+    }
+
+    #[test]
+    fn a_look_alike_nested_past_any_value_trees_limit_is_still_known() {
+        let deep = format!("{}{}", "[".repeat(500), "]".repeat(500));
+        let request = format!(
+            r#"{{"_IPC_REQUEST/MSG_TYPE":"_IPC_REQUEST/MSG_TYPE:REQUEST","_IPC_REQUEST/REQUEST_UID":"1","_IPC_REQUEST/PAYLOAD":{deep}}}"#
+        );
+        assert!(is_protocol_message(&request));
+        let handshake =
+            format!(r#"{{"x":{deep},"_IPC_REQUEST/HANDSHAKE_UID":"h","_IPC_REQUEST/HANDSHAKE_MSG_TYPE":1}}"#);
+        assert!(is_protocol_message(&handshake));
+        assert!(!is_protocol_message(&format!(
+            r#"{{"_IPC_REQUEST/PAYLOAD":{deep}}}"#
+        )));
     }
 }
