@@ -201,6 +201,44 @@ async fn plain_messages_interleaved_with_requests_arrive_untouched_and_in_order(
 }
 
 #[tokio::test]
+async fn plain_messages_nobody_took_are_bounded_in_bytes_too() {
+    // Until `messages()` is taken, what comes is kept as its text, up to
+    // the byte budget; the rest is dropped with a warning, not kept as
+    // value trees many times its size.
+    let config = ipc_request::SessionConfig {
+        message_buffer_bytes: 10_000,
+        ..Default::default()
+    };
+    let (a, b) = Channel::pair(ChannelConfig::default());
+    let (a, b) = tokio::join!(
+        setup(a, ops_handler()),
+        SessionBuilder::new()
+            .config(config)
+            .handler(ops_handler())
+            .setup(b)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let text = |i: usize| format!("{i:0>998}"); // 1,000 bytes as JSON
+    for i in 0..20 {
+        a.send(&text(i)).await.unwrap();
+    }
+    // Answered after b has read every message sent before it.
+    let _: Value = a.request(&json!({"op":"echo","data":0})).await.unwrap();
+    let mut messages = b.messages().unwrap();
+    a.send(&"after").await.unwrap();
+    let mut got = Vec::new();
+    loop {
+        let message = messages.recv().await.unwrap().unwrap();
+        if message == "after" {
+            break;
+        }
+        got.push(message);
+    }
+    let kept: Vec<Value> = (0..10).map(|i| json!(text(i))).collect();
+    assert_eq!(got, kept, "the first 10,000 bytes are kept, the rest dropped");
+}
+
+#[tokio::test]
 async fn reserved_messages_are_refused() {
     let (a, _b) = connected().await;
     let err = a.send(&json!({"cmd": "NODE_HANDLE_ACK"})).await.unwrap_err();

@@ -190,10 +190,7 @@ impl Shared {
                     }
                 }
             }
-            Inbound::Plain(msg) => {
-                let value = serde_json::from_str(msg.get()).map_err(Error::decode);
-                self.deliver(value).await;
-            }
+            Inbound::Plain(msg) => self.deliver(Ok(msg)).await,
         }
     }
 
@@ -372,16 +369,38 @@ impl Shared {
         }
     }
 
-    async fn deliver(&self, item: Result<serde_json::Value, Error>) {
+    /// Buffers a plain message (or the error of a line) for
+    /// `Session::messages`, within its count and its byte budget: dropped
+    /// with a warning if the stream was not taken and either is spent,
+    /// waited for (the reader stops) if it was.
+    async fn deliver(&self, item: Result<Message, Error>) {
         let Some(tx) = self.messages_tx.lock().unwrap().clone() else {
             return;
         };
+        let bytes = match &item {
+            Ok(message) => message.get().len().clamp(1, self.message_bytes_total),
+            Err(_) => 0,
+        };
+        let budget = &self.message_bytes;
         if self.messages_taken.load(Ordering::Acquire) {
             tokio::select! {
-                _ = tx.send(item) => {}
+                _ = async {
+                    let permit = match bytes {
+                        0 => None,
+                        n => Some(budget.clone().acquire_many_owned(n as u32).await.ok()?),
+                    };
+                    tx.send((item, permit)).await.ok()
+                } => {}
                 _ = self.closing.cancelled() => {}
             }
-        } else if tx.try_send(item).is_err() {
+            return;
+        }
+        let permit = match bytes {
+            0 => Ok(None),
+            n => budget.clone().try_acquire_many_owned(n as u32).map(Some),
+        };
+        let buffered = permit.map(|permit| tx.try_send((item, permit)));
+        if !matches!(buffered, Ok(Ok(()))) {
             tracing::warn!("plain message dropped: nobody took Session::messages() and its buffer is full");
         }
     }

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::{Notify, Semaphore, TryAcquireError, mpsc, oneshot, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use handler::AnswerState;
@@ -71,10 +71,16 @@ pub struct SessionConfig {
     /// of the channel.
     pub exit_grace: Duration,
     /// Plain messages buffered for [`Session::messages`] (default 1,024).
-    /// Until someone takes the stream, messages past this are dropped with a
-    /// warning; after, the session stops reading until the stream's reader
-    /// makes room (see [`Session::messages`]).
+    /// Until someone takes the stream, messages past this (or past
+    /// `message_buffer_bytes`) are dropped with a warning; after, the
+    /// session stops reading until the stream's reader makes room (see
+    /// [`Session::messages`]).
     pub message_buffer: usize,
+    /// Total bytes of the plain messages buffered for [`Session::messages`]
+    /// (default 64 MiB), held as the text that came: a message is parsed
+    /// when it is taken from the stream. One message is always let in,
+    /// however large.
+    pub message_buffer_bytes: usize,
 }
 
 impl Default for SessionConfig {
@@ -88,6 +94,7 @@ impl Default for SessionConfig {
             max_queued_request_bytes: 64 * 1024 * 1024,
             exit_grace: Duration::from_millis(200),
             message_buffer: 1_024,
+            message_buffer_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -136,6 +143,8 @@ impl SessionBuilder {
         // limit" written as usize::MAX must not do that).
         let bounded = |n: usize| n.clamp(1, Semaphore::MAX_PERMITS);
         let (messages_tx, messages_rx) = mpsc::channel(bounded(config.message_buffer));
+        // Permits are taken a u32 at a time.
+        let message_bytes = config.message_buffer_bytes.clamp(1, u32::MAX as usize);
         let (phase, _) = watch::channel(Phase::Handshaking);
         let shared = Arc::new(Shared {
             sender,
@@ -155,6 +164,8 @@ impl SessionBuilder {
             messages_tx: Mutex::new(Some(messages_tx)),
             messages_rx: Mutex::new(Some(messages_rx)),
             messages_taken: AtomicBool::new(false),
+            message_bytes: Arc::new(Semaphore::new(message_bytes)),
+            message_bytes_total: message_bytes,
             handler: self.handler,
             config,
         });
@@ -331,9 +342,13 @@ pub(crate) struct Shared {
     /// Set when the handshake completes, and never cleared: a session can
     /// be established, serve and close before `setup` looks at the phase.
     was_established: AtomicBool,
-    messages_tx: Mutex<Option<mpsc::Sender<Result<serde_json::Value, Error>>>>,
-    messages_rx: Mutex<Option<mpsc::Receiver<Result<serde_json::Value, Error>>>>,
+    messages_tx: Mutex<Option<mpsc::Sender<BufferedMessage>>>,
+    messages_rx: Mutex<Option<mpsc::Receiver<BufferedMessage>>>,
     messages_taken: AtomicBool,
+    /// The byte budget of the plain messages buffered; each holds permits
+    /// for its length until taken from the stream.
+    message_bytes: Arc<Semaphore>,
+    message_bytes_total: usize,
 }
 
 /// A handle on an established session. Cheap to clone; all clones share it.
@@ -357,7 +372,9 @@ impl std::fmt::Debug for Session {
 
 impl Session {
     /// Sends a request and waits for its answer, deserialized as `Res`.
-    /// Uses the session's default deadline, if any.
+    /// Uses the session's default deadline, if any. serde_json refuses to
+    /// deserialize an answer nested more than 128 deep ([`Error::Decode`]);
+    /// [`request_raw`](Self::request_raw) returns any answer as its text.
     pub async fn request<Req, Res>(&self, payload: &Req) -> Result<Res, Error>
     where
         Req: Serialize + ?Sized,
@@ -488,8 +505,10 @@ impl Session {
     /// `Err(Error::Frame(_))` item for each line that could not be read (too
     /// long, not JSON), unless the session could tell it was a request or
     /// the answer to one of ours (then that request fails instead, on
-    /// whichever side asked). Returns `None` after the first call: there is one
-    /// stream per session. It ends when the session closes.
+    /// whichever side asked), and an `Err(Error::Decode(_))` item for a
+    /// message serde_json cannot hold as a `Value` (nested more than 128
+    /// deep, which Node allows). Returns `None` after the first call: there
+    /// is one stream per session. It ends when the session closes.
     ///
     /// Once taken, read it steadily, from a task of its own: while its
     /// buffer ([`SessionConfig::message_buffer`]) is full, the session reads
@@ -553,13 +572,20 @@ impl Session {
 /// Plain messages from the peer; see [`Session::messages`].
 #[derive(Debug)]
 pub struct Messages {
-    rx: mpsc::Receiver<Result<serde_json::Value, Error>>,
+    rx: mpsc::Receiver<BufferedMessage>,
 }
 
+/// A plain message (or a line that could not be read) waiting in the
+/// stream, as the text that came, with its share of the byte budget.
+type BufferedMessage = (Result<Message, Error>, Option<OwnedSemaphorePermit>);
+
 impl Messages {
-    /// The next plain message, or `None` once the session has ended.
+    /// The next plain message, or `None` once the session has ended. It is
+    /// parsed here: a message serde_json cannot hold as a `Value` (nested
+    /// more than 128 deep) is an `Err(Error::Decode)` item.
     pub async fn recv(&mut self) -> Option<Result<serde_json::Value, Error>> {
-        self.rx.recv().await
+        let (item, _budget) = self.rx.recv().await?;
+        Some(item.and_then(|message| serde_json::from_str(message.get()).map_err(Error::decode)))
     }
 }
 
