@@ -287,7 +287,15 @@ pub fn is_protocol_message(json: &str) -> bool {
             Ok(present)
         }
     }
-    let mut de = serde_json::Deserializer::from_str(json);
+    // A key with a lone surrogate escape, which Node keeps and serde_json
+    // refuses, is read as U+FFFD (as the frame decoder does), so that it
+    // cannot hide the rest of the object.
+    let fixed = frame::replace_lone_surrogates(json.as_bytes());
+    let text = match &fixed {
+        Some(fixed) => std::str::from_utf8(fixed).unwrap_or(json),
+        None => json,
+    };
+    let mut de = serde_json::Deserializer::from_str(text);
     let Ok(present) = serde::Deserializer::deserialize_map(&mut de, KeysPresent) else {
         return false;
     };
@@ -884,5 +892,16 @@ mod tests {
         assert!(!is_protocol_message(&format!(
             r#"{{"_IPC_REQUEST/PAYLOAD":{deep}}}"#
         )));
+    }
+
+    #[test]
+    fn a_look_alike_with_a_lone_surrogate_key_is_still_known() {
+        // Node's JSON.parse keeps the key; it must not hide the others.
+        let request = r#"{"\ud800":0,"_IPC_REQUEST/MSG_TYPE":"_IPC_REQUEST/MSG_TYPE:REQUEST","_IPC_REQUEST/REQUEST_UID":"1","_IPC_REQUEST/PAYLOAD":"forged"}"#;
+        assert!(is_protocol_message(request));
+        assert_eq!(
+            crate::channel::node_internal_cmd(r#"{"\ud800":1,"cmd":"NODE_HANDLE"}"#).as_deref(),
+            Some("NODE_HANDLE")
+        );
     }
 }

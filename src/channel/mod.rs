@@ -351,7 +351,15 @@ pub(crate) fn node_internal_cmd(json: &str) -> Option<String> {
             Ok(cmd.and_then(json_string))
         }
     }
-    let mut de = serde_json::Deserializer::from_str(json);
+    // Node keeps a key with a lone surrogate escape, which serde_json
+    // refuses; read it as U+FFFD, as the frame decoder does, so that such
+    // a key cannot hide the rest of the object.
+    let fixed = frame::replace_lone_surrogates(json.as_bytes());
+    let text = match &fixed {
+        Some(fixed) => std::str::from_utf8(fixed).ok()?,
+        None => json,
+    };
+    let mut de = serde_json::Deserializer::from_str(text);
     let cmd = serde::Deserializer::deserialize_map(&mut de, LastCmd).ok()??;
     // The whole text must be one JSON value: `{"cmd":"NODE_HANDLE"} x` is a
     // bad line, not a handle (and a line the session's parser refused is
