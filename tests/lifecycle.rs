@@ -611,37 +611,41 @@ async fn a_peer_sending_requests_too_long_to_read_and_reading_nothing_is_slowed_
     flood.await.unwrap();
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_after_the_session_closed_fails_with_closed() {
-    // As `respond` documents; `Cancelled` is for the peer's cancel.
-    let started = Arc::new(tokio::sync::Notify::new());
-    let (tx, mut answered) = mpsc::unbounded_channel();
-    let handler = responder_fn({
-        let started = started.clone();
-        move |req: Request, responder: Responder| {
-            let (started, tx) = (started.clone(), tx.clone());
-            async move {
-                started.notify_one();
-                req.cancelled().await;
-                let _ = tx.send(responder.respond(&1).await);
+    // As `respond` documents; `Cancelled` is for the peer's cancel. The
+    // handler wakes on another thread while the close is still under way:
+    // rounds, so that it sometimes answers in the middle of it.
+    for round in 0..100 {
+        let started = Arc::new(tokio::sync::Notify::new());
+        let (tx, mut answered) = mpsc::unbounded_channel();
+        let handler = responder_fn({
+            let started = started.clone();
+            move |req: Request, responder: Responder| {
+                let (started, tx) = (started.clone(), tx.clone());
+                async move {
+                    started.notify_one();
+                    req.cancelled().await;
+                    let _ = tx.send(responder.respond(&1).await);
+                }
             }
-        }
-    });
-    let (a, b) = Channel::pair(ChannelConfig::default());
-    let (client, server) = tokio::join!(setup(a, None), setup(b, handler));
-    let (client, server) = (client.unwrap(), server.unwrap());
-    let call = tokio::spawn(async move { client.request::<_, u64>(&1).await });
-    started.notified().await;
-    server.close();
-    let result = tokio::time::timeout(Duration::from_secs(5), answered.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        matches!(result, Err(Error::Closed(ipc_request::CloseReason::Local))),
-        "{result:?}"
-    );
-    assert!(call.await.unwrap().is_err());
+        });
+        let (a, b) = Channel::pair(ChannelConfig::default());
+        let (client, server) = tokio::join!(setup(a, None), setup(b, handler));
+        let (client, server) = (client.unwrap(), server.unwrap());
+        let call = tokio::spawn(async move { client.request::<_, u64>(&1).await });
+        started.notified().await;
+        server.close();
+        let result = tokio::time::timeout(Duration::from_secs(5), answered.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(result, Err(Error::Closed(ipc_request::CloseReason::Local))),
+            "round {round}: {result:?}"
+        );
+        assert!(call.await.unwrap().is_err());
+    }
 }
 
 #[tokio::test]

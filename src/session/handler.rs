@@ -331,10 +331,10 @@ impl Responder {
         if self.answer_refused() {
             self.state.let_go_of_entry(&self.shared);
             // The session's end explains more than the token it cancelled.
-            return Err(if self.shared.closing.is_cancelled() {
-                self.shared.closed_error()
-            } else {
-                Error::Cancelled
+            // Its reason is set before any handler is refused (`shut`).
+            return Err(match self.shared.closed_reason() {
+                Some(reason) => Error::Closed(reason),
+                None => Error::Cancelled,
             });
         }
         Ok(Claim {
