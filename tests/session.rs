@@ -758,8 +758,8 @@ async fn a_reader_waiting_behind_a_backlog_of_cancelled_requests_goes_on() {
         (one, two),
         (Err(Error::Timeout(_)), Err(Error::Timeout(_)))
     ));
-    // 3 finds the backlog full and the reader waits for room. (Given less
-    // time to get there, the test passes without showing anything.)
+    // Their cancels, read while the backlog was full of them, free it: 3
+    // goes in at once.
     let third = busy.request(3);
     tokio::time::sleep(Duration::from_millis(200)).await;
     busy.release.notify_one();
@@ -802,4 +802,27 @@ async fn cancelled_requests_free_their_room_in_the_backlog_at_once() {
     assert_eq!(busy.first.await.unwrap().unwrap(), 0);
     assert_eq!(third.await.unwrap().unwrap(), 3);
     assert_eq!(*busy.handled.lock().unwrap(), [0, 3]);
+}
+
+#[tokio::test]
+async fn a_reader_waiting_for_room_in_the_backlog_goes_on_once_a_handler_frees_some() {
+    let busy = BusyServer::start(1).await;
+    let mut server_messages = busy.server.messages().unwrap();
+    // 0 holds the only handler slot, 1 the only place in the backlog; the
+    // reader, holding 2, waits for room. (Sent sooner than these pauses
+    // allow, they may not get there, and the test shows nothing.)
+    let one = busy.request(1);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let two = busy.request(2);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    busy.client.send(&"behind 2").await.unwrap();
+    busy.release.notify_one();
+    let got = tokio::time::timeout(Duration::from_secs(5), server_messages.recv())
+        .await
+        .expect("the reader was never told of the room a finished handler made");
+    assert_eq!(got.unwrap().unwrap(), json!("behind 2"));
+    assert_eq!(busy.first.await.unwrap().unwrap(), 0);
+    assert_eq!(one.await.unwrap().unwrap(), 1);
+    assert_eq!(two.await.unwrap().unwrap(), 2);
+    assert_eq!(*busy.handled.lock().unwrap(), [0, 1, 2]);
 }

@@ -23,11 +23,15 @@ use crate::protocol::{self, HandshakeOut, Inbound, TooLongLine};
 
 /// The peer's requests waiting for a handler slot.
 ///
-/// A cancel takes its request out at once, freeing its room: a backlog
-/// full of requests nobody waits for any more must not stop the reader (a
-/// review found that deadlock when cancelled requests only left the queue
-/// in turn). Hence a map ordered by arrival rather than a queue: taking out
-/// the request of a UID is O(log n), not a scan.
+/// A cancel takes its request out at once, freeing its room: cancels read
+/// while there is room keep the backlog from filling with requests nobody
+/// waits for any more (a review found that deadlock when cancelled
+/// requests only left in turn). Hence a map ordered by arrival rather than
+/// a queue: taking out the request of a UID is O(log n), not a scan. Once
+/// the backlog is full, though, the reader waits with the next request in
+/// hand and reads nothing behind it, cancels included: that is the
+/// push-back the README describes, and a handler waiting on the peer
+/// meanwhile waits until another handler frees a slot.
 #[derive(Default)]
 pub(super) struct Backlog {
     /// The waiting requests, by arrival number.

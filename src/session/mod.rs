@@ -78,8 +78,8 @@ pub struct SessionConfig {
     pub message_buffer: usize,
     /// Total bytes of the plain messages buffered for [`Session::messages`]
     /// (default 64 MiB), held as the text that came: a message is parsed
-    /// when it is taken from the stream. One message is always let in,
-    /// however large.
+    /// when it is taken from the stream. A message larger than this gets in
+    /// when the buffer is empty.
     pub message_buffer_bytes: usize,
 }
 
@@ -144,7 +144,7 @@ impl SessionBuilder {
         let bounded = |n: usize| n.clamp(1, Semaphore::MAX_PERMITS);
         let (messages_tx, messages_rx) = mpsc::channel(bounded(config.message_buffer));
         // Permits are taken a u32 at a time.
-        let message_bytes = config.message_buffer_bytes.clamp(1, u32::MAX as usize);
+        let message_bytes = bounded(config.message_buffer_bytes).min(u32::MAX as usize);
         let (phase, _) = watch::channel(Phase::Handshaking);
         let shared = Arc::new(Shared {
             sender,
@@ -511,7 +511,8 @@ impl Session {
     /// is one stream per session. It ends when the session closes.
     ///
     /// Once taken, read it steadily, from a task of its own: while its
-    /// buffer ([`SessionConfig::message_buffer`]) is full, the session reads
+    /// buffer ([`SessionConfig::message_buffer`] messages,
+    /// [`SessionConfig::message_buffer_bytes`] bytes) is full, the session reads
     /// nothing else from the peer, so answers to our own requests wait too.
     /// A loop that awaits a request between two `recv`s stalls for good if
     /// the peer sends more than that many messages meanwhile. (Nothing is
