@@ -474,15 +474,8 @@ async fn a_handler_done_with_a_uid_leaves_a_later_request_with_it_cancellable() 
         Some(&["error", "cancel"]),
     )
     .await;
-    use tokio::io::AsyncWriteExt;
-    let line = |kind: &str, payload: &str| {
-        format!(
-            "{{\"_IPC_REQUEST/MSG_TYPE\":\"_IPC_REQUEST/MSG_TYPE:{kind}\",\
-             \"_IPC_REQUEST/REQUEST_UID\":\"7\",\"_IPC_REQUEST/PAYLOAD\":{payload}}}\n"
-        )
-    };
-    writer.write_all(line("REQUEST", "1").as_bytes()).await.unwrap();
-    writer.write_all(line("REQUEST", "2").as_bytes()).await.unwrap();
+    write_protocol_line(&mut writer, "REQUEST", "7", "1").await;
+    write_protocol_line(&mut writer, "REQUEST", "7", "2").await;
     let mut next = async || {
         tokio::time::timeout(Duration::from_secs(10), events.recv())
             .await
@@ -492,7 +485,7 @@ async fn a_handler_done_with_a_uid_leaves_a_later_request_with_it_cancellable() 
     assert_eq!(next().await, "second started");
     finish_first.notify_one();
     assert_eq!(next().await, "first finished");
-    writer.write_all(line("CANCEL", "null").as_bytes()).await.unwrap();
+    write_protocol_line(&mut writer, "CANCEL", "7", "null").await;
     assert_eq!(next().await, "second cancelled");
 }
 
@@ -528,13 +521,8 @@ async fn a_handler_whose_uid_the_peer_reused_still_sees_the_close() {
         Some(&["error", "cancel"]),
     )
     .await;
-    use tokio::io::AsyncWriteExt;
-    for n in 1..=2 {
-        let line = format!(
-            "{{\"_IPC_REQUEST/MSG_TYPE\":\"_IPC_REQUEST/MSG_TYPE:REQUEST\",\
-             \"_IPC_REQUEST/REQUEST_UID\":\"7\",\"_IPC_REQUEST/PAYLOAD\":{n}}}\n"
-        );
-        writer.write_all(line.as_bytes()).await.unwrap();
+    for n in ["1", "2"] {
+        write_protocol_line(&mut writer, "REQUEST", "7", n).await;
     }
     let mut seen = Vec::new();
     while seen.len() < 2 {
@@ -572,14 +560,9 @@ async fn a_peer_sending_requests_too_long_to_read_and_reading_nothing_is_slowed_
     let flood = tokio::spawn({
         let written = written.clone();
         async move {
-            use tokio::io::AsyncWriteExt;
-            let big = "y".repeat(400);
+            let big = format!("\"{}\"", "y".repeat(400));
             for n in 0..REQUESTS {
-                let line = format!(
-                    "{{\"_IPC_REQUEST/MSG_TYPE\":\"_IPC_REQUEST/MSG_TYPE:REQUEST\",\
-                     \"_IPC_REQUEST/REQUEST_UID\":\"{n}\",\"_IPC_REQUEST/PAYLOAD\":\"{big}\"}}\n"
-                );
-                writer.write_all(line.as_bytes()).await.unwrap();
+                write_protocol_line(&mut writer, "REQUEST", &n.to_string(), &big).await;
                 written.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
         }
@@ -706,12 +689,7 @@ async fn a_respond_given_up_still_hears_the_cancel_of_a_peer_that_can_cancel() {
             .unwrap()
     };
     assert_eq!(next().await, Some(("gave up", true)));
-    {
-        use tokio::io::AsyncWriteExt;
-        let cancel = "{\"_IPC_REQUEST/MSG_TYPE\":\"_IPC_REQUEST/MSG_TYPE:CANCEL\",\
-                      \"_IPC_REQUEST/REQUEST_UID\":\"2\",\"_IPC_REQUEST/PAYLOAD\":null}\n";
-        writer.write_all(cancel.as_bytes()).await.unwrap();
-    }
+    write_protocol_line(&mut writer, "CANCEL", "2", "null").await;
     assert_eq!(
         next().await,
         Some(("heard the cancel", true)),
@@ -791,10 +769,16 @@ async fn serve_a_hand_played_peer(
 
 /// Writes a 1.0 request with UID `n` and payload `n`.
 async fn send_one_dot_zero_request(writer: &mut PeerWriter, n: u64) {
+    write_protocol_line(writer, "REQUEST", &n.to_string(), &n.to_string()).await;
+}
+
+/// Writes one line as a hand-played peer: a message of `kind` (`REQUEST`,
+/// `CANCEL`) with `uid`, and `payload` as JSON text.
+async fn write_protocol_line(writer: &mut PeerWriter, kind: &str, uid: &str, payload: &str) {
     use tokio::io::AsyncWriteExt;
     let line = format!(
-        "{{\"_IPC_REQUEST/MSG_TYPE\":\"_IPC_REQUEST/MSG_TYPE:REQUEST\",\
-         \"_IPC_REQUEST/REQUEST_UID\":\"{n}\",\"_IPC_REQUEST/PAYLOAD\":{n}}}\n"
+        "{{\"_IPC_REQUEST/MSG_TYPE\":\"_IPC_REQUEST/MSG_TYPE:{kind}\",\
+         \"_IPC_REQUEST/REQUEST_UID\":\"{uid}\",\"_IPC_REQUEST/PAYLOAD\":{payload}}}\n"
     );
     writer.write_all(line.as_bytes()).await.unwrap();
 }

@@ -745,32 +745,6 @@ async fn a_request_cancelled_while_it_waits_for_a_handler_never_runs() {
 }
 
 #[tokio::test]
-async fn a_reader_waiting_behind_a_backlog_of_cancelled_requests_goes_on() {
-    let busy = BusyServer::start(2).await;
-    // 1 and 2 fill the backlog and are cancelled there.
-    let (one, two) = tokio::join!(
-        busy.client
-            .request_timeout::<_, u32>(&1, Duration::from_millis(50)),
-        busy.client
-            .request_timeout::<_, u32>(&2, Duration::from_millis(50)),
-    );
-    assert!(matches!(
-        (one, two),
-        (Err(Error::Timeout(_)), Err(Error::Timeout(_)))
-    ));
-    // Their cancels, read while the backlog was full of them, free it: 3
-    // goes in at once.
-    let third = busy.request(3);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    busy.release.notify_one();
-    assert_eq!(busy.first.await.unwrap().unwrap(), 0);
-    let third = tokio::time::timeout(Duration::from_secs(5), third)
-        .await
-        .expect("the reader never got room: the backlog emptied without a word");
-    assert_eq!(third.unwrap().unwrap(), 3);
-}
-
-#[tokio::test]
 async fn cancelled_requests_free_their_room_in_the_backlog_at_once() {
     // Were they kept until their turn, the backlog would stay full of
     // requests nobody waits for, and the reader would stop: a handler
