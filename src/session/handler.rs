@@ -259,7 +259,8 @@ impl Responder {
     /// on a second answer, [`Error::Cancelled`] if the peer cancelled the
     /// request (nothing is written), [`Error::Frame`] if the answer does not
     /// encode or is too long (the peer then gets an error answer instead),
-    /// and [`Error::Closed`] if the channel is gone.
+    /// and [`Error::Closed`] if the channel is gone (also when the peer had
+    /// cancelled the request before: the session's end is the larger news).
     pub async fn respond<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), Error> {
         let claim = self.claim()?;
         let sent = async {

@@ -79,7 +79,8 @@ pub struct SessionConfig {
     /// Total bytes of the plain messages buffered for [`Session::messages`]
     /// (default 64 MiB), held as the text that came: a message is parsed
     /// when it is taken from the stream. A message larger than this gets in
-    /// when the buffer is empty.
+    /// when the buffer is empty. The error items of lines that could not be
+    /// read are small and count against `message_buffer` only.
     pub message_buffer_bytes: usize,
 }
 
