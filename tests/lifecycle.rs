@@ -7,7 +7,9 @@ use common::answer_handshake_as_one_dot_zero;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipc_request::{Channel, ChannelConfig, Error, Request, Responder, SessionBuilder, responder_fn, setup};
+use ipc_request::{
+    Channel, ChannelConfig, Error, Request, Responder, SessionBuilder, SessionConfig, responder_fn, setup,
+};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use tokio::io::AsyncReadExt;
@@ -490,6 +492,70 @@ async fn a_handler_done_with_a_uid_leaves_a_later_request_with_it_cancellable() 
 }
 
 #[tokio::test]
+async fn a_cancel_of_a_reused_uid_drops_the_waiting_request_not_the_answered_handler() {
+    // One handler slot. Request 7 (payload 1) is answered and its handler
+    // works on, holding the slot; the peer, having the answer, sends 7
+    // again (payload 2), which waits for the slot, and cancels it. The
+    // cancel means that newer request: it must never run, and the first
+    // handler, whose caller is already answered, must not be cancelled.
+    let finish_first = Arc::new(tokio::sync::Notify::new());
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let handler = responder_fn({
+        let finish_first = finish_first.clone();
+        move |req: Request, responder: Responder| {
+            let (finish_first, tx) = (finish_first.clone(), tx.clone());
+            async move {
+                let n = req.payload::<u64>().unwrap();
+                if n == 1 {
+                    responder.respond(&1).await.unwrap();
+                    let _ = tx.send(tokio::select! {
+                        _ = finish_first.notified() => "first finished",
+                        _ = req.cancelled() => "first cancelled",
+                    });
+                } else {
+                    let _ = tx.send(if n == 2 { "second ran" } else { "third ran" });
+                    let _ = responder.respond(&n).await;
+                }
+            }
+        }
+    });
+    let config = SessionConfig {
+        max_concurrent_handlers: 1,
+        ..SessionConfig::default()
+    };
+    let (server, mut reader, mut writer) =
+        serve_a_hand_played_peer_with(config, handler, 4096, Some(&["error", "cancel"])).await;
+    let mut messages = server.messages().unwrap();
+    write_protocol_line(&mut writer, "REQUEST", "7", "1").await;
+    let first_answer: Value = serde_json::from_str(&common::read_line(&mut reader).await).unwrap();
+    assert_eq!(first_answer["_IPC_REQUEST/PAYLOAD"], 1);
+    write_protocol_line(&mut writer, "REQUEST", "7", "2").await;
+    write_protocol_line(&mut writer, "CANCEL", "7", "null").await;
+    // A plain message after them: once it is out, the reader has been
+    // through the cancel.
+    {
+        use tokio::io::AsyncWriteExt;
+        writer.write_all(b"\"read the cancel\"\n").await.unwrap();
+    }
+    let marker = tokio::time::timeout(Duration::from_secs(10), messages.recv())
+        .await
+        .unwrap();
+    assert_eq!(marker.unwrap().unwrap(), "read the cancel");
+    finish_first.notify_one();
+    write_protocol_line(&mut writer, "REQUEST", "8", "3").await;
+    let third_answer: Value = serde_json::from_str(&common::read_line(&mut reader).await).unwrap();
+    assert_eq!(
+        third_answer["_IPC_REQUEST/PAYLOAD"], 3,
+        "only the third is answered"
+    );
+    let mut seen = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        seen.push(event);
+    }
+    assert_eq!(seen, ["first finished", "third ran"]);
+}
+
+#[tokio::test]
 async fn a_handler_whose_uid_the_peer_reused_still_sees_the_close() {
     // The second request with UID 7 takes its place in the map of running
     // handlers (a cancel of 7 now means it), but the first, answered and
@@ -757,12 +823,38 @@ async fn serve_a_hand_played_peer(
     extensions: Option<&[&str]>,
 ) -> (ipc_request::Session, PeerReader, PeerWriter) {
     let (ours, theirs) = tokio::io::duplex(capacity);
+    serve_over(
+        ours,
+        theirs,
+        SessionBuilder::new().handler(handler),
+        config,
+        extensions,
+    )
+    .await
+}
+
+/// [`serve_a_hand_played_peer`] with session settings of its own, over the
+/// default channel settings.
+async fn serve_a_hand_played_peer_with(
+    session_config: SessionConfig,
+    handler: ipc_request::Handler,
+    capacity: usize,
+    extensions: Option<&[&str]>,
+) -> (ipc_request::Session, PeerReader, PeerWriter) {
+    let (ours, theirs) = tokio::io::duplex(capacity);
+    let builder = SessionBuilder::new().config(session_config).handler(handler);
+    serve_over(ours, theirs, builder, ChannelConfig::default(), extensions).await
+}
+
+async fn serve_over(
+    ours: tokio::io::DuplexStream,
+    theirs: tokio::io::DuplexStream,
+    builder: SessionBuilder,
+    config: ChannelConfig,
+    extensions: Option<&[&str]>,
+) -> (ipc_request::Session, PeerReader, PeerWriter) {
     let (mut reader, mut writer) = tokio::io::split(theirs);
-    let server = tokio::spawn(
-        SessionBuilder::new()
-            .handler(handler)
-            .setup(Channel::from_stream(ours, config)),
-    );
+    let server = tokio::spawn(builder.setup(Channel::from_stream(ours, config)));
     common::answer_handshake(&mut reader, &mut writer, extensions).await;
     (server.await.unwrap().unwrap(), reader, writer)
 }

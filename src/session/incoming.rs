@@ -174,28 +174,59 @@ impl Shared {
                     None => tracing::debug!("answer to a request no longer pending: {uid:?}"),
                 }
             }
-            Inbound::Cancel { uid } => {
-                let running = self.table.lock().unwrap().running.remove(&uid);
-                if let Some(handler) = running {
-                    handler.refuse();
-                } else if self.peer_can_cancel() && self.backlog_len.load(Ordering::Acquire) > 0 {
-                    // Not started yet: it never will be. A cancel that
-                    // finds the request in neither place came after its
-                    // answer, or in the instant a finishing handler's task
-                    // moved it from the backlog to a handler; then the
-                    // handler runs and the peer drops its answer, as it
-                    // does for any answer to a cancelled request.
-                    let mut backlog = self.backlog.lock().unwrap();
-                    if backlog.cancel(&uid) {
-                        self.backlog_len.store(backlog.len(), Ordering::Release);
-                        drop(backlog);
-                        // Its room is free: a reader waiting for room goes on.
-                        self.backlog_space.notify_one();
-                    }
-                }
-            }
+            Inbound::Cancel { uid } => self.cancel_request(&uid),
             Inbound::Plain(msg) => self.deliver(Ok(msg)).await,
         }
+    }
+
+    /// The peer cancelled its request `uid`: a waiting request leaves the
+    /// backlog, a running handler is told and its answer refused.
+    fn cancel_request(&self, uid: &str) {
+        // A cancel means the newest request with this UID. The peer reuses
+        // a UID only once it has the answer, so when the running handler of
+        // `uid` has answered, a request of `uid` in the backlog came after
+        // it, and is the one meant. (Without one there, the cancel crossed
+        // the answer on the way, and still tells the handler to stop.) An
+        // unanswered handler is the oldest request of a peer that reused a
+        // UID too early; cancels then go oldest first, as in the backlog.
+        let running_answered = self
+            .table
+            .lock()
+            .unwrap()
+            .running
+            .get(uid)
+            .map(|handler| handler.answer.is_answered());
+        if running_answered != Some(false) && self.cancel_waiting(uid) {
+            return;
+        }
+        // Between the two locks a handler may have started for this UID
+        // from the backlog; then it is the newest, and the one refused.
+        let running = self.table.lock().unwrap().running.remove(uid);
+        if let Some(handler) = running {
+            handler.refuse();
+        }
+        // A cancel that finds the request in neither place came after its
+        // answer, or in the instant a finishing handler's task moved it
+        // from the backlog to a handler; then the handler runs and the
+        // peer drops its answer, as it does for any answer to a cancelled
+        // request.
+    }
+
+    /// Takes the oldest waiting request of `uid` out of the backlog; false
+    /// if none waits.
+    fn cancel_waiting(&self, uid: &str) -> bool {
+        if !self.peer_can_cancel() || self.backlog_len.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        let mut backlog = self.backlog.lock().unwrap();
+        if !backlog.cancel(uid) {
+            return false;
+        }
+        self.backlog_len.store(backlog.len(), Ordering::Release);
+        drop(backlog);
+        // Its room is free: a reader waiting for room goes on.
+        self.backlog_space.notify_one();
+        true
     }
 
     /// Starts a handler for the peer's request, or queues the request
