@@ -441,34 +441,56 @@ async fn a_handler_that_cancels_its_own_token_still_answers_its_caller() {
     }
 }
 
-#[tokio::test]
-async fn a_handler_done_with_a_uid_leaves_a_later_request_with_it_cancellable() {
-    // A peer may reuse a UID once it has its answer. The first handler,
-    // answered and finishing later, must not take the second one's entry
-    // out of the map of running handlers: the peer's cancel would miss it.
+/// A handler for the UID-reuse tests, and what it reports. Payload 1 is
+/// answered at once, then its handler works on until `finish_first` (or
+/// its cancel); payload 2 waits up to 5 s for its cancel; payload 3 is
+/// answered.
+fn answer_first_then_work_on() -> (
+    ipc_request::Handler,
+    Arc<tokio::sync::Notify>,
+    mpsc::UnboundedReceiver<&'static str>,
+) {
     let finish_first = Arc::new(tokio::sync::Notify::new());
-    let (tx, mut events) = mpsc::unbounded_channel();
+    let (tx, events) = mpsc::unbounded_channel();
     let handler = responder_fn({
         let finish_first = finish_first.clone();
         move |req: Request, responder: Responder| {
             let (finish_first, tx) = (finish_first.clone(), tx.clone());
             async move {
-                if req.payload::<u64>().unwrap() == 1 {
-                    responder.respond(&1).await.unwrap();
-                    finish_first.notified().await;
-                    let _ = tx.send("first finished");
-                } else {
-                    let _ = tx.send("second started");
-                    let heard = tokio::time::timeout(Duration::from_secs(5), req.cancelled()).await;
-                    let _ = tx.send(if heard.is_ok() {
-                        "second cancelled"
-                    } else {
-                        "second missed it"
-                    });
+                match req.payload::<u64>().unwrap() {
+                    1 => {
+                        responder.respond(&1).await.unwrap();
+                        let _ = tx.send(tokio::select! {
+                            _ = finish_first.notified() => "first finished",
+                            _ = req.cancelled() => "first cancelled",
+                        });
+                    }
+                    2 => {
+                        let _ = tx.send("second started");
+                        let heard = tokio::time::timeout(Duration::from_secs(5), req.cancelled()).await;
+                        let _ = tx.send(if heard.is_ok() {
+                            "second cancelled"
+                        } else {
+                            "second missed it"
+                        });
+                    }
+                    n => {
+                        let _ = tx.send("third ran");
+                        let _ = responder.respond(&n).await;
+                    }
                 }
             }
         }
     });
+    (handler, finish_first, events)
+}
+
+#[tokio::test]
+async fn a_handler_done_with_a_uid_leaves_a_later_request_with_it_cancellable() {
+    // A peer may reuse a UID once it has its answer. The first handler,
+    // answered and finishing later, must not take the second one's entry
+    // out of the map of running handlers: the peer's cancel would miss it.
+    let (handler, finish_first, mut events) = answer_first_then_work_on();
     let (_server, _reader, mut writer) = serve_a_hand_played_peer(
         handler,
         ChannelConfig::default(),
@@ -498,27 +520,7 @@ async fn a_cancel_of_a_reused_uid_drops_the_waiting_request_not_the_answered_han
     // again (payload 2), which waits for the slot, and cancels it. The
     // cancel means that newer request: it must never run, and the first
     // handler, whose caller is already answered, must not be cancelled.
-    let finish_first = Arc::new(tokio::sync::Notify::new());
-    let (tx, mut events) = mpsc::unbounded_channel();
-    let handler = responder_fn({
-        let finish_first = finish_first.clone();
-        move |req: Request, responder: Responder| {
-            let (finish_first, tx) = (finish_first.clone(), tx.clone());
-            async move {
-                let n = req.payload::<u64>().unwrap();
-                if n == 1 {
-                    responder.respond(&1).await.unwrap();
-                    let _ = tx.send(tokio::select! {
-                        _ = finish_first.notified() => "first finished",
-                        _ = req.cancelled() => "first cancelled",
-                    });
-                } else {
-                    let _ = tx.send(if n == 2 { "second ran" } else { "third ran" });
-                    let _ = responder.respond(&n).await;
-                }
-            }
-        }
-    });
+    let (handler, finish_first, mut events) = answer_first_then_work_on();
     let config = SessionConfig {
         max_concurrent_handlers: 1,
         ..SessionConfig::default()
