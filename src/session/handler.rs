@@ -220,6 +220,11 @@ impl AnswerState {
         self.refused.store(true, Ordering::Release);
     }
 
+    /// See `refused`.
+    pub(super) fn is_refused(&self) -> bool {
+        self.refused.load(Ordering::Acquire)
+    }
+
     /// One holder of the running-map entry lets go (see the type's docs):
     /// the handler's task once, when it ends, and the answer once, when it
     /// is final. The last removes the entry.

@@ -182,51 +182,39 @@ impl Shared {
     /// The peer cancelled its request `uid`: a waiting request leaves the
     /// backlog, a running handler is told and its answer refused.
     fn cancel_request(&self, uid: &str) {
-        // A cancel means the newest request with this UID. The peer reuses
-        // a UID only once it has the answer, so when the running handler of
-        // `uid` has answered, a request of `uid` in the backlog came after
-        // it, and is the one meant. (Without one there, the cancel crossed
-        // the answer on the way, and still tells the handler to stop.) An
-        // unanswered handler is the oldest request of a peer that reused a
-        // UID too early; cancels then go oldest first, as in the backlog.
-        let running_answered = self
-            .table
-            .lock()
-            .unwrap()
-            .running
-            .get(uid)
-            .map(|handler| handler.answer.is_answered());
-        if running_answered != Some(false) && self.cancel_waiting(uid) {
+        if !self.peer_can_cancel() {
+            // It advertised no `cancel`: nothing of its is in `running`.
             return;
         }
-        // Between the two locks a handler may have started for this UID
-        // from the backlog; then it is the newest, and the one refused.
-        let running = self.table.lock().unwrap().running.remove(uid);
+        // Both locks, in the order `drain_backlog` takes them: a request
+        // moving from the backlog to a handler is registered as running
+        // before the backlog lets go of it, so it is seen in one place or
+        // the other, never in neither.
+        let mut backlog = self.backlog.lock().unwrap();
+        let mut table = self.table.lock().unwrap();
+        // A cancel means the newest request with this UID. The peer reuses
+        // a UID only once it has the answer, so when the running handler of
+        // `uid` has answered, a request of `uid` waiting in the backlog came
+        // after it, and is the one meant. (With none waiting, the cancel
+        // crossed the answer on the way, and still tells the handler to
+        // stop.) An unanswered running handler means the peer reused the
+        // UID too early, which the protocol does not allow; the cancel then
+        // goes to that handler, the latest of that UID to start.
+        let running_answered = table.running.get(uid).map(|h| h.answer.is_answered());
+        if running_answered != Some(false) && backlog.cancel(uid) {
+            self.backlog_len.store(backlog.len(), Ordering::Release);
+            drop((table, backlog));
+            // Its room is free: a reader waiting for room goes on.
+            self.backlog_space.notify_one();
+            return;
+        }
+        let running = table.running.remove(uid);
+        drop((table, backlog));
         if let Some(handler) = running {
             handler.refuse();
         }
         // A cancel that finds the request in neither place came after its
-        // answer, or in the instant a finishing handler's task moved it
-        // from the backlog to a handler; then the handler runs and the
-        // peer drops its answer, as it does for any answer to a cancelled
-        // request.
-    }
-
-    /// Takes the oldest waiting request of `uid` out of the backlog; false
-    /// if none waits.
-    fn cancel_waiting(&self, uid: &str) -> bool {
-        if !self.peer_can_cancel() || self.backlog_len.load(Ordering::Acquire) == 0 {
-            return false;
-        }
-        let mut backlog = self.backlog.lock().unwrap();
-        if !backlog.cancel(uid) {
-            return false;
-        }
-        self.backlog_len.store(backlog.len(), Ordering::Release);
-        drop(backlog);
-        // Its room is free: a reader waiting for room goes on.
-        self.backlog_space.notify_one();
-        true
+        // answer; the peer drops an answer to a cancelled request anyway.
     }
 
     /// Starts a handler for the peer's request, or queues the request
@@ -274,15 +262,31 @@ impl Shared {
                 let mut backlog = self.backlog.lock().unwrap();
                 let next = backlog.pop();
                 self.backlog_len.store(backlog.len(), Ordering::Release);
-                next
+                // Registered while the backlog still holds its lock: see
+                // `cancel_request`.
+                next.map(|(uid, payload)| (self.register_handler(uid), payload))
             };
-            let Some((uid, payload)) = next else { return };
+            let Some((registered, payload)) = next else { return };
             self.backlog_space.notify_one();
-            self.run_handler(uid, payload, slot);
+            #[cfg(test)]
+            tests::hooks::taken_from_backlog();
+            // `None`: the session closed; the request is dropped with it.
+            if let Some((state, cancel)) = registered {
+                self.start_registered_handler(state, cancel, payload, slot);
+            }
         }
     }
 
     fn run_handler(self: &Arc<Self>, uid: String, payload: Message, slot: OwnedSemaphorePermit) {
+        if let Some((state, cancel)) = self.register_handler(uid) {
+            self.start_registered_handler(state, cancel, payload, slot);
+        }
+    }
+
+    /// The answer state and token of a handler about to start for the
+    /// peer's request `uid`, registered in the `running` map when the peer
+    /// can cancel; `None` once the session is closed.
+    fn register_handler(&self, uid: String) -> Option<(Arc<AnswerState>, CancellationToken)> {
         // Every handler sees the session end, whatever the peer supports.
         // A peer that can cancel has each handler in the `running` map
         // below, which the close cancels too. For one that cannot, the
@@ -296,20 +300,36 @@ impl Shared {
             self.closing.child_token()
         };
         let state = Arc::new(AnswerState::new(uid));
-        {
-            let mut table = self.table.lock().unwrap();
-            if table.closed.is_some() {
-                return;
+        let mut table = self.table.lock().unwrap();
+        if table.closed.is_some() {
+            return None;
+        }
+        if self.peer_can_cancel() {
+            let handler = RunningHandler {
+                cancel: cancel.clone(),
+                answer: state.clone(),
+            };
+            if let Some(older) = table.running.insert(state.uid().to_owned(), handler) {
+                table.displaced.push(older);
             }
-            if self.peer_can_cancel() {
-                let handler = RunningHandler {
-                    cancel: cancel.clone(),
-                    answer: state.clone(),
-                };
-                if let Some(older) = table.running.insert(state.uid().to_owned(), handler) {
-                    table.displaced.push(older);
-                }
-            }
+        }
+        Some((state, cancel))
+    }
+
+    /// Runs the handler of a registered request, holding `slot` until it
+    /// ends.
+    fn start_registered_handler(
+        self: &Arc<Self>,
+        state: Arc<AnswerState>,
+        cancel: CancellationToken,
+        payload: Message,
+        slot: OwnedSemaphorePermit,
+    ) {
+        if state.is_refused() {
+            // The peer cancelled it (or the session closed) as it moved from
+            // the backlog to here: as a request cancelled while it waited,
+            // it does not run. (Its entry is already out of `running`.)
+            return;
         }
         let responder = Responder {
             shared: self.clone(),
@@ -527,57 +547,4 @@ impl Drop for LetGoOfEntry<'_> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::Backlog;
-
-    fn queue(uids: &[&str]) -> Backlog {
-        let mut backlog = Backlog::default();
-        for (i, uid) in uids.iter().enumerate() {
-            let payload = serde_json::value::RawValue::from_string(i.to_string()).unwrap();
-            backlog.push(uid.to_string(), payload);
-        }
-        backlog
-    }
-
-    fn drain(backlog: &mut Backlog) -> Vec<String> {
-        std::iter::from_fn(|| {
-            backlog
-                .pop()
-                .map(|(uid, payload)| format!("{uid}{}", payload.get()))
-        })
-        .collect()
-    }
-
-    #[test]
-    fn cancelled_requests_leave_the_backlog_at_once_and_everything_is_counted_out() {
-        let mut backlog = queue(&["a", "b", "a", "c"]);
-        assert!(backlog.cancel("a"), "the first a waits");
-        assert!(backlog.cancel("c"));
-        assert!(!backlog.cancel("x"), "not waiting: nothing to cancel");
-        assert_eq!(backlog.len(), 2, "their room is free at once");
-        assert_eq!(drain(&mut backlog), ["b1", "a2"]);
-        assert_eq!(backlog.bytes, 0);
-        assert!(backlog.by_uid.is_empty() && backlog.requests.is_empty());
-    }
-
-    #[test]
-    fn a_cancel_counts_for_one_waiting_request_at_most() {
-        let mut backlog = queue(&["a", "a"]);
-        let cancelled: Vec<bool> = (0..5).map(|_| backlog.cancel("a")).collect();
-        assert_eq!(cancelled, [true, true, false, false, false]);
-        assert!(drain(&mut backlog).is_empty());
-        let mut backlog = queue(&["a"]);
-        assert!(backlog.cancel("a"));
-        assert!(!backlog.cancel("a"));
-        backlog.push(
-            "a".into(),
-            serde_json::value::RawValue::from_string("9".into()).unwrap(),
-        );
-        assert_eq!(
-            drain(&mut backlog),
-            ["a9"],
-            "only one of the two cancels was for a waiting request"
-        );
-        assert!(backlog.by_uid.is_empty());
-    }
-}
+mod tests;

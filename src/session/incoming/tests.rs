@@ -1,0 +1,208 @@
+//! The backlog on its own, and a race of the reader with a handler's task
+//! made to happen on purpose (`hooks`).
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::{Notify, mpsc};
+
+use super::Backlog;
+use crate::{Channel, ChannelConfig, Request, Responder, SessionBuilder, SessionConfig, responder_fn};
+
+/// Points in the session's code where a test can stop a thread.
+pub(super) mod hooks {
+    use std::sync::Mutex;
+
+    type Hook = Box<dyn FnOnce() + Send>;
+
+    /// Run once, by the next `drain_backlog` to take a request out of the
+    /// backlog, right after it did (the lock released), before the handler
+    /// starts. No other unit test runs a session, so a global will do.
+    pub(in crate::session::incoming) static TAKEN_FROM_BACKLOG: Mutex<Option<Hook>> = Mutex::new(None);
+
+    pub(in crate::session::incoming) fn taken_from_backlog() {
+        let hook = TAKEN_FROM_BACKLOG.lock().unwrap().take();
+        if let Some(hook) = hook {
+            hook();
+        }
+    }
+}
+
+fn queue(uids: &[&str]) -> Backlog {
+    let mut backlog = Backlog::default();
+    for (i, uid) in uids.iter().enumerate() {
+        let payload = serde_json::value::RawValue::from_string(i.to_string()).unwrap();
+        backlog.push(uid.to_string(), payload);
+    }
+    backlog
+}
+
+fn drain(backlog: &mut Backlog) -> Vec<String> {
+    std::iter::from_fn(|| {
+        backlog
+            .pop()
+            .map(|(uid, payload)| format!("{uid}{}", payload.get()))
+    })
+    .collect()
+}
+
+#[test]
+fn cancelled_requests_leave_the_backlog_at_once_and_everything_is_counted_out() {
+    let mut backlog = queue(&["a", "b", "a", "c"]);
+    assert!(backlog.cancel("a"), "the first a waits");
+    assert!(backlog.cancel("c"));
+    assert!(!backlog.cancel("x"), "not waiting: nothing to cancel");
+    assert_eq!(backlog.len(), 2, "their room is free at once");
+    assert_eq!(drain(&mut backlog), ["b1", "a2"]);
+    assert_eq!(backlog.bytes, 0);
+    assert!(backlog.by_uid.is_empty() && backlog.requests.is_empty());
+}
+
+#[test]
+fn a_cancel_counts_for_one_waiting_request_at_most() {
+    let mut backlog = queue(&["a", "a"]);
+    let cancelled: Vec<bool> = (0..5).map(|_| backlog.cancel("a")).collect();
+    assert_eq!(cancelled, [true, true, false, false, false]);
+    assert!(drain(&mut backlog).is_empty());
+    let mut backlog = queue(&["a"]);
+    assert!(backlog.cancel("a"));
+    assert!(!backlog.cancel("a"));
+    backlog.push(
+        "a".into(),
+        serde_json::value::RawValue::from_string("9".into()).unwrap(),
+    );
+    assert_eq!(
+        drain(&mut backlog),
+        ["a9"],
+        "only one of the two cancels was for a waiting request"
+    );
+    assert!(backlog.by_uid.is_empty());
+}
+
+/// A line as a hand-played peer writes it: a message of `kind` with `uid`
+/// and `payload` (JSON text).
+fn protocol_line(kind: &str, uid: &str, payload: &str) -> String {
+    format!(
+        "{{\"_IPC_REQUEST/MSG_TYPE\":\"_IPC_REQUEST/MSG_TYPE:{kind}\",\
+         \"_IPC_REQUEST/REQUEST_UID\":\"{uid}\",\"_IPC_REQUEST/PAYLOAD\":{payload}}}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_read_while_a_request_moves_from_the_backlog_to_a_handler_reaches_it() {
+    // Two handler slots. 7 (payload 1) is answered, and its handler works
+    // on; 9 holds the other slot; the peer, having 7's answer, sends 7
+    // again (payload 2), which waits. When 9 ends, its task takes 7(2) out
+    // of the backlog, and is stopped there (the hook) while the peer's
+    // cancel of 7 is read. The cancel means 7(2): it must not run, and the
+    // first handler must not be cancelled.
+    let finish_first = std::sync::Arc::new(Notify::new());
+    let finish_nine = std::sync::Arc::new(Notify::new());
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let handler = responder_fn({
+        let (finish_first, finish_nine) = (finish_first.clone(), finish_nine.clone());
+        move |req: Request, responder: Responder| {
+            let (finish_first, finish_nine, tx) = (finish_first.clone(), finish_nine.clone(), tx.clone());
+            async move {
+                match req.payload::<u64>().unwrap() {
+                    1 => {
+                        responder.respond(&1).await.unwrap();
+                        let _ = tx.send(tokio::select! {
+                            _ = finish_first.notified() => "first finished",
+                            _ = req.cancelled() => "first cancelled",
+                        });
+                    }
+                    9 => {
+                        finish_nine.notified().await;
+                        let _ = responder.respond(&9).await;
+                    }
+                    n => {
+                        let _ = tx.send(if n == 2 { "second ran" } else { "third ran" });
+                        let _ = responder.respond(&n).await;
+                    }
+                }
+            }
+        }
+    });
+    let config = SessionConfig {
+        max_concurrent_handlers: 2,
+        ..SessionConfig::default()
+    };
+    let (ours, theirs) = tokio::io::duplex(4096);
+    let (reader, mut writer) = tokio::io::split(theirs);
+    let mut lines = BufReader::new(reader).lines();
+    let server = tokio::spawn(
+        SessionBuilder::new()
+            .config(config)
+            .handler(handler)
+            .setup(Channel::from_stream(ours, ChannelConfig::default())),
+    );
+    let hello: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    let shake = serde_json::json!({
+        "_IPC_REQUEST/HANDSHAKE_UID": hello["_IPC_REQUEST/HANDSHAKE_UID"],
+        "_IPC_REQUEST/HANDSHAKE_MSG_TYPE": "_IPC_REQUEST/HANDSHAKE_MSG_TYPE:RESPONSE",
+        "_IPC_REQUEST/EXTENSIONS": ["error", "cancel"],
+    });
+    writer.write_all(format!("{shake}\n").as_bytes()).await.unwrap();
+    let server = server.await.unwrap().unwrap();
+    let mut messages = server.messages().unwrap();
+    let mut next_answer = async || {
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await;
+        let answer: Value = serde_json::from_str(&line.unwrap().unwrap().unwrap()).unwrap();
+        answer["_IPC_REQUEST/PAYLOAD"].clone()
+    };
+
+    writer
+        .write_all(protocol_line("REQUEST", "7", "1").as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(next_answer().await, 1);
+    writer
+        .write_all(protocol_line("REQUEST", "9", "9").as_bytes())
+        .await
+        .unwrap();
+    writer
+        .write_all(protocol_line("REQUEST", "7", "2").as_bytes())
+        .await
+        .unwrap();
+    // Stop the thread that takes 7(2) out of the backlog until the cancel
+    // has been read.
+    let (stopped_tx, stopped) = std::sync::mpsc::channel();
+    let (go_on, go_on_rx) = std::sync::mpsc::channel::<()>();
+    *hooks::TAKEN_FROM_BACKLOG.lock().unwrap() = Some(Box::new(move || {
+        stopped_tx.send(()).unwrap();
+        let _ = go_on_rx.recv_timeout(Duration::from_secs(10));
+    }));
+    // Once this plain message is out, 7(2) has been read (and queued).
+    writer.write_all(b"\"queued\"\n").await.unwrap();
+    let marker = tokio::time::timeout(Duration::from_secs(10), messages.recv()).await;
+    assert_eq!(marker.unwrap().unwrap().unwrap(), "queued");
+    finish_nine.notify_one();
+    tokio::task::spawn_blocking(move || stopped.recv_timeout(Duration::from_secs(10)))
+        .await
+        .unwrap()
+        .expect("9's task took 7(2) out of the backlog");
+    writer
+        .write_all(protocol_line("CANCEL", "7", "null").as_bytes())
+        .await
+        .unwrap();
+    writer.write_all(b"\"cancelled\"\n").await.unwrap();
+    let marker = tokio::time::timeout(Duration::from_secs(10), messages.recv()).await;
+    assert_eq!(marker.unwrap().unwrap().unwrap(), "cancelled");
+    go_on.send(()).unwrap();
+    assert_eq!(next_answer().await, 9);
+    finish_first.notify_one();
+    let event = tokio::time::timeout(Duration::from_secs(10), events.recv()).await;
+    assert_eq!(event.unwrap().unwrap(), "first finished");
+    writer
+        .write_all(protocol_line("REQUEST", "8", "3").as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(next_answer().await, 3, "7(2) is not answered: it never ran");
+    let mut seen = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        seen.push(event);
+    }
+    assert_eq!(seen, ["third ran"]);
+}
