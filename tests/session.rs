@@ -800,3 +800,76 @@ async fn a_reader_waiting_for_room_in_the_backlog_goes_on_once_a_handler_frees_s
     assert_eq!(two.await.unwrap().unwrap(), 2);
     assert_eq!(*busy.handled.lock().unwrap(), [0, 1, 2]);
 }
+
+/// A write half that, once armed, takes nothing the first time it is asked
+/// (the line then waits in the channel's queue) and fails every time after.
+struct FailsWhenArmed<W> {
+    inner: W,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+    calls_since_armed: usize,
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FailsWhenArmed<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bytes: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if !self.armed.load(Ordering::SeqCst) {
+            return std::pin::Pin::new(&mut self.inner).poll_write(cx, bytes);
+        }
+        self.calls_since_armed += 1;
+        if self.calls_since_armed == 1 {
+            cx.waker().wake_by_ref();
+            return std::task::Poll::Pending;
+        }
+        std::task::Poll::Ready(Err(std::io::Error::other("the write side broke")))
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test]
+async fn a_write_failure_fails_the_requests_whose_lines_it_lost() {
+    // The request's line is accepted (queued), then the write fails while
+    // the read side works on: without being told, the session would keep
+    // the request waiting for an answer to a line the peer never got.
+    let (ours, theirs) = tokio::io::duplex(64 * 1024);
+    let (read_half, write_half) = tokio::io::split(ours);
+    let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = FailsWhenArmed {
+        inner: write_half,
+        armed: armed.clone(),
+        calls_since_armed: 0,
+    };
+    let ours = Channel::new(read_half, writer, ChannelConfig::default());
+    let theirs = Channel::from_stream(theirs, ChannelConfig::default());
+    let (client, server) = tokio::join!(setup(ours, None), setup(theirs, ops_handler()));
+    let (client, _server) = (client.unwrap(), server.unwrap());
+    armed.store(true, Ordering::SeqCst);
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.request::<_, Value>(&json!({"op": "echo", "value": 1})),
+    )
+    .await
+    .expect("the request waited for an answer to a line that was never written");
+    match outcome {
+        Err(Error::Closed(CloseReason::Io(e))) => {
+            assert!(e.to_string().contains("the write side broke"), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(client.close_reason(), Some(CloseReason::Io(_))));
+}

@@ -30,6 +30,7 @@ use std::borrow::Cow;
 use std::os::fd::OwnedFd;
 use std::process::ExitStatus;
 use std::sync::{Arc, LazyLock};
+use std::task::Poll;
 
 use bytes::BytesMut;
 use serde_json::value::RawValue;
@@ -186,8 +187,9 @@ impl ChannelReceiver {
     /// * `Ok(None)`: end of stream (an unfinished trailing line is dropped).
     /// * `Err(Error::Frame(_))`: one bad line (too long, not JSON); it has
     ///   been skipped and the next call goes on.
-    /// * `Err(Error::Closed(CloseReason::Io(_)))`: reading failed; the
-    ///   channel is finished.
+    /// * `Err(Error::Closed(CloseReason::Io(_)))`: reading failed, or
+    ///   writing did (then once everything readable has been handed out);
+    ///   the channel is finished.
     ///
     /// Cancel safe: if the future is dropped, no message is lost, and an
     /// answer owed to one of Node's own messages goes out with the next call.
@@ -241,11 +243,26 @@ impl ChannelReceiver {
                 let _ = self.buf.try_reclaim(self.buf.capacity() + 1);
             }
             self.buf.reserve(READ_CHUNK);
-            match self.reader.read_buf(&mut self.buf).await {
-                Ok(0) => self.at_eof = true,
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => self.at_eof = true,
-                Err(e) => return Err(Error::Closed(CloseReason::Io(Arc::new(e)))),
+            // Nothing more to read for now: if our own writes have failed
+            // meanwhile, the channel is finished. The lines queued when
+            // they did are lost, so whoever waits for answers to them
+            // would wait for ever; and the read side may well work on (a
+            // custom write half, a descriptor limit), so no end of stream
+            // would come to say so. Looked at only when a read would wait:
+            // what the peer wrote is read first, and a peer that is gone
+            // (a broken pipe, the usual failure) is read to its end.
+            let sender = &self.sender;
+            let mut read = std::pin::pin!(self.reader.read_buf(&mut self.buf));
+            let read = std::future::poll_fn(|cx| match read.as_mut().poll(cx) {
+                Poll::Ready(result) => Poll::Ready(Ok(result)),
+                Poll::Pending => sender.poll_write_failed(cx).map(Err),
+            });
+            match read.await {
+                Ok(Ok(0)) => self.at_eof = true,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => self.at_eof = true,
+                Ok(Err(e)) => return Err(Error::Closed(CloseReason::Io(Arc::new(e)))),
+                Err(write_failure) => return Err(Error::Closed(write_failure)),
             }
         }
     }
@@ -405,6 +422,71 @@ mod tests {
             .await
             .expect("the budget of unwritten lines was never given back");
         assert!(sender.send(&1).await.is_err(), "the channel has failed");
+    }
+
+    /// A write half that refuses every write.
+    struct BrokenWriter;
+
+    impl tokio::io::AsyncWrite for BrokenWriter {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            std::task::Poll::Ready(Err(std::io::Error::other("broken")))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn after_a_failed_write_the_receiver_hands_out_what_came_then_ends() {
+        use tokio::io::AsyncWriteExt;
+        let (ours, mut theirs) = tokio::io::duplex(1024);
+        let mut channel = super::Channel::new(ours, BrokenWriter, super::ChannelConfig::default());
+        theirs.write_all(b"1\n2\n").await.unwrap();
+        assert!(channel.sender().send(&0).await.is_err(), "the write fails");
+        let mut next = async || tokio::time::timeout(std::time::Duration::from_secs(5), channel.recv()).await;
+        assert_eq!(next().await.unwrap().unwrap().unwrap().get(), "1");
+        assert_eq!(next().await.unwrap().unwrap().unwrap().get(), "2");
+        // The peer's end is still open: only the failed write can end this.
+        match next()
+            .await
+            .expect("the receiver waited for more after the channel failed")
+        {
+            Err(crate::Error::Closed(crate::CloseReason::Io(e))) => assert_eq!(e.to_string(), "broken"),
+            other => panic!("{other:?}"),
+        }
+        drop(theirs);
+    }
+
+    #[tokio::test]
+    async fn a_write_failing_while_the_receiver_waits_wakes_it() {
+        let (ours, _theirs) = tokio::io::duplex(1024);
+        let channel = super::Channel::new(ours, BrokenWriter, super::ChannelConfig::default());
+        let (sender, mut receiver, _) = channel.into_parts();
+        let waiting = tokio::spawn(async move { receiver.recv().await });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "nothing to read yet");
+        assert!(sender.send(&0).await.is_err());
+        let received = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("the waiting receiver was not woken by the failure")
+            .unwrap();
+        assert!(
+            matches!(received, Err(crate::Error::Closed(crate::CloseReason::Io(_)))),
+            "{received:?}"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

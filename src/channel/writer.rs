@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
+use futures_util::task::AtomicWaker;
 use serde::Serialize;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Semaphore, TryAcquireError, mpsc, oneshot};
@@ -115,6 +116,12 @@ struct SenderShared {
     /// (measured: locking it per queued line cost a quarter of a burst's
     /// throughput).
     is_closed: AtomicBool,
+    /// Set when a write fails, and the one task waiting for that (see
+    /// [`ChannelSender::poll_write_failed`]). Not a `Notify` or a token:
+    /// the receiver looks each time it finds nothing to read, and those
+    /// take a lock per poll, where this takes a few atomic operations.
+    write_failure: AtomicBool,
+    write_failure_waker: AtomicWaker,
 }
 
 /// The sending half of a channel; clones share one queue and one writer.
@@ -148,6 +155,8 @@ impl ChannelSender {
             max_len: config.max_message_len,
             closed: Mutex::new(None),
             is_closed: AtomicBool::new(false),
+            write_failure: AtomicBool::new(false),
+            write_failure_waker: AtomicWaker::new(),
         });
         tokio::spawn(write_loop(rx, shared.clone()));
         ChannelSender { shared, tx }
@@ -332,6 +341,27 @@ impl ChannelSender {
     pub fn close(&self) {
         self.shared.set_closed(CloseReason::Local);
         let _ = self.tx.send(Command::Close);
+    }
+
+    /// `Ready`, with the reason the channel closed, once a write has
+    /// failed: the lines queued then are lost, and nothing more will be
+    /// written. Never after a clean close. Registers `cx` to be woken by
+    /// the failure; one task at a time (the channel's receiver, see
+    /// [`ChannelReceiver::recv`](super::ChannelReceiver::recv)): a second
+    /// would take the first one's wake-up.
+    pub(crate) fn poll_write_failed(&self, cx: &mut Context<'_>) -> Poll<CloseReason> {
+        let shared = &self.shared;
+        if !shared.write_failure.load(Ordering::Acquire) {
+            shared.write_failure_waker.register(cx.waker());
+            // Looked at again after registering: a failure between the two
+            // looks woke nobody.
+            if !shared.write_failure.load(Ordering::Acquire) {
+                return Poll::Pending;
+            }
+        }
+        // Set before the flag (`fail`).
+        let reason = shared.closed.lock().unwrap().clone();
+        Poll::Ready(reason.unwrap_or(CloseReason::PeerClosed))
     }
 
     /// Bytes currently queued and not yet written (control lines aside).
@@ -541,4 +571,6 @@ fn count_out(mut out: Outgoing, shared: &SenderShared) -> usize {
 fn fail(shared: &SenderShared, e: io::Error) {
     tracing::debug!("channel write failed: {e}");
     shared.set_closed(CloseReason::Io(Arc::new(e)));
+    shared.write_failure.store(true, Ordering::Release);
+    shared.write_failure_waker.wake();
 }
