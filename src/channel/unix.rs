@@ -10,9 +10,9 @@
 //!
 //! So the reading half registers the socket for readable events only. The
 //! writing half writes without the reactor; only when the socket is full
-//! does it register a duplicate of the descriptor (made once, kept) for
-//! writable events, and it drops that registration once a write is taken
-//! whole. A burst that keeps the socket full pays two `epoll_ctl` calls each
+//! does it register a duplicate of the descriptor (made with the halves,
+//! kept) for writable events, and it drops that registration once a write
+//! is taken whole. A burst that keeps the socket full pays two `epoll_ctl` calls each
 //! time the queue drains, not a wake-up per message the peer reads.
 
 use std::io;
@@ -35,10 +35,14 @@ pub(super) fn split(socket: OwnedFd) -> io::Result<(UnixReadHalf, UnixWriteHalf)
     let reader = UnixReadHalf {
         socket: unsafe { AsyncFd::register_with_interest(socket.clone(), Interest::READABLE)? },
     };
+    // The duplicate the writing half registers when the socket fills, made
+    // now: made then, at the descriptor limit (a busy server), it would
+    // fail the channel for good instead of waiting for a slow peer.
+    let duplicate = socket.try_clone()?;
     let writer = UnixWriteHalf {
         socket,
         runtime: tokio::runtime::Handle::current(),
-        waiting: Waiting::Idle(None),
+        waiting: Waiting::Idle(Some(duplicate)),
         #[cfg(test)]
         registrations: 0,
     };
@@ -142,7 +146,8 @@ pub(super) struct UnixWriteHalf {
 /// duplicate, because epoll refuses a second registration of the same
 /// descriptor). Made the first time the socket is full, then kept.
 enum Waiting {
-    /// Not registered; the duplicate, once made.
+    /// Not registered; the duplicate (`None` only while `unregister`
+    /// swaps it out).
     Idle(Option<OwnedFd>),
     /// Registered: a write waits for room.
     Registered(AsyncFd<OwnedFd>),
