@@ -65,8 +65,15 @@ pub fn spawn_with(mut command: Command, options: SpawnOptions) -> Result<(Channe
     // spawning, at the lowest free descriptors. Were one of them `target`,
     // the dup2 below would replace it in the child and a program that
     // failed to start would look started. Holding `target` here (if it is
-    // free) keeps the pipe off it; if it is taken, the pipe cannot have it.
-    let _hold_target = hold_fd_number(&theirs, target);
+    // free) keeps the pipe off it; if it is taken, the pipe cannot have it
+    // while its holder keeps it. The lock makes that so for the holders
+    // that come and go meanwhile most: other spawns of ours, each holding
+    // the same number until its child has started (a review saw 11 of 6,000
+    // concurrent spawns of a missing program "succeed" without it). A
+    // descriptor of other code closed at that very instant is not covered.
+    static SPAWNING: Mutex<()> = Mutex::new(());
+    let spawning = SPAWNING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let hold_target = hold_fd_number(&theirs, target);
     command
         .env(CHANNEL_FD_VAR, target.to_string())
         .env(SERIALIZATION_VAR, "json");
@@ -90,9 +97,9 @@ pub fn spawn_with(mut command: Command, options: SpawnOptions) -> Result<(Channe
         });
     }
     // Blocking, as Node hands it over; the child decides.
-    let mut child = tokio::process::Command::from(command)
-        .spawn()
-        .map_err(|e| Error::Spawn(Arc::new(e)))?;
+    let spawned = tokio::process::Command::from(command).spawn();
+    drop((hold_target, spawning));
+    let mut child = spawned.map_err(|e| Error::Spawn(Arc::new(e)))?;
     // Our copy of the child's end must go, or we would never see the
     // child's end of stream.
     drop(theirs);
