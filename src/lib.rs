@@ -12,7 +12,7 @@
 //! requests, handlers), [`process`] (starting a child, opening the channel
 //! as a child).
 
-#![deny(missing_docs)]
+#![deny(missing_docs, missing_debug_implementations)]
 // The README's examples are compiled as doc tests, so they cannot rot.
 #![doc = include_str!("../README.md")]
 

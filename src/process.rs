@@ -58,6 +58,21 @@ pub fn spawn_with(mut command: Command, options: SpawnOptions) -> Result<(Channe
             "channel fd {target} would replace the child's stdio; use 3 or more"
         )));
     }
+    // Past the descriptor limit (which the child inherits) its dup2 would
+    // fail, and the error would seem to be the program's.
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0
+        && target as libc::rlim_t >= limit.rlim_cur
+    {
+        return Err(Error::InvalidArgument(format!(
+            "channel fd {target} is past this process's descriptor limit ({})",
+            limit.rlim_cur
+        )));
+    }
     // std creates both ends close-on-exec (atomically where the OS can).
     let (ours, theirs) = StdUnixStream::pair().map_err(io_error)?;
     let theirs_fd = theirs.as_raw_fd();
@@ -285,13 +300,17 @@ pub unsafe fn open_from_env_with(config: ChannelConfig) -> Result<Channel, Error
 ///
 /// As [`open_from_env`].
 unsafe fn take_channel_fd() -> Result<OwnedFd, Error> {
-    let fd_text = std::env::var(CHANNEL_FD_VAR).map_err(|e| Error::ChannelEnv {
-        variable: CHANNEL_FD_VAR,
-        value: match e {
-            std::env::VarError::NotUnicode(v) => Some(v.to_string_lossy().into_owned()),
-            std::env::VarError::NotPresent => None,
+    let fd_text = std::env::var(CHANNEL_FD_VAR).map_err(|e| match e {
+        std::env::VarError::NotUnicode(v) => Error::ChannelEnv {
+            variable: CHANNEL_FD_VAR,
+            value: Some(v.to_string_lossy().into_owned()),
+            problem: "not a file descriptor number".into(),
         },
-        problem: "no channel: this process was not started with an IPC channel (by Node's fork/spawn with 'ipc', or ipc_request::spawn)".into(),
+        std::env::VarError::NotPresent => Error::ChannelEnv {
+            variable: CHANNEL_FD_VAR,
+            value: None,
+            problem: "no channel: this process was not started with an IPC channel (by Node's fork/spawn with 'ipc', or ipc_request::spawn)".into(),
+        },
     })?;
     let env_error = |problem: String| Error::ChannelEnv {
         variable: CHANNEL_FD_VAR,
@@ -305,7 +324,8 @@ unsafe fn take_channel_fd() -> Result<OwnedFd, Error> {
         .filter(|fd| *fd >= 0)
         .ok_or_else(|| env_error("not a file descriptor number".into()))?;
 
-    let mode = std::env::var(SERIALIZATION_VAR).ok();
+    // A value that is not UTF-8 is no mode we know: unknown, not absent.
+    let mode = std::env::var_os(SERIALIZATION_VAR).map(|v| v.to_string_lossy().into_owned());
     match mode.as_deref() {
         None | Some("json") => {}
         Some("advanced") => {

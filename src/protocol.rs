@@ -435,7 +435,7 @@ fn encode_envelope<T: Serialize + ?Sized>(
 }
 
 /// Our handshake request or response.
-#[derive(Serialize)]
+#[derive(Debug, Serialize)]
 pub struct HandshakeOut<'a> {
     #[serde(rename = "_IPC_REQUEST/HANDSHAKE_UID")]
     uid: &'a str,
@@ -465,7 +465,7 @@ impl<'a> HandshakeOut<'a> {
 }
 
 /// A request, a response or a cancel.
-#[derive(Serialize)]
+#[derive(Debug, Serialize)]
 pub struct MessageOut<'a, T: ?Sized> {
     #[serde(rename = "_IPC_REQUEST/MSG_TYPE")]
     msg_type: &'static str,

@@ -208,6 +208,14 @@ async fn rust_child_at_another_fd() {
         ),
         Err(Error::InvalidArgument(_))
     ));
+    let past_the_limit = SpawnOptions {
+        fd: 1 << 30,
+        ..Default::default()
+    };
+    match spawn_with(rust_child(&[]), past_the_limit) {
+        Err(Error::InvalidArgument(why)) => assert!(why.contains("descriptor limit"), "{why}"),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -477,33 +485,47 @@ async fn an_invalid_line_and_a_handle_from_a_node_child_do_not_break_the_session
 
 #[test]
 fn a_rust_child_without_a_usable_channel_says_which_variable_is_wrong() {
-    let cases: &[(&[(&str, &str)], &str)] = &[
+    // The variables set (values as bytes), and what the child must say.
+    type Case<'a> = (&'a [(&'a str, &'a [u8])], &'a str);
+    let cases: &[Case] = &[
         (&[], "NODE_CHANNEL_FD=(unset)"),
         (
-            &[("NODE_CHANNEL_FD", "abc")],
+            &[("NODE_CHANNEL_FD", b"abc")],
             "NODE_CHANNEL_FD=\"abc\": not a file descriptor number",
         ),
         (
-            &[("NODE_CHANNEL_FD", "97")],
+            &[("NODE_CHANNEL_FD", b"97")],
             "NODE_CHANNEL_FD=\"97\": that file descriptor is not open",
         ),
         (
-            &[("NODE_CHANNEL_FD", "0")],
+            &[("NODE_CHANNEL_FD", b"0")],
             "NODE_CHANNEL_FD=\"0\": that file descriptor is not a stream socket",
         ),
         (
             &[
-                ("NODE_CHANNEL_FD", "0"),
-                ("NODE_CHANNEL_SERIALIZATION_MODE", "advanced"),
+                ("NODE_CHANNEL_FD", b"0"),
+                ("NODE_CHANNEL_SERIALIZATION_MODE", b"advanced"),
             ],
             "NODE_CHANNEL_SERIALIZATION_MODE=\"advanced\"",
         ),
         (
             &[
-                ("NODE_CHANNEL_FD", "0"),
-                ("NODE_CHANNEL_SERIALIZATION_MODE", "xml"),
+                ("NODE_CHANNEL_FD", b"0"),
+                ("NODE_CHANNEL_SERIALIZATION_MODE", b"xml"),
             ],
             "NODE_CHANNEL_SERIALIZATION_MODE=\"xml\": unknown serialization mode",
+        ),
+        // Values that are not UTF-8: wrong values, not missing ones.
+        (
+            &[("NODE_CHANNEL_FD", b"3\xff")],
+            "NODE_CHANNEL_FD=\"3\u{fffd}\": not a file descriptor number",
+        ),
+        (
+            &[
+                ("NODE_CHANNEL_FD", b"0"),
+                ("NODE_CHANNEL_SERIALIZATION_MODE", b"json\xff"),
+            ],
+            "NODE_CHANNEL_SERIALIZATION_MODE=\"json\u{fffd}\": unknown serialization mode",
         ),
     ];
     for (env, expected) in cases {
@@ -513,7 +535,10 @@ fn a_rust_child_without_a_usable_channel_says_which_variable_is_wrong() {
             .env_remove("NODE_CHANNEL_SERIALIZATION_MODE")
             .stdin(std::process::Stdio::null());
         for (k, v) in *env {
-            command.env(k, v);
+            command.env(
+                k,
+                <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(v),
+            );
         }
         let output = command.output().unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);

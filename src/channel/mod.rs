@@ -81,6 +81,16 @@ pub struct Channel {
     peer_exit: Option<PeerExit>,
 }
 
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Channel")
+            .field("sender", &self.sender)
+            .field("receiver", &self.receiver)
+            .field("has_peer_exit", &self.peer_exit.is_some())
+            .finish()
+    }
+}
+
 impl Channel {
     /// A channel over separate read and write halves. Spawns the writer task,
     /// so it must be called inside a Tokio runtime.
@@ -178,6 +188,15 @@ pub struct ChannelReceiver {
     /// holds back every later message until its handle is answered.)
     nacks_owed: usize,
     at_eof: bool,
+}
+
+impl std::fmt::Debug for ChannelReceiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChannelReceiver")
+            .field("buffered_bytes", &self.buf.len())
+            .field("at_eof", &self.at_eof)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ChannelReceiver {

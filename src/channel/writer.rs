@@ -137,6 +137,16 @@ pub struct ChannelSender {
     tx: mpsc::UnboundedSender<Command>,
 }
 
+impl std::fmt::Debug for ChannelSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChannelSender")
+            .field("queued_bytes", &self.queued_bytes())
+            .field("queue_capacity", &self.shared.budget_total)
+            .field("closed", &*self.shared.closed.lock().unwrap())
+            .finish_non_exhaustive()
+    }
+}
+
 impl ChannelSender {
     /// Takes the write half and spawns the writer task.
     pub(super) fn start<W: AsyncWrite + Unpin + Send + 'static>(writer: W, config: &ChannelConfig) -> Self {
