@@ -85,7 +85,9 @@ pub fn spawn_with(mut command: Command, options: SpawnOptions) -> Result<(Channe
     // that come and go meanwhile most: other spawns of ours, each holding
     // the same number until its child has started (a review saw 11 of 6,000
     // concurrent spawns of a missing program "succeed" without it). A
-    // descriptor of other code closed at that very instant is not covered.
+    // descriptor at `target` that another thread closes at that very
+    // instant (any code's, a channel of this crate's included) is not
+    // covered.
     static SPAWNING: Mutex<()> = Mutex::new(());
     let spawning = SPAWNING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let hold_target = hold_fd_number(&theirs, target);

@@ -873,3 +873,50 @@ async fn a_write_failure_fails_the_requests_whose_lines_it_lost() {
     }
     assert!(matches!(client.close_reason(), Some(CloseReason::Io(_))));
 }
+
+#[tokio::test]
+async fn an_answer_a_peer_wrote_before_it_went_survives_a_later_write_failing() {
+    // The peer answers request 1 and goes; request 2 then fails to be
+    // written (a broken pipe) before our reactor has seen the answer,
+    // which is in our socket all the same: request 1 gets it
+    // (PROTOCOL.md 1.4), and the session ends as the peer closing.
+    let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
+    let ours = Channel::from_unix(ours, ChannelConfig::default()).unwrap();
+    let (mut their_read, mut their_write) = theirs.into_split();
+    let (client, ()) = tokio::join!(
+        setup(ours, None),
+        common::answer_handshake_as_one_dot_zero(&mut their_read, &mut their_write)
+    );
+    let client = client.unwrap();
+    let first = tokio::spawn({
+        let client = client.clone();
+        async move { client.request::<_, Value>(&json!(1)).await }
+    });
+    let request: Value = serde_json::from_str(&common::read_line(&mut their_read).await).unwrap();
+    let answer = json!({
+        "_IPC_REQUEST/MSG_TYPE": "_IPC_REQUEST/MSG_TYPE:RESPONSE",
+        "_IPC_REQUEST/REQUEST_UID": request["_IPC_REQUEST/REQUEST_UID"],
+        "_IPC_REQUEST/PAYLOAD": "the answer",
+    });
+    // Written and closed without yielding to our runtime.
+    let mut theirs = their_read.reunite(their_write).unwrap().into_std().unwrap();
+    theirs.set_nonblocking(false).unwrap();
+    std::io::Write::write_all(&mut theirs, format!("{answer}\n").as_bytes()).unwrap();
+    drop(theirs);
+    let second = client.request::<_, Value>(&json!(2)).await;
+    assert!(matches!(second, Err(Error::Closed(_))), "{second:?}");
+    let first = tokio::time::timeout(Duration::from_secs(5), first)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        first.unwrap(),
+        json!("the answer"),
+        "an answer in our socket was lost"
+    );
+    assert!(
+        matches!(client.close_reason(), Some(CloseReason::PeerClosed)),
+        "{:?}",
+        client.close_reason()
+    );
+}

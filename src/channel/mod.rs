@@ -207,8 +207,10 @@ impl ChannelReceiver {
     /// * `Err(Error::Frame(_))`: one bad line (too long, not JSON); it has
     ///   been skipped and the next call goes on.
     /// * `Err(Error::Closed(CloseReason::Io(_)))`: reading failed, or
-    ///   writing did (then once everything readable has been handed out);
-    ///   the channel is finished.
+    ///   writing did with the peer still there (a descriptor limit, a
+    ///   custom write half: then as soon as a read would wait); the channel
+    ///   is finished. A peer that is gone (a broken pipe, a reset) ends the
+    ///   stream as usual, after what it wrote.
     ///
     /// Cancel safe: if the future is dropped, no message is lost, and an
     /// answer owed to one of Node's own messages goes out with the next call.
@@ -262,14 +264,15 @@ impl ChannelReceiver {
                 let _ = self.buf.try_reclaim(self.buf.capacity() + 1);
             }
             self.buf.reserve(READ_CHUNK);
-            // Nothing more to read for now: if our own writes have failed
-            // meanwhile, the channel is finished. The lines queued when
-            // they did are lost, so whoever waits for answers to them
-            // would wait for ever; and the read side may well work on (a
-            // custom write half, a descriptor limit), so no end of stream
-            // would come to say so. Looked at only when a read would wait:
-            // what the peer wrote is read first, and a peer that is gone
-            // (a broken pipe, the usual failure) is read to its end.
+            // A read that would wait, after our own writes failed in a way
+            // that leaves the peer's side working (see `poll_write_failed`):
+            // the channel is finished. The lines queued when they failed
+            // are lost, so whoever waits for answers to them would wait for
+            // ever, and no end of stream would come to say so. (A peer that
+            // is gone fails our writes with a broken pipe or a reset, which
+            // do not count: the read side then reaches its end after what
+            // the peer wrote. A read that would wait does not prove that
+            // nothing is there: the reactor may not have seen it yet.)
             let sender = &self.sender;
             let mut read = std::pin::pin!(self.reader.read_buf(&mut self.buf));
             let read = std::future::poll_fn(|cx| match read.as_mut().poll(cx) {
@@ -487,6 +490,23 @@ mod tests {
             other => panic!("{other:?}"),
         }
         drop(theirs);
+    }
+
+    #[tokio::test]
+    async fn what_a_gone_peer_wrote_is_read_though_a_write_to_it_failed_first() {
+        // The peer writes its last line and goes; our next write fails
+        // (a broken pipe) before the reactor has reported the line.
+        use std::io::Write;
+        let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let mut channel =
+            super::Channel::from_unix_socket(ours.into(), super::ChannelConfig::default()).unwrap();
+        theirs.write_all(b"\"the last line\"\n").unwrap();
+        drop(theirs);
+        assert!(channel.sender().send(&0).await.is_err(), "the peer is gone");
+        let mut next = async || tokio::time::timeout(std::time::Duration::from_secs(5), channel.recv()).await;
+        assert_eq!(next().await.unwrap().unwrap().unwrap().get(), "\"the last line\"");
+        assert!(next().await.unwrap().unwrap().is_none(), "then its end of stream");
     }
 
     #[tokio::test]

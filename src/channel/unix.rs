@@ -144,7 +144,7 @@ pub(super) struct UnixWriteHalf {
 
 /// A duplicate of the socket's descriptor, for writable events (a
 /// duplicate, because epoll refuses a second registration of the same
-/// descriptor). Made the first time the socket is full, then kept.
+/// descriptor). Made with the halves (see `split`), then kept.
 enum Waiting {
     /// Not registered; the duplicate (`None` only while `unregister`
     /// swaps it out).

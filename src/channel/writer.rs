@@ -354,8 +354,9 @@ impl ChannelSender {
     }
 
     /// `Ready`, with the reason the channel closed, once a write has
-    /// failed: the lines queued then are lost, and nothing more will be
-    /// written. Never after a clean close. Registers `cx` to be woken by
+    /// failed with the peer still there: the lines queued then are lost,
+    /// and nothing more will be written. Never after a clean close, nor
+    /// for a peer that is gone (a broken pipe, a reset: see `fail`). Registers `cx` to be woken by
     /// the failure; one task at a time (the channel's receiver, see
     /// [`ChannelReceiver::recv`](super::ChannelReceiver::recv)): a second
     /// would take the first one's wake-up.
@@ -580,7 +581,20 @@ fn count_out(mut out: Outgoing, shared: &SenderShared) -> usize {
 
 fn fail(shared: &SenderShared, e: io::Error) {
     tracing::debug!("channel write failed: {e}");
+    // A peer that is gone ends the read side too, after what it wrote: the
+    // receiver reads to that end. Told now, it could give up on lines that
+    // are in the socket and not yet reported by the reactor (a review's
+    // test lost the answer a child wrote just before it exited).
+    let peer_gone = matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::NotConnected
+    );
     shared.set_closed(CloseReason::Io(Arc::new(e)));
-    shared.write_failure.store(true, Ordering::Release);
-    shared.write_failure_waker.wake();
+    if !peer_gone {
+        shared.write_failure.store(true, Ordering::Release);
+        shared.write_failure_waker.wake();
+    }
 }
