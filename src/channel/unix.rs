@@ -12,8 +12,9 @@
 //! writing half writes without the reactor; only when the socket is full
 //! does it register a duplicate of the descriptor (made with the halves,
 //! kept) for writable events, and it drops that registration once a write
-//! is taken whole. A burst that keeps the socket full pays two `epoll_ctl` calls each
-//! time the queue drains, not a wake-up per message the peer reads.
+//! is taken whole. A burst that keeps the socket full pays two `epoll_ctl`
+//! calls each time the queue drains, not a wake-up per message the peer
+//! reads.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -182,6 +183,7 @@ impl UnixWriteHalf {
         if let Waiting::Idle(duplicate) = &mut self.waiting {
             let duplicate = match duplicate.take() {
                 Some(duplicate) => duplicate,
+                // Not reached (`split` makes it); kept rather than a panic.
                 None => self.socket.try_clone()?,
             };
             let _runtime = self.runtime.enter();

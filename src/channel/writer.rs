@@ -356,8 +356,9 @@ impl ChannelSender {
     /// `Ready`, with the reason the channel closed, once a write has
     /// failed with the peer still there: the lines queued then are lost,
     /// and nothing more will be written. Never after a clean close, nor
-    /// for a peer that is gone (a broken pipe, a reset: see `fail`). Registers `cx` to be woken by
-    /// the failure; one task at a time (the channel's receiver, see
+    /// for a peer that is gone (a broken pipe, a reset: see `fail`).
+    /// Registers `cx` to be woken by the failure; one task at a time (the
+    /// channel's receiver, see
     /// [`ChannelReceiver::recv`](super::ChannelReceiver::recv)): a second
     /// would take the first one's wake-up.
     pub(crate) fn poll_write_failed(&self, cx: &mut Context<'_>) -> Poll<CloseReason> {
