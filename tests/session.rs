@@ -857,7 +857,7 @@ async fn a_write_failure_fails_the_requests_whose_lines_it_lost() {
     let ours = Channel::new(read_half, writer, ChannelConfig::default());
     let theirs = Channel::from_stream(theirs, ChannelConfig::default());
     let (client, server) = tokio::join!(setup(ours, None), setup(theirs, ops_handler()));
-    let (client, _server) = (client.unwrap(), server.unwrap());
+    let (client, server) = (client.unwrap(), server.unwrap());
     armed.store(true, Ordering::SeqCst);
     let outcome = tokio::time::timeout(
         Duration::from_secs(10),
@@ -872,6 +872,43 @@ async fn a_write_failure_fails_the_requests_whose_lines_it_lost() {
         other => panic!("{other:?}"),
     }
     assert!(matches!(client.close_reason(), Some(CloseReason::Io(_))));
+    // The peer, still there, sees the channel end, though our handle lives.
+    let peer_saw = tokio::time::timeout(Duration::from_secs(10), server.closed()).await;
+    let peer_saw = peer_saw.expect("the peer never saw the channel close");
+    assert!(matches!(peer_saw, CloseReason::PeerClosed), "{peer_saw:?}");
+    drop(client);
+}
+
+#[tokio::test]
+async fn a_broken_pipe_to_a_peer_that_stays_still_ends_the_session() {
+    // The peer shuts down only its reading side and stays: our writes fail
+    // with a broken pipe, as to a peer that is gone, but no end of stream
+    // comes. The session must end all the same (lines lost that way would
+    // leave their requests waiting), with the write's error.
+    let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
+    let ours = Channel::from_unix(ours, ChannelConfig::default()).unwrap();
+    let (mut their_read, mut their_write) = theirs.into_split();
+    let (client, ()) = tokio::join!(
+        setup(ours, None),
+        common::answer_handshake_as_one_dot_zero(&mut their_read, &mut their_write)
+    );
+    let client = client.unwrap();
+    {
+        use std::os::fd::AsRawFd;
+        let fd = their_write.as_ref().as_raw_fd();
+        // SAFETY: shutdown(2) on a socket this test owns.
+        assert_eq!(unsafe { libc::shutdown(fd, libc::SHUT_RD) }, 0);
+    }
+    let refused = tokio::time::timeout(Duration::from_secs(10), client.request::<_, Value>(&json!(1))).await;
+    assert!(
+        matches!(refused, Ok(Err(Error::Closed(CloseReason::Io(_))))),
+        "{refused:?}"
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(10), client.closed())
+        .await
+        .expect("the session lives on, unable to write, with the peer never closing");
+    assert!(matches!(ended, CloseReason::Io(_)), "{ended:?}");
+    drop((their_read, their_write));
 }
 
 #[tokio::test]

@@ -28,9 +28,11 @@ mod writer;
 
 use std::borrow::Cow;
 use std::os::fd::OwnedFd;
+use std::pin::Pin;
 use std::process::ExitStatus;
 use std::sync::{Arc, LazyLock};
 use std::task::Poll;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use serde_json::value::RawValue;
@@ -65,6 +67,12 @@ impl Default for ChannelConfig {
         }
     }
 }
+
+/// How long a receiver goes on reading after our writes failed, before the
+/// failure ends the channel (see `ChannelReceiver::recv_with`): time for
+/// the reactor to report what a departing peer wrote, and its end of
+/// stream, which then ends the channel as usual.
+const WRITE_FAILURE_GRACE: Duration = Duration::from_millis(200);
 
 /// Size of the read buffer reserved before each read. Reading big chunks and
 /// parsing every complete line in them keeps syscalls per message low.
@@ -107,6 +115,7 @@ impl Channel {
             sender: sender.clone(),
             nacks_owed: 0,
             at_eof: false,
+            write_failure_grace: None,
         };
         Channel {
             sender,
@@ -188,6 +197,9 @@ pub struct ChannelReceiver {
     /// holds back every later message until its handle is answered.)
     nacks_owed: usize,
     at_eof: bool,
+    /// Armed when a read would wait after our writes failed: how long we
+    /// go on reading before the failure ends the channel (see `recv_with`).
+    write_failure_grace: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl std::fmt::Debug for ChannelReceiver {
@@ -207,10 +219,11 @@ impl ChannelReceiver {
     /// * `Err(Error::Frame(_))`: one bad line (too long, not JSON); it has
     ///   been skipped and the next call goes on.
     /// * `Err(Error::Closed(CloseReason::Io(_)))`: reading failed, or
-    ///   writing did with the peer still there (a descriptor limit, a
-    ///   custom write half: then as soon as a read would wait); the channel
-    ///   is finished. A peer that is gone (a broken pipe, a reset) ends the
-    ///   stream as usual, after what it wrote.
+    ///   writing did, and no end of stream came within 200 ms of this
+    ///   receiver seeing it (what the peer wrote meanwhile is handed out
+    ///   first); the channel is finished. A peer that is gone fails our
+    ///   writes too (a broken pipe), and its stream then ends as usual,
+    ///   after what it wrote.
     ///
     /// Cancel safe: if the future is dropped, no message is lost, and an
     /// answer owed to one of Node's own messages goes out with the next call.
@@ -264,20 +277,30 @@ impl ChannelReceiver {
                 let _ = self.buf.try_reclaim(self.buf.capacity() + 1);
             }
             self.buf.reserve(READ_CHUNK);
-            // A read that would wait, after our own writes failed in a way
-            // that leaves the peer's side working (see `poll_write_failed`):
-            // the channel is finished. The lines queued when they failed
-            // are lost, so whoever waits for answers to them would wait for
-            // ever, and no end of stream would come to say so. (A peer that
-            // is gone fails our writes with a broken pipe or a reset, which
-            // do not count: the read side then reaches its end after what
-            // the peer wrote. A read that would wait does not prove that
-            // nothing is there: the reactor may not have seen it yet.)
-            let sender = &self.sender;
+            // Once our writes have failed, the channel is finished: the
+            // lines queued then are lost, and whoever waits for answers to
+            // them would wait for ever if the peer, still there, never ends
+            // its stream (it shut down only its reading side; pipes; an
+            // epoll registration that failed). But a peer that is simply
+            // gone fails our writes too (a broken pipe), and what it wrote
+            // before must still be read, with its end of stream: a read
+            // that would wait does not prove nothing is there, the reactor
+            // may not have reported it yet. So reading goes on for
+            // WRITE_FAILURE_GRACE after the failure is first seen here, and
+            // the failure ends the channel only when a read would wait
+            // after that.
+            let (sender, grace) = (&self.sender, &mut self.write_failure_grace);
             let mut read = std::pin::pin!(self.reader.read_buf(&mut self.buf));
             let read = std::future::poll_fn(|cx| match read.as_mut().poll(cx) {
                 Poll::Ready(result) => Poll::Ready(Ok(result)),
-                Poll::Pending => sender.poll_write_failed(cx).map(Err),
+                Poll::Pending => match sender.poll_write_failed(cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(reason) => grace
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(WRITE_FAILURE_GRACE)))
+                        .as_mut()
+                        .poll(cx)
+                        .map(|()| Err(reason)),
+                },
             });
             match read.await {
                 Ok(Ok(0)) => self.at_eof = true,
@@ -507,6 +530,74 @@ mod tests {
         let mut next = async || tokio::time::timeout(std::time::Duration::from_secs(5), channel.recv()).await;
         assert_eq!(next().await.unwrap().unwrap().unwrap().get(), "\"the last line\"");
         assert!(next().await.unwrap().unwrap().is_none(), "then its end of stream");
+    }
+
+    #[tokio::test]
+    async fn a_closed_pipe_to_a_peer_whose_other_pipe_stays_open_still_ends_the_receiver() {
+        // Pipes, as a child's stdin and stdout: the peer closes the one we
+        // write to (a broken pipe) and keeps the one we read.
+        let (our_tx, their_rx) = tokio::net::unix::pipe::pipe().unwrap();
+        let (their_tx, our_rx) = tokio::net::unix::pipe::pipe().unwrap();
+        let mut channel = super::Channel::new(our_rx, our_tx, super::ChannelConfig::default());
+        drop(their_rx);
+        // Refused or accepted (then lost): either way the write fails.
+        let _ = channel.sender().send(&0).await;
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(5), channel.recv())
+            .await
+            .expect("the receiver waits for ever after the failure");
+        assert!(
+            matches!(ended, Err(crate::Error::Closed(crate::CloseReason::Io(_)))),
+            "{ended:?}"
+        );
+        drop(their_tx);
+    }
+
+    /// Takes nothing the first time (the line goes on to the writer task),
+    /// fails every write after.
+    struct PendingThenBroken(usize);
+
+    impl tokio::io::AsyncWrite for PendingThenBroken {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            _: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.0 += 1;
+            if self.0 == 1 {
+                cx.waker().wake_by_ref();
+                return std::task::Poll::Pending;
+            }
+            std::task::Poll::Ready(Err(std::io::Error::other("broken")))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_failing_while_close_drains_is_reported_as_the_failure() {
+        let (ours, _theirs) = tokio::io::duplex(1024);
+        let channel = super::Channel::new(ours, PendingThenBroken(0), super::ChannelConfig::default());
+        let (sender, mut receiver, _) = channel.into_parts();
+        sender
+            .send(&1)
+            .await
+            .expect("accepted: the writer task writes it");
+        sender.close();
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(5), receiver.recv()).await;
+        match ended.expect("the receiver waits for ever after the failure") {
+            Err(crate::Error::Closed(crate::CloseReason::Io(e))) => assert_eq!(e.to_string(), "broken"),
+            other => panic!("a lost line is no clean close: {other:?}"),
+        }
     }
 
     #[tokio::test]

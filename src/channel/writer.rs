@@ -25,7 +25,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 
 use futures_util::task::AtomicWaker;
@@ -122,6 +122,9 @@ struct SenderShared {
     /// take a lock per poll, where this takes a few atomic operations.
     write_failure: AtomicBool,
     write_failure_waker: AtomicWaker,
+    /// The failed write's error, set before `write_failure`: `closed` may
+    /// already say `Local` (a failure while `close` drains the queue).
+    write_error: OnceLock<CloseReason>,
 }
 
 /// The sending half of a channel; clones share one queue and one writer.
@@ -167,6 +170,7 @@ impl ChannelSender {
             is_closed: AtomicBool::new(false),
             write_failure: AtomicBool::new(false),
             write_failure_waker: AtomicWaker::new(),
+            write_error: OnceLock::new(),
         });
         tokio::spawn(write_loop(rx, shared.clone()));
         ChannelSender { shared, tx }
@@ -353,12 +357,10 @@ impl ChannelSender {
         let _ = self.tx.send(Command::Close);
     }
 
-    /// `Ready`, with the reason the channel closed, once a write has
-    /// failed with the peer still there: the lines queued then are lost,
-    /// and nothing more will be written. Never after a clean close, nor
-    /// for a peer that is gone (a broken pipe, a reset: see `fail`).
-    /// Registers `cx` to be woken by the failure; one task at a time (the
-    /// channel's receiver, see
+    /// `Ready`, with the write's error, once a write has failed: the lines
+    /// queued then are lost, and nothing more will be written. Never after
+    /// a clean close. Registers `cx` to be woken by the failure; one task at
+    /// a time (the channel's receiver, see
     /// [`ChannelReceiver::recv`](super::ChannelReceiver::recv)): a second
     /// would take the first one's wake-up.
     pub(crate) fn poll_write_failed(&self, cx: &mut Context<'_>) -> Poll<CloseReason> {
@@ -371,9 +373,13 @@ impl ChannelSender {
                 return Poll::Pending;
             }
         }
-        // Set before the flag (`fail`).
-        let reason = shared.closed.lock().unwrap().clone();
+        let reason = shared.write_error.get().cloned();
         Poll::Ready(reason.unwrap_or(CloseReason::PeerClosed))
+    }
+
+    /// The error of the write that failed, if one did.
+    pub(crate) fn write_error(&self) -> Option<CloseReason> {
+        self.shared.write_error.get().cloned()
     }
 
     /// Bytes currently queued and not yet written (control lines aside).
@@ -460,6 +466,23 @@ impl SenderShared {
 }
 
 async fn write_loop(mut rx: mpsc::UnboundedReceiver<Command>, shared: Arc<SenderShared>) {
+    if let Err(e) = write_until_closed(&mut rx, &shared).await {
+        fail(&shared, e);
+    }
+    // However it ended (`close`, every handle gone, a failed write), the
+    // peer must see the end of the stream: one still there would otherwise
+    // wait on a channel nobody writes to for as long as our handles live.
+    let mut stream = shared.writer.lock().await;
+    let _ = stream.writer.shutdown().await;
+    shared.set_closed(CloseReason::Local);
+}
+
+/// Writes what is queued until `close`, until every handle is gone, or
+/// until a write fails.
+async fn write_until_closed(
+    rx: &mut mpsc::UnboundedReceiver<Command>,
+    shared: &SenderShared,
+) -> io::Result<()> {
     let mut batch: Vec<u8> = Vec::with_capacity(COALESCE_LIMIT);
     let mut done: Vec<Outgoing> = Vec::new();
     while let Some(first) = rx.recv().await {
@@ -469,10 +492,8 @@ async fn write_loop(mut rx: mpsc::UnboundedReceiver<Command>, shared: Arc<Sender
         // The rest of a line started by a direct write goes first.
         if let Some(rest) = partial.take() {
             let (rest, written) = rest;
-            if let Err(e) = writer.write_all(&rest.line[written..]).await {
-                return fail(&shared, e);
-            }
-            finish(rest, &shared);
+            writer.write_all(&rest.line[written..]).await?;
+            finish(rest, shared);
         }
         let mut next = Some(first);
         let mut close = false;
@@ -485,33 +506,22 @@ async fn write_loop(mut rx: mpsc::UnboundedReceiver<Command>, shared: Arc<Sender
                 }
                 Command::WritePartial | Command::Uncounted => {}
                 Command::Write(out) if out.line.len() > COALESCE_LIMIT => {
-                    let result = match flush_batch(writer, &mut batch, &mut done, &shared).await {
-                        Ok(()) => writer.write_all(&out.line).await,
-                        Err(e) => Err(e),
-                    };
-                    if let Err(e) = result {
-                        return fail(&shared, e);
-                    }
-                    finish(out, &shared);
+                    flush_batch(writer, &mut batch, &mut done, shared).await?;
+                    writer.write_all(&out.line).await?;
+                    finish(out, shared);
                 }
                 Command::Write(out) => {
                     batch.extend_from_slice(&out.line);
                     done.push(out);
                     if batch.len() >= COALESCE_LIMIT {
-                        if let Err(e) = flush_batch(writer, &mut batch, &mut done, &shared).await {
-                            return fail(&shared, e);
-                        }
+                        flush_batch(writer, &mut batch, &mut done, shared).await?;
                     }
                 }
             }
             next = rx.try_recv().ok();
         }
-        if let Err(e) = flush_batch(writer, &mut batch, &mut done, &shared).await {
-            return fail(&shared, e);
-        }
-        if let Err(e) = writer.flush().await {
-            return fail(&shared, e);
-        }
+        flush_batch(writer, &mut batch, &mut done, shared).await?;
+        writer.flush().await?;
         if close {
             // Lines of sends that raced the close (see `ChannelSender::queue`)
             // are counted and still on their way: write them first. Every
@@ -522,26 +532,19 @@ async fn write_loop(mut rx: mpsc::UnboundedReceiver<Command>, shared: Arc<Sender
             while shared.queued_lines.load(Ordering::SeqCst) > 0 {
                 match rx.recv().await {
                     Some(Command::Write(out)) => {
-                        if let Err(e) = writer.write_all(&out.line).await {
-                            return fail(&shared, e);
-                        }
-                        finish(out, &shared);
+                        writer.write_all(&out.line).await?;
+                        finish(out, shared);
                     }
                     Some(_) => {}
                     None => break,
                 }
             }
-            let _ = writer.shutdown().await;
-            shared.set_closed(CloseReason::Local);
-            return;
+            return Ok(());
         }
     }
     // Every handle is gone (the channel was dropped without `close`), and
-    // everything it queued is written: end the stream as `close` would, or
-    // the peer would wait for ever on a channel nobody can write to.
-    let mut stream = shared.writer.lock().await;
-    let _ = stream.writer.shutdown().await;
-    shared.set_closed(CloseReason::Local);
+    // everything it queued is written.
+    Ok(())
 }
 
 /// Writes the batch, then releases the lines in it.
@@ -582,20 +585,9 @@ fn count_out(mut out: Outgoing, shared: &SenderShared) -> usize {
 
 fn fail(shared: &SenderShared, e: io::Error) {
     tracing::debug!("channel write failed: {e}");
-    // A peer that is gone ends the read side too, after what it wrote: the
-    // receiver reads to that end. Told now, it could give up on lines that
-    // are in the socket and not yet reported by the reactor (a review's
-    // test lost the answer a child wrote just before it exited).
-    let peer_gone = matches!(
-        e.kind(),
-        io::ErrorKind::BrokenPipe
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::NotConnected
-    );
-    shared.set_closed(CloseReason::Io(Arc::new(e)));
-    if !peer_gone {
-        shared.write_failure.store(true, Ordering::Release);
-        shared.write_failure_waker.wake();
-    }
+    let reason = CloseReason::Io(Arc::new(e));
+    let _ = shared.write_error.set(reason.clone());
+    shared.set_closed(reason);
+    shared.write_failure.store(true, Ordering::Release);
+    shared.write_failure_waker.wake();
 }

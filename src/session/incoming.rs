@@ -489,7 +489,7 @@ pub(super) async fn read_loop(
                     .store(receiver.buffered_bytes() > 0, Ordering::Relaxed);
                 shared.dispatch(inbound, &our_uid).await
             }
-            Ok(None) => break CloseReason::PeerClosed,
+            Ok(None) => break end_of_stream_reason(&shared),
             Err(Error::Frame(e)) => {
                 tracing::warn!("skipped a line from the peer: {e}");
                 if !shared.answer_too_long_line(&e, receiver.too_long_head()).await {
@@ -502,6 +502,28 @@ pub(super) async fn read_loop(
     };
     let reason = with_exit_status(reason, peer_exit, grace).await;
     shared.shut(reason);
+}
+
+/// Why the channel ended when the peer's stream did. Usually the peer
+/// closed it; but after one of our writes failed other than as a peer that
+/// is gone fails them (a broken pipe, a reset), our side shut down first
+/// (see the channel's writer) and the peer only answered that: the failure
+/// is what the caller needs to hear.
+fn end_of_stream_reason(shared: &Shared) -> CloseReason {
+    match shared.sender.write_error() {
+        Some(CloseReason::Io(e))
+            if !matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::NotConnected
+            ) =>
+        {
+            CloseReason::Io(e)
+        }
+        _ => CloseReason::PeerClosed,
+    }
 }
 
 /// When we own the peer process: its exit status, `grace` after it exited;
