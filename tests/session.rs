@@ -885,14 +885,7 @@ async fn a_broken_pipe_to_a_peer_that_stays_still_ends_the_session() {
     // with a broken pipe, as to a peer that is gone, but no end of stream
     // comes. The session must end all the same (lines lost that way would
     // leave their requests waiting), with the write's error.
-    let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
-    let ours = Channel::from_unix(ours, ChannelConfig::default()).unwrap();
-    let (mut their_read, mut their_write) = theirs.into_split();
-    let (client, ()) = tokio::join!(
-        setup(ours, None),
-        common::answer_handshake_as_one_dot_zero(&mut their_read, &mut their_write)
-    );
-    let client = client.unwrap();
+    let (client, their_read, their_write) = a_session_with_a_hand_played_peer_over_a_socket().await;
     {
         use std::os::fd::AsRawFd;
         let fd = their_write.as_ref().as_raw_fd();
@@ -917,14 +910,7 @@ async fn an_answer_a_peer_wrote_before_it_went_survives_a_later_write_failing() 
     // written (a broken pipe) before our reactor has seen the answer,
     // which is in our socket all the same: request 1 gets it
     // (PROTOCOL.md 1.4), and the session ends as the peer closing.
-    let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
-    let ours = Channel::from_unix(ours, ChannelConfig::default()).unwrap();
-    let (mut their_read, mut their_write) = theirs.into_split();
-    let (client, ()) = tokio::join!(
-        setup(ours, None),
-        common::answer_handshake_as_one_dot_zero(&mut their_read, &mut their_write)
-    );
-    let client = client.unwrap();
+    let (client, mut their_read, their_write) = a_session_with_a_hand_played_peer_over_a_socket().await;
     let first = tokio::spawn({
         let client = client.clone();
         async move { client.request::<_, Value>(&json!(1)).await }
@@ -956,4 +942,21 @@ async fn an_answer_a_peer_wrote_before_it_went_survives_a_later_write_failing() 
         "{:?}",
         client.close_reason()
     );
+}
+
+/// A session over a real socket pair, and the other end's halves, its
+/// handshake answered by hand as ipc-request 1.0.
+async fn a_session_with_a_hand_played_peer_over_a_socket() -> (
+    ipc_request::Session,
+    tokio::net::unix::OwnedReadHalf,
+    tokio::net::unix::OwnedWriteHalf,
+) {
+    let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
+    let ours = Channel::from_unix(ours, ChannelConfig::default()).unwrap();
+    let (mut their_read, mut their_write) = theirs.into_split();
+    let (client, ()) = tokio::join!(
+        setup(ours, None),
+        common::answer_handshake_as_one_dot_zero(&mut their_read, &mut their_write)
+    );
+    (client.unwrap(), their_read, their_write)
 }

@@ -469,15 +469,24 @@ mod tests {
         assert!(sender.send(&1).await.is_err(), "the channel has failed");
     }
 
-    /// A write half that refuses every write.
-    struct BrokenWriter;
+    /// A write half that fails every write, after taking nothing the first
+    /// time if `waits_first` (the line then goes on to the writer task).
+    struct BrokenWriter {
+        waits_first: bool,
+    }
+
+    const BROKEN: BrokenWriter = BrokenWriter { waits_first: false };
 
     impl tokio::io::AsyncWrite for BrokenWriter {
         fn poll_write(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
             _: &[u8],
         ) -> std::task::Poll<std::io::Result<usize>> {
+            if std::mem::take(&mut self.waits_first) {
+                cx.waker().wake_by_ref();
+                return std::task::Poll::Pending;
+            }
             std::task::Poll::Ready(Err(std::io::Error::other("broken")))
         }
         fn poll_flush(
@@ -498,7 +507,7 @@ mod tests {
     async fn after_a_failed_write_the_receiver_hands_out_what_came_then_ends() {
         use tokio::io::AsyncWriteExt;
         let (ours, mut theirs) = tokio::io::duplex(1024);
-        let mut channel = super::Channel::new(ours, BrokenWriter, super::ChannelConfig::default());
+        let mut channel = super::Channel::new(ours, BROKEN, super::ChannelConfig::default());
         theirs.write_all(b"1\n2\n").await.unwrap();
         assert!(channel.sender().send(&0).await.is_err(), "the write fails");
         let mut next = async || tokio::time::timeout(std::time::Duration::from_secs(5), channel.recv()).await;
@@ -552,41 +561,14 @@ mod tests {
         drop(their_tx);
     }
 
-    /// Takes nothing the first time (the line goes on to the writer task),
-    /// fails every write after.
-    struct PendingThenBroken(usize);
-
-    impl tokio::io::AsyncWrite for PendingThenBroken {
-        fn poll_write(
-            mut self: std::pin::Pin<&mut Self>,
-            cx: &mut std::task::Context<'_>,
-            _: &[u8],
-        ) -> std::task::Poll<std::io::Result<usize>> {
-            self.0 += 1;
-            if self.0 == 1 {
-                cx.waker().wake_by_ref();
-                return std::task::Poll::Pending;
-            }
-            std::task::Poll::Ready(Err(std::io::Error::other("broken")))
-        }
-        fn poll_flush(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-        fn poll_shutdown(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-    }
-
     #[tokio::test]
     async fn a_write_failing_while_close_drains_is_reported_as_the_failure() {
         let (ours, _theirs) = tokio::io::duplex(1024);
-        let channel = super::Channel::new(ours, PendingThenBroken(0), super::ChannelConfig::default());
+        let channel = super::Channel::new(
+            ours,
+            BrokenWriter { waits_first: true },
+            super::ChannelConfig::default(),
+        );
         let (sender, mut receiver, _) = channel.into_parts();
         sender
             .send(&1)
@@ -603,7 +585,7 @@ mod tests {
     #[tokio::test]
     async fn a_write_failing_while_the_receiver_waits_wakes_it() {
         let (ours, _theirs) = tokio::io::duplex(1024);
-        let channel = super::Channel::new(ours, BrokenWriter, super::ChannelConfig::default());
+        let channel = super::Channel::new(ours, BROKEN, super::ChannelConfig::default());
         let (sender, mut receiver, _) = channel.into_parts();
         let waiting = tokio::spawn(async move { receiver.recv().await });
         tokio::task::yield_now().await;
