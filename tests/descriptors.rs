@@ -1,7 +1,8 @@
 //! Tests that depend on which descriptors the whole process has open. A
-//! test binary of their own, one test at a time (`ONE_AT_A_TIME`): other
-//! tests opening and closing descriptors beside them would change what
-//! they look at.
+//! test binary of their own, one test at a time (`alone`): other tests
+//! opening and closing descriptors beside them would change what they look
+//! at. Each builds its runtime only once it runs alone, since a runtime
+//! needs descriptors too (one test uses them all up).
 
 use std::os::fd::AsRawFd;
 use std::process::Command;
@@ -9,11 +10,25 @@ use std::time::Duration;
 
 use ipc_request::{Channel, ChannelConfig, Error, SpawnOptions, spawn_with};
 
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// Runs `test` on a runtime of `workers` threads, with no other test of
+/// this binary running.
+fn alone<F: std::future::Future<Output = ()>>(workers: usize, test: impl FnOnce() -> F) {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(test());
+}
 
-#[tokio::test]
-async fn a_full_socket_waits_for_room_even_with_no_descriptor_left() {
-    let _alone = ONE_AT_A_TIME.lock().await;
+#[test]
+fn a_full_socket_waits_for_room_even_with_no_descriptor_left() {
+    alone(1, a_full_socket_waits_for_room);
+}
+
+async fn a_full_socket_waits_for_room() {
     // The write half waits for room through the reactor. If it needed a new
     // descriptor for that only when the socket first filled, a process at
     // its limit (a server with many clients) would see its channel fail
@@ -67,15 +82,18 @@ async fn a_full_socket_waits_for_room_even_with_no_descriptor_left() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_spawns_of_a_missing_program_all_fail_to_start() {
+#[test]
+fn concurrent_spawns_of_a_missing_program_all_fail_to_start() {
+    alone(2, concurrent_spawns_of_a_missing_program);
+}
+
+async fn concurrent_spawns_of_a_missing_program() {
     // Two threads spawn a program that does not exist, with the channel at
     // a descriptor number that is free, at once, a thousand times. Each
     // spawn keeps the number from std's exec-error pipe while it runs;
     // when one spawn freed it in the middle of the other, that pipe could
     // land on it, the child's dup2 replaced it, and the failed exec looked
     // like a started child that exited with code 1.
-    let _alone = ONE_AT_A_TIME.lock().await;
     let runtime = tokio::runtime::Handle::current();
     let mut started = Vec::new();
     for round in 0..1_000 {

@@ -880,6 +880,45 @@ async fn a_write_failure_fails_the_requests_whose_lines_it_lost() {
 }
 
 #[tokio::test]
+async fn a_write_failure_is_the_reason_though_an_owned_child_exits_in_answer() {
+    // A Node child with a message listener exits (status 0) once its channel
+    // closes, so our shutdown after the failure makes the child exit: the
+    // session must still say that the write failed, not that the child
+    // exited normally.
+    use std::os::unix::process::ExitStatusExt;
+    let (ours, theirs) = tokio::io::duplex(64 * 1024);
+    let (read_half, write_half) = tokio::io::split(ours);
+    let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = FailsWhenArmed {
+        inner: write_half,
+        armed: armed.clone(),
+        calls_since_armed: 0,
+    };
+    let mut ours = Channel::new(read_half, writer, ChannelConfig::default());
+    // As the process layer wires a spawned child.
+    let (exit_tx, exit_rx) = tokio::sync::watch::channel(None);
+    ours.set_peer_exit(exit_rx);
+    let theirs = Channel::from_stream(theirs, ChannelConfig::default());
+    let (client, server) = tokio::join!(setup(ours, None), setup(theirs, ops_handler()));
+    let (client, server) = (client.unwrap(), server.unwrap());
+    tokio::spawn(async move {
+        server.closed().await;
+        let _ = exit_tx.send(Some(std::process::ExitStatus::from_raw(0)));
+    });
+    armed.store(true, Ordering::SeqCst);
+    let _ = client
+        .request::<_, Value>(&json!({"op": "echo", "value": 1}))
+        .await;
+    let reason = tokio::time::timeout(Duration::from_secs(10), client.closed())
+        .await
+        .unwrap();
+    assert!(
+        matches!(reason, CloseReason::Io(_)),
+        "the write failure is hidden: {reason:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_broken_pipe_to_a_peer_that_stays_still_ends_the_session() {
     // The peer shuts down only its reading side and stays: our writes fail
     // with a broken pipe, as to a peer that is gone, but no end of stream

@@ -101,7 +101,9 @@ impl std::fmt::Debug for Channel {
 
 impl Channel {
     /// A channel over separate read and write halves. Spawns the writer task,
-    /// so it must be called inside a Tokio runtime.
+    /// so it must be called inside a Tokio runtime, and one with timers
+    /// (`enable_all`, or `enable_time`: after a failed write the receiver
+    /// reads on for a while, see [`ChannelReceiver::recv`]).
     pub fn new<R, W>(reader: R, writer: W, config: ChannelConfig) -> Channel
     where
         R: AsyncRead + Unpin + Send + 'static,
@@ -470,14 +472,21 @@ mod tests {
     }
 
     /// A write half that fails every write, after taking nothing the first
-    /// time if `waits_first` (the line then goes on to the writer task).
-    struct BrokenWriter {
+    /// time if `waits_first` (the line then goes on to the writer task);
+    /// its shutdown is `inner`'s.
+    struct BrokenWriter<W> {
+        inner: W,
         waits_first: bool,
     }
 
-    const BROKEN: BrokenWriter = BrokenWriter { waits_first: false };
+    fn broken() -> BrokenWriter<tokio::io::Sink> {
+        BrokenWriter {
+            inner: tokio::io::sink(),
+            waits_first: false,
+        }
+    }
 
-    impl tokio::io::AsyncWrite for BrokenWriter {
+    impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for BrokenWriter<W> {
         fn poll_write(
             mut self: std::pin::Pin<&mut Self>,
             cx: &mut std::task::Context<'_>,
@@ -496,18 +505,120 @@ mod tests {
             std::task::Poll::Ready(Ok(()))
         }
         fn poll_shutdown(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_shuts_the_write_half_down_on_either_path() {
+        // The direct path (nothing queued: the sender writes, and fails) and
+        // the writer task's (the line waits first): either way a peer still
+        // there sees the channel end at once, though our handles live.
+        use tokio::io::AsyncReadExt;
+        for waits_first in [false, true] {
+            let (ours, mut theirs) = tokio::io::duplex(1024);
+            let (read_half, write_half) = tokio::io::split(ours);
+            let writer = BrokenWriter {
+                inner: write_half,
+                waits_first,
+            };
+            let channel = super::Channel::new(read_half, writer, super::ChannelConfig::default());
+            let _ = channel.sender().send(&1).await;
+            let mut byte = [0u8; 1];
+            let seen = tokio::time::timeout(std::time::Duration::from_secs(5), theirs.read(&mut byte)).await;
+            assert_eq!(
+                seen.expect("the peer never saw the channel end").unwrap(),
+                0,
+                "waits_first {waits_first}"
+            );
+            drop(channel);
+        }
+    }
+
+    /// Takes nothing until `fail` is set, then fails; its shutdown never
+    /// completes.
+    struct FailsLaterNeverShutsDown {
+        fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        waker: std::sync::Arc<std::sync::Mutex<Option<std::task::Waker>>>,
+    }
+
+    impl tokio::io::AsyncWrite for FailsLaterNeverShutsDown {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            _: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+                return std::task::Poll::Ready(Err(std::io::Error::other("broken")));
+            }
+            *self.waker.lock().unwrap() = Some(cx.waker().clone());
+            std::task::Poll::Pending
+        }
+        fn poll_flush(
             self: std::pin::Pin<&mut Self>,
             _: &mut std::task::Context<'_>,
         ) -> std::task::Poll<std::io::Result<()>> {
             std::task::Poll::Ready(Ok(()))
         }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn lines_lost_to_a_failed_write_give_their_budget_back_though_the_shutdown_hangs() {
+        let (ours, _theirs) = tokio::io::duplex(1024);
+        let fail = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let waker = std::sync::Arc::new(std::sync::Mutex::new(None::<std::task::Waker>));
+        let writer = FailsLaterNeverShutsDown {
+            fail: fail.clone(),
+            waker: waker.clone(),
+        };
+        let channel = super::Channel::new(ours, writer, super::ChannelConfig::default());
+        let sender = channel.sender().clone();
+        // The first line waits in the writer task, which holds the stream;
+        // the next two queue behind it.
+        sender.send(&"first").await.unwrap();
+        while waker.lock().unwrap().is_none() {
+            tokio::task::yield_now().await;
+        }
+        sender.send(&"second").await.unwrap();
+        let written = tokio::spawn({
+            let sender = sender.clone();
+            async move { sender.send_line_written(b"\"third\"\n".to_vec()).await }
+        });
+        tokio::task::yield_now().await;
+        fail.store(true, std::sync::atomic::Ordering::SeqCst);
+        waker.lock().unwrap().take().unwrap().wake();
+        let written = tokio::time::timeout(std::time::Duration::from_secs(5), written)
+            .await
+            .expect("a sender waiting for its lost line to be written waits for ever")
+            .unwrap();
+        assert!(written.is_err(), "the line was never written");
+        let released = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while sender.queued_bytes() > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(
+            released.is_ok(),
+            "{} bytes of budget never came back",
+            sender.queued_bytes()
+        );
     }
 
     #[tokio::test]
     async fn after_a_failed_write_the_receiver_hands_out_what_came_then_ends() {
         use tokio::io::AsyncWriteExt;
         let (ours, mut theirs) = tokio::io::duplex(1024);
-        let mut channel = super::Channel::new(ours, BROKEN, super::ChannelConfig::default());
+        let mut channel = super::Channel::new(ours, broken(), super::ChannelConfig::default());
         theirs.write_all(b"1\n2\n").await.unwrap();
         assert!(channel.sender().send(&0).await.is_err(), "the write fails");
         let mut next = async || tokio::time::timeout(std::time::Duration::from_secs(5), channel.recv()).await;
@@ -566,7 +677,10 @@ mod tests {
         let (ours, _theirs) = tokio::io::duplex(1024);
         let channel = super::Channel::new(
             ours,
-            BrokenWriter { waits_first: true },
+            BrokenWriter {
+                inner: tokio::io::sink(),
+                waits_first: true,
+            },
             super::ChannelConfig::default(),
         );
         let (sender, mut receiver, _) = channel.into_parts();
@@ -585,7 +699,7 @@ mod tests {
     #[tokio::test]
     async fn a_write_failing_while_the_receiver_waits_wakes_it() {
         let (ours, _theirs) = tokio::io::duplex(1024);
-        let channel = super::Channel::new(ours, BROKEN, super::ChannelConfig::default());
+        let channel = super::Channel::new(ours, broken(), super::ChannelConfig::default());
         let (sender, mut receiver, _) = channel.into_parts();
         let waiting = tokio::spawn(async move { receiver.recv().await });
         tokio::task::yield_now().await;

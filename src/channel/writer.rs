@@ -98,6 +98,8 @@ enum Command {
     /// A sender that counted its line in `queued_lines`, then found the
     /// channel closed, has taken the count back (see `queue`).
     Uncounted,
+    /// A direct write failed: write nothing more, shut the write side down.
+    Failed,
 }
 
 struct SenderShared {
@@ -318,6 +320,9 @@ impl ChannelSender {
             Err(e) => {
                 drop(stream);
                 fail(shared, e);
+                // The writer task shuts the write side down, so that a peer
+                // still there sees the channel end (see `write_loop`).
+                let _ = self.tx.send(Command::Failed);
                 Err(self.closed_error())
             }
         }
@@ -469,10 +474,16 @@ async fn write_loop(mut rx: mpsc::UnboundedReceiver<Command>, shared: Arc<Sender
     if let Err(e) = write_until_closed(&mut rx, &shared).await {
         fail(&shared, e);
     }
+    // Nothing more is written. After a failure, lines may still be queued:
+    // dropped now, they give their budget back and fail whoever waits for
+    // them to be written, even if the shutdown below never completes.
+    rx.close();
+    while rx.try_recv().is_ok() {}
+    let mut stream = shared.writer.lock().await;
+    stream.partial = None;
     // However it ended (`close`, every handle gone, a failed write), the
     // peer must see the end of the stream: one still there would otherwise
     // wait on a channel nobody writes to for as long as our handles live.
-    let mut stream = shared.writer.lock().await;
     let _ = stream.writer.shutdown().await;
     shared.set_closed(CloseReason::Local);
 }
@@ -505,6 +516,7 @@ async fn write_until_closed(
                     break;
                 }
                 Command::WritePartial | Command::Uncounted => {}
+                Command::Failed => return Ok(()),
                 Command::Write(out) if out.line.len() > COALESCE_LIMIT => {
                     flush_batch(writer, &mut batch, &mut done, shared).await?;
                     writer.write_all(&out.line).await?;

@@ -489,7 +489,7 @@ pub(super) async fn read_loop(
                     .store(receiver.buffered_bytes() > 0, Ordering::Relaxed);
                 shared.dispatch(inbound, &our_uid).await
             }
-            Ok(None) => break end_of_stream_reason(&shared),
+            Ok(None) => break CloseReason::PeerClosed,
             Err(Error::Frame(e)) => {
                 tracing::warn!("skipped a line from the peer: {e}");
                 if !shared.answer_too_long_line(&e, receiver.too_long_head()).await {
@@ -500,18 +500,22 @@ pub(super) async fn read_loop(
             Err(other) => break CloseReason::Io(Arc::new(std::io::Error::other(other.to_string()))),
         }
     };
-    let reason = with_exit_status(reason, peer_exit, grace).await;
+    let reason = match our_write_failure(&shared) {
+        // Why the channel ended, whatever the peer did once our side shut
+        // down (closed its end; exited, as a Node child does when its
+        // channel closes): the caller needs to hear of the failure.
+        Some(failure) => failure,
+        None => with_exit_status(reason, peer_exit, grace).await,
+    };
     shared.shut(reason);
 }
 
-/// Why the channel ended when the peer's stream did. Usually the peer
-/// closed it; but after one of our writes failed other than as a peer that
-/// is gone fails them (a broken pipe, a reset), our side shut down first
-/// (see the channel's writer) and the peer only answered that: the failure
-/// is what the caller needs to hear.
-fn end_of_stream_reason(shared: &Shared) -> CloseReason {
-    match shared.sender.write_error() {
-        Some(CloseReason::Io(e))
+/// The error of a write of ours that failed, unless it failed as writes
+/// to a peer that is gone do (a broken pipe, a reset): then the peer's
+/// going is the story, told by its end of stream or its exit status.
+fn our_write_failure(shared: &Shared) -> Option<CloseReason> {
+    match shared.sender.write_error()? {
+        CloseReason::Io(e)
             if !matches!(
                 e.kind(),
                 std::io::ErrorKind::BrokenPipe
@@ -520,9 +524,9 @@ fn end_of_stream_reason(shared: &Shared) -> CloseReason {
                     | std::io::ErrorKind::NotConnected
             ) =>
         {
-            CloseReason::Io(e)
+            Some(CloseReason::Io(e))
         }
-        _ => CloseReason::PeerClosed,
+        _ => None,
     }
 }
 
