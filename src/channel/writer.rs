@@ -479,6 +479,9 @@ async fn write_loop(mut rx: mpsc::UnboundedReceiver<Command>, shared: Arc<Sender
     // them to be written, even if the shutdown below never completes.
     rx.close();
     while rx.try_recv().is_ok() {}
+    // A send that got past the close an instant before it may still push
+    // its line: dropping the queue drops that one too.
+    drop(rx);
     let mut stream = shared.writer.lock().await;
     stream.partial = None;
     // However it ended (`close`, every handle gone, a failed write), the
