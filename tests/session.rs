@@ -841,11 +841,13 @@ impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FailsWhenArmed<
     }
 }
 
-#[tokio::test]
-async fn a_write_failure_fails_the_requests_whose_lines_it_lost() {
-    // The request's line is accepted (queued), then the write fails while
-    // the read side works on: without being told, the session would keep
-    // the request waiting for an answer to a line the peer never got.
+/// Two connected sessions, ours over a write half that fails from the
+/// first write after the handshake (see [`FailsWhenArmed`]), with the
+/// peer's exit status from `peer_exit` as for a spawned child; the peer
+/// answers with [`ops_handler`].
+async fn sessions_whose_writes_fail_once_set_up(
+    peer_exit: Option<tokio::sync::watch::Receiver<Option<std::process::ExitStatus>>>,
+) -> (ipc_request::Session, ipc_request::Session) {
     let (ours, theirs) = tokio::io::duplex(64 * 1024);
     let (read_half, write_half) = tokio::io::split(ours);
     let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -854,11 +856,22 @@ async fn a_write_failure_fails_the_requests_whose_lines_it_lost() {
         armed: armed.clone(),
         calls_since_armed: 0,
     };
-    let ours = Channel::new(read_half, writer, ChannelConfig::default());
+    let mut ours = Channel::new(read_half, writer, ChannelConfig::default());
+    if let Some(peer_exit) = peer_exit {
+        ours.set_peer_exit(peer_exit);
+    }
     let theirs = Channel::from_stream(theirs, ChannelConfig::default());
     let (client, server) = tokio::join!(setup(ours, None), setup(theirs, ops_handler()));
-    let (client, server) = (client.unwrap(), server.unwrap());
     armed.store(true, Ordering::SeqCst);
+    (client.unwrap(), server.unwrap())
+}
+
+#[tokio::test]
+async fn a_write_failure_fails_the_requests_whose_lines_it_lost() {
+    // The request's line is accepted (queued), then the write fails while
+    // the read side works on: without being told, the session would keep
+    // the request waiting for an answer to a line the peer never got.
+    let (client, server) = sessions_whose_writes_fail_once_set_up(None).await;
     let outcome = tokio::time::timeout(
         Duration::from_secs(10),
         client.request::<_, Value>(&json!({"op": "echo", "value": 1})),
@@ -886,26 +899,13 @@ async fn a_write_failure_is_the_reason_though_an_owned_child_exits_in_answer() {
     // session must still say that the write failed, not that the child
     // exited normally.
     use std::os::unix::process::ExitStatusExt;
-    let (ours, theirs) = tokio::io::duplex(64 * 1024);
-    let (read_half, write_half) = tokio::io::split(ours);
-    let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = FailsWhenArmed {
-        inner: write_half,
-        armed: armed.clone(),
-        calls_since_armed: 0,
-    };
-    let mut ours = Channel::new(read_half, writer, ChannelConfig::default());
     // As the process layer wires a spawned child.
     let (exit_tx, exit_rx) = tokio::sync::watch::channel(None);
-    ours.set_peer_exit(exit_rx);
-    let theirs = Channel::from_stream(theirs, ChannelConfig::default());
-    let (client, server) = tokio::join!(setup(ours, None), setup(theirs, ops_handler()));
-    let (client, server) = (client.unwrap(), server.unwrap());
+    let (client, server) = sessions_whose_writes_fail_once_set_up(Some(exit_rx)).await;
     tokio::spawn(async move {
         server.closed().await;
         let _ = exit_tx.send(Some(std::process::ExitStatus::from_raw(0)));
     });
-    armed.store(true, Ordering::SeqCst);
     let _ = client
         .request::<_, Value>(&json!({"op": "echo", "value": 1}))
         .await;
