@@ -118,15 +118,14 @@ struct SenderShared {
     /// (measured: locking it per queued line cost a quarter of a burst's
     /// throughput).
     is_closed: AtomicBool,
-    /// Set when a write fails, and the one task waiting for that (see
-    /// [`ChannelSender::poll_write_failed`]). Not a `Notify` or a token:
-    /// the receiver looks each time it finds nothing to read, and those
-    /// take a lock per poll, where this takes a few atomic operations.
-    write_failure: AtomicBool,
-    write_failure_waker: AtomicWaker,
-    /// The failed write's error, set before `write_failure`: `closed` may
-    /// already say `Local` (a failure while `close` drains the queue).
+    /// The failed write's error, once a write has failed (`closed` may
+    /// say `Local` already: a failure while `close` drains the queue), and
+    /// the one task waiting for it (see [`ChannelSender::poll_write_failed`]).
+    /// Not a `Notify` or a token: the receiver looks each time it finds
+    /// nothing to read, and those take a lock per poll, where this takes a
+    /// few atomic operations.
     write_error: OnceLock<CloseReason>,
+    write_failure_waker: AtomicWaker,
 }
 
 /// The sending half of a channel; clones share one queue and one writer.
@@ -170,9 +169,8 @@ impl ChannelSender {
             max_len: config.max_message_len,
             closed: Mutex::new(None),
             is_closed: AtomicBool::new(false),
-            write_failure: AtomicBool::new(false),
-            write_failure_waker: AtomicWaker::new(),
             write_error: OnceLock::new(),
+            write_failure_waker: AtomicWaker::new(),
         });
         tokio::spawn(write_loop(rx, shared.clone()));
         ChannelSender { shared, tx }
@@ -370,16 +368,16 @@ impl ChannelSender {
     /// would take the first one's wake-up.
     pub(crate) fn poll_write_failed(&self, cx: &mut Context<'_>) -> Poll<CloseReason> {
         let shared = &self.shared;
-        if !shared.write_failure.load(Ordering::Acquire) {
-            shared.write_failure_waker.register(cx.waker());
-            // Looked at again after registering: a failure between the two
-            // looks woke nobody.
-            if !shared.write_failure.load(Ordering::Acquire) {
-                return Poll::Pending;
-            }
+        if let Some(reason) = shared.write_error.get() {
+            return Poll::Ready(reason.clone());
         }
-        let reason = shared.write_error.get().cloned();
-        Poll::Ready(reason.unwrap_or(CloseReason::PeerClosed))
+        shared.write_failure_waker.register(cx.waker());
+        // Looked at again after registering: a failure between the two
+        // looks woke nobody.
+        match shared.write_error.get() {
+            Some(reason) => Poll::Ready(reason.clone()),
+            None => Poll::Pending,
+        }
     }
 
     /// The error of the write that failed, if one did.
@@ -603,6 +601,5 @@ fn fail(shared: &SenderShared, e: io::Error) {
     let reason = CloseReason::Io(Arc::new(e));
     let _ = shared.write_error.set(reason.clone());
     shared.set_closed(reason);
-    shared.write_failure.store(true, Ordering::Release);
     shared.write_failure_waker.wake();
 }
