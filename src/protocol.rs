@@ -62,9 +62,9 @@ pub enum Inbound {
     },
     /// An answer to one of our requests.
     Response {
-        /// The UID of our request: `Ok` with its number when it is one (we
-        /// only issue decimal numbers), else `Err` with its text, which can
-        /// match no request of ours.
+        /// The UID of our request: `Ok` with its number when it is written
+        /// as we write ours (plain decimal, no sign, no leading zero), else
+        /// `Err` with its text, which can match no request of ours.
         uid: Result<u64, String>,
         /// The answer data (`null` when `error` is set).
         payload: Message,
@@ -195,7 +195,7 @@ fn classify_exact(text: &str) -> Option<Inbound> {
         }
     } else {
         Inbound::Response {
-            uid: uid.parse::<u64>().map_err(|_| uid.to_string()),
+            uid: our_id(uid),
             payload,
             error: None,
         }
@@ -223,7 +223,7 @@ fn classify_envelope(text: &str) -> Option<Inbound> {
             TYPE_RESPONSE => Some(Inbound::Response {
                 // No allocation for the UIDs we issue: this runs once per
                 // answer.
-                uid: uid.parse::<u64>().map_err(|_| uid.to_string()),
+                uid: our_id(uid),
                 payload: payload.to_owned(),
                 error: env.error.map(parse_remote_error),
             }),
@@ -386,6 +386,24 @@ pub(crate) fn too_long_line(head: &[u8]) -> Option<TooLongLine<'_>> {
     })
 }
 
+/// The number of one of our requests, if `uid` is written exactly as we
+/// write those (plain decimal, from 1: no sign, no leading zero); else
+/// `Err` with the text, which can match none of ours. A parse alone would
+/// take "01" or "+1" for request 1 and hand it another request's answer.
+pub(crate) fn our_id(uid: &str) -> Result<u64, String> {
+    let digits = uid.as_bytes();
+    let mut id: u64 = 0;
+    let ours = digits.first().is_some_and(|&first| first != b'0')
+        && digits.iter().all(|&digit| {
+            let next = digit
+                .is_ascii_digit()
+                .then(|| id.checked_mul(10)?.checked_add(u64::from(digit - b'0')))
+                .flatten();
+            next.map(|n| id = n).is_some()
+        });
+    if ours { Ok(id) } else { Err(uid.to_string()) }
+}
+
 /// True if `uid` can go between quotes as it is: no escaping needed.
 fn is_plain_uid(uid: &str) -> bool {
     uid.bytes()
@@ -531,6 +549,15 @@ mod tests {
 
     fn encode<T: Serialize>(v: &T) -> String {
         serde_json::to_string(v).unwrap()
+    }
+
+    #[test]
+    fn only_uids_written_as_we_write_ours_are_ours() {
+        assert_eq!(our_id("1"), Ok(1));
+        assert_eq!(our_id("18446744073709551615"), Ok(u64::MAX));
+        for not_ours in ["", "0", "01", "+1", "-1", " 1", "1 ", "1a", "18446744073709551616"] {
+            assert_eq!(our_id(not_ours), Err(not_ours.to_string()), "{not_ours:?}");
+        }
     }
 
     #[test]
@@ -798,7 +825,7 @@ mod tests {
             let is_response = matches!(
                 classify_exact(line),
                 Some(Inbound::Response { uid: u, payload: p, error: None })
-                    if u == uid.parse::<u64>().map_err(|_| uid.clone()) && p.get() == sent
+                    if u == our_id(&uid) && p.get() == sent
             );
             proptest::prop_assert!(is_response, "{}", line);
         }

@@ -999,3 +999,44 @@ async fn a_session_with_a_hand_played_peer_over_a_socket() -> (
     );
     (client.unwrap(), their_read, their_write)
 }
+
+#[tokio::test]
+async fn an_answer_whose_uid_only_parses_to_one_of_ours_is_not_ours() {
+    // We issue UIDs as plain decimals ("1", "2", ...). "01" and "+1" read as
+    // the number 1 too, but they are not the UID of our request: such an
+    // answer must not take that request's place, and the real answer must
+    // still reach it.
+    for forged_prefix in ["0", "+", "00"] {
+        let (client, mut their_read, mut their_write) =
+            a_session_with_a_hand_played_peer_over_a_socket().await;
+        let call = tokio::spawn({
+            let client = client.clone();
+            async move { client.request::<_, Value>(&json!("q")).await }
+        });
+        let request: Value = serde_json::from_str(&common::read_line(&mut their_read).await).unwrap();
+        let uid = request["_IPC_REQUEST/REQUEST_UID"].as_str().unwrap().to_string();
+        for (answer_uid, payload) in [
+            (format!("{forged_prefix}{uid}"), "not yours"),
+            (uid.clone(), "yours"),
+        ] {
+            let line = json!({
+                "_IPC_REQUEST/MSG_TYPE": "_IPC_REQUEST/MSG_TYPE:RESPONSE",
+                "_IPC_REQUEST/REQUEST_UID": answer_uid,
+                "_IPC_REQUEST/PAYLOAD": payload,
+            });
+            their_write
+                .write_all(format!("{line}\n").as_bytes())
+                .await
+                .unwrap();
+        }
+        let got = tokio::time::timeout(Duration::from_secs(10), call)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            got.unwrap(),
+            json!("yours"),
+            "UID {forged_prefix}{uid} took request {uid}'s place"
+        );
+    }
+}

@@ -395,7 +395,7 @@ impl Shared {
         }
         match protocol::too_long_line(head) {
             Some(TooLongLine::Response(uid)) => {
-                let waiter = match uid.parse::<u64>() {
+                let waiter = match protocol::our_id(uid) {
                     Ok(id) => self.table.lock().unwrap().pending.remove(&id),
                     Err(_) => None,
                 };
