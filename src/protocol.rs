@@ -555,7 +555,17 @@ mod tests {
     fn only_uids_written_as_we_write_ours_are_ours() {
         assert_eq!(our_id("1"), Ok(1));
         assert_eq!(our_id("18446744073709551615"), Ok(u64::MAX));
-        for not_ours in ["", "0", "01", "+1", "-1", " 1", "1 ", "1a", "18446744073709551616"] {
+        for not_ours in [
+            "",
+            "0",
+            "01",
+            "+1",
+            "-1",
+            " 1",
+            "1 ",
+            "1a",
+            "18446744073709551616",
+        ] {
             assert_eq!(our_id(not_ours), Err(not_ours.to_string()), "{not_ours:?}");
         }
     }
