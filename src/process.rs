@@ -73,23 +73,26 @@ pub fn spawn_with(mut command: Command, options: SpawnOptions) -> Result<(Channe
             limit.rlim_cur
         )));
     }
-    // std creates both ends close-on-exec (atomically where the OS can).
-    let (ours, theirs) = StdUnixStream::pair().map_err(io_error)?;
-    let theirs_fd = theirs.as_raw_fd();
     // std reports a failed exec through a close-on-exec pipe it opens while
     // spawning, at the lowest free descriptors. Were one of them `target`,
     // the dup2 below would replace it in the child and a program that
     // failed to start would look started. Holding `target` here (if it is
     // free) keeps the pipe off it; if it is taken, the pipe cannot have it
     // while its holder keeps it. The lock makes that so for the holders
-    // that come and go meanwhile most: other spawns of ours, each holding
-    // the same number until its child has started (a review saw 11 of 6,000
-    // concurrent spawns of a missing program "succeed" without it). A
+    // that come and go meanwhile most: other spawns of ours, whose socket
+    // ends and held numbers are all opened and closed under it (a review
+    // saw 11 of 6,000 concurrent spawns of a missing program "succeed"
+    // without the lock; with it taken only around the spawn, and a failed
+    // spawn's sockets closed after it, CI still saw 1 of 2,000). A
     // descriptor at `target` that another thread closes at that very
-    // instant (any code's, a channel of this crate's included) is not
-    // covered.
+    // instant (any other code's) is not covered.
     static SPAWNING: Mutex<()> = Mutex::new(());
     let spawning = SPAWNING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    // Declared after the guard: on any early return they close before it
+    // is released. std creates both ends close-on-exec (atomically where
+    // the OS can).
+    let (ours, theirs) = StdUnixStream::pair().map_err(io_error)?;
+    let theirs_fd = theirs.as_raw_fd();
     let hold_target = hold_fd_number(&theirs, target);
     command
         .env(CHANNEL_FD_VAR, target.to_string())
@@ -115,11 +118,11 @@ pub fn spawn_with(mut command: Command, options: SpawnOptions) -> Result<(Channe
     }
     // Blocking, as Node hands it over; the child decides.
     let spawned = tokio::process::Command::from(command).spawn();
-    drop((hold_target, spawning));
-    let mut child = spawned.map_err(|e| Error::Spawn(Arc::new(e)))?;
     // Our copy of the child's end must go, or we would never see the
-    // child's end of stream.
-    drop(theirs);
+    // child's end of stream; and before the lock does (see above).
+    drop((hold_target, theirs));
+    let mut child = spawned.map_err(|e| Error::Spawn(Arc::new(e)))?;
+    drop(spawning);
     ours.set_nonblocking(true).map_err(io_error)?;
     let pid = child.id().unwrap_or(0);
     // Out of the child before the task that waits for it takes it: there
