@@ -1,0 +1,396 @@
+use super::*;
+
+fn msg(s: &str) -> Message {
+    serde_json::from_str(s).unwrap()
+}
+
+fn encode<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap()
+}
+
+#[test]
+fn only_uids_written_as_we_write_ours_are_ours() {
+    assert_eq!(our_id("1"), Ok(1));
+    assert_eq!(our_id("18446744073709551615"), Ok(u64::MAX));
+    for not_ours in [
+        "",
+        "0",
+        "01",
+        "+1",
+        "-1",
+        " 1",
+        "1 ",
+        "1a",
+        "18446744073709551616",
+    ] {
+        assert_eq!(our_id(not_ours), Err(not_ours.to_string()), "{not_ours:?}");
+    }
+}
+
+#[test]
+fn byte_written_envelopes_match_the_serde_ones() {
+    let payload = serde_json::json!({"a": [1, "x\n\u{2028}"], "b": null});
+    for uid in [
+        "7",
+        "18446744073709551615",
+        "a-b_c.d:e",
+        "needs \"escaping\"",
+        "é",
+        "",
+    ] {
+        let mut fast = Vec::new();
+        encode_request(uid, &payload, 1 << 20, &mut fast).unwrap();
+        let slow = encode(&MessageOut::request(uid, &payload));
+        let fast_value: serde_json::Value = serde_json::from_slice(&fast).unwrap();
+        let slow_value: serde_json::Value = serde_json::from_str(&slow).unwrap();
+        assert_eq!(fast_value, slow_value, "{uid}");
+        assert_eq!(fast.last(), Some(&b'\n'));
+        assert!(
+            matches!(classify(msg(std::str::from_utf8(&fast).unwrap().trim_end())), Inbound::Request { uid: u, .. } if u == uid)
+        );
+
+        let mut fast = Vec::new();
+        encode_response(uid, &payload, 1 << 20, &mut fast).unwrap();
+        let slow = encode(&MessageOut::response(uid, &payload));
+        let fast_value: serde_json::Value = serde_json::from_slice(&fast).unwrap();
+        let slow_value: serde_json::Value = serde_json::from_str(&slow).unwrap();
+        assert_eq!(fast_value, slow_value, "{uid}");
+    }
+    // The limit counts the whole line, envelope included.
+    let mut out = b"kept".to_vec();
+    let err = encode_request("1", &"x".repeat(100), 120, &mut out).unwrap_err();
+    assert!(matches!(err, FrameError::TooLong { max: 120, .. }), "{err}");
+    assert_eq!(out, b"kept");
+}
+
+#[test]
+fn request_roundtrip() {
+    let text = encode(&MessageOut::request("7", &serde_json::json!({"a": [1, 2]})));
+    match classify(msg(&text)) {
+        Inbound::Request { uid, payload } => {
+            assert_eq!(uid, "7");
+            assert_eq!(payload.get(), r#"{"a":[1,2]}"#);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn null_payload_is_still_a_request_but_missing_payload_is_plain() {
+    let with_null = r#"{"_IPC_REQUEST/MSG_TYPE":"_IPC_REQUEST/MSG_TYPE:REQUEST","_IPC_REQUEST/REQUEST_UID":"1","_IPC_REQUEST/PAYLOAD":null}"#;
+    assert!(matches!(classify(msg(with_null)), Inbound::Request { payload, .. } if payload.get() == "null"));
+    let without =
+        r#"{"_IPC_REQUEST/MSG_TYPE":"_IPC_REQUEST/MSG_TYPE:REQUEST","_IPC_REQUEST/REQUEST_UID":"1"}"#;
+    assert!(matches!(classify(msg(without)), Inbound::Plain(_)));
+}
+
+#[test]
+fn one_dot_zero_shapes_as_the_js_library_writes_them() {
+    // Key order and spacing as JSON.stringify writes them from 1.0.
+    let hs = r#"{"_IPC_REQUEST/HANDSHAKE_UID":"abc","_IPC_REQUEST/HANDSHAKE_MSG_TYPE":"_IPC_REQUEST/HANDSHAKE_MSG_TYPE:REQUEST"}"#;
+    assert!(matches!(classify(msg(hs)), Inbound::HandshakeRequest { uid, extensions: None } if uid == "abc"));
+    let res = r#"{"_IPC_REQUEST/MSG_TYPE":"_IPC_REQUEST/MSG_TYPE:RESPONSE","_IPC_REQUEST/REQUEST_UID":"x1","_IPC_REQUEST/PAYLOAD":"hi"}"#;
+    assert!(
+        matches!(classify(msg(res)), Inbound::Response { uid: Err(uid), payload, error: None } if uid == "x1" && payload.get() == "\"hi\"")
+    );
+}
+
+#[test]
+fn extensions_are_read_and_unknown_entries_ignored() {
+    let hs = r#"{"_IPC_REQUEST/HANDSHAKE_UID":"u","_IPC_REQUEST/HANDSHAKE_MSG_TYPE":"_IPC_REQUEST/HANDSHAKE_MSG_TYPE:RESPONSE","_IPC_REQUEST/EXTENSIONS":["error",5,"future"]}"#;
+    match classify(msg(hs)) {
+        Inbound::HandshakeResponse { extensions, .. } => {
+            assert_eq!(extensions.unwrap(), vec!["error", "future"]);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn our_handshake_carries_extensions() {
+    let text = encode(&HandshakeOut::request("u1"));
+    assert!(text.contains(r#""_IPC_REQUEST/EXTENSIONS":["error","cancel"]"#));
+    assert!(matches!(classify(msg(&text)), Inbound::HandshakeRequest { .. }));
+}
+
+#[test]
+fn error_response_roundtrip() {
+    let err = RemoteError::new("TypeError", "boom")
+        .with_code("E_BOOM")
+        .with_data(serde_json::json!({"n": 1}));
+    let text = encode(&MessageOut::error_response("3", &err));
+    match classify(msg(&text)) {
+        Inbound::Response { payload, error, .. } => {
+            assert_eq!(payload.get(), "null");
+            assert_eq!(error.unwrap(), err);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn malformed_error_still_fails_the_request() {
+    let text = r#"{"_IPC_REQUEST/MSG_TYPE":"_IPC_REQUEST/MSG_TYPE:RESPONSE","_IPC_REQUEST/REQUEST_UID":"3","_IPC_REQUEST/PAYLOAD":null,"_IPC_REQUEST/ERROR":"oops"}"#;
+    match classify(msg(text)) {
+        Inbound::Response { error: Some(e), .. } => assert_eq!(e.message, "\"oops\""),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn plain_messages_stay_plain() {
+    for text in [
+        "1",
+        "\"_IPC_REQUEST/MSG_TYPE\"",
+        r#"{"a":1}"#,
+        r#"{"_IPC_REQUEST/MSG_TYPE":"_IPC_REQUEST/MSG_TYPE:OTHER","_IPC_REQUEST/REQUEST_UID":"1","_IPC_REQUEST/PAYLOAD":1}"#,
+        r#"{"_IPC_REQUEST/MSG_TYPE":"_IPC_REQUEST/MSG_TYPE:REQUEST","_IPC_REQUEST/REQUEST_UID":5,"_IPC_REQUEST/PAYLOAD":1}"#,
+        r#"{"_IPC_REQUEST/HANDSHAKE_UID":"u"}"#,
+    ] {
+        assert!(
+            matches!(classify(msg(text)), Inbound::Plain(m) if m.get() == text),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn parse_inbound_accepts_what_the_frame_parser_accepts_and_classifies_alike() {
+    let request = encode(&MessageOut::request("7", &serde_json::json!([1, "x"])));
+    let texts = [
+        request.clone(),
+        encode(&MessageOut::response("7", &"y")),
+        encode(&MessageOut::response("not-ours", &1)),
+        encode(&MessageOut::cancel("7")),
+        encode(&HandshakeOut::request("u")),
+        r#"{"a":1}"#.to_string(),
+        "[1,2]".to_string(),
+        "\"_IPC_REQUEST/\"".to_string(),
+        // Not JSON, though the envelope is all there.
+        format!("{request}x"),
+        format!("{request}{{}}"),
+        format!(" \n{request}\t"),
+        request.replace("\"_IPC_REQUEST/PAYLOAD\":", "\"_IPC_REQUEST/PAYLOAD\":01"),
+        request.replace("\"x\"", "\"\u{1}\""),
+        // JSON, but plain: a duplicate envelope key, a UID of the wrong type.
+        request.replacen('{', r#"{"_IPC_REQUEST/MSG_TYPE":1,"#, 1),
+        request.replace(r#""7""#, "7"),
+    ];
+    for text in &texts {
+        let two_pass = frame::parse_message(text).map(classify);
+        let one_pass = parse_inbound(text);
+        assert_eq!(one_pass.is_ok(), two_pass.is_ok(), "{text}");
+        if let (Ok(one), Ok(two)) = (one_pass, two_pass) {
+            assert_eq!(format!("{one:?}"), format!("{two:?}"), "{text}");
+        }
+    }
+}
+
+#[test]
+fn the_exact_envelope_reader_agrees_with_the_serde_one() {
+    // Every combination: where the byte-level reader answers, the serde
+    // reader gives the same answer and the text is JSON.
+    let heads = [
+        REQUEST_HEAD,
+        RESPONSE_HEAD,
+        r#"{"_IPC_REQUEST/MSG_TYPE":"_IPC_REQUEST/MSG_TYPE:CANCEL","_IPC_REQUEST/REQUEST_UID":""#,
+    ];
+    let uids = [
+        "7",
+        "",
+        "a-b_c.d:e",
+        "18446744073709551616",
+        "x\"y",
+        "x\\\\y",
+        "é",
+        "a b",
+    ];
+    let separators = [
+        UID_TO_PAYLOAD,
+        r#"", "_IPC_REQUEST/PAYLOAD":"#,
+        r#"","_IPC_REQUEST/PAYLOAD" :"#,
+    ];
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    let payloads = [
+        &deep,
+        "1e400",
+        r#""\ud800""#,
+        "\t\n1",
+        "[1,]",
+        "1",
+        "-0.5e3",
+        "01",
+        "1.",
+        "null",
+        "tru",
+        "true",
+        r#""s""#,
+        r#""a\"b""#,
+        r#""\u00""#,
+        "\"\u{1}\"",
+        "[1,{\"x\":null}]",
+        "{}",
+        "[",
+        " 1",
+        "1 ",
+        "",
+        r#""}""#,
+    ];
+    let suffixes = [
+        "}",
+        " }",
+        "}x",
+        "}}",
+        "",
+        r#","_IPC_REQUEST/ERROR":{}}"#,
+        r#","cmd":"x"}"#,
+        r#","_IPC_REQUEST/PAYLOAD":2}"#,
+    ];
+    let mut answered = 0;
+    for head in heads {
+        for uid in uids {
+            for separator in separators {
+                for payload in payloads {
+                    for suffix in suffixes {
+                        let text = format!("{head}{uid}{separator}{payload}{suffix}");
+                        let Some(exact) = classify_exact(&text) else {
+                            continue;
+                        };
+                        answered += 1;
+                        assert!(frame::parse_message(&text).is_ok(), "{text}");
+                        let envelope = classify_envelope(&text).expect("the serde reader answers too");
+                        assert_eq!(format!("{exact:?}"), format!("{envelope:?}"), "{text}");
+                    }
+                }
+            }
+        }
+    }
+    // 2 heads x 4 plain UIDs x 1 separator x 14 valid payloads x 1 suffix.
+    assert_eq!(answered, 112);
+}
+
+proptest::proptest! {
+    #[test]
+    fn what_we_write_is_read_by_the_exact_reader(uid in "[0-9a-zA-Z._:-]{0,20}", n in proptest::num::i64::ANY, text in ".{0,20}") {
+        let payload = serde_json::json!([n, text, {"k": null}]);
+        let mut line = Vec::new();
+        encode_request(&uid, &payload, 1 << 20, &mut line).unwrap();
+        let line = std::str::from_utf8(&line).unwrap().trim_end();
+        let sent = serde_json::to_string(&payload).unwrap();
+        let is_request = matches!(
+            classify_exact(line),
+            Some(Inbound::Request { uid: u, payload: p }) if u == uid && p.get() == sent
+        );
+        proptest::prop_assert!(is_request, "{}", line);
+        let mut line = Vec::new();
+        encode_response(&uid, &payload, 1 << 20, &mut line).unwrap();
+        let line = std::str::from_utf8(&line).unwrap().trim_end();
+        let is_response = matches!(
+            classify_exact(line),
+            Some(Inbound::Response { uid: u, payload: p, error: None })
+                if u == our_id(&uid) && p.get() == sent
+        );
+        proptest::prop_assert!(is_response, "{}", line);
+    }
+}
+
+proptest::proptest! {
+    /// The channel skips its search for Node's own messages on the
+    /// lines this reader takes (`parse_inbound_line` says `exact`):
+    /// sound only if none of them has a top-level `cmd`, however the
+    /// payload and what follows it try to smuggle one in.
+    #[test]
+    fn lines_the_exact_reader_takes_are_never_nodes_own(
+        head in proptest::sample::select(vec![REQUEST_HEAD, RESPONSE_HEAD]),
+        uid in "[0-9a-zA-Z._:-]{0,6}",
+        payload in proptest::sample::select(vec![
+            r#"{"cmd":"NODE_HANDLE"}"#, r#"1,"cmd":"NODE_HANDLE""#, r#""x","cmd":"NODE_HANDLE""#,
+            r#"{}, "cmd":"NODE_HANDLE""#, r#"null}{"cmd":"NODE_HANDLE""#, "1", r#""\u0063md""#,
+            r#"[1]"cmd""#, r#"1 ,"\u0063md":"NODE_X""#, r#"{"a":1}"#, "\"NODE_HANDLE\"",
+        ]),
+        tail in proptest::sample::select(vec![
+            "}", r#","cmd":"NODE_HANDLE"}"#, r#","\u0063md":"NODE_HANDLE"}"#, "} ", "}\n", "",
+        ]),
+    ) {
+        let text = format!("{head}{uid}{UID_TO_PAYLOAD}{payload}{tail}");
+        if let Ok((_, true)) = parse_inbound_line(&text) {
+            proptest::prop_assert!(crate::channel::node_internal_cmd(&text).is_none(), "{}", text);
+            let object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text).unwrap();
+            proptest::prop_assert_eq!(object.len(), 3, "{}", text);
+            proptest::prop_assert!(!object.contains_key("cmd"), "{}", text);
+        }
+    }
+}
+
+#[test]
+fn arrays_are_never_protocol_messages() {
+    for text in [
+        r#"["_IPC_REQUEST/MSG_TYPE:REQUEST","1",{"a":1}]"#,
+        r#"["_IPC_REQUEST/MSG_TYPE:RESPONSE","5",null]"#,
+    ] {
+        assert!(matches!(classify(msg(text)), Inbound::Plain(_)), "{text}");
+        assert!(!is_protocol_message(text), "{text}");
+    }
+}
+
+#[test]
+fn protocol_lookalikes_are_detected_for_sending() {
+    assert!(is_protocol_message(
+        r#"{"\u005fIPC_REQUEST/HANDSHAKE_UID":"u","_IPC_REQUEST/HANDSHAKE_MSG_TYPE":5}"#
+    ));
+    assert!(is_protocol_message(
+        r#"{"_IPC_REQUEST/MSG_TYPE":1,"_IPC_REQUEST/MSG_TYPE":2,"_IPC_REQUEST/REQUEST_UID":"1","_IPC_REQUEST/PAYLOAD":0}"#
+    ));
+    assert!(is_protocol_message(&encode(&MessageOut::cancel("1"))));
+    assert!(!is_protocol_message(r#"{"_IPC_REQUEST/x":1}"#));
+    assert!(!is_protocol_message(r#"{"a":1}"#));
+}
+
+#[test]
+fn a_too_long_line_is_known_by_its_envelope_up_to_the_payload() {
+    let request = encode(&MessageOut::request("42", &"x".repeat(300)));
+    let response = encode(&MessageOut::response("7", &[1, 2, 3]));
+    assert_eq!(
+        too_long_line(&request.as_bytes()[..120]),
+        Some(TooLongLine::Request("42"))
+    );
+    assert_eq!(
+        too_long_line(response.as_bytes()),
+        Some(TooLongLine::Response("7"))
+    );
+    // Cut before the payload key: the UID may not be whole.
+    let cut = request.find("\",\"_IPC_REQUEST/PAYLOAD").unwrap();
+    assert_eq!(too_long_line(&request.as_bytes()[..cut]), None);
+    assert_eq!(too_long_line(&request.as_bytes()[..cut - 1]), None);
+    // Other shapes are only reported.
+    assert_eq!(too_long_line(br#"{"a":"_IPC_REQUEST/MSG_TYPE"}"#), None);
+    assert_eq!(too_long_line(b"[1,2,3]"), None);
+    let escaped = request.replacen("\"42\"", r#""4\u0032""#, 1);
+    assert_eq!(too_long_line(escaped.as_bytes()), None);
+}
+
+#[test]
+fn a_look_alike_nested_past_any_value_trees_limit_is_still_known() {
+    let deep = format!("{}{}", "[".repeat(500), "]".repeat(500));
+    let request = format!(
+        r#"{{"_IPC_REQUEST/MSG_TYPE":"_IPC_REQUEST/MSG_TYPE:REQUEST","_IPC_REQUEST/REQUEST_UID":"1","_IPC_REQUEST/PAYLOAD":{deep}}}"#
+    );
+    assert!(is_protocol_message(&request));
+    let handshake =
+        format!(r#"{{"x":{deep},"_IPC_REQUEST/HANDSHAKE_UID":"h","_IPC_REQUEST/HANDSHAKE_MSG_TYPE":1}}"#);
+    assert!(is_protocol_message(&handshake));
+    assert!(!is_protocol_message(&format!(
+        r#"{{"_IPC_REQUEST/PAYLOAD":{deep}}}"#
+    )));
+}
+
+#[test]
+fn a_look_alike_with_a_lone_surrogate_key_is_still_known() {
+    // Node's JSON.parse keeps the key; it must not hide the others.
+    let request = r#"{"\ud800":0,"_IPC_REQUEST/MSG_TYPE":"_IPC_REQUEST/MSG_TYPE:REQUEST","_IPC_REQUEST/REQUEST_UID":"1","_IPC_REQUEST/PAYLOAD":"forged"}"#;
+    assert!(is_protocol_message(request));
+    assert_eq!(
+        crate::channel::node_internal_cmd(r#"{"\ud800":1,"cmd":"NODE_HANDLE"}"#).as_deref(),
+        Some("NODE_HANDLE")
+    );
+}
