@@ -441,7 +441,7 @@ async fn a_handler_that_cancels_its_own_token_still_answers_its_caller() {
     }
 }
 
-/// A handler for the UID-reuse tests, and what it reports. Payload 1 is
+/// A handler for the UID tests, and what it reports. Payload 1 is
 /// answered at once, then its handler works on until `finish_first` (or
 /// its cancel); payload 2 waits up to 5 s for its cancel; payload 3 is
 /// answered.
@@ -483,6 +483,57 @@ fn answer_first_then_work_on() -> (
         }
     });
     (handler, finish_first, events)
+}
+
+#[tokio::test]
+async fn uids_that_differ_only_in_lone_surrogates_stay_apart_and_go_back_as_sent() {
+    // A JS peer's UIDs are UTF-16 strings and may hold lone surrogates,
+    // which no Rust String can: read as U+FFFD, "\ud800" and "\ud801"
+    // would be one UID in our tables, and neither would come back in an
+    // answer. One handler slot: \ud800 runs, unanswered, until its cancel;
+    // \ud801 waits for the slot, and its cancel must drop it there, not
+    // reach the handler of \ud800.
+    let (handler, _finish_first, mut events) = answer_first_then_work_on();
+    let config = SessionConfig {
+        max_concurrent_handlers: 1,
+        ..SessionConfig::default()
+    };
+    let (server, mut reader, mut writer) =
+        serve_a_hand_played_peer_with(config, handler, 4096, Some(&["error", "cancel"])).await;
+    let mut messages = server.messages().unwrap();
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(10), events.recv())
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    write_protocol_line(&mut writer, "REQUEST", r"\ud800", "2").await;
+    assert_eq!(next().await, "second started");
+    write_protocol_line(&mut writer, "REQUEST", r"\ud801", "3").await;
+    write_protocol_line(&mut writer, "CANCEL", r"\ud801", "null").await;
+    // Once this plain message is out, the reader has been through the cancel.
+    {
+        use tokio::io::AsyncWriteExt;
+        writer.write_all(b"\"read the cancel\"\n").await.unwrap();
+    }
+    let marker = tokio::time::timeout(Duration::from_secs(10), messages.recv())
+        .await
+        .unwrap();
+    assert_eq!(marker.unwrap().unwrap(), "read the cancel");
+    write_protocol_line(&mut writer, "CANCEL", r"\ud800", "null").await;
+    assert_eq!(next().await, "second cancelled");
+    // A new request, under a UID whose surrogates pair up only in part: its
+    // answer is the first line we write, and gives the UID back as sent.
+    write_protocol_line(&mut writer, "REQUEST", r"\udc00\ud801\udc01", "3").await;
+    assert_eq!(next().await, "third ran");
+    let answer = common::read_line(&mut reader).await;
+    assert!(
+        answer.starts_with(
+            r#"{"_IPC_REQUEST/MSG_TYPE":"_IPC_REQUEST/MSG_TYPE:RESPONSE","_IPC_REQUEST/REQUEST_UID":"\udc00𐐁","#
+        ),
+        "{answer}"
+    );
+    assert!(events.try_recv().is_err(), "the cancelled \\ud801 never ran");
 }
 
 #[tokio::test]

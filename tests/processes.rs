@@ -264,6 +264,70 @@ async fn rust_parent_with_a_one_dot_zero_node_child() {
     finish(session, child).await;
 }
 
+/// A Node child speaking ipc-request 1.0 by hand, with UIDs that are
+/// JavaScript strings no Rust `String` can hold (lone surrogates), and one
+/// that holds U+FFFD itself: it sends its handshake and one request per UID
+/// at once, matches each answer by its UID (`===`, as ipc-request 1.0
+/// does), and reports in a plain message.
+const NODE_CHILD_WITH_LONE_SURROGATE_UIDS: &str = r#"
+const K = '_IPC_REQUEST/';
+const handshakeUid = 'hs\udbff';
+const uids = ['\ud800', '\ud801', '\udc00\ud800', 'a\ud83d', '\ufffd'];
+const answers = new Map();
+let established = false;
+const report = (result) => {
+  clearTimeout(timer);
+  process.send({ result, answered: [...answers.keys()].map((uid) => JSON.stringify(uid)) });
+};
+const timer = setTimeout(() => report('timed out'), 20000);
+process.on('message', (m) => {
+  if (m[K + 'HANDSHAKE_MSG_TYPE'] === K + 'HANDSHAKE_MSG_TYPE:REQUEST') {
+    process.send({
+      [K + 'HANDSHAKE_UID']: m[K + 'HANDSHAKE_UID'],
+      [K + 'HANDSHAKE_MSG_TYPE']: K + 'HANDSHAKE_MSG_TYPE:RESPONSE',
+    });
+  } else if (m[K + 'HANDSHAKE_MSG_TYPE'] === K + 'HANDSHAKE_MSG_TYPE:RESPONSE') {
+    if (m[K + 'HANDSHAKE_UID'] !== handshakeUid) return report('handshake answered under another UID');
+    if (established) return;
+    established = true;
+    uids.forEach((uid, i) => process.send({
+      [K + 'MSG_TYPE']: K + 'MSG_TYPE:REQUEST',
+      [K + 'REQUEST_UID']: uid,
+      [K + 'PAYLOAD']: i,
+    }));
+  } else if (m[K + 'MSG_TYPE'] === K + 'MSG_TYPE:RESPONSE') {
+    const uid = m[K + 'REQUEST_UID'];
+    if (!uids.includes(uid)) return report('an answer under a UID never sent: ' + JSON.stringify(uid));
+    answers.set(uid, m[K + 'PAYLOAD']);
+    if (answers.size === uids.length) {
+      const matched = uids.every((uid, i) => answers.get(uid).data === i);
+      report(matched ? 'all answered' : 'answers mixed up');
+    }
+  }
+});
+process.on('disconnect', () => process.exit(0));
+process.send({
+  [K + 'HANDSHAKE_UID']: handshakeUid,
+  [K + 'HANDSHAKE_MSG_TYPE']: K + 'HANDSHAKE_MSG_TYPE:REQUEST',
+});
+"#;
+
+#[tokio::test]
+async fn a_node_child_gets_its_answers_under_uids_no_rust_string_can_hold() {
+    let Some(node) = node() else { return };
+    let mut command = Command::new(node);
+    command.arg("-e").arg(NODE_CHILD_WITH_LONE_SURROGATE_UIDS);
+    let (session, child) = start(command).await;
+    let mut messages = session.messages().unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(60), messages.recv())
+        .await
+        .expect("the Node child reports within its own 20 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(report["result"], json!("all answered"), "{report}");
+    finish(session, child).await;
+}
+
 #[tokio::test]
 async fn rust_parent_with_a_node_child_whose_listener_comes_late() {
     let Some(node) = node() else { return };

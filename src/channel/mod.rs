@@ -43,7 +43,7 @@ pub use writer::ChannelSender;
 pub(crate) use writer::line_text;
 
 use crate::error::{CloseReason, Error};
-use crate::frame::{self, FrameDecoder, Message};
+use crate::frame::{self, FrameDecoder, LineText, Message};
 
 /// Settings of a channel.
 #[derive(Debug, Clone)]
@@ -230,7 +230,7 @@ impl ChannelReceiver {
     /// Cancel safe: if the future is dropped, no message is lost, and an
     /// answer owed to one of Node's own messages goes out with the next call.
     pub async fn recv(&mut self) -> Result<Option<Message>, Error> {
-        self.recv_with(|text| frame::parse_message(text).map(Parsed::Unchecked))
+        self.recv_with(|line| frame::parse_message(line.text()).map(Parsed::Unchecked))
             .await
     }
 
@@ -240,19 +240,21 @@ impl ChannelReceiver {
     /// [`Parsed`]) is not searched for Node's `cmd`.
     pub(crate) async fn recv_with<T>(
         &mut self,
-        parse: impl Fn(&str) -> Result<Parsed<T>, serde_json::Error>,
+        parse: impl Fn(LineText<'_>) -> Result<Parsed<T>, serde_json::Error>,
     ) -> Result<Option<T>, Error> {
         loop {
             self.send_owed_nacks().await;
-            let parse_line = |text: &str| match parse(text) {
+            let parse_line = |line: LineText<'_>| match parse(line) {
                 Ok(Parsed::NotNodes(value)) => Ok(Line::Message(value)),
-                Ok(Parsed::Unchecked(value)) => Ok(match node_internal_cmd(text) {
+                Ok(Parsed::Unchecked(value)) => Ok(match node_internal_cmd(line.text()) {
                     Some(cmd) => Line::NodeInternal(cmd),
                     None => Line::Message(value),
                 }),
                 // Node's reader may take a line for its own that `parse`
                 // refuses (another parser's limits): then it is Node's.
-                Err(error) => node_internal_cmd(text).map(Line::NodeInternal).ok_or(error),
+                Err(error) => node_internal_cmd(line.text())
+                    .map(Line::NodeInternal)
+                    .ok_or(error),
             };
             let decoded = if self.at_eof {
                 self.decoder.decode_eof_with(&mut self.buf, parse_line)
@@ -809,7 +811,8 @@ mod tests {
         drop(theirs);
         // NODE_A: unchecked, so searched and taken out. NODE_B: refused by
         // the parser, still Node's. NODE_C: ruled out, so it is a message.
-        let parse = |text: &str| -> Result<Parsed<String>, serde_json::Error> {
+        let parse = |line: crate::frame::LineText<'_>| -> Result<Parsed<String>, serde_json::Error> {
+            let text = line.text();
             if text.contains("NODE_B") {
                 return Err(serde::de::Error::custom("refused"));
             }

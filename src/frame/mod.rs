@@ -27,7 +27,9 @@
 //! layers above would fail on a message a Node peer may legitimately send. The decoder
 //! therefore rewrites every *lone* surrogate escape to `\ufffd` (U+FFFD REPLACEMENT
 //! CHARACTER), the same substitution `String::from_utf16_lossy` makes. Proper escaped pairs
-//! (`\ud83d\ude00`) are kept. This is lossy, but it never fails on what Node sends.
+//! (`\ud83d\ude00`) are kept. This is lossy, but it never fails on what Node sends. A parser
+//! given to [`FrameDecoder::decode_with`] also gets the line as sent ([`LineText::as_sent`]),
+//! for the strings that must go back to the peer exactly as they came (its request UIDs).
 //!
 //! The rewrite happens before the line is parsed, so that whatever parses it (a [`RawValue`],
 //! or the protocol layer's envelope reader) only ever sees clean text. Finding out costs
@@ -168,20 +170,20 @@ impl FrameDecoder {
     /// Blank lines are skipped. When this returns `Ok(None)`, `buf` holds at most `max_len`
     /// bytes; call it until then after each read to keep memory bounded.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Message>, FrameError> {
-        self.decode_with(buf, parse_message)
+        self.decode_with(buf, |line| parse_message(line.text()))
     }
 
-    /// Like [`decode`](Self::decode), with the line's text parsed by `parse`
+    /// Like [`decode`](Self::decode), with the line parsed by `parse`
     /// instead of into a [`Message`]: a layer above that reads what it needs
     /// straight from the text (the protocol layer reads the envelope) then
-    /// parses each line once, not twice. The text is trimmed, valid UTF-8
-    /// and free of lone surrogate escapes; a `parse` error is reported as
+    /// parses each line once, not twice. A `parse` error is reported as
     /// [`FrameError::InvalidJson`], so `parse` must accept exactly the
-    /// texts that are one JSON value (serde_json's `from_str` does).
+    /// lines whose [`LineText::text`] is one JSON value (serde_json's
+    /// `from_str` does).
     pub fn decode_with<T>(
         &mut self,
         buf: &mut BytesMut,
-        parse: impl FnOnce(&str) -> Result<T, serde_json::Error>,
+        parse: impl FnOnce(LineText<'_>) -> Result<T, serde_json::Error>,
     ) -> Result<Option<T>, FrameError> {
         loop {
             if self.discarding {
@@ -267,7 +269,7 @@ impl FrameDecoder {
     ///
     /// Node drops such bytes too: they are a message whose sender exited mid-write.
     pub fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Message>, FrameError> {
-        self.decode_eof_with(buf, parse_message)
+        self.decode_eof_with(buf, |line| parse_message(line.text()))
     }
 
     /// [`decode_eof`](Self::decode_eof) with a parser, as in
@@ -275,7 +277,7 @@ impl FrameDecoder {
     pub fn decode_eof_with<T>(
         &mut self,
         buf: &mut BytesMut,
-        parse: impl FnOnce(&str) -> Result<T, serde_json::Error>,
+        parse: impl FnOnce(LineText<'_>) -> Result<T, serde_json::Error>,
     ) -> Result<Option<T>, FrameError> {
         match self.decode_with(buf, parse)? {
             Some(message) => Ok(Some(message)),
@@ -303,6 +305,39 @@ pub fn parse_message(text: &str) -> Result<Message, serde_json::Error> {
     serde_json::from_str(text)
 }
 
+/// One line as [`FrameDecoder::decode_with`] hands it to its parser:
+/// trimmed, valid UTF-8, in two versions that differ only where the line
+/// holds a lone surrogate escape.
+#[derive(Debug, Clone, Copy)]
+pub struct LineText<'a> {
+    text: &'a str,
+    as_sent: &'a str,
+}
+
+impl<'a> LineText<'a> {
+    /// A text with no lone surrogate escape (a [`Message`]'s, say): both
+    /// versions are the text.
+    pub(crate) fn clean(text: &'a str) -> Self {
+        LineText { text, as_sent: text }
+    }
+
+    /// The line with each lone surrogate escape rewritten to `\ufffd` (see
+    /// the module docs): it parses into `String`-based types.
+    pub fn text(&self) -> &'a str {
+        self.text
+    }
+
+    /// The line as it came, lone surrogate escapes and all. Both versions
+    /// have the same length and differ only inside those escapes, six bytes
+    /// either way (`\ud800` and `\ufffd`), so a JSON string found at some
+    /// bytes of [`text`](Self::text) is at the same bytes here, as sent: for
+    /// a reader that must give a string back exactly as the peer wrote it
+    /// (the protocol layer, for the peer's UIDs).
+    pub fn as_sent(&self) -> &'a str {
+        self.as_sent
+    }
+}
+
 /// Parses one trimmed, non-empty line with `parse`, after rewriting its lone
 /// surrogate escapes (see the module docs); its first `clean` bytes are
 /// known to hold no backslash. Rewriting before the parse is safe on any
@@ -311,7 +346,7 @@ pub fn parse_message(text: &str) -> Result<Message, serde_json::Error> {
 fn parse_line<T>(
     line: &[u8],
     clean: usize,
-    parse: impl FnOnce(&str) -> Result<T, serde_json::Error>,
+    parse: impl FnOnce(LineText<'_>) -> Result<T, serde_json::Error>,
 ) -> Result<T, FrameError> {
     let fixed = replace_lone_surrogates_after(line, clean);
     let bytes = fixed.as_deref().unwrap_or(line);
@@ -329,7 +364,13 @@ fn parse_line<T>(
             return Err(invalid_json(&error, line));
         }
     };
-    parse(text).map_err(|error| invalid_json(&error, line))
+    // The rewrite swaps ASCII for ASCII: the line as sent is UTF-8 too (a
+    // second look only on the rare line that was rewritten).
+    let as_sent = match fixed {
+        Some(_) => std::str::from_utf8(line).unwrap_or(text),
+        None => text,
+    };
+    parse(LineText { text, as_sent }).map_err(|error| invalid_json(&error, line))
 }
 
 fn invalid_json(error: &serde_json::Error, line: &[u8]) -> FrameError {

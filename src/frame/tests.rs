@@ -540,9 +540,9 @@ fn decode_with_hands_the_parser_clean_trimmed_text_and_reports_its_errors() {
     let mut decoder = FrameDecoder::default();
     let mut buf = BytesMut::from(&b"  {\"a\":\"\\ud800\"}\r\n[1, 2 \nnot json\n\xff\n"[..]);
     let mut seen = Vec::new();
-    let mut parse = |text: &str| {
-        seen.push(text.to_owned());
-        serde_json::from_str::<Value>(text)
+    let mut parse = |line: LineText<'_>| {
+        seen.push((line.text().to_owned(), line.as_sent().to_owned()));
+        serde_json::from_str::<Value>(line.text())
     };
     assert_eq!(
         decoder.decode_with(&mut buf, &mut parse),
@@ -563,7 +563,15 @@ fn decode_with_hands_the_parser_clean_trimmed_text_and_reports_its_errors() {
         "{not_utf8:?}"
     );
     assert_eq!(decoder.decode_with(&mut buf, &mut parse), Ok(None));
-    assert_eq!(seen, [r#"{"a":"\ufffd"}"#, "[1, 2", "not json"]);
+    let seen: Vec<(&str, &str)> = seen.iter().map(|(text, sent)| (&text[..], &sent[..])).collect();
+    assert_eq!(
+        seen,
+        [
+            (r#"{"a":"\ufffd"}"#, r#"{"a":"\ud800"}"#),
+            ("[1, 2", "[1, 2"),
+            ("not json", "not json")
+        ]
+    );
 }
 
 #[test]
@@ -652,7 +660,8 @@ mod against_a_full_scan {
                     _ if line.len() > max_len => Err(FrameError::TooLong { len: 0, max: 0 }),
                     _ if trimmed.is_empty() => continue,
                     Ok(text) => {
-                        want.push(Ok(format!("seen {text}")));
+                        let sent = std::str::from_utf8(trimmed).unwrap();
+                        want.push(Ok(format!("seen {text} as {sent}")));
                         parse_message(text).map_err(|e| invalid_json(&e, trimmed))
                     }
                     Err(_) => serde_json::from_slice(bytes).map_err(|e| invalid_json(&e, trimmed)),
@@ -667,9 +676,9 @@ mod against_a_full_scan {
                 buf.extend_from_slice(&input[pair[0]..pair[1]]);
                 loop {
                     let mut seen = None;
-                    let parse = |text: &str| {
-                        seen = Some(Ok(format!("seen {text}")));
-                        parse_message(text)
+                    let parse = |line: LineText<'_>| {
+                        seen = Some(Ok(format!("seen {} as {}", line.text(), line.as_sent())));
+                        parse_message(line.text())
                     };
                     let result = if i == at.len() - 2 {
                         decoder.decode_eof_with(&mut buf, parse)

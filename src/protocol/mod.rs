@@ -13,7 +13,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::error::RemoteError;
-use crate::frame::{self, FrameError, Message};
+use crate::frame::{self, FrameError, LineText, Message};
+
+mod peer_uid;
+pub use peer_uid::PeerUid;
 
 /// Extensions this implementation understands and advertises (section 3).
 pub const OUR_EXTENSIONS: &[&str] = &[EXT_ERROR, EXT_CANCEL];
@@ -42,21 +45,21 @@ pub enum Inbound {
     /// The peer's handshake request.
     HandshakeRequest {
         /// Its UID, to be echoed in our response.
-        uid: String,
+        uid: PeerUid,
         /// Extensions it advertised; `None` for an ipc-request 1.0 peer.
         extensions: Option<Vec<String>>,
     },
     /// The peer's answer to a handshake request.
     HandshakeResponse {
         /// The UID of the request it answers.
-        uid: String,
+        uid: PeerUid,
         /// Extensions it advertised; `None` for an ipc-request 1.0 peer.
         extensions: Option<Vec<String>>,
     },
     /// A request for our handler.
     Request {
         /// The peer's UID for it.
-        uid: String,
+        uid: PeerUid,
         /// The request data.
         payload: Message,
     },
@@ -64,7 +67,8 @@ pub enum Inbound {
     Response {
         /// The UID of our request: `Ok` with its number when it is written
         /// as we write ours (plain decimal, no sign, no leading zero), else
-        /// `Err` with its text, which can match no request of ours.
+        /// `Err` with its JSON text (see [`PeerUid`]), which can match no
+        /// request of ours.
         uid: Result<u64, String>,
         /// The answer data (`null` when `error` is set).
         payload: Message,
@@ -74,7 +78,7 @@ pub enum Inbound {
     /// The peer stopped waiting for one of its requests (`cancel` extension).
     Cancel {
         /// The UID of the cancelled request.
-        uid: String,
+        uid: PeerUid,
     },
     /// Anything else: it belongs to the user, untouched.
     Plain(Message),
@@ -86,8 +90,10 @@ pub enum Inbound {
 struct Envelope<'a> {
     #[serde(rename = "_IPC_REQUEST/MSG_TYPE", borrow, default)]
     msg_type: Option<Cow<'a, str>>,
+    // UIDs are read as raw text: a UID of the peer's is kept as the peer
+    // wrote it (see `PeerUid`).
     #[serde(rename = "_IPC_REQUEST/REQUEST_UID", borrow, default)]
-    uid: Option<Cow<'a, str>>,
+    uid: Option<&'a RawValue>,
     // `null` is a valid payload, so "present" and "null" must differ:
     // `deserialize_with` only runs when the key is there.
     #[serde(
@@ -100,7 +106,7 @@ struct Envelope<'a> {
     #[serde(rename = "_IPC_REQUEST/ERROR", borrow, default)]
     error: Option<&'a RawValue>,
     #[serde(rename = "_IPC_REQUEST/HANDSHAKE_UID", borrow, default)]
-    hs_uid: Option<Cow<'a, str>>,
+    hs_uid: Option<&'a RawValue>,
     #[serde(rename = "_IPC_REQUEST/HANDSHAKE_MSG_TYPE", borrow, default)]
     hs_type: Option<Cow<'a, str>>,
     #[serde(rename = "_IPC_REQUEST/EXTENSIONS", borrow, default)]
@@ -114,8 +120,12 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValu
 /// Classifies one message (PROTOCOL.md section 2: a request or response only
 /// with all three of type, UID and payload; a handshake only with both
 /// handshake keys; everything else is plain).
+///
+/// A message holds no lone surrogate (see [`crate::frame`]), so a UID that
+/// had one is not as the peer sent it: the session reads lines with
+/// [`parse_inbound`] instead.
 pub fn classify(msg: Message) -> Inbound {
-    classify_protocol(msg.get()).unwrap_or(Inbound::Plain(msg))
+    classify_protocol(LineText::clean(msg.get())).unwrap_or(Inbound::Plain(msg))
 }
 
 /// Parses and classifies the text of one line in a single pass: the parser
@@ -124,38 +134,38 @@ pub fn classify(msg: Message) -> Inbound {
 /// Reading the envelope already checks the whole text, so a protocol message
 /// is parsed once and only its payload is copied; a plain message is parsed
 /// into a [`Message`]. Errs exactly when the text is not one JSON value.
-pub fn parse_inbound(text: &str) -> Result<Inbound, serde_json::Error> {
-    parse_inbound_line(text).map(|(inbound, _)| inbound)
+pub fn parse_inbound(line: LineText<'_>) -> Result<Inbound, serde_json::Error> {
+    parse_inbound_line(line).map(|(inbound, _)| inbound)
 }
 
 /// [`parse_inbound`], and whether `text` was in the exact form this crate
 /// writes: then its top-level keys are the three of a request or response
 /// and nothing else (no `cmd`, so it is not one of Node's own messages).
-pub(crate) fn parse_inbound_line(text: &str) -> Result<(Inbound, bool), serde_json::Error> {
-    if let Some(exact) = classify_exact_checked(text) {
+pub(crate) fn parse_inbound_line(line: LineText<'_>) -> Result<(Inbound, bool), serde_json::Error> {
+    if let Some(exact) = classify_exact_checked(line) {
         return Ok((exact, true));
     }
-    match classify_envelope(text) {
+    match classify_envelope(line) {
         Some(inbound) => Ok((inbound, false)),
-        None => frame::parse_message(text).map(|msg| (Inbound::Plain(msg), false)),
+        None => frame::parse_message(line.text()).map(|msg| (Inbound::Plain(msg), false)),
     }
 }
 
-/// The protocol message `text` is, or `None` for a plain message (or a text
+/// The protocol message `line` is, or `None` for a plain message (or a text
 /// that is not JSON).
-fn classify_protocol(text: &str) -> Option<Inbound> {
-    classify_exact_checked(text).or_else(|| classify_envelope(text))
+fn classify_protocol(line: LineText<'_>) -> Option<Inbound> {
+    classify_exact_checked(line).or_else(|| classify_envelope(line))
 }
 
 /// [`classify_exact`]. Tests and fuzzing run with debug assertions: there,
 /// every message the byte reader takes is read by serde too.
-fn classify_exact_checked(text: &str) -> Option<Inbound> {
-    let exact = classify_exact(text)?;
+fn classify_exact_checked(line: LineText<'_>) -> Option<Inbound> {
+    let exact = classify_exact(line.text())?;
     debug_assert_eq!(
         format!("{:?}", Some(&exact)),
-        format!("{:?}", classify_envelope(text).as_ref()),
+        format!("{:?}", classify_envelope(line).as_ref()),
         "the two envelope readers disagree on {}",
-        text
+        line.text()
     );
     Some(exact)
 }
@@ -190,7 +200,7 @@ fn classify_exact(text: &str) -> Option<Inbound> {
     let payload = payload.to_owned();
     Some(if is_request {
         Inbound::Request {
-            uid: uid.to_string(),
+            uid: PeerUid::plain(uid),
             payload,
         }
     } else {
@@ -203,46 +213,49 @@ fn classify_exact(text: &str) -> Option<Inbound> {
 }
 
 /// [`classify_protocol`] through serde: any key order, escapes, other keys.
-fn classify_envelope(text: &str) -> Option<Inbound> {
+fn classify_envelope(line: LineText<'_>) -> Option<Inbound> {
     // Fast path: a message without the prefix anywhere is plain. Only
     // objects qualify (serde would also read a struct from an array). The
     // frame decoder hands over trimmed lines; this is for other callers.
-    let text = text.trim_start_matches([' ', '\t', '\n', '\r']);
+    let text = line.text().trim_start_matches([' ', '\t', '\n', '\r']);
     if !text.starts_with('{') || !has_prefix(text) {
         return None;
     }
     // Duplicate envelope keys or a key of the wrong type fail this parse;
     // such a message is plain.
     let env = serde_json::from_str::<Envelope<'_>>(text).ok()?;
-    if let (Some(ty), Some(uid), Some(payload)) = (&env.msg_type, &env.uid, env.payload) {
+    // A UID that is not a string is a key of the wrong type too.
+    let uid = env.uid.map(|raw| peer_uid::uid_text(raw, line).ok_or(()));
+    let hs_uid = env.hs_uid.map(|raw| peer_uid::uid_text(raw, line).ok_or(()));
+    let (uid, hs_uid) = (uid.transpose().ok()?, hs_uid.transpose().ok()?);
+    if let (Some(ty), Some(uid), Some(payload)) = (&env.msg_type, uid, env.payload) {
         return match ty.as_ref() {
             TYPE_REQUEST => Some(Inbound::Request {
-                uid: uid.to_string(),
+                uid: uid.into(),
                 payload: payload.to_owned(),
             }),
             TYPE_RESPONSE => Some(Inbound::Response {
-                // No allocation for the UIDs we issue: this runs once per
-                // answer.
-                uid: our_id(uid),
+                // No copy of the UIDs we issue: this runs once per answer.
+                uid: our_id(uid.as_str()),
                 payload: payload.to_owned(),
                 error: env.error.map(parse_remote_error),
             }),
-            TYPE_CANCEL => Some(Inbound::Cancel { uid: uid.to_string() }),
+            TYPE_CANCEL => Some(Inbound::Cancel { uid: uid.into() }),
             _ => None,
         };
     }
-    if let (Some(ty), Some(uid)) = (&env.hs_type, &env.hs_uid) {
+    if let (Some(ty), Some(uid)) = (&env.hs_type, hs_uid) {
         let extensions = || env.extensions.map(parse_extensions);
         match ty.as_ref() {
             HS_REQUEST => {
                 return Some(Inbound::HandshakeRequest {
-                    uid: uid.to_string(),
+                    uid: uid.into(),
                     extensions: extensions(),
                 });
             }
             HS_RESPONSE => {
                 return Some(Inbound::HandshakeResponse {
-                    uid: uid.to_string(),
+                    uid: uid.into(),
                     extensions: extensions(),
                 });
             }
@@ -353,13 +366,16 @@ const REQUEST_HEAD: &str =
 const RESPONSE_HEAD: &str =
     r#"{"_IPC_REQUEST/MSG_TYPE":"_IPC_REQUEST/MSG_TYPE:RESPONSE","_IPC_REQUEST/REQUEST_UID":""#;
 const UID_TO_PAYLOAD: &str = r#"","_IPC_REQUEST/PAYLOAD":"#;
+const UID_TO_ERROR: &str = r#"","_IPC_REQUEST/PAYLOAD":null,"_IPC_REQUEST/ERROR":"#;
+const HANDSHAKE_HEAD: &str = r#"{"_IPC_REQUEST/HANDSHAKE_UID":""#;
+const HANDSHAKE_UID_TO_RESPONSE_EXTENSIONS: &str = r#"","_IPC_REQUEST/HANDSHAKE_MSG_TYPE":"_IPC_REQUEST/HANDSHAKE_MSG_TYPE:RESPONSE","_IPC_REQUEST/EXTENSIONS":"#;
 
 /// What a line too long to read was, by its first bytes (see
 /// [`FrameDecoder::too_long_head`](crate::frame::FrameDecoder::too_long_head)).
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum TooLongLine<'a> {
     /// A request, with its UID.
-    Request(&'a str),
+    Request(PeerUid),
     /// A response, with its UID.
     Response(&'a str),
 }
@@ -380,7 +396,7 @@ pub(crate) fn too_long_line(head: &[u8]) -> Option<TooLongLine<'_>> {
         return None;
     }
     Some(if is_request {
-        TooLongLine::Request(uid)
+        TooLongLine::Request(PeerUid::plain(uid))
     } else {
         TooLongLine::Response(uid)
     })
@@ -417,42 +433,60 @@ pub fn encode_request<T: Serialize + ?Sized>(
     max_len: usize,
     out: &mut Vec<u8>,
 ) -> Result<(), FrameError> {
-    encode_envelope(REQUEST_HEAD, uid, payload, max_len, out)
-        .unwrap_or_else(|| frame::encode(&MessageOut::request(uid, payload), max_len, out))
+    if !is_plain_uid(uid) {
+        return frame::encode(&MessageOut::request(uid, payload), max_len, out);
+    }
+    let head = [REQUEST_HEAD.as_bytes(), uid.as_bytes(), UID_TO_PAYLOAD.as_bytes()];
+    frame::encode_wrapped(&head, payload, b"}", max_len, out)
 }
+
+// The answers below write the peer's UID as it is: a `PeerUid` is JSON
+// text already, in the form JSON.stringify writes.
 
 /// Appends the line of a successful response to the peer's request `uid`.
 pub fn encode_response<T: Serialize + ?Sized>(
-    uid: &str,
+    uid: &PeerUid,
     payload: &T,
     max_len: usize,
     out: &mut Vec<u8>,
 ) -> Result<(), FrameError> {
-    encode_envelope(RESPONSE_HEAD, uid, payload, max_len, out)
-        .unwrap_or_else(|| frame::encode(&MessageOut::response(uid, payload), max_len, out))
+    let head = [
+        RESPONSE_HEAD.as_bytes(),
+        uid.as_json().as_bytes(),
+        UID_TO_PAYLOAD.as_bytes(),
+    ];
+    frame::encode_wrapped(&head, payload, b"}", max_len, out)
 }
 
-/// The byte-written envelope, or `None` if `uid` needs escaping (then the
-/// caller goes through serde).
-fn encode_envelope<T: Serialize + ?Sized>(
-    head: &str,
-    uid: &str,
-    payload: &T,
+/// Appends the line of a failed response to the peer's request `uid`, for
+/// a peer that speaks `error`: payload `null` and the error under its own
+/// key. (A 1.0 peer gets [`encode_response`] with the error object as
+/// payload instead.)
+pub fn encode_error_response(
+    uid: &PeerUid,
+    error: &RemoteError,
     max_len: usize,
     out: &mut Vec<u8>,
-) -> Option<Result<(), FrameError>> {
-    is_plain_uid(uid).then(|| {
-        frame::encode_wrapped(
-            &[head.as_bytes(), uid.as_bytes(), UID_TO_PAYLOAD.as_bytes()],
-            payload,
-            b"}",
-            max_len,
-            out,
-        )
-    })
+) -> Result<(), FrameError> {
+    let head = [
+        RESPONSE_HEAD.as_bytes(),
+        uid.as_json().as_bytes(),
+        UID_TO_ERROR.as_bytes(),
+    ];
+    frame::encode_wrapped(&head, error, b"}", max_len, out)
 }
 
-/// Our handshake request or response.
+/// Appends our answer to the peer's handshake request `uid`.
+pub fn encode_handshake_response(uid: &PeerUid, max_len: usize, out: &mut Vec<u8>) -> Result<(), FrameError> {
+    let head = [
+        HANDSHAKE_HEAD.as_bytes(),
+        uid.as_json().as_bytes(),
+        HANDSHAKE_UID_TO_RESPONSE_EXTENSIONS.as_bytes(),
+    ];
+    frame::encode_wrapped(&head, OUR_EXTENSIONS, b"}", max_len, out)
+}
+
+/// Our handshake request (the response is [`encode_handshake_response`]).
 #[derive(Debug, Serialize)]
 pub struct HandshakeOut<'a> {
     #[serde(rename = "_IPC_REQUEST/HANDSHAKE_UID")]
@@ -472,17 +506,10 @@ impl<'a> HandshakeOut<'a> {
             extensions: OUR_EXTENSIONS,
         }
     }
-    /// Our answer to the peer's handshake request.
-    pub fn response(uid: &'a str) -> Self {
-        HandshakeOut {
-            uid,
-            msg_type: HS_RESPONSE,
-            extensions: OUR_EXTENSIONS,
-        }
-    }
 }
 
-/// A request, a response or a cancel.
+/// One of our requests or cancels (answers are written by
+/// [`encode_response`] and [`encode_error_response`]).
 #[derive(Debug, Serialize)]
 pub struct MessageOut<'a, T: ?Sized> {
     #[serde(rename = "_IPC_REQUEST/MSG_TYPE")]
@@ -505,29 +532,9 @@ impl<'a, T: Serialize + ?Sized> MessageOut<'a, T> {
             error: None,
         }
     }
-    /// A successful response.
-    pub fn response(uid: &'a str, payload: &'a T) -> Self {
-        MessageOut {
-            msg_type: TYPE_RESPONSE,
-            uid,
-            payload,
-            error: None,
-        }
-    }
 }
 
 impl<'a> MessageOut<'a, ()> {
-    /// A failure, for a peer that speaks `error`: payload `null` and the
-    /// error under its own key. (For a 1.0 peer, send
-    /// [`MessageOut::response`] with the error object as payload instead.)
-    pub fn error_response(uid: &'a str, error: &'a RemoteError) -> Self {
-        MessageOut {
-            msg_type: TYPE_RESPONSE,
-            uid,
-            payload: &(),
-            error: Some(error),
-        }
-    }
     /// A cancel of our request `uid`.
     pub fn cancel(uid: &'a str) -> Self {
         MessageOut {

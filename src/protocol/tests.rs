@@ -4,8 +4,28 @@ fn msg(s: &str) -> Message {
     serde_json::from_str(s).unwrap()
 }
 
-fn encode<T: Serialize>(v: &T) -> String {
+fn encode<T: Serialize + ?Sized>(v: &T) -> String {
     serde_json::to_string(v).unwrap()
+}
+
+/// The UID of a request for `uid` as the peer's request would hand it over.
+fn peer_uid(uid: &str) -> PeerUid {
+    match classify(msg(&encode(&MessageOut::request(uid, &0)))) {
+        Inbound::Request { uid, .. } => uid,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The JSON text of `uid` between its quotes.
+fn json_text(uid: &str) -> String {
+    let quoted = encode(uid);
+    quoted[1..quoted.len() - 1].to_owned()
+}
+
+/// A line we wrote, as a JSON value.
+fn value(line: &[u8]) -> serde_json::Value {
+    assert_eq!(line.last(), Some(&b'\n'));
+    serde_json::from_slice(line).unwrap()
 }
 
 #[test]
@@ -41,20 +61,41 @@ fn byte_written_envelopes_match_the_serde_ones() {
         let mut fast = Vec::new();
         encode_request(uid, &payload, 1 << 20, &mut fast).unwrap();
         let slow = encode(&MessageOut::request(uid, &payload));
-        let fast_value: serde_json::Value = serde_json::from_slice(&fast).unwrap();
         let slow_value: serde_json::Value = serde_json::from_str(&slow).unwrap();
-        assert_eq!(fast_value, slow_value, "{uid}");
-        assert_eq!(fast.last(), Some(&b'\n'));
+        assert_eq!(value(&fast), slow_value, "{uid}");
+        let peer = peer_uid(uid);
+        assert_eq!(peer.as_json(), json_text(uid));
         assert!(
-            matches!(classify(msg(std::str::from_utf8(&fast).unwrap().trim_end())), Inbound::Request { uid: u, .. } if u == uid)
+            matches!(classify(msg(std::str::from_utf8(&fast).unwrap().trim_end())), Inbound::Request { uid: u, .. } if u == peer)
         );
 
-        let mut fast = Vec::new();
-        encode_response(uid, &payload, 1 << 20, &mut fast).unwrap();
-        let slow = encode(&MessageOut::response(uid, &payload));
-        let fast_value: serde_json::Value = serde_json::from_slice(&fast).unwrap();
-        let slow_value: serde_json::Value = serde_json::from_str(&slow).unwrap();
-        assert_eq!(fast_value, slow_value, "{uid}");
+        // Answers give the peer's UID back as it came.
+        let mut line = Vec::new();
+        encode_response(&peer, &payload, 1 << 20, &mut line).unwrap();
+        let want = serde_json::json!({
+            "_IPC_REQUEST/MSG_TYPE": "_IPC_REQUEST/MSG_TYPE:RESPONSE",
+            "_IPC_REQUEST/REQUEST_UID": uid,
+            "_IPC_REQUEST/PAYLOAD": payload,
+        });
+        assert_eq!(value(&line), want, "{uid}");
+        let error = RemoteError::new("E", "m");
+        line.clear();
+        encode_error_response(&peer, &error, 1 << 20, &mut line).unwrap();
+        let want = serde_json::json!({
+            "_IPC_REQUEST/MSG_TYPE": "_IPC_REQUEST/MSG_TYPE:RESPONSE",
+            "_IPC_REQUEST/REQUEST_UID": uid,
+            "_IPC_REQUEST/PAYLOAD": null,
+            "_IPC_REQUEST/ERROR": error,
+        });
+        assert_eq!(value(&line), want, "{uid}");
+        line.clear();
+        encode_handshake_response(&peer, 1 << 20, &mut line).unwrap();
+        let want = serde_json::json!({
+            "_IPC_REQUEST/HANDSHAKE_UID": uid,
+            "_IPC_REQUEST/HANDSHAKE_MSG_TYPE": "_IPC_REQUEST/HANDSHAKE_MSG_TYPE:RESPONSE",
+            "_IPC_REQUEST/EXTENSIONS": OUR_EXTENSIONS,
+        });
+        assert_eq!(value(&line), want, "{uid}");
     }
     // The limit counts the whole line, envelope included.
     let mut out = b"kept".to_vec();
@@ -68,7 +109,7 @@ fn request_roundtrip() {
     let text = encode(&MessageOut::request("7", &serde_json::json!({"a": [1, 2]})));
     match classify(msg(&text)) {
         Inbound::Request { uid, payload } => {
-            assert_eq!(uid, "7");
+            assert_eq!(uid.as_json(), "7");
             assert_eq!(payload.get(), r#"{"a":[1,2]}"#);
         }
         other => panic!("{other:?}"),
@@ -88,7 +129,9 @@ fn null_payload_is_still_a_request_but_missing_payload_is_plain() {
 fn one_dot_zero_shapes_as_the_js_library_writes_them() {
     // Key order and spacing as JSON.stringify writes them from 1.0.
     let hs = r#"{"_IPC_REQUEST/HANDSHAKE_UID":"abc","_IPC_REQUEST/HANDSHAKE_MSG_TYPE":"_IPC_REQUEST/HANDSHAKE_MSG_TYPE:REQUEST"}"#;
-    assert!(matches!(classify(msg(hs)), Inbound::HandshakeRequest { uid, extensions: None } if uid == "abc"));
+    assert!(
+        matches!(classify(msg(hs)), Inbound::HandshakeRequest { uid, extensions: None } if uid.as_json() == "abc")
+    );
     let res = r#"{"_IPC_REQUEST/MSG_TYPE":"_IPC_REQUEST/MSG_TYPE:RESPONSE","_IPC_REQUEST/REQUEST_UID":"x1","_IPC_REQUEST/PAYLOAD":"hi"}"#;
     assert!(
         matches!(classify(msg(res)), Inbound::Response { uid: Err(uid), payload, error: None } if uid == "x1" && payload.get() == "\"hi\"")
@@ -118,8 +161,9 @@ fn error_response_roundtrip() {
     let err = RemoteError::new("TypeError", "boom")
         .with_code("E_BOOM")
         .with_data(serde_json::json!({"n": 1}));
-    let text = encode(&MessageOut::error_response("3", &err));
-    match classify(msg(&text)) {
+    let mut line = Vec::new();
+    encode_error_response(&peer_uid("3"), &err, 1 << 20, &mut line).unwrap();
+    match classify(msg(std::str::from_utf8(&line).unwrap().trim_end())) {
         Inbound::Response { payload, error, .. } => {
             assert_eq!(payload.get(), "null");
             assert_eq!(error.unwrap(), err);
@@ -157,10 +201,15 @@ fn plain_messages_stay_plain() {
 #[test]
 fn parse_inbound_accepts_what_the_frame_parser_accepts_and_classifies_alike() {
     let request = encode(&MessageOut::request("7", &serde_json::json!([1, "x"])));
+    let response = |uid: &str, payload: serde_json::Value| {
+        let mut line = Vec::new();
+        encode_response(&peer_uid(uid), &payload, 1 << 20, &mut line).unwrap();
+        String::from_utf8(line).unwrap().trim_end().to_owned()
+    };
     let texts = [
         request.clone(),
-        encode(&MessageOut::response("7", &"y")),
-        encode(&MessageOut::response("not-ours", &1)),
+        response("7", "y".into()),
+        response("not-ours", 1.into()),
         encode(&MessageOut::cancel("7")),
         encode(&HandshakeOut::request("u")),
         r#"{"a":1}"#.to_string(),
@@ -178,7 +227,7 @@ fn parse_inbound_accepts_what_the_frame_parser_accepts_and_classifies_alike() {
     ];
     for text in &texts {
         let two_pass = frame::parse_message(text).map(classify);
-        let one_pass = parse_inbound(text);
+        let one_pass = parse_inbound(LineText::clean(text));
         assert_eq!(one_pass.is_ok(), two_pass.is_ok(), "{text}");
         if let (Ok(one), Ok(two)) = (one_pass, two_pass) {
             assert_eq!(format!("{one:?}"), format!("{two:?}"), "{text}");
@@ -258,7 +307,8 @@ fn the_exact_envelope_reader_agrees_with_the_serde_one() {
                         };
                         answered += 1;
                         assert!(frame::parse_message(&text).is_ok(), "{text}");
-                        let envelope = classify_envelope(&text).expect("the serde reader answers too");
+                        let envelope =
+                            classify_envelope(LineText::clean(&text)).expect("the serde reader answers too");
                         assert_eq!(format!("{exact:?}"), format!("{envelope:?}"), "{text}");
                     }
                 }
@@ -279,11 +329,11 @@ proptest::proptest! {
         let sent = serde_json::to_string(&payload).unwrap();
         let is_request = matches!(
             classify_exact(line),
-            Some(Inbound::Request { uid: u, payload: p }) if u == uid && p.get() == sent
+            Some(Inbound::Request { uid: u, payload: p }) if u.as_json() == uid && p.get() == sent
         );
         proptest::prop_assert!(is_request, "{}", line);
         let mut line = Vec::new();
-        encode_response(&uid, &payload, 1 << 20, &mut line).unwrap();
+        encode_response(&PeerUid::plain(&uid), &payload, 1 << 20, &mut line).unwrap();
         let line = std::str::from_utf8(&line).unwrap().trim_end();
         let is_response = matches!(
             classify_exact(line),
@@ -313,7 +363,7 @@ proptest::proptest! {
         ]),
     ) {
         let text = format!("{head}{uid}{UID_TO_PAYLOAD}{payload}{tail}");
-        if let Ok((_, true)) = parse_inbound_line(&text) {
+        if let Ok((_, true)) = parse_inbound_line(LineText::clean(&text)) {
             proptest::prop_assert!(crate::channel::node_internal_cmd(&text).is_none(), "{}", text);
             let object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text).unwrap();
             proptest::prop_assert_eq!(object.len(), 3, "{}", text);
@@ -349,10 +399,10 @@ fn protocol_lookalikes_are_detected_for_sending() {
 #[test]
 fn a_too_long_line_is_known_by_its_envelope_up_to_the_payload() {
     let request = encode(&MessageOut::request("42", &"x".repeat(300)));
-    let response = encode(&MessageOut::response("7", &[1, 2, 3]));
+    let response = r#"{"_IPC_REQUEST/MSG_TYPE":"_IPC_REQUEST/MSG_TYPE:RESPONSE","_IPC_REQUEST/REQUEST_UID":"7","_IPC_REQUEST/PAYLOAD":[1,2,3]}"#;
     assert_eq!(
         too_long_line(&request.as_bytes()[..120]),
-        Some(TooLongLine::Request("42"))
+        Some(TooLongLine::Request(PeerUid::plain("42")))
     );
     assert_eq!(
         too_long_line(response.as_bytes()),

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::Shared;
 use crate::error::{Error, RemoteError};
 use crate::frame::Message;
+use crate::protocol::PeerUid;
 
 type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 type HandlerFn = dyn Fn(Request, Responder) -> BoxFuture + Send + Sync;
@@ -176,7 +177,7 @@ pub struct Responder {
 /// can outlive its handler and must still hear the peer's cancel. The last
 /// of the two to let go removes the entry.
 pub(super) struct AnswerState {
-    uid: String,
+    uid: PeerUid,
     answered: AtomicBool,
     /// HANDLER_RUNNING, HANDLER_DONE or ORPHANED.
     phase: AtomicU8,
@@ -194,7 +195,7 @@ const HANDLER_DONE: u8 = 1;
 const ORPHANED: u8 = 2;
 
 impl AnswerState {
-    pub(super) fn new(uid: String) -> Self {
+    pub(super) fn new(uid: PeerUid) -> Self {
         AnswerState {
             uid,
             answered: AtomicBool::new(false),
@@ -206,7 +207,7 @@ impl AnswerState {
     }
 
     /// The request's UID.
-    pub(super) fn uid(&self) -> &str {
+    pub(super) fn uid(&self) -> &PeerUid {
         &self.uid
     }
 

@@ -19,7 +19,7 @@ use super::{PeerInfo, Phase, Request, Responder, RunningHandler, Shared};
 use crate::channel::{ChannelReceiver, Parsed, PeerExit};
 use crate::error::{CloseReason, Error, RemoteError};
 use crate::frame::{FrameError, Message};
-use crate::protocol::{self, HandshakeOut, Inbound, TooLongLine};
+use crate::protocol::{self, Inbound, PeerUid, TooLongLine};
 
 /// The peer's requests waiting for a handler slot.
 ///
@@ -35,12 +35,12 @@ use crate::protocol::{self, HandshakeOut, Inbound, TooLongLine};
 #[derive(Default)]
 pub(super) struct Backlog {
     /// The waiting requests, by arrival number.
-    requests: BTreeMap<u64, (String, Message)>,
+    requests: BTreeMap<u64, (PeerUid, Message)>,
     next_arrival: u64,
     bytes: usize,
     /// The arrival numbers of the waiting requests of each UID, oldest
     /// first: one, unless the peer reuses UIDs. A cancel takes the oldest.
-    by_uid: HashMap<String, Arrivals>,
+    by_uid: HashMap<PeerUid, Arrivals>,
 }
 
 /// The arrival numbers of one UID's waiting requests; one without an
@@ -51,10 +51,10 @@ enum Arrivals {
 }
 
 impl Backlog {
-    fn push(&mut self, uid: String, payload: Message) {
+    fn push(&mut self, uid: PeerUid, payload: Message) {
         let arrival = self.next_arrival;
         self.next_arrival += 1;
-        self.bytes += uid.len() + payload.get().len();
+        self.bytes += uid.as_json().len() + payload.get().len();
         match self.by_uid.entry(uid.clone()) {
             Entry::Vacant(entry) => {
                 entry.insert(Arrivals::One(arrival));
@@ -78,27 +78,27 @@ impl Backlog {
     }
 
     /// The next request to handle.
-    fn pop(&mut self) -> Option<(String, Message)> {
+    fn pop(&mut self) -> Option<(PeerUid, Message)> {
         let (_, (uid, payload)) = self.requests.pop_first()?;
-        self.bytes -= uid.len() + payload.get().len();
+        self.bytes -= uid.as_json().len() + payload.get().len();
         self.take_oldest_arrival(&uid);
         Some((uid, payload))
     }
 
     /// Takes the oldest waiting request of `uid` out (the peer expects no
     /// answer to it); false if none waits.
-    fn cancel(&mut self, uid: &str) -> bool {
+    fn cancel(&mut self, uid: &PeerUid) -> bool {
         let Some(arrival) = self.take_oldest_arrival(uid) else {
             return false;
         };
         if let Some((uid, payload)) = self.requests.remove(&arrival) {
-            self.bytes -= uid.len() + payload.get().len();
+            self.bytes -= uid.as_json().len() + payload.get().len();
             tracing::debug!("dropped request {uid}: the peer cancelled it while it waited");
         }
         true
     }
 
-    fn take_oldest_arrival(&mut self, uid: &str) -> Option<u64> {
+    fn take_oldest_arrival(&mut self, uid: &PeerUid) -> Option<u64> {
         let arrivals = self.by_uid.get_mut(uid)?;
         let oldest = match arrivals {
             Arrivals::One(only) => {
@@ -133,7 +133,8 @@ impl Shared {
         match inbound {
             Inbound::HandshakeRequest { uid, extensions } => {
                 let _ = self.peer.set(PeerInfo::new(extensions));
-                let Ok(line) = self.sender.encode(&HandshakeOut::response(&uid)) else {
+                let answer = |max, out: &mut _| protocol::encode_handshake_response(&uid, max, out);
+                let Ok(line) = self.sender.encode_with(answer) else {
                     return;
                 };
                 let handshaking = matches!(*self.phase.borrow(), Phase::Handshaking);
@@ -153,7 +154,7 @@ impl Shared {
                 }
             }
             Inbound::HandshakeResponse { uid, extensions } => {
-                if uid == our_uid {
+                if uid.as_json() == our_uid {
                     let _ = self.peer.set(PeerInfo::new(extensions));
                     self.establish();
                 }
@@ -181,7 +182,7 @@ impl Shared {
 
     /// The peer cancelled its request `uid`: a waiting request leaves the
     /// backlog, a running handler is told and its answer refused.
-    fn cancel_request(&self, uid: &str) {
+    fn cancel_request(&self, uid: &PeerUid) {
         if !self.peer_can_cancel() {
             // It advertised no `cancel`: nothing of its is in `running`.
             return;
@@ -220,14 +221,14 @@ impl Shared {
     /// Starts a handler for the peer's request, or queues the request
     /// until a handler slot frees up. Waits (stops reading) only when the
     /// queue is full.
-    async fn start_handler(self: &Arc<Self>, uid: String, payload: Message) {
+    async fn start_handler(self: &Arc<Self>, uid: PeerUid, payload: Message) {
         // The common case: nothing waits and a slot is free.
         if self.backlog_len.load(Ordering::Acquire) == 0 {
             if let Ok(slot) = self.handler_slots.clone().try_acquire_owned() {
                 return self.run_handler(uid, payload, slot);
             }
         }
-        let size = uid.len() + payload.get().len();
+        let size = uid.as_json().len() + payload.get().len();
         loop {
             let space = self.backlog_space.notified();
             {
@@ -277,7 +278,7 @@ impl Shared {
         }
     }
 
-    fn run_handler(self: &Arc<Self>, uid: String, payload: Message, slot: OwnedSemaphorePermit) {
+    fn run_handler(self: &Arc<Self>, uid: PeerUid, payload: Message, slot: OwnedSemaphorePermit) {
         if let Some((state, cancel)) = self.register_handler(uid) {
             self.start_registered_handler(state, cancel, payload, slot);
         }
@@ -286,7 +287,7 @@ impl Shared {
     /// The answer state and token of a handler about to start for the
     /// peer's request `uid`, registered in the `running` map when the peer
     /// can cancel; `None` once the session is closed.
-    fn register_handler(&self, uid: String) -> Option<(Arc<AnswerState>, CancellationToken)> {
+    fn register_handler(&self, uid: PeerUid) -> Option<(Arc<AnswerState>, CancellationToken)> {
         // Every handler sees the session end, whatever the peer supports.
         // A peer that can cancel has each handler in the `running` map
         // below, which the close cancels too. For one that cannot, the
@@ -309,7 +310,7 @@ impl Shared {
                 cancel: cancel.clone(),
                 answer: state.clone(),
             };
-            if let Some(older) = table.running.insert(state.uid().to_owned(), handler) {
+            if let Some(older) = table.running.insert(state.uid().clone(), handler) {
                 table.displaced.push(older);
             }
         }
@@ -412,7 +413,7 @@ impl Shared {
                     "RequestTooLong",
                     format!("the peer could not read this request: {error}"),
                 );
-                match self.encode_error(uid, &refusal) {
+                match self.encode_error(&uid, &refusal) {
                     Ok(line) => {
                         let _ = self.send_answer(line).await;
                     }
@@ -475,8 +476,8 @@ pub(super) async fn read_loop(
         let next = tokio::select! {
             biased;
             _ = shared.closing.cancelled() => return,
-            next = receiver.recv_with(|text| {
-                protocol::parse_inbound_line(text).map(|(inbound, exact)| {
+            next = receiver.recv_with(|line| {
+                protocol::parse_inbound_line(line).map(|(inbound, exact)| {
                     if exact { Parsed::NotNodes(inbound) } else { Parsed::Unchecked(inbound) }
                 })
             }) => next,

@@ -30,7 +30,7 @@ use incoming::{Backlog, read_loop};
 use crate::channel::{Channel, ChannelSender, line_text, node_internal_cmd};
 use crate::error::{CloseReason, Error, RemoteError};
 use crate::frame::Message;
-use crate::protocol::{self, EXT_CANCEL, EXT_ERROR, HandshakeOut, MessageOut};
+use crate::protocol::{self, EXT_CANCEL, EXT_ERROR, HandshakeOut, PeerUid};
 use pending::PendingGuard;
 
 /// Settings of a session. `SessionConfig::default()` gives the documented
@@ -288,7 +288,7 @@ struct Table {
     pending: pending::PendingMap<oneshot::Sender<Answer>>,
     /// The peer's requests being handled, by its UID, for `cancel`. Only
     /// filled when the peer can cancel.
-    running: HashMap<String, RunningHandler>,
+    running: HashMap<PeerUid, RunningHandler>,
     /// Handlers whose UID the peer used again while they still ran (it
     /// may, once it has their answer): out of `running`, where the newer
     /// request is what a cancel of that UID means, but still told of the
@@ -619,7 +619,7 @@ impl Shared {
         self.peer.get().is_some_and(|p| p.can_cancel)
     }
 
-    fn encode_response<T: Serialize + ?Sized>(&self, uid: &str, value: &T) -> Result<Vec<u8>, Error> {
+    fn encode_response<T: Serialize + ?Sized>(&self, uid: &PeerUid, value: &T) -> Result<Vec<u8>, Error> {
         self.sender
             .encode_with(|max, out| protocol::encode_response(uid, value, max, out))
     }
@@ -627,12 +627,14 @@ impl Shared {
     /// An error answer, shaped for what the peer understands. If the error
     /// is too long to send (its data or stack), it goes without them; if even
     /// that does not fit the maximum message length, nothing can be sent.
-    fn encode_error(&self, uid: &str, error: &RemoteError) -> Result<Vec<u8>, Error> {
+    fn encode_error(&self, uid: &PeerUid, error: &RemoteError) -> Result<Vec<u8>, Error> {
         let encode = |e: &RemoteError| {
             if self.peer_takes_errors() {
-                self.sender.encode(&MessageOut::error_response(uid, e))
+                self.sender
+                    .encode_with(|max, out| protocol::encode_error_response(uid, e, max, out))
             } else {
-                self.sender.encode(&MessageOut::response(uid, e))
+                self.sender
+                    .encode_with(|max, out| protocol::encode_response(uid, e, max, out))
             }
         };
         encode(error).or_else(|why| {

@@ -8,6 +8,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{Notify, mpsc};
 
 use super::Backlog;
+use crate::protocol::PeerUid;
 use crate::{Channel, ChannelConfig, Request, Responder, SessionBuilder, SessionConfig, responder_fn};
 
 /// Points in the session's code where a test can stop a thread.
@@ -29,11 +30,15 @@ pub(super) mod hooks {
     }
 }
 
+fn uid(uid: &str) -> PeerUid {
+    PeerUid::plain(uid)
+}
+
 fn queue(uids: &[&str]) -> Backlog {
     let mut backlog = Backlog::default();
     for (i, uid) in uids.iter().enumerate() {
         let payload = serde_json::value::RawValue::from_string(i.to_string()).unwrap();
-        backlog.push(uid.to_string(), payload);
+        backlog.push(self::uid(uid), payload);
     }
     backlog
 }
@@ -50,9 +55,9 @@ fn drain(backlog: &mut Backlog) -> Vec<String> {
 #[test]
 fn cancelled_requests_leave_the_backlog_at_once_and_everything_is_counted_out() {
     let mut backlog = queue(&["a", "b", "a", "c"]);
-    assert!(backlog.cancel("a"), "the first a waits");
-    assert!(backlog.cancel("c"));
-    assert!(!backlog.cancel("x"), "not waiting: nothing to cancel");
+    assert!(backlog.cancel(&uid("a")), "the first a waits");
+    assert!(backlog.cancel(&uid("c")));
+    assert!(!backlog.cancel(&uid("x")), "not waiting: nothing to cancel");
     assert_eq!(backlog.len(), 2, "their room is free at once");
     assert_eq!(drain(&mut backlog), ["b1", "a2"]);
     assert_eq!(backlog.bytes, 0);
@@ -62,14 +67,14 @@ fn cancelled_requests_leave_the_backlog_at_once_and_everything_is_counted_out() 
 #[test]
 fn a_cancel_counts_for_one_waiting_request_at_most() {
     let mut backlog = queue(&["a", "a"]);
-    let cancelled: Vec<bool> = (0..5).map(|_| backlog.cancel("a")).collect();
+    let cancelled: Vec<bool> = (0..5).map(|_| backlog.cancel(&uid("a"))).collect();
     assert_eq!(cancelled, [true, true, false, false, false]);
     assert!(drain(&mut backlog).is_empty());
     let mut backlog = queue(&["a"]);
-    assert!(backlog.cancel("a"));
-    assert!(!backlog.cancel("a"));
+    assert!(backlog.cancel(&uid("a")));
+    assert!(!backlog.cancel(&uid("a")));
     backlog.push(
-        "a".into(),
+        uid("a"),
         serde_json::value::RawValue::from_string("9".into()).unwrap(),
     );
     assert_eq!(

@@ -1,0 +1,261 @@
+//! The peer's UIDs, kept exactly as the peer wrote them.
+//!
+//! A UID is a JavaScript string: UTF-16 code units, which may hold a lone
+//! surrogate (`'\ud800'`) that no Rust `String` can. The frame decoder reads
+//! one as U+FFFD (see [`crate::frame`]), which is right for a payload but
+//! wrong for a UID: the peer matches our answer to its request by the UID,
+//! so an answer under U+FFFD is never matched, and two requests whose UIDs
+//! differ only in lone surrogates would become one in our tables.
+//!
+//! So a UID of the peer's is kept as JSON text: what goes between its
+//! quotes, in the one form `JSON.stringify` writes (the escapes `\"`, `\\`,
+//! `\b`, `\f`, `\n`, `\r`, `\t`, `\u00xx` for the other control characters
+//! and `\udxxx` for a lone surrogate, lower-case; every other character as
+//! itself). Two UIDs are the same JavaScript string exactly when their
+//! texts are equal, and the text goes back into our answer as it is.
+
+use std::borrow::Cow;
+use std::fmt::{self, Write as _};
+
+use serde_json::value::RawValue;
+
+use crate::frame::LineText;
+
+/// A UID of the peer's (a request's or a handshake's), as JSON text: what
+/// goes between its quotes, written as `JSON.stringify` writes it. Kept as
+/// text because a JavaScript string may hold what a Rust `String` cannot
+/// (see the module docs); it is written back as it is.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct PeerUid(Box<str>);
+
+impl PeerUid {
+    /// A UID that needs no escaping (see `is_plain_uid`).
+    pub(crate) fn plain(uid: &str) -> Self {
+        debug_assert!(super::is_plain_uid(uid), "{uid:?}");
+        PeerUid(uid.into())
+    }
+
+    /// The UID as JSON text, without its quotes (see the type's docs).
+    pub fn as_json(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for PeerUid {
+    /// The JSON text, so that a log line shows a lone surrogate as its
+    /// escape.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for PeerUid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PeerUid(\"{}\")", self.0)
+    }
+}
+
+/// A UID as read from a line, in [`PeerUid`]'s form, not yet copied: a
+/// response's UID is only looked at.
+pub(super) struct UidText<'a>(Cow<'a, str>);
+
+impl UidText<'_> {
+    /// The text.
+    pub(super) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<UidText<'_>> for PeerUid {
+    fn from(text: UidText<'_>) -> Self {
+        PeerUid(text.0.into())
+    }
+}
+
+/// The text of the JSON string `raw` (a part of `line`'s text) as
+/// [`PeerUid`] keeps it, read from the line as sent; `None` if `raw` is not
+/// a string. Borrowed when the line wrote it that way already, as
+/// `JSON.stringify` does.
+pub(super) fn uid_text<'a>(raw: &'a RawValue, line: LineText<'a>) -> Option<UidText<'a>> {
+    let literal = raw.get();
+    if !literal.starts_with('"') {
+        return None;
+    }
+    // The line as sent holds the same string at the same bytes, with its
+    // lone surrogates (see `LineText::as_sent`).
+    let text = line.text();
+    let literal = if text.as_bytes().as_ptr_range().contains(&literal.as_ptr()) {
+        let start = literal.as_ptr() as usize - text.as_ptr() as usize;
+        line.as_sent()
+            .get(start..start + literal.len())
+            .unwrap_or(literal)
+    } else {
+        literal
+    };
+    let content = &literal[1..literal.len() - 1];
+    // Without an escape, the text of a string the parser accepted (no quote,
+    // no control character) is already in the one form.
+    if !content.contains('\\') {
+        return Some(UidText(Cow::Borrowed(content)));
+    }
+    canonical(content).map(|text| UidText(Cow::Owned(text)))
+}
+
+/// `content`, the text between a JSON string's quotes (well formed: the
+/// line parsed), in the form `JSON.stringify` writes: escapes decoded to
+/// UTF-16 code units, a high surrogate followed by a low one made one
+/// character (as the frame decoder pairs them), then written again.
+fn canonical(content: &str) -> Option<String> {
+    let mut out = String::with_capacity(content.len());
+    let mut rest = content;
+    while let Some(at) = rest.find('\\') {
+        out.push_str(&rest[..at]);
+        let escape = *rest.as_bytes().get(at + 1)?;
+        // Both bytes are ASCII: the slice stays on a character boundary.
+        rest = rest.get(at + 2..)?;
+        let ch = match escape {
+            b'"' => '"',
+            b'\\' => '\\',
+            b'/' => '/',
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
+            b'u' => {
+                let unit = hex4(rest)?;
+                rest = &rest[4..];
+                let low = rest
+                    .strip_prefix("\\u")
+                    .and_then(hex4)
+                    .filter(|low| (0xDC00..=0xDFFF).contains(low));
+                match (unit, low) {
+                    (0xD800..=0xDBFF, Some(low)) => {
+                        rest = &rest[6..];
+                        let code = 0x10000 + ((u32::from(unit) - 0xD800) << 10) + (u32::from(low) - 0xDC00);
+                        char::from_u32(code)?
+                    }
+                    (0xD800..=0xDFFF, _) => {
+                        write!(out, "\\u{unit:04x}").ok()?;
+                        continue;
+                    }
+                    _ => char::from_u32(u32::from(unit))?,
+                }
+            }
+            _ => return None,
+        };
+        push_escaped(&mut out, ch);
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
+/// The UTF-16 code unit written by the four hex digits `text` starts with.
+fn hex4(text: &str) -> Option<u16> {
+    let digits = text.get(..4)?;
+    digits
+        .bytes()
+        .all(|digit| digit.is_ascii_hexdigit())
+        .then(|| u16::from_str_radix(digits, 16).ok())
+        .flatten()
+}
+
+/// `ch` as `JSON.stringify` writes it inside a string.
+fn push_escaped(out: &mut String, ch: char) {
+    match ch {
+        '"' => out.push_str("\\\""),
+        '\\' => out.push_str("\\\\"),
+        '\u{8}' => out.push_str("\\b"),
+        '\u{c}' => out.push_str("\\f"),
+        '\n' => out.push_str("\\n"),
+        '\r' => out.push_str("\\r"),
+        '\t' => out.push_str("\\t"),
+        control if control < ' ' => {
+            let _ = write!(out, "\\u{:04x}", u32::from(control));
+        }
+        other => out.push(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// The UID of the JSON string `literal` (quotes included), sent in a
+    /// line and read through the frame decoder (which rewrites lone
+    /// surrogates in the text it parses).
+    fn read(literal: &str) -> Option<String> {
+        let mut buf = bytes::BytesMut::from(format!("[{literal}]\n").as_bytes());
+        let parse = |line: LineText<'_>| {
+            let raw: Vec<&RawValue> = serde_json::from_str(line.text())?;
+            Ok(uid_text(raw[0], line).map(|uid| uid.as_str().to_owned()))
+        };
+        crate::frame::FrameDecoder::default()
+            .decode_with(&mut buf, parse)
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn lone_surrogates_stay_as_the_peer_wrote_them() {
+        for (sent, kept) in [
+            (r#""\ud800""#, r"\ud800"),
+            (r#""\uD800""#, r"\ud800"),
+            (r#""\ud801""#, r"\ud801"),
+            (r#""\udc00\ud800""#, r"\udc00\ud800"),
+            (r#""\ud800\ud800\udc00""#, r"\ud800𐀀"),
+            (r#""a\ud83d\ude00b""#, "a😀b"),
+            (r#""\ud83d\u0041""#, r"\ud83dA"),
+            (r#""\ud83d\n""#, r"\ud83d\n"),
+            (r#""x\ud800""#, r"x\ud800"),
+        ] {
+            assert_eq!(read(sent).as_deref(), Some(kept), "{sent}");
+        }
+        // Different strings stay different; the rewrite alone made them one.
+        assert_ne!(read(r#""\ud800""#), read(r#""\ud801""#));
+        assert_ne!(read(r#""\ud800""#), read(r#""\ufffd""#));
+    }
+
+    #[test]
+    fn other_escapes_take_the_one_form() {
+        for (sent, kept) in [
+            (r#""plain-1""#, "plain-1"),
+            (r#""\u0061\/""#, "a/"),
+            (r#""\"\\\b\f\n\r\t""#, r#"\"\\\b\f\n\r\t"#),
+            (r#""\u0008\u000C\u001f\u007f""#, "\\b\\f\\u001f\u{7f}"),
+            (r#""\u2028é""#, "\u{2028}é"),
+            (r#""\ufffd""#, "\u{fffd}"),
+        ] {
+            assert_eq!(read(sent).as_deref(), Some(kept), "{sent}");
+        }
+        assert_eq!(read("5"), None);
+        assert_eq!(read("null"), None);
+    }
+
+    proptest! {
+        /// Any string, with each character escaped or not: the one form is
+        /// what serde_json writes for it (as JSON.stringify does).
+        #[test]
+        fn any_escaping_of_a_string_reads_as_its_one_form(
+            chars in prop::collection::vec((any::<char>(), any::<bool>()), 0..16),
+        ) {
+            let mut literal = String::from("\"");
+            for &(ch, escape) in &chars {
+                if escape || ch < ' ' || ch == '"' || ch == '\\' {
+                    let mut units = [0u16; 2];
+                    for unit in ch.encode_utf16(&mut units) {
+                        literal.push_str(&format!("\\u{unit:04X}"));
+                    }
+                } else {
+                    literal.push(ch);
+                }
+            }
+            literal.push('"');
+            let string: String = chars.iter().map(|&(ch, _)| ch).collect();
+            let written = serde_json::to_string(&string).unwrap();
+            prop_assert_eq!(read(&literal), Some(written[1..written.len() - 1].to_owned()));
+        }
+    }
+}
