@@ -148,6 +148,22 @@ fn escape(byte: u8, out: &mut Vec<u8>) {
 /// Where the first byte at or after `from` that needs escaping is.
 fn find_escape(bytes: &[u8], from: usize) -> Option<usize> {
     let mut at = from;
+    // First a block at a time, in a loop the compiler turns into vector
+    // compares (SSE2 on any x86_64): a long text without escapes costs 0.8
+    // instructions per byte, where the word test below costs 2.5
+    // (callgrind, `bench count big`). The word test then finds the byte in
+    // the block that has one.
+    const BLOCK: usize = 64;
+    while let Some(block) = bytes.get(at..at + BLOCK) {
+        let block: &[u8; BLOCK] = block.try_into().expect("a block");
+        let needs = block.iter().fold(0u8, |any, &b| {
+            any | u8::from(b < 0x20) | u8::from(b == b'"') | u8::from(b == b'\\')
+        });
+        if needs != 0 {
+            break;
+        }
+        at += BLOCK;
+    }
     // Eight bytes at a time while there are eight.
     while let Some(word) = bytes.get(at..at + 8) {
         let flags = escape_flags(u64::from_le_bytes(word.try_into().expect("8 bytes")));

@@ -48,13 +48,15 @@ fn escapes_runs_of_escapes_and_returns_to_words_like_serde_json() {
 }
 
 #[test]
-fn escapes_every_byte_like_serde_json_wherever_it_falls_in_a_word() {
+fn escapes_every_byte_like_serde_json_wherever_it_falls_in_a_word_or_block() {
     let specials: Vec<char> = (0u8..0x20)
         .map(char::from)
         .chain(['"', '\\', '/', '\u{7f}', '\u{2028}', 'é', '😀'])
         .collect();
+    // Short texts, and texts around the 64-byte blocks of the first search.
+    let lens: Vec<usize> = (0..20).chain([63, 64, 65, 127, 128, 129, 200]).collect();
     for special in specials {
-        for len in 0..20 {
+        for &len in &lens {
             for at in 0..=len {
                 let mut text: String = "a".repeat(len);
                 text.insert(at, special);
