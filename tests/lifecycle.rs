@@ -666,6 +666,31 @@ async fn a_handler_whose_uid_the_peer_reused_still_sees_the_close() {
 }
 
 #[tokio::test]
+async fn a_request_too_long_to_read_is_refused_under_its_uid_as_sent() {
+    // The line is never parsed; its UID is read from its first bytes, and
+    // one with escapes (a lone surrogate, an escaped quote) goes back as the
+    // peer wrote it, or the peer could not match the refusal.
+    let config = ChannelConfig {
+        max_message_len: 300,
+        ..ChannelConfig::default()
+    };
+    let handler = responder_fn(|_: Request, _: Responder| async {});
+    let (_server, mut reader, mut writer) = serve_a_hand_played_peer(handler, config, 4096, None).await;
+    let big = format!("\"{}\"", "y".repeat(400));
+    write_protocol_line(&mut writer, "REQUEST", r#"\ud800\"x"#, &big).await;
+    let line = tokio::time::timeout(Duration::from_secs(10), common::read_line(&mut reader))
+        .await
+        .expect("the refusal never came");
+    assert!(
+        line.contains(r#""_IPC_REQUEST/REQUEST_UID":"\ud800\"x","#),
+        "{line}"
+    );
+    // serde_json refuses the lone surrogate a JS peer reads.
+    let value: Value = serde_json::from_str(&line.replace(r"\ud800", r"\ufffd")).unwrap();
+    assert_eq!(value["_IPC_REQUEST/PAYLOAD"]["name"], "RequestTooLong", "{line}");
+}
+
+#[tokio::test]
 async fn a_peer_sending_requests_too_long_to_read_and_reading_nothing_is_slowed_down() {
     // Each such request gets an error answer. While the peer reads none,
     // they must wait for queue space (we stop reading), not pile up; once

@@ -138,7 +138,7 @@ pub fn parse_inbound(line: LineText<'_>) -> Result<Inbound, serde_json::Error> {
     parse_inbound_line(line).map(|(inbound, _)| inbound)
 }
 
-/// [`parse_inbound`], and whether `text` was in the exact form this crate
+/// [`parse_inbound`], and whether `line` was in the exact form this crate
 /// writes: then its top-level keys are the three of a request or response
 /// and nothing else (no `cmd`, so it is not one of Node's own messages).
 pub(crate) fn parse_inbound_line(line: LineText<'_>) -> Result<(Inbound, bool), serde_json::Error> {
@@ -373,11 +373,11 @@ const HANDSHAKE_UID_TO_RESPONSE_EXTENSIONS: &str = r#"","_IPC_REQUEST/HANDSHAKE_
 /// What a line too long to read was, by its first bytes (see
 /// [`FrameDecoder::too_long_head`](crate::frame::FrameDecoder::too_long_head)).
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum TooLongLine<'a> {
+pub(crate) enum TooLongLine {
     /// A request, with its UID.
     Request(PeerUid),
-    /// A response, with its UID.
-    Response(&'a str),
+    /// A response, with its UID read as [`our_id`] reads it.
+    Response(Result<u64, String>),
 }
 
 /// The request or response a line too long to read was, if its envelope
@@ -385,20 +385,21 @@ pub(crate) enum TooLongLine<'a> {
 /// a 1.0 object) up to its payload, all of it within `head`. The caller
 /// can then fail that request rather than leave it waiting for ever;
 /// anything else (`None`) is only reported.
-pub(crate) fn too_long_line(head: &[u8]) -> Option<TooLongLine<'_>> {
+pub(crate) fn too_long_line(head: &[u8]) -> Option<TooLongLine> {
     let (is_request, rest) = match head.strip_prefix(REQUEST_HEAD.as_bytes()) {
         Some(rest) => (true, rest),
         None => (false, head.strip_prefix(RESPONSE_HEAD.as_bytes())?),
     };
-    let uid_len = memchr::memchr(b'"', rest)?;
-    let uid = std::str::from_utf8(&rest[..uid_len]).ok()?;
-    if !is_plain_uid(uid) || !rest[uid_len..].starts_with(UID_TO_PAYLOAD.as_bytes()) {
+    let uid_len = peer_uid::string_content_len(rest)?;
+    if !rest[uid_len..].starts_with(UID_TO_PAYLOAD.as_bytes()) {
         return None;
     }
+    // No parser has seen this line: the UID is checked here.
+    let uid = peer_uid::uid_in_unchecked_text(std::str::from_utf8(&rest[..uid_len]).ok()?)?;
     Some(if is_request {
-        TooLongLine::Request(PeerUid::plain(uid))
+        TooLongLine::Request(uid.into())
     } else {
-        TooLongLine::Response(uid)
+        TooLongLine::Response(our_id(uid.as_str()))
     })
 }
 
@@ -518,8 +519,6 @@ pub struct MessageOut<'a, T: ?Sized> {
     uid: &'a str,
     #[serde(rename = "_IPC_REQUEST/PAYLOAD")]
     payload: &'a T,
-    #[serde(rename = "_IPC_REQUEST/ERROR", skip_serializing_if = "Option::is_none")]
-    error: Option<&'a RemoteError>,
 }
 
 impl<'a, T: Serialize + ?Sized> MessageOut<'a, T> {
@@ -529,7 +528,6 @@ impl<'a, T: Serialize + ?Sized> MessageOut<'a, T> {
             msg_type: TYPE_REQUEST,
             uid,
             payload,
-            error: None,
         }
     }
 }
@@ -541,7 +539,6 @@ impl<'a> MessageOut<'a, ()> {
             msg_type: TYPE_CANCEL,
             uid,
             payload: &(),
-            error: None,
         }
     }
 }

@@ -86,9 +86,9 @@ pub(super) fn uid_text<'a>(raw: &'a RawValue, line: LineText<'a>) -> Option<UidT
     let text = line.text();
     let literal = if text.as_bytes().as_ptr_range().contains(&literal.as_ptr()) {
         let start = literal.as_ptr() as usize - text.as_ptr() as usize;
-        line.as_sent()
-            .get(start..start + literal.len())
-            .unwrap_or(literal)
+        let as_sent = line.as_sent().get(start..start + literal.len());
+        debug_assert!(as_sent.is_some(), "the line as sent is as long as its text");
+        as_sent.unwrap_or(literal)
     } else {
         literal
     };
@@ -101,8 +101,38 @@ pub(super) fn uid_text<'a>(raw: &'a RawValue, line: LineText<'a>) -> Option<UidT
     canonical(content).map(|text| UidText(Cow::Owned(text)))
 }
 
+/// The UID whose JSON text (between its quotes) is `content`, from a line
+/// no parser has checked (the head of a line too long to read): `None`
+/// unless it is well formed, with no raw control character, which would
+/// go back to the peer as it is.
+pub(super) fn uid_in_unchecked_text(content: &str) -> Option<UidText<'_>> {
+    // A quote in `content` is an escaped one (`string_content_len`).
+    if content.bytes().any(|b| b < 0x20) {
+        return None;
+    }
+    if !content.contains('\\') {
+        return Some(UidText(Cow::Borrowed(content)));
+    }
+    canonical(content).map(|text| UidText(Cow::Owned(text)))
+}
+
+/// The length of the JSON string text that `text` starts with (the bytes
+/// after its opening quote), up to its closing quote; `None` if that quote
+/// is not in `text`.
+pub(super) fn string_content_len(text: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    loop {
+        at += memchr::memchr2(b'"', b'\\', text.get(at..)?)?;
+        if text[at] == b'"' {
+            return Some(at);
+        }
+        // The escaped byte cannot end the string.
+        at += 2;
+    }
+}
+
 /// `content`, the text between a JSON string's quotes (well formed: the
-/// line parsed), in the form `JSON.stringify` writes: escapes decoded to
+/// line parsed, or `uid_in_unchecked_text` checked it), in the form `JSON.stringify` writes: escapes decoded to
 /// UTF-16 code units, a high surrogate followed by a low one made one
 /// character (as the frame decoder pairs them), then written again.
 fn canonical(content: &str) -> Option<String> {
@@ -234,7 +264,73 @@ mod tests {
         assert_eq!(read("null"), None);
     }
 
+    /// What `JSON.stringify` writes between the quotes for a string of
+    /// UTF-16 code units: a lone surrogate as a lower-case escape, every
+    /// character as serde_json writes it (the same escapes).
+    fn js_stringify(units: &[u16]) -> String {
+        char::decode_utf16(units.iter().copied())
+            .map(|unit| match unit {
+                Ok(ch) => {
+                    let quoted = serde_json::to_string(&ch.to_string()).unwrap();
+                    quoted[1..quoted.len() - 1].to_owned()
+                }
+                Err(lone) => format!("\\u{:04x}", lone.unpaired_surrogate()),
+            })
+            .collect()
+    }
+
+    /// The same units written as a peer may write them: each character raw
+    /// where JSON allows, by its short escape, or as `\u` escapes in either
+    /// case, as `ways` picks.
+    fn written_any_way(units: &[u16], ways: &[u8]) -> String {
+        let mut out = String::new();
+        let mut ways = ways.iter().copied().cycle();
+        let escape = |out: &mut String, unit: u16, upper: bool| match upper {
+            true => out.push_str(&format!("\\u{unit:04X}")),
+            false => out.push_str(&format!("\\u{unit:04x}")),
+        };
+        for unit in char::decode_utf16(units.iter().copied()) {
+            let way = ways.next().unwrap_or(0);
+            match unit {
+                Ok(ch) if way % 3 == 0 && ch >= ' ' && ch != '"' && ch != '\\' => out.push(ch),
+                Ok(ch) if way % 3 == 1 && "\"\\/\u{8}\u{c}\n\r\t".contains(ch) => {
+                    let short = match ch {
+                        '\u{8}' => 'b',
+                        '\u{c}' => 'f',
+                        '\n' => 'n',
+                        '\r' => 'r',
+                        '\t' => 't',
+                        other => other,
+                    };
+                    out.push('\\');
+                    out.push(short);
+                }
+                Ok(ch) => {
+                    for unit in ch.encode_utf16(&mut [0; 2]) {
+                        escape(&mut out, *unit, way & 4 != 0);
+                    }
+                }
+                Err(lone) => escape(&mut out, lone.unpaired_surrogate(), way & 4 != 0),
+            }
+        }
+        out
+    }
+
     proptest! {
+        /// Any JS string, lone surrogates included, written any way: read
+        /// as `JSON.stringify` writes it.
+        #[test]
+        fn any_js_string_written_any_way_reads_as_its_one_form(
+            units in prop::collection::vec(
+                prop_oneof![0u16..0x80, 0xD800u16..0xE000, any::<u16>()],
+                0..16,
+            ),
+            ways in prop::collection::vec(any::<u8>(), 1..16),
+        ) {
+            let literal = format!("\"{}\"", written_any_way(&units, &ways));
+            prop_assert_eq!(read(&literal), Some(js_stringify(&units)), "{}", literal);
+        }
+
         /// Any string, with each character escaped or not: the one form is
         /// what serde_json writes for it (as JSON.stringify does).
         #[test]

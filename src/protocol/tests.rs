@@ -406,7 +406,7 @@ fn a_too_long_line_is_known_by_its_envelope_up_to_the_payload() {
     );
     assert_eq!(
         too_long_line(response.as_bytes()),
-        Some(TooLongLine::Response("7"))
+        Some(TooLongLine::Response(Ok(7)))
     );
     // Cut before the payload key: the UID may not be whole.
     let cut = request.find("\",\"_IPC_REQUEST/PAYLOAD").unwrap();
@@ -415,8 +415,39 @@ fn a_too_long_line_is_known_by_its_envelope_up_to_the_payload() {
     // Other shapes are only reported.
     assert_eq!(too_long_line(br#"{"a":"_IPC_REQUEST/MSG_TYPE"}"#), None);
     assert_eq!(too_long_line(b"[1,2,3]"), None);
-    let escaped = request.replacen("\"42\"", r#""4\u0032""#, 1);
-    assert_eq!(too_long_line(escaped.as_bytes()), None);
+    // A UID with escapes, lone surrogates included, as the peer wrote it
+    // (no parser has seen this line: the decoder keeps its head as sent).
+    for (written, kept) in [
+        (r#""4\u0032""#, "42"),
+        (r#""\ud800\"""#, r#"\ud800\""#),
+        (r#""a\\""#, r"a\\"),
+    ] {
+        let escaped = request.replacen("\"42\"", written, 1);
+        let uid = match too_long_line(escaped.as_bytes()) {
+            Some(TooLongLine::Request(uid)) => uid,
+            other => panic!("{written}: {other:?}"),
+        };
+        assert_eq!(uid.as_json(), kept);
+    }
+    let answer = |uid: &str| too_long_line(response.replacen("\"7\"", uid, 1).as_bytes());
+    assert_eq!(answer(r#""\u0037""#), Some(TooLongLine::Response(Ok(7))));
+    assert_eq!(
+        answer(r#""\ud800""#),
+        Some(TooLongLine::Response(Err(r"\ud800".into())))
+    );
+    // What would go back to the peer must be well formed: no raw control
+    // character, no broken escape, no string without its end in the head.
+    for broken in [
+        "\"a\u{1}\"",
+        r#""\x""#,
+        r#""\u12""#,
+        r#""\u12g4""#,
+        r#""a\"#,
+        r#""\""#,
+    ] {
+        let escaped = request.replacen("\"42\"", broken, 1);
+        assert_eq!(too_long_line(escaped.as_bytes()), None, "{broken}");
+    }
 }
 
 #[test]

@@ -396,7 +396,7 @@ impl Shared {
         }
         match protocol::too_long_line(head) {
             Some(TooLongLine::Response(uid)) => {
-                let waiter = match protocol::our_id(uid) {
+                let waiter = match uid {
                     Ok(id) => self.table.lock().unwrap().pending.remove(&id),
                     Err(_) => None,
                 };
