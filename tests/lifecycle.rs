@@ -485,6 +485,38 @@ fn answer_first_then_work_on() -> (
     (handler, finish_first, events)
 }
 
+/// A session with one handler slot, serving a hand-played peer that speaks
+/// `error` and `cancel`: the session, its message stream and the peer's two
+/// halves.
+async fn one_handler_slot_for_a_hand_played_peer(
+    handler: ipc_request::Handler,
+) -> (
+    ipc_request::Session,
+    ipc_request::Messages,
+    PeerReader,
+    PeerWriter,
+) {
+    let config = SessionConfig {
+        max_concurrent_handlers: 1,
+        ..SessionConfig::default()
+    };
+    let (server, reader, writer) =
+        serve_a_hand_played_peer_with(config, handler, 4096, Some(&["error", "cancel"])).await;
+    let messages = server.messages().unwrap();
+    (server, messages, reader, writer)
+}
+
+/// Writes a plain message and waits for it: once it is out, the session's
+/// reader has been through every line written before it.
+async fn wait_until_read(writer: &mut PeerWriter, messages: &mut ipc_request::Messages) {
+    use tokio::io::AsyncWriteExt;
+    writer.write_all(b"\"read so far\"\n").await.unwrap();
+    let marker = tokio::time::timeout(Duration::from_secs(10), messages.recv())
+        .await
+        .unwrap();
+    assert_eq!(marker.unwrap().unwrap(), "read so far");
+}
+
 #[tokio::test]
 async fn uids_that_differ_only_in_lone_surrogates_stay_apart_and_go_back_as_sent() {
     // A JS peer's UIDs are UTF-16 strings and may hold lone surrogates,
@@ -494,13 +526,8 @@ async fn uids_that_differ_only_in_lone_surrogates_stay_apart_and_go_back_as_sent
     // \ud801 waits for the slot, and its cancel must drop it there, not
     // reach the handler of \ud800.
     let (handler, _finish_first, mut events) = answer_first_then_work_on();
-    let config = SessionConfig {
-        max_concurrent_handlers: 1,
-        ..SessionConfig::default()
-    };
-    let (server, mut reader, mut writer) =
-        serve_a_hand_played_peer_with(config, handler, 4096, Some(&["error", "cancel"])).await;
-    let mut messages = server.messages().unwrap();
+    let (_server, mut messages, mut reader, mut writer) =
+        one_handler_slot_for_a_hand_played_peer(handler).await;
     let mut next = async || {
         tokio::time::timeout(Duration::from_secs(10), events.recv())
             .await
@@ -511,15 +538,7 @@ async fn uids_that_differ_only_in_lone_surrogates_stay_apart_and_go_back_as_sent
     assert_eq!(next().await, "second started");
     write_protocol_line(&mut writer, "REQUEST", r"\ud801", "3").await;
     write_protocol_line(&mut writer, "CANCEL", r"\ud801", "null").await;
-    // Once this plain message is out, the reader has been through the cancel.
-    {
-        use tokio::io::AsyncWriteExt;
-        writer.write_all(b"\"read the cancel\"\n").await.unwrap();
-    }
-    let marker = tokio::time::timeout(Duration::from_secs(10), messages.recv())
-        .await
-        .unwrap();
-    assert_eq!(marker.unwrap().unwrap(), "read the cancel");
+    wait_until_read(&mut writer, &mut messages).await;
     write_protocol_line(&mut writer, "CANCEL", r"\ud800", "null").await;
     assert_eq!(next().await, "second cancelled");
     // A new request, under a UID whose surrogates pair up only in part: its
@@ -572,28 +591,14 @@ async fn a_cancel_of_a_reused_uid_drops_the_waiting_request_not_the_answered_han
     // cancel means that newer request: it must never run, and the first
     // handler, whose caller is already answered, must not be cancelled.
     let (handler, finish_first, mut events) = answer_first_then_work_on();
-    let config = SessionConfig {
-        max_concurrent_handlers: 1,
-        ..SessionConfig::default()
-    };
-    let (server, mut reader, mut writer) =
-        serve_a_hand_played_peer_with(config, handler, 4096, Some(&["error", "cancel"])).await;
-    let mut messages = server.messages().unwrap();
+    let (_server, mut messages, mut reader, mut writer) =
+        one_handler_slot_for_a_hand_played_peer(handler).await;
     write_protocol_line(&mut writer, "REQUEST", "7", "1").await;
     let first_answer: Value = serde_json::from_str(&common::read_line(&mut reader).await).unwrap();
     assert_eq!(first_answer["_IPC_REQUEST/PAYLOAD"], 1);
     write_protocol_line(&mut writer, "REQUEST", "7", "2").await;
     write_protocol_line(&mut writer, "CANCEL", "7", "null").await;
-    // A plain message after them: once it is out, the reader has been
-    // through the cancel.
-    {
-        use tokio::io::AsyncWriteExt;
-        writer.write_all(b"\"read the cancel\"\n").await.unwrap();
-    }
-    let marker = tokio::time::timeout(Duration::from_secs(10), messages.recv())
-        .await
-        .unwrap();
-    assert_eq!(marker.unwrap().unwrap(), "read the cancel");
+    wait_until_read(&mut writer, &mut messages).await;
     finish_first.notify_one();
     let event = tokio::time::timeout(Duration::from_secs(10), events.recv()).await;
     assert_eq!(event.unwrap().unwrap(), "first finished");

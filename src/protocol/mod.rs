@@ -451,12 +451,7 @@ pub fn encode_response<T: Serialize + ?Sized>(
     max_len: usize,
     out: &mut Vec<u8>,
 ) -> Result<(), FrameError> {
-    let head = [
-        RESPONSE_HEAD.as_bytes(),
-        uid.as_json().as_bytes(),
-        UID_TO_PAYLOAD.as_bytes(),
-    ];
-    frame::encode_wrapped(&head, payload, b"}", max_len, out)
+    encode_answer(uid, UID_TO_PAYLOAD, payload, max_len, out)
 }
 
 /// Appends the line of a failed response to the peer's request `uid`, for
@@ -469,12 +464,24 @@ pub fn encode_error_response(
     max_len: usize,
     out: &mut Vec<u8>,
 ) -> Result<(), FrameError> {
+    encode_answer(uid, UID_TO_ERROR, error, max_len, out)
+}
+
+/// A response to `uid`: its envelope up to and including the key of
+/// `value` (`uid_to_value`), then `value`.
+fn encode_answer<T: Serialize + ?Sized>(
+    uid: &PeerUid,
+    uid_to_value: &str,
+    value: &T,
+    max_len: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), FrameError> {
     let head = [
         RESPONSE_HEAD.as_bytes(),
         uid.as_json().as_bytes(),
-        UID_TO_ERROR.as_bytes(),
+        uid_to_value.as_bytes(),
     ];
-    frame::encode_wrapped(&head, error, b"}", max_len, out)
+    frame::encode_wrapped(&head, value, b"}", max_len, out)
 }
 
 /// Appends our answer to the peer's handshake request `uid`.
