@@ -693,6 +693,18 @@ async fn a_request_too_long_to_read_is_refused_under_its_uid_as_sent() {
     // serde_json refuses the lone surrogate a JS peer reads.
     let value: Value = serde_json::from_str(&line.replace(r"\ud800", r"\ufffd")).unwrap();
     assert_eq!(value["_IPC_REQUEST/PAYLOAD"]["name"], "RequestTooLong", "{line}");
+    // A UID that makes the refusal itself longer than our maximum: it is
+    // sent all the same, or the peer would wait for ever.
+    let long_uid = r"\ud800".repeat(200);
+    write_protocol_line(&mut writer, "REQUEST", &long_uid, &big).await;
+    let line = tokio::time::timeout(Duration::from_secs(10), common::read_line(&mut reader))
+        .await
+        .expect("the refusal never came");
+    assert!(line.len() > 1_200, "{line}");
+    assert!(
+        line.contains(&format!(r#""_IPC_REQUEST/REQUEST_UID":"{long_uid}","#)),
+        "{line}"
+    );
 }
 
 #[tokio::test]

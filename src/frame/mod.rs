@@ -128,8 +128,9 @@ pub struct FrameDecoder {
 }
 
 /// How many bytes of an over-long line [`FrameDecoder::too_long_head`] keeps: enough for the
-/// envelope of a request or response up to its UID.
-pub const TOO_LONG_HEAD_LEN: usize = 256;
+/// envelope of a request or response up to its payload, with a UID of up to about 4,000
+/// bytes (as sent: a lone surrogate takes six).
+pub const TOO_LONG_HEAD_LEN: usize = 4096;
 
 impl FrameDecoder {
     /// A decoder that accepts lines of at most `max_len` bytes (newline excluded, surrounding

@@ -698,7 +698,7 @@ mod against_a_full_scan {
 
 #[test]
 fn the_head_of_an_over_long_line_is_kept_for_the_layer_above() {
-    let line = format!("  [\"{}\"]", "y".repeat(1_000));
+    let line = format!("  [\"{}\"]", "y".repeat(TOO_LONG_HEAD_LEN + 1_000));
     let head = &line.as_bytes()[2..2 + TOO_LONG_HEAD_LEN];
     // Its newline seen in the same read, then not yet seen.
     for (bytes, len) in [(format!("{line}\n[1]\n"), line.len()), (line.clone(), line.len())] {

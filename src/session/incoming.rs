@@ -18,7 +18,7 @@ use super::handler::AnswerState;
 use super::{PeerInfo, Phase, Request, Responder, RunningHandler, Shared};
 use crate::channel::{ChannelReceiver, Parsed, PeerExit};
 use crate::error::{CloseReason, Error, RemoteError};
-use crate::frame::{FrameError, Message};
+use crate::frame::{self, FrameError, Message};
 use crate::protocol::{self, Inbound, PeerUid, TooLongLine};
 
 /// The peer's requests waiting for a handler slot.
@@ -413,7 +413,12 @@ impl Shared {
                     "RequestTooLong",
                     format!("the peer could not read this request: {error}"),
                 );
-                match self.encode_error(&uid, &refusal) {
+                // Sent even past a maximum length too small for it (its UID
+                // is at most a head long): else the peer would wait for
+                // ever. A peer with such a limit fails the request as too
+                // long to read, which is still an answer.
+                let room = frame::TOO_LONG_HEAD_LEN + 1024;
+                match self.encode_error_in(&uid, &refusal, room) {
                     Ok(line) => {
                         let _ = self.send_answer(line).await;
                     }

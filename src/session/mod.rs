@@ -628,13 +628,19 @@ impl Shared {
     /// is too long to send (its data or stack), it goes without them; if even
     /// that does not fit the maximum message length, nothing can be sent.
     fn encode_error(&self, uid: &PeerUid, error: &RemoteError) -> Result<Vec<u8>, Error> {
+        self.encode_error_in(uid, error, 0)
+    }
+
+    /// [`encode_error`](Self::encode_error), with a maximum length of at
+    /// least `room`.
+    fn encode_error_in(&self, uid: &PeerUid, error: &RemoteError, room: usize) -> Result<Vec<u8>, Error> {
         let encode = |e: &RemoteError| {
             if self.peer_takes_errors() {
                 self.sender
-                    .encode_with(|max, out| protocol::encode_error_response(uid, e, max, out))
+                    .encode_with(|max, out| protocol::encode_error_response(uid, e, max.max(room), out))
             } else {
                 self.sender
-                    .encode_with(|max, out| protocol::encode_response(uid, e, max, out))
+                    .encode_with(|max, out| protocol::encode_response(uid, e, max.max(room), out))
             }
         };
         encode(error).or_else(|why| {
