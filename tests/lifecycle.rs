@@ -671,6 +671,49 @@ async fn a_handler_whose_uid_the_peer_reused_still_sees_the_close() {
 }
 
 #[tokio::test]
+async fn a_dropped_responder_answers_nothing_once_its_request_is_cancelled() {
+    // The handler drops its responder unanswered and works on: the error
+    // answer it leaves goes out when the handler ends. If the peer has
+    // cancelled the request by then, nothing may go (PROTOCOL.md 3): the
+    // peer may already have reused the UID.
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let handler = responder_fn(move |req: Request, responder: Responder| {
+        let tx = tx.clone();
+        async move {
+            match req.payload::<u64>().unwrap() {
+                1 => {
+                    drop(responder);
+                    req.cancelled().await;
+                    let _ = tx.send("first cancelled");
+                }
+                n => {
+                    let _ = responder.respond(&n).await;
+                }
+            }
+        }
+    });
+    let (_server, mut reader, mut writer) = serve_a_hand_played_peer(
+        handler,
+        ChannelConfig::default(),
+        4096,
+        Some(&["error", "cancel"]),
+    )
+    .await;
+    write_protocol_line(&mut writer, "REQUEST", "7", "1").await;
+    write_protocol_line(&mut writer, "CANCEL", "7", "null").await;
+    let event = tokio::time::timeout(Duration::from_secs(10), events.recv()).await;
+    assert_eq!(event.unwrap().unwrap(), "first cancelled");
+    // The UID again, for a request that is answered: its answer is the
+    // first line we write.
+    write_protocol_line(&mut writer, "REQUEST", "7", "2").await;
+    let line = tokio::time::timeout(Duration::from_secs(10), common::read_line(&mut reader))
+        .await
+        .expect("no answer");
+    let value: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(value["_IPC_REQUEST/PAYLOAD"], 2, "{line}");
+}
+
+#[tokio::test]
 async fn a_request_too_long_to_read_is_refused_under_its_uid_as_sent() {
     // The line is never parsed; its UID is read from its first bytes, and
     // one with escapes (a lone surrogate, an escaped quote) goes back as the

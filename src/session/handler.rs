@@ -238,11 +238,14 @@ impl AnswerState {
     /// Called by the handler's task once the handler has finished: the
     /// answer a dropped responder left for it to send, if any.
     pub(super) fn handler_finished(&self) -> Option<Vec<u8>> {
-        if self.phase.swap(HANDLER_DONE, Ordering::AcqRel) == ORPHANED {
-            self.orphan.lock().unwrap().take()
-        } else {
-            None
+        if self.phase.swap(HANDLER_DONE, Ordering::AcqRel) != ORPHANED {
+            return None;
         }
+        let line = self.orphan.lock().unwrap().take();
+        // The peer may have cancelled the request since the responder was
+        // dropped: it then expects no answer, and may already have reused
+        // the UID for a request this error would answer.
+        line.filter(|_| !self.is_refused())
     }
 
     /// Leaves `line` for the handler's task; gives it back if that task
