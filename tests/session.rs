@@ -1040,3 +1040,38 @@ async fn an_answer_whose_uid_only_parses_to_one_of_ours_is_not_ours() {
         );
     }
 }
+
+#[tokio::test]
+async fn plain_messages_sent_with_the_handshake_are_all_kept_when_asked() {
+    // A peer may send plain messages as soon as it is set up, even in the
+    // write that carries its handshake answer: more than the buffer holds
+    // (1,024) can arrive before `setup` returns, so before anyone could
+    // take the stream. Kept from the start, none is dropped.
+    const SENT: u64 = 3_000;
+    let (ours, theirs) = tokio::io::duplex(1 << 20);
+    let (mut their_read, mut their_write) = tokio::io::split(theirs);
+    let setup = tokio::spawn(
+        SessionBuilder::new()
+            .keep_plain_messages()
+            .setup(Channel::from_stream(ours, ChannelConfig::default())),
+    );
+    let hello: Value = serde_json::from_str(&common::read_line(&mut their_read).await).unwrap();
+    let mut burst = json!({
+        "_IPC_REQUEST/HANDSHAKE_UID": hello["_IPC_REQUEST/HANDSHAKE_UID"],
+        "_IPC_REQUEST/HANDSHAKE_MSG_TYPE": "_IPC_REQUEST/HANDSHAKE_MSG_TYPE:RESPONSE"
+    })
+    .to_string();
+    for i in 0..SENT {
+        burst.push_str(&format!("\n{i}"));
+    }
+    burst.push('\n');
+    their_write.write_all(burst.as_bytes()).await.unwrap();
+    let session = setup.await.unwrap().unwrap();
+    let mut messages = session.messages().unwrap();
+    for i in 0..SENT {
+        let message = tokio::time::timeout(std::time::Duration::from_secs(10), messages.recv())
+            .await
+            .unwrap_or_else(|_| panic!("message {i} never came"));
+        assert_eq!(message.unwrap().unwrap(), json!(i));
+    }
+}

@@ -432,8 +432,8 @@ impl Shared {
 
     /// Buffers a plain message (or the error of a line) for
     /// `Session::messages`, within its count and its byte budget: dropped
-    /// with a warning if the stream was not taken and either is spent,
-    /// waited for (the reader stops) if it was.
+    /// with a warning if the stream was not taken (nor kept from the start)
+    /// and either is spent, waited for (the reader stops) if it was.
     async fn deliver(&self, item: Result<Message, Error>) {
         let Some(tx) = self.messages_tx.lock().unwrap().clone() else {
             return;
@@ -443,7 +443,7 @@ impl Shared {
             Err(_) => 0,
         };
         let budget = &self.message_bytes;
-        if self.messages_taken.load(Ordering::Acquire) {
+        if self.plain_messages_wait.load(Ordering::Acquire) {
             tokio::select! {
                 _ = async {
                     let permit = match bytes {

@@ -72,9 +72,10 @@ pub struct SessionConfig {
     pub exit_grace: Duration,
     /// Plain messages buffered for [`Session::messages`] (default 1,024).
     /// Until someone takes the stream, messages past this (or past
-    /// `message_buffer_bytes`) are dropped with a warning; after, the
-    /// session stops reading until the stream's reader makes room (see
-    /// [`Session::messages`]).
+    /// `message_buffer_bytes`) are dropped with a warning, unless the
+    /// session was set up with [`SessionBuilder::keep_plain_messages`];
+    /// after, the session stops reading until the stream's reader makes
+    /// room (see [`Session::messages`]).
     pub message_buffer: usize,
     /// Total bytes of the plain messages buffered for [`Session::messages`]
     /// (default 64 MiB), held as the text that came: a message is parsed
@@ -116,6 +117,7 @@ pub async fn setup(channel: Channel, handler: impl Into<Option<Handler>>) -> Res
 pub struct SessionBuilder {
     config: SessionConfig,
     handler: Option<Handler>,
+    keep_plain_messages: bool,
 }
 
 impl SessionBuilder {
@@ -133,6 +135,17 @@ impl SessionBuilder {
     /// Sets the handler for the peer's requests.
     pub fn handler(mut self, handler: impl Into<Option<Handler>>) -> Self {
         self.handler = handler.into();
+        self
+    }
+
+    /// Keeps every plain message for [`Session::messages`] from the start,
+    /// as if the stream were taken before the handshake: none is dropped
+    /// before you take it, and the session waits for room instead (see
+    /// [`SessionConfig::message_buffer`]). For a peer that may send plain
+    /// messages as soon as it is set up: more than the buffer holds can
+    /// arrive before `setup` returns. Take the stream right after `setup`.
+    pub fn keep_plain_messages(mut self) -> Self {
+        self.keep_plain_messages = true;
         self
     }
 
@@ -164,7 +177,7 @@ impl SessionBuilder {
             was_established: AtomicBool::new(false),
             messages_tx: Mutex::new(Some(messages_tx)),
             messages_rx: Mutex::new(Some(messages_rx)),
-            messages_taken: AtomicBool::new(false),
+            plain_messages_wait: AtomicBool::new(self.keep_plain_messages),
             message_bytes: Arc::new(Semaphore::new(message_bytes)),
             message_bytes_total: message_bytes,
             handler: self.handler,
@@ -345,7 +358,9 @@ pub(crate) struct Shared {
     was_established: AtomicBool,
     messages_tx: Mutex<Option<mpsc::Sender<BufferedMessage>>>,
     messages_rx: Mutex<Option<mpsc::Receiver<BufferedMessage>>>,
-    messages_taken: AtomicBool,
+    /// The stream is taken, or kept from the start: a plain message waits
+    /// for room in its buffer instead of being dropped.
+    plain_messages_wait: AtomicBool,
     /// The byte budget of the plain messages buffered; each holds permits
     /// for its length until taken from the stream.
     message_bytes: Arc<Semaphore>,
@@ -509,7 +524,10 @@ impl Session {
     /// whichever side asked), and an `Err(Error::Decode(_))` item for a
     /// message serde_json cannot hold as a `Value` (nested more than 128
     /// deep, which Node allows). Returns `None` after the first call: there
-    /// is one stream per session. It ends when the session closes.
+    /// is one stream per session. It ends when the session closes. Messages
+    /// that arrive before it is taken wait in its buffer; past what the
+    /// buffer holds they are dropped, unless the session was set up with
+    /// [`SessionBuilder::keep_plain_messages`].
     ///
     /// Once taken, read it steadily, from a task of its own: while its
     /// buffer ([`SessionConfig::message_buffer`] messages,
@@ -520,7 +538,7 @@ impl Session {
     /// dropped and memory stays bounded; the price is this back-pressure.)
     pub fn messages(&self) -> Option<Messages> {
         let rx = self.shared.messages_rx.lock().unwrap().take()?;
-        self.shared.messages_taken.store(true, Ordering::Release);
+        self.shared.plain_messages_wait.store(true, Ordering::Release);
         Some(Messages { rx })
     }
 
