@@ -123,6 +123,9 @@ impl Shared {
                 // Inside the watch's lock: set before anyone can see the
                 // phase move on, to Established or past it to Closed.
                 self.was_established.store(true, Ordering::Release);
+                if self.keep_plain_messages {
+                    self.plain_messages_wait.store(true, Ordering::Release);
+                }
                 *p = Phase::Established;
             }
             first
@@ -432,8 +435,9 @@ impl Shared {
 
     /// Buffers a plain message (or the error of a line) for
     /// `Session::messages`, within its count and its byte budget: dropped
-    /// with a warning if the stream was not taken (nor kept from the start)
-    /// and either is spent, waited for (the reader stops) if it was.
+    /// with a warning if the stream was not taken (nor kept, see
+    /// `SessionBuilder::keep_plain_messages`) and either is spent, waited
+    /// for (the reader stops) if it was.
     async fn deliver(&self, item: Result<Message, Error>) {
         let Some(tx) = self.messages_tx.lock().unwrap().clone() else {
             return;

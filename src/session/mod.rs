@@ -138,12 +138,18 @@ impl SessionBuilder {
         self
     }
 
-    /// Keeps every plain message for [`Session::messages`] from the start,
-    /// as if the stream were taken before the handshake: none is dropped
-    /// before you take it, and the session waits for room instead (see
-    /// [`SessionConfig::message_buffer`]). For a peer that may send plain
-    /// messages as soon as it is set up: more than the buffer holds can
-    /// arrive before `setup` returns. Take the stream right after `setup`.
+    /// Keeps for [`Session::messages`] every plain message that arrives once
+    /// the handshake completes, as if the stream were taken then: none is
+    /// dropped before you take it, the session waits for room instead (see
+    /// [`SessionConfig::message_buffer`]). For a peer that sends plain
+    /// messages as soon as it is set up, even in the write that carries its
+    /// handshake answer: more than the buffer holds can arrive before
+    /// `setup` returns. Take the stream right after `setup`.
+    ///
+    /// Messages that come before the handshake completes are buffered as
+    /// usual, and dropped past the buffer: waiting for room then would stall
+    /// the handshake itself, since nobody can take the stream before `setup`
+    /// returns.
     pub fn keep_plain_messages(mut self) -> Self {
         self.keep_plain_messages = true;
         self
@@ -177,7 +183,8 @@ impl SessionBuilder {
             was_established: AtomicBool::new(false),
             messages_tx: Mutex::new(Some(messages_tx)),
             messages_rx: Mutex::new(Some(messages_rx)),
-            plain_messages_wait: AtomicBool::new(self.keep_plain_messages),
+            plain_messages_wait: AtomicBool::new(false),
+            keep_plain_messages: self.keep_plain_messages,
             message_bytes: Arc::new(Semaphore::new(message_bytes)),
             message_bytes_total: message_bytes,
             handler: self.handler,
@@ -358,9 +365,12 @@ pub(crate) struct Shared {
     was_established: AtomicBool,
     messages_tx: Mutex<Option<mpsc::Sender<BufferedMessage>>>,
     messages_rx: Mutex<Option<mpsc::Receiver<BufferedMessage>>>,
-    /// The stream is taken, or kept from the start: a plain message waits
-    /// for room in its buffer instead of being dropped.
+    /// The stream is taken, or the session is established and keeps plain
+    /// messages: a plain message waits for room in its buffer instead of
+    /// being dropped.
     plain_messages_wait: AtomicBool,
+    /// See [`SessionBuilder::keep_plain_messages`].
+    keep_plain_messages: bool,
     /// The byte budget of the plain messages buffered; each holds permits
     /// for its length until taken from the stream.
     message_bytes: Arc<Semaphore>,
