@@ -714,6 +714,63 @@ async fn a_dropped_responder_answers_nothing_once_its_request_is_cancelled() {
 }
 
 #[tokio::test]
+async fn an_answer_waiting_for_room_is_not_written_once_its_request_is_cancelled() {
+    // The peer reads nothing for a while: answers wait for room in the
+    // write queue, and the peer, tired of waiting, cancels. An answer still
+    // waiting then is not written (PROTOCOL.md 3), whether a handler's
+    // `respond` (which then fails with Cancelled) or the error a dropped
+    // responder left; the peer may already have reused the UID.
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let handler = responder_fn(move |req: Request, responder: Responder| {
+        let tx = tx.clone();
+        async move {
+            match req.payload::<u64>().unwrap() {
+                1 => drop(responder),
+                5 => {
+                    let _ = tx.send(responder.respond(&5).await);
+                }
+                n => {
+                    let _ = responder.respond(&n).await;
+                }
+            }
+        }
+    });
+    let config = ChannelConfig {
+        write_queue_bytes: 4096,
+        ..ChannelConfig::default()
+    };
+    let (session, mut reader, mut writer) =
+        serve_a_hand_played_peer(handler, config, 4096, Some(&["error", "cancel"])).await;
+    let mut messages = session.messages().unwrap();
+    // A long plain line fills the pipe and holds the whole write budget.
+    session.send(&"x".repeat(50_000)).await.unwrap();
+    write_protocol_line(&mut writer, "REQUEST", "7", "1").await;
+    write_protocol_line(&mut writer, "REQUEST", "9", "5").await;
+    // Time for both answers to start waiting for room (if they do not,
+    // they are refused before they wait, and the test still holds).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    write_protocol_line(&mut writer, "CANCEL", "7", "null").await;
+    write_protocol_line(&mut writer, "CANCEL", "9", "null").await;
+    wait_until_read(&mut writer, &mut messages).await;
+    write_protocol_line(&mut writer, "REQUEST", "7", "2").await;
+    // Now the peer reads: after the plain line, the only answer is the one
+    // to the reused UID.
+    let plain = common::read_line(&mut reader).await;
+    assert!(plain.len() > 50_000);
+    let line = tokio::time::timeout(Duration::from_secs(10), common::read_line(&mut reader))
+        .await
+        .expect("no answer");
+    let value: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(value["_IPC_REQUEST/REQUEST_UID"], "7", "{line}");
+    assert_eq!(value["_IPC_REQUEST/PAYLOAD"], 2, "{line}");
+    let respond = tokio::time::timeout(Duration::from_secs(10), events.recv()).await;
+    assert!(
+        matches!(respond.unwrap().unwrap(), Err(ipc_request::Error::Cancelled)),
+        "respond must say its answer was not written"
+    );
+}
+
+#[tokio::test]
 async fn a_request_too_long_to_read_is_refused_under_its_uid_as_sent() {
     // The line is never parsed; its UID is read from its first bytes, and
     // one with escapes (a lone surrogate, an escaped quote) goes back as the

@@ -213,28 +213,53 @@ impl ChannelSender {
     /// Sends an encoded line, waiting for budget; written straight to the
     /// stream when nothing is queued (lowest latency).
     pub(crate) async fn send_line(&self, line: Vec<u8>) -> Result<(), Error> {
-        self.send_line_inner(line, None, Path::Direct).await
+        self.send_line_inner(line, None, Path::Direct, || false)
+            .await
+            .map(drop)
     }
 
     /// Sends an encoded line through the writer task, for callers that know
     /// more lines are coming at once: they then share one write call.
     pub(crate) async fn send_line_batched(&self, line: Vec<u8>) -> Result<(), Error> {
-        self.send_line_inner(line, None, Path::Queue).await
+        self.send_line_inner(line, None, Path::Queue, || false)
+            .await
+            .map(drop)
+    }
+
+    /// [`send_line`](Self::send_line) (or, `batched`,
+    /// [`send_line_batched`](Self::send_line_batched)), unless `withdrawn`
+    /// says, once the line has room, that it is no longer wanted: then
+    /// nothing is sent, and `Ok(false)`. For an answer whose request the
+    /// peer may cancel while the answer waits for room (a peer that reads
+    /// slowly is one that times out and cancels). A line that got its room
+    /// before is sent: it was on its way when the cancel came.
+    pub(crate) async fn send_line_unless(
+        &self,
+        line: Vec<u8>,
+        batched: bool,
+        withdrawn: impl FnOnce() -> bool,
+    ) -> Result<bool, Error> {
+        let path = if batched { Path::Queue } else { Path::Direct };
+        self.send_line_inner(line, None, path, withdrawn).await
     }
 
     /// Sends an encoded line and resolves once it has been written.
     pub(crate) async fn send_line_written(&self, line: Vec<u8>) -> Result<(), Error> {
         let (tx, rx) = oneshot::channel();
-        self.send_line_inner(line, Some(tx), Path::Direct).await?;
+        self.send_line_inner(line, Some(tx), Path::Direct, || false)
+            .await?;
         rx.await.map_err(|_| self.closed_error())
     }
 
+    /// Sends `line` once it has room, unless `withdrawn` then says it is no
+    /// longer wanted (`Ok(false)`).
     async fn send_line_inner(
         &self,
         line: Vec<u8>,
         written: Option<oneshot::Sender<()>>,
         path: Path,
-    ) -> Result<(), Error> {
+        withdrawn: impl FnOnce() -> bool,
+    ) -> Result<bool, Error> {
         let want = line.len().clamp(1, self.shared.budget_total);
         // Budget first, even on the direct path: a sender must never wait
         // for budget while holding the writer lock (the writer task frees
@@ -256,6 +281,10 @@ impl ChannelSender {
                 .map_err(|_| self.closed_error())?
                 .forget(),
         }
+        if withdrawn() {
+            budget.add_permits(want);
+            return Ok(false);
+        }
         let out = Outgoing {
             line,
             budget: Some(BudgetShare {
@@ -268,6 +297,7 @@ impl ChannelSender {
             Path::Direct => self.write_or_queue(out),
             Path::Queue => self.queue(out),
         }
+        .map(|()| true)
     }
 
     /// Queues a small line without waiting for budget, for the two callers

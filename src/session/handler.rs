@@ -279,11 +279,11 @@ impl Responder {
         let claim = self.claim()?;
         let sent = async {
             match self.shared.encode_response(&self.state.uid, value) {
-                Ok(line) => self.shared.send_answer(line).await,
+                Ok(line) => self.shared.send_answer(line, Some(&self.state)).await,
                 Err(e) => {
                     let error = RemoteError::new("ResponseNotSent", e.to_string());
                     let line = self.shared.encode_error(&self.state.uid, &error)?;
-                    self.shared.send_answer(line).await?;
+                    self.shared.send_answer(line, Some(&self.state)).await?;
                     Err(e)
                 }
             }
@@ -301,7 +301,7 @@ impl Responder {
         let claim = self.claim()?;
         let sent = async {
             let line = self.shared.encode_error(&self.state.uid, &error)?;
-            self.shared.send_answer(line).await
+            self.shared.send_answer(line, Some(&self.state)).await
         }
         .await;
         claim.keep();
@@ -347,10 +347,7 @@ impl Responder {
             self.state.let_go_of_entry(&self.shared);
             // The session's end explains more than the token it cancelled.
             // Its reason is set before any handler is refused (`shut`).
-            return Err(match self.shared.closed_reason() {
-                Some(reason) => Error::Closed(reason),
-                None => Error::Cancelled,
-            });
+            return Err(self.shared.refusal_error());
         }
         Ok(Claim {
             responder: self,

@@ -364,7 +364,7 @@ impl Shared {
             // The answer of a responder dropped unanswered, sent while this
             // task still holds its slot (see AnswerState).
             if let Some(line) = state.handler_finished() {
-                let _ = shared.sender.send_line(line).await;
+                let _ = shared.send_answer(line, Some(&state)).await;
             }
         });
         // Run the handler here until it first waits: a handler that answers
@@ -423,7 +423,7 @@ impl Shared {
                 let room = frame::TOO_LONG_HEAD_LEN + 1024;
                 match self.encode_error_in(&uid, &refusal, room) {
                     Ok(line) => {
-                        let _ = self.send_answer(line).await;
+                        let _ = self.send_answer(line, None).await;
                     }
                     Err(e) => tracing::warn!("could not answer the too long request {uid}: {e}"),
                 }

@@ -144,7 +144,9 @@ impl SessionBuilder {
     /// [`SessionConfig::message_buffer`]). For a peer that sends plain
     /// messages as soon as it is set up, even in the write that carries its
     /// handshake answer: more than the buffer holds can arrive before
-    /// `setup` returns. Take the stream right after `setup`.
+    /// `setup` returns. Take the stream right after `setup`, and read it: a
+    /// session that keeps its plain messages stops reading (requests and
+    /// answers to ours included) while their buffer is full.
     ///
     /// Messages that come before the handshake completes are buffered as
     /// usual, and dropped past the buffer: waiting for room then would stall
@@ -684,15 +686,29 @@ impl Shared {
     /// Sends an answer: straight to the stream when it is the only one
     /// around, through the writer task (one write for many) when more
     /// requests are arriving or other handlers are running.
-    async fn send_answer(&self, line: Vec<u8>) -> Result<(), Error> {
+    ///
+    /// The answer to a request of the peer's (`of`) is not written if the
+    /// request was refused (the peer's cancel, the session's end) while the
+    /// answer waited for room in the write queue: then
+    /// [`refusal_error`](Self::refusal_error).
+    async fn send_answer(&self, line: Vec<u8>, of: Option<&AnswerState>) -> Result<(), Error> {
         let busy = self.more_input.load(Ordering::Relaxed)
             || self.handler_slots.available_permits() + 1 < self.config.max_concurrent_handlers.max(1);
-        let sent = if busy {
-            self.sender.send_line_batched(line).await
-        } else {
-            self.sender.send_line(line).await
-        };
-        sent.map_err(|e| self.send_error(e))
+        let refused = || of.is_some_and(AnswerState::is_refused);
+        match self.sender.send_line_unless(line, busy, refused).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(self.refusal_error()),
+            Err(e) => Err(self.send_error(e)),
+        }
+    }
+
+    /// Why an answer to a refused request is not written: the session's
+    /// end if it has ended (the larger news), else the peer's cancel.
+    fn refusal_error(&self) -> Error {
+        match self.closed_reason() {
+            Some(reason) => Error::Closed(reason),
+            None => Error::Cancelled,
+        }
     }
 
     /// Removes `answer`'s entry from the `running` map, if it is still
