@@ -1044,9 +1044,17 @@ async fn an_answer_whose_uid_only_parses_to_one_of_ours_is_not_ours() {
 #[tokio::test]
 async fn plain_messages_sent_with_the_handshake_are_all_kept_when_asked() {
     // A peer may send plain messages as soon as it is set up, even in the
-    // write that carries its handshake answer: more than the buffer holds
+    // write that carries its handshake message: more than the buffer holds
     // (1,024) can arrive before `setup` returns, so before anyone could
-    // take the stream. Kept from the start, none is dropped.
+    // take the stream. Kept, none is dropped, whichever way the handshake
+    // completes (PROTOCOL.md 2.1 step 4): by the peer's answer to ours, or
+    // by our answer to the peer's request (ours lost: the peer ignores it).
+    for peer_answers in [true, false] {
+        kept_plain_messages_arrive_whole(peer_answers).await;
+    }
+}
+
+async fn kept_plain_messages_arrive_whole(peer_answers: bool) {
     const SENT: u64 = 3_000;
     let (ours, theirs) = tokio::io::duplex(1 << 20);
     let (mut their_read, mut their_write) = tokio::io::split(theirs);
@@ -1056,14 +1064,21 @@ async fn plain_messages_sent_with_the_handshake_are_all_kept_when_asked() {
             .setup(Channel::from_stream(ours, ChannelConfig::default())),
     );
     let hello: Value = serde_json::from_str(&common::read_line(&mut their_read).await).unwrap();
-    // Before its answer, more than the buffer holds too: those may be
-    // dropped, but must not stall the handshake.
+    // Before its handshake message, more than the buffer holds too: those
+    // may be dropped, but must not stall the handshake.
     let mut burst: String = (0..1_500).map(|i| format!("\"early {i}\"\n")).collect();
-    burst += &json!({
-        "_IPC_REQUEST/HANDSHAKE_UID": hello["_IPC_REQUEST/HANDSHAKE_UID"],
-        "_IPC_REQUEST/HANDSHAKE_MSG_TYPE": "_IPC_REQUEST/HANDSHAKE_MSG_TYPE:RESPONSE"
-    })
-    .to_string();
+    let handshake = if peer_answers {
+        json!({
+            "_IPC_REQUEST/HANDSHAKE_UID": hello["_IPC_REQUEST/HANDSHAKE_UID"],
+            "_IPC_REQUEST/HANDSHAKE_MSG_TYPE": "_IPC_REQUEST/HANDSHAKE_MSG_TYPE:RESPONSE"
+        })
+    } else {
+        json!({
+            "_IPC_REQUEST/HANDSHAKE_UID": "theirs",
+            "_IPC_REQUEST/HANDSHAKE_MSG_TYPE": "_IPC_REQUEST/HANDSHAKE_MSG_TYPE:REQUEST"
+        })
+    };
+    burst += &handshake.to_string();
     for i in 0..SENT {
         burst.push_str(&format!("\n{i}"));
     }
@@ -1086,8 +1101,8 @@ async fn plain_messages_sent_with_the_handshake_are_all_kept_when_asked() {
         first = next().await;
     }
     assert!(early <= 1_500);
-    assert_eq!(first, json!(0));
+    assert_eq!(first, json!(0), "peer answers: {peer_answers}");
     for i in 1..SENT {
-        assert_eq!(next().await, json!(i));
+        assert_eq!(next().await, json!(i), "peer answers: {peer_answers}");
     }
 }

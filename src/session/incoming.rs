@@ -123,13 +123,21 @@ impl Shared {
                 // Inside the watch's lock: set before anyone can see the
                 // phase move on, to Established or past it to Closed.
                 self.was_established.store(true, Ordering::Release);
-                if self.keep_plain_messages {
-                    self.plain_messages_wait.store(true, Ordering::Release);
-                }
+                self.keep_plain_messages_from_now();
                 *p = Phase::Established;
             }
             first
         });
+    }
+
+    /// With `SessionBuilder::keep_plain_messages`: plain messages wait for
+    /// room from now on instead of being dropped. Called once the session
+    /// is established, or about to be (our answer to the peer's handshake
+    /// request is on its way).
+    fn keep_plain_messages_from_now(&self) {
+        if self.keep_plain_messages {
+            self.plain_messages_wait.store(true, Ordering::Release);
+        }
     }
 
     async fn dispatch(self: &Arc<Self>, inbound: Inbound, our_uid: &str) {
@@ -152,6 +160,13 @@ impl Shared {
                             shared.establish();
                         }
                     });
+                    // The peer counts itself established once it reads our
+                    // answer, and may send plain messages at once; the task
+                    // may establish us only after the reader has handled
+                    // them. Kept plain messages wait from here on (this is
+                    // not the handshake stall of waiting before: `setup`
+                    // returns once the answer is written, reader or not).
+                    self.keep_plain_messages_from_now();
                 } else {
                     let _ = self.sender.send_line(line).await;
                 }
