@@ -138,20 +138,28 @@ impl SessionBuilder {
         self
     }
 
-    /// Keeps for [`Session::messages`] every plain message that arrives once
-    /// the handshake completes, as if the stream were taken then: none is
-    /// dropped before you take it, the session waits for room instead (see
+    /// Keeps for [`Session::messages`] every plain message the peer sends
+    /// once it is set up, as if the stream were taken then: none is dropped
+    /// before you take it, the session waits for room instead (see
     /// [`SessionConfig::message_buffer`]). For a peer that sends plain
     /// messages as soon as it is set up, even in the write that carries its
-    /// handshake answer: more than the buffer holds can arrive before
+    /// handshake message: more than the buffer holds can arrive before
     /// `setup` returns. Take the stream right after `setup`, and read it: a
     /// session that keeps its plain messages stops reading (requests and
     /// answers to ours included) while their buffer is full.
     ///
-    /// Messages that come before the handshake completes are buffered as
-    /// usual, and dropped past the buffer: waiting for room then would stall
-    /// the handshake itself, since nobody can take the stream before `setup`
-    /// returns.
+    /// Kept from the first of: the session is established, or the peer's
+    /// handshake request is read and our answer to it is on its way (the
+    /// peer may count itself set up as soon as it reads that answer).
+    /// Messages that come before are buffered as usual, and dropped past
+    /// the buffer: waiting for room then would stall the handshake, since
+    /// nobody can take the stream before `setup` returns.
+    ///
+    /// One case still stalls it: a peer that sends its handshake request,
+    /// then more plain messages than the buffer holds, then stops reading
+    /// while our answer cannot be written (the channel full of what we sent
+    /// before); its answer to our own request is then never read, and
+    /// `setup` fails with [`Error::HandshakeTimeout`].
     pub fn keep_plain_messages(mut self) -> Self {
         self.keep_plain_messages = true;
         self
