@@ -43,6 +43,11 @@ pub(super) struct Backlog {
     by_uid: HashMap<PeerUid, Arrivals>,
 }
 
+/// What a waiting request counts for against the backlog's bytes.
+fn request_size(uid: &PeerUid, payload: &Message) -> usize {
+    uid.as_json().len() + payload.get().len()
+}
+
 /// The arrival numbers of one UID's waiting requests; one without an
 /// allocation.
 enum Arrivals {
@@ -54,7 +59,7 @@ impl Backlog {
     fn push(&mut self, uid: PeerUid, payload: Message) {
         let arrival = self.next_arrival;
         self.next_arrival += 1;
-        self.bytes += uid.as_json().len() + payload.get().len();
+        self.bytes += request_size(&uid, &payload);
         match self.by_uid.entry(uid.clone()) {
             Entry::Vacant(entry) => {
                 entry.insert(Arrivals::One(arrival));
@@ -80,7 +85,7 @@ impl Backlog {
     /// The next request to handle.
     fn pop(&mut self) -> Option<(PeerUid, Message)> {
         let (_, (uid, payload)) = self.requests.pop_first()?;
-        self.bytes -= uid.as_json().len() + payload.get().len();
+        self.bytes -= request_size(&uid, &payload);
         self.take_oldest_arrival(&uid);
         Some((uid, payload))
     }
@@ -92,7 +97,7 @@ impl Backlog {
             return false;
         };
         if let Some((uid, payload)) = self.requests.remove(&arrival) {
-            self.bytes -= uid.as_json().len() + payload.get().len();
+            self.bytes -= request_size(&uid, &payload);
             tracing::debug!("dropped request {uid}: the peer cancelled it while it waited");
         }
         true
@@ -163,9 +168,10 @@ impl Shared {
                     // The peer counts itself established once it reads our
                     // answer, and may send plain messages at once; the task
                     // may establish us only after the reader has handled
-                    // them. Kept plain messages wait from here on (this is
-                    // not the handshake stall of waiting before: `setup`
-                    // returns once the answer is written, reader or not).
+                    // them. Kept plain messages wait from here on: `setup`
+                    // returns once the answer is written, reader or not
+                    // (unless the answer cannot be written; see
+                    // `SessionBuilder::keep_plain_messages`).
                     self.keep_plain_messages_from_now();
                 } else {
                     let _ = self.sender.send_line(line).await;
@@ -246,7 +252,7 @@ impl Shared {
                 return self.run_handler(uid, payload, slot);
             }
         }
-        let size = uid.as_json().len() + payload.get().len();
+        let size = request_size(&uid, &payload);
         loop {
             let space = self.backlog_space.notified();
             {
