@@ -706,9 +706,7 @@ async fn a_dropped_responder_answers_nothing_once_its_request_is_cancelled() {
     // The UID again, for a request that is answered: its answer is the
     // first line we write.
     write_protocol_line(&mut writer, "REQUEST", "7", "2").await;
-    let line = tokio::time::timeout(Duration::from_secs(10), common::read_line(&mut reader))
-        .await
-        .expect("no answer");
+    let line = next_line(&mut reader, "no answer").await;
     let value: Value = serde_json::from_str(&line).unwrap();
     assert_eq!(value["_IPC_REQUEST/PAYLOAD"], 2, "{line}");
 }
@@ -757,9 +755,7 @@ async fn an_answer_waiting_for_room_is_not_written_once_its_request_is_cancelled
     // to the reused UID.
     let plain = common::read_line(&mut reader).await;
     assert!(plain.len() > 50_000);
-    let line = tokio::time::timeout(Duration::from_secs(10), common::read_line(&mut reader))
-        .await
-        .expect("no answer");
+    let line = next_line(&mut reader, "no answer").await;
     let value: Value = serde_json::from_str(&line).unwrap();
     assert_eq!(value["_IPC_REQUEST/REQUEST_UID"], "7", "{line}");
     assert_eq!(value["_IPC_REQUEST/PAYLOAD"], 2, "{line}");
@@ -783,9 +779,7 @@ async fn a_request_too_long_to_read_is_refused_under_its_uid_as_sent() {
     let (_server, mut reader, mut writer) = serve_a_hand_played_peer(handler, config, 4096, None).await;
     let big = format!("\"{}\"", "y".repeat(400));
     write_protocol_line(&mut writer, "REQUEST", r#"\ud800\"x"#, &big).await;
-    let line = tokio::time::timeout(Duration::from_secs(10), common::read_line(&mut reader))
-        .await
-        .expect("the refusal never came");
+    let line = next_line(&mut reader, "the refusal never came").await;
     assert!(
         line.contains(r#""_IPC_REQUEST/REQUEST_UID":"\ud800\"x","#),
         "{line}"
@@ -797,9 +791,7 @@ async fn a_request_too_long_to_read_is_refused_under_its_uid_as_sent() {
     // sent all the same, or the peer would wait for ever.
     let long_uid = r"\ud800".repeat(200);
     write_protocol_line(&mut writer, "REQUEST", &long_uid, &big).await;
-    let line = tokio::time::timeout(Duration::from_secs(10), common::read_line(&mut reader))
-        .await
-        .expect("the refusal never came");
+    let line = next_line(&mut reader, "the refusal never came").await;
     assert!(line.len() > 1_200, "{line}");
     assert!(
         line.contains(&format!(r#""_IPC_REQUEST/REQUEST_UID":"{long_uid}","#)),
@@ -847,9 +839,7 @@ async fn a_peer_sending_requests_too_long_to_read_and_reading_nothing_is_slowed_
     );
     let mut refused = std::collections::HashSet::new();
     while refused.len() < REQUESTS {
-        let line = tokio::time::timeout(Duration::from_secs(10), common::read_line(&mut reader))
-            .await
-            .expect("an answer never came");
+        let line = next_line(&mut reader, "an answer never came").await;
         let value: Value = serde_json::from_str(&line).unwrap();
         assert_eq!(value["_IPC_REQUEST/PAYLOAD"]["name"], "RequestTooLong", "{line}");
         refused.insert(value["_IPC_REQUEST/REQUEST_UID"].as_str().unwrap().to_string());
@@ -1059,6 +1049,14 @@ async fn serve_over(
 /// Writes a 1.0 request with UID `n` and payload `n`.
 async fn send_one_dot_zero_request(writer: &mut PeerWriter, n: u64) {
     write_protocol_line(writer, "REQUEST", &n.to_string(), &n.to_string()).await;
+}
+
+/// The next line the hand-played peer reads, within 10 s (else `missing`
+/// is the failure).
+async fn next_line(reader: &mut PeerReader, missing: &str) -> String {
+    tokio::time::timeout(Duration::from_secs(10), common::read_line(reader))
+        .await
+        .expect(missing)
 }
 
 /// Writes one line as a hand-played peer: a message of `kind` (`REQUEST`,
