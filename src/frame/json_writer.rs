@@ -122,12 +122,12 @@ fn write_escaped(writer: &mut LineWriter<'_>, text: &str) -> io::Result<()> {
     writer.check_len()
 }
 
-fn needs_escape(byte: u8) -> bool {
+pub(crate) fn needs_escape(byte: u8) -> bool {
     byte < 0x20 || byte == b'"' || byte == b'\\'
 }
 
 /// Appends the escape of `byte` (one that [`needs_escape`]).
-fn escape(byte: u8, out: &mut Vec<u8>) {
+pub(crate) fn escape(byte: u8, out: &mut Vec<u8>) {
     let named = match byte {
         b'"' | b'\\' => byte,
         0x08 => b'b',

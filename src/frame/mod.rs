@@ -54,6 +54,7 @@ use serde_json::value::RawValue;
 
 mod json_writer;
 use json_writer::JsonWriter;
+pub(crate) use json_writer::{escape, needs_escape};
 
 /// One message as it travels: the text of one JSON value (validated).
 ///
@@ -443,7 +444,7 @@ fn replace_lone_surrogates_after(text: &[u8], clean: usize) -> Option<Vec<u8>> {
 }
 
 /// The value of the four hex digits at `text[at..at + 4]`, if they are there.
-fn hex4(text: &[u8], at: usize) -> Option<u16> {
+pub(crate) fn hex4(text: &[u8], at: usize) -> Option<u16> {
     let digits = text.get(at..at + 4)?;
     digits.iter().try_fold(0u16, |acc, &digit| {
         let value = (digit as char).to_digit(16)?;

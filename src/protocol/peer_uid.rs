@@ -15,11 +15,12 @@
 //! texts are equal, and the text goes back into our answer as it is.
 
 use std::borrow::Cow;
-use std::fmt::{self, Write as _};
+use std::fmt;
+use std::io::Write as _;
 
 use serde_json::value::RawValue;
 
-use crate::frame::LineText;
+use crate::frame::{self, LineText};
 
 /// A UID of the peer's (a request's or a handshake's), as JSON text: what
 /// goes between its quotes, written as `JSON.stringify` writes it. Kept as
@@ -92,13 +93,8 @@ pub(super) fn uid_text<'a>(raw: &'a RawValue, line: LineText<'a>) -> Option<UidT
     } else {
         literal
     };
-    let content = &literal[1..literal.len() - 1];
-    // Without an escape, the text of a string the parser accepted (no quote,
-    // no control character) is already in the one form.
-    if !content.contains('\\') {
-        return Some(UidText(Cow::Borrowed(content)));
-    }
-    canonical(content).map(|text| UidText(Cow::Owned(text)))
+    // The parser accepted it: no unescaped quote, no control character.
+    in_one_form(&literal[1..literal.len() - 1])
 }
 
 /// The UID whose JSON text (between its quotes) is `content`, from a line
@@ -110,6 +106,13 @@ pub(super) fn uid_in_unchecked_text(content: &str) -> Option<UidText<'_>> {
     if content.bytes().any(|b| b < 0x20) {
         return None;
     }
+    in_one_form(content)
+}
+
+/// `content`, the text between the quotes of a JSON string with no raw
+/// control character nor unescaped quote, in [`PeerUid`]'s form: as it is
+/// without an escape, else written anew by [`canonical`].
+fn in_one_form(content: &str) -> Option<UidText<'_>> {
     if !content.contains('\\') {
         return Some(UidText(Cow::Borrowed(content)));
     }
@@ -137,10 +140,10 @@ pub(super) fn string_content_len(text: &[u8]) -> Option<usize> {
 /// surrogate followed by a low one made one character (as the frame
 /// decoder pairs them), then written again.
 fn canonical(content: &str) -> Option<String> {
-    let mut out = String::with_capacity(content.len());
+    let mut out = Vec::with_capacity(content.len());
     let mut rest = content;
     while let Some(at) = rest.find('\\') {
-        out.push_str(&rest[..at]);
+        out.extend_from_slice(&rest.as_bytes()[..at]);
         let escape = *rest.as_bytes().get(at + 1)?;
         // Both bytes are ASCII: the slice stays on a character boundary.
         rest = rest.get(at + 2..)?;
@@ -154,11 +157,11 @@ fn canonical(content: &str) -> Option<String> {
             b'r' => '\r',
             b't' => '\t',
             b'u' => {
-                let unit = hex4(rest)?;
+                let unit = frame::hex4(rest.as_bytes(), 0)?;
                 rest = &rest[4..];
                 let low = rest
                     .strip_prefix("\\u")
-                    .and_then(hex4)
+                    .and_then(|after| frame::hex4(after.as_bytes(), 0))
                     .filter(|low| (0xDC00..=0xDFFF).contains(low));
                 match (unit, low) {
                     (0xD800..=0xDBFF, Some(low)) => {
@@ -175,37 +178,15 @@ fn canonical(content: &str) -> Option<String> {
             }
             _ => return None,
         };
-        push_escaped(&mut out, ch);
-    }
-    out.push_str(rest);
-    Some(out)
-}
-
-/// The UTF-16 code unit written by the four hex digits `text` starts with.
-fn hex4(text: &str) -> Option<u16> {
-    let digits = text.get(..4)?;
-    digits
-        .bytes()
-        .all(|digit| digit.is_ascii_hexdigit())
-        .then(|| u16::from_str_radix(digits, 16).ok())
-        .flatten()
-}
-
-/// `ch` as `JSON.stringify` writes it inside a string.
-fn push_escaped(out: &mut String, ch: char) {
-    match ch {
-        '"' => out.push_str("\\\""),
-        '\\' => out.push_str("\\\\"),
-        '\u{8}' => out.push_str("\\b"),
-        '\u{c}' => out.push_str("\\f"),
-        '\n' => out.push_str("\\n"),
-        '\r' => out.push_str("\\r"),
-        '\t' => out.push_str("\\t"),
-        control if control < ' ' => {
-            let _ = write!(out, "\\u{:04x}", u32::from(control));
+        // As the JSON writer escapes what it writes, JSON.stringify's way.
+        match u8::try_from(ch) {
+            Ok(byte) if frame::needs_escape(byte) => frame::escape(byte, &mut out),
+            _ => out.extend_from_slice(ch.encode_utf8(&mut [0; 4]).as_bytes()),
         }
-        other => out.push(other),
     }
+    out.extend_from_slice(rest.as_bytes());
+    // Pieces of `content` and whole characters: UTF-8.
+    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]
