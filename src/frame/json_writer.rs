@@ -156,9 +156,7 @@ fn find_escape(bytes: &[u8], from: usize) -> Option<usize> {
     const BLOCK: usize = 64;
     while let Some(block) = bytes.get(at..at + BLOCK) {
         let block: &[u8; BLOCK] = block.try_into().expect("a block");
-        let needs = block.iter().fold(0u8, |any, &b| {
-            any | u8::from(b < 0x20) | u8::from(b == b'"') | u8::from(b == b'\\')
-        });
+        let needs = block.iter().fold(0u8, |any, &b| any | u8::from(needs_escape(b)));
         if needs != 0 {
             break;
         }
