@@ -1106,3 +1106,55 @@ async fn kept_plain_messages_arrive_whole(peer_answers: bool) {
         assert_eq!(next().await, json!(i), "peer answers: {peer_answers}");
     }
 }
+
+#[tokio::test]
+async fn shutdown_resolves_once_what_was_queued_is_written() {
+    use tokio::io::AsyncBufReadExt;
+    let (ours, theirs) = tokio::io::duplex(64 * 1024);
+    let (go, wait_for_go) = tokio::sync::oneshot::channel::<()>();
+    // A peer that answers the handshake, then reads nothing until told.
+    let peer = tokio::spawn(async move {
+        let (reader, mut writer) = tokio::io::split(theirs);
+        let mut lines = tokio::io::BufReader::new(reader).lines();
+        let hello: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+        let answer = json!({
+            "_IPC_REQUEST/HANDSHAKE_UID": hello["_IPC_REQUEST/HANDSHAKE_UID"],
+            "_IPC_REQUEST/HANDSHAKE_MSG_TYPE": "_IPC_REQUEST/HANDSHAKE_MSG_TYPE:RESPONSE",
+        });
+        writer.write_all(format!("{answer}\n").as_bytes()).await.unwrap();
+        let _ = wait_for_go.await;
+        let mut count = 0;
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let message: Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(message["i"], json!(count));
+            count += 1;
+        }
+        count
+    });
+    let config = ChannelConfig {
+        write_queue_bytes: 16 << 20,
+        ..ChannelConfig::default()
+    };
+    let session = setup(Channel::from_stream(ours, config), None).await.unwrap();
+    let text = "x".repeat(64 * 1024);
+    for i in 0..32 {
+        session.send(&json!({"i": i, "text": text})).await.unwrap();
+    }
+    let shutting = {
+        let session = session.clone();
+        tokio::spawn(async move { session.shutdown().await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !shutting.is_finished(),
+        "resolved with 2 MiB queued and nothing read"
+    );
+    assert!(matches!(session.close_reason(), Some(CloseReason::Local)));
+    go.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), shutting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(session.queued_bytes(), 0);
+    assert_eq!(peer.await.unwrap(), 32, "every line, then the end of the stream");
+}

@@ -32,6 +32,7 @@ use futures_util::task::AtomicWaker;
 use serde::Serialize;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Semaphore, TryAcquireError, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use super::ChannelConfig;
 use crate::error::{CloseReason, Error};
@@ -126,6 +127,10 @@ struct SenderShared {
     /// few atomic operations.
     write_error: OnceLock<CloseReason>,
     write_failure_waker: AtomicWaker,
+    /// Cancelled when the writer task ends, however it ends (its future
+    /// finished or was dropped with its runtime): see
+    /// [`ChannelSender::finished`].
+    finished: CancellationToken,
 }
 
 /// The sending half of a channel; clones share one queue and one writer.
@@ -171,6 +176,7 @@ impl ChannelSender {
             is_closed: AtomicBool::new(false),
             write_error: OnceLock::new(),
             write_failure_waker: AtomicWaker::new(),
+            finished: CancellationToken::new(),
         });
         tokio::spawn(write_loop(rx, shared.clone()));
         ChannelSender { shared, tx }
@@ -390,6 +396,15 @@ impl ChannelSender {
         let _ = self.tx.send(Command::Close);
     }
 
+    /// Resolves once the writer task has ended: after [`close`](Self::close)
+    /// (or the last handle's drop), once everything queued before it is
+    /// written and the write side shut down; at once after a failed write.
+    /// It waits for as long as the peer leaves what we wrote unread: bound
+    /// it with a timeout.
+    pub async fn finished(&self) {
+        self.shared.finished.cancelled().await
+    }
+
     /// `Ready`, with the write's error, once a write has failed: the lines
     /// queued then are lost, and nothing more will be written. Never after
     /// a clean close. Registers `cx` to be woken by the failure; one task at
@@ -499,6 +514,9 @@ impl SenderShared {
 }
 
 async fn write_loop(mut rx: mpsc::UnboundedReceiver<Command>, shared: Arc<SenderShared>) {
+    // Also when this future is dropped unfinished (its runtime shut down):
+    // nobody may wait for a writer that is gone.
+    let _finished = shared.finished.clone().drop_guard();
     if let Err(e) = write_until_closed(&mut rx, &shared).await {
         fail(&shared, e);
     }

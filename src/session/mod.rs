@@ -593,6 +593,17 @@ impl Session {
         self.shared.shut(CloseReason::Local);
     }
 
+    /// Closes the session as [`close`](Self::close) does, and resolves once
+    /// what was queued before is written and the channel's write side is
+    /// shut (at once if a write had failed). Await it before a program
+    /// ends: a runtime that shuts down first drops what is still queued.
+    /// It waits for as long as the peer leaves what we wrote unread: bound
+    /// it with a timeout.
+    pub async fn shutdown(&self) {
+        self.close();
+        self.shared.sender.finished().await
+    }
+
     /// Why the session ended, or `None` while it is open.
     pub fn close_reason(&self) -> Option<CloseReason> {
         self.shared.closed_reason()
