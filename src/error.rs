@@ -34,7 +34,9 @@ pub enum Error {
 
     /// A request got no answer before its deadline. The request has been
     /// forgotten locally and, if the peer supports the `cancel` extension,
-    /// cancelled there.
+    /// cancelled there. Also what
+    /// [`blocking::Messages::recv_timeout`](crate::blocking::Messages::recv_timeout)
+    /// says when no message came in time.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
 

@@ -10,7 +10,8 @@
 //! [`frame`] (bytes to JSON messages), [`channel`] (a duplex of messages over
 //! a byte stream), [`protocol`] (message kinds), [`session`] (handshake,
 //! requests, handlers), [`process`] (starting a child, opening the channel
-//! as a child).
+//! as a child); above the session, [`blocking`], the same API for programs
+//! without an async runtime.
 
 #![deny(missing_docs, missing_debug_implementations)]
 // The README's examples are compiled as doc tests, so they cannot rot.
@@ -21,6 +22,7 @@ compile_error!(
     "ipc-request supports Unix (Linux, macOS) only: Node's channel on Windows is a named pipe with its own framing, which is not implemented yet"
 );
 
+pub mod blocking;
 pub mod channel;
 mod error;
 pub mod frame;

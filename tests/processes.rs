@@ -338,13 +338,15 @@ async fn rust_parent_with_a_node_child_whose_listener_comes_late() {
     finish(session, child).await;
 }
 
-fn run_node_parent(node: &std::path::Path, parent_args: &[&str], child: &[&str]) {
+/// The Node parent's conformance run (`peer.js parent`) against the
+/// example `program`, a Rust child.
+fn run_node_parent(node: &std::path::Path, parent_args: &[&str], program: &str, child: &[&str]) {
     let output = Command::new(node)
         .arg(js_peer())
         .arg("parent")
         .args(parent_args)
         .arg("--")
-        .arg(example("rust_peer"))
+        .arg(example(program))
         .args(child)
         .output()
         .unwrap();
@@ -376,13 +378,21 @@ fn run_node_parent(node: &std::path::Path, parent_args: &[&str], child: &[&str])
 #[test]
 fn node_parent_with_rust_child() {
     let Some(node) = node() else { return };
-    run_node_parent(&node, &[], &[]);
+    run_node_parent(&node, &[], "rust_peer", &[]);
 }
 
 #[test]
 fn one_dot_zero_node_parent_with_rust_child() {
     let Some(node) = node() else { return };
-    run_node_parent(&node, &["--v1"], &[]);
+    run_node_parent(&node, &["--v1"], "rust_peer", &[]);
+}
+
+/// The same checks against a child written with the blocking API.
+#[test]
+fn node_parent_with_a_blocking_rust_child() {
+    let Some(node) = node() else { return };
+    run_node_parent(&node, &[], "blocking_peer", &[]);
+    run_node_parent(&node, &["--v1"], "blocking_peer", &[]);
 }
 
 #[tokio::test]

@@ -23,6 +23,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc
 use tokio_util::sync::CancellationToken;
 
 use handler::AnswerState;
+pub(crate) use handler::panic_error;
 pub use handler::{Handler, Request, Responder, handler_fn, responder_fn};
 
 use incoming::{Backlog, read_loop};

@@ -1,0 +1,445 @@
+//! A blocking API, for programs that have no async runtime: the async
+//! session run by a Tokio runtime of its own (the model of reqwest's
+//! `blocking` module). That runtime, one worker thread per session, runs the
+//! session's reader, its writer and the handlers; a blocking call runs the
+//! async call's own future on the caller's thread and waits there for it.
+//! Nothing here speaks the protocol: every call is the async API's, awaited.
+//!
+//! ```no_run
+//! use ipc_request::blocking;
+//!
+//! # fn main() -> Result<(), ipc_request::Error> {
+//! let mut command = std::process::Command::new("node");
+//! command.arg("child.js");
+//! let (session, child) = blocking::spawn(command, None)?; // after the handshake
+//! let answer: String = session.request("(REQUEST FROM parent)")?;
+//! drop(session); // the last handle: closes the session, the child sees it
+//! child.wait()?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Handlers are the async API's ([`crate::handler_fn`], [`crate::responder_fn`]),
+//! or [`handler_fn`] here for a plain function: it runs on a thread of the
+//! runtime's blocking pool, where it may block, and may call the session
+//! back (a request to the peer while answering one of its own).
+//!
+//! # Panics
+//!
+//! Every call that waits panics if made from inside an async context (a
+//! task of any Tokio runtime, this one's async handlers included), as
+//! Tokio's `block_on` does: waiting there would stall the other tasks of
+//! that thread. Use the async API there. The threads [`handler_fn`] runs on
+//! are not async contexts.
+//!
+//! # How a session ends
+//!
+//! As in the async API, by either side's close, the peer's exit or a
+//! failure; and, here, when the last clone of its [`Session`] is dropped
+//! ([`Messages`] and [`ChildProcess`] do not count): the drop closes it,
+//! waits up to [`DROP_FLUSH_TIMEOUT`] for what was sent to be written (the
+//! peer must read it), and returns. A handler that holds a clone of its own
+//! session keeps it open: close such a session with [`Session::close`].
+//! The runtime itself stops once the session, its messages and its child
+//! are all dropped; a handler of [`handler_fn`] still running then has
+//! [`HANDLER_STOP_TIMEOUT`] to return (its request is cancelled: see
+//! [`Request::is_cancelled`]) before the runtime lets go of its thread.
+
+use std::future::Future;
+use std::process::{Command, ExitStatus};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::channel::{Channel, ChannelConfig};
+use crate::error::{CloseReason, Error, RemoteError};
+use crate::frame::Message;
+use crate::process::{self, SpawnOptions};
+use crate::session::{self, Handler, PeerInfo, Request, SessionBuilder};
+
+/// How long dropping the last [`Session`] handle waits for what was queued
+/// to be written, before it lets go of it.
+pub const DROP_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long stopping the runtime waits for handlers still running on its
+/// blocking threads (see the module docs).
+pub const HANDLER_STOP_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a failed [`spawn`] waits for the child it kills to exit.
+const KILL_WAIT: Duration = Duration::from_secs(1);
+
+/// A handler that is a plain function, run on a thread of the session
+/// runtime's blocking pool: it may block, and may call the session back.
+/// Its answer and errors travel as with [`crate::handler_fn`]: `Ok(value)`
+/// is the response, `Err(error)` travels back as a [`RemoteError`], and a
+/// panic is answered with an error named `HandlerPanicked`. At most
+/// [`SessionConfig::max_concurrent_handlers`](crate::SessionConfig::max_concurrent_handlers)
+/// run at once, as for any handler; Tokio's pool adds threads up to 512.
+///
+/// ```no_run
+/// # use ipc_request::{blocking, Request, RemoteError};
+/// let handler = blocking::handler_fn(|req: Request| {
+///     let text: String = req.payload()?;
+///     Ok::<_, RemoteError>(format!("(RESPONSE TO {text})"))
+/// });
+/// ```
+pub fn handler_fn<F, T, E>(f: F) -> Handler
+where
+    F: Fn(Request) -> Result<T, E> + Send + Sync + 'static,
+    T: Serialize + Send + Sync + 'static,
+    E: Into<RemoteError> + Send + 'static,
+{
+    let f = Arc::new(f);
+    crate::handler_fn(move |request: Request| {
+        let f = f.clone();
+        async move {
+            match tokio::task::spawn_blocking(move || f(request)).await {
+                Ok(answer) => answer.map_err(Into::into),
+                Err(failed) if failed.is_panic() => Err(session::panic_error(failed.into_panic())),
+                // Only a runtime that is shutting down drops a blocking
+                // task unstarted; the session is closed by then.
+                Err(_) => Err(RemoteError::new(
+                    "HandlerNotRun",
+                    "the session's runtime was stopping",
+                )),
+            }
+        }
+    })
+}
+
+/// Starts `command` with a channel and sets up a session with it, with
+/// `handler` for its requests; see [`spawn_with`].
+pub fn spawn(
+    command: Command,
+    handler: impl Into<Option<Handler>>,
+) -> Result<(Session, ChildProcess), Error> {
+    spawn_with(
+        command,
+        SpawnOptions::default(),
+        SessionBuilder::new().handler(handler),
+    )
+}
+
+/// [`crate::spawn_with`] and [`SessionBuilder::setup`], in a runtime of the
+/// session's own: returns once the handshake is done. If it fails, the
+/// child is killed (no handle to it is returned).
+///
+/// The child's stdio is as `command` sets it, except that pipes cannot be
+/// taken here: set stdio to inherit, null or a file, or use the async API.
+pub fn spawn_with(
+    command: Command,
+    options: SpawnOptions,
+    builder: SessionBuilder,
+) -> Result<(Session, ChildProcess), Error> {
+    let runtime = Arc::new(Runtime::new()?);
+    let (session, child) = runtime.block_on(async {
+        let (channel, child) = process::spawn_with(command, options)?;
+        match builder.setup(channel).await {
+            Ok(session) => Ok((session, child)),
+            Err(e) => {
+                child.kill();
+                let _ = tokio::time::timeout(KILL_WAIT, child.wait()).await;
+                Err(e)
+            }
+        }
+    })?;
+    let child = ChildProcess {
+        child,
+        runtime: runtime.clone(),
+    };
+    Ok((Session::new(session, runtime), child))
+}
+
+/// The channel this process's parent gave it ([`crate::open_from_env`]), and
+/// a session over it with `handler` for the parent's requests; returns once
+/// the handshake is done.
+///
+/// # Safety
+///
+/// As [`crate::open_from_env`]: no other thread reads or writes the
+/// environment while this runs, other than through `std::env`, and nothing
+/// else in the process owns the descriptor `NODE_CHANNEL_FD` names.
+pub unsafe fn open_from_env(handler: impl Into<Option<Handler>>) -> Result<Session, Error> {
+    // SAFETY: the caller upholds open_from_env_with's contract, the same.
+    unsafe { open_from_env_with(ChannelConfig::default(), SessionBuilder::new().handler(handler)) }
+}
+
+/// [`open_from_env`] with channel and session settings.
+///
+/// # Safety
+///
+/// As [`crate::open_from_env`].
+pub unsafe fn open_from_env_with(config: ChannelConfig, builder: SessionBuilder) -> Result<Session, Error> {
+    // SAFETY: the caller upholds crate::open_from_env_with's contract, the
+    // same; the runtime's own threads do not touch the environment.
+    setup_with(builder, || unsafe { process::open_from_env_with(config) })
+}
+
+/// A session over any channel: `open` makes it (it runs inside the
+/// session's runtime, as making a [`Channel`] must), then the handshake
+/// runs; returns once it is done.
+pub fn setup_with(
+    builder: SessionBuilder,
+    open: impl FnOnce() -> Result<Channel, Error>,
+) -> Result<Session, Error> {
+    let runtime = Arc::new(Runtime::new()?);
+    let session = runtime.block_on(async { builder.setup(open()?).await })?;
+    Ok(Session::new(session, runtime))
+}
+
+/// The Tokio runtime of one session, stopped when the last handle that
+/// needs it goes.
+#[derive(Debug)]
+struct Runtime {
+    /// `None` only while dropping.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Runtime {
+    fn new() -> Result<Self, Error> {
+        // One worker: it runs the reader, the writer and async handlers; the
+        // callers' threads run their own calls' futures.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("ipc-request")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Io(Arc::new(e)))?;
+        Ok(Runtime {
+            runtime: Some(runtime),
+        })
+    }
+
+    /// Runs `future` on this thread until it is done. Panics in an async
+    /// context (see the module docs).
+    fn block_on<F: Future>(&self, future: F) -> F::Output {
+        self.runtime
+            .as_ref()
+            .expect("the runtime is there until dropped")
+            .block_on(future)
+    }
+}
+
+/// True on a thread where waiting would panic or stall tasks: one running a
+/// Tokio runtime's tasks, or one of its blocking threads (where waiting is
+/// allowed, but this cannot tell them apart; a drop there does not wait).
+fn in_runtime() -> bool {
+    tokio::runtime::Handle::try_current().is_ok()
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        let Some(runtime) = self.runtime.take() else {
+            return;
+        };
+        if in_runtime() {
+            // Dropping a runtime where it cannot wait panics; this one lets
+            // its threads finish on their own.
+            runtime.shutdown_background();
+        } else {
+            runtime.shutdown_timeout(HANDLER_STOP_TIMEOUT);
+        }
+    }
+}
+
+/// A handle on an established session, for blocking code. Cheap to clone;
+/// all clones share it. Dropping the last clone closes the session (see
+/// the module docs). `Send` and `Sync`: calls from many threads at once
+/// are in flight at once.
+#[derive(Debug, Clone)]
+pub struct Session {
+    inner: Arc<Owner>,
+}
+
+/// Closes the session when the last handle goes. The runtime is declared
+/// after the session: it stops only once the drop has finished with it.
+#[derive(Debug)]
+struct Owner {
+    session: crate::Session,
+    runtime: Arc<Runtime>,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        if in_runtime() {
+            self.session.close();
+            return;
+        }
+        let session = &self.session;
+        let flushed = self
+            .runtime
+            .block_on(async { tokio::time::timeout(DROP_FLUSH_TIMEOUT, session.shutdown()).await });
+        if flushed.is_err() {
+            tracing::warn!(
+                "closing a dropped session: what was queued was not written within {DROP_FLUSH_TIMEOUT:?}"
+            );
+        }
+    }
+}
+
+impl Session {
+    fn new(session: crate::Session, runtime: Arc<Runtime>) -> Self {
+        Session {
+            inner: Arc::new(Owner { session, runtime }),
+        }
+    }
+
+    fn block_on<F: Future>(&self, future: F) -> F::Output {
+        self.inner.runtime.block_on(future)
+    }
+
+    /// Sends a request and waits for its answer: [`crate::Session::request`].
+    pub fn request<Req, Res>(&self, payload: &Req) -> Result<Res, Error>
+    where
+        Req: Serialize + ?Sized,
+        Res: DeserializeOwned,
+    {
+        self.block_on(self.inner.session.request(payload))
+    }
+
+    /// [`crate::Session::request_timeout`]: past `timeout` the request fails
+    /// with [`Error::Timeout`] and is cancelled at the peer.
+    pub fn request_timeout<Req, Res>(&self, payload: &Req, timeout: Duration) -> Result<Res, Error>
+    where
+        Req: Serialize + ?Sized,
+        Res: DeserializeOwned,
+    {
+        self.block_on(self.inner.session.request_timeout(payload, timeout))
+    }
+
+    /// [`crate::Session::request_raw`]: the answer as raw JSON text.
+    pub fn request_raw<Req: Serialize + ?Sized>(&self, payload: &Req) -> Result<Message, Error> {
+        self.block_on(self.inner.session.request_raw(payload))
+    }
+
+    /// Sends a plain message: [`crate::Session::send`].
+    pub fn send<T: Serialize + ?Sized>(&self, message: &T) -> Result<(), Error> {
+        self.block_on(self.inner.session.send(message))
+    }
+
+    /// The stream of plain messages from the peer, once:
+    /// [`crate::Session::messages`] (read it steadily, from a thread of its
+    /// own: while its buffer is full, the session reads nothing else).
+    pub fn messages(&self) -> Option<Messages> {
+        Some(Messages {
+            messages: self.inner.session.messages()?,
+            runtime: self.inner.runtime.clone(),
+        })
+    }
+
+    /// What the peer advertised in its handshake.
+    pub fn peer(&self) -> &PeerInfo {
+        self.inner.session.peer()
+    }
+
+    /// Requests of ours waiting for an answer.
+    pub fn pending_requests(&self) -> usize {
+        self.inner.session.pending_requests()
+    }
+
+    /// Bytes waiting in the outgoing queue.
+    pub fn queued_bytes(&self) -> usize {
+        self.inner.session.queued_bytes()
+    }
+
+    /// Closes the session without waiting: [`crate::Session::close`].
+    pub fn close(&self) {
+        self.inner.session.close()
+    }
+
+    /// Closes the session and waits until what was queued is written:
+    /// [`crate::Session::shutdown`]. Waits as long as the peer leaves what
+    /// we wrote unread.
+    pub fn shutdown(&self) {
+        self.block_on(self.inner.session.shutdown())
+    }
+
+    /// Why the session ended, or `None` while it is open.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.inner.session.close_reason()
+    }
+
+    /// Waits until the session ends, and says why: a child that only serves
+    /// its parent calls this to serve until the parent disconnects.
+    pub fn closed(&self) -> CloseReason {
+        self.block_on(self.inner.session.closed())
+    }
+}
+
+/// Plain messages from the peer; see [`Session::messages`]. Also an
+/// iterator, which ends with the session.
+#[derive(Debug)]
+pub struct Messages {
+    messages: session::Messages,
+    runtime: Arc<Runtime>,
+}
+
+impl Messages {
+    /// Waits for the next plain message: [`crate::Messages::recv`]. `None`
+    /// once the session has ended.
+    pub fn recv(&mut self) -> Option<Result<serde_json::Value, Error>> {
+        self.runtime.block_on(self.messages.recv())
+    }
+
+    /// [`recv`](Self::recv), waiting at most `timeout`: then
+    /// `Some(Err(Error::Timeout(timeout)))`, and the stream goes on.
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Option<Result<serde_json::Value, Error>> {
+        let next = self
+            .runtime
+            .block_on(async { tokio::time::timeout(timeout, self.messages.recv()).await });
+        next.unwrap_or(Some(Err(Error::Timeout(timeout))))
+    }
+}
+
+impl Iterator for Messages {
+    type Item = Result<serde_json::Value, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.recv()
+    }
+}
+
+/// A child started by [`spawn`]: [`crate::ChildProcess`], waited for here.
+/// It keeps the session's runtime (which reaps the child) but not the
+/// session open.
+#[derive(Debug, Clone)]
+pub struct ChildProcess {
+    child: crate::ChildProcess,
+    runtime: Arc<Runtime>,
+}
+
+impl ChildProcess {
+    /// The child's process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGKILL, unless the child has already exited.
+    pub fn kill(&self) {
+        self.child.kill()
+    }
+
+    /// The exit status, if the child has exited.
+    pub fn try_status(&self) -> Option<ExitStatus> {
+        self.child.try_status()
+    }
+
+    /// Waits for the child to exit.
+    pub fn wait(&self) -> Result<ExitStatus, Error> {
+        self.runtime.block_on(self.child.wait())
+    }
+
+    /// Waits at most `timeout` for the child to exit: `Ok(None)` if it is
+    /// still running then.
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<Option<ExitStatus>, Error> {
+        let waited = self
+            .runtime
+            .block_on(async { tokio::time::timeout(timeout, self.child.wait()).await });
+        match waited {
+            Ok(status) => status.map(Some),
+            Err(_) => Ok(None),
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! The blocking API (`ipc_request::blocking`) with real children: a Node
+//! child, and a child written with the blocking API itself; what its drop
+//! writes; where it may and may not wait.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{example, js_peer, node};
+use ipc_request::{Channel, ChannelConfig, Error, Request, SessionBuilder, SessionConfig, blocking};
+use serde_json::{Value, json};
+
+/// Answers `{"from":"rust-parent","data":X}`, from a thread of the
+/// blocking pool; `{"op":"ask_back","data":X}` first asks the peer to echo
+/// X, from that thread, and answers what came back.
+fn parent_handler(session: Arc<std::sync::OnceLock<blocking::Session>>) -> ipc_request::Handler {
+    blocking::handler_fn(move |req: Request| {
+        let data: Value = req.payload()?;
+        if data.get("op") == Some(&json!("ask_back")) {
+            let session = session.get().expect("set before the child asks");
+            let echoed: Value = session.request(&json!({"op": "echo", "data": data["data"]}))?;
+            return Ok::<_, Error>(json!({"asked_back": echoed}));
+        }
+        Ok(json!({"from": "rust-parent", "data": data}))
+    })
+}
+
+fn node_child(node: &std::path::Path) -> Command {
+    let mut command = Command::new(node);
+    command.arg(js_peer()).arg("child");
+    command
+}
+
+/// `child` has exited (the session's end reached it) within a few seconds.
+fn assert_exits(child: &blocking::ChildProcess) {
+    let status = child.wait_timeout(Duration::from_secs(10)).expect("wait");
+    let status = status.expect("the child did not exit after its channel closed");
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn a_blocking_parent_serves_and_asks_a_node_child() {
+    let Some(node) = node() else { return };
+    let cell = Arc::new(std::sync::OnceLock::new());
+    let (session, child) = blocking::spawn(node_child(&node), parent_handler(cell.clone())).unwrap();
+    cell.set(session.clone()).unwrap();
+    assert!(session.peer().supports("cancel"), "{:?}", session.peer());
+
+    let got: Value = session.request(&json!({"op": "echo", "data": "é 😀"})).unwrap();
+    assert_eq!(got, json!("é 😀"));
+
+    // The child calls us back while we wait for its answer: our blocking
+    // handler answers on a thread of its own.
+    let got: Value = session.request(&json!({"op": "call", "data": [1, 2]})).unwrap();
+    assert_eq!(got, json!({"got": {"from": "rust-parent", "data": [1, 2]}}));
+
+    // Many threads, many requests in flight at once, each answer its own.
+    std::thread::scope(|scope| {
+        for t in 0..8 {
+            let session = &session;
+            scope.spawn(move || {
+                for i in 0..25 {
+                    let data = json!([t, i]);
+                    let got: Value = session
+                        .request(&json!({"op": "sleep", "ms": (t * 7 + i) % 5, "data": data}))
+                        .unwrap();
+                    assert_eq!(got, data);
+                }
+            });
+        }
+    });
+
+    match session
+        .request::<_, Value>(&json!({"op": "fail", "name": "TypeError", "message": "boom", "code": 7}))
+    {
+        Err(Error::Remote(e)) => {
+            assert_eq!((e.name.as_str(), e.message.as_str()), ("TypeError", "boom"));
+            assert_eq!(e.code, Some(json!(7)));
+        }
+        other => panic!("expected the child's error, got {other:?}"),
+    }
+
+    // A deadline cancels the request at the child.
+    let late = session.request_timeout::<_, Value>(
+        &json!({"op": "wait_cancel", "key": "b1"}),
+        Duration::from_millis(100),
+    );
+    assert!(matches!(late, Err(Error::Timeout(_))), "{late:?}");
+    let cancelled: bool = session.request(&json!({"op": "cancelled", "key": "b1"})).unwrap();
+    assert!(cancelled, "the child never saw the cancel");
+
+    let mut messages = session.messages().expect("the stream, once");
+    assert!(session.messages().is_none());
+    let sent: u64 = session
+        .request(&json!({"op": "plain", "messages": [1, "two", {"three": 3}]}))
+        .unwrap();
+    assert_eq!(sent, 3);
+    let got: Vec<Value> = messages.by_ref().take(3).map(Result::unwrap).collect();
+    assert_eq!(got, [json!(1), json!("two"), json!({"three": 3})]);
+    match messages.recv_timeout(Duration::from_millis(50)) {
+        Some(Err(Error::Timeout(_))) => {}
+        other => panic!("expected nothing more, got {other:?}"),
+    }
+
+    // The last handle's drop closes the session (the handler's cell holds
+    // a clone: close it first), and the child sees it.
+    session.close();
+    drop((session, cell));
+    assert_exits(&child);
+    assert!(messages.next().is_none(), "the stream ends with the session");
+}
+
+#[test]
+fn blocking_on_both_sides_with_requests_nested_in_handlers() {
+    let cell = Arc::new(std::sync::OnceLock::new());
+    let (session, child) = blocking::spawn(
+        Command::new(example("blocking_peer")),
+        parent_handler(cell.clone()),
+    )
+    .unwrap();
+    cell.set(session.clone()).unwrap();
+
+    // Our request makes the child's handler ask us; our handler, while
+    // answering, asks the child again: four calls nested, each handler on a
+    // blocking thread of its own side's runtime.
+    let got: Value = session
+        .request(&json!({"op": "call", "data": {"op": "ask_back", "data": "deep"}}))
+        .unwrap();
+    assert_eq!(got, json!({"got": {"asked_back": "deep"}}));
+
+    match session.request::<_, Value>(&json!({"op": "panic"})) {
+        Err(Error::Remote(e)) => assert_eq!(e.name, "HandlerPanicked", "{e:?}"),
+        other => panic!("expected HandlerPanicked, got {other:?}"),
+    }
+    // The child goes on serving after its handler panicked.
+    let got: Value = session.request(&json!({"op": "echo", "data": 5})).unwrap();
+    assert_eq!(got, json!(5));
+
+    session.close();
+    drop((session, cell));
+    assert_exits(&child);
+}
+
+/// A peer played by hand on a blocking socket: answers the handshake, then
+/// (after `delay`, so that what the session sends piles up in its queue)
+/// reads lines until the end of the stream and returns them.
+fn hand_played_peer(socket: StdUnixStream, delay: Duration) -> std::thread::JoinHandle<Vec<String>> {
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(socket.try_clone().unwrap());
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let hello: Value = serde_json::from_str(&line).unwrap();
+        let answer = json!({
+            "_IPC_REQUEST/HANDSHAKE_UID": hello["_IPC_REQUEST/HANDSHAKE_UID"],
+            "_IPC_REQUEST/HANDSHAKE_MSG_TYPE": "_IPC_REQUEST/HANDSHAKE_MSG_TYPE:RESPONSE",
+        });
+        (&socket).write_all(format!("{answer}\n").as_bytes()).unwrap();
+        std::thread::sleep(delay);
+        reader.lines().map(Result::unwrap).collect()
+    })
+}
+
+fn setup_over(socket: StdUnixStream, config: ChannelConfig) -> blocking::Session {
+    blocking::setup_with(SessionBuilder::new(), move || {
+        socket.set_nonblocking(true).unwrap();
+        Channel::from_unix(tokio::net::UnixStream::from_std(socket).unwrap(), config)
+    })
+    .unwrap()
+}
+
+#[test]
+fn dropping_the_last_handle_writes_what_was_queued_then_closes() {
+    let (ours, theirs) = StdUnixStream::pair().unwrap();
+    let peer = hand_played_peer(theirs, Duration::from_secs(1));
+    let config = ChannelConfig {
+        write_queue_bytes: 16 << 20,
+        ..ChannelConfig::default()
+    };
+    let session = setup_over(ours, config);
+    // 8 MiB: far more than the socket holds while the peer sleeps, so most
+    // of it waits in the writer's queue when the handle goes.
+    let text = "x".repeat(64 * 1024);
+    for i in 0..128 {
+        session.send(&json!({"i": i, "text": text})).unwrap();
+    }
+    let queued = session.queued_bytes();
+    assert!(
+        queued > 4 << 20,
+        "only {queued} bytes queued: the test shows nothing"
+    );
+    drop(session);
+    let lines = peer.join().unwrap();
+    assert_eq!(lines.len(), 128, "lines lost when the session was dropped");
+    for (i, line) in lines.iter().enumerate() {
+        let message: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(message["i"], json!(i));
+    }
+}
+
+#[test]
+fn calls_that_wait_panic_in_an_async_context_and_a_drop_there_does_not() {
+    let (ours, theirs) = StdUnixStream::pair().unwrap();
+    let peer = hand_played_peer(theirs, Duration::ZERO);
+    let session = setup_over(ours, ChannelConfig::default());
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    runtime.block_on(async {
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.send(&json!("x"))));
+        let panic = caught.expect_err("a call that waits, in an async task, must panic");
+        let text = (panic.downcast_ref::<String>().map(String::as_str))
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        assert!(text.contains("runtime"), "{text}");
+        // The last handle's drop cannot wait here: it closes, and returns.
+        drop(session);
+    });
+    let lines = peer.join().unwrap();
+    assert!(lines.is_empty(), "nothing was sent: {lines:?}");
+}
+
+#[test]
+fn a_child_that_never_shakes_hands_is_killed_when_spawn_fails() {
+    let pid_file = std::env::temp_dir().join(format!("ipc-request-blocking-{}.pid", std::process::id()));
+    let mut command = Command::new("sh");
+    // Holds its channel open and never answers.
+    command
+        .arg("-c")
+        .arg(format!("echo $$ > '{}'; exec sleep 60", pid_file.display()));
+    let config = SessionConfig {
+        handshake_timeout: Duration::from_millis(300),
+        ..SessionConfig::default()
+    };
+    let spawned = blocking::spawn_with(command, Default::default(), SessionBuilder::new().config(config));
+    assert!(matches!(spawned, Err(Error::HandshakeTimeout(_))), "{spawned:?}");
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _ = std::fs::remove_file(&pid_file);
+    // SAFETY: signal 0 only asks whether the process exists.
+    let gone = unsafe { libc::kill(pid, 0) } != 0;
+    assert!(gone, "the child {pid} still runs (or was not reaped)");
+}
