@@ -24,7 +24,9 @@ fn cancel_observer() -> (ipc_request::Handler, mpsc::UnboundedReceiver<(String, 
         async move {
             let key: String = req.payload().unwrap();
             req.cancelled().await;
-            let refused = matches!(responder.respond(&"late").await, Err(Error::Cancelled));
+            let refused = matches!(responder.respond(&"late").await, Err(Error::Cancelled))
+                // Told so again: no answer was given.
+                && matches!(responder.respond(&"later").await, Err(Error::Cancelled));
             let _ = tx.send((key, refused));
         }
     });
@@ -725,7 +727,14 @@ async fn an_answer_waiting_for_room_is_not_written_once_its_request_is_cancelled
             match req.payload::<u64>().unwrap() {
                 1 => drop(responder),
                 5 => {
-                    let _ = tx.send(responder.respond(&5).await);
+                    let first = responder.respond(&5).await;
+                    // Refused after its wait for room: nothing was written,
+                    // and a second try is told the same.
+                    let second = responder.respond(&6).await;
+                    let _ = tx.send(match first {
+                        Err(Error::Cancelled) => second,
+                        other => other,
+                    });
                 }
                 n => {
                     let _ = responder.respond(&n).await;

@@ -188,6 +188,10 @@ pub(super) struct AnswerState {
     /// is written. (The token alone cannot say so: the handler may cancel
     /// it itself, which must not cost its caller the answer.)
     refused: AtomicBool,
+    /// An answer was claimed and nothing was written (refused, or the
+    /// channel gone): a later answer is told the same, not that one was
+    /// given.
+    nothing_written: AtomicBool,
 }
 
 const HANDLER_RUNNING: u8 = 0;
@@ -203,6 +207,7 @@ impl AnswerState {
             orphan: Mutex::new(None),
             entry_holders: AtomicU8::new(2),
             refused: AtomicBool::new(false),
+            nothing_written: AtomicBool::new(false),
         }
     }
 
@@ -271,7 +276,8 @@ impl std::fmt::Debug for Responder {
 impl Responder {
     /// Sends `value` as the answer. Fails with [`Error::AlreadyAnswered`]
     /// on a second answer, [`Error::Cancelled`] if the peer cancelled the
-    /// request (nothing is written), [`Error::Frame`] if the answer does not
+    /// request (nothing is written; so is every later answer: none was
+    /// given), [`Error::Frame`] if the answer does not
     /// encode or is too long (the peer then gets an error answer instead),
     /// and [`Error::Closed`] if the channel is gone (also when the peer had
     /// cancelled the request before: the session's end is the larger news).
@@ -290,7 +296,7 @@ impl Responder {
         }
         .await;
         // Finished, sent or not: only a drop before this gives it back.
-        claim.keep();
+        claim.keep_after(&sent);
         sent
     }
 
@@ -304,7 +310,7 @@ impl Responder {
             self.shared.send_answer(line, Some(&self.state)).await
         }
         .await;
-        claim.keep();
+        claim.keep_after(&sent);
         sent
     }
 
@@ -341,9 +347,15 @@ impl Responder {
     /// session's close.
     fn claim(&self) -> Result<Claim<'_>, Error> {
         if self.state.answered.swap(true, Ordering::AcqRel) {
+            // Said again to whoever tries once more after a refusal: no
+            // answer went, and none can.
+            if self.state.nothing_written.load(Ordering::Acquire) {
+                return Err(self.shared.refusal_error());
+            }
             return Err(Error::AlreadyAnswered);
         }
         if self.answer_refused() {
+            self.state.nothing_written.store(true, Ordering::Release);
             self.state.let_go_of_entry(&self.shared);
             // The session's end explains more than the token it cancelled.
             // Its reason is set before any handler is refused (`shut`).
@@ -363,6 +375,21 @@ struct Claim<'a> {
 }
 
 impl Claim<'_> {
+    /// The answer was sent, or failed for good with `sent`'s error: the
+    /// claim stands.
+    fn keep_after(self, sent: &Result<(), Error>) {
+        // Refused while it waited for room, or the channel went: nothing
+        // was written. (An answer too long, or that did not encode, was
+        // replaced by an error answer, which was.)
+        if matches!(sent, Err(Error::Cancelled | Error::Closed(_))) {
+            self.responder
+                .state
+                .nothing_written
+                .store(true, Ordering::Release);
+        }
+        self.keep();
+    }
+
     /// The answer was sent, or failed for good: the claim stands.
     fn keep(mut self) {
         self.kept = true;
