@@ -189,6 +189,8 @@ fn run(opts: &Options) -> BenchResult<()> {
     let mut json_floor =
         json_floor::JsonFloorPeer::spawn(&exe).map_err(|e| format!("json floor child: {e}"))?;
     let ours = rt.block_on(OursPeer::spawn(&exe, "rust-child", &[]))?;
+    // The blocking API, from this (non-async) thread, with a child of its own.
+    let ours_blocking = ours::BlockingPeer::spawn(&exe)?;
     let mut samples = Samples::default();
 
     for rep in 0..=opts.reps {
@@ -214,6 +216,8 @@ fn run(opts: &Options) -> BenchResult<()> {
         s("tokio_echo_seq_rtt", secs(d.map_err(floor_err)?) * 1e6);
         let d = rt.block_on(ours.sequential(opts.seq_iters))?;
         s("ours_seq_rtt", secs(d) * 1e6);
+        let d = ours_blocking.sequential(opts.seq_iters)?;
+        s("ours_blocking_seq_rtt", secs(d) * 1e6);
 
         for (i, &n) in BURSTS.iter().enumerate() {
             let d = floor.exchange(&burst_bytes[i], &mut echo).map_err(floor_err)?;
@@ -270,6 +274,7 @@ fn run(opts: &Options) -> BenchResult<()> {
         );
     }
     rt.block_on(ours.finish())?;
+    ours_blocking.finish()?;
     floor.finish().map_err(|e| format!("floor: {e}"))?;
     json_floor.finish().map_err(|e| format!("json floor: {e}"))?;
     tokio_echo.finish().map_err(|e| format!("tokio echo: {e}"))?;
@@ -328,6 +333,12 @@ fn print_report(
         row(
             "ours_seq_rtt",
             "ours Rust↔Rust: sequential round trip",
+            "µs",
+            floor_of("floor_seq_rtt"),
+        ),
+        row(
+            "ours_blocking_seq_rtt",
+            "ours Rust↔Rust, blocking API (ipc_request::blocking): sequential round trip",
             "µs",
             floor_of("floor_seq_rtt"),
         ),

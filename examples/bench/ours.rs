@@ -181,6 +181,49 @@ impl OursPeer {
     }
 }
 
+/// Our blocking API's session with a `rust-child` echo peer, called from
+/// the bench's main thread (no async code around it).
+pub struct BlockingPeer {
+    session: ipc_request::blocking::Session,
+    child: ipc_request::blocking::ChildProcess,
+}
+
+impl BlockingPeer {
+    pub fn spawn(exe: &Path) -> BenchResult<BlockingPeer> {
+        let mut command = Command::new(exe);
+        command.arg("rust-child");
+        let builder = SessionBuilder::new().config(config());
+        let (session, child) = ipc_request::blocking::spawn_with(command, Default::default(), builder)
+            .map_err(|e| format!("blocking API, spawning rust-child: {e}"))?;
+        Ok(BlockingPeer { session, child })
+    }
+
+    /// Sequential round trips, one in flight, as `OursPeer::sequential`
+    /// (the bench's own time limit covers a hang). Returns the mean.
+    pub fn sequential(&self, iters: usize) -> BenchResult<Duration> {
+        let mut scratch = String::new();
+        let start = Instant::now();
+        for i in 0..iters as u64 {
+            let answer = self
+                .session
+                .request_raw(&(i, TEXT))
+                .map_err(|e| format!("blocking sequential request {i}: {e}"))?;
+            check_small(&answer, i, &mut scratch)?;
+        }
+        Ok(start.elapsed() / iters as u32)
+    }
+
+    pub fn finish(self) -> BenchResult<()> {
+        drop(self.session);
+        match self.child.wait_timeout(Duration::from_secs(10)) {
+            Ok(Some(status)) if status.success() => Ok(()),
+            Ok(Some(status)) => Err(format!("blocking API's rust child ended with {status}")),
+            Ok(None) => Err("blocking API's rust child did not exit after close".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
 /// How a burst starts its requests.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Fanout {
