@@ -449,6 +449,26 @@ fn json_string(raw: &RawValue) -> Option<String> {
 mod tests {
     use super::node_internal_cmd;
 
+    #[test]
+    fn finished_resolves_when_the_writer_task_was_dropped_before_it_ran() {
+        // A channel made on a runtime that shuts down before its writer task
+        // is first polled, then used on another: nothing may wait for ever.
+        let (ours, _theirs) = tokio::io::duplex(64);
+        let first = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let channel =
+            first.block_on(async { super::Channel::from_stream(ours, super::ChannelConfig::default()) });
+        drop(first);
+        let second = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let finished = second.block_on(async {
+            let waited = std::time::Duration::from_secs(5);
+            tokio::time::timeout(waited, channel.sender().finished()).await
+        });
+        assert!(finished.is_ok(), "finished() waits for a writer that is gone");
+    }
+
     #[tokio::test]
     async fn lines_left_unwritten_by_a_failed_channel_give_their_budget_back() {
         let (ours, theirs) = tokio::io::duplex(64);

@@ -178,7 +178,10 @@ impl ChannelSender {
             write_failure_waker: AtomicWaker::new(),
             finished: CancellationToken::new(),
         });
-        tokio::spawn(write_loop(rx, shared.clone()));
+        // Made here, not in the task: a task dropped before its first poll
+        // (its runtime shut down) must end `finished` too.
+        let finished = shared.finished.clone().drop_guard();
+        tokio::spawn(write_loop(rx, shared.clone(), finished));
         ChannelSender { shared, tx }
     }
 
@@ -513,10 +516,14 @@ impl SenderShared {
     }
 }
 
-async fn write_loop(mut rx: mpsc::UnboundedReceiver<Command>, shared: Arc<SenderShared>) {
-    // Also when this future is dropped unfinished (its runtime shut down):
-    // nobody may wait for a writer that is gone.
-    let _finished = shared.finished.clone().drop_guard();
+/// The writer task. `_finished` ends [`ChannelSender::finished`] when the
+/// task ends, or is dropped unfinished (its runtime shut down): nobody may
+/// wait for a writer that is gone.
+async fn write_loop(
+    mut rx: mpsc::UnboundedReceiver<Command>,
+    shared: Arc<SenderShared>,
+    _finished: tokio_util::sync::DropGuard,
+) {
     if let Err(e) = write_until_closed(&mut rx, &shared).await {
         fail(&shared, e);
     }
