@@ -1158,3 +1158,31 @@ async fn shutdown_resolves_once_what_was_queued_is_written() {
     assert_eq!(session.queued_bytes(), 0);
     assert_eq!(peer.await.unwrap(), 32, "every line, then the end of the stream");
 }
+
+#[tokio::test]
+async fn the_handler_is_dropped_when_the_session_ends() {
+    // A handler that holds a handle on its own session (to call the peer
+    // back) must not keep it, and what it owns, alive for ever: the
+    // session lets go of its handler when it ends.
+    let (held, mut dropped) = tokio::sync::oneshot::channel::<()>();
+    let handler = handler_fn(move |_req: Request| {
+        let _held = &held;
+        async { Ok::<_, RemoteError>(1) }
+    });
+    let (a, b) = Channel::pair(ChannelConfig::default());
+    let (a, b) = tokio::join!(setup(a, handler), setup(b, None));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(b.request::<_, u32>(&0).await.unwrap(), 1);
+    assert!(
+        dropped
+            .try_recv()
+            .is_err_and(|e| e == tokio::sync::oneshot::error::TryRecvError::Empty)
+    );
+    a.close();
+    let ended = tokio::time::timeout(Duration::from_secs(5), &mut dropped).await;
+    assert!(
+        matches!(ended, Ok(Err(_))),
+        "the handler outlived its session: {ended:?}"
+    );
+    drop(b);
+}

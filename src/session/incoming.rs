@@ -362,7 +362,7 @@ impl Shared {
             state: state.clone(),
         };
         let request = Request { payload, cancel };
-        let handler = self.handler.clone();
+        let handler = self.handler.lock().unwrap().clone();
         let shared = self.clone();
         let mut task = Box::pin(async move {
             let _slot = slot;

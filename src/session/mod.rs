@@ -198,7 +198,7 @@ impl SessionBuilder {
             keep_plain_messages: self.keep_plain_messages,
             message_bytes: Arc::new(Semaphore::new(message_bytes)),
             message_bytes_total: message_bytes,
-            handler: self.handler,
+            handler: Mutex::new(self.handler),
             config,
         });
         // Until a Session is handed back, dropping this future (the
@@ -349,7 +349,11 @@ impl RunningHandler {
 pub(crate) struct Shared {
     sender: ChannelSender,
     config: SessionConfig,
-    handler: Option<Handler>,
+    /// Taken out (and dropped) when the session ends: a handler that holds
+    /// a handle on its own session (to call the peer back) would otherwise
+    /// keep it, and whatever it owns, alive for ever. Locked once per
+    /// request, to clone it.
+    handler: Mutex<Option<Handler>>,
     next_id: AtomicU64,
     table: Mutex<Table>,
     peer: OnceLock<PeerInfo>,
@@ -793,6 +797,15 @@ impl Shared {
         self.phase.send_replace(Phase::Closed(reason));
         self.closing.cancel();
         self.sender.close();
+        // Last, and outside the lock: the handler's drop may run anything
+        // it owns, such as a handle on this session whose own drop closes
+        // it (found closed, it returns at once).
+        let handler = self
+            .handler
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        drop(handler);
     }
 }
 
