@@ -39,15 +39,27 @@
 //! ([`Messages`] and [`ChildProcess`] do not count): the drop closes it,
 //! waits up to [`DROP_FLUSH_TIMEOUT`] for what was sent to be written (the
 //! peer must read it), and returns. A handler that holds a clone of its own
-//! session keeps it open: close such a session with [`Session::close`].
+//! session (to call the peer back) keeps it from being dropped while the
+//! session is open: close such a session with [`Session::close`]. (The
+//! session lets go of its handler when it ends, so it then goes with its
+//! last handle too.)
+//!
 //! The runtime itself stops once the session, its messages and its child
 //! are all dropped; a handler of [`handler_fn`] still running then has
 //! [`HANDLER_STOP_TIMEOUT`] to return (its request is cancelled: see
-//! [`Request::is_cancelled`]) before the runtime lets go of its thread.
+//! [`Request::is_cancelled`]) before the runtime lets go of its thread. A
+//! child that still runs then is waited for, so that it is never left a
+//! zombie: the runtime stops once the child exits (as a child does when
+//! its channel closes). A drop that cannot wait where it happens (on a
+//! thread of any Tokio runtime, a [`handler_fn`] thread included) leaves
+//! the waiting to a thread of its own and returns at once; what was queued
+//! is still written.
 
+use std::fs::File;
 use std::future::Future;
+use std::os::fd::OwnedFd;
 use std::process::{Command, ExitStatus};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -126,14 +138,15 @@ pub fn spawn(
 /// session's own: returns once the handshake is done. If it fails, the
 /// child is killed (no handle to it is returned).
 ///
-/// The child's stdio is as `command` sets it, except that pipes cannot be
-/// taken here: set stdio to inherit, null or a file, or use the async API.
+/// Streams of `command` set to [`Stdio::piped()`](std::process::Stdio::piped)
+/// are there for the taking, as blocking files: [`ChildProcess::take_stdout`]
+/// and its siblings.
 pub fn spawn_with(
     command: Command,
     options: SpawnOptions,
     builder: SessionBuilder,
 ) -> Result<(Session, ChildProcess), Error> {
-    let runtime = Arc::new(Runtime::new()?);
+    let mut runtime = Runtime::new()?;
     let (session, child) = runtime.block_on(async {
         let (channel, child) = process::spawn_with(command, options)?;
         match builder.setup(channel).await {
@@ -145,6 +158,8 @@ pub fn spawn_with(
             }
         }
     })?;
+    runtime.child = Some(child.clone());
+    let runtime = Arc::new(runtime);
     let child = ChildProcess {
         child,
         runtime: runtime.clone(),
@@ -195,6 +210,9 @@ pub fn setup_with(
 struct Runtime {
     /// `None` only while dropping.
     runtime: Option<tokio::runtime::Runtime>,
+    /// The child a task of this runtime reaps ([`spawn`]): one still
+    /// running when the runtime is dropped is waited for first.
+    child: Option<crate::ChildProcess>,
 }
 
 impl Runtime {
@@ -209,6 +227,7 @@ impl Runtime {
             .map_err(|e| Error::Io(Arc::new(e)))?;
         Ok(Runtime {
             runtime: Some(runtime),
+            child: None,
         })
     }
 
@@ -223,10 +242,23 @@ impl Runtime {
 }
 
 /// True on a thread where waiting would panic or stall tasks: one running a
-/// Tokio runtime's tasks, or one of its blocking threads (where waiting is
-/// allowed, but this cannot tell them apart; a drop there does not wait).
+/// Tokio runtime's tasks; or one of its blocking threads, where waiting is
+/// allowed but this cannot tell them apart. A drop there waits elsewhere.
 fn in_runtime() -> bool {
     tokio::runtime::Handle::try_current().is_ok()
+}
+
+/// Runs `work` on a thread of its own, for a drop that cannot wait where it
+/// is; false if no thread could be started (`work` is then dropped unrun,
+/// here).
+fn wait_elsewhere(work: impl FnOnce() + Send + 'static) -> bool {
+    let started = std::thread::Builder::new()
+        .name("ipc-request-drop".into())
+        .spawn(work);
+    if let Err(e) = &started {
+        tracing::warn!("no thread to finish a dropped session on: {e}");
+    }
+    started.is_ok()
 }
 
 impl Drop for Runtime {
@@ -234,12 +266,32 @@ impl Drop for Runtime {
         let Some(runtime) = self.runtime.take() else {
             return;
         };
-        if in_runtime() {
-            // Dropping a runtime where it cannot wait panics; this one lets
-            // its threads finish on their own.
-            runtime.shutdown_background();
-        } else {
+        // Nothing reaps a child once its runtime has stopped: a child still
+        // running (it exits once it sees its channel close) would be left a
+        // zombie for as long as this process lives.
+        let child = self.child.take().filter(|child| child.try_status().is_none());
+        if child.is_none() && !in_runtime() {
             runtime.shutdown_timeout(HANDLER_STOP_TIMEOUT);
+            return;
+        }
+        // In a slot, not moved into the closure: if no thread starts, the
+        // closure is dropped here, and a runtime dropped where it cannot
+        // wait panics. It is then stopped without waiting.
+        let slot = Arc::new(Mutex::new(Some(runtime)));
+        let theirs = slot.clone();
+        let waited = wait_elsewhere(move || {
+            let Some(runtime) = theirs.lock().unwrap().take() else {
+                return;
+            };
+            if let Some(child) = child {
+                let _ = runtime.block_on(child.wait());
+            }
+            runtime.shutdown_timeout(HANDLER_STOP_TIMEOUT);
+        });
+        if !waited {
+            if let Some(runtime) = slot.lock().unwrap().take() {
+                runtime.shutdown_background();
+            }
         }
     }
 }
@@ -263,20 +315,34 @@ struct Owner {
 
 impl Drop for Owner {
     fn drop(&mut self) {
-        if in_runtime() {
-            self.session.close();
+        if !in_runtime() {
+            close_and_flush(&self.session, &self.runtime, DROP_FLUSH_TIMEOUT);
             return;
         }
-        let session = &self.session;
-        let flushed = self
-            .runtime
-            .block_on(async { tokio::time::timeout(DROP_FLUSH_TIMEOUT, session.shutdown()).await });
-        if flushed.is_err() {
-            tracing::warn!(
-                "closing a dropped session: what was queued was not written within {DROP_FLUSH_TIMEOUT:?}"
-            );
+        // Waiting here would panic (an async task), or this cannot tell
+        // (a thread of a runtime's blocking pool): a thread of its own waits
+        // for the queue to be written. The clones it holds are no `Owner`:
+        // their drops do not come back here.
+        let (session, runtime) = (self.session.clone(), self.runtime.clone());
+        let flush = move || {
+            close_and_flush(&session, &runtime, DROP_FLUSH_TIMEOUT);
+        };
+        if !wait_elsewhere(flush) {
+            self.session.close();
         }
     }
+}
+
+/// Closes `session` and waits up to `timeout` for what was queued to be
+/// written; true if it was.
+fn close_and_flush(session: &crate::Session, runtime: &Runtime, timeout: Duration) -> bool {
+    let flushed = runtime
+        .block_on(async { tokio::time::timeout(timeout, session.shutdown()).await })
+        .is_ok();
+    if !flushed {
+        tracing::warn!("closing a session: what was queued was not written within {timeout:?}");
+    }
+    flushed
 }
 
 impl Session {
@@ -344,6 +410,11 @@ impl Session {
         self.inner.session.queued_bytes()
     }
 
+    /// The byte budget of the outgoing queue.
+    pub fn queue_capacity(&self) -> usize {
+        self.inner.session.queue_capacity()
+    }
+
     /// Closes the session without waiting: [`crate::Session::close`].
     pub fn close(&self) {
         self.inner.session.close()
@@ -354,6 +425,13 @@ impl Session {
     /// we wrote unread.
     pub fn shutdown(&self) {
         self.block_on(self.inner.session.shutdown())
+    }
+
+    /// [`shutdown`](Self::shutdown), waiting at most `timeout`: true if
+    /// everything queued was written by then (the session is closed
+    /// either way).
+    pub fn shutdown_timeout(&self, timeout: Duration) -> bool {
+        close_and_flush(&self.inner.session, &self.inner.runtime, timeout)
     }
 
     /// Why the session ended, or `None` while it is open.
@@ -403,7 +481,8 @@ impl Iterator for Messages {
 
 /// A child started by [`spawn`]: [`crate::ChildProcess`], waited for here.
 /// It keeps the session's runtime (which reaps the child) but not the
-/// session open.
+/// session open. Dropped without waiting, the child is still reaped once
+/// it exits (see the module docs).
 #[derive(Debug, Clone)]
 pub struct ChildProcess {
     child: crate::ChildProcess,
@@ -426,6 +505,24 @@ impl ChildProcess {
         self.child.try_status()
     }
 
+    /// The child's stdin, if its command set it to
+    /// [`Stdio::piped()`](std::process::Stdio::piped) and no clone of this
+    /// took it yet, as a blocking file. Drop it to close the child's stdin.
+    pub fn take_stdin(&self) -> Result<Option<File>, Error> {
+        blocking_file(self.child.take_stdin().map(|pipe| pipe.into_owned_fd()))
+    }
+
+    /// The child's stdout, as [`take_stdin`](Self::take_stdin). Read it: a
+    /// child whose pipe is full blocks until it is read.
+    pub fn take_stdout(&self) -> Result<Option<File>, Error> {
+        blocking_file(self.child.take_stdout().map(|pipe| pipe.into_owned_fd()))
+    }
+
+    /// The child's stderr, as [`take_stdout`](Self::take_stdout).
+    pub fn take_stderr(&self) -> Result<Option<File>, Error> {
+        blocking_file(self.child.take_stderr().map(|pipe| pipe.into_owned_fd()))
+    }
+
     /// Waits for the child to exit.
     pub fn wait(&self) -> Result<ExitStatus, Error> {
         self.runtime.block_on(self.child.wait())
@@ -442,4 +539,12 @@ impl ChildProcess {
             Err(_) => Ok(None),
         }
     }
+}
+
+/// A pipe taken out of the runtime (which makes it blocking again), as a
+/// file.
+fn blocking_file(pipe: Option<std::io::Result<OwnedFd>>) -> Result<Option<File>, Error> {
+    pipe.transpose()
+        .map(|fd| fd.map(File::from))
+        .map_err(|e| Error::Io(Arc::new(e)))
 }

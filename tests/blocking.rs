@@ -6,9 +6,9 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream as StdUnixStream;
-use std::process::Command;
-use std::sync::Arc;
-use std::time::Duration;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
 
 use common::{example, js_peer, node};
 use ipc_request::{Channel, ChannelConfig, Error, Request, SessionBuilder, SessionConfig, blocking};
@@ -146,10 +146,12 @@ fn blocking_on_both_sides_with_requests_nested_in_handlers() {
 }
 
 /// A peer played by hand on a blocking socket: answers the handshake, then
-/// (after `delay`, so that what the session sends piles up in its queue)
-/// reads lines until the end of the stream and returns them.
-fn hand_played_peer(socket: StdUnixStream, delay: Duration) -> std::thread::JoinHandle<Vec<String>> {
-    std::thread::spawn(move || {
+/// reads nothing until told to go (so that what the session sends piles up
+/// in its queue), then reads lines until the end of the stream and returns
+/// them.
+fn hand_played_peer(socket: StdUnixStream) -> (std::thread::JoinHandle<Vec<String>>, mpsc::Sender<()>) {
+    let (go, wait_for_go) = mpsc::channel();
+    let peer = std::thread::spawn(move || {
         let mut reader = BufReader::new(socket.try_clone().unwrap());
         let mut line = String::new();
         reader.read_line(&mut line).unwrap();
@@ -159,12 +161,19 @@ fn hand_played_peer(socket: StdUnixStream, delay: Duration) -> std::thread::Join
             "_IPC_REQUEST/HANDSHAKE_MSG_TYPE": "_IPC_REQUEST/HANDSHAKE_MSG_TYPE:RESPONSE",
         });
         (&socket).write_all(format!("{answer}\n").as_bytes()).unwrap();
-        std::thread::sleep(delay);
+        let _ = wait_for_go.recv();
         reader.lines().map(Result::unwrap).collect()
-    })
+    });
+    (peer, go)
 }
 
-fn setup_over(socket: StdUnixStream, config: ChannelConfig) -> blocking::Session {
+/// A blocking session over `socket`, with room in its queue for what
+/// `fill` sends.
+fn setup_over(socket: StdUnixStream) -> blocking::Session {
+    let config = ChannelConfig {
+        write_queue_bytes: 16 << 20,
+        ..ChannelConfig::default()
+    };
     blocking::setup_with(SessionBuilder::new(), move || {
         socket.set_nonblocking(true).unwrap();
         Channel::from_unix(tokio::net::UnixStream::from_std(socket).unwrap(), config)
@@ -172,40 +181,76 @@ fn setup_over(socket: StdUnixStream, config: ChannelConfig) -> blocking::Session
     .unwrap()
 }
 
-#[test]
-fn dropping_the_last_handle_writes_what_was_queued_then_closes() {
-    let (ours, theirs) = StdUnixStream::pair().unwrap();
-    let peer = hand_played_peer(theirs, Duration::from_secs(1));
-    let config = ChannelConfig {
-        write_queue_bytes: 16 << 20,
-        ..ChannelConfig::default()
-    };
-    let session = setup_over(ours, config);
-    // 8 MiB: far more than the socket holds while the peer sleeps, so most
-    // of it waits in the writer's queue when the handle goes.
+/// Sends `n` messages of 64 KiB to a peer that reads nothing yet: far more
+/// than the socket holds, so most of it waits in the writer's queue.
+fn fill(session: &blocking::Session, n: usize) {
     let text = "x".repeat(64 * 1024);
-    for i in 0..128 {
+    for i in 0..n {
         session.send(&json!({"i": i, "text": text})).unwrap();
     }
     let queued = session.queued_bytes();
     assert!(
-        queued > 4 << 20,
+        queued > n * 32 * 1024,
         "only {queued} bytes queued: the test shows nothing"
     );
-    drop(session);
+}
+
+/// The peer got the `n` messages of `fill`, in order, then the end.
+fn assert_got_all(peer: std::thread::JoinHandle<Vec<String>>, n: usize, context: &str) {
     let lines = peer.join().unwrap();
-    assert_eq!(lines.len(), 128, "lines lost when the session was dropped");
+    assert_eq!(
+        lines.len(),
+        n,
+        "{context}: lines lost when the session was dropped"
+    );
     for (i, line) in lines.iter().enumerate() {
         let message: Value = serde_json::from_str(line).unwrap();
-        assert_eq!(message["i"], json!(i));
+        assert_eq!(message["i"], json!(i), "{context}");
+    }
+}
+
+#[test]
+fn dropping_the_last_handle_writes_what_was_queued_then_closes() {
+    let (ours, theirs) = StdUnixStream::pair().unwrap();
+    let (peer, go) = hand_played_peer(theirs);
+    let session = setup_over(ours);
+    fill(&session, 128);
+    go.send(()).unwrap();
+    drop(session);
+    assert_got_all(peer, 128, "a plain thread");
+}
+
+#[test]
+fn a_drop_on_a_runtime_thread_still_writes_what_was_queued() {
+    // There the drop cannot wait (a task) or cannot tell it may (the
+    // blocking pool): it leaves the waiting to a thread of its own.
+    let other = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .build()
+        .unwrap();
+    for place in ["an async task", "a thread of the blocking pool"] {
+        let (ours, theirs) = StdUnixStream::pair().unwrap();
+        let (peer, go) = hand_played_peer(theirs);
+        let session = setup_over(ours);
+        fill(&session, 64);
+        go.send(()).unwrap();
+        if place == "an async task" {
+            other.block_on(other.spawn(async move { drop(session) })).unwrap();
+        } else {
+            other
+                .block_on(other.spawn_blocking(move || drop(session)))
+                .unwrap();
+        }
+        assert_got_all(peer, 64, place);
     }
 }
 
 #[test]
 fn calls_that_wait_panic_in_an_async_context_and_a_drop_there_does_not() {
     let (ours, theirs) = StdUnixStream::pair().unwrap();
-    let peer = hand_played_peer(theirs, Duration::ZERO);
-    let session = setup_over(ours, ChannelConfig::default());
+    let (peer, go) = hand_played_peer(theirs);
+    go.send(()).unwrap();
+    let session = setup_over(ours);
     let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
     runtime.block_on(async {
         let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.send(&json!("x"))));
@@ -244,4 +289,64 @@ fn a_child_that_never_shakes_hands_is_killed_when_spawn_fails() {
     // SAFETY: signal 0 only asks whether the process exists.
     let gone = unsafe { libc::kill(pid, 0) } != 0;
     assert!(gone, "the child {pid} still runs (or was not reaped)");
+}
+
+/// The state letter of process `pid` (`Z` for a zombie), or `None` once it
+/// is gone.
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+}
+
+#[test]
+fn a_child_dropped_without_waiting_is_still_reaped() {
+    let (session, child) = blocking::spawn(Command::new(example("blocking_peer")), None).unwrap();
+    let pid = child.id();
+    // The child exits once it sees its channel close; nothing of ours
+    // waits for it any more, and it must not be left a zombie.
+    drop((session, child));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Some(state) = process_state(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "child {pid} is still there, state {state}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn piped_stdio_is_there_for_the_taking_as_files() {
+    let mut command = Command::new("sh");
+    // A background job copies one line of stdin to stderr (through fd 5:
+    // a background job's own stdin is /dev/null); the shell then becomes
+    // the child that speaks the protocol.
+    let script = format!(
+        "exec 5<&0; head -n 1 <&5 >&2 & exec 5<&-; echo from-the-child; exec '{}'",
+        example("blocking_peer").display()
+    );
+    command.arg("-c").arg(script);
+    command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let (session, child) = blocking::spawn(command, None).unwrap();
+    let mut stdin = child.take_stdin().unwrap().expect("stdin is piped");
+    assert!(child.take_stdin().unwrap().is_none(), "taken once");
+    stdin.write_all(b"ping\n").unwrap();
+    drop(stdin);
+    let mut out = String::new();
+    BufReader::new(child.take_stdout().unwrap().expect("stdout is piped"))
+        .read_line(&mut out)
+        .unwrap();
+    assert_eq!(out, "from-the-child\n");
+    let mut err = String::new();
+    BufReader::new(child.take_stderr().unwrap().expect("stderr is piped"))
+        .read_line(&mut err)
+        .unwrap();
+    assert_eq!(err, "ping\n");
+    let got: Value = session.request(&json!({"op": "echo", "data": 1})).unwrap();
+    assert_eq!(got, json!(1));
+    drop(session);
+    assert_exits(&child);
 }
