@@ -68,15 +68,9 @@ fn handle(request: Request) -> Result<Value, RemoteError> {
             std::thread::sleep(Duration::from_millis(payload["ms"].as_u64().unwrap_or(0)));
             Ok(payload["data"].clone())
         }
-        "fail" => {
-            let mut error = RemoteError::new(
-                payload["name"].as_str().unwrap_or("Error"),
-                payload["message"].as_str().unwrap_or(""),
-            );
-            error.code = payload.get("code").cloned();
-            error.data = payload.get("data").cloned();
-            Err(error)
-        }
+        // The op's other fields are the error's: name, message, code, data.
+        "fail" => Err(serde_json::from_value(payload.clone())
+            .unwrap_or_else(|e| RemoteError::new("BadFailOp", e.to_string()))),
         "panic" => panic!("asked to panic"),
         "wait_cancel" => {
             // Work in steps, looking for the cancel between them: what a

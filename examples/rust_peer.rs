@@ -108,15 +108,9 @@ async fn handle(state: Arc<State>, request: Request, responder: Responder) {
             tokio::time::sleep(Duration::from_millis(ms)).await;
             Ok(payload["data"].clone())
         }
-        "fail" => {
-            let mut error = RemoteError::new(
-                payload["name"].as_str().unwrap_or("Error"),
-                payload["message"].as_str().unwrap_or(""),
-            );
-            error.code = payload.get("code").cloned();
-            error.data = payload.get("data").cloned();
-            Err(error)
-        }
+        // The op's other fields are the error's: name, message, code, data.
+        "fail" => Err(serde_json::from_value(payload.clone())
+            .unwrap_or_else(|e| RemoteError::new("BadFailOp", e.to_string()))),
         "panic" => panic!("asked to panic"),
         "drop" => {
             drop(responder);
