@@ -49,11 +49,16 @@
 //! [`HANDLER_STOP_TIMEOUT`] to return (its request is cancelled: see
 //! [`Request::is_cancelled`]) before the runtime lets go of its thread. A
 //! child that still runs then is waited for, so that it is never left a
-//! zombie: the runtime stops once the child exits (as a child does when
-//! its channel closes). A drop that cannot wait where it happens (on a
-//! thread of any Tokio runtime, a [`handler_fn`] thread included) leaves
-//! the waiting to a thread of its own and returns at once; what was queued
-//! is still written.
+//! zombie: the runtime (a thread, and one more that waits) stops once the
+//! child exits, as a child does when its channel closes. One that never
+//! exits keeps them until it does: [`ChildProcess::kill`] it first.
+//!
+//! A drop that cannot wait where it happens (on a thread of any Tokio
+//! runtime, a [`handler_fn`] thread included) closes the session, leaves
+//! the waiting to a thread of its own, and returns at once: what was
+//! queued is written while the process lives. A program about to exit
+//! calls [`Session::shutdown_timeout`] first (on a thread that may wait),
+//! or what is still queued is lost with the process.
 
 use std::fs::File;
 use std::future::Future;
@@ -61,6 +66,8 @@ use std::os::fd::OwnedFd;
 use std::process::{Command, ExitStatus};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::sync::watch;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -158,7 +165,7 @@ pub fn spawn_with(
             }
         }
     })?;
-    runtime.child = Some(child.clone());
+    runtime.child_exit = Some(child.exit_status());
     let runtime = Arc::new(runtime);
     let child = ChildProcess {
         child,
@@ -210,9 +217,11 @@ pub fn setup_with(
 struct Runtime {
     /// `None` only while dropping.
     runtime: Option<tokio::runtime::Runtime>,
-    /// The child a task of this runtime reaps ([`spawn`]): one still
-    /// running when the runtime is dropped is waited for first.
-    child: Option<crate::ChildProcess>,
+    /// The exit status of the child a task of this runtime reaps
+    /// ([`spawn`]): one still running when the runtime is dropped is waited
+    /// for first. Not the child's handle, which would hold its untaken
+    /// pipes open, and a child may wait for those to close.
+    child_exit: Option<watch::Receiver<Option<ExitStatus>>>,
 }
 
 impl Runtime {
@@ -227,7 +236,7 @@ impl Runtime {
             .map_err(|e| Error::Io(Arc::new(e)))?;
         Ok(Runtime {
             runtime: Some(runtime),
-            child: None,
+            child_exit: None,
         })
     }
 
@@ -269,8 +278,8 @@ impl Drop for Runtime {
         // Nothing reaps a child once its runtime has stopped: a child still
         // running (it exits once it sees its channel close) would be left a
         // zombie for as long as this process lives.
-        let child = self.child.take().filter(|child| child.try_status().is_none());
-        if child.is_none() && !in_runtime() {
+        let child_exit = self.child_exit.take().filter(|exit| exit.borrow().is_none());
+        if child_exit.is_none() && !in_runtime() {
             runtime.shutdown_timeout(HANDLER_STOP_TIMEOUT);
             return;
         }
@@ -283,8 +292,8 @@ impl Drop for Runtime {
             let Some(runtime) = theirs.lock().unwrap().take() else {
                 return;
             };
-            if let Some(child) = child {
-                let _ = runtime.block_on(child.wait());
+            if let Some(mut exit) = child_exit {
+                let _ = runtime.block_on(exit.wait_for(|status| status.is_some()));
             }
             runtime.shutdown_timeout(HANDLER_STOP_TIMEOUT);
         });
@@ -315,6 +324,9 @@ struct Owner {
 
 impl Drop for Owner {
     fn drop(&mut self) {
+        // Closed at once, wherever the wait happens: nothing sent after the
+        // drop returns (a handler's answer) is written.
+        self.session.close();
         if !in_runtime() {
             close_and_flush(&self.session, &self.runtime, DROP_FLUSH_TIMEOUT);
             return;
@@ -327,9 +339,7 @@ impl Drop for Owner {
         let flush = move || {
             close_and_flush(&session, &runtime, DROP_FLUSH_TIMEOUT);
         };
-        if !wait_elsewhere(flush) {
-            self.session.close();
-        }
+        wait_elsewhere(flush);
     }
 }
 

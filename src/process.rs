@@ -226,6 +226,13 @@ impl ChildProcess {
         *self.exit.borrow()
     }
 
+    /// The child's exit status as its reaping task publishes it, without
+    /// the rest of this handle (its pipes): for a waiter that must not keep
+    /// them open.
+    pub(crate) fn exit_status(&self) -> watch::Receiver<Option<ExitStatus>> {
+        self.exit.clone()
+    }
+
     /// Waits for the child to exit.
     pub async fn wait(&self) -> Result<ExitStatus, Error> {
         let mut exit = self.exit.clone();

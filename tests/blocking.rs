@@ -150,6 +150,14 @@ fn blocking_on_both_sides_with_requests_nested_in_handlers() {
 /// in its queue), then reads lines until the end of the stream and returns
 /// them.
 fn hand_played_peer(socket: StdUnixStream) -> (std::thread::JoinHandle<Vec<String>>, mpsc::Sender<()>) {
+    hand_played_peer_then(socket, String::new())
+}
+
+/// [`hand_played_peer`], writing `text` right after its handshake answer.
+fn hand_played_peer_then(
+    socket: StdUnixStream,
+    text: String,
+) -> (std::thread::JoinHandle<Vec<String>>, mpsc::Sender<()>) {
     let (go, wait_for_go) = mpsc::channel();
     let peer = std::thread::spawn(move || {
         let mut reader = BufReader::new(socket.try_clone().unwrap());
@@ -160,7 +168,9 @@ fn hand_played_peer(socket: StdUnixStream) -> (std::thread::JoinHandle<Vec<Strin
             "_IPC_REQUEST/HANDSHAKE_UID": hello["_IPC_REQUEST/HANDSHAKE_UID"],
             "_IPC_REQUEST/HANDSHAKE_MSG_TYPE": "_IPC_REQUEST/HANDSHAKE_MSG_TYPE:RESPONSE",
         });
-        (&socket).write_all(format!("{answer}\n").as_bytes()).unwrap();
+        (&socket)
+            .write_all(format!("{answer}\n{text}").as_bytes())
+            .unwrap();
         let _ = wait_for_go.recv();
         reader.lines().map(Result::unwrap).collect()
     });
@@ -170,11 +180,16 @@ fn hand_played_peer(socket: StdUnixStream) -> (std::thread::JoinHandle<Vec<Strin
 /// A blocking session over `socket`, with room in its queue for what
 /// `fill` sends.
 fn setup_over(socket: StdUnixStream) -> blocking::Session {
+    setup_over_with(socket, SessionBuilder::new())
+}
+
+/// [`setup_over`] with `builder`'s settings and handler.
+fn setup_over_with(socket: StdUnixStream, builder: SessionBuilder) -> blocking::Session {
     let config = ChannelConfig {
         write_queue_bytes: 16 << 20,
         ..ChannelConfig::default()
     };
-    blocking::setup_with(SessionBuilder::new(), move || {
+    blocking::setup_with(builder, move || {
         socket.set_nonblocking(true).unwrap();
         Channel::from_unix(tokio::net::UnixStream::from_std(socket).unwrap(), config)
     })
@@ -300,19 +315,61 @@ fn process_state(pid: u32) -> Option<char> {
 
 #[test]
 fn a_child_dropped_without_waiting_is_still_reaped() {
-    let (session, child) = blocking::spawn(Command::new(example("blocking_peer")), None).unwrap();
-    let pid = child.id();
-    // The child exits once it sees its channel close; nothing of ours
-    // waits for it any more, and it must not be left a zombie.
-    drop((session, child));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while let Some(state) = process_state(pid) {
-        assert!(
-            Instant::now() < deadline,
-            "child {pid} is still there, state {state}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
+    let peer = example("blocking_peer");
+    // One that exits once its channel closes; one that then waits for its
+    // stdin to close, which nobody took: dropping the handles closes it.
+    let mut then_reads_stdin = Command::new("sh");
+    then_reads_stdin
+        .arg("-c")
+        .arg(format!("'{}'; exec cat", peer.display()))
+        .stdin(Stdio::piped());
+    for command in [Command::new(&peer), then_reads_stdin] {
+        let (session, child) = blocking::spawn(command, None).unwrap();
+        let pid = child.id();
+        // Nothing of ours waits for it any more: it must still be reaped,
+        // not left a zombie.
+        drop((session, child));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Some(state) = process_state(pid) {
+            assert!(
+                Instant::now() < deadline,
+                "child {pid} is still there, state {state}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
+}
+
+#[test]
+fn a_drop_on_the_sessions_own_handler_thread_still_writes_what_was_queued() {
+    // The peer's request makes our handler take the last handle on the
+    // session, send, and drop it, on the thread it runs on.
+    let request = json!({
+        "_IPC_REQUEST/MSG_TYPE": "_IPC_REQUEST/MSG_TYPE:REQUEST",
+        "_IPC_REQUEST/REQUEST_UID": "r1",
+        "_IPC_REQUEST/PAYLOAD": null,
+    });
+    let (ours, theirs) = StdUnixStream::pair().unwrap();
+    let (peer, go) = hand_played_peer_then(theirs, format!("{request}\n"));
+    let last_handle: Arc<std::sync::Mutex<Option<blocking::Session>>> = Default::default();
+    let handler = {
+        let last_handle = last_handle.clone();
+        blocking::handler_fn(move |_req: Request| {
+            let session = loop {
+                if let Some(session) = last_handle.lock().unwrap().take() {
+                    break session;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            };
+            fill(&session, 64);
+            go.send(()).unwrap();
+            drop(session);
+            Ok::<_, Error>("not sent: the session is closed")
+        })
+    };
+    let session = setup_over_with(ours, SessionBuilder::new().handler(handler));
+    *last_handle.lock().unwrap() = Some(session);
+    assert_got_all(peer, 64, "the session's own handler thread");
 }
 
 #[test]
