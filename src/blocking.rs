@@ -38,7 +38,8 @@
 //! failure; and, here, when the last clone of its [`Session`] is dropped
 //! ([`Messages`] and [`ChildProcess`] do not count): the drop closes it,
 //! waits up to [`DROP_FLUSH_TIMEOUT`] for what was sent to be written (the
-//! peer must read it), and returns. A handler that holds a clone of its own
+//! peer must read it), and returns (after up to [`HANDLER_STOP_TIMEOUT`]
+//! more if it also stops the runtime while handlers still run). A handler that holds a clone of its own
 //! session (to call the peer back) keeps it from being dropped while the
 //! session is open: close such a session with [`Session::close`]. (The
 //! session lets go of its handler when it ends, so it then goes with its
@@ -95,7 +96,11 @@ const KILL_WAIT: Duration = Duration::from_secs(1);
 /// is the response, `Err(error)` travels back as a [`RemoteError`], and a
 /// panic is answered with an error named `HandlerPanicked`. At most
 /// [`SessionConfig::max_concurrent_handlers`](crate::SessionConfig::max_concurrent_handlers)
-/// run at once, as for any handler; Tokio's pool adds threads up to 512.
+/// run at once, as for any handler, each on a thread of its own (made when
+/// needed, kept a while for the next). A handler that calls the peer back
+/// holds its slot until the answer comes; if the peer's answer needs one of
+/// our handlers too, callbacks nested past that many at once wait for ever,
+/// as with any handler: raise the limit for such a peer.
 ///
 /// ```no_run
 /// # use ipc_request::{blocking, Request, RemoteError};
@@ -153,7 +158,7 @@ pub fn spawn_with(
     options: SpawnOptions,
     builder: SessionBuilder,
 ) -> Result<(Session, ChildProcess), Error> {
-    let mut runtime = Runtime::new()?;
+    let mut runtime = Runtime::new(builder.max_concurrent_handlers())?;
     let (session, child) = runtime.block_on(async {
         let (channel, child) = process::spawn_with(command, options)?;
         match builder.setup(channel).await {
@@ -206,7 +211,7 @@ pub fn setup_with(
     builder: SessionBuilder,
     open: impl FnOnce() -> Result<Channel, Error>,
 ) -> Result<Session, Error> {
-    let runtime = Arc::new(Runtime::new()?);
+    let runtime = Arc::new(Runtime::new(builder.max_concurrent_handlers())?);
     let session = runtime.block_on(async { builder.setup(open()?).await })?;
     Ok(Session::new(session, runtime))
 }
@@ -225,11 +230,17 @@ struct Runtime {
 }
 
 impl Runtime {
-    fn new() -> Result<Self, Error> {
+    /// A runtime for a session whose handlers run at most
+    /// `max_concurrent_handlers` at once.
+    fn new(max_concurrent_handlers: usize) -> Result<Self, Error> {
         // One worker: it runs the reader, the writer and async handlers; the
-        // callers' threads run their own calls' futures.
+        // callers' threads run their own calls' futures. A thread in the
+        // blocking pool for every handler slot: handlers of `handler_fn`
+        // waiting on callbacks whose own handlers queued for a thread (the
+        // pool's default is 512) would wait for ever. Made when needed.
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
+            .max_blocking_threads(max_concurrent_handlers.max(1))
             .thread_name("ipc-request")
             .enable_all()
             .build()
@@ -257,17 +268,25 @@ fn in_runtime() -> bool {
     tokio::runtime::Handle::try_current().is_ok()
 }
 
+/// True on a thread that is exiting, whose Tokio context is already gone
+/// (a handle held in a thread-local, dropped after Tokio's own): there
+/// `block_on` panics, and a panic in a thread-local's destructor aborts the
+/// process. Such a drop waits on another thread.
+fn thread_exiting() -> bool {
+    tokio::runtime::Handle::try_current().is_err_and(|e| e.is_thread_local_destroyed())
+}
+
 /// Runs `work` on a thread of its own, for a drop that cannot wait where it
-/// is; false if no thread could be started (`work` is then dropped unrun,
+/// is; `None` if no thread could be started (`work` is then dropped unrun,
 /// here).
-fn wait_elsewhere(work: impl FnOnce() + Send + 'static) -> bool {
+fn wait_elsewhere(work: impl FnOnce() + Send + 'static) -> Option<std::thread::JoinHandle<()>> {
     let started = std::thread::Builder::new()
         .name("ipc-request-drop".into())
         .spawn(work);
     if let Err(e) = &started {
         tracing::warn!("no thread to finish a dropped session on: {e}");
     }
-    started.is_ok()
+    started.ok()
 }
 
 impl Drop for Runtime {
@@ -297,7 +316,7 @@ impl Drop for Runtime {
             }
             runtime.shutdown_timeout(HANDLER_STOP_TIMEOUT);
         });
-        if !waited {
+        if waited.is_none() {
             if let Some(runtime) = slot.lock().unwrap().take() {
                 runtime.shutdown_background();
             }
@@ -327,19 +346,26 @@ impl Drop for Owner {
         // Closed at once, wherever the wait happens: nothing sent after the
         // drop returns (a handler's answer) is written.
         self.session.close();
-        if !in_runtime() {
+        let exiting = thread_exiting();
+        if !exiting && !in_runtime() {
             close_and_flush(&self.session, &self.runtime, DROP_FLUSH_TIMEOUT);
             return;
         }
-        // Waiting here would panic (an async task), or this cannot tell
-        // (a thread of a runtime's blocking pool): a thread of its own waits
-        // for the queue to be written. The clones it holds are no `Owner`:
-        // their drops do not come back here.
+        // Waiting here would panic (an async task; a thread whose Tokio
+        // context is gone), or this cannot tell (a thread of a runtime's
+        // blocking pool): a thread of its own waits for the queue to be
+        // written. The clones it holds are no `Owner`: their drops do not
+        // come back here.
         let (session, runtime) = (self.session.clone(), self.runtime.clone());
         let flush = move || {
             close_and_flush(&session, &runtime, DROP_FLUSH_TIMEOUT);
         };
-        wait_elsewhere(flush);
+        let waiting = wait_elsewhere(flush);
+        // An exiting thread may wait for that one (joining is no Tokio
+        // call): the flush then happens before, say, the process exits.
+        if let Some(waiting) = waiting.filter(|_| exiting) {
+            let _ = waiting.join();
+        }
     }
 }
 

@@ -11,7 +11,9 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use common::{example, js_peer, node};
-use ipc_request::{Channel, ChannelConfig, Error, Request, SessionBuilder, SessionConfig, blocking};
+use ipc_request::{
+    Channel, ChannelConfig, CloseReason, Error, Request, SessionBuilder, SessionConfig, blocking,
+};
 use serde_json::{Value, json};
 
 /// Answers `{"from":"rust-parent","data":X}`, from a thread of the
@@ -406,4 +408,136 @@ fn piped_stdio_is_there_for_the_taking_as_files() {
     assert_eq!(got, json!(1));
     drop(session);
     assert_exits(&child);
+}
+
+#[test]
+fn a_session_dropped_as_its_thread_exits_still_writes_what_was_queued() {
+    // Held in a thread-local that outlives Tokio's own: when the thread
+    // exits, Tokio's context is gone and the drop may not block_on there
+    // (a panic in a thread-local's destructor aborts the process).
+    thread_local! {
+        static HELD: std::cell::RefCell<Option<blocking::Session>> = const { std::cell::RefCell::new(None) };
+    }
+    let (ours, theirs) = StdUnixStream::pair().unwrap();
+    let (peer, go) = hand_played_peer(theirs);
+    std::thread::spawn(move || {
+        // Registered first, so destroyed after Tokio's context.
+        HELD.with(|_| {});
+        let session = setup_over(ours);
+        fill(&session, 64);
+        go.send(()).unwrap();
+        HELD.with(|held| *held.borrow_mut() = Some(session));
+    })
+    .join()
+    .unwrap();
+    assert_got_all(peer, 64, "a thread-local dropped as its thread exits");
+}
+
+#[test]
+fn handlers_that_call_back_get_a_thread_for_every_handler_slot() {
+    // 520 requests whose handlers each wait for all the others, then ask
+    // the peer, whose handler asks us again: 520 of our handlers waiting at
+    // once, past the 512 threads of Tokio's default blocking pool, within
+    // the 1,024 handler slots. Were the pool full of handlers that wait,
+    // the handlers their answers need would wait for a thread for ever.
+    const CALLS: usize = 520;
+    let (ours, theirs) = StdUnixStream::pair().unwrap();
+    let peer_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let peer_cell: Arc<std::sync::OnceLock<ipc_request::Session>> = Default::default();
+    let peer_handler = {
+        let peer_cell = peer_cell.clone();
+        ipc_request::handler_fn(move |req: Request| {
+            let peer_cell = peer_cell.clone();
+            async move {
+                let data: Value = req.payload()?;
+                let peer = peer_cell.get().expect("set before any request").clone();
+                peer.request::<_, Value>(&json!({"op": "echo", "data": data}))
+                    .await
+            }
+        })
+    };
+    let peer_setup = peer_runtime.spawn(async move {
+        theirs.set_nonblocking(true).unwrap();
+        let channel = Channel::from_unix(
+            tokio::net::UnixStream::from_std(theirs).unwrap(),
+            ChannelConfig::default(),
+        );
+        ipc_request::setup(channel.unwrap(), peer_handler).await
+    });
+    let arrived = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let our_cell: Arc<std::sync::OnceLock<blocking::Session>> = Default::default();
+    let our_handler = {
+        let (arrived, our_cell) = (arrived.clone(), our_cell.clone());
+        blocking::handler_fn(move |req: Request| {
+            let payload: Value = req.payload()?;
+            if payload["op"] == "echo" {
+                return Ok::<_, Error>(payload["data"].clone());
+            }
+            arrived.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while arrived.load(std::sync::atomic::Ordering::SeqCst) < CALLS && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            our_cell
+                .get()
+                .expect("set before any request")
+                .request(&payload["data"])
+        })
+    };
+    let session = setup_over_with(ours, SessionBuilder::new().handler(our_handler));
+    our_cell.set(session.clone()).unwrap();
+    let peer = peer_runtime.block_on(peer_setup).unwrap().unwrap();
+    peer_cell.set(peer.clone()).unwrap();
+    let answers = peer_runtime.block_on(async {
+        let calls = (0..CALLS).map(|i| {
+            let peer = peer.clone();
+            async move {
+                peer.request_timeout::<_, Value>(&json!({"op": "call", "data": i}), Duration::from_secs(20))
+                    .await
+            }
+        });
+        futures_util::future::join_all(calls).await
+    });
+    for (i, answer) in answers.into_iter().enumerate() {
+        assert_eq!(answer.unwrap(), json!(i));
+    }
+    session.close();
+    peer.close();
+}
+
+#[test]
+fn shutdown_timeout_says_whether_the_queue_was_written_and_a_child_can_be_killed() {
+    let (ours, theirs) = StdUnixStream::pair().unwrap();
+    let (peer, go) = hand_played_peer(theirs);
+    let session = setup_over(ours);
+    assert!(session.close_reason().is_none());
+    fill(&session, 64);
+    // The peer reads nothing: not written in time, but closed anyway.
+    assert!(!session.shutdown_timeout(Duration::from_millis(200)));
+    assert!(matches!(session.close_reason(), Some(CloseReason::Local)));
+    assert!(matches!(session.closed(), CloseReason::Local));
+    go.send(()).unwrap();
+    assert!(
+        session.shutdown_timeout(Duration::from_secs(10)),
+        "written once the peer reads"
+    );
+    drop(session);
+    assert_got_all(peer, 64, "after shutdown_timeout");
+
+    let (session, child) = blocking::spawn(Command::new(example("blocking_peer")), None).unwrap();
+    assert!(matches!(child.wait_timeout(Duration::from_millis(50)), Ok(None)));
+    assert!(child.try_status().is_none());
+    child.kill();
+    let status = child.wait().unwrap();
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9));
+    assert!(
+        matches!(session.closed(), CloseReason::ChildExited(_)),
+        "{:?}",
+        session.close_reason()
+    );
+    assert!(matches!(session.send(&1), Err(Error::Closed(_))));
 }

@@ -166,6 +166,11 @@ impl SessionBuilder {
         self
     }
 
+    /// The handler slots the session will have.
+    pub(crate) fn max_concurrent_handlers(&self) -> usize {
+        self.config.max_concurrent_handlers
+    }
+
     /// Runs the handshake over `channel` (see [`setup`]).
     pub async fn setup(self, channel: Channel) -> Result<Session, Error> {
         let (sender, receiver, peer_exit) = channel.into_parts();
