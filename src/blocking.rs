@@ -159,18 +159,19 @@ pub fn spawn_with(
     builder: SessionBuilder,
 ) -> Result<(Session, ChildProcess), Error> {
     let mut runtime = Runtime::new(builder.max_concurrent_handlers())?;
-    let (session, child) = runtime.block_on(async {
+    let (setup, child) = runtime.block_on(async {
         let (channel, child) = process::spawn_with(command, options)?;
-        match builder.setup(channel).await {
-            Ok(session) => Ok((session, child)),
-            Err(e) => {
-                child.kill();
-                let _ = tokio::time::timeout(KILL_WAIT, child.wait()).await;
-                Err(e)
-            }
+        let setup = builder.setup(channel).await;
+        if setup.is_err() {
+            child.kill();
+            let _ = tokio::time::timeout(KILL_WAIT, child.wait()).await;
         }
+        Ok::<_, Error>((setup, child))
     })?;
+    // Also after a failed handshake: a killed child slower to die than
+    // KILL_WAIT is still reaped (see the runtime's drop).
     runtime.child_exit = Some(child.exit_status());
+    let session = setup?;
     let runtime = Arc::new(runtime);
     let child = ChildProcess {
         child,
