@@ -87,6 +87,13 @@ pub const DROP_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// blocking threads (see the module docs).
 pub const HANDLER_STOP_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Threads of a session runtime's blocking pool beyond one per handler
+/// slot, for the application's own blocking work (see `Runtime::new`).
+const BLOCKING_THREADS_BESIDES_HANDLERS: usize = 64;
+
+/// The most threads a session runtime's blocking pool may have.
+const MAX_BLOCKING_THREADS: usize = 1 << 16;
+
 /// How long a failed [`spawn`] waits for the child it kills to exit.
 const KILL_WAIT: Duration = Duration::from_secs(1);
 
@@ -97,7 +104,9 @@ const KILL_WAIT: Duration = Duration::from_secs(1);
 /// panic is answered with an error named `HandlerPanicked`. At most
 /// [`SessionConfig::max_concurrent_handlers`](crate::SessionConfig::max_concurrent_handlers)
 /// run at once, as for any handler, each on a thread of its own (made when
-/// needed, kept a while for the next). A handler that calls the peer back
+/// needed, kept a while for the next): the runtime's blocking pool has one
+/// for every handler slot (up to 65,536) and 64 more, at least 512, shared
+/// with the `spawn_blocking` and `tokio::fs` calls of handlers. A handler that calls the peer back
 /// holds its slot until the answer comes; if the peer's answer needs one of
 /// our handlers too, callbacks nested past that many at once wait for ever,
 /// as with any handler: raise the limit for such a peer.
@@ -235,13 +244,19 @@ impl Runtime {
     /// `max_concurrent_handlers` at once.
     fn new(max_concurrent_handlers: usize) -> Result<Self, Error> {
         // One worker: it runs the reader, the writer and async handlers; the
-        // callers' threads run their own calls' futures. A thread in the
-        // blocking pool for every handler slot: handlers of `handler_fn`
-        // waiting on callbacks whose own handlers queued for a thread (the
-        // pool's default is 512) would wait for ever. Made when needed.
+        // callers' threads run their own calls' futures. The blocking pool
+        // (made when needed) has a thread for every handler slot, and room
+        // for the application's own `spawn_blocking` and `tokio::fs` calls
+        // besides: handlers of `handler_fn` waiting on callbacks, whose own
+        // handlers queue for a thread, would otherwise wait for ever. Never
+        // fewer than Tokio's default (512), and not without bound (Tokio
+        // adds the worker to it, and panics on an overflow).
+        let blocking_threads = max_concurrent_handlers
+            .saturating_add(BLOCKING_THREADS_BESIDES_HANDLERS)
+            .clamp(512, MAX_BLOCKING_THREADS);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
-            .max_blocking_threads(max_concurrent_handlers.max(1))
+            .max_blocking_threads(blocking_threads)
             .thread_name("ipc-request")
             .enable_all()
             .build()

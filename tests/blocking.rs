@@ -11,9 +11,7 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use common::{example, js_peer, node};
-use ipc_request::{
-    Channel, ChannelConfig, CloseReason, Error, Request, SessionBuilder, SessionConfig, blocking,
-};
+use ipc_request::{CloseReason, Error, Request, SessionBuilder, SessionConfig, blocking};
 use serde_json::{Value, json};
 
 /// Answers `{"from":"rust-parent","data":X}`, from a thread of the
@@ -182,20 +180,7 @@ fn hand_played_peer_then(
 /// A blocking session over `socket`, with room in its queue for what
 /// `fill` sends.
 fn setup_over(socket: StdUnixStream) -> blocking::Session {
-    setup_over_with(socket, SessionBuilder::new())
-}
-
-/// [`setup_over`] with `builder`'s settings and handler.
-fn setup_over_with(socket: StdUnixStream, builder: SessionBuilder) -> blocking::Session {
-    let config = ChannelConfig {
-        write_queue_bytes: 16 << 20,
-        ..ChannelConfig::default()
-    };
-    blocking::setup_with(builder, move || {
-        socket.set_nonblocking(true).unwrap();
-        Channel::from_unix(tokio::net::UnixStream::from_std(socket).unwrap(), config)
-    })
-    .unwrap()
+    common::blocking_session_over(socket, SessionBuilder::new())
 }
 
 /// Sends `n` messages of 64 KiB to a peer that reads nothing yet: far more
@@ -231,10 +216,10 @@ fn dropping_the_last_handle_writes_what_was_queued_then_closes() {
     let (ours, theirs) = StdUnixStream::pair().unwrap();
     let (peer, go) = hand_played_peer(theirs);
     let session = setup_over(ours);
-    fill(&session, 128);
+    fill(&session, 32);
     go.send(()).unwrap();
     drop(session);
-    assert_got_all(peer, 128, "a plain thread");
+    assert_got_all(peer, 32, "a plain thread");
 }
 
 #[test]
@@ -249,7 +234,7 @@ fn a_drop_on_a_runtime_thread_still_writes_what_was_queued() {
         let (ours, theirs) = StdUnixStream::pair().unwrap();
         let (peer, go) = hand_played_peer(theirs);
         let session = setup_over(ours);
-        fill(&session, 64);
+        fill(&session, 32);
         go.send(()).unwrap();
         if place == "an async task" {
             other.block_on(other.spawn(async move { drop(session) })).unwrap();
@@ -258,7 +243,7 @@ fn a_drop_on_a_runtime_thread_still_writes_what_was_queued() {
                 .block_on(other.spawn_blocking(move || drop(session)))
                 .unwrap();
         }
-        assert_got_all(peer, 64, place);
+        assert_got_all(peer, 32, place);
     }
 }
 
@@ -363,15 +348,15 @@ fn a_drop_on_the_sessions_own_handler_thread_still_writes_what_was_queued() {
                 }
                 std::thread::sleep(Duration::from_millis(1));
             };
-            fill(&session, 64);
+            fill(&session, 32);
             go.send(()).unwrap();
             drop(session);
             Ok::<_, Error>("not sent: the session is closed")
         })
     };
-    let session = setup_over_with(ours, SessionBuilder::new().handler(handler));
+    let session = common::blocking_session_over(ours, SessionBuilder::new().handler(handler));
     *last_handle.lock().unwrap() = Some(session);
-    assert_got_all(peer, 64, "the session's own handler thread");
+    assert_got_all(peer, 32, "the session's own handler thread");
 }
 
 #[test]
@@ -424,89 +409,13 @@ fn a_session_dropped_as_its_thread_exits_still_writes_what_was_queued() {
         // Registered first, so destroyed after Tokio's context.
         HELD.with(|_| {});
         let session = setup_over(ours);
-        fill(&session, 64);
+        fill(&session, 32);
         go.send(()).unwrap();
         HELD.with(|held| *held.borrow_mut() = Some(session));
     })
     .join()
     .unwrap();
-    assert_got_all(peer, 64, "a thread-local dropped as its thread exits");
-}
-
-#[test]
-fn handlers_that_call_back_get_a_thread_for_every_handler_slot() {
-    // 520 requests whose handlers each wait for all the others, then ask
-    // the peer, whose handler asks us again: 520 of our handlers waiting at
-    // once, past the 512 threads of Tokio's default blocking pool, within
-    // the 1,024 handler slots. Were the pool full of handlers that wait,
-    // the handlers their answers need would wait for a thread for ever.
-    const CALLS: usize = 520;
-    let (ours, theirs) = StdUnixStream::pair().unwrap();
-    let peer_runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let peer_cell: Arc<std::sync::OnceLock<ipc_request::Session>> = Default::default();
-    let peer_handler = {
-        let peer_cell = peer_cell.clone();
-        ipc_request::handler_fn(move |req: Request| {
-            let peer_cell = peer_cell.clone();
-            async move {
-                let data: Value = req.payload()?;
-                let peer = peer_cell.get().expect("set before any request").clone();
-                peer.request::<_, Value>(&json!({"op": "echo", "data": data}))
-                    .await
-            }
-        })
-    };
-    let peer_setup = peer_runtime.spawn(async move {
-        theirs.set_nonblocking(true).unwrap();
-        let channel = Channel::from_unix(
-            tokio::net::UnixStream::from_std(theirs).unwrap(),
-            ChannelConfig::default(),
-        );
-        ipc_request::setup(channel.unwrap(), peer_handler).await
-    });
-    let arrived = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let our_cell: Arc<std::sync::OnceLock<blocking::Session>> = Default::default();
-    let our_handler = {
-        let (arrived, our_cell) = (arrived.clone(), our_cell.clone());
-        blocking::handler_fn(move |req: Request| {
-            let payload: Value = req.payload()?;
-            if payload["op"] == "echo" {
-                return Ok::<_, Error>(payload["data"].clone());
-            }
-            arrived.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while arrived.load(std::sync::atomic::Ordering::SeqCst) < CALLS && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            our_cell
-                .get()
-                .expect("set before any request")
-                .request(&payload["data"])
-        })
-    };
-    let session = setup_over_with(ours, SessionBuilder::new().handler(our_handler));
-    our_cell.set(session.clone()).unwrap();
-    let peer = peer_runtime.block_on(peer_setup).unwrap().unwrap();
-    peer_cell.set(peer.clone()).unwrap();
-    let answers = peer_runtime.block_on(async {
-        let calls = (0..CALLS).map(|i| {
-            let peer = peer.clone();
-            async move {
-                peer.request_timeout::<_, Value>(&json!({"op": "call", "data": i}), Duration::from_secs(20))
-                    .await
-            }
-        });
-        futures_util::future::join_all(calls).await
-    });
-    for (i, answer) in answers.into_iter().enumerate() {
-        assert_eq!(answer.unwrap(), json!(i));
-    }
-    session.close();
-    peer.close();
+    assert_got_all(peer, 32, "a thread-local dropped as its thread exits");
 }
 
 #[test]
@@ -515,7 +424,7 @@ fn shutdown_timeout_says_whether_the_queue_was_written_and_a_child_can_be_killed
     let (peer, go) = hand_played_peer(theirs);
     let session = setup_over(ours);
     assert!(session.close_reason().is_none());
-    fill(&session, 64);
+    fill(&session, 32);
     // The peer reads nothing: not written in time, but closed anyway.
     assert!(!session.shutdown_timeout(Duration::from_millis(200)));
     assert!(matches!(session.close_reason(), Some(CloseReason::Local)));
@@ -526,7 +435,7 @@ fn shutdown_timeout_says_whether_the_queue_was_written_and_a_child_can_be_killed
         "written once the peer reads"
     );
     drop(session);
-    assert_got_all(peer, 64, "after shutdown_timeout");
+    assert_got_all(peer, 32, "after shutdown_timeout");
 
     let (session, child) = blocking::spawn(Command::new(example("blocking_peer")), None).unwrap();
     assert!(matches!(child.wait_timeout(Duration::from_millis(50)), Ok(None)));
@@ -540,4 +449,45 @@ fn shutdown_timeout_says_whether_the_queue_was_written_and_a_child_can_be_killed
         session.close_reason()
     );
     assert!(matches!(session.send(&1), Err(Error::Closed(_))));
+}
+
+#[test]
+fn no_limit_on_handlers_is_a_valid_setting() {
+    // usize::MAX means "no limit" for the session; the runtime's blocking
+    // pool, sized from it, must not overflow.
+    for limit in [usize::MAX, 0] {
+        let (ours, theirs) = StdUnixStream::pair().unwrap();
+        let (peer, go) = hand_played_peer(theirs);
+        go.send(()).unwrap();
+        let config = SessionConfig {
+            max_concurrent_handlers: limit,
+            ..SessionConfig::default()
+        };
+        let session = common::blocking_session_over(ours, SessionBuilder::new().config(config));
+        session.send(&json!({"i": 0})).unwrap();
+        drop(session);
+        assert_eq!(peer.join().unwrap(), [r#"{"i":0}"#], "limit {limit}");
+    }
+}
+
+#[test]
+fn one_handler_slot_still_leaves_threads_for_a_handlers_own_blocking_work() {
+    let Some(node) = node() else { return };
+    // The handler's own spawn_blocking needs a second thread of the pool.
+    let handler = blocking::handler_fn(|_req: Request| {
+        let runtime = tokio::runtime::Handle::current();
+        runtime.block_on(tokio::task::spawn_blocking(|| 5))
+    });
+    let config = SessionConfig {
+        max_concurrent_handlers: 1,
+        ..SessionConfig::default()
+    };
+    let builder = SessionBuilder::new().config(config).handler(handler);
+    let (session, child) = blocking::spawn_with(node_child(&node), Default::default(), builder).unwrap();
+    let got: Value = session
+        .request_timeout(&json!({"op": "call", "data": null}), Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(got, json!({"got": 5}));
+    drop(session);
+    assert_exits(&child);
 }

@@ -170,3 +170,21 @@ where
     }
     writer.write_all(format!("{answer}\n").as_bytes()).await.unwrap();
 }
+
+/// A blocking session (`ipc_request::blocking`) over one end of a Unix
+/// socket pair, with `builder`'s settings and handler and a 16 MiB write
+/// queue; returns once the peer at the other end has shaken hands.
+pub fn blocking_session_over(
+    socket: std::os::unix::net::UnixStream,
+    builder: SessionBuilder,
+) -> ipc_request::blocking::Session {
+    let config = ChannelConfig {
+        write_queue_bytes: 16 << 20,
+        ..ChannelConfig::default()
+    };
+    ipc_request::blocking::setup_with(builder, move || {
+        socket.set_nonblocking(true).unwrap();
+        Channel::from_unix(tokio::net::UnixStream::from_std(socket).unwrap(), config)
+    })
+    .unwrap()
+}
