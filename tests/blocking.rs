@@ -163,14 +163,8 @@ fn hand_played_peer_then(
         let mut reader = BufReader::new(socket.try_clone().unwrap());
         let mut line = String::new();
         reader.read_line(&mut line).unwrap();
-        let hello: Value = serde_json::from_str(&line).unwrap();
-        let answer = json!({
-            "_IPC_REQUEST/HANDSHAKE_UID": hello["_IPC_REQUEST/HANDSHAKE_UID"],
-            "_IPC_REQUEST/HANDSHAKE_MSG_TYPE": "_IPC_REQUEST/HANDSHAKE_MSG_TYPE:RESPONSE",
-        });
-        (&socket)
-            .write_all(format!("{answer}\n{text}").as_bytes())
-            .unwrap();
+        let answer = common::handshake_answer(&line, None);
+        (&socket).write_all(format!("{answer}{text}").as_bytes()).unwrap();
         let _ = wait_for_go.recv();
         reader.lines().map(Result::unwrap).collect()
     });

@@ -1114,14 +1114,9 @@ async fn shutdown_resolves_once_what_was_queued_is_written() {
     let (go, wait_for_go) = tokio::sync::oneshot::channel::<()>();
     // A peer that answers the handshake, then reads nothing until told.
     let peer = tokio::spawn(async move {
-        let (reader, mut writer) = tokio::io::split(theirs);
+        let (mut reader, mut writer) = tokio::io::split(theirs);
+        common::answer_handshake_as_one_dot_zero(&mut reader, &mut writer).await;
         let mut lines = tokio::io::BufReader::new(reader).lines();
-        let hello: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
-        let answer = json!({
-            "_IPC_REQUEST/HANDSHAKE_UID": hello["_IPC_REQUEST/HANDSHAKE_UID"],
-            "_IPC_REQUEST/HANDSHAKE_MSG_TYPE": "_IPC_REQUEST/HANDSHAKE_MSG_TYPE:RESPONSE",
-        });
-        writer.write_all(format!("{answer}\n").as_bytes()).await.unwrap();
         let _ = wait_for_go.await;
         let mut count = 0;
         while let Some(line) = lines.next_line().await.unwrap() {

@@ -160,7 +160,14 @@ where
     W: tokio::io::AsyncWrite + Unpin,
 {
     use tokio::io::AsyncWriteExt;
-    let hello: Value = serde_json::from_str(&read_line(reader).await).unwrap();
+    let answer = handshake_answer(&read_line(reader).await, extensions);
+    writer.write_all(answer.as_bytes()).await.unwrap();
+}
+
+/// The line (newline included) that answers the handshake request `hello`
+/// (its text), advertising `extensions` or, with `None`, as ipc-request 1.0.
+pub fn handshake_answer(hello: &str, extensions: Option<&[&str]>) -> String {
+    let hello: Value = serde_json::from_str(hello).unwrap();
     let mut answer = json!({
         "_IPC_REQUEST/HANDSHAKE_UID": hello["_IPC_REQUEST/HANDSHAKE_UID"],
         "_IPC_REQUEST/HANDSHAKE_MSG_TYPE": "_IPC_REQUEST/HANDSHAKE_MSG_TYPE:RESPONSE"
@@ -168,7 +175,7 @@ where
     if let Some(extensions) = extensions {
         answer["_IPC_REQUEST/EXTENSIONS"] = json!(extensions);
     }
-    writer.write_all(format!("{answer}\n").as_bytes()).await.unwrap();
+    format!("{answer}\n")
 }
 
 /// A blocking session (`ipc_request::blocking`) over one end of a Unix
