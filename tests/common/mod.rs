@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Mutex;
@@ -44,11 +45,17 @@ pub async fn connected() -> (Session, Session) {
     (sa.expect("side a"), sb.expect("side b"))
 }
 
-/// An example binary, built first if it is missing or older than its
-/// source. A plain `cargo test` builds the examples; a run of one test
-/// target (`cargo test --test processes`) does not, and would otherwise run
-/// whatever binary an earlier build left. Cargo does nothing when it is up
-/// to date; each test process asks once per example.
+/// An example binary, built first unless it is newer than every source it
+/// was built from. A plain `cargo test` builds the examples; a run of one
+/// test target (`cargo test --test processes`) does not, and would otherwise
+/// run whatever binary an earlier build left.
+///
+/// The check reads the dep-info file cargo writes beside the binary, so a
+/// fresh binary costs no cargo process: a nested `cargo build` waits for
+/// the target directory's lock, and another cargo command holding it (a
+/// `cargo build` in another terminal) would stall the test. When a build is
+/// needed, it says so on stderr and lets cargo's own messages through
+/// ("Blocking waiting for file lock ..."), so such a wait is never silent.
 pub fn example(name: &str) -> PathBuf {
     static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let mut dir = std::env::current_exe().expect("test binary path");
@@ -59,9 +66,18 @@ pub fn example(name: &str) -> PathBuf {
     let path = dir.join("examples").join(name);
     // Held during the build: tests running in parallel wait for one build.
     let mut built = BUILT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if !built.iter().any(|b| b == name) {
+    if built.iter().any(|b| b == name) {
+        return path;
+    }
+    if !is_fresh(&path) {
+        // Past the test harness's capture, which would hold it back until
+        // the test ends.
+        let _ = writeln!(
+            std::io::stderr(),
+            "tests: building example {name} (cargo build --example {name})"
+        );
         let mut build = Command::new(env!("CARGO"));
-        build.args(["build", "--quiet", "--example", name, "--manifest-path"]);
+        build.args(["build", "--example", name, "--manifest-path"]);
         build.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"));
         if dir.ends_with("release") {
             build.arg("--release");
@@ -71,9 +87,42 @@ pub fn example(name: &str) -> PathBuf {
             status.success() && path.exists(),
             "could not build example {name}"
         );
-        built.push(name.to_string());
     }
+    built.push(name.to_string());
     path
+}
+
+/// Whether the example binary at `binary` is newer than every file its
+/// dep-info (`<binary>.d`) lists, and than the manifest and lock file, and
+/// was built from this checkout (a target directory shared with another
+/// checkout lists that checkout's files).
+fn is_fresh(binary: &std::path::Path) -> bool {
+    let modified = |path: &std::path::Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let Some(built_at) = modified(binary) else {
+        return false;
+    };
+    let Ok(dep_info) = std::fs::read_to_string(binary.with_extension("d")) else {
+        return false;
+    };
+    let manifest_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    // "<binary>: <source> <source> ...", spaces in paths escaped as "\ ".
+    let Some((_, sources)) = dep_info.lines().next().and_then(|line| line.split_once(": ")) else {
+        return false;
+    };
+    let sources: Vec<PathBuf> = sources
+        .replace("\\ ", "\0")
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .map(|s| PathBuf::from(s.replace('\0', " ")))
+        .collect();
+    let ours = sources
+        .iter()
+        .any(|s| s.starts_with(manifest_dir.join("examples")));
+    let project = [manifest_dir.join("Cargo.toml"), manifest_dir.join("Cargo.lock")];
+    ours && sources
+        .iter()
+        .chain(&project)
+        .all(|source| modified(source).is_some_and(|at| at <= built_at))
 }
 
 /// The JS test peer.
