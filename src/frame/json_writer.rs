@@ -19,10 +19,18 @@
 //! value (`json_writer/tests.rs`, also run in CI with
 //! `arbitrary_precision`) and for arbitrary ones (`tests/frame_props.rs`).
 //!
-//! One deliberate difference: a `Serialize` impl that announces a length
-//! of 0 and then serializes elements anyway gets `[],0]` from serde_json,
-//! which is not JSON (a Node peer would stop on it, PROTOCOL.md 1.2); here
-//! it gets `[0]`. The length hint is not used at all.
+//! Deliberate differences, for `Serialize` impls that break serde's rules,
+//! where serde_json writes text that is not JSON (a Node peer would stop
+//! on it, PROTOCOL.md 1.2):
+//! - an impl that announces a length of 0 and then serializes elements
+//!   anyway gets `[],0]` from serde_json; here it gets `[0]`. The length
+//!   hint is not used at all;
+//! - an impl that ignores an error from one of its fields or elements and
+//!   goes on gets half a value from serde_json (`{"bad":{,"ok":1}`); here
+//!   the error sticks, and the whole message fails with it;
+//! - a map given a value without a key, or two keys in a row, or ended
+//!   after a key, gets `{:1}` or `{"a","b":1}` or `{"a"}` from serde_json;
+//!   here that is an error.
 
 use std::io;
 
@@ -310,6 +318,7 @@ impl<'a, 'w, 'o> ser::Serializer for &'a mut JsonWriter<'w, 'o> {
             return Ok(Compound {
                 ser: self,
                 first: true,
+                key_pending: false,
                 close: b"",
                 raw_text_of: Some(name),
             });
@@ -334,6 +343,9 @@ pub(super) struct Compound<'a, 'w, 'o> {
     ser: &'a mut JsonWriter<'w, 'o>,
     /// No element written yet: no comma before the next one.
     first: bool,
+    /// A map's key was written and its value has not been: the next call
+    /// must be `serialize_value`.
+    key_pending: bool,
     /// What `end` writes.
     close: &'static [u8],
     /// A serde_json `RawValue` (or `Number`), by its struct name: its one
@@ -347,6 +359,7 @@ impl<'a, 'w, 'o> Compound<'a, 'w, 'o> {
         Ok(Compound {
             ser,
             first: true,
+            key_pending: false,
             close,
             raw_text_of: None,
         })
@@ -362,12 +375,28 @@ impl<'a, 'w, 'o> Compound<'a, 'w, 'o> {
         }
     }
 
+    /// `result`, noting an error in the line: these methods take `&mut
+    /// self`, so an impl may ignore their error and go on with the next
+    /// element, over the half value the failed one left. The noted error
+    /// fails the whole message (see the module docs).
+    fn noted(&mut self, result: Result<(), Error>) -> Result<(), Error> {
+        if let Err(error) = &result {
+            self.ser.writer.failed.get_or_insert_with(|| error.to_string());
+        }
+        result
+    }
+
     fn element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        self.separate()?;
-        value.serialize(&mut *self.ser)
+        let result = self.separate().and_then(|()| value.serialize(&mut *self.ser));
+        self.noted(result)
     }
 
     fn field<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> Result<(), Error> {
+        let result = self.field_unnoted(key, value);
+        self.noted(result)
+    }
+
+    fn field_unnoted<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> Result<(), Error> {
         if let Some(token) = self.raw_text_of {
             // One field, of the struct's own name, as serde_json's types
             // write it; anything else is refused with serde_json's message.
@@ -383,13 +412,17 @@ impl<'a, 'w, 'o> Compound<'a, 'w, 'o> {
         value.serialize(&mut *self.ser)
     }
 
-    fn close(self) -> Result<(), Error> {
-        if self.raw_text_of.is_some() && self.first {
+    fn close(mut self) -> Result<(), Error> {
+        let result = if self.raw_text_of.is_some() && self.first {
             // serde_json would write nothing here: an empty line, or a key
             // with no value, which a Node peer cannot parse.
-            return Err(ser::Error::custom("expected value"));
-        }
-        self.ser.raw(self.close)
+            Err(ser::Error::custom("expected value"))
+        } else if self.key_pending {
+            Err(ser::Error::custom("a map ended after a key, without its value"))
+        } else {
+            self.ser.raw(self.close)
+        };
+        self.noted(result)
     }
 }
 
@@ -434,12 +467,25 @@ impl ser::SerializeMap for Compound<'_, '_, '_> {
     type Ok = ();
     type Error = Error;
     fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), Error> {
-        self.separate()?;
-        key.serialize(MapKey(&mut *self.ser))
+        let result = if self.key_pending {
+            Err(ser::Error::custom(
+                "a map key after a key, without a value between",
+            ))
+        } else {
+            self.key_pending = true;
+            self.separate()
+                .and_then(|()| key.serialize(MapKey(&mut *self.ser)))
+        };
+        self.noted(result)
     }
     fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        self.ser.raw(b":")?;
-        value.serialize(&mut *self.ser)
+        let result = if !self.key_pending {
+            Err(ser::Error::custom("a map value without a key before it"))
+        } else {
+            self.key_pending = false;
+            self.ser.raw(b":").and_then(|()| value.serialize(&mut *self.ser))
+        };
+        self.noted(result)
     }
     fn end(self) -> Result<(), Error> {
         self.close()

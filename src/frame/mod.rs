@@ -8,9 +8,11 @@
 //! # Reading is tolerant, writing is strict
 //!
 //! What we read comes from a Node peer (or anything else holding the fd), so the decoder
-//! accepts everything Node's own reader accepts: lines split across reads anywhere (even
-//! inside a UTF-8 sequence), `\r\n`, surrounding whitespace, blank lines (skipped silently),
-//! any JSON value at top level. A bad line (not JSON, too long) is reported as an error and
+//! accepts everything a Node writer sends and Node's own reader accepts: lines split across
+//! reads anywhere (even inside a UTF-8 sequence), `\r\n`, surrounding whitespace, blank
+//! lines (skipped silently), any JSON value at top level. One thing Node's reader takes that
+//! this one does not: bytes that are not UTF-8 (Node's reader turns them into U+FFFD, and no
+//! Node writer sends them) make the line an error. A bad line (not JSON, too long) is reported as an error and
 //! consumed; the lines after it decode normally, so one bad message never desynchronises the
 //! stream.
 //!
@@ -499,14 +501,18 @@ pub fn encode_wrapped<T: serde::Serialize + ?Sized>(
         start,
         max_len,
         too_long: None,
+        failed: None,
     };
-    let result = value.serialize(&mut JsonWriter::new(&mut writer));
-    // A refused write fails the message even if the value's own Serialize
-    // impl ignored the error and went on: what is in `out` is then not the
-    // whole value.
+    let mut result = value.serialize(&mut JsonWriter::new(&mut writer));
+    // A refused write, or any error inside the value, fails the message even
+    // if the value's own Serialize impl ignored the error and went on: what
+    // is in `out` is then not the whole value, and maybe not JSON.
     if let Some(len) = writer.too_long {
         out.truncate(start);
         return Err(FrameError::TooLong { len, max: max_len });
+    }
+    if let (Ok(()), Some(reason)) = (&result, writer.failed) {
+        result = Err(serde::ser::Error::custom(reason));
     }
     if let Err(error) = result {
         out.truncate(start);
@@ -577,6 +583,9 @@ struct LineWriter<'a> {
     max_len: usize,
     /// Set when a write was refused for length: the length the text would have had.
     too_long: Option<usize>,
+    /// The first error inside the value, noted where a `Serialize` impl
+    /// could ignore it and go on (see `json_writer.rs`).
+    failed: Option<String>,
 }
 
 impl LineWriter<'_> {

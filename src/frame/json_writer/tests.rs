@@ -284,6 +284,97 @@ fn a_refused_write_fails_the_message_even_if_the_value_ignores_it() {
     assert_eq!(ours(&Careless).as_deref(), Ok(r#"["aaaa\"bbbb"]"#));
 }
 
+/// A struct that ignores the error of one field (a map with a key that
+/// cannot be a JSON key fails after writing its `{`) and goes on.
+struct Swallowing;
+
+impl Serialize for Swallowing {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut bad = std::collections::HashMap::new();
+        bad.insert(vec![1u8], 1);
+        let mut st = serializer.serialize_struct("Swallowing", 2)?;
+        let _ = st.serialize_field("bad", &bad);
+        st.serialize_field("ok", &1)?;
+        st.end()
+    }
+}
+
+/// The same in a sequence, one element deep, with an error of the
+/// element's own making rather than the writer's.
+struct SwallowingSeq;
+
+impl Serialize for SwallowingSeq {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        struct Fails;
+        impl Serialize for Fails {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let mut seq = serializer.serialize_seq(None)?;
+                seq.serialize_element(&1)?;
+                Err(serde::ser::Error::custom("the element's own error"))
+            }
+        }
+        let mut seq = serializer.serialize_seq(None)?;
+        let _ = seq.serialize_element(&Fails);
+        seq.serialize_element(&2)?;
+        seq.end()
+    }
+}
+
+#[test]
+fn an_error_inside_the_value_fails_the_message_even_if_the_value_ignores_it() {
+    // serde_json writes what the impls leave: not JSON, which stops a Node
+    // peer (PROTOCOL.md 1.2).
+    assert_eq!(theirs(&Swallowing).as_deref(), Ok(r#"{"bad":{,"ok":1}"#));
+    assert_eq!(theirs(&SwallowingSeq).as_deref(), Ok("[[1,2]"));
+    let mut out = b"before\n".to_vec();
+    match encode(&Swallowing, usize::MAX, &mut out) {
+        Err(FrameError::Encode { reason }) => assert_eq!(reason, "key must be a string"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(out, b"before\n", "nothing half-written is left behind");
+    assert_eq!(ours(&SwallowingSeq), Err("the element's own error".to_string()));
+}
+
+/// A map driven by hand, in an order serde's rules forbid.
+struct MapCalls(&'static [&'static str]);
+
+impl Serialize for MapCalls {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        for call in self.0 {
+            // Errors ignored: what is written then is what matters.
+            let _ = match *call {
+                "key" => map.serialize_key("k"),
+                _ => map.serialize_value(&1),
+            };
+        }
+        map.end()
+    }
+}
+
+#[test]
+fn a_map_refuses_keys_and_values_out_of_turn() {
+    for (calls, theirs_text) in [
+        (&["value"][..], "{:1}"),
+        (&["key", "key", "value"][..], r#"{"k","k":1}"#),
+        (&["key"][..], r#"{"k"}"#),
+        (&["key", "value", "value"][..], r#"{"k":1:1}"#),
+    ] {
+        assert_eq!(theirs(&MapCalls(calls)).as_deref(), Ok(theirs_text), "{calls:?}");
+        assert!(
+            ours(&MapCalls(calls)).is_err(),
+            "{calls:?} gave {:?}",
+            ours(&MapCalls(calls))
+        );
+    }
+    assert_eq!(
+        ours(&MapCalls(&["key", "value", "key", "value"])).as_deref(),
+        Ok(r#"{"k":1,"k":1}"#)
+    );
+}
+
 #[test]
 fn a_string_of_escapes_stops_at_the_maximum_length() {
     // Each byte escapes to six: the writer must stop near the limit, not
