@@ -179,7 +179,14 @@ pub struct RemoteError {
     /// What happened.
     pub message: String,
     /// A machine-readable code, a string or a number (`"ENOENT"`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// PROTOCOL.md allows nothing else: written, any other value goes as
+    /// its JSON text, a string, and `null` is left out (a code read from a
+    /// peer is made the same way).
+    #[serde(
+        default,
+        skip_serializing_if = "code_is_absent",
+        serialize_with = "serialize_code"
+    )]
     pub code: Option<serde_json::Value>,
     /// A stack trace, as text, if the peer sent one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -201,9 +208,10 @@ impl RemoteError {
         }
     }
 
-    /// Sets the code (a string or a number).
+    /// Sets the code: a string or a number. Any other value is made a
+    /// string of its JSON text, and `null` means no code.
     pub fn with_code(mut self, code: impl Into<serde_json::Value>) -> Self {
-        self.code = Some(code.into());
+        self.code = code_from(code.into());
         self
     }
 
@@ -217,6 +225,36 @@ impl RemoteError {
     pub fn with_stack(mut self, stack: impl Into<String>) -> Self {
         self.stack = Some(stack.into());
         self
+    }
+}
+
+/// A code as PROTOCOL.md allows it (a string or a number), from any value:
+/// another value becomes its JSON text, and `null` no code at all.
+pub(crate) fn code_from(value: serde_json::Value) -> Option<serde_json::Value> {
+    use serde_json::Value;
+    match value {
+        Value::Null => None,
+        Value::String(_) | Value::Number(_) => Some(value),
+        other => Some(Value::String(other.to_string())),
+    }
+}
+
+fn code_is_absent(code: &Option<serde_json::Value>) -> bool {
+    matches!(code, None | Some(serde_json::Value::Null))
+}
+
+/// The `code` field as written: [`code_from`] of what it holds, so that the
+/// public field, set to anything, never puts another type on the wire.
+fn serialize_code<S: serde::Serializer>(
+    code: &Option<serde_json::Value>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match code {
+        Some(value @ (serde_json::Value::String(_) | serde_json::Value::Number(_))) => {
+            value.serialize(serializer)
+        }
+        Some(other) => code_from(other.clone()).serialize(serializer),
+        None => serializer.serialize_none(),
     }
 }
 

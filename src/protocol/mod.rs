@@ -348,7 +348,7 @@ fn parse_remote_error(raw: &RawValue) -> RemoteError {
         Ok(l) => RemoteError {
             name: text(l.name).unwrap_or_else(|| "Error".into()),
             message: text(l.message).unwrap_or_default(),
-            code: l.code.filter(|c| !c.is_null()),
+            code: l.code.and_then(crate::error::code_from),
             stack: text(l.stack),
             data: l.data,
         },

@@ -173,6 +173,52 @@ fn error_response_roundtrip() {
 }
 
 #[test]
+fn an_error_code_goes_out_as_a_string_or_a_number_only() {
+    // PROTOCOL.md section 3: `code` is a string or a number. The field is
+    // public and holds any JSON value; what is written never breaks that.
+    let written = |code: Option<serde_json::Value>| {
+        let mut err = RemoteError::new("E", "m");
+        err.code = code;
+        let mut line = Vec::new();
+        encode_error_response(&peer_uid("3"), &err, 1 << 20, &mut line).unwrap();
+        let line: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        line["_IPC_REQUEST/ERROR"].get("code").cloned()
+    };
+    use serde_json::json;
+    assert_eq!(written(Some(json!("ENOENT"))), Some(json!("ENOENT")));
+    assert_eq!(written(Some(json!(-7))), Some(json!(-7)));
+    assert_eq!(written(Some(json!(true))), Some(json!("true")));
+    assert_eq!(written(Some(json!({"x": [1]}))), Some(json!(r#"{"x":[1]}"#)));
+    assert_eq!(written(Some(json!(null))), None, "no code key at all");
+    assert_eq!(written(None), None);
+    assert_eq!(
+        RemoteError::new("E", "m").with_code(json!([1])).code,
+        Some(json!("[1]"))
+    );
+    assert_eq!(RemoteError::new("E", "m").with_code(json!(null)).code, None);
+    assert_eq!(RemoteError::new("E", "m").with_code(3).code, Some(json!(3)));
+}
+
+#[test]
+fn an_error_code_read_is_a_string_or_a_number_too() {
+    let read = |code: &str| {
+        let text = format!(
+            r#"{{"_IPC_REQUEST/MSG_TYPE":"_IPC_REQUEST/MSG_TYPE:RESPONSE","_IPC_REQUEST/REQUEST_UID":"3","_IPC_REQUEST/PAYLOAD":null,"_IPC_REQUEST/ERROR":{{"name":"E","message":"m","code":{code}}}}}"#
+        );
+        match classify(msg(&text)) {
+            Inbound::Response { error: Some(e), .. } => e.code,
+            other => panic!("{other:?}"),
+        }
+    };
+    use serde_json::json;
+    assert_eq!(read(r#""EPIPE""#), Some(json!("EPIPE")));
+    assert_eq!(read("32"), Some(json!(32)));
+    assert_eq!(read("false"), Some(json!("false")));
+    assert_eq!(read(r#"{"a":1}"#), Some(json!(r#"{"a":1}"#)));
+    assert_eq!(read("null"), None);
+}
+
+#[test]
 fn malformed_error_still_fails_the_request() {
     let text = r#"{"_IPC_REQUEST/MSG_TYPE":"_IPC_REQUEST/MSG_TYPE:RESPONSE","_IPC_REQUEST/REQUEST_UID":"3","_IPC_REQUEST/PAYLOAD":null,"_IPC_REQUEST/ERROR":"oops"}"#;
     match classify(msg(text)) {
