@@ -379,11 +379,18 @@ impl<'a, 'w, 'o> Compound<'a, 'w, 'o> {
     /// self`, so an impl may ignore their error and go on with the next
     /// element, over the half value the failed one left. The noted error
     /// fails the whole message (see the module docs).
+    #[inline]
     fn noted(&mut self, result: Result<(), Error>) -> Result<(), Error> {
         if let Err(error) = &result {
-            self.ser.writer.failed.get_or_insert_with(|| error.to_string());
+            self.note(error);
         }
         result
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn note(&mut self, error: &Error) {
+        self.ser.writer.failed.get_or_insert_with(|| error.to_string());
     }
 
     fn element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
@@ -412,17 +419,26 @@ impl<'a, 'w, 'o> Compound<'a, 'w, 'o> {
         value.serialize(&mut *self.ser)
     }
 
+    #[inline]
     fn close(mut self) -> Result<(), Error> {
-        let result = if self.raw_text_of.is_some() && self.first {
+        if self.key_pending || (self.raw_text_of.is_some() && self.first) {
+            return self.refuse_close();
+        }
+        let result = self.ser.raw(self.close);
+        self.noted(result)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn refuse_close(&mut self) -> Result<(), Error> {
+        let error = if self.key_pending {
+            ser::Error::custom("a map ended after a key, without its value")
+        } else {
             // serde_json would write nothing here: an empty line, or a key
             // with no value, which a Node peer cannot parse.
-            Err(ser::Error::custom("expected value"))
-        } else if self.key_pending {
-            Err(ser::Error::custom("a map ended after a key, without its value"))
-        } else {
-            self.ser.raw(self.close)
+            ser::Error::custom("expected value")
         };
-        self.noted(result)
+        self.noted(Err(error))
     }
 }
 
