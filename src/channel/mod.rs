@@ -72,7 +72,19 @@ impl Default for ChannelConfig {
 /// failure ends the channel (see `ChannelReceiver::recv_with`): time for
 /// the reactor to report what a departing peer wrote, and its end of
 /// stream, which then ends the channel as usual.
-const WRITE_FAILURE_GRACE: Duration = Duration::from_millis(200);
+pub(crate) const WRITE_FAILURE_GRACE: Duration = Duration::from_millis(200);
+
+/// Whether a write failed as writes to a peer that is gone do (a broken
+/// pipe, a reset): then the peer's going is the story, not the write.
+pub(crate) fn failed_as_peer_gone(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        std::io::ErrorKind::BrokenPipe
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::NotConnected
+    )
+}
 
 /// Size of the read buffer reserved before each read. Reading big chunks and
 /// parsing every complete line in them keeps syscalls per message low.

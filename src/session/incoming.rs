@@ -546,17 +546,7 @@ pub(super) async fn read_loop(
 /// going is the story, told by its end of stream or its exit status.
 fn our_write_failure(shared: &Shared) -> Option<CloseReason> {
     match shared.sender.write_error()? {
-        CloseReason::Io(e)
-            if !matches!(
-                e.kind(),
-                std::io::ErrorKind::BrokenPipe
-                    | std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::ConnectionAborted
-                    | std::io::ErrorKind::NotConnected
-            ) =>
-        {
-            Some(CloseReason::Io(e))
-        }
+        CloseReason::Io(e) if !crate::channel::failed_as_peer_gone(&e) => Some(CloseReason::Io(e)),
         _ => None,
     }
 }

@@ -504,7 +504,9 @@ impl Session {
         } else {
             shared.sender.send_line(line).await
         };
-        sent.map_err(|e| shared.send_error(e))?;
+        if let Err(e) = sent {
+            return Err(shared.send_error(e).await);
+        }
         guard.mark_sent();
         // Unconstrained: Tokio's cooperative budget exists to make a task
         // that finds its resources always ready yield now and then. This
@@ -540,11 +542,10 @@ impl Session {
                 "it has the shape of an ipc-request protocol message",
             ));
         }
-        shared
-            .sender
-            .send_line(line)
-            .await
-            .map_err(|e| shared.send_error(e))
+        match shared.sender.send_line(line).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(shared.send_error(e).await),
+        }
     }
 
     /// The stream of plain messages from the peer, in order, with an
@@ -661,10 +662,28 @@ impl Shared {
 
     /// The error for a failed send: why the session ended if it has, else
     /// what the channel said (a write error, say).
-    fn send_error(&self, channel_error: Error) -> Error {
-        match self.closed_reason() {
-            Some(reason) => Error::Closed(reason),
-            None => channel_error,
+    ///
+    /// A write that failed as writes to a peer that is gone do (a broken
+    /// pipe) is not the story, and the session has not ended yet: its
+    /// reader goes on reading what the peer wrote, then waits for the
+    /// child's exit status, and ends the session with that, which every
+    /// other pending request is told. So this waits for the session's end
+    /// too, as long as the reader may take (its bounds, and a margin), and
+    /// tells the same; past that, the write's error.
+    async fn send_error(&self, channel_error: Error) -> Error {
+        if let Some(reason) = self.closed_reason() {
+            return Error::Closed(reason);
+        }
+        if !matches!(&channel_error, Error::Closed(CloseReason::Io(e)) if crate::channel::failed_as_peer_gone(e))
+        {
+            return channel_error;
+        }
+        let mut phase = self.phase.subscribe();
+        let limit = crate::channel::WRITE_FAILURE_GRACE + self.config.exit_grace + Duration::from_millis(300);
+        let ended = tokio::time::timeout(limit, phase.wait_for(|p| matches!(p, Phase::Closed(_)))).await;
+        match ended.as_ref().map(|p| p.as_deref()) {
+            Ok(Ok(Phase::Closed(reason))) => Error::Closed(reason.clone()),
+            _ => channel_error,
         }
     }
 
@@ -727,7 +746,7 @@ impl Shared {
         match self.sender.send_line_unless(line, busy, refused).await {
             Ok(true) => Ok(()),
             Ok(false) => Err(self.refusal_error()),
-            Err(e) => Err(self.send_error(e)),
+            Err(e) => Err(self.send_error(e).await),
         }
     }
 
