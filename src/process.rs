@@ -5,6 +5,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitStatus};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::process::{ChildStderr, ChildStdin, ChildStdout};
@@ -47,7 +48,13 @@ pub fn spawn(command: Command) -> Result<(Channel, ChildProcess), Error> {
 /// `NODE_CHANNEL_SERIALIZATION_MODE=json` in its environment. Returns our
 /// end as a [`Channel`] (close-on-exec, so no other child inherits it) and
 /// the child. The channel knows the child's exit status, so a session over
-/// it reports how the child ended. Must run inside a Tokio runtime.
+/// it reports how the child ended.
+///
+/// # Panics
+///
+/// Outside a Tokio runtime with IO enabled, as Tokio's own functions do;
+/// before anything is started, so no child is left behind. A program
+/// without a runtime has [`blocking::spawn`](crate::blocking::spawn).
 ///
 /// Streams of `command` set to [`Stdio::piped()`](std::process::Stdio::piped)
 /// are there for the taking: [`ChildProcess::take_stdout`] and its siblings.
@@ -116,6 +123,14 @@ pub fn spawn_with(mut command: Command, options: SpawnOptions) -> Result<(Channe
             Ok(())
         });
     }
+    // Our end, registered with the runtime's reactor before the child
+    // exists: outside a Tokio runtime (or in one without IO) that panics
+    // here, as Tokio does, and not after the fork, which would leave a
+    // child running that nothing waits for. Its writer's duplicate
+    // descriptor is opened under the lock, close-on-exec, off `target`
+    // (held).
+    ours.set_nonblocking(true).map_err(io_error)?;
+    let mut channel = Channel::from_unix_socket(ours.into(), options.channel)?;
     // Blocking, as Node hands it over; the child decides.
     let spawned = tokio::process::Command::from(command).spawn();
     // Our copy of the child's end must go, or we would never see the
@@ -123,7 +138,6 @@ pub fn spawn_with(mut command: Command, options: SpawnOptions) -> Result<(Channe
     drop((hold_target, theirs));
     let mut child = spawned.map_err(|e| Error::Spawn(Arc::new(e)))?;
     drop(spawning);
-    ours.set_nonblocking(true).map_err(io_error)?;
     let pid = child.id().unwrap_or(0);
     // Out of the child before the task that waits for it takes it: there
     // they would be out of reach, a piped stdout that nobody can read
@@ -137,10 +151,17 @@ pub fn spawn_with(mut command: Command, options: SpawnOptions) -> Result<(Channe
     let (exit_tx, exit_rx) = watch::channel(None);
     // Capacity 1: a kill request is a flag, more than one adds nothing.
     let (kill_tx, mut kill_rx) = mpsc::channel::<()>(1);
+    let kill_requested = Arc::new(AtomicBool::new(false));
+    let mut reaping = Reaping {
+        child,
+        kill_requested: kill_requested.clone(),
+        reaped: false,
+    };
     tokio::spawn(async move {
         loop {
             tokio::select! {
-                status = child.wait() => {
+                status = reaping.child.wait() => {
+                    reaping.mark_reaped();
                     match status {
                         Ok(status) => { let _ = exit_tx.send(Some(status)); }
                         Err(e) => tracing::warn!("could not wait for child {pid}: {e}"),
@@ -148,13 +169,12 @@ pub fn spawn_with(mut command: Command, options: SpawnOptions) -> Result<(Channe
                     return;
                 }
                 Some(()) = kill_rx.recv() => {
-                    let _ = child.start_kill();
+                    let _ = reaping.child.start_kill();
                 }
             }
         }
     });
 
-    let mut channel = Channel::from_unix_socket(ours.into(), options.channel)?;
     channel.set_peer_exit(exit_rx.clone());
     Ok((
         channel,
@@ -162,6 +182,7 @@ pub fn spawn_with(mut command: Command, options: SpawnOptions) -> Result<(Channe
             pid,
             exit: exit_rx,
             kill: kill_tx,
+            kill_requested,
             pipes,
         },
     ))
@@ -178,8 +199,37 @@ pub struct ChildProcess {
     pid: u32,
     exit: watch::Receiver<Option<ExitStatus>>,
     kill: mpsc::Sender<()>,
+    /// Set by [`kill`](ChildProcess::kill) before it asks the reaping
+    /// task: read by that task's drop, for a runtime that shuts down before
+    /// the task got to the request.
+    kill_requested: Arc<AtomicBool>,
     /// Shared by the clones: each pipe goes to whoever takes it first.
     pipes: Arc<Mutex<Pipes>>,
+}
+
+/// The child as its reaping task holds it. Dropped unreaped (the runtime
+/// shut down first) after a [`ChildProcess::kill`], it sends the signal
+/// the task did not get to send: the child is not reaped yet, so its pid
+/// cannot be a reused one.
+struct Reaping {
+    child: tokio::process::Child,
+    kill_requested: Arc<AtomicBool>,
+    reaped: bool,
+}
+
+impl Reaping {
+    /// The child's status was collected: its pid may be reused from now on.
+    fn mark_reaped(&mut self) {
+        self.reaped = true;
+    }
+}
+
+impl Drop for Reaping {
+    fn drop(&mut self) {
+        if !self.reaped && self.kill_requested.load(Ordering::Acquire) {
+            let _ = self.child.start_kill();
+        }
+    }
 }
 
 /// The piped stdio of a child, until taken.
@@ -197,8 +247,11 @@ impl ChildProcess {
     }
 
     /// Sends SIGKILL, unless the child has already exited (the task that
-    /// reaps it sends it, so the pid can never be a reused one).
+    /// reaps it sends it, so the pid can never be a reused one). If the
+    /// runtime shuts down before that task gets to it, the signal is sent
+    /// as the task is dropped; once the runtime is gone, this does nothing.
     pub fn kill(&self) {
+        self.kill_requested.store(true, Ordering::Release);
         let _ = self.kill.try_send(());
     }
 

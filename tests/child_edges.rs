@@ -1,15 +1,86 @@
-//! A child's edges the other process tests do not reach: requests that
+//! A child's edges the other process tests do not reach: a kill that the
+//! runtime's end overtakes, a spawn outside a runtime, and requests that
 //! meet the broken pipe of a child that stopped reading and died.
 
 mod common;
 
 use std::os::unix::process::ExitStatusExt;
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
-use common::node;
-use ipc_request::{ChannelConfig, CloseReason, Error, SpawnOptions, setup, spawn_with};
+use common::{example, node};
+use ipc_request::{ChannelConfig, CloseReason, Error, SpawnOptions, setup, spawn, spawn_with};
 use serde_json::Value;
+
+/// The state letter of process `pid` (`R`, `S`, `Z`, ...), `None` once it
+/// is gone.
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) S ...": the name may hold spaces and parentheses.
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
+/// Kills and reaps `pid` if it still runs: a failed test leaves nothing.
+fn kill_and_reap(pid: u32) {
+    // SAFETY: plain syscalls on a child of this process, not yet reaped
+    // (so its pid is not a reused one).
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGKILL);
+        libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), 0);
+    }
+}
+
+#[test]
+fn a_kill_overtaken_by_the_runtimes_end_still_kills_the_child() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let child = runtime.block_on(async {
+        let mut command = Command::new(example("rust_peer"));
+        command
+            .arg("--no-session")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let (_channel, child) = spawn(command).unwrap();
+        child
+    });
+    let pid = child.id();
+    // The task that sends the signal never gets to run: the runtime ends.
+    child.kill();
+    drop(runtime);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut state = process_state(pid);
+    while matches!(state, Some(s) if s != 'Z') && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+        state = process_state(pid);
+    }
+    kill_and_reap(pid);
+    // Nothing reaps it once the runtime is gone: dead, it is a zombie.
+    assert_eq!(state, Some('Z'), "the child still runs after kill()");
+}
+
+#[test]
+fn a_spawn_outside_a_runtime_panics_before_it_starts_anything() {
+    // A duration no other test uses: the child to look for, if any.
+    const MARK: &str = "31.4159";
+    let result = std::panic::catch_unwind(|| {
+        let mut command = Command::new("sleep");
+        command.arg(MARK);
+        spawn(command).map(|(_, child)| child.id())
+    });
+    assert!(result.is_err(), "spawn outside a runtime did not panic");
+    let started = Command::new("pgrep")
+        .args(["-f", &format!("^sleep {MARK}$")])
+        .output()
+        .unwrap();
+    let pids = String::from_utf8_lossy(&started.stdout).to_string();
+    for pid in pids.split_whitespace() {
+        kill_and_reap(pid.parse().unwrap());
+    }
+    assert!(pids.trim().is_empty(), "a child was left running: {pids}");
+}
 
 /// A Node child that answers the handshake, then reads nothing for a while
 /// (busy, as a stuck event loop is) and dies of SIGKILL.
