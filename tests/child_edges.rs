@@ -151,3 +151,51 @@ async fn requests_that_meet_the_broken_pipe_of_a_killed_child_say_it_was_killed(
         );
     }
 }
+
+/// The session's reader answers a request too long to read
+/// (`RequestTooLong`) itself. When that write meets the broken pipe of a
+/// peer that is gone, the reader must not wait for the session's end, which
+/// only it can bring: it once did, for the whole exit grace (here a minute).
+#[tokio::test]
+async fn the_reader_does_not_wait_for_itself_when_its_answer_meets_a_broken_pipe() {
+    use ipc_request::{Channel, Request, Responder, SessionBuilder, SessionConfig, responder_fn};
+    use std::os::unix::process::ExitStatusExt;
+    use tokio::io::AsyncWriteExt;
+
+    let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
+    let config = ChannelConfig {
+        max_message_len: 300,
+        ..ChannelConfig::default()
+    };
+    let mut channel = Channel::from_unix(ours, config).unwrap();
+    // As if we owned the peer process: the session then waits up to the
+    // exit grace for its exit status.
+    let (exit_tx, exit_rx) = tokio::sync::watch::channel(None);
+    channel.set_peer_exit(exit_rx);
+    let builder = SessionBuilder::new()
+        .config(SessionConfig {
+            exit_grace: Duration::from_secs(60),
+            ..SessionConfig::default()
+        })
+        .handler(responder_fn(|_: Request, _: Responder| async {}));
+    let setup = tokio::spawn(builder.setup(channel));
+    let (mut reader, mut writer) = theirs.into_split();
+    common::answer_handshake(&mut reader, &mut writer, Some(&["error", "cancel"])).await;
+    let session = setup.await.unwrap().unwrap();
+    let too_long = format!(
+        "{{\"_IPC_REQUEST/MSG_TYPE\":\"_IPC_REQUEST/MSG_TYPE:REQUEST\",\"_IPC_REQUEST/REQUEST_UID\":\"1\",\"_IPC_REQUEST/PAYLOAD\":\"{}\"}}\n",
+        "y".repeat(400)
+    );
+    writer.write_all(too_long.as_bytes()).await.unwrap();
+    // Gone, and exited, before the session's reader (on this same thread)
+    // reads the request: its answer meets the broken pipe.
+    drop((reader, writer));
+    exit_tx.send(Some(std::process::ExitStatus::from_raw(0))).unwrap();
+    let reason = tokio::time::timeout(Duration::from_secs(20), session.closed())
+        .await
+        .expect("the session's reader waited for itself");
+    assert!(
+        matches!(reason, CloseReason::ChildExited(s) if s.success()),
+        "{reason:?}"
+    );
+}

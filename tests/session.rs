@@ -1181,3 +1181,16 @@ async fn the_handler_is_dropped_when_the_session_ends() {
     );
     drop(b);
 }
+
+/// Every request in flight carries its future: 100,000 in flight at 350
+/// bytes each is 35 MB, and past about 500 bytes the bench's
+/// `bytes_per_inflight` goal (1 KiB) is lost. A wait added to the request
+/// path once nearly doubled it unseen (a size is not a speed: it does not
+/// vary from run to run).
+#[tokio::test]
+async fn a_request_future_stays_small() {
+    let (a, _b) = connected().await;
+    let size = std::mem::size_of_val(&a.request_raw(&(0u64, "hello, bench")));
+    eprintln!("request_raw future: {size} bytes");
+    assert!(size <= 448, "a request's future takes {size} bytes");
+}

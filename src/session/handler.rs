@@ -297,7 +297,7 @@ impl Responder {
         .await;
         // Finished, sent or not: only a drop before this gives it back.
         claim.keep_after(&sent);
-        sent
+        self.told(sent).await
     }
 
     /// Answers with an error. To a peer with the `error` extension it
@@ -311,7 +311,16 @@ impl Responder {
         }
         .await;
         claim.keep_after(&sent);
-        sent
+        self.told(sent).await
+    }
+
+    /// What the handler is told of its answer: a failed write to a gone
+    /// peer as the session's end (see `Shared::send_error`).
+    async fn told(&self, sent: Result<(), Error>) -> Result<(), Error> {
+        match sent {
+            Err(error) => Err(self.shared.send_error(error).await),
+            Ok(()) => Ok(()),
+        }
     }
 
     /// True once an answer was given (or refused because of a cancel).

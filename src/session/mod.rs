@@ -204,6 +204,7 @@ impl SessionBuilder {
             message_bytes: Arc::new(Semaphore::new(message_bytes)),
             message_bytes_total: message_bytes,
             handler: Mutex::new(self.handler),
+            owns_child: peer_exit.is_some(),
             config,
         });
         // Until a Session is handed back, dropping this future (the
@@ -395,6 +396,9 @@ pub(crate) struct Shared {
     /// for its length until taken from the stream.
     message_bytes: Arc<Semaphore>,
     message_bytes_total: usize,
+    /// The channel knows the peer's exit status (we own the child): the
+    /// reader waits up to `exit_grace` for it before the session ends.
+    owns_child: bool,
 }
 
 /// A handle on an established session. Cheap to clone; all clones share it.
@@ -458,14 +462,22 @@ impl Session {
         payload: &Req,
         timeout: Option<Duration>,
     ) -> Result<Message, Error> {
+        use futures_util::{FutureExt, TryFutureExt};
+        // A failed send is told as `send_error` says, once the call is
+        // over: chained, not awaited after it, so that the call's future
+        // and the wait share their room (an `async` block kept both).
+        let told = |error| self.shared.send_error_boxed(error).map(Err);
         match timeout {
-            None => self.call_inner(payload).await,
+            None => self.call_inner(payload).or_else(told).await,
             // Boxed: a timer is large, and without the box every request
             // future would carry one, deadline or not (memory per request in
             // flight is measured by the bench).
-            Some(d) => Box::pin(tokio::time::timeout(d, self.call_inner(payload)))
-                .await
-                .unwrap_or(Err(Error::Timeout(d))),
+            Some(d) => {
+                Box::pin(tokio::time::timeout(d, self.call_inner(payload)))
+                    .map(|timed| timed.unwrap_or(Err(Error::Timeout(d))))
+                    .or_else(told)
+                    .await
+            }
         }
     }
 
@@ -504,9 +516,10 @@ impl Session {
         } else {
             shared.sender.send_line(line).await
         };
-        if let Err(e) = sent {
-            return Err(shared.send_error(e).await);
-        }
+        // A write to a gone peer is resolved by `call` once this future is
+        // done: waited for here, the wait would take room in every
+        // request's future, which every request in flight carries.
+        sent.map_err(|e| shared.send_error_now(e))?;
         guard.mark_sent();
         // Unconstrained: Tokio's cooperative budget exists to make a task
         // that finds its resources always ready yield now and then. This
@@ -660,8 +673,18 @@ impl Shared {
         Error::Closed(self.closed_reason().unwrap_or(CloseReason::PeerClosed))
     }
 
-    /// The error for a failed send: why the session ended if it has, else
-    /// what the channel said (a write error, say).
+    /// The error for a failed send, as it stands: why the session ended if
+    /// it has, else what the channel said (a write error, say). What the
+    /// reader's own sends get: it must not wait for itself.
+    fn send_error_now(&self, channel_error: Error) -> Error {
+        match self.closed_reason() {
+            Some(reason) => Error::Closed(reason),
+            None => channel_error,
+        }
+    }
+
+    /// The error a caller is told for a failed send (any other error
+    /// passes through as it is).
     ///
     /// A write that failed as writes to a peer that is gone do (a broken
     /// pipe) is not the story, and the session has not ended yet: its
@@ -669,22 +692,34 @@ impl Shared {
     /// child's exit status, and ends the session with that, which every
     /// other pending request is told. So this waits for the session's end
     /// too, as long as the reader may take (its bounds, and a margin), and
-    /// tells the same; past that, the write's error.
-    async fn send_error(&self, channel_error: Error) -> Error {
-        if let Some(reason) = self.closed_reason() {
-            return Error::Closed(reason);
+    /// tells the same; past that, the write's error. Awaited once the send
+    /// is over, never inside it (see `call_inner`); never on the reader.
+    pub(super) async fn send_error(&self, error: Error) -> Error {
+        let error = match error {
+            Error::Closed(_) => self.send_error_now(error),
+            other => return other,
+        };
+        if !is_write_to_a_gone_peer(&error) {
+            return error;
         }
-        if !matches!(&channel_error, Error::Closed(CloseReason::Io(e)) if crate::channel::failed_as_peer_gone(e))
-        {
-            return channel_error;
+        let mut limit = crate::channel::WRITE_FAILURE_GRACE + Duration::from_millis(300);
+        if self.owns_child {
+            limit += self.config.exit_grace;
         }
         let mut phase = self.phase.subscribe();
-        let limit = crate::channel::WRITE_FAILURE_GRACE + self.config.exit_grace + Duration::from_millis(300);
         let ended = tokio::time::timeout(limit, phase.wait_for(|p| matches!(p, Phase::Closed(_)))).await;
         match ended.as_ref().map(|p| p.as_deref()) {
             Ok(Ok(Phase::Closed(reason))) => Error::Closed(reason.clone()),
-            _ => channel_error,
+            _ => error,
         }
+    }
+
+    /// [`send_error`](Self::send_error) behind a pointer, for the request
+    /// path: its wait would otherwise be part of every request's future,
+    /// which every request in flight carries. Not an `async fn`: the state
+    /// of one would hold its argument for as long as it waits.
+    fn send_error_boxed(&self, error: Error) -> std::pin::Pin<Box<dyn Future<Output = Error> + Send + '_>> {
+        Box::pin(self.send_error(error))
     }
 
     /// The peer advertised `error`: failures go back as errors.
@@ -746,7 +781,7 @@ impl Shared {
         match self.sender.send_line_unless(line, busy, refused).await {
             Ok(true) => Ok(()),
             Ok(false) => Err(self.refusal_error()),
-            Err(e) => Err(self.send_error(e).await),
+            Err(e) => Err(self.send_error_now(e)),
         }
     }
 
@@ -831,6 +866,13 @@ impl Shared {
             .take();
         drop(handler);
     }
+}
+
+/// A write that failed as writes to a peer that is gone do (a broken pipe),
+/// as the channel reports it: the session ends soon after, with a better
+/// reason (see [`Shared::send_error`]).
+fn is_write_to_a_gone_peer(error: &Error) -> bool {
+    matches!(error, Error::Closed(CloseReason::Io(e)) if crate::channel::failed_as_peer_gone(e))
 }
 
 /// A fresh handshake UID: unique per process, per call and over time.
