@@ -28,9 +28,16 @@
 //! - an impl that ignores an error from one of its fields or elements and
 //!   goes on gets half a value from serde_json (`{"bad":{,"ok":1}`); here
 //!   the error sticks, and the whole message fails with it;
+//! - an impl that catches a panic of one of its elements (which left half
+//!   a value) and goes on: here the message fails;
 //! - a map given a value without a key, or two keys in a row, or ended
 //!   after a key, gets `{:1}` or `{"a","b":1}` or `{"a"}` from serde_json;
 //!   here that is an error.
+//!
+//! Like serde_json, the writer trusts the text of a raw value (it checks
+//! only that there is one): a `RawValue` made through serde_json's API is
+//! always one valid JSON value. Only an impl that forges serde_json's
+//! private raw-value struct name can hand it other text.
 
 use std::io;
 
@@ -379,12 +386,23 @@ impl<'a, 'w, 'o> Compound<'a, 'w, 'o> {
     /// self`, so an impl may ignore their error and go on with the next
     /// element, over the half value the failed one left. The noted error
     /// fails the whole message (see the module docs).
+    ///
+    /// Each of them calls [`enter`](Self::enter) first and this last: a
+    /// call that never got here (a panic in the value, caught by an impl
+    /// above it that then went on) leaves the count up, which fails the
+    /// message too.
     #[inline]
     fn noted(&mut self, result: Result<(), Error>) -> Result<(), Error> {
+        self.ser.writer.unfinished_calls -= 1;
         if let Err(error) = &result {
             self.note(error);
         }
         result
+    }
+
+    #[inline]
+    fn enter(&mut self) {
+        self.ser.writer.unfinished_calls += 1;
     }
 
     #[cold]
@@ -394,11 +412,13 @@ impl<'a, 'w, 'o> Compound<'a, 'w, 'o> {
     }
 
     fn element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+        self.enter();
         let result = self.separate().and_then(|()| value.serialize(&mut *self.ser));
         self.noted(result)
     }
 
     fn field<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> Result<(), Error> {
+        self.enter();
         let result = self.field_unnoted(key, value);
         self.noted(result)
     }
@@ -421,6 +441,7 @@ impl<'a, 'w, 'o> Compound<'a, 'w, 'o> {
 
     #[inline]
     fn close(mut self) -> Result<(), Error> {
+        self.enter();
         if self.key_pending || (self.raw_text_of.is_some() && self.first) {
             return self.refuse_close();
         }
@@ -483,6 +504,7 @@ impl ser::SerializeMap for Compound<'_, '_, '_> {
     type Ok = ();
     type Error = Error;
     fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), Error> {
+        self.enter();
         let result = if self.key_pending {
             Err(ser::Error::custom(
                 "a map key after a key, without a value between",
@@ -495,6 +517,7 @@ impl ser::SerializeMap for Compound<'_, '_, '_> {
         self.noted(result)
     }
     fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+        self.enter();
         let result = if !self.key_pending {
             Err(ser::Error::custom("a map value without a key before it"))
         } else {

@@ -502,17 +502,25 @@ pub fn encode_wrapped<T: serde::Serialize + ?Sized>(
         max_len,
         too_long: None,
         failed: None,
+        unfinished_calls: 0,
+        finished: false,
     };
     let mut result = value.serialize(&mut JsonWriter::new(&mut writer));
+    let (too_long, failed, unfinished_calls) = writer.finish();
     // A refused write, or any error inside the value, fails the message even
     // if the value's own Serialize impl ignored the error and went on: what
     // is in `out` is then not the whole value, and maybe not JSON.
-    if let Some(len) = writer.too_long {
+    if let Some(len) = too_long {
         out.truncate(start);
         return Err(FrameError::TooLong { len, max: max_len });
     }
-    if let (Ok(()), Some(reason)) = (&result, writer.failed) {
+    if let (Ok(()), Some(reason)) = (&result, failed) {
         result = Err(serde::ser::Error::custom(reason));
+    }
+    if result.is_ok() && unfinished_calls != 0 {
+        result = Err(serde::ser::Error::custom(
+            "a part of the value was left unfinished (a panic inside it, caught)",
+        ));
     }
     if let Err(error) = result {
         out.truncate(start);
@@ -586,6 +594,29 @@ struct LineWriter<'a> {
     /// The first error inside the value, noted where a `Serialize` impl
     /// could ignore it and go on (see `json_writer.rs`).
     failed: Option<String>,
+    /// Calls into the value's compounds begun and not yet returned: not 0
+    /// at the end only if a panic inside one was caught (`json_writer.rs`).
+    unfinished_calls: usize,
+    /// Set by [`finish`](Self::finish); until then a drop (a panic in the
+    /// value, unwinding through `encode`) takes the half-written line out.
+    finished: bool,
+}
+
+impl LineWriter<'_> {
+    /// What the serialization left to judge: the length refused, the
+    /// first error, the calls left unfinished.
+    fn finish(mut self) -> (Option<usize>, Option<String>, usize) {
+        self.finished = true;
+        (self.too_long, self.failed.take(), self.unfinished_calls)
+    }
+}
+
+impl Drop for LineWriter<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.out.truncate(self.start);
+        }
+    }
 }
 
 impl LineWriter<'_> {

@@ -337,6 +337,44 @@ fn an_error_inside_the_value_fails_the_message_even_if_the_value_ignores_it() {
     assert_eq!(ours(&SwallowingSeq), Err("the element's own error".to_string()));
 }
 
+/// A value whose serialization panics halfway through a map.
+struct PanicsInAMap;
+
+impl Serialize for PanicsInAMap {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_key("a")?;
+        panic!("a panic halfway through a value (expected by the test)");
+    }
+}
+
+/// A sequence that catches the panic of its first element and goes on.
+struct CatchesAPanic;
+
+impl Serialize for CatchesAPanic {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        use std::panic::{AssertUnwindSafe, catch_unwind};
+        let mut seq = serializer.serialize_seq(None)?;
+        let _ = catch_unwind(AssertUnwindSafe(|| seq.serialize_element(&PanicsInAMap)));
+        seq.serialize_element(&1)?;
+        seq.end()
+    }
+}
+
+#[test]
+fn a_panic_inside_the_value_leaves_nothing_written() {
+    assert_eq!(theirs(&CatchesAPanic).as_deref(), Ok(r#"[{"a",1]"#));
+    assert!(ours(&CatchesAPanic).is_err(), "{:?}", ours(&CatchesAPanic));
+    // A panic that goes through encode takes the half line out with it.
+    let mut out = b"before\n".to_vec();
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        encode(&[PanicsInAMap], usize::MAX, &mut out)
+    }));
+    assert!(unwound.is_err());
+    assert_eq!(out, b"before\n");
+}
+
 /// A map driven by hand, in an order serde's rules forbid.
 struct MapCalls(&'static [&'static str]);
 
