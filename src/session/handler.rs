@@ -281,6 +281,10 @@ impl Responder {
     /// encode or is too long (the peer then gets an error answer instead),
     /// and [`Error::Closed`] if the channel is gone (also when the peer had
     /// cancelled the request before: the session's end is the larger news).
+    /// An answer whose write met a gone peer's broken pipe before the
+    /// session ended is told so (`CloseReason::Io`) at once, where a
+    /// request waits to be told how the session ended: an answer has
+    /// nobody left to reach either way.
     pub async fn respond<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), Error> {
         let claim = self.claim()?;
         let sent = async {
@@ -297,7 +301,7 @@ impl Responder {
         .await;
         // Finished, sent or not: only a drop before this gives it back.
         claim.keep_after(&sent);
-        self.told(sent).await
+        sent
     }
 
     /// Answers with an error. To a peer with the `error` extension it
@@ -311,16 +315,7 @@ impl Responder {
         }
         .await;
         claim.keep_after(&sent);
-        self.told(sent).await
-    }
-
-    /// What the handler is told of its answer: a failed write to a gone
-    /// peer as the session's end (see `Shared::send_error`).
-    async fn told(&self, sent: Result<(), Error>) -> Result<(), Error> {
-        match sent {
-            Err(error) => Err(self.shared.send_error(error).await),
-            Ok(()) => Ok(()),
-        }
+        sent
     }
 
     /// True once an answer was given (or refused because of a cancel).

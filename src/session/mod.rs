@@ -462,22 +462,14 @@ impl Session {
         payload: &Req,
         timeout: Option<Duration>,
     ) -> Result<Message, Error> {
-        use futures_util::{FutureExt, TryFutureExt};
-        // A failed send is told as `send_error` says, once the call is
-        // over: chained, not awaited after it, so that the call's future
-        // and the wait share their room (an `async` block kept both).
-        let told = |error| self.shared.send_error_boxed(error).map(Err);
         match timeout {
-            None => self.call_inner(payload).or_else(told).await,
+            None => self.call_inner(payload).await,
             // Boxed: a timer is large, and without the box every request
             // future would carry one, deadline or not (memory per request in
             // flight is measured by the bench).
-            Some(d) => {
-                Box::pin(tokio::time::timeout(d, self.call_inner(payload)))
-                    .map(|timed| timed.unwrap_or(Err(Error::Timeout(d))))
-                    .or_else(told)
-                    .await
-            }
+            Some(d) => Box::pin(tokio::time::timeout(d, self.call_inner(payload)))
+                .await
+                .unwrap_or(Err(Error::Timeout(d))),
         }
     }
 
@@ -516,11 +508,16 @@ impl Session {
         } else {
             shared.sender.send_line(line).await
         };
-        // A write to a gone peer is resolved by `call` once this future is
-        // done: waited for here, the wait would take room in every
-        // request's future, which every request in flight carries.
-        sent.map_err(|e| shared.send_error_now(e))?;
-        guard.mark_sent();
+        match sent.map_err(|e| shared.send_error_now(e)) {
+            Ok(()) => guard.mark_sent(),
+            // The peer is gone (a broken pipe) and the session about to end:
+            // its reader reads what the peer wrote, waits for the child's
+            // exit status, then fails every pending request with that. So
+            // this one stays pending, to be told the same as the others,
+            // not the write's error. (Not marked sent: nothing to cancel.)
+            Err(e) if is_write_to_a_gone_peer(&e) => {}
+            Err(e) => return Err(e),
+        }
         // Unconstrained: Tokio's cooperative budget exists to make a task
         // that finds its resources always ready yield now and then. This
         // answer is never ready before the peer has read the request and
@@ -692,9 +689,10 @@ impl Shared {
     /// child's exit status, and ends the session with that, which every
     /// other pending request is told. So this waits for the session's end
     /// too, as long as the reader may take (its bounds, and a margin), and
-    /// tells the same; past that, the write's error. Awaited once the send
-    /// is over, never inside it (see `call_inner`); never on the reader.
-    pub(super) async fn send_error(&self, error: Error) -> Error {
+    /// tells the same; past that, the write's error. For plain messages; a
+    /// request simply stays pending (see `call_inner`), and the reader must
+    /// never wait for itself.
+    async fn send_error(&self, error: Error) -> Error {
         let error = match error {
             Error::Closed(_) => self.send_error_now(error),
             other => return other,
@@ -712,14 +710,6 @@ impl Shared {
             Ok(Ok(Phase::Closed(reason))) => Error::Closed(reason.clone()),
             _ => error,
         }
-    }
-
-    /// [`send_error`](Self::send_error) behind a pointer, for the request
-    /// path: its wait would otherwise be part of every request's future,
-    /// which every request in flight carries. Not an `async fn`: the state
-    /// of one would hold its argument for as long as it waits.
-    fn send_error_boxed(&self, error: Error) -> std::pin::Pin<Box<dyn Future<Output = Error> + Send + '_>> {
-        Box::pin(self.send_error(error))
     }
 
     /// The peer advertised `error`: failures go back as errors.
