@@ -605,6 +605,7 @@ struct LineWriter<'a> {
 impl LineWriter<'_> {
     /// What the serialization left to judge: the length refused, the
     /// first error, the calls left unfinished.
+    #[inline]
     fn finish(mut self) -> (Option<usize>, Option<String>, usize) {
         self.finished = true;
         (self.too_long, self.failed.take(), self.unfinished_calls)
