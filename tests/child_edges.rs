@@ -4,12 +4,11 @@
 
 mod common;
 
-use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{example, node};
-use ipc_request::{ChannelConfig, CloseReason, Error, SpawnOptions, setup, spawn, spawn_with};
+use ipc_request::{ChannelConfig, CloseReason, SpawnOptions, setup, spawn, spawn_with};
 use serde_json::Value;
 
 /// The state letter of process `pid` (`R`, `S`, `Z`, ...), `None` once it
@@ -132,18 +131,7 @@ async fn requests_that_meet_the_broken_pipe_of_a_killed_child_say_it_was_killed(
                 tokio::spawn(async move { session.request::<_, Value>(&payload).await })
             })
             .collect();
-        for call in calls {
-            let result = tokio::time::timeout(Duration::from_secs(10), call)
-                .await
-                .expect("a request hung after the child died")
-                .unwrap();
-            match result {
-                Err(Error::Closed(CloseReason::ChildExited(status))) => {
-                    assert_eq!(status.signal(), Some(9), "round {round}")
-                }
-                other => panic!("round {round}: {other:?}"),
-            }
-        }
+        common::expect_all_failed_by_sigkill(calls, Duration::from_secs(10), &format!("round {round}")).await;
         assert!(
             matches!(session.close_reason(), Some(CloseReason::ChildExited(_))),
             "round {round}: {:?}",

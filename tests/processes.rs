@@ -413,19 +413,7 @@ async fn a_child_killed_with_a_thousand_requests_pending_fails_them_all_at_once(
     }
     let killed_at = Instant::now();
     child.kill();
-    for call in calls {
-        let result = tokio::time::timeout(Duration::from_secs(5), call)
-            .await
-            .expect("a request hung after the child died")
-            .unwrap();
-        match result {
-            Err(Error::Closed(CloseReason::ChildExited(status))) => {
-                use std::os::unix::process::ExitStatusExt;
-                assert_eq!(status.signal(), Some(9));
-            }
-            other => panic!("{other:?}"),
-        }
-    }
+    common::expect_all_failed_by_sigkill(calls, Duration::from_secs(5), "1000 pending").await;
     let elapsed = killed_at.elapsed();
     eprintln!("all 1000 failed {elapsed:?} after the kill");
     // The bound. Not a speed test: failing waits at most for the

@@ -245,3 +245,25 @@ pub fn blocking_session_over(
     })
     .unwrap()
 }
+
+/// Awaits every call, each within `limit`, and checks that each failed
+/// because the child was killed by SIGKILL (`context` names the case).
+pub async fn expect_all_failed_by_sigkill<T: std::fmt::Debug>(
+    calls: Vec<tokio::task::JoinHandle<Result<T, ipc_request::Error>>>,
+    limit: Duration,
+    context: &str,
+) {
+    use std::os::unix::process::ExitStatusExt;
+    for call in calls {
+        let result = tokio::time::timeout(limit, call)
+            .await
+            .expect("a request hung after the child died")
+            .unwrap();
+        match result {
+            Err(ipc_request::Error::Closed(ipc_request::CloseReason::ChildExited(status))) => {
+                assert_eq!(status.signal(), Some(9), "{context}")
+            }
+            other => panic!("{context}: {other:?}"),
+        }
+    }
+}
