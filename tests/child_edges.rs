@@ -106,31 +106,81 @@ process.on('message', (m) => {
 });
 "#;
 
+/// A session with a child that stalls then dies, and `n` calls of
+/// `call(session, 20 kB)` on their way when it does.
+async fn calls_to_a_child_that_stalls_then_dies<T, F>(
+    node: &std::path::Path,
+    n: usize,
+    call: impl Fn(ipc_request::Session, String) -> F,
+) -> (
+    ipc_request::Session,
+    Vec<tokio::task::JoinHandle<Result<T, ipc_request::Error>>>,
+)
+where
+    F: std::future::Future<Output = Result<T, ipc_request::Error>> + Send + 'static,
+    T: Send + 'static,
+{
+    let mut command = Command::new(node);
+    command.args(["-e", STALL_THEN_DIE]);
+    let options = SpawnOptions {
+        // Small, so that writes wait for a child that reads nothing.
+        channel: ChannelConfig {
+            write_queue_bytes: 64 * 1024,
+            ..ChannelConfig::default()
+        },
+        ..SpawnOptions::default()
+    };
+    let (channel, _child) = spawn_with(command, options).unwrap();
+    let session = setup(channel, None).await.unwrap();
+    let payload = "x".repeat(20_000);
+    let calls = (0..n)
+        .map(|_| tokio::spawn(call(session.clone(), payload.clone())))
+        .collect();
+    (session, calls)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_sends_that_meet_the_broken_pipe_of_a_killed_child_say_it_was_killed() {
+    let Some(node) = node() else { return };
+    for round in 0..3 {
+        let (_session, sends) =
+            calls_to_a_child_that_stalls_then_dies(&node, 100, |session, payload| async move {
+                session.send(&payload).await
+            })
+            .await;
+        // Those written before the child died are sent (Ok); every other
+        // one fails, and all for the same reason.
+        let mut failed = 0;
+        for send in sends {
+            match tokio::time::timeout(Duration::from_secs(10), send)
+                .await
+                .unwrap()
+                .unwrap()
+            {
+                Ok(()) => {}
+                Err(ipc_request::Error::Closed(CloseReason::ChildExited(status))) => {
+                    use std::os::unix::process::ExitStatusExt;
+                    assert_eq!(status.signal(), Some(9), "round {round}");
+                    failed += 1;
+                }
+                Err(other) => panic!("round {round}: {other:?}"),
+            }
+        }
+        assert!(failed > 0, "round {round}: every send was written");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_that_meet_the_broken_pipe_of_a_killed_child_say_it_was_killed() {
     let Some(node) = node() else { return };
     // Three rounds: before the fix, the request whose write met the broken
     // pipe said so in 4 of 5 rounds, while the others said SIGKILL.
     for round in 0..3 {
-        let mut command = Command::new(&node);
-        command.args(["-e", STALL_THEN_DIE]);
-        let options = SpawnOptions {
-            // Small, so that writes wait for a child that reads nothing.
-            channel: ChannelConfig {
-                write_queue_bytes: 64 * 1024,
-                ..ChannelConfig::default()
-            },
-            ..SpawnOptions::default()
-        };
-        let (channel, _child) = spawn_with(command, options).unwrap();
-        let session = setup(channel, None).await.unwrap();
-        let payload = "x".repeat(20_000);
-        let calls: Vec<_> = (0..100)
-            .map(|_| {
-                let (session, payload) = (session.clone(), payload.clone());
-                tokio::spawn(async move { session.request::<_, Value>(&payload).await })
+        let (session, calls) =
+            calls_to_a_child_that_stalls_then_dies(&node, 100, |session, payload| async move {
+                session.request::<_, Value>(&payload).await
             })
-            .collect();
+            .await;
         common::expect_all_failed_by_sigkill(calls, Duration::from_secs(10), &format!("round {round}")).await;
         assert!(
             matches!(session.close_reason(), Some(CloseReason::ChildExited(_))),
