@@ -515,7 +515,20 @@ impl Session {
             // exit status, then fails every pending request with that. So
             // this one stays pending, to be told the same as the others,
             // not the write's error. (Not marked sent: nothing to cancel.)
-            Err(e) if is_write_to_a_gone_peer(&e) => {}
+            // For as long as the reader may take, no longer: a reader held
+            // up elsewhere (every handler slot taken by handlers that wait
+            // for this very request, plain messages nobody reads yet)
+            // would never get there. Boxed: off the common path, and a
+            // timer would make every request's future larger.
+            Err(e) if is_write_to_a_gone_peer(&e) => {
+                let limit = shared.gone_peer_limit();
+                let Ok(told) = Box::pin(tokio::time::timeout(limit, rx)).await else {
+                    // Still in the table: the guard's drop takes it out.
+                    return Err(shared.send_error_now(e));
+                };
+                guard.disarm();
+                return told.map_err(|_| shared.closed_error())?.map_err(|e| *e);
+            }
             Err(e) => return Err(e),
         }
         // Unconstrained: Tokio's cooperative budget exists to make a task
@@ -700,15 +713,24 @@ impl Shared {
         if !is_write_to_a_gone_peer(&error) {
             return error;
         }
-        let mut limit = crate::channel::WRITE_FAILURE_GRACE + Duration::from_millis(300);
-        if self.owns_child {
-            limit += self.config.exit_grace;
-        }
+        let limit = self.gone_peer_limit();
         let mut phase = self.phase.subscribe();
         let ended = tokio::time::timeout(limit, phase.wait_for(|p| matches!(p, Phase::Closed(_)))).await;
         match ended.as_ref().map(|p| p.as_deref()) {
             Ok(Ok(Phase::Closed(reason))) => Error::Closed(reason.clone()),
             _ => error,
+        }
+    }
+
+    /// How long the reader may take to end the session after one of our
+    /// writes met a gone peer: its grace for what the peer wrote, the exit
+    /// grace if we own the child, and a margin.
+    fn gone_peer_limit(&self) -> Duration {
+        let limit = crate::channel::WRITE_FAILURE_GRACE + Duration::from_millis(300);
+        if self.owns_child {
+            limit + self.config.exit_grace
+        } else {
+            limit
         }
     }
 

@@ -1,0 +1,147 @@
+//! A peer that is gone while the session still has work with it: our
+//! writes meet its broken pipe, and every wait must still end, with the
+//! reason the session ends with. The peer is played by hand over a Unix
+//! socket pair and dropped before the session's reader (on the test's one
+//! thread) reads what it sent, so nothing here depends on timing.
+
+mod common;
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use ipc_request::{
+    Channel, ChannelConfig, CloseReason, Request, Responder, Session, SessionBuilder, SessionConfig,
+    responder_fn,
+};
+use tokio::io::AsyncWriteExt;
+
+/// A session over one end of a socket pair, set up with `builder`, and the
+/// other end, handshake answered.
+async fn session_with_a_hand_played_peer(
+    builder: SessionBuilder,
+    config: ChannelConfig,
+) -> (
+    Session,
+    tokio::net::unix::OwnedReadHalf,
+    tokio::net::unix::OwnedWriteHalf,
+) {
+    let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
+    let setup = tokio::spawn(builder.setup(Channel::from_unix(ours, config).unwrap()));
+    let (mut reader, mut writer) = theirs.into_split();
+    common::answer_handshake(&mut reader, &mut writer, Some(&["error", "cancel"])).await;
+    (setup.await.unwrap().unwrap(), reader, writer)
+}
+
+fn request_line(uid: u32) -> String {
+    format!(
+        "{{\"_IPC_REQUEST/MSG_TYPE\":\"_IPC_REQUEST/MSG_TYPE:REQUEST\",\"_IPC_REQUEST/REQUEST_UID\":\"{uid}\",\"_IPC_REQUEST/PAYLOAD\":{uid}}}\n"
+    )
+}
+
+/// One handler slot, one place in the backlog, and a handler that calls
+/// the peer back. The peer sent three requests and died: the reader holds
+/// the third, waiting for room, and reads no further; the handler's own
+/// request met the broken pipe. It once waited for the session's end,
+/// which the reader, waiting for the handler, would never bring.
+#[tokio::test]
+async fn a_handler_whose_call_back_meets_a_broken_pipe_does_not_wait_for_ever() {
+    let session_cell: Arc<OnceLock<Session>> = Arc::new(OnceLock::new());
+    let handler_session = session_cell.clone();
+    let builder = SessionBuilder::new()
+        .config(SessionConfig {
+            max_concurrent_handlers: 1,
+            max_queued_requests: 1,
+            ..SessionConfig::default()
+        })
+        .handler(responder_fn(move |_: Request, responder: Responder| {
+            let session = handler_session.get().unwrap().clone();
+            async move {
+                let _ = session.request_raw(&"called back").await;
+                let _ = responder.respond(&1).await;
+            }
+        }));
+    let (session, reader, mut writer) =
+        session_with_a_hand_played_peer(builder, ChannelConfig::default()).await;
+    session_cell.set(session.clone()).unwrap();
+    let requests: String = (1..=3).map(request_line).collect();
+    writer.write_all(requests.as_bytes()).await.unwrap();
+    drop((reader, writer));
+    let reason = tokio::time::timeout(Duration::from_secs(20), session.closed())
+        .await
+        .expect("the session never ended: its reader waits for a handler that waits for it");
+    assert!(matches!(reason, CloseReason::PeerClosed), "{reason:?}");
+    assert_eq!(session.pending_requests(), 0);
+}
+
+/// The stream of plain messages is taken, to be read once a request
+/// returns (the documented way), and holds one. The peer sent three and
+/// died: the reader waits for room, and the request met the broken pipe.
+#[tokio::test]
+async fn a_request_that_meets_a_broken_pipe_while_plain_messages_wait_returns() {
+    let builder = SessionBuilder::new().config(SessionConfig {
+        message_buffer: 1,
+        ..SessionConfig::default()
+    });
+    let (session, reader, mut writer) =
+        session_with_a_hand_played_peer(builder, ChannelConfig::default()).await;
+    let mut messages = session.messages().unwrap();
+    writer.write_all(b"1\n2\n3\n").await.unwrap();
+    drop((reader, writer));
+    let asked = tokio::time::timeout(Duration::from_secs(20), session.request_raw(&"hi"))
+        .await
+        .expect("the request never returned");
+    assert!(asked.is_err(), "{asked:?}");
+    // Nothing the peer sent is lost, and the stream ends.
+    let mut got = Vec::new();
+    while let Some(message) = messages.recv().await {
+        got.push(message.unwrap());
+    }
+    assert_eq!(got, [1, 2, 3]);
+    assert_eq!(session.pending_requests(), 0);
+}
+
+/// The session's reader answers a request too long to read
+/// (`RequestTooLong`) itself. When that write meets the broken pipe of a
+/// peer that is gone, the reader must not wait for the session's end, which
+/// only it can bring: it once did, for the whole exit grace (here a minute).
+#[tokio::test]
+async fn the_reader_does_not_wait_for_itself_when_its_answer_meets_a_broken_pipe() {
+    use std::os::unix::process::ExitStatusExt;
+
+    let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
+    let config = ChannelConfig {
+        max_message_len: 300,
+        ..ChannelConfig::default()
+    };
+    let mut channel = Channel::from_unix(ours, config).unwrap();
+    // As if we owned the peer process: the session then waits up to the
+    // exit grace for its exit status.
+    let (exit_tx, exit_rx) = tokio::sync::watch::channel(None);
+    channel.set_peer_exit(exit_rx);
+    let builder = SessionBuilder::new()
+        .config(SessionConfig {
+            exit_grace: Duration::from_secs(60),
+            ..SessionConfig::default()
+        })
+        .handler(responder_fn(|_: Request, _: Responder| async {}));
+    let setup = tokio::spawn(builder.setup(channel));
+    let (mut reader, mut writer) = theirs.into_split();
+    common::answer_handshake(&mut reader, &mut writer, Some(&["error", "cancel"])).await;
+    let session = setup.await.unwrap().unwrap();
+    let too_long = format!(
+        "{{\"_IPC_REQUEST/MSG_TYPE\":\"_IPC_REQUEST/MSG_TYPE:REQUEST\",\"_IPC_REQUEST/REQUEST_UID\":\"1\",\"_IPC_REQUEST/PAYLOAD\":\"{}\"}}\n",
+        "y".repeat(400)
+    );
+    writer.write_all(too_long.as_bytes()).await.unwrap();
+    // Gone, and exited, before the session's reader (on this same thread)
+    // reads the request: its answer meets the broken pipe.
+    drop((reader, writer));
+    exit_tx.send(Some(std::process::ExitStatus::from_raw(0))).unwrap();
+    let reason = tokio::time::timeout(Duration::from_secs(20), session.closed())
+        .await
+        .expect("the session's reader waited for itself");
+    assert!(
+        matches!(reason, CloseReason::ChildExited(s) if s.success()),
+        "{reason:?}"
+    );
+}
