@@ -145,3 +145,58 @@ async fn the_reader_does_not_wait_for_itself_when_its_answer_meets_a_broken_pipe
         "{reason:?}"
     );
 }
+
+/// The child we own exits, but its end of the channel stays open (another
+/// process holds a copy: no end of stream), while this side holds the
+/// reader up: one handler slot, one place in the backlog, and a handler
+/// waiting for the answer to its call back, which will never come. The
+/// reader, held up, never looks at the exit status; the session must end
+/// anyway, failing the call back.
+#[tokio::test]
+async fn a_child_that_exits_while_this_side_holds_the_reader_up_ends_the_session() {
+    use std::os::unix::process::ExitStatusExt;
+
+    let session_cell: Arc<OnceLock<Session>> = Arc::new(OnceLock::new());
+    let handler_session = session_cell.clone();
+    let called_back = Arc::new(tokio::sync::Notify::new());
+    let handler_called_back = called_back.clone();
+    let builder = SessionBuilder::new()
+        .config(SessionConfig {
+            max_concurrent_handlers: 1,
+            max_queued_requests: 1,
+            ..SessionConfig::default()
+        })
+        .handler(responder_fn(move |_: Request, responder: Responder| {
+            let (session, called_back) = (
+                handler_session.get().unwrap().clone(),
+                handler_called_back.clone(),
+            );
+            async move {
+                called_back.notify_one();
+                let answer = session.request_raw(&"called back").await;
+                let _ = responder.respond(&answer.is_ok()).await;
+            }
+        }));
+    let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
+    let mut channel = Channel::from_unix(ours, ChannelConfig::default()).unwrap();
+    let (exit_tx, exit_rx) = tokio::sync::watch::channel(None);
+    channel.set_peer_exit(exit_rx);
+    let setup = tokio::spawn(builder.setup(channel));
+    let (mut reader, mut writer) = theirs.into_split();
+    common::answer_handshake(&mut reader, &mut writer, Some(&["error", "cancel"])).await;
+    let session = setup.await.unwrap().unwrap();
+    session_cell.set(session.clone()).unwrap();
+    let requests: String = (1..=3).map(request_line).collect();
+    writer.write_all(requests.as_bytes()).await.unwrap();
+    called_back.notified().await;
+    exit_tx.send(Some(std::process::ExitStatus::from_raw(9))).unwrap();
+    let reason = tokio::time::timeout(Duration::from_secs(20), session.closed())
+        .await
+        .expect("the session never ended: its reader waits for a handler that waits for a dead child");
+    assert!(
+        matches!(reason, CloseReason::ChildExited(s) if s.signal() == Some(9)),
+        "{reason:?}"
+    );
+    // The peer's end stayed open all along.
+    drop((reader, writer));
+}

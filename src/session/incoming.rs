@@ -541,6 +541,58 @@ pub(super) async fn read_loop(
     shared.shut(reason);
 }
 
+/// How much longer than its own bounds the reader gets to end a session
+/// whose peer is gone, before [`end_when_the_peer_is_gone_and_the_reader_held_up`]
+/// ends it (and a plain message the reader holds, waiting for room, is lost).
+const HELD_UP_READER_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Ends the session once the peer is known to be gone (one of our writes
+/// failed, or the child we own exited) and the reader has not ended it
+/// within its own bounds. The reader ends a session from its read loop
+/// (see [`read_loop`]), but this side can hold it up before it gets back
+/// there: every handler slot taken by handlers that wait for answers that
+/// will not come, plain messages that nobody reads yet. A peer that is
+/// gone must still fail every pending request, whatever this side does.
+pub(super) async fn end_when_the_peer_is_gone_and_the_reader_held_up(
+    shared: Arc<Shared>,
+    peer_exit: Option<PeerExit>,
+) {
+    // Quiet for a session's whole life, unless the peer goes.
+    let gone = async {
+        tokio::select! {
+            // The writer also finishes after a clean close: no failure.
+            () = shared.sender.finished() => shared.sender.write_error(),
+            status = child_gone(peer_exit.clone(), Duration::ZERO) => Some(CloseReason::ChildExited(status)),
+        }
+    };
+    let gone = tokio::select! {
+        _ = shared.closing.cancelled() => return,
+        gone = gone => gone,
+    };
+    let Some(gone) = gone else {
+        return;
+    };
+    // Past the reader's own bounds, and past the bound of a request that
+    // met the broken pipe, with room for what that failure lets this side
+    // do (read its plain messages, finish a handler): the reader may just
+    // be waiting for that, and would still deliver what the peer wrote.
+    let patience = shared.gone_peer_limit() + HELD_UP_READER_PATIENCE;
+    tokio::select! {
+        _ = shared.closing.cancelled() => return,
+        () = tokio::time::sleep(patience) => {}
+    }
+    // As the reader would say it: a write that failed for another reason
+    // than a gone peer, else the child's exit status if it is known.
+    let reason = match our_write_failure(&shared) {
+        Some(failure) => failure,
+        None => with_exit_status(gone, peer_exit, Duration::ZERO).await,
+    };
+    tracing::warn!(
+        "the peer is gone and this side holds the session's reader up: ending the session ({reason})"
+    );
+    shared.shut(reason);
+}
+
 /// The error of a write of ours that failed, unless it failed as writes
 /// to a peer that is gone do (a broken pipe, a reset): then the peer's
 /// going is the story, told by its end of stream or its exit status.

@@ -26,7 +26,7 @@ use handler::AnswerState;
 pub(crate) use handler::panic_error;
 pub use handler::{Handler, Request, Responder, handler_fn, responder_fn};
 
-use incoming::{Backlog, read_loop};
+use incoming::{Backlog, end_when_the_peer_is_gone_and_the_reader_held_up, read_loop};
 
 use crate::channel::{Channel, ChannelSender, line_text, node_internal_cmd};
 use crate::error::{CloseReason, Error, RemoteError};
@@ -215,6 +215,10 @@ impl SessionBuilder {
         // The handler is in place and we listen before announcing (2.1 step 1).
         let hello = shared.sender.encode(&HandshakeOut::request(&our_uid))?;
         let mut phase = shared.phase.subscribe();
+        tokio::spawn(end_when_the_peer_is_gone_and_the_reader_held_up(
+            shared.clone(),
+            peer_exit.clone(),
+        ));
         let reader = read_loop(shared.clone(), receiver, peer_exit, our_uid.clone());
         let reader_shared = shared.clone();
         tokio::spawn(async move {
