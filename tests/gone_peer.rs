@@ -200,3 +200,107 @@ async fn a_child_that_exits_while_this_side_holds_the_reader_up_ends_the_session
     // The peer's end stayed open all along.
     drop((reader, writer));
 }
+
+/// Reads the stream to its end, waiting `pause` after each message, as a
+/// consumer slower than the peer does.
+async fn read_slowly(mut messages: ipc_request::Messages, pause: Duration) -> Vec<serde_json::Value> {
+    let mut got = Vec::new();
+    while let Some(message) = messages.recv().await {
+        got.push(message.unwrap());
+        tokio::time::sleep(pause).await;
+    }
+    got
+}
+
+/// What a peer wrote before it went is delivered to a consumer slower
+/// than the session's bounds (12 messages 0.8 s apart, one buffered at a
+/// time: the last ones come well after the ~5.5 s a held-up reader gets):
+/// the reader, held up by it, still reads, so the session is left to end
+/// as it does. For a child we own that exited, and for a peer we do not
+/// own whose going our write met.
+#[tokio::test]
+async fn what_a_gone_peer_wrote_reaches_a_slow_consumer_in_full() {
+    use std::os::unix::process::ExitStatusExt;
+    let pause = Duration::from_millis(800);
+    let sent: Vec<serde_json::Value> = (1..=12).map(serde_json::Value::from).collect();
+    let lines: String = sent.iter().map(|n| format!("{n}\n")).collect();
+    let one_buffered = || {
+        SessionBuilder::new().config(SessionConfig {
+            message_buffer: 1,
+            ..SessionConfig::default()
+        })
+    };
+
+    let owned_child = async {
+        let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
+        let mut channel = Channel::from_unix(ours, ChannelConfig::default()).unwrap();
+        let (exit_tx, exit_rx) = tokio::sync::watch::channel(None);
+        channel.set_peer_exit(exit_rx);
+        let setup = tokio::spawn(one_buffered().setup(channel));
+        let (mut reader, mut writer) = theirs.into_split();
+        common::answer_handshake(&mut reader, &mut writer, Some(&["error", "cancel"])).await;
+        let session = setup.await.unwrap().unwrap();
+        let messages = session.messages().unwrap();
+        writer.write_all(lines.as_bytes()).await.unwrap();
+        drop((reader, writer));
+        exit_tx.send(Some(std::process::ExitStatus::from_raw(0))).unwrap();
+        (read_slowly(messages, pause).await, session.close_reason())
+    };
+    let not_owned = async {
+        let (session, reader, mut writer) =
+            session_with_a_hand_played_peer(one_buffered(), ChannelConfig::default()).await;
+        let messages = session.messages().unwrap();
+        writer.write_all(lines.as_bytes()).await.unwrap();
+        drop((reader, writer));
+        let consumer = tokio::spawn(read_slowly(messages, pause));
+        assert!(session.send(&"meets the broken pipe").await.is_err());
+        (consumer.await.unwrap(), session.close_reason())
+    };
+    let ((from_child, child_reason), (from_peer, peer_reason)) = tokio::join!(owned_child, not_owned);
+    assert_eq!(from_child, sent, "lost what the child wrote");
+    assert!(
+        matches!(child_reason, Some(CloseReason::ChildExited(s)) if s.success()),
+        "{child_reason:?}"
+    );
+    assert_eq!(from_peer, sent, "lost what the peer wrote");
+    assert!(
+        matches!(peer_reason, Some(CloseReason::PeerClosed)),
+        "{peer_reason:?}"
+    );
+}
+
+/// An exit grace of `Duration::MAX` ("wait for the exit status however
+/// long") once made the bound of a request that met a broken pipe
+/// overflow, a panic in the caller.
+#[tokio::test]
+async fn a_request_that_meets_a_broken_pipe_under_an_endless_exit_grace_does_not_panic() {
+    use std::os::unix::process::ExitStatusExt;
+    let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
+    let mut channel = Channel::from_unix(ours, ChannelConfig::default()).unwrap();
+    let (exit_tx, exit_rx) = tokio::sync::watch::channel(None);
+    channel.set_peer_exit(exit_rx);
+    let builder = SessionBuilder::new().config(SessionConfig {
+        exit_grace: Duration::MAX,
+        ..SessionConfig::default()
+    });
+    let setup = tokio::spawn(builder.setup(channel));
+    let (mut reader, mut writer) = theirs.into_split();
+    common::answer_handshake(&mut reader, &mut writer, Some(&["error", "cancel"])).await;
+    let session = setup.await.unwrap().unwrap();
+    drop((reader, writer));
+    // The child's status comes once the request has met the broken pipe.
+    let request = tokio::spawn({
+        let session = session.clone();
+        async move { session.request_raw(&1).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    exit_tx.send(Some(std::process::ExitStatus::from_raw(0))).unwrap();
+    match tokio::time::timeout(Duration::from_secs(20), request)
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        Err(ipc_request::Error::Closed(CloseReason::ChildExited(status))) => assert!(status.success()),
+        other => panic!("{other:?}"),
+    }
+}

@@ -500,6 +500,7 @@ pub(super) async fn read_loop(
 ) {
     let grace = shared.config.exit_grace;
     let mut child_gone = std::pin::pin!(child_gone(peer_exit.clone(), grace));
+    let mut lines_read = 0u64;
     let reason = loop {
         // Reading comes first (biased): what the child wrote before it
         // died is read and delivered before the session ends for it.
@@ -513,6 +514,10 @@ pub(super) async fn read_loop(
             }) => next,
             status = &mut child_gone => break CloseReason::ChildExited(status),
         };
+        // A plain store (one writer): read by the task that ends a session
+        // whose reader is held up.
+        lines_read += 1;
+        shared.lines_read.store(lines_read, Ordering::Relaxed);
         match next {
             Ok(Some(inbound)) => {
                 shared
@@ -541,18 +546,19 @@ pub(super) async fn read_loop(
     shared.shut(reason);
 }
 
-/// How much longer than its own bounds the reader gets to end a session
-/// whose peer is gone, before [`end_when_the_peer_is_gone_and_the_reader_held_up`]
-/// ends it (and a plain message the reader holds, waiting for room, is lost).
+/// How long the reader may read nothing after the peer is gone, past its
+/// own bounds, before [`end_when_the_peer_is_gone_and_the_reader_held_up`]
+/// ends the session (a plain message it held, waiting for room, is lost).
 const HELD_UP_READER_PATIENCE: Duration = Duration::from_secs(5);
 
 /// Ends the session once the peer is known to be gone (one of our writes
-/// failed, or the child we own exited) and the reader has not ended it
-/// within its own bounds. The reader ends a session from its read loop
-/// (see [`read_loop`]), but this side can hold it up before it gets back
-/// there: every handler slot taken by handlers that wait for answers that
-/// will not come, plain messages that nobody reads yet. A peer that is
-/// gone must still fail every pending request, whatever this side does.
+/// failed, or the child we own exited) and the reader, held up, reads no
+/// more. The reader ends a session from its read loop (see [`read_loop`]),
+/// but this side can hold it up before it gets back there: every handler
+/// slot taken by handlers that wait for answers that will not come, plain
+/// messages that nobody reads. A peer that is gone must still fail every
+/// pending request, whatever this side does; a reader that still reads,
+/// however slowly, is left to finish (what the peer wrote is delivered).
 pub(super) async fn end_when_the_peer_is_gone_and_the_reader_held_up(
     shared: Arc<Shared>,
     peer_exit: Option<PeerExit>,
@@ -572,20 +578,29 @@ pub(super) async fn end_when_the_peer_is_gone_and_the_reader_held_up(
     let Some(gone) = gone else {
         return;
     };
-    // Past the reader's own bounds, and past the bound of a request that
-    // met the broken pipe, with room for what that failure lets this side
-    // do (read its plain messages, finish a handler): the reader may just
-    // be waiting for that, and would still deliver what the peer wrote.
-    let patience = shared.gone_peer_limit() + HELD_UP_READER_PATIENCE;
-    tokio::select! {
-        _ = shared.closing.cancelled() => return,
-        () = tokio::time::sleep(patience) => {}
+    // The reader's own bounds first, then windows in which it must read
+    // something.
+    let mut window = shared.gone_peer_limit().saturating_add(HELD_UP_READER_PATIENCE);
+    loop {
+        let before = shared.lines_read.load(Ordering::Relaxed);
+        tokio::select! {
+            _ = shared.closing.cancelled() => return,
+            () = tokio::time::sleep(window) => {}
+        }
+        if shared.lines_read.load(Ordering::Relaxed) == before {
+            break;
+        }
+        window = HELD_UP_READER_PATIENCE;
     }
     // As the reader would say it: a write that failed for another reason
-    // than a gone peer, else the child's exit status if it is known.
-    let reason = match our_write_failure(&shared) {
-        Some(failure) => failure,
-        None => with_exit_status(gone, peer_exit, Duration::ZERO).await,
+    // than a gone peer; else the child's exit status if it is known; else
+    // the peer closed.
+    let reason = match (our_write_failure(&shared), gone) {
+        (Some(failure), _) => failure,
+        (None, CloseReason::Io(e)) if crate::channel::failed_as_peer_gone(&e) => {
+            with_exit_status(CloseReason::PeerClosed, peer_exit, Duration::ZERO).await
+        }
+        (None, gone) => with_exit_status(gone, peer_exit, Duration::ZERO).await,
     };
     tracing::warn!(
         "the peer is gone and this side holds the session's reader up: ending the session ({reason})"

@@ -190,6 +190,7 @@ impl SessionBuilder {
             phase,
             closing: CancellationToken::new(),
             more_input: AtomicBool::new(false),
+            lines_read: AtomicU64::new(0),
             in_flight: Semaphore::new(bounded(config.max_in_flight)),
             handler_slots: Arc::new(Semaphore::new(bounded(config.max_concurrent_handlers))),
             backlog: Mutex::new(Backlog::default()),
@@ -374,6 +375,9 @@ pub(crate) struct Shared {
     /// requests are probably coming at once, so answers go through the
     /// writer task and share one write instead of one write each.
     more_input: AtomicBool,
+    /// Lines the reader has taken from the channel: whether it still makes
+    /// progress (see `end_when_the_peer_is_gone_and_the_reader_held_up`).
+    lines_read: AtomicU64,
     in_flight: Semaphore,
     handler_slots: Arc<Semaphore>,
     /// The peer's requests waiting for a handler slot, in arrival order.
@@ -732,7 +736,9 @@ impl Shared {
     fn gone_peer_limit(&self) -> Duration {
         let limit = crate::channel::WRITE_FAILURE_GRACE + Duration::from_millis(300);
         if self.owns_child {
-            limit + self.config.exit_grace
+            // Saturating: "wait for the exit status however long" may be
+            // written as Duration::MAX.
+            limit.saturating_add(self.config.exit_grace)
         } else {
             limit
         }
