@@ -2,7 +2,9 @@
 //! writes meet its broken pipe, and every wait must still end, with the
 //! reason the session ends with. The peer is played by hand over a Unix
 //! socket pair and dropped before the session's reader (on the test's one
-//! thread) reads what it sent, so nothing here depends on timing.
+//! thread) reads what it sent. Only the slow consumer's test depends on
+//! time: it reads a message every 0.8 s, where 5 s without one would end
+//! the session.
 
 mod common;
 
@@ -244,7 +246,14 @@ async fn what_a_gone_peer_wrote_reaches_a_slow_consumer_in_full() {
         writer.write_all(lines.as_bytes()).await.unwrap();
         drop((reader, writer));
         exit_tx.send(Some(std::process::ExitStatus::from_raw(0))).unwrap();
-        (read_slowly(messages, pause).await, session.close_reason())
+        let consumer = tokio::spawn(read_slowly(messages, pause));
+        // Told before the session ends (its reader is kept busy for
+        // seconds): what is known then, the child's exit.
+        match session.request_raw(&"meets the broken pipe").await {
+            Err(ipc_request::Error::Closed(CloseReason::ChildExited(status))) => assert!(status.success()),
+            other => panic!("{other:?}"),
+        }
+        (consumer.await.unwrap(), session.close_reason())
     };
     let not_owned = async {
         let (session, reader, mut writer) =
@@ -253,7 +262,11 @@ async fn what_a_gone_peer_wrote_reaches_a_slow_consumer_in_full() {
         writer.write_all(lines.as_bytes()).await.unwrap();
         drop((reader, writer));
         let consumer = tokio::spawn(read_slowly(messages, pause));
-        assert!(session.send(&"meets the broken pipe").await.is_err());
+        // As the session will end: the peer closed (not "Broken pipe").
+        match session.send(&"meets the broken pipe").await {
+            Err(ipc_request::Error::Closed(CloseReason::PeerClosed)) => {}
+            other => panic!("{other:?}"),
+        }
         (consumer.await.unwrap(), session.close_reason())
     };
     let ((from_child, child_reason), (from_peer, peer_reason)) = tokio::join!(owned_child, not_owned);

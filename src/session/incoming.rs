@@ -536,6 +536,7 @@ pub(super) async fn read_loop(
             Err(other) => break CloseReason::Io(Arc::new(std::io::Error::other(other.to_string()))),
         }
     };
+    shared.lines_read.store(READER_DONE, Ordering::Relaxed);
     let reason = match our_write_failure(&shared) {
         // Why the channel ended, whatever the peer did once our side shut
         // down (closed its end; exited, as a Node child does when its
@@ -550,6 +551,9 @@ pub(super) async fn read_loop(
 /// own bounds, before [`end_when_the_peer_is_gone_and_the_reader_held_up`]
 /// ends the session (a plain message it held, waiting for room, is lost).
 const HELD_UP_READER_PATIENCE: Duration = Duration::from_secs(5);
+
+/// `Shared::lines_read` once the reader has left its loop.
+const READER_DONE: u64 = u64::MAX;
 
 /// Ends the session once the peer is known to be gone (one of our writes
 /// failed, or the child we own exited) and the reader, held up, reads no
@@ -587,19 +591,20 @@ pub(super) async fn end_when_the_peer_is_gone_and_the_reader_held_up(
             _ = shared.closing.cancelled() => return,
             () = tokio::time::sleep(window) => {}
         }
-        if shared.lines_read.load(Ordering::Relaxed) == before {
-            break;
+        match shared.lines_read.load(Ordering::Relaxed) {
+            // The reader left its loop: it ends the session itself, within
+            // the exit grace (waiting for the child's status).
+            READER_DONE => return,
+            now if now == before => break,
+            _ => window = HELD_UP_READER_PATIENCE,
         }
-        window = HELD_UP_READER_PATIENCE;
     }
     // As the reader would say it: a write that failed for another reason
     // than a gone peer; else the child's exit status if it is known; else
     // the peer closed.
     let reason = match (our_write_failure(&shared), gone) {
         (Some(failure), _) => failure,
-        (None, CloseReason::Io(e)) if crate::channel::failed_as_peer_gone(&e) => {
-            with_exit_status(CloseReason::PeerClosed, peer_exit, Duration::ZERO).await
-        }
+        (None, CloseReason::Io(e)) if crate::channel::failed_as_peer_gone(&e) => shared.gone_peer_reason(),
         (None, gone) => with_exit_status(gone, peer_exit, Duration::ZERO).await,
     };
     tracing::warn!(

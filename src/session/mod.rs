@@ -205,7 +205,7 @@ impl SessionBuilder {
             message_bytes: Arc::new(Semaphore::new(message_bytes)),
             message_bytes_total: message_bytes,
             handler: Mutex::new(self.handler),
-            owns_child: peer_exit.is_some(),
+            peer_exit: peer_exit.clone(),
             config,
         });
         // Until a Session is handed back, dropping this future (the
@@ -404,9 +404,9 @@ pub(crate) struct Shared {
     /// for its length until taken from the stream.
     message_bytes: Arc<Semaphore>,
     message_bytes_total: usize,
-    /// The channel knows the peer's exit status (we own the child): the
-    /// reader waits up to `exit_grace` for it before the session ends.
-    owns_child: bool,
+    /// The peer's exit status, when we own the child: the reader waits up
+    /// to `exit_grace` for it before the session ends.
+    peer_exit: Option<crate::channel::PeerExit>,
 }
 
 /// A handle on an established session. Cheap to clone; all clones share it.
@@ -532,7 +532,7 @@ impl Session {
                 let limit = shared.gone_peer_limit();
                 let Ok(told) = Box::pin(tokio::time::timeout(limit, rx)).await else {
                     // Still in the table: the guard's drop takes it out.
-                    return Err(shared.send_error_now(e));
+                    return Err(Error::Closed(shared.gone_peer_reason()));
                 };
                 guard.disarm();
                 return told.map_err(|_| shared.closed_error())?.map_err(|e| *e);
@@ -710,7 +710,8 @@ impl Shared {
     /// child's exit status, and ends the session with that, which every
     /// other pending request is told. So this waits for the session's end
     /// too, as long as the reader may take (its bounds, and a margin), and
-    /// tells the same; past that, the write's error. For plain messages; a
+    /// tells the same; past that, what is known of it then
+    /// ([`gone_peer_reason`](Self::gone_peer_reason)). For plain messages; a
     /// request simply stays pending (see `call_inner`), and the reader must
     /// never wait for itself.
     async fn send_error(&self, error: Error) -> Error {
@@ -726,8 +727,17 @@ impl Shared {
         let ended = tokio::time::timeout(limit, phase.wait_for(|p| matches!(p, Phase::Closed(_)))).await;
         match ended.as_ref().map(|p| p.as_deref()) {
             Ok(Ok(Phase::Closed(reason))) => Error::Closed(reason.clone()),
-            _ => error,
+            _ => Error::Closed(self.gone_peer_reason()),
         }
+    }
+
+    /// Why a session whose peer is gone ends, as far as it is known now
+    /// (for a caller who cannot wait for the session's end any longer): the
+    /// child's exit status if we own it and it has exited, else that the
+    /// peer closed, as the reader says once it reads the end of stream.
+    pub(super) fn gone_peer_reason(&self) -> CloseReason {
+        let exited = self.peer_exit.as_ref().and_then(|exit| *exit.borrow());
+        exited.map_or(CloseReason::PeerClosed, CloseReason::ChildExited)
     }
 
     /// How long the reader may take to end the session after one of our
@@ -735,7 +745,7 @@ impl Shared {
     /// grace if we own the child, and a margin.
     fn gone_peer_limit(&self) -> Duration {
         let limit = crate::channel::WRITE_FAILURE_GRACE + Duration::from_millis(300);
-        if self.owns_child {
+        if self.peer_exit.is_some() {
             // Saturating: "wait for the exit status however long" may be
             // written as Duration::MAX.
             limit.saturating_add(self.config.exit_grace)
