@@ -731,11 +731,17 @@ impl Shared {
         }
     }
 
-    /// Why a session whose peer is gone ends, as far as it is known now
-    /// (for a caller who cannot wait for the session's end any longer): the
-    /// child's exit status if we own it and it has exited, else that the
-    /// peer closed, as the reader says once it reads the end of stream.
+    /// Why a session whose writes met a gone peer ends, as far as it is
+    /// known now (for a caller who cannot wait for the session's end any
+    /// longer): the reason if it has ended, else the child's exit status if
+    /// we own it and it has exited, else that the peer closed. The last is
+    /// a guess, right for a peer that is gone (the reader then reads the
+    /// end of stream); a peer that only shut its reading side also fails
+    /// our writes with a broken pipe, and its session ends with that error.
     pub(super) fn gone_peer_reason(&self) -> CloseReason {
+        if let Some(reason) = self.closed_reason() {
+            return reason;
+        }
         let exited = self.peer_exit.as_ref().and_then(|exit| *exit.borrow());
         exited.map_or(CloseReason::PeerClosed, CloseReason::ChildExited)
     }
