@@ -40,15 +40,14 @@ fn request_line(uid: u32) -> String {
     )
 }
 
-/// One handler slot, one place in the backlog, and a handler that calls
-/// the peer back. The peer sent three requests and died: the reader holds
-/// the third, waiting for room, and reads no further; the handler's own
-/// request met the broken pipe. It once waited for the session's end,
-/// which the reader, waiting for the handler, would never bring.
-#[tokio::test]
-async fn a_handler_whose_call_back_meets_a_broken_pipe_does_not_wait_for_ever() {
+/// A session that holds its own reader up while its handler waits: one
+/// handler slot, one place in the backlog, and a handler that calls the
+/// peer back (telling `called_back` first) before it answers. Set the
+/// session into the cell once it is set up.
+fn held_up_by_its_handler() -> (SessionBuilder, Arc<OnceLock<Session>>, Arc<tokio::sync::Notify>) {
     let session_cell: Arc<OnceLock<Session>> = Arc::new(OnceLock::new());
-    let handler_session = session_cell.clone();
+    let called_back = Arc::new(tokio::sync::Notify::new());
+    let (handler_session, handler_called_back) = (session_cell.clone(), called_back.clone());
     let builder = SessionBuilder::new()
         .config(SessionConfig {
             max_concurrent_handlers: 1,
@@ -57,11 +56,23 @@ async fn a_handler_whose_call_back_meets_a_broken_pipe_does_not_wait_for_ever() 
         })
         .handler(responder_fn(move |_: Request, responder: Responder| {
             let session = handler_session.get().unwrap().clone();
+            let called_back = handler_called_back.clone();
             async move {
-                let _ = session.request_raw(&"called back").await;
-                let _ = responder.respond(&1).await;
+                called_back.notify_one();
+                let answer = session.request_raw(&"called back").await;
+                let _ = responder.respond(&answer.is_ok()).await;
             }
         }));
+    (builder, session_cell, called_back)
+}
+
+/// The peer sent three requests and died: the reader holds
+/// the third, waiting for room, and reads no further; the handler's own
+/// request met the broken pipe. It once waited for the session's end,
+/// which the reader, waiting for the handler, would never bring.
+#[tokio::test]
+async fn a_handler_whose_call_back_meets_a_broken_pipe_does_not_wait_for_ever() {
+    let (builder, session_cell, _) = held_up_by_its_handler();
     let (session, reader, mut writer) =
         session_with_a_hand_played_peer(builder, ChannelConfig::default()).await;
     session_cell.set(session.clone()).unwrap();
@@ -158,27 +169,7 @@ async fn the_reader_does_not_wait_for_itself_when_its_answer_meets_a_broken_pipe
 async fn a_child_that_exits_while_this_side_holds_the_reader_up_ends_the_session() {
     use std::os::unix::process::ExitStatusExt;
 
-    let session_cell: Arc<OnceLock<Session>> = Arc::new(OnceLock::new());
-    let handler_session = session_cell.clone();
-    let called_back = Arc::new(tokio::sync::Notify::new());
-    let handler_called_back = called_back.clone();
-    let builder = SessionBuilder::new()
-        .config(SessionConfig {
-            max_concurrent_handlers: 1,
-            max_queued_requests: 1,
-            ..SessionConfig::default()
-        })
-        .handler(responder_fn(move |_: Request, responder: Responder| {
-            let (session, called_back) = (
-                handler_session.get().unwrap().clone(),
-                handler_called_back.clone(),
-            );
-            async move {
-                called_back.notify_one();
-                let answer = session.request_raw(&"called back").await;
-                let _ = responder.respond(&answer.is_ok()).await;
-            }
-        }));
+    let (builder, session_cell, called_back) = held_up_by_its_handler();
     let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
     let mut channel = Channel::from_unix(ours, ChannelConfig::default()).unwrap();
     let (exit_tx, exit_rx) = tokio::sync::watch::channel(None);
