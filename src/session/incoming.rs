@@ -561,12 +561,11 @@ const READER_DONE: u64 = u64::MAX;
 /// but this side can hold it up before it gets back there: every handler
 /// slot taken by handlers that wait for answers that will not come, plain
 /// messages that nobody reads. A peer that is gone must still fail every
-/// pending request, whatever this side does; a reader that still reads,
-/// however slowly, is left to finish (what the peer wrote is delivered).
-pub(super) async fn end_when_the_peer_is_gone_and_the_reader_held_up(
-    shared: Arc<Shared>,
-    peer_exit: Option<PeerExit>,
-) {
+/// pending request, whatever this side does; a reader that still reads a
+/// line at least every [`HELD_UP_READER_PATIENCE`] is left to finish (what
+/// the peer wrote is delivered).
+pub(super) async fn end_when_the_peer_is_gone_and_the_reader_held_up(shared: Arc<Shared>) {
+    let peer_exit = shared.peer_exit.clone();
     // Quiet for a session's whole life, unless the peer goes.
     let gone = async {
         tokio::select! {

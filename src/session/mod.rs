@@ -216,10 +216,7 @@ impl SessionBuilder {
         // The handler is in place and we listen before announcing (2.1 step 1).
         let hello = shared.sender.encode(&HandshakeOut::request(&our_uid))?;
         let mut phase = shared.phase.subscribe();
-        tokio::spawn(end_when_the_peer_is_gone_and_the_reader_held_up(
-            shared.clone(),
-            peer_exit.clone(),
-        ));
+        tokio::spawn(end_when_the_peer_is_gone_and_the_reader_held_up(shared.clone()));
         let reader = read_loop(shared.clone(), receiver, peer_exit, our_uid.clone());
         let reader_shared = shared.clone();
         tokio::spawn(async move {
