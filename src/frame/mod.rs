@@ -12,9 +12,9 @@
 //! reads anywhere (even inside a UTF-8 sequence), `\r\n`, surrounding whitespace, blank
 //! lines (skipped silently), any JSON value at top level. One thing Node's reader takes that
 //! this one does not: bytes that are not UTF-8 (Node's reader turns them into U+FFFD, and no
-//! Node writer sends them) make the line an error. A bad line (not JSON, too long) is reported as an error and
-//! consumed; the lines after it decode normally, so one bad message never desynchronises the
-//! stream.
+//! Node writer sends them) make the line an error. A bad line (not JSON, too long) is
+//! reported as an error and consumed; the lines after it decode normally, so one bad message
+//! never desynchronises the stream.
 //!
 //! What we write goes to a Node peer, and Node exits with an uncaught `SyntaxError` on an
 //! empty line, a line that is not JSON, or a raw control character inside a string. So
