@@ -194,6 +194,71 @@ async fn a_child_that_exits_while_this_side_holds_the_reader_up_ends_the_session
     drop((reader, writer));
 }
 
+/// A peer we do not own (a Node parent, say) hangs up while this side
+/// holds the reader up: one handler slot, one place in the backlog, and a
+/// handler waiting for the answer to its call back, written before the
+/// peer went. No write of ours meets its going and no exit status comes:
+/// only its end of stream, which the held-up reader never reads. The
+/// session must still end, failing the call back.
+#[tokio::test]
+async fn a_peer_that_hangs_up_while_this_side_holds_the_reader_up_ends_the_session() {
+    let (builder, session_cell, _) = held_up_by_its_handler();
+    let (session, mut reader, mut writer) =
+        session_with_a_hand_played_peer(builder, ChannelConfig::default()).await;
+    session_cell.set(session.clone()).unwrap();
+    let requests: String = (1..=3).map(request_line).collect();
+    writer.write_all(requests.as_bytes()).await.unwrap();
+    // The call back is written: nothing of ours is left to fail.
+    let call_back = common::read_line(&mut reader).await;
+    assert!(call_back.contains("called back"), "{call_back}");
+    drop((reader, writer));
+    let reason = tokio::time::timeout(Duration::from_secs(30), session.closed())
+        .await
+        .expect("the session never ended: its reader waits for a handler that waits for a peer that hung up");
+    assert!(matches!(reason, CloseReason::PeerClosed), "{reason:?}");
+    assert_eq!(session.pending_requests(), 0);
+}
+
+/// The same with plain messages: the stream is taken, to be read once a
+/// request returns (the documented way), and holds one. The request is
+/// written; the peer sends three messages and hangs up without answering.
+/// The request must fail rather than wait for ever, and the stream end.
+#[tokio::test]
+async fn a_request_to_a_peer_that_hangs_up_while_plain_messages_wait_fails() {
+    let builder = SessionBuilder::new().config(SessionConfig {
+        message_buffer: 1,
+        ..SessionConfig::default()
+    });
+    let (session, mut reader, mut writer) =
+        session_with_a_hand_played_peer(builder, ChannelConfig::default()).await;
+    let mut messages = session.messages().unwrap();
+    let request = tokio::spawn({
+        let session = session.clone();
+        async move { session.request_raw(&"never answered").await }
+    });
+    let line = common::read_line(&mut reader).await;
+    assert!(line.contains("never answered"), "{line}");
+    writer.write_all(b"1\n2\n3\n").await.unwrap();
+    drop((reader, writer));
+    let asked = tokio::time::timeout(Duration::from_secs(30), request)
+        .await
+        .expect("the request to a peer that hung up never returned")
+        .unwrap();
+    assert!(
+        matches!(asked, Err(ipc_request::Error::Closed(CloseReason::PeerClosed))),
+        "{asked:?}"
+    );
+    // The stream ends. What the reader held or had not read when the
+    // session ended is lost (the README says so): the first message at least
+    // was buffered before.
+    let mut got = Vec::new();
+    while let Some(message) = messages.recv().await {
+        got.push(message.unwrap());
+    }
+    let sent = [serde_json::json!(1), serde_json::json!(2), serde_json::json!(3)];
+    assert!(!got.is_empty() && sent.starts_with(&got), "{got:?}");
+}
+
 /// Reads the stream to its end, waiting `pause` after each message, as a
 /// consumer slower than the peer does.
 async fn read_slowly(mut messages: ipc_request::Messages, pause: Duration) -> Vec<serde_json::Value> {

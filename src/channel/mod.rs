@@ -39,6 +39,7 @@ use serde_json::value::RawValue;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::watch;
 
+pub(crate) use unix::HangUpProbe;
 pub use writer::ChannelSender;
 pub(crate) use writer::line_text;
 
@@ -130,6 +131,7 @@ impl Channel {
             nacks_owed: 0,
             at_eof: false,
             write_failure_grace: None,
+            hang_up_probe: None,
         };
         Channel {
             sender,
@@ -164,7 +166,10 @@ impl Channel {
     /// be non-blocking already.
     pub(crate) fn from_unix_socket(socket: OwnedFd, config: ChannelConfig) -> Result<Channel, Error> {
         let (r, w) = unix::split(socket).map_err(|e| Error::Io(Arc::new(e)))?;
-        Ok(Channel::new(r, w, config))
+        let hang_up_probe = r.hang_up_probe();
+        let mut channel = Channel::new(r, w, config);
+        channel.receiver.hang_up_probe = Some(hang_up_probe);
+        Ok(channel)
     }
 
     /// Two connected channels in memory, for tests and benchmarks.
@@ -214,6 +219,8 @@ pub struct ChannelReceiver {
     /// Armed when a read would wait after our writes failed: how long we
     /// go on reading before the failure ends the channel (see `recv_with`).
     write_failure_grace: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Over a Unix socket: asks whether the peer hung up, without reading.
+    hang_up_probe: Option<HangUpProbe>,
 }
 
 impl std::fmt::Debug for ChannelReceiver {
@@ -326,6 +333,13 @@ impl ChannelReceiver {
                 Err(write_failure) => return Err(Error::Closed(write_failure)),
             }
         }
+    }
+
+    /// Over a Unix socket, a probe that tells whether the peer has hung up
+    /// without reading what it sent first (see [`HangUpProbe`]); `None`
+    /// over other streams.
+    pub(crate) fn hang_up_probe(&self) -> Option<HangUpProbe> {
+        self.hang_up_probe.clone()
     }
 
     /// The first bytes of the line last reported as too long (see

@@ -80,6 +80,53 @@ pub(super) struct UnixReadHalf {
     socket: AsyncFd<Arc<OwnedFd>>,
 }
 
+impl UnixReadHalf {
+    /// A probe of this socket for the peer's hang-up.
+    pub(super) fn hang_up_probe(&self) -> HangUpProbe {
+        HangUpProbe(self.socket.get_ref().clone())
+    }
+}
+
+/// Asks the kernel whether the peer of a Unix socket has hung up (closed
+/// its end: it exited, or shut the socket down both ways), without reading
+/// and without the reactor. The session asks while its reader is held up
+/// and reads nothing, so that the end of stream waits unseen behind the
+/// lines not read yet (see `session::incoming`).
+///
+/// `poll(2)` with a zero timeout reports `POLLHUP` from the socket's
+/// shutdown state, whatever data is still queued. A peer that shut down
+/// only its writing side is not taken for gone (`POLLRDHUP` is not asked
+/// for): it may still be reading, and waiting for the answers this side
+/// owes it. Asking does not touch the readiness the reactor holds for the
+/// reading half, so a reader that resumes misses nothing (clearing that
+/// readiness to wait for the next edge instead would strand the data
+/// already queued).
+#[derive(Clone)]
+pub(crate) struct HangUpProbe(Arc<OwnedFd>);
+
+impl HangUpProbe {
+    /// Whether the peer is gone both ways. `false` when `poll(2)` fails:
+    /// the reader then finds out as it reads.
+    pub(crate) fn peer_hung_up(&self) -> bool {
+        let mut probe = libc::pollfd {
+            fd: self.0.as_raw_fd(),
+            // POLLHUP is always reported; nothing else is wanted.
+            events: 0,
+            revents: 0,
+        };
+        // SAFETY: one pollfd, valid for the call, on a descriptor the Arc
+        // keeps open; a zero timeout never blocks.
+        let ready = unsafe { libc::poll(&mut probe, 1, 0) };
+        ready > 0 && probe.revents & libc::POLLHUP != 0
+    }
+}
+
+impl std::fmt::Debug for HangUpProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("HangUpProbe").field(&self.0.as_raw_fd()).finish()
+    }
+}
+
 impl AsyncRead for UnixReadHalf {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         loop {
@@ -362,6 +409,38 @@ mod tests {
         line.push(b'\n');
         send_with_descriptor(&theirs, &line, file.as_raw_fd());
         assert_eq!(read_exactly(&mut reader, line.len()).await, line);
+    }
+
+    /// The probe sees a hang-up through data still queued, and only a
+    /// hang-up: not data alone, not our own shutdown.
+    #[tokio::test]
+    async fn the_probe_sees_the_peer_hang_up_behind_unread_data() {
+        use std::io::Write;
+        let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let (reader, mut writer) = split(ours.into()).unwrap();
+        let probe = reader.hang_up_probe();
+        assert!(!probe.peer_hung_up(), "hung up before anything happened");
+        theirs.write_all(b"queued, never read\n").unwrap();
+        assert!(!probe.peer_hung_up(), "data alone taken for a hang-up");
+        writer.shutdown().await.unwrap();
+        assert!(!probe.peer_hung_up(), "our own shutdown taken for the peer's");
+        drop(theirs);
+        assert!(probe.peer_hung_up(), "the peer closed, with data unread, unseen");
+    }
+
+    /// A peer that shut down only its writing side may still read what we
+    /// owe it: not gone. Shut down both ways, it is.
+    #[tokio::test]
+    async fn the_probe_takes_a_half_closed_peer_for_alive() {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let (reader, _writer) = split(ours.into()).unwrap();
+        let probe = reader.hang_up_probe();
+        theirs.shutdown(std::net::Shutdown::Write).unwrap();
+        assert!(!probe.peer_hung_up(), "a half-closed peer taken for gone");
+        theirs.shutdown(std::net::Shutdown::Read).unwrap();
+        assert!(probe.peer_hung_up(), "a peer shut down both ways taken for alive");
     }
 
     #[tokio::test]

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::handler::AnswerState;
 use super::{PeerInfo, Phase, Request, Responder, RunningHandler, Shared};
-use crate::channel::{ChannelReceiver, Parsed, PeerExit};
+use crate::channel::{ChannelReceiver, HangUpProbe, Parsed, PeerExit};
 use crate::error::{CloseReason, Error, RemoteError};
 use crate::frame::{self, FrameError, Message};
 use crate::protocol::{self, Inbound, PeerUid, TooLongLine};
@@ -500,6 +500,7 @@ pub(super) async fn read_loop(
 ) {
     let grace = shared.config.exit_grace;
     let mut child_gone = std::pin::pin!(child_gone(peer_exit.clone(), grace));
+    let hang_up_probe = receiver.hang_up_probe();
     let mut lines_read = 0u64;
     let reason = loop {
         // Reading comes first (biased): what the child wrote before it
@@ -523,13 +524,24 @@ pub(super) async fn read_loop(
                 shared
                     .more_input
                     .store(receiver.buffered_bytes() > 0, Ordering::Relaxed);
-                shared.dispatch(inbound, &our_uid).await
+                // Pinned where it is made: moved into a wrapper, the
+                // future was copied once more per line (+3% instructions).
+                let mut dispatch = std::pin::pin!(shared.dispatch(inbound, &our_uid));
+                if dispatch.as_mut().now_or_never().is_none() {
+                    finish_watching_for_a_hang_up(dispatch, &shared, hang_up_probe.as_ref()).await
+                }
             }
             Ok(None) => break CloseReason::PeerClosed,
             Err(Error::Frame(e)) => {
                 tracing::warn!("skipped a line from the peer: {e}");
-                if !shared.answer_too_long_line(&e, receiver.too_long_head()).await {
-                    shared.deliver(Err(Error::Frame(e))).await;
+                let too_long_head = receiver.too_long_head();
+                let mut dispatch = std::pin::pin!(async {
+                    if !shared.answer_too_long_line(&e, too_long_head).await {
+                        shared.deliver(Err(Error::Frame(e))).await;
+                    }
+                });
+                if dispatch.as_mut().now_or_never().is_none() {
+                    finish_watching_for_a_hang_up(dispatch, &shared, hang_up_probe.as_ref()).await
                 }
             }
             Err(Error::Closed(reason)) => break reason,
@@ -547,6 +559,46 @@ pub(super) async fn read_loop(
     shared.shut(reason);
 }
 
+/// How often a reader held up asks whether the peer hung up.
+const HANG_UP_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Runs the reader's handling of one line (`dispatch`) to its end. While
+/// that waits (the backlog of requests or the plain messages are full, and this
+/// side holds them), the reader reads nothing meanwhile, and a peer that
+/// hangs up then would go unseen: its end of stream is in the socket,
+/// behind the lines not read yet. Another sign of a gone peer (a write of
+/// ours that fails, the exit of a child we own) may never come: a peer we
+/// do not own, whose requests from us were all written before it went. So
+/// over a Unix socket the reader asks the kernel every
+/// [`HANG_UP_PROBE_INTERVAL`] while it waits, and tells the task that ends
+/// a held-up session (see [`end_when_the_peer_is_gone_and_the_reader_held_up`]).
+/// The reader calls this once a line's handling did not finish at once
+/// (a poll without waiting): the common case arms no timer.
+async fn finish_watching_for_a_hang_up<F: std::future::Future<Output = ()>>(
+    mut dispatch: std::pin::Pin<&mut F>,
+    shared: &Shared,
+    probe: Option<&HangUpProbe>,
+) {
+    let Some(probe) = probe else {
+        return dispatch.await;
+    };
+    let hung_up = async {
+        loop {
+            tokio::time::sleep(HANG_UP_PROBE_INTERVAL).await;
+            if probe.peer_hung_up() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        biased;
+        () = dispatch.as_mut() => return,
+        () = hung_up => {}
+    }
+    shared.peer_hung_up.notify_one();
+    dispatch.await
+}
+
 /// How long the reader may read nothing after the peer is gone, past its
 /// own bounds, before [`end_when_the_peer_is_gone_and_the_reader_held_up`]
 /// ends the session (a plain message it held, waiting for room, is lost).
@@ -556,7 +608,8 @@ const HELD_UP_READER_PATIENCE: Duration = Duration::from_secs(5);
 const READER_DONE: u64 = u64::MAX;
 
 /// Ends the session once the peer is known to be gone (one of our writes
-/// failed, or the child we own exited) and the reader, held up, reads no
+/// failed, the child we own exited, or the reader, held up, found that the
+/// peer hung up: see [`finish_watching_for_a_hang_up`]) and the reader reads no
 /// more. The reader ends a session from its read loop (see [`read_loop`]),
 /// but this side can hold it up before it gets back there: every handler
 /// slot taken by handlers that wait for answers that will not come, plain
@@ -572,6 +625,7 @@ pub(super) async fn end_when_the_peer_is_gone_and_the_reader_held_up(shared: Arc
             // The writer also finishes after a clean close: no failure.
             () = shared.sender.finished() => shared.sender.write_error(),
             status = child_gone(peer_exit.clone(), Duration::ZERO) => Some(CloseReason::ChildExited(status)),
+            () = shared.peer_hung_up.notified() => Some(CloseReason::PeerClosed),
         }
     };
     let gone = tokio::select! {

@@ -191,6 +191,7 @@ impl SessionBuilder {
             closing: CancellationToken::new(),
             more_input: AtomicBool::new(false),
             lines_read: AtomicU64::new(0),
+            peer_hung_up: Notify::new(),
             in_flight: Semaphore::new(bounded(config.max_in_flight)),
             handler_slots: Arc::new(Semaphore::new(bounded(config.max_concurrent_handlers))),
             backlog: Mutex::new(Backlog::default()),
@@ -375,6 +376,9 @@ pub(crate) struct Shared {
     /// Lines the reader has taken from the channel: whether it still makes
     /// progress (see `end_when_the_peer_is_gone_and_the_reader_held_up`).
     lines_read: AtomicU64,
+    /// Told by the reader when, held up, it finds that the peer hung up
+    /// (see `end_when_the_peer_is_gone_and_the_reader_held_up`).
+    peer_hung_up: Notify,
     in_flight: Semaphore,
     handler_slots: Arc<Semaphore>,
     /// The peer's requests waiting for a handler slot, in arrival order.
