@@ -219,6 +219,33 @@ async fn a_peer_that_hangs_up_while_this_side_holds_the_reader_up_ends_the_sessi
     assert_eq!(session.pending_requests(), 0);
 }
 
+/// A peer that stops reading (it shut down its reading side: alive, not
+/// hung up) while this side holds the reader up. Our next write fails with
+/// a broken pipe, and that failure alone must end the session: the
+/// reader, held up, never sees it, and nothing else will come.
+#[tokio::test]
+async fn a_write_that_fails_while_this_side_holds_the_reader_up_ends_the_session() {
+    let (builder, session_cell, _) = held_up_by_its_handler();
+    let (session, mut reader, mut writer) =
+        session_with_a_hand_played_peer(builder, ChannelConfig::default()).await;
+    session_cell.set(session.clone()).unwrap();
+    let requests: String = (1..=3).map(request_line).collect();
+    writer.write_all(requests.as_bytes()).await.unwrap();
+    let call_back = common::read_line(&mut reader).await;
+    assert!(call_back.contains("called back"), "{call_back}");
+    let peer = reader.reunite(writer).unwrap().into_std().unwrap();
+    peer.shutdown(std::net::Shutdown::Read).unwrap();
+    let sent = tokio::time::timeout(Duration::from_secs(30), session.send(&"unread")).await;
+    assert!(matches!(sent, Ok(Err(_))), "{sent:?}");
+    let reason = tokio::time::timeout(Duration::from_secs(30), session.closed())
+        .await
+        .expect("the session never ended: its reader waits for a handler that waits for a peer that reads nothing");
+    // What a broken pipe is taken for (a guess, documented).
+    assert!(matches!(reason, CloseReason::PeerClosed), "{reason:?}");
+    assert_eq!(session.pending_requests(), 0);
+    drop(peer);
+}
+
 /// The same with plain messages: the stream is taken, to be read once a
 /// request returns (the documented way), and holds one. The request is
 /// written; the peer sends three messages and hangs up without answering.
