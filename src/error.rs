@@ -74,7 +74,8 @@ pub enum Error {
     ReservedMessage(&'static str),
 
     /// The channel the parent should have given this process could not be
-    /// opened: the variable is missing, not a number, not an open socket, or
+    /// opened: the variable is missing or not a number, names a descriptor
+    /// that is not open, not inherited or not a connected stream socket, or
     /// names a serialization mode this crate does not support.
     #[error("{variable}={}: {problem}", value.as_deref().map(|v| format!("{v:?}")).unwrap_or_else(|| "(unset)".into()))]
     ChannelEnv {

@@ -315,12 +315,24 @@ fn hold_fd_number(fd: &impl AsRawFd, target: RawFd) -> Option<OwnedFd> {
 }
 
 /// Opens the channel this process's parent gave it, as PROTOCOL.md 1.1
-/// says: reads `NODE_CHANNEL_FD`, checks `NODE_CHANNEL_SERIALIZATION_MODE`
-/// (absent or `json`), checks that the fd is an open stream socket, makes it
-/// close-on-exec and non-blocking, and removes both variables so our own
-/// children do not inherit a channel they do not own (a Node grandchild
-/// would otherwise try to open that fd at start-up). Must run inside a
-/// Tokio runtime.
+/// says: reads `NODE_CHANNEL_FD`, checks that the fd is open, inherited
+/// (not close-on-exec: one that is was opened by this process itself, so
+/// the variable came without its descriptor) and a connected stream
+/// socket, makes it close-on-exec, checks `NODE_CHANNEL_SERIALIZATION_MODE`
+/// (absent, empty or `json`, as Node reads it), and makes the socket
+/// non-blocking. Must run inside a Tokio runtime.
+///
+/// Both variables are removed whether this succeeds or not, as Node
+/// removes them, so that our own children do not inherit a channel they
+/// do not own (a Node grandchild would otherwise open that fd at start-up
+/// and talk to its grandparent). A channel refused for its mode is left
+/// open but close-on-exec. A descriptor that is no channel is not touched.
+///
+/// # Panics
+///
+/// Outside a Tokio runtime, before it reads or changes anything (as
+/// Tokio's own constructors do; [`crate::blocking::open_from_env`] needs
+/// none).
 ///
 /// # Safety
 ///
@@ -345,12 +357,21 @@ pub unsafe fn open_from_env() -> Result<Channel, Error> {
 
 /// [`open_from_env`] with channel settings.
 ///
+/// # Panics
+///
+/// As [`open_from_env`]: outside a Tokio runtime.
+///
 /// # Safety
 ///
 /// As [`open_from_env`]: no other thread reads or writes the environment
 /// while this runs, other than through `std::env`, and nothing else in the
 /// process owns the descriptor `NODE_CHANNEL_FD` names.
 pub unsafe fn open_from_env_with(config: ChannelConfig) -> Result<Channel, Error> {
+    // Checked first: registering the socket would panic after the
+    // variables are gone and the channel taken, then closed.
+    if tokio::runtime::Handle::try_current().is_err() {
+        panic!("ipc_request::open_from_env must be called inside a Tokio runtime");
+    }
     // SAFETY: the caller upholds take_channel_fd's contract, the same.
     let fd = unsafe { take_channel_fd()? };
     let std_stream = StdUnixStream::from(fd);
@@ -365,34 +386,56 @@ pub unsafe fn open_from_env_with(config: ChannelConfig) -> Result<Channel, Error
 ///
 /// As [`open_from_env`].
 unsafe fn take_channel_fd() -> Result<OwnedFd, Error> {
-    let fd_text = std::env::var(CHANNEL_FD_VAR).map_err(|e| match e {
-        std::env::VarError::NotUnicode(v) => Error::ChannelEnv {
-            variable: CHANNEL_FD_VAR,
-            value: Some(v.to_string_lossy().into_owned()),
-            problem: "not a file descriptor number".into(),
-        },
-        std::env::VarError::NotPresent => Error::ChannelEnv {
+    let fd_text = std::env::var(CHANNEL_FD_VAR);
+    if let Err(std::env::VarError::NotPresent) = fd_text {
+        return Err(Error::ChannelEnv {
             variable: CHANNEL_FD_VAR,
             value: None,
             problem: "no channel: this process was not started with an IPC channel (by Node's fork/spawn with 'ipc', or ipc_request::spawn)".into(),
-        },
-    })?;
-    let env_error = |problem: String| Error::ChannelEnv {
+        });
+    }
+    // A value that is not UTF-8 is no mode we know: unknown, not absent.
+    let mode = std::env::var_os(SERIALIZATION_VAR).map(|v| v.to_string_lossy().into_owned());
+    // Consumed whatever follows, as Node does (it deletes both before it
+    // looks at them): a program that goes on without the channel after an
+    // error must not hand the variables to its own children, which would
+    // then try the descriptor (a Node grandchild opens it at start-up).
+    // SAFETY: the caller vouches that no other thread uses the environment
+    // now (see the function's contract).
+    unsafe {
+        std::env::remove_var(CHANNEL_FD_VAR);
+        std::env::remove_var(SERIALIZATION_VAR);
+    }
+    let fd_text = fd_text.unwrap_or_else(|e| match e {
+        std::env::VarError::NotUnicode(v) => v.to_string_lossy().into_owned(),
+        std::env::VarError::NotPresent => unreachable!("returned above"),
+    });
+    let env_error = |problem: &str| Error::ChannelEnv {
         variable: CHANNEL_FD_VAR,
         value: Some(fd_text.clone()),
-        problem,
+        problem: problem.into(),
     };
     let fd: RawFd = fd_text
         .trim()
         .parse()
         .ok()
         .filter(|fd| *fd >= 0)
-        .ok_or_else(|| env_error("not a file descriptor number".into()))?;
+        .ok_or_else(|| env_error("not a file descriptor number"))?;
+    channel_fd_problem(fd).map_or(Ok(()), |problem| Err(env_error(problem)))?;
 
-    // A value that is not UTF-8 is no mode we know: unknown, not absent.
-    let mode = std::env::var_os(SERIALIZATION_VAR).map(|v| v.to_string_lossy().into_owned());
+    // The descriptor is the channel (checked above); from here on it never
+    // leaks to a child of ours, even if we refuse to speak on it.
+    // SAFETY: fcntl on an open descriptor the caller vouches nothing else
+    // in this process owns.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFD);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) < 0 {
+            return Err(io_error(std::io::Error::last_os_error()));
+        }
+    }
+    // Node reads an empty mode as absent (`|| 'json'`), so must we.
     match mode.as_deref() {
-        None | Some("json") => {}
+        None | Some("" | "json") => {}
         Some("advanced") => {
             return Err(Error::ChannelEnv {
                 variable: SERIALIZATION_VAR,
@@ -410,13 +453,36 @@ unsafe fn take_channel_fd() -> Result<OwnedFd, Error> {
             });
         }
     }
+    // SAFETY: the fd is open and the channel (checked above); the caller
+    // vouches that it was handed to this process for the channel and
+    // nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
 
-    // SAFETY: fcntl and fstat only read the descriptor table and do not
-    // take ownership.
+/// What makes `fd` no channel a parent handed us, if anything: it must be
+/// open, inherited, and a connected stream socket. Only reads the
+/// descriptor table and the socket's state; takes nothing.
+fn channel_fd_problem(fd: RawFd) -> Option<&'static str> {
+    // SAFETY: fcntl on any number only reads the descriptor table.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags < 0 {
+        return Some("that file descriptor is not open");
+    }
+    // A descriptor that came through exec cannot be close-on-exec (1.1:
+    // the child's end arrives without it). One that is was opened by this
+    // process itself: its runtime's own epoll or signal socket sit at the
+    // low numbers, so a variable that came without its descriptor (a
+    // program in between closed it, as Python's subprocess does by
+    // default) names one of them. Taken, it would be written to and
+    // closed twice (a review saw the process abort).
+    if flags & libc::FD_CLOEXEC != 0 {
+        return Some(
+            "that file descriptor was not inherited (it is close-on-exec: this process opened it itself); a program between the parent and this one may have closed the channel",
+        );
+    }
+    // SAFETY: fstat and getsockopt write only into the locals given, sized
+    // for them.
     let is_stream_socket = unsafe {
-        if libc::fcntl(fd, libc::F_GETFD) < 0 {
-            return Err(env_error("that file descriptor is not open".into()));
-        }
         let mut st: libc::stat = std::mem::zeroed();
         if libc::fstat(fd, &mut st) < 0 || (st.st_mode & libc::S_IFMT) != libc::S_IFSOCK {
             false
@@ -434,25 +500,20 @@ unsafe fn take_channel_fd() -> Result<OwnedFd, Error> {
         }
     };
     if !is_stream_socket {
-        return Err(env_error("that file descriptor is not a stream socket".into()));
+        return Some("that file descriptor is not a stream socket");
     }
-    // SAFETY: the fd is open (checked above); the caller vouches that it
-    // was handed to this process for the channel and nothing else owns it.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: as above, fcntl on a descriptor we own.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFD);
-        if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) < 0 {
-            return Err(io_error(std::io::Error::last_os_error()));
-        }
+    // A listening or unconnected socket has no peer. One whose peer has
+    // gone still has it: that is the session's end of stream, not this.
+    // SAFETY: getpeername writes at most `len` bytes into the storage.
+    let connected = unsafe {
+        let mut address: libc::sockaddr_storage = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        libc::getpeername(fd, (&mut address as *mut libc::sockaddr_storage).cast(), &mut len) == 0
+    };
+    if !connected {
+        return Some("that socket is not connected (a listening or unconnected socket is no channel)");
     }
-    // SAFETY: the caller vouches that no other thread uses the environment
-    // now (see the function's contract). Node removes them too (1.1).
-    unsafe {
-        std::env::remove_var(CHANNEL_FD_VAR);
-        std::env::remove_var(SERIALIZATION_VAR);
-    }
-    Ok(owned)
+    None
 }
 
 fn io_error(e: std::io::Error) -> Error {

@@ -1,0 +1,245 @@
+//! A child opening the channel its parent gave it (PROTOCOL.md 1.1), when
+//! the variables or the descriptor are wrong: a clear error naming the
+//! variable, never a descriptor taken that is not the channel, and nothing
+//! left for the child's own children. The child is the `rust_peer`
+//! example, or this test binary run again for one test (see
+//! [`in_a_child_process`]).
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
+
+use common::example;
+
+/// `rust_peer` with exactly the channel variables given (values as bytes).
+fn rust_peer_with(env: &[(&str, &[u8])]) -> Command {
+    let mut command = Command::new(example("rust_peer"));
+    command
+        .env_remove("NODE_CHANNEL_FD")
+        .env_remove("NODE_CHANNEL_SERIALIZATION_MODE")
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        command.env(
+            k,
+            <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(v),
+        );
+    }
+    command
+}
+
+/// Runs `command` and returns what it wrote to stderr, after checking that
+/// it failed as `rust_peer` does when it cannot open the channel (exit code
+/// 2: no abort, no crash).
+fn refused(mut command: Command) -> String {
+    let output = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "{command:?}: {:?}: {stderr}",
+        output.status
+    );
+    stderr
+}
+
+#[test]
+fn a_rust_child_without_a_usable_channel_says_which_variable_is_wrong() {
+    type Case<'a> = (&'a [(&'a str, &'a [u8])], &'a str);
+    let cases: &[Case] = &[
+        (&[], "NODE_CHANNEL_FD=(unset)"),
+        (
+            &[("NODE_CHANNEL_FD", b"abc")],
+            "NODE_CHANNEL_FD=\"abc\": not a file descriptor number",
+        ),
+        (
+            &[("NODE_CHANNEL_FD", b"97")],
+            "NODE_CHANNEL_FD=\"97\": that file descriptor is not open",
+        ),
+        (
+            &[("NODE_CHANNEL_FD", b"0")],
+            "NODE_CHANNEL_FD=\"0\": that file descriptor is not a stream socket",
+        ),
+        // Values that are not UTF-8: wrong values, not missing ones.
+        (
+            &[("NODE_CHANNEL_FD", b"3\xff")],
+            "NODE_CHANNEL_FD=\"3\u{fffd}\": not a file descriptor number",
+        ),
+    ];
+    for (env, expected) in cases {
+        let stderr = refused(rust_peer_with(env));
+        assert!(
+            stderr.contains(expected),
+            "{env:?}: expected {expected:?} in {stderr:?}"
+        );
+    }
+}
+
+/// A real channel at fd 0 (the child's stdin, where a Node parent may put
+/// it too) with a mode we do not speak: the mode is named.
+#[test]
+fn a_serialization_mode_we_do_not_speak_is_named() {
+    type Case<'a> = (&'a [u8], &'a str);
+    let cases: &[Case] = &[
+        (b"advanced", "NODE_CHANNEL_SERIALIZATION_MODE=\"advanced\""),
+        (
+            b"xml",
+            "NODE_CHANNEL_SERIALIZATION_MODE=\"xml\": unknown serialization mode",
+        ),
+        (
+            b"json\xff",
+            "NODE_CHANNEL_SERIALIZATION_MODE=\"json\u{fffd}\": unknown serialization mode",
+        ),
+    ];
+    for (mode, expected) in cases {
+        let (_ours, theirs) = UnixStream::pair().unwrap();
+        let mut command = rust_peer_with(&[
+            ("NODE_CHANNEL_FD", b"0"),
+            ("NODE_CHANNEL_SERIALIZATION_MODE", mode),
+        ]);
+        command.stdin(OwnedFd::from(theirs));
+        let stderr = refused(command);
+        assert!(
+            stderr.contains(expected),
+            "{mode:?}: expected {expected:?} in {stderr:?}"
+        );
+    }
+}
+
+/// Node reads an empty mode as json (`|| 'json'`): the child opens the
+/// channel and starts its handshake.
+#[test]
+fn an_empty_serialization_mode_is_json() {
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let mut command = rust_peer_with(&[
+        ("NODE_CHANNEL_FD", b"0"),
+        ("NODE_CHANNEL_SERIALIZATION_MODE", b""),
+    ]);
+    command.stdin(OwnedFd::from(theirs)).stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    // Our copy of the child's end, or a child that refused would leave
+    // the read below waiting for ever.
+    drop(command);
+    let mut first_line = String::new();
+    BufReader::new(&ours).read_line(&mut first_line).unwrap();
+    let _ = child.kill();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        first_line.contains("_IPC_REQUEST/HANDSHAKE_MSG_TYPE:REQUEST"),
+        "no handshake from the child: {first_line:?}, stderr {:?}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// `NODE_CHANNEL_FD` that came without its descriptor (a program in
+/// between closed it, as Python's subprocess does by default) names a
+/// number the child's own runtime may use (its epoll, its signal socket):
+/// that descriptor must be refused, never taken, written to and closed.
+/// Each number the child may hold is tried; it once said "not a stream
+/// socket" (epoll), timed out its handshake on Tokio's signal socket, or
+/// aborted ("IO Safety violation").
+#[test]
+fn a_variable_that_came_without_its_descriptor_is_refused() {
+    let mut saw_ours = false;
+    for fd in 3..=16 {
+        let stderr = refused(rust_peer_with(&[("NODE_CHANNEL_FD", fd.to_string().as_bytes())]));
+        let said = |problem: &str| stderr.contains(&format!("NODE_CHANNEL_FD=\"{fd}\": {problem}"));
+        // Not open, or the runtime's own; an inherited one (a harness's
+        // pipe) is no socket.
+        assert!(
+            said("that file descriptor is not open")
+                || said("that file descriptor was not inherited")
+                || said("that file descriptor is not a stream socket"),
+            "fd {fd}: {stderr}"
+        );
+        saw_ours |= said("that file descriptor was not inherited");
+    }
+    assert!(
+        saw_ours,
+        "no number named one of the child's own descriptors: the test proves nothing"
+    );
+}
+
+/// A socket that is no channel: listening, or never connected.
+#[test]
+fn a_socket_without_a_peer_is_refused() {
+    let dir = std::env::temp_dir().join(format!("ipc-request-channel-env-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let listener = std::os::unix::net::UnixListener::bind(dir.join("listening")).unwrap();
+    let mut command = rust_peer_with(&[("NODE_CHANNEL_FD", b"0")]);
+    command.stdin(OwnedFd::from(listener));
+    let stderr = refused(command);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(
+        stderr.contains("NODE_CHANNEL_FD=\"0\": that socket is not connected"),
+        "{stderr}"
+    );
+}
+
+/// Set in the copy of this binary that [`in_a_child_process`] starts.
+const CHILD_TEST_VAR: &str = "IPC_REQUEST_CHANNEL_ENV_TEST_CHILD";
+
+/// Runs the test `name` of this binary again in a child process with
+/// `stdin` as its fd 0 and the variables `env`, and returns whether it
+/// passed (its output is shown on failure). The environment of a test
+/// process is shared by the tests running in its threads; a child of its
+/// own keeps `open_from_env`, which changes it, away from them.
+fn in_a_child_process(name: &str, stdin: OwnedFd, env: &[(&str, &str)]) {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args(["--exact", name, "--nocapture", "--test-threads", "1"])
+        .env(CHILD_TEST_VAR, "1")
+        .stdin(stdin);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success() && String::from_utf8_lossy(&output.stdout).contains("1 passed"),
+        "the child run of {name} failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Opening fails (a mode we do not speak), and the program goes on
+/// without the channel: its own children must not get the channel, by the
+/// variables or by the descriptor (a Node grandchild would open it, and
+/// talk to its grandparent). Node itself deletes both variables first.
+#[test]
+fn a_failed_open_leaves_nothing_for_the_childs_own_children() {
+    if std::env::var_os(CHILD_TEST_VAR).is_none() {
+        let (_ours, theirs) = UnixStream::pair().unwrap();
+        in_a_child_process(
+            "a_failed_open_leaves_nothing_for_the_childs_own_children",
+            OwnedFd::from(theirs),
+            &[
+                ("NODE_CHANNEL_FD", "0"),
+                ("NODE_CHANNEL_SERIALIZATION_MODE", "advanced"),
+            ],
+        );
+        return;
+    }
+    // In the child: one test thread, nothing else reads the environment.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let opened = runtime.block_on(async { unsafe { ipc_request::open_from_env() } });
+    assert!(
+        matches!(opened, Err(ipc_request::Error::ChannelEnv { .. })),
+        "{opened:?}"
+    );
+    assert_eq!(std::env::var_os("NODE_CHANNEL_FD"), None);
+    assert_eq!(std::env::var_os("NODE_CHANNEL_SERIALIZATION_MODE"), None);
+    // The channel is still open (refused, not closed) but close-on-exec.
+    let flags = unsafe { libc::fcntl(std::io::stdin().as_raw_fd(), libc::F_GETFD) };
+    assert!(flags >= 0, "the channel was closed");
+    assert_ne!(
+        flags & libc::FD_CLOEXEC,
+        0,
+        "the channel would pass to our children"
+    );
+}
