@@ -386,15 +386,23 @@ impl Drop for Owner {
 }
 
 /// Closes `session` and waits up to `timeout` for what was queued to be
-/// written; true if it was.
+/// written; true if it was. The wait also ends at once when a write
+/// fails, and then what was queued is lost: false.
 fn close_and_flush(session: &crate::Session, runtime: &Runtime, timeout: Duration) -> bool {
-    let flushed = runtime
+    let ended = runtime
         .block_on(async { tokio::time::timeout(timeout, session.shutdown()).await })
         .is_ok();
-    if !flushed {
+    if !ended {
         tracing::warn!("closing a session: what was queued was not written within {timeout:?}");
+        return false;
     }
-    flushed
+    match session.write_error() {
+        None => true,
+        Some(reason) => {
+            tracing::warn!("closing a session: what was queued was lost: {reason}");
+            false
+        }
+    }
 }
 
 impl Session {
@@ -472,16 +480,17 @@ impl Session {
         self.inner.session.close()
     }
 
-    /// Closes the session and waits until what was queued is written:
-    /// [`crate::Session::shutdown`]. Waits as long as the peer leaves what
-    /// we wrote unread.
+    /// Closes the session and waits until what was queued is written, or a
+    /// write fails (the rest is then lost): [`crate::Session::shutdown`].
+    /// Waits as long as the peer leaves what we wrote unread.
     pub fn shutdown(&self) {
         self.block_on(self.inner.session.shutdown())
     }
 
     /// [`shutdown`](Self::shutdown), waiting at most `timeout`: true if
-    /// everything queued was written by then (the session is closed
-    /// either way).
+    /// everything queued was written by then; false if not, or if a write
+    /// failed and lost it (a peer gone without reading). The session is
+    /// closed either way.
     pub fn shutdown_timeout(&self, timeout: Duration) -> bool {
         close_and_flush(&self.inner.session, &self.inner.runtime, timeout)
     }

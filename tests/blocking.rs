@@ -485,3 +485,37 @@ fn one_handler_slot_still_leaves_threads_for_a_handlers_own_blocking_work() {
     drop(session);
     assert_exits(&child);
 }
+
+/// A peer that goes without reading: the queue is lost to the failed
+/// write, and `shutdown_timeout` must say so, not that it was written
+/// (the wait ends at once either way). It once said true.
+#[test]
+fn shutdown_timeout_says_false_when_a_failed_write_lost_the_queue() {
+    let (ours, theirs) = StdUnixStream::pair().unwrap();
+    let (answered_tx, answered_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let peer = std::thread::spawn(move || {
+        let mut reader = BufReader::new(theirs.try_clone().unwrap());
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        (&theirs)
+            .write_all(common::handshake_answer(&line, None).as_bytes())
+            .unwrap();
+        answered_tx.send(()).unwrap();
+        // Goes away without reading anything more.
+        let _ = go_rx.recv();
+    });
+    let session = common::blocking_session_over(ours, SessionBuilder::new());
+    answered_rx.recv().unwrap();
+    let text = "x".repeat(64 * 1024);
+    for i in 0..16 {
+        session.send(&json!({"i": i, "text": text})).unwrap();
+    }
+    assert!(
+        session.queued_bytes() > 0,
+        "nothing queued: the test proves nothing"
+    );
+    drop(go_tx);
+    peer.join().unwrap();
+    assert!(!session.shutdown_timeout(Duration::from_secs(10)));
+}

@@ -647,6 +647,12 @@ impl Session {
         self.shared.sender.finished().await
     }
 
+    /// The error of a write of ours that failed, if one did: what was
+    /// queued then was lost.
+    pub(crate) fn write_error(&self) -> Option<CloseReason> {
+        self.shared.sender.write_error()
+    }
+
     /// Why the session ended, or `None` while it is open.
     pub fn close_reason(&self) -> Option<CloseReason> {
         self.shared.closed_reason()
