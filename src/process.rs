@@ -188,8 +188,9 @@ pub fn spawn_with(mut command: Command, options: SpawnOptions) -> Result<(Channe
     ))
 }
 
-/// A child started by [`spawn`]. A task waits for it, so it never lingers
-/// as a zombie; dropping this does not kill it (it sees its channel close
+/// A child started by [`spawn`]. A task waits for it (and, if the runtime
+/// ends first, a thread), so it never lingers as a zombie; dropping this
+/// does not kill it (it sees its channel close
 /// when the session ends, and a Node child then exits). Dropping the last
 /// clone does close the piped stdio nobody took: a child that writes to
 /// such a pipe afterwards gets `EPIPE` (Node throws, Rust's `println!`
@@ -207,10 +208,14 @@ pub struct ChildProcess {
     pipes: Arc<Mutex<Pipes>>,
 }
 
-/// The child as its reaping task holds it. Dropped unreaped (the runtime
-/// shut down first) after a [`ChildProcess::kill`], it sends the signal
-/// the task did not get to send: the child is not reaped yet, so its pid
-/// cannot be a reused one.
+/// The child as its reaping task holds it. Dropped unreaped, the runtime
+/// shut down before the child exited:
+/// - after a [`ChildProcess::kill`], it sends the signal the task did not
+///   get to send (the child is not reaped yet, so its pid cannot be a
+///   reused one);
+/// - it hands the child to a thread that waits for it. Tokio would hand it
+///   to whichever runtime of the process next handles `SIGCHLD`, and there
+///   may be none: the child would stay a zombie (a review saw one).
 struct Reaping {
     child: tokio::process::Child,
     kill_requested: Arc<AtomicBool>,
@@ -226,9 +231,45 @@ impl Reaping {
 
 impl Drop for Reaping {
     fn drop(&mut self) {
-        if !self.reaped && self.kill_requested.load(Ordering::Acquire) {
+        if self.reaped {
+            return;
+        }
+        if self.kill_requested.load(Ordering::Acquire) {
             let _ = self.child.start_kill();
         }
+        // Exited already: reaped here (Tokio then forgets it).
+        if let Ok(None) = self.child.try_wait() {
+            if let Some(pid) = self.child.id() {
+                wait_on_a_thread(pid);
+            }
+        }
+    }
+}
+
+/// Waits for the child `pid`, not reaped yet, on a thread of its own (a
+/// small one: it only waits), so that it leaves no zombie once it exits.
+///
+/// Tokio still holds the child, as an orphan it tries to reap whenever a
+/// runtime of this process handles `SIGCHLD`; whichever of the two waits
+/// first reaps it, and the other is told there is no such child. That
+/// answer needs the pid not reused in between, which would take the
+/// whole pid space going round between Tokio's wait and this thread's
+/// first one, a few microseconds after this call.
+fn wait_on_a_thread(pid: u32) {
+    let waiting = std::thread::Builder::new()
+        .name(format!("ipc-request-reap-{pid}"))
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            loop {
+                // SAFETY: waitpid on a child of this process; no status kept.
+                let waited = unsafe { libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), 0) };
+                if waited >= 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                    return;
+                }
+            }
+        });
+    if let Err(e) = waiting {
+        tracing::warn!("child {pid} will be left a zombie when it exits: no thread to wait for it ({e})");
     }
 }
 

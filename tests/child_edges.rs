@@ -189,3 +189,33 @@ async fn requests_that_meet_the_broken_pipe_of_a_killed_child_say_it_was_killed(
         );
     }
 }
+
+/// A child that outlives the runtime that started it must still be reaped
+/// once it exits: nothing of Tokio's may run again to do it (it once
+/// stayed a zombie). Another test's runtime in this binary may reap it
+/// too; either way it must be gone.
+#[test]
+fn a_child_that_outlives_its_runtime_is_still_reaped() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let child = runtime.block_on(async {
+        let mut command = Command::new("sleep");
+        command.arg("0.3");
+        let (_channel, child) = spawn(command).unwrap();
+        child
+    });
+    let pid = child.id();
+    drop(runtime);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut state = process_state(pid);
+    while state.is_some() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+        state = process_state(pid);
+    }
+    if matches!(state, Some(s) if s != 'Z') {
+        kill_and_reap(pid);
+    }
+    assert_eq!(state, None, "the child is still there after it exited");
+}
