@@ -54,12 +54,15 @@
 //! child exits, as a child does when its channel closes. One that never
 //! exits keeps them until it does: [`ChildProcess::kill`] it first.
 //!
-//! A drop that cannot wait where it happens (on a thread of any Tokio
-//! runtime, a [`handler_fn`] thread included) closes the session, leaves
-//! the waiting to a thread of its own, and returns at once: what was
-//! queued is written while the process lives. A program about to exit
-//! calls [`Session::shutdown_timeout`] first (on a thread that may wait),
-//! or what is still queued is lost with the process.
+//! A drop inside a task of any Tokio runtime (an async task, a
+//! [`handler_fn`] thread included) closes the session, leaves the waiting
+//! to a thread of its own, and returns at once: what was queued is
+//! written while the process lives. A program about to exit calls
+//! [`Session::shutdown_timeout`] first (on a thread that may wait), or
+//! what is still queued there is lost with the process. A drop elsewhere
+//! waits, a thread in a runtime's context (`Runtime::enter`, the body of a
+//! `block_on`) included, though there the waiting happens on a thread of
+//! its own.
 
 use std::fs::File;
 use std::future::Future;
@@ -279,7 +282,8 @@ impl Runtime {
 
 /// True on a thread where waiting would panic or stall tasks: one running a
 /// Tokio runtime's tasks; or one of its blocking threads, where waiting is
-/// allowed but this cannot tell them apart. A drop there waits elsewhere.
+/// allowed but this cannot tell them apart. A drop there has the waiting
+/// done on another thread.
 fn in_runtime() -> bool {
     tokio::runtime::Handle::try_current().is_ok()
 }
@@ -367,19 +371,26 @@ impl Drop for Owner {
             close_and_flush(&self.session, &self.runtime, DROP_FLUSH_TIMEOUT);
             return;
         }
-        // Waiting here would panic (an async task; a thread whose Tokio
-        // context is gone), or this cannot tell (a thread of a runtime's
-        // blocking pool): a thread of its own waits for the queue to be
-        // written. The clones it holds are no `Owner`: their drops do not
-        // come back here.
+        // A Tokio wait here would panic (a thread in a runtime's context;
+        // one whose Tokio context is gone): a thread of its own waits for
+        // the queue to be written. The clones it holds are no `Owner`:
+        // their drops do not come back here.
         let (session, runtime) = (self.session.clone(), self.runtime.clone());
         let flush = move || {
             close_and_flush(&session, &runtime, DROP_FLUSH_TIMEOUT);
         };
         let waiting = wait_elsewhere(flush);
-        // An exiting thread may wait for that one (joining is no Tokio
-        // call): the flush then happens before, say, the process exits.
-        if let Some(waiting) = waiting.filter(|_| exiting) {
+        // This thread waits for that one (joining is no Tokio call), so
+        // that the flush happens before, say, the process exits: unless it
+        // runs a task (an async task, a handler_fn thread), where waiting
+        // would stall the tasks of its runtime or this session's own
+        // handlers. A thread that only entered a runtime's context
+        // (`Runtime::enter` in main) once returned at once here, and the
+        // queue was lost as main returned (a review reproduced it); the
+        // body of a `block_on`, which Tokio's API cannot tell from it,
+        // waits too, as long as any blocking call there.
+        let in_a_task = tokio::task::try_id().is_some();
+        if let Some(waiting) = waiting.filter(|_| exiting || !in_a_task) {
             let _ = waiting.join();
         }
     }

@@ -519,3 +519,63 @@ fn shutdown_timeout_says_false_when_a_failed_write_lost_the_queue() {
     peer.join().unwrap();
     assert!(!session.shutdown_timeout(Duration::from_secs(10)));
 }
+
+/// Set in the copy of this binary that the test below starts as a child.
+const ENTERED_CHILD_VAR: &str = "IPC_REQUEST_BLOCKING_TEST_ENTERED_CHILD";
+
+/// A program whose main thread entered a runtime's context (`let _guard =
+/// runtime.enter()`), sends, drops its session and exits: what it queued
+/// must reach the peer. The drop took such a thread for a runtime's and
+/// returned at once, and the exit lost the rest of the queue (a review saw
+/// 51 of 64 messages arrive). The child is this test binary run again,
+/// with the channel at its fd 0.
+#[test]
+fn a_drop_on_a_thread_that_entered_a_runtime_writes_what_was_queued() {
+    const MESSAGES: usize = 64;
+    let text = "x".repeat(64 * 1024);
+    if std::env::var_os(ENTERED_CHILD_VAR).is_some() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let _entered = runtime.enter();
+        // SAFETY: the only test running in this process, on one thread.
+        let session = unsafe { blocking::open_from_env(None) }.unwrap();
+        for i in 0..MESSAGES {
+            session.send(&json!({"i": i, "text": text})).unwrap();
+        }
+        drop(session);
+        // As a program's main returning: nothing waits any more.
+        std::process::exit(0);
+    }
+    let (ours, theirs) = StdUnixStream::pair().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_drop_on_a_thread_that_entered_a_runtime_writes_what_was_queued",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(ENTERED_CHILD_VAR, "1")
+        .env("NODE_CHANNEL_FD", "0")
+        .env_remove("NODE_CHANNEL_SERIALIZATION_MODE")
+        .stdin(std::os::fd::OwnedFd::from(theirs))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // One message buffered, read slowly: much is still queued in the
+    // child when it exits.
+    let session = common::blocking_session_over(
+        ours,
+        SessionBuilder::new().config(SessionConfig {
+            message_buffer: 1,
+            ..SessionConfig::default()
+        }),
+    );
+    let got = session
+        .messages()
+        .unwrap()
+        .inspect(|_| std::thread::sleep(Duration::from_millis(5)))
+        .filter(Result::is_ok)
+        .count();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(got, MESSAGES, "messages lost as the child exited");
+}
