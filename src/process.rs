@@ -153,14 +153,14 @@ pub fn spawn_with(mut command: Command, options: SpawnOptions) -> Result<(Channe
     let (kill_tx, mut kill_rx) = mpsc::channel::<()>(1);
     let kill_requested = Arc::new(AtomicBool::new(false));
     let mut reaping = Reaping {
-        child,
+        child: Some(child),
         kill_requested: kill_requested.clone(),
         reaped: false,
     };
     tokio::spawn(async move {
         loop {
             tokio::select! {
-                status = reaping.child.wait() => {
+                status = reaping.child().wait() => {
                     reaping.mark_reaped();
                     match status {
                         Ok(status) => { let _ = exit_tx.send(Some(status)); }
@@ -169,7 +169,7 @@ pub fn spawn_with(mut command: Command, options: SpawnOptions) -> Result<(Channe
                     return;
                 }
                 Some(()) = kill_rx.recv() => {
-                    let _ = reaping.child.start_kill();
+                    let _ = reaping.child().start_kill();
                 }
             }
         }
@@ -217,12 +217,19 @@ pub struct ChildProcess {
 ///   to whichever runtime of the process next handles `SIGCHLD`, and there
 ///   may be none: the child would stay a zombie (a review saw one).
 struct Reaping {
-    child: tokio::process::Child,
+    /// `None` only once the drop has handed it on.
+    child: Option<tokio::process::Child>,
     kill_requested: Arc<AtomicBool>,
     reaped: bool,
 }
 
 impl Reaping {
+    fn child(&mut self) -> &mut tokio::process::Child {
+        self.child
+            .as_mut()
+            .expect("the child is handed on only by the drop")
+    }
+
     /// The child's status was collected: its pid may be reused from now on.
     fn mark_reaped(&mut self) {
         self.reaped = true;
@@ -234,42 +241,62 @@ impl Drop for Reaping {
         if self.reaped {
             return;
         }
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
         if self.kill_requested.load(Ordering::Acquire) {
-            let _ = self.child.start_kill();
+            let _ = child.start_kill();
         }
-        // Exited already: reaped here (Tokio then forgets it).
-        if let Ok(None) = self.child.try_wait() {
-            if let Some(pid) = self.child.id() {
-                wait_on_a_thread(pid);
-            }
+        // Exited already: reaped here, and Tokio forgets it.
+        if let Ok(None) = child.try_wait() {
+            wait_on_a_thread(child);
         }
     }
 }
 
-/// Waits for the child `pid`, not reaped yet, on a thread of its own (a
-/// small one: it only waits), so that it leaves no zombie once it exits.
+/// Waits for `child`, still running, on a thread of its own (a small one:
+/// it only waits), so that it leaves no zombie once it exits.
 ///
-/// Tokio still holds the child, as an orphan it tries to reap whenever a
-/// runtime of this process handles `SIGCHLD`; whichever of the two waits
-/// first reaps it, and the other is told there is no such child. That
-/// answer needs the pid not reused in between, which would take the
-/// whole pid space going round between Tokio's wait and this thread's
-/// first one, a few microseconds after this call.
-fn wait_on_a_thread(pid: u32) {
+/// The thread holds Tokio's handle on the child, so that the child has
+/// one owner: dropped unreaped, the handle would queue the pid for Tokio
+/// to reap later, and a pid reaped here meanwhile could by then be
+/// another child's (a review made that happen, and Tokio took the other
+/// child's exit status). So the thread waits for the exit without
+/// collecting it (`WNOWAIT`), then has Tokio's handle collect it, after
+/// which dropping the handle queues nothing. If no thread can start, the
+/// handle is dropped here, as before: Tokio's queue, and a zombie until a
+/// runtime handles `SIGCHLD`. A child that never exits keeps its thread
+/// for as long as the process lives.
+fn wait_on_a_thread(mut child: tokio::process::Child) {
+    let Some(pid) = child.id() else {
+        return;
+    };
     let waiting = std::thread::Builder::new()
         .name(format!("ipc-request-reap-{pid}"))
         .stack_size(64 * 1024)
         .spawn(move || {
             loop {
-                // SAFETY: waitpid on a child of this process; no status kept.
-                let waited = unsafe { libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), 0) };
-                if waited >= 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-                    return;
+                // SAFETY: waitid on a child of this process, unreaped (its
+                // handle is here), into a siginfo_t of our own.
+                let waited = unsafe {
+                    let mut info: libc::siginfo_t = std::mem::zeroed();
+                    libc::waitid(
+                        libc::P_PID,
+                        pid as libc::id_t,
+                        &mut info,
+                        libc::WEXITED | libc::WNOWAIT,
+                    )
+                };
+                if waited == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                    break;
                 }
             }
+            // Collects the status: the handle is done, and its drop
+            // queues nothing.
+            let _ = child.try_wait();
         });
     if let Err(e) = waiting {
-        tracing::warn!("child {pid} will be left a zombie when it exits: no thread to wait for it ({e})");
+        tracing::warn!("child {pid} may be left a zombie when it exits: no thread to wait for it ({e})");
     }
 }
 

@@ -520,9 +520,6 @@ fn shutdown_timeout_says_false_when_a_failed_write_lost_the_queue() {
     assert!(!session.shutdown_timeout(Duration::from_secs(10)));
 }
 
-/// Set in the copy of this binary that the test below starts as a child.
-const ENTERED_CHILD_VAR: &str = "IPC_REQUEST_BLOCKING_TEST_ENTERED_CHILD";
-
 /// A program whose main thread entered a runtime's context (`let _guard =
 /// runtime.enter()`), sends, drops its session and exits: what it queued
 /// must reach the peer. The drop took such a thread for a runtime's and
@@ -533,7 +530,7 @@ const ENTERED_CHILD_VAR: &str = "IPC_REQUEST_BLOCKING_TEST_ENTERED_CHILD";
 fn a_drop_on_a_thread_that_entered_a_runtime_writes_what_was_queued() {
     const MESSAGES: usize = 64;
     let text = "x".repeat(64 * 1024);
-    if std::env::var_os(ENTERED_CHILD_VAR).is_some() {
+    if common::in_a_child_process() {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let _entered = runtime.enter();
         // SAFETY: the only test running in this process, on one thread.
@@ -546,21 +543,17 @@ fn a_drop_on_a_thread_that_entered_a_runtime_writes_what_was_queued() {
         std::process::exit(0);
     }
     let (ours, theirs) = StdUnixStream::pair().unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
+    let child = std::thread::spawn(move || {
+        common::run_in_a_child_process(
             "a_drop_on_a_thread_that_entered_a_runtime_writes_what_was_queued",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
-        .env(ENTERED_CHILD_VAR, "1")
-        .env("NODE_CHANNEL_FD", "0")
-        .env_remove("NODE_CHANNEL_SERIALIZATION_MODE")
-        .stdin(std::os::fd::OwnedFd::from(theirs))
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+            |child| {
+                child
+                    .stdin(std::os::fd::OwnedFd::from(theirs))
+                    .env("NODE_CHANNEL_FD", "0")
+                    .env_remove("NODE_CHANNEL_SERIALIZATION_MODE");
+            },
+        )
+    });
     // One message buffered, read slowly: much is still queued in the
     // child when it exits.
     let session = common::blocking_session_over(
@@ -576,6 +569,6 @@ fn a_drop_on_a_thread_that_entered_a_runtime_writes_what_was_queued() {
         .inspect(|_| std::thread::sleep(Duration::from_millis(5)))
         .filter(Result::is_ok)
         .count();
-    assert!(child.wait().unwrap().success());
+    child.join().unwrap();
     assert_eq!(got, MESSAGES, "messages lost as the child exited");
 }

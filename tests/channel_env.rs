@@ -3,7 +3,7 @@
 //! variable, never a descriptor taken that is not the channel, and nothing
 //! left for the child's own children. The child is the `rust_peer`
 //! example, or this test binary run again for one test (see
-//! [`in_a_child_process`]).
+//! `common::run_in_a_child_process`).
 
 mod common;
 
@@ -178,47 +178,22 @@ fn a_socket_without_a_peer_is_refused() {
     );
 }
 
-/// Set in the copy of this binary that [`in_a_child_process`] starts.
-const CHILD_TEST_VAR: &str = "IPC_REQUEST_CHANNEL_ENV_TEST_CHILD";
-
-/// Runs the test `name` of this binary again in a child process with
-/// `stdin` as its fd 0 and the variables `env`, and returns whether it
-/// passed (its output is shown on failure). The environment of a test
-/// process is shared by the tests running in its threads; a child of its
-/// own keeps `open_from_env`, which changes it, away from them.
-fn in_a_child_process(name: &str, stdin: OwnedFd, env: &[(&str, &str)]) {
-    let mut command = Command::new(std::env::current_exe().unwrap());
-    command
-        .args(["--exact", name, "--nocapture", "--test-threads", "1"])
-        .env(CHILD_TEST_VAR, "1")
-        .stdin(stdin);
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    let output = command.output().unwrap();
-    assert!(
-        output.status.success() && String::from_utf8_lossy(&output.stdout).contains("1 passed"),
-        "the child run of {name} failed: {}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 /// Opening fails (a mode we do not speak), and the program goes on
 /// without the channel: its own children must not get the channel, by the
 /// variables or by the descriptor (a Node grandchild would open it, and
 /// talk to its grandparent). Node itself deletes both variables first.
 #[test]
 fn a_failed_open_leaves_nothing_for_the_childs_own_children() {
-    if std::env::var_os(CHILD_TEST_VAR).is_none() {
+    if !common::in_a_child_process() {
         let (_ours, theirs) = UnixStream::pair().unwrap();
-        in_a_child_process(
+        common::run_in_a_child_process(
             "a_failed_open_leaves_nothing_for_the_childs_own_children",
-            OwnedFd::from(theirs),
-            &[
-                ("NODE_CHANNEL_FD", "0"),
-                ("NODE_CHANNEL_SERIALIZATION_MODE", "advanced"),
-            ],
+            |child| {
+                child
+                    .stdin(OwnedFd::from(theirs))
+                    .env("NODE_CHANNEL_FD", "0")
+                    .env("NODE_CHANNEL_SERIALIZATION_MODE", "advanced");
+            },
         );
         return;
     }

@@ -267,3 +267,37 @@ pub async fn expect_all_failed_by_sigkill<T: std::fmt::Debug>(
         }
     }
 }
+
+/// Set in the copy of a test binary that [`run_in_a_child_process`]
+/// starts.
+const CHILD_PROCESS_VAR: &str = "IPC_REQUEST_TEST_IN_A_CHILD_PROCESS";
+
+/// Whether this process is the copy of a test binary that
+/// [`run_in_a_child_process`] started: the test then plays its child's part.
+pub fn in_a_child_process() -> bool {
+    std::env::var_os(CHILD_PROCESS_VAR).is_some()
+}
+
+/// Runs the test `name` of this binary again in a child process, set up by
+/// `configure` (its stdin, its environment), and asserts that it ran and
+/// succeeded. For what a test binary's threads must not share: the
+/// environment `open_from_env` changes, a process exit, the runtimes of
+/// other tests (Tokio reaps an orphaned child in whichever runtime of the
+/// process handles `SIGCHLD` next).
+pub fn run_in_a_child_process(name: &str, configure: impl FnOnce(&mut Command)) {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args(["--exact", name, "--nocapture", "--test-threads", "1"])
+        .env(CHILD_PROCESS_VAR, "1")
+        .stdout(std::process::Stdio::piped());
+    configure(&mut command);
+    let output = command.output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    // A name that matched no test would pass with nothing run.
+    assert!(
+        output.status.success() && stdout.contains("running 1 test"),
+        "the child run of {name} failed ({:?}): {stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
