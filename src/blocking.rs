@@ -55,14 +55,15 @@
 //! exits keeps them until it does: [`ChildProcess::kill`] it first.
 //!
 //! A drop inside a task of any Tokio runtime (an async task, a
-//! [`handler_fn`] thread included) closes the session, leaves the waiting
-//! to a thread of its own, and returns at once: what was queued is
-//! written while the process lives. A program about to exit calls
-//! [`Session::shutdown_timeout`] first (on a thread that may wait), or
-//! what is still queued there is lost with the process. A drop elsewhere
-//! waits, a thread in a runtime's context (`Runtime::enter`, the body of a
-//! `block_on`) included, though there the waiting happens on a thread of
-//! its own.
+//! [`handler_fn`] thread included), or on a thread in the context of a
+//! current-thread runtime (which that thread may be running), closes the
+//! session, leaves the waiting to a thread of its own, and returns at
+//! once: what was queued is written while the process lives. A program
+//! about to exit calls [`Session::shutdown_timeout`] first (on a thread
+//! that may wait), or what is still queued there is lost with the
+//! process. A drop elsewhere waits, a thread in a multi-thread runtime's
+//! context (`Runtime::enter`, the body of its `block_on`) included,
+//! though there the waiting happens on a thread of its own.
 
 use std::fs::File;
 use std::future::Future;
@@ -381,16 +382,23 @@ impl Drop for Owner {
         };
         let waiting = wait_elsewhere(flush);
         // This thread waits for that one (joining is no Tokio call), so
-        // that the flush happens before, say, the process exits: unless it
-        // runs a task (an async task, a handler_fn thread), where waiting
-        // would stall the tasks of its runtime or this session's own
-        // handlers. A thread that only entered a runtime's context
-        // (`Runtime::enter` in main) once returned at once here, and the
-        // queue was lost as main returned (a review reproduced it); the
-        // body of a `block_on`, which Tokio's API cannot tell from it,
-        // waits too, as long as any blocking call there.
+        // that the flush happens before, say, the process exits: unless
+        // waiting would stall tasks. In a task (an async task, a
+        // handler_fn thread) it would stall its runtime's other tasks or
+        // this session's own handlers; in the context of a current-thread
+        // runtime, this thread may be the one that runs it (the body of
+        // its `block_on`), and a peer served there could not read what the
+        // flush waits to write (a review saw the 2 s bound run out and the
+        // queue lost). A thread that only entered a multi-thread runtime's
+        // context (`Runtime::enter` in main) once returned at once too, and
+        // the queue was lost as main returned (a review reproduced it);
+        // the body of that runtime's `block_on`, which Tokio's API cannot
+        // tell from it, runs on no worker, and waits as any blocking call
+        // there would.
         let in_a_task = tokio::task::try_id().is_some();
-        if let Some(waiting) = waiting.filter(|_| exiting || !in_a_task) {
+        let maybe_running_a_runtime = tokio::runtime::Handle::try_current()
+            .is_ok_and(|runtime| runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
+        if let Some(waiting) = waiting.filter(|_| exiting || !(in_a_task || maybe_running_a_runtime)) {
             let _ = waiting.join();
         }
     }

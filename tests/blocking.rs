@@ -11,7 +11,9 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use common::{example, js_peer, node};
-use ipc_request::{CloseReason, Error, Request, SessionBuilder, SessionConfig, blocking};
+use ipc_request::{
+    Channel, ChannelConfig, CloseReason, Error, Request, SessionBuilder, SessionConfig, blocking,
+};
 use serde_json::{Value, json};
 
 /// Answers `{"from":"rust-parent","data":X}`, from a thread of the
@@ -555,13 +557,15 @@ fn a_drop_on_a_thread_that_entered_a_runtime_writes_what_was_queued() {
         )
     });
     // One message buffered, read slowly: much is still queued in the
-    // child when it exits.
+    // child when it exits. Kept, not dropped, before the stream is taken.
     let session = common::blocking_session_over(
         ours,
-        SessionBuilder::new().config(SessionConfig {
-            message_buffer: 1,
-            ..SessionConfig::default()
-        }),
+        SessionBuilder::new()
+            .config(SessionConfig {
+                message_buffer: 1,
+                ..SessionConfig::default()
+            })
+            .keep_plain_messages(),
     );
     let got = session
         .messages()
@@ -571,4 +575,66 @@ fn a_drop_on_a_thread_that_entered_a_runtime_writes_what_was_queued() {
         .count();
     child.join().unwrap();
     assert_eq!(got, MESSAGES, "messages lost as the child exited");
+}
+
+/// The last handle dropped in the body of a current-thread runtime's
+/// `block_on`, whose tasks include the peer reading what was queued: the
+/// drop must not wait there (the peer could not read), and everything
+/// must still arrive. Waiting there once stalled the runtime for the
+/// whole 2 s bound, and the queue was lost.
+#[test]
+fn a_drop_in_a_current_thread_block_on_leaves_its_runtime_running() {
+    const MESSAGES: usize = 64;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let got = runtime.block_on(async {
+        let (ours, theirs) = StdUnixStream::pair().unwrap();
+        theirs.set_nonblocking(true).unwrap();
+        // The peer, on this runtime: one message buffered, read once the
+        // drop comes.
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let peer = tokio::spawn(async move {
+            let channel = Channel::from_unix(
+                tokio::net::UnixStream::from_std(theirs).unwrap(),
+                ChannelConfig::default(),
+            )
+            .unwrap();
+            let session = SessionBuilder::new()
+                .config(SessionConfig {
+                    message_buffer: 1,
+                    ..SessionConfig::default()
+                })
+                .keep_plain_messages()
+                .setup(channel)
+                .await
+                .unwrap();
+            let mut messages = session.messages().unwrap();
+            let _ = go_rx.await;
+            let mut got = 0;
+            while let Some(Ok(_)) = messages.recv().await {
+                got += 1;
+            }
+            got
+        });
+        let session = tokio::task::spawn_blocking(move || {
+            let session = common::blocking_session_over(ours, SessionBuilder::new());
+            let text = "x".repeat(64 * 1024);
+            for i in 0..MESSAGES {
+                session.send(&json!({"i": i, "text": text})).unwrap();
+            }
+            session
+        })
+        .await
+        .unwrap();
+        assert!(
+            session.queued_bytes() > 0,
+            "nothing queued: the test proves nothing"
+        );
+        go_tx.send(()).unwrap();
+        drop(session);
+        peer.await.unwrap()
+    });
+    assert_eq!(got, MESSAGES, "messages lost");
 }
