@@ -386,11 +386,12 @@ fn hold_fd_number(fd: &impl AsRawFd, target: RawFd) -> Option<OwnedFd> {
 /// says: reads `NODE_CHANNEL_FD`, checks that the fd is open, inherited
 /// (not close-on-exec: one that is was opened by this process itself, so
 /// the variable came without its descriptor) and a connected stream
-/// socket, makes it close-on-exec, checks `NODE_CHANNEL_SERIALIZATION_MODE`
-/// (absent, empty or `json`, as Node reads it), and makes the socket
-/// non-blocking. Must run inside a Tokio runtime.
+/// socket, checks `NODE_CHANNEL_SERIALIZATION_MODE` (absent, empty or
+/// `json`, as Node reads it), and moves the channel to a close-on-exec,
+/// non-blocking descriptor of its own (at another number). Must run
+/// inside a Tokio runtime.
 ///
-/// Both variables are removed whether this succeeds or not, as Node
+/// Both variables are removed whether this succeeds or fails, as Node
 /// removes them, so that our own children do not inherit a channel they
 /// do not own (a Node grandchild would otherwise open that fd at start-up
 /// and talk to its grandparent). A channel refused for its mode is left
@@ -398,9 +399,10 @@ fn hold_fd_number(fd: &impl AsRawFd, target: RawFd) -> Option<OwnedFd> {
 ///
 /// # Panics
 ///
-/// Outside a Tokio runtime, before it reads or changes anything (as
-/// Tokio's own constructors do; [`crate::blocking::open_from_env`] needs
-/// none).
+/// Outside a Tokio runtime, or in one without I/O enabled, as Tokio's own
+/// constructors do ([`crate::blocking::open_from_env`] needs none). The
+/// variables and the channel are then left as they came, for a second
+/// try.
 ///
 /// # Safety
 ///
@@ -435,25 +437,45 @@ pub unsafe fn open_from_env() -> Result<Channel, Error> {
 /// while this runs, other than through `std::env`, and nothing else in the
 /// process owns the descriptor `NODE_CHANNEL_FD` names.
 pub unsafe fn open_from_env_with(config: ChannelConfig) -> Result<Channel, Error> {
-    // Checked first: registering the socket would panic after the
-    // variables are gone and the channel taken, then closed.
     if tokio::runtime::Handle::try_current().is_err() {
         panic!("ipc_request::open_from_env must be called inside a Tokio runtime");
     }
-    // SAFETY: the caller upholds take_channel_fd's contract, the same.
-    let fd = unsafe { take_channel_fd()? };
-    let std_stream = StdUnixStream::from(fd);
-    std_stream.set_nonblocking(true).map_err(io_error)?;
-    Channel::from_unix_socket(std_stream.into(), config)
+    // SAFETY: the caller upholds channel_fd_from_env's contract, the same.
+    let channel_fd = unsafe { channel_fd_from_env()? };
+    // Registered through a close-on-exec copy first: a runtime without
+    // I/O (a review saw one pass the check above) panics there, and the
+    // panic must leave the channel and the variables as they were, not
+    // taken, and closed as it unwinds. Only the copy is closed then.
+    // SAFETY: fcntl on the open channel descriptor; a copy it makes is
+    // new and ours alone.
+    let copy = unsafe { libc::fcntl(channel_fd, libc::F_DUPFD_CLOEXEC, 0) };
+    let opened = if copy < 0 {
+        Err(io_error(std::io::Error::last_os_error()))
+    } else {
+        // SAFETY: as above.
+        let copy = StdUnixStream::from(unsafe { OwnedFd::from_raw_fd(copy) });
+        copy.set_nonblocking(true)
+            .map_err(io_error)
+            .and_then(|()| Channel::from_unix_socket(copy.into(), config))
+    };
+    // The channel is the copy's from here on, opened or not.
+    // SAFETY: the caller's contract: the environment is ours to change,
+    // and the descriptor was handed to this process for the channel.
+    unsafe {
+        consume_channel_variables();
+        drop(OwnedFd::from_raw_fd(channel_fd));
+    }
+    opened
 }
 
-/// The checks and the environment clean-up of [`open_from_env`], without a
-/// runtime.
+/// The checks of [`open_from_env`], without a runtime: the channel's
+/// descriptor, as it came, with the variables still set; they are
+/// consumed here only on an error.
 ///
 /// # Safety
 ///
 /// As [`open_from_env`].
-unsafe fn take_channel_fd() -> Result<OwnedFd, Error> {
+unsafe fn channel_fd_from_env() -> Result<RawFd, Error> {
     let fd_text = std::env::var(CHANNEL_FD_VAR);
     if let Err(std::env::VarError::NotPresent) = fd_text {
         return Err(Error::ChannelEnv {
@@ -462,25 +484,47 @@ unsafe fn take_channel_fd() -> Result<OwnedFd, Error> {
             problem: "no channel: this process was not started with an IPC channel (by Node's fork/spawn with 'ipc', or ipc_request::spawn)".into(),
         });
     }
-    // A value that is not UTF-8 is no mode we know: unknown, not absent.
-    let mode = std::env::var_os(SERIALIZATION_VAR).map(|v| v.to_string_lossy().into_owned());
-    // Consumed whatever follows, as Node does (it deletes both before it
-    // looks at them): a program that goes on without the channel after an
-    // error must not hand the variables to its own children, which would
-    // then try the descriptor (a Node grandchild opens it at start-up).
-    // SAFETY: the caller vouches that no other thread uses the environment
-    // now (see the function's contract).
-    unsafe {
-        std::env::remove_var(CHANNEL_FD_VAR);
-        std::env::remove_var(SERIALIZATION_VAR);
-    }
     let fd_text = fd_text.unwrap_or_else(|e| match e {
         std::env::VarError::NotUnicode(v) => v.to_string_lossy().into_owned(),
         std::env::VarError::NotPresent => unreachable!("returned above"),
     });
+    // A value that is not UTF-8 is no mode we know: unknown, not absent.
+    let mode = std::env::var_os(SERIALIZATION_VAR).map(|v| v.to_string_lossy().into_owned());
+    let checked = checked_channel_fd(&fd_text, mode);
+    if checked.is_err() {
+        // SAFETY: the caller vouches that no other thread uses the
+        // environment now (see the function's contract).
+        unsafe { consume_channel_variables() };
+    }
+    checked
+}
+
+/// Removes the channel's variables. Whatever became of the channel, as
+/// Node does (it deletes both before it looks at them): a program that
+/// goes on without the channel after an error must not hand them to its
+/// own children, which would then try the descriptor (a Node grandchild
+/// opens it at start-up).
+///
+/// # Safety
+///
+/// [`std::env::remove_var`]'s: no other thread uses the environment now.
+unsafe fn consume_channel_variables() {
+    // SAFETY: as the function's contract.
+    unsafe {
+        std::env::remove_var(CHANNEL_FD_VAR);
+        std::env::remove_var(SERIALIZATION_VAR);
+    }
+}
+
+/// `NODE_CHANNEL_FD`'s descriptor if it is the channel and we speak its
+/// mode, untouched (a panic that follows must leave it as it came: a
+/// close-on-exec flag would have a second try refuse it). Refused for its
+/// mode, the channel is made close-on-exec, so that it never leaks to a
+/// child of ours.
+fn checked_channel_fd(fd_text: &str, mode: Option<String>) -> Result<RawFd, Error> {
     let env_error = |problem: &str| Error::ChannelEnv {
         variable: CHANNEL_FD_VAR,
-        value: Some(fd_text.clone()),
+        value: Some(fd_text.to_owned()),
         problem: problem.into(),
     };
     let fd: RawFd = fd_text
@@ -490,41 +534,26 @@ unsafe fn take_channel_fd() -> Result<OwnedFd, Error> {
         .filter(|fd| *fd >= 0)
         .ok_or_else(|| env_error("not a file descriptor number"))?;
     channel_fd_problem(fd).map_or(Ok(()), |problem| Err(env_error(problem)))?;
-
-    // The descriptor is the channel (checked above); from here on it never
-    // leaks to a child of ours, even if we refuse to speak on it.
-    // SAFETY: fcntl on an open descriptor the caller vouches nothing else
-    // in this process owns.
+    // Node reads an empty mode as absent (`|| 'json'`), so must we.
+    let problem = match mode.as_deref() {
+        None | Some("" | "json") => return Ok(fd),
+        Some("advanced") => {
+            "advanced serialization is not supported yet; start the child with serialization: 'json'"
+        }
+        Some(_) => "unknown serialization mode (expected json)",
+    };
+    // SAFETY: fcntl on the channel's descriptor, open (checked above).
     unsafe {
         let flags = libc::fcntl(fd, libc::F_GETFD);
         if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) < 0 {
             return Err(io_error(std::io::Error::last_os_error()));
         }
     }
-    // Node reads an empty mode as absent (`|| 'json'`), so must we.
-    match mode.as_deref() {
-        None | Some("" | "json") => {}
-        Some("advanced") => {
-            return Err(Error::ChannelEnv {
-                variable: SERIALIZATION_VAR,
-                value: mode.clone(),
-                problem:
-                    "advanced serialization is not supported yet; start the child with serialization: 'json'"
-                        .into(),
-            });
-        }
-        Some(_) => {
-            return Err(Error::ChannelEnv {
-                variable: SERIALIZATION_VAR,
-                value: mode.clone(),
-                problem: "unknown serialization mode (expected json)".into(),
-            });
-        }
-    }
-    // SAFETY: the fd is open and the channel (checked above); the caller
-    // vouches that it was handed to this process for the channel and
-    // nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    Err(Error::ChannelEnv {
+        variable: SERIALIZATION_VAR,
+        value: mode,
+        problem: problem.into(),
+    })
 }
 
 /// What makes `fd` no channel a parent handed us, if anything: it must be

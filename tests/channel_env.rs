@@ -218,3 +218,51 @@ fn a_failed_open_leaves_nothing_for_the_childs_own_children() {
         "the channel would pass to our children"
     );
 }
+
+/// A runtime without I/O makes opening panic (as Tokio's constructors
+/// do): the panic must leave the channel and its variables as they came,
+/// for a second try. It once came after both were taken, and the unwind
+/// closed the channel.
+#[test]
+fn a_panic_for_a_runtime_without_io_leaves_the_channel_for_a_second_try() {
+    if !common::in_a_child_process() {
+        let (_ours, theirs) = UnixStream::pair().unwrap();
+        common::run_in_a_child_process(
+            "a_panic_for_a_runtime_without_io_leaves_the_channel_for_a_second_try",
+            |child| {
+                child.stdin(OwnedFd::from(theirs)).env("NODE_CHANNEL_FD", "0");
+            },
+        );
+        return;
+    }
+    // In the child: one test thread, nothing else reads the environment.
+    let without_io = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let opened =
+        std::panic::catch_unwind(|| without_io.block_on(async { unsafe { ipc_request::open_from_env() } }));
+    assert!(
+        opened.is_err(),
+        "opened without I/O: {:?}",
+        opened.map(|o| o.is_ok())
+    );
+    assert_eq!(std::env::var_os("NODE_CHANNEL_FD").as_deref(), Some("0".as_ref()));
+    let flags = unsafe { libc::fcntl(0, libc::F_GETFD) };
+    assert!(
+        flags >= 0 && flags & libc::FD_CLOEXEC == 0,
+        "the channel was closed or changed: {flags}"
+    );
+    let with_io = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let opened = with_io.block_on(async { unsafe { ipc_request::open_from_env() } });
+    assert!(opened.is_ok(), "{opened:?}");
+    assert_eq!(std::env::var_os("NODE_CHANNEL_FD"), None);
+    // The channel moved to a descriptor of its own.
+    assert!(
+        unsafe { libc::fcntl(0, libc::F_GETFD) } < 0,
+        "the descriptor the variable named is still open"
+    );
+}
