@@ -189,8 +189,8 @@ pub fn spawn_with(mut command: Command, options: SpawnOptions) -> Result<(Channe
 }
 
 /// A child started by [`spawn`]. A task waits for it (and, if the runtime
-/// ends first, a thread), so it never lingers as a zombie; dropping this
-/// does not kill it (it sees its channel close
+/// ends first, a small thread, until the child exits), so it never lingers
+/// as a zombie; dropping this does not kill it (it sees its channel close
 /// when the session ends, and a Node child then exits). Dropping the last
 /// clone does close the piped stdio nobody took: a child that writes to
 /// such a pipe afterwards gets `EPIPE` (Node throws, Rust's `println!`
@@ -599,8 +599,9 @@ fn channel_fd_problem(fd: RawFd) -> Option<&'static str> {
     if !is_stream_socket {
         return Some("that file descriptor is not a stream socket");
     }
-    // A listening or unconnected socket has no peer. One whose peer has
-    // gone still has it: that is the session's end of stream, not this.
+    // A listening or unconnected socket has no peer. On Linux one whose
+    // peer has gone still has it: that is the session's end of stream,
+    // not this (other systems may say it is not connected).
     // SAFETY: getpeername writes at most `len` bytes into the storage.
     let connected = unsafe {
         let mut address: libc::sockaddr_storage = std::mem::zeroed();
