@@ -66,18 +66,31 @@ fn held_up_by_its_handler() -> (SessionBuilder, Arc<OnceLock<Session>>, Arc<toki
     (builder, session_cell, called_back)
 }
 
-/// The peer sent three requests and died: the reader holds
-/// the third, waiting for room, and reads no further; the handler's own
-/// request met the broken pipe. It once waited for the session's end,
-/// which the reader, waiting for the handler, would never bring.
-#[tokio::test]
-async fn a_handler_whose_call_back_meets_a_broken_pipe_does_not_wait_for_ever() {
+/// A session held up by its handler (see [`held_up_by_its_handler`]) that
+/// a hand-played peer has sent three requests: the handler runs the
+/// first and calls the peer back, the backlog holds the second, and the
+/// reader the third, waiting for room.
+async fn held_up_by_three_requests() -> (
+    Session,
+    tokio::net::unix::OwnedReadHalf,
+    tokio::net::unix::OwnedWriteHalf,
+) {
     let (builder, session_cell, _) = held_up_by_its_handler();
     let (session, reader, mut writer) =
         session_with_a_hand_played_peer(builder, ChannelConfig::default()).await;
     session_cell.set(session.clone()).unwrap();
     let requests: String = (1..=3).map(request_line).collect();
     writer.write_all(requests.as_bytes()).await.unwrap();
+    (session, reader, writer)
+}
+
+/// The peer sent three requests and died: the reader holds
+/// the third, waiting for room, and reads no further; the handler's own
+/// request met the broken pipe. It once waited for the session's end,
+/// which the reader, waiting for the handler, would never bring.
+#[tokio::test]
+async fn a_handler_whose_call_back_meets_a_broken_pipe_does_not_wait_for_ever() {
+    let (session, reader, writer) = held_up_by_three_requests().await;
     drop((reader, writer));
     let reason = tokio::time::timeout(Duration::from_secs(20), session.closed())
         .await
@@ -202,12 +215,7 @@ async fn a_child_that_exits_while_this_side_holds_the_reader_up_ends_the_session
 /// session must still end, failing the call back.
 #[tokio::test]
 async fn a_peer_that_hangs_up_while_this_side_holds_the_reader_up_ends_the_session() {
-    let (builder, session_cell, _) = held_up_by_its_handler();
-    let (session, mut reader, mut writer) =
-        session_with_a_hand_played_peer(builder, ChannelConfig::default()).await;
-    session_cell.set(session.clone()).unwrap();
-    let requests: String = (1..=3).map(request_line).collect();
-    writer.write_all(requests.as_bytes()).await.unwrap();
+    let (session, mut reader, writer) = held_up_by_three_requests().await;
     // The call back is written: nothing of ours is left to fail.
     let call_back = common::read_line(&mut reader).await;
     assert!(call_back.contains("called back"), "{call_back}");
@@ -225,12 +233,7 @@ async fn a_peer_that_hangs_up_while_this_side_holds_the_reader_up_ends_the_sessi
 /// reader, held up, never sees it, and nothing else will come.
 #[tokio::test]
 async fn a_write_that_fails_while_this_side_holds_the_reader_up_ends_the_session() {
-    let (builder, session_cell, _) = held_up_by_its_handler();
-    let (session, mut reader, mut writer) =
-        session_with_a_hand_played_peer(builder, ChannelConfig::default()).await;
-    session_cell.set(session.clone()).unwrap();
-    let requests: String = (1..=3).map(request_line).collect();
-    writer.write_all(requests.as_bytes()).await.unwrap();
+    let (session, mut reader, writer) = held_up_by_three_requests().await;
     let call_back = common::read_line(&mut reader).await;
     assert!(call_back.contains("called back"), "{call_back}");
     let peer = reader.reunite(writer).unwrap().into_std().unwrap();
