@@ -522,42 +522,40 @@ fn shutdown_timeout_says_false_when_a_failed_write_lost_the_queue() {
     assert!(!session.shutdown_timeout(Duration::from_secs(10)));
 }
 
-/// A program whose main thread entered a runtime's context (`let _guard =
-/// runtime.enter()`), sends, drops its session and exits: what it queued
-/// must reach the peer. The drop took such a thread for a runtime's and
-/// returned at once, and the exit lost the rest of the queue (a review saw
-/// 51 of 64 messages arrive). The child is this test binary run again,
-/// with the channel at its fd 0.
-#[test]
-fn a_drop_on_a_thread_that_entered_a_runtime_writes_what_was_queued() {
-    const MESSAGES: usize = 64;
+/// Messages each child of the tests below sends before it drops its
+/// session and exits.
+const MESSAGES_BEFORE_EXIT: usize = 64;
+
+/// The child's part of the tests below, run as this test binary again
+/// with the channel at its fd 0: opens it, sends 64 x 64 KiB, drops the
+/// session where `drop_in` says, and exits at once, as a program's main
+/// returning (nothing waits any more).
+fn send_drop_and_exit(drop_in: impl FnOnce(blocking::Session)) -> ! {
+    // SAFETY: the only test running in this process, on one thread.
+    let session = unsafe { blocking::open_from_env(None) }.unwrap();
     let text = "x".repeat(64 * 1024);
-    if common::in_a_child_process() {
-        let runtime = tokio::runtime::Runtime::new().unwrap();
-        let _entered = runtime.enter();
-        // SAFETY: the only test running in this process, on one thread.
-        let session = unsafe { blocking::open_from_env(None) }.unwrap();
-        for i in 0..MESSAGES {
-            session.send(&json!({"i": i, "text": text})).unwrap();
-        }
-        drop(session);
-        // As a program's main returning: nothing waits any more.
-        std::process::exit(0);
+    for i in 0..MESSAGES_BEFORE_EXIT {
+        session.send(&json!({"i": i, "text": text})).unwrap();
     }
+    drop_in(session);
+    std::process::exit(0);
+}
+
+/// The parent's part: runs the test `name` as a child (see
+/// [`send_drop_and_exit`]) and counts the messages that reach us. One is
+/// buffered and they are read slowly, so that much is still queued in
+/// the child when it drops its session and exits.
+fn messages_from_a_child_that_exits(name: &'static str) -> usize {
     let (ours, theirs) = StdUnixStream::pair().unwrap();
     let child = std::thread::spawn(move || {
-        common::run_in_a_child_process(
-            "a_drop_on_a_thread_that_entered_a_runtime_writes_what_was_queued",
-            |child| {
-                child
-                    .stdin(std::os::fd::OwnedFd::from(theirs))
-                    .env("NODE_CHANNEL_FD", "0")
-                    .env_remove("NODE_CHANNEL_SERIALIZATION_MODE");
-            },
-        )
+        common::run_in_a_child_process(name, |child| {
+            child
+                .stdin(std::os::fd::OwnedFd::from(theirs))
+                .env("NODE_CHANNEL_FD", "0")
+                .env_remove("NODE_CHANNEL_SERIALIZATION_MODE");
+        })
     });
-    // One message buffered, read slowly: much is still queued in the
-    // child when it exits. Kept, not dropped, before the stream is taken.
+    // Kept, not dropped, before the stream is taken.
     let session = common::blocking_session_over(
         ours,
         SessionBuilder::new()
@@ -574,7 +572,58 @@ fn a_drop_on_a_thread_that_entered_a_runtime_writes_what_was_queued() {
         .filter(Result::is_ok)
         .count();
     child.join().unwrap();
-    assert_eq!(got, MESSAGES, "messages lost as the child exited");
+    got
+}
+
+/// A program whose main thread entered a multi-thread runtime's context
+/// (`let _guard = runtime.enter()`), sends, drops its session and exits:
+/// what it queued must reach the peer. The drop, which cannot wait there,
+/// returned at once, and the exit lost the rest of the queue (a review saw
+/// 51 of 64 messages arrive); the process now waits for it as it exits.
+#[test]
+fn a_drop_on_a_thread_that_entered_a_runtime_writes_what_was_queued() {
+    if common::in_a_child_process() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let _entered = runtime.enter();
+        send_drop_and_exit(drop);
+    }
+    let got =
+        messages_from_a_child_that_exits("a_drop_on_a_thread_that_entered_a_runtime_writes_what_was_queued");
+    assert_eq!(got, MESSAGES_BEFORE_EXIT, "messages lost as the child exited");
+}
+
+/// The same with a current-thread runtime, whose context a thread may
+/// also be running (so the drop must not wait there).
+#[test]
+fn a_drop_on_a_thread_that_entered_a_current_thread_runtime_writes_what_was_queued() {
+    if common::in_a_child_process() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _entered = runtime.enter();
+        send_drop_and_exit(drop);
+    }
+    let got = messages_from_a_child_that_exits(
+        "a_drop_on_a_thread_that_entered_a_current_thread_runtime_writes_what_was_queued",
+    );
+    assert_eq!(got, MESSAGES_BEFORE_EXIT, "messages lost as the child exited");
+}
+
+/// The same with the last handle dropped inside an async task, and the
+/// process exiting as soon as the task is done.
+#[test]
+fn a_drop_in_an_async_task_writes_what_was_queued_before_the_process_exits() {
+    if common::in_a_child_process() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        send_drop_and_exit(|session| {
+            runtime.block_on(async move { tokio::spawn(async move { drop(session) }).await.unwrap() })
+        });
+    }
+    let got = messages_from_a_child_that_exits(
+        "a_drop_in_an_async_task_writes_what_was_queued_before_the_process_exits",
+    );
+    assert_eq!(got, MESSAGES_BEFORE_EXIT, "messages lost as the child exited");
 }
 
 /// The last handle dropped in the body of a current-thread runtime's

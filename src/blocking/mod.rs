@@ -54,16 +54,17 @@
 //! child exits, as a child does when its channel closes. One that never
 //! exits keeps them until it does: [`ChildProcess::kill`] it first.
 //!
-//! A drop inside a task of any Tokio runtime (an async task, a
-//! [`handler_fn`] thread included), or on a thread in the context of a
-//! current-thread runtime (which that thread may be running), closes the
-//! session, leaves the waiting to a thread of its own, and returns at
-//! once: what was queued is written while the process lives. A program
-//! about to exit calls [`Session::shutdown_timeout`] first (on a thread
-//! that may wait), or what is still queued there is lost with the
-//! process. A drop elsewhere waits, a thread in a multi-thread runtime's
-//! context (`Runtime::enter`, the body of its `block_on`) included,
-//! though there the waiting happens on a thread of its own.
+//! A drop that cannot wait where it happens (on a thread in a Tokio
+//! runtime's context: an async task, a [`handler_fn`] thread, the body of
+//! a `block_on`, a thread that entered a runtime) closes the session,
+//! leaves the waiting to a thread of its own, and returns at once: what
+//! was queued is written while the process lives, and a process that exits
+//! normally (main returns, `std::process::exit`) first waits up to
+//! [`DROP_FLUSH_TIMEOUT`] for such writes (an `atexit(3)` handler). An
+//! abort or a fatal signal does not wait: [`Session::shutdown_timeout`]
+//! (on a thread that may wait) says whether the queue was written.
+
+mod flush_at_exit;
 
 use std::fs::File;
 use std::future::Future;
@@ -373,32 +374,20 @@ impl Drop for Owner {
             return;
         }
         // A Tokio wait here would panic (a thread in a runtime's context;
-        // one whose Tokio context is gone): a thread of its own waits for
-        // the queue to be written. The clones it holds are no `Owner`:
-        // their drops do not come back here.
+        // one whose Tokio context is gone), and waiting at all may stall
+        // the tasks of this thread's runtime, the peer's perhaps (a review
+        // saw a join here run out the whole bound, the queue lost): a
+        // thread of its own writes the queue, and the process waits for it
+        // as it exits (see `flush_at_exit`). The clones it holds are no
+        // `Owner`: their drops do not come back here.
         let (session, runtime) = (self.session.clone(), self.runtime.clone());
         let flush = move || {
             close_and_flush(&session, &runtime, DROP_FLUSH_TIMEOUT);
         };
-        let waiting = wait_elsewhere(flush);
-        // This thread waits for that one (joining is no Tokio call), so
-        // that the flush happens before, say, the process exits: unless
-        // waiting would stall tasks. In a task (an async task, a
-        // handler_fn thread) it would stall its runtime's other tasks or
-        // this session's own handlers; in the context of a current-thread
-        // runtime, this thread may be the one that runs it (the body of
-        // its `block_on`), and a peer served there could not read what the
-        // flush waits to write (a review saw the 2 s bound run out and the
-        // queue lost). A thread that only entered a multi-thread runtime's
-        // context (`Runtime::enter` in main) once returned at once too, and
-        // the queue was lost as main returned (a review reproduced it);
-        // the body of that runtime's `block_on`, which Tokio's API cannot
-        // tell from it, runs on no worker, and waits as any blocking call
-        // there would.
-        let in_a_task = tokio::task::try_id().is_some();
-        let maybe_running_a_runtime = tokio::runtime::Handle::try_current()
-            .is_ok_and(|runtime| runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
-        if let Some(waiting) = waiting.filter(|_| exiting || !(in_a_task || maybe_running_a_runtime)) {
+        let waiting = flush_at_exit::flush_on_a_thread(flush);
+        // An exiting thread may wait for that one (joining is no Tokio
+        // call): the flush then happens before, say, the process exits.
+        if let Some(waiting) = waiting.filter(|_| exiting) {
             let _ = waiting.join();
         }
     }
