@@ -265,8 +265,10 @@ impl Drop for Reaping {
 /// collecting it (`WNOWAIT`), then has Tokio's handle collect it, after
 /// which dropping the handle queues nothing. If no thread can start, the
 /// handle is dropped here, as before: Tokio's queue, and a zombie until a
-/// runtime handles `SIGCHLD`. A child that never exits keeps its thread
-/// for as long as the process lives.
+/// runtime handles `SIGCHLD`. Until the child exits, its thread, and
+/// through Tokio's handle (a pidfd registration on Linux) the stopped
+/// runtime's I/O driver (its epoll and eventfd descriptors), are kept: a
+/// child that never exits keeps them for as long as the process lives.
 fn wait_on_a_thread(mut child: tokio::process::Child) {
     let Some(pid) = child.id() else {
         return;
@@ -445,7 +447,10 @@ pub unsafe fn open_from_env_with(config: ChannelConfig) -> Result<Channel, Error
     // Registered through a close-on-exec copy first: a runtime without
     // I/O (a review saw one pass the check above) panics there, and the
     // panic must leave the channel and the variables as they were, not
-    // taken, and closed as it unwinds. Only the copy is closed then.
+    // taken, and closed as it unwinds. Only the copy is closed then, and
+    // the flags the copy shares with the channel (non-blocking) are put
+    // back.
+    let _flags_as_they_came = RestoreFlagsOnPanic::of(channel_fd);
     // SAFETY: fcntl on the open channel descriptor; a copy it makes is
     // new and ours alone.
     let copy = unsafe { libc::fcntl(channel_fd, libc::F_DUPFD_CLOEXEC, 0) };
@@ -463,9 +468,46 @@ pub unsafe fn open_from_env_with(config: ChannelConfig) -> Result<Channel, Error
     // and the descriptor was handed to this process for the channel.
     unsafe {
         consume_channel_variables();
-        drop(OwnedFd::from_raw_fd(channel_fd));
+        // A stdio number left free would be taken by the next descriptor
+        // the program opens, and its stdin or stderr would then read or
+        // write that (a review saw eprintln! land in a user's file): it
+        // gets /dev/null instead, as a daemon's stdio does (dup2 closes
+        // the channel's descriptor as it puts /dev/null there).
+        let null_over_stdio = channel_fd <= 2
+            && std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+                .is_ok_and(|null| libc::dup2(null.as_raw_fd(), channel_fd) >= 0);
+        if !null_over_stdio {
+            drop(OwnedFd::from_raw_fd(channel_fd));
+        }
     }
     opened
+}
+
+/// Puts a descriptor's status flags back as it drops during a panic.
+struct RestoreFlagsOnPanic {
+    fd: RawFd,
+    flags: libc::c_int,
+}
+
+impl RestoreFlagsOnPanic {
+    fn of(fd: RawFd) -> RestoreFlagsOnPanic {
+        // SAFETY: F_GETFL only reads the descriptor's flags.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        RestoreFlagsOnPanic { fd, flags }
+    }
+}
+
+impl Drop for RestoreFlagsOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() && self.flags >= 0 {
+            // SAFETY: F_SETFL on a descriptor still open (only its copy
+            // closes as the panic unwinds), with flags it had.
+            unsafe { libc::fcntl(self.fd, libc::F_SETFL, self.flags) };
+        }
+    }
 }
 
 /// The checks of [`open_from_env`], without a runtime: the channel's

@@ -256,6 +256,8 @@ fn a_panic_for_a_runtime_without_io_leaves_the_channel_for_a_second_try() {
         flags >= 0 && flags & libc::FD_CLOEXEC == 0,
         "the channel was closed or changed: {flags}"
     );
+    let status = unsafe { libc::fcntl(0, libc::F_GETFL) };
+    assert_eq!(status & libc::O_NONBLOCK, 0, "the channel was left non-blocking");
     let with_io = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -263,9 +265,11 @@ fn a_panic_for_a_runtime_without_io_leaves_the_channel_for_a_second_try() {
     let opened = with_io.block_on(async { unsafe { ipc_request::open_from_env() } });
     assert!(opened.is_ok(), "{opened:?}");
     assert_eq!(std::env::var_os("NODE_CHANNEL_FD"), None);
-    // The channel moved to a descriptor of its own.
-    assert!(
-        unsafe { libc::fcntl(0, libc::F_GETFD) } < 0,
-        "the descriptor the variable named is still open"
+    // The channel moved to a descriptor of its own, and stdin, where it
+    // was, is /dev/null: a number left free would go to the next file the
+    // program opens.
+    assert_eq!(
+        std::fs::read_link("/proc/self/fd/0").unwrap(),
+        std::path::Path::new("/dev/null")
     );
 }
