@@ -1,0 +1,282 @@
+//! Opening, as a child, the channel the parent gave this process
+//! (PROTOCOL.md 1.1): what `NODE_CHANNEL_FD` names is checked before it is
+//! taken, and the variables are consumed whatever becomes of it.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream as StdUnixStream;
+
+use super::{CHANNEL_FD_VAR, SERIALIZATION_VAR, io_error};
+use crate::channel::{Channel, ChannelConfig};
+use crate::error::Error;
+
+/// Opens the channel this process's parent gave it, as PROTOCOL.md 1.1
+/// says: reads `NODE_CHANNEL_FD`, checks that the fd is open, inherited
+/// (not close-on-exec: one that is was opened by this process itself, so
+/// the variable came without its descriptor) and a connected stream
+/// socket, checks `NODE_CHANNEL_SERIALIZATION_MODE` (absent, empty or
+/// `json`, as Node reads it), and moves the channel to a close-on-exec,
+/// non-blocking descriptor of its own (at another number). Must run
+/// inside a Tokio runtime.
+///
+/// Both variables are removed whether this succeeds or fails, as Node
+/// removes them, so that our own children do not inherit a channel they
+/// do not own (a Node grandchild would otherwise open that fd at start-up
+/// and talk to its grandparent). A channel refused for its mode is left
+/// open but close-on-exec. A descriptor that is no channel is not touched.
+///
+/// # Panics
+///
+/// Outside a Tokio runtime, or in one without I/O enabled, as Tokio's own
+/// constructors do ([`crate::blocking::open_from_env`] needs none). The
+/// variables and the channel are then left as they came, for a second
+/// try.
+///
+/// # Safety
+///
+/// - Removing the two variables has the contract of
+///   [`std::env::remove_var`]: no other thread may read or write the
+///   environment while this runs, other than through `std::env` (which std
+///   serializes). That includes C code run by tasks already spawned on the
+///   runtime, such as a DNS lookup (`getaddrinfo` reads `RES_OPTIONS`,
+///   `LOCALDOMAIN`) or local time (`TZ`). A library cannot know that about
+///   its process, so the caller vouches for it. It holds when this is
+///   called near the top of `main`, before other work starts; Tokio's own
+///   threads do not read the environment.
+/// - The descriptor `NODE_CHANNEL_FD` names was handed to this process for
+///   the channel, and nothing else in the process owns it: the returned
+///   [`Channel`] owns it from now on and closes it when dropped. (Node puts
+///   the channel wherever its parent's `stdio` array says, even at 0 to 2,
+///   so no number is refused.)
+pub unsafe fn open_from_env() -> Result<Channel, Error> {
+    // SAFETY: the caller upholds open_from_env_with's contract, the same.
+    unsafe { open_from_env_with(ChannelConfig::default()) }
+}
+
+/// [`open_from_env`] with channel settings.
+///
+/// # Panics
+///
+/// As [`open_from_env`]: outside a Tokio runtime.
+///
+/// # Safety
+///
+/// As [`open_from_env`]: no other thread reads or writes the environment
+/// while this runs, other than through `std::env`, and nothing else in the
+/// process owns the descriptor `NODE_CHANNEL_FD` names.
+pub unsafe fn open_from_env_with(config: ChannelConfig) -> Result<Channel, Error> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        panic!("ipc_request::open_from_env must be called inside a Tokio runtime");
+    }
+    // SAFETY: the caller upholds channel_fd_from_env's contract, the same.
+    let channel_fd = unsafe { channel_fd_from_env()? };
+    // Registered through a close-on-exec copy first: a runtime without
+    // I/O (a review saw one pass the check above) panics there, and the
+    // panic must leave the channel and the variables as they were, not
+    // taken, and closed as it unwinds. Only the copy is closed then, and
+    // the flags the copy shares with the channel (non-blocking) are put
+    // back.
+    let _flags_as_they_came = RestoreFlagsOnPanic::of(channel_fd);
+    // SAFETY: fcntl on the open channel descriptor; a copy it makes is
+    // new and ours alone.
+    let copy = unsafe { libc::fcntl(channel_fd, libc::F_DUPFD_CLOEXEC, 0) };
+    let opened = if copy < 0 {
+        Err(io_error(std::io::Error::last_os_error()))
+    } else {
+        // SAFETY: as above.
+        let copy = StdUnixStream::from(unsafe { OwnedFd::from_raw_fd(copy) });
+        copy.set_nonblocking(true)
+            .map_err(io_error)
+            .and_then(|()| Channel::from_unix_socket(copy.into(), config))
+    };
+    // The channel is the copy's from here on, opened or not.
+    // SAFETY: the caller's contract: the environment is ours to change,
+    // and the descriptor was handed to this process for the channel.
+    unsafe {
+        consume_channel_variables();
+        // A stdio number left free would be taken by the next descriptor
+        // the program opens, and its stdin or stderr would then read or
+        // write that (a review saw eprintln! land in a user's file): it
+        // gets /dev/null instead, as a daemon's stdio does (dup2 closes
+        // the channel's descriptor as it puts /dev/null there).
+        let null_over_stdio = channel_fd <= 2
+            && std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+                .is_ok_and(|null| libc::dup2(null.as_raw_fd(), channel_fd) >= 0);
+        if !null_over_stdio {
+            drop(OwnedFd::from_raw_fd(channel_fd));
+        }
+    }
+    opened
+}
+
+/// Puts a descriptor's status flags back as it drops during a panic.
+struct RestoreFlagsOnPanic {
+    fd: RawFd,
+    flags: libc::c_int,
+}
+
+impl RestoreFlagsOnPanic {
+    fn of(fd: RawFd) -> RestoreFlagsOnPanic {
+        // SAFETY: F_GETFL only reads the descriptor's flags.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        RestoreFlagsOnPanic { fd, flags }
+    }
+}
+
+impl Drop for RestoreFlagsOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() && self.flags >= 0 {
+            // SAFETY: F_SETFL on a descriptor still open (only its copy
+            // closes as the panic unwinds), with flags it had.
+            unsafe { libc::fcntl(self.fd, libc::F_SETFL, self.flags) };
+        }
+    }
+}
+
+/// The checks of [`open_from_env`], without a runtime: the channel's
+/// descriptor, as it came, with the variables still set; they are
+/// consumed here only on an error.
+///
+/// # Safety
+///
+/// As [`open_from_env`].
+unsafe fn channel_fd_from_env() -> Result<RawFd, Error> {
+    let fd_text = std::env::var(CHANNEL_FD_VAR);
+    if let Err(std::env::VarError::NotPresent) = fd_text {
+        return Err(Error::ChannelEnv {
+            variable: CHANNEL_FD_VAR,
+            value: None,
+            problem: "no channel: this process was not started with an IPC channel (by Node's fork/spawn with 'ipc', or ipc_request::spawn)".into(),
+        });
+    }
+    let fd_text = fd_text.unwrap_or_else(|e| match e {
+        std::env::VarError::NotUnicode(v) => v.to_string_lossy().into_owned(),
+        std::env::VarError::NotPresent => unreachable!("returned above"),
+    });
+    // A value that is not UTF-8 is no mode we know: unknown, not absent.
+    let mode = std::env::var_os(SERIALIZATION_VAR).map(|v| v.to_string_lossy().into_owned());
+    let checked = checked_channel_fd(&fd_text, mode);
+    if checked.is_err() {
+        // SAFETY: the caller vouches that no other thread uses the
+        // environment now (see the function's contract).
+        unsafe { consume_channel_variables() };
+    }
+    checked
+}
+
+/// Removes the channel's variables. Whatever became of the channel, as
+/// Node does (it deletes both before it looks at them): a program that
+/// goes on without the channel after an error must not hand them to its
+/// own children, which would then try the descriptor (a Node grandchild
+/// opens it at start-up).
+///
+/// # Safety
+///
+/// [`std::env::remove_var`]'s: no other thread uses the environment now.
+unsafe fn consume_channel_variables() {
+    // SAFETY: as the function's contract.
+    unsafe {
+        std::env::remove_var(CHANNEL_FD_VAR);
+        std::env::remove_var(SERIALIZATION_VAR);
+    }
+}
+
+/// `NODE_CHANNEL_FD`'s descriptor if it is the channel and we speak its
+/// mode, untouched (a panic that follows must leave it as it came: a
+/// close-on-exec flag would have a second try refuse it). Refused for its
+/// mode, the channel is made close-on-exec, so that it never leaks to a
+/// child of ours.
+fn checked_channel_fd(fd_text: &str, mode: Option<String>) -> Result<RawFd, Error> {
+    let env_error = |problem: &str| Error::ChannelEnv {
+        variable: CHANNEL_FD_VAR,
+        value: Some(fd_text.to_owned()),
+        problem: problem.into(),
+    };
+    let fd: RawFd = fd_text
+        .trim()
+        .parse()
+        .ok()
+        .filter(|fd| *fd >= 0)
+        .ok_or_else(|| env_error("not a file descriptor number"))?;
+    channel_fd_problem(fd).map_or(Ok(()), |problem| Err(env_error(problem)))?;
+    // Node reads an empty mode as absent (`|| 'json'`), so must we.
+    let problem = match mode.as_deref() {
+        None | Some("" | "json") => return Ok(fd),
+        Some("advanced") => {
+            "advanced serialization is not supported yet; start the child with serialization: 'json'"
+        }
+        Some(_) => "unknown serialization mode (expected json)",
+    };
+    // SAFETY: fcntl on the channel's descriptor, open (checked above).
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFD);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) < 0 {
+            return Err(io_error(std::io::Error::last_os_error()));
+        }
+    }
+    Err(Error::ChannelEnv {
+        variable: SERIALIZATION_VAR,
+        value: mode,
+        problem: problem.into(),
+    })
+}
+
+/// What makes `fd` no channel a parent handed us, if anything: it must be
+/// open, inherited, and a connected stream socket. Only reads the
+/// descriptor table and the socket's state; takes nothing.
+fn channel_fd_problem(fd: RawFd) -> Option<&'static str> {
+    // SAFETY: fcntl on any number only reads the descriptor table.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags < 0 {
+        return Some("that file descriptor is not open");
+    }
+    // A descriptor that came through exec cannot be close-on-exec (1.1:
+    // the child's end arrives without it). One that is was opened by this
+    // process itself: its runtime's own epoll or signal socket sit at the
+    // low numbers, so a variable that came without its descriptor (a
+    // program in between closed it, as Python's subprocess does by
+    // default) names one of them. Taken, it would be written to and
+    // closed twice (a review saw the process abort).
+    if flags & libc::FD_CLOEXEC != 0 {
+        return Some(
+            "that file descriptor was not inherited (it is close-on-exec: this process opened it itself); a program between the parent and this one may have closed the channel",
+        );
+    }
+    // SAFETY: fstat and getsockopt write only into the locals given, sized
+    // for them.
+    let is_stream_socket = unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(fd, &mut st) < 0 || (st.st_mode & libc::S_IFMT) != libc::S_IFSOCK {
+            false
+        } else {
+            let mut ty: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_TYPE,
+                (&mut ty as *mut libc::c_int).cast(),
+                &mut len,
+            ) == 0
+                && ty == libc::SOCK_STREAM
+        }
+    };
+    if !is_stream_socket {
+        return Some("that file descriptor is not a stream socket");
+    }
+    // A listening or unconnected socket has no peer. On Linux one whose
+    // peer has gone still has it: that is the session's end of stream,
+    // not this (other systems may say it is not connected).
+    // SAFETY: getpeername writes at most `len` bytes into the storage.
+    let connected = unsafe {
+        let mut address: libc::sockaddr_storage = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        libc::getpeername(fd, (&mut address as *mut libc::sockaddr_storage).cast(), &mut len) == 0
+    };
+    if !connected {
+        return Some("that socket is not connected (a listening or unconnected socket is no channel)");
+    }
+    None
+}
