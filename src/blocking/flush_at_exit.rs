@@ -13,19 +13,27 @@
 //!
 //! The wait is bounded even if a flush cannot end: a process that exits
 //! from the thread that runs the session's runtime (an async handler
-//! calling `exit`) stops the timers the flush relies on.
+//! calling `exit`) stops the timers the flush relies on, and then waits
+//! the whole bound. It takes no lock, and waits only in the process that
+//! counted: a child made by `fork` (without `exec`) inherits the count
+//! but not the threads, and perhaps a lock held at that moment by
+//! another thread (a review saw such a child hang at exit).
 
-use std::sync::{Condvar, Mutex, Once, PoisonError};
+use std::sync::Once;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::DROP_FLUSH_TIMEOUT;
 
 /// Flushes started and not finished.
-static RUNNING: Mutex<usize> = Mutex::new(0);
-/// Told each time one finishes.
-static FINISHED: Condvar = Condvar::new();
+static RUNNING: AtomicUsize = AtomicUsize::new(0);
+/// The process that counts them.
+static COUNTING_PROCESS: AtomicU32 = AtomicU32::new(0);
 static WAIT_AT_EXIT: Once = Once::new();
+
+/// How often the exit handler looks at the count.
+const POLL: Duration = Duration::from_millis(1);
 
 /// Counts one flush as running until it is dropped (run or not, panicked
 /// or not).
@@ -33,25 +41,28 @@ struct Running;
 
 impl Running {
     fn start() -> Running {
-        *RUNNING.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+        RUNNING.fetch_add(1, Ordering::AcqRel);
         Running
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        *RUNNING.lock().unwrap_or_else(PoisonError::into_inner) -= 1;
-        FINISHED.notify_all();
+        RUNNING.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 /// Runs `flush` on a thread of its own, which the process waits for as it
-/// exits; `None` if no thread could be started (`flush` is then dropped
-/// unrun, here).
-pub(super) fn flush_on_a_thread(flush: impl FnOnce() + Send + 'static) -> Option<JoinHandle<()>> {
+/// exits, until `flush` returns (what it returns is dropped after that:
+/// the session's runtime, whose stop waits for handlers still running, is
+/// no part of the wait); `None` if no thread could be started (`flush` is
+/// then dropped unrun, here).
+pub(super) fn flush_on_a_thread<T>(flush: impl FnOnce() -> T + Send + 'static) -> Option<JoinHandle<()>> {
     WAIT_AT_EXIT.call_once(|| {
+        COUNTING_PROCESS.store(std::process::id(), Ordering::Release);
         // SAFETY: registers a function that takes nothing, cannot unwind
-        // (it only locks and waits), and stays valid for the process's life.
+        // (it only reads atomics and sleeps), and stays valid for the
+        // process's life.
         if unsafe { libc::atexit(wait_for_running_flushes) } != 0 {
             tracing::warn!("cannot wait at exit for the queues of dropped sessions: atexit failed");
         }
@@ -60,8 +71,11 @@ pub(super) fn flush_on_a_thread(flush: impl FnOnce() + Send + 'static) -> Option
     let started = std::thread::Builder::new()
         .name("ipc-request-flush".into())
         .spawn(move || {
-            let _running = running;
-            flush();
+            let leftovers = {
+                let _running = running;
+                flush()
+            };
+            drop(leftovers);
         });
     if let Err(e) = &started {
         tracing::warn!("no thread to write a dropped session's queue on: {e}");
@@ -70,17 +84,13 @@ pub(super) fn flush_on_a_thread(flush: impl FnOnce() + Send + 'static) -> Option
 }
 
 /// The `atexit` handler: waits, up to [`DROP_FLUSH_TIMEOUT`], for the
-/// flushes still running.
+/// flushes still running in this process.
 extern "C" fn wait_for_running_flushes() {
+    if COUNTING_PROCESS.load(Ordering::Acquire) != std::process::id() {
+        return;
+    }
     let deadline = Instant::now() + DROP_FLUSH_TIMEOUT;
-    let mut running = RUNNING.lock().unwrap_or_else(PoisonError::into_inner);
-    while *running > 0 {
-        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-            return;
-        };
-        running = FINISHED
-            .wait_timeout(running, left)
-            .unwrap_or_else(PoisonError::into_inner)
-            .0;
+    while RUNNING.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+        std::thread::sleep(POLL);
     }
 }

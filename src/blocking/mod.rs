@@ -60,9 +60,11 @@
 //! leaves the waiting to a thread of its own, and returns at once: what
 //! was queued is written while the process lives, and a process that exits
 //! normally (main returns, `std::process::exit`) first waits up to
-//! [`DROP_FLUSH_TIMEOUT`] for such writes (an `atexit(3)` handler). An
-//! abort or a fatal signal does not wait: [`Session::shutdown_timeout`]
-//! (on a thread that may wait) says whether the queue was written.
+//! [`DROP_FLUSH_TIMEOUT`] for such writes (an `atexit(3)` handler; an exit
+//! from an async handler of the session, whose runtime then stops, waits
+//! that whole bound). An abort or a fatal signal does not wait:
+//! [`Session::shutdown_timeout`] (on a thread that may wait) says whether
+//! the queue was written.
 
 mod flush_at_exit;
 
@@ -298,9 +300,10 @@ fn thread_exiting() -> bool {
     tokio::runtime::Handle::try_current().is_err_and(|e| e.is_thread_local_destroyed())
 }
 
-/// Runs `work` on a thread of its own, for a drop that cannot wait where it
-/// is; `None` if no thread could be started (`work` is then dropped unrun,
-/// here).
+/// Runs `work` on a thread of its own, for a runtime's drop that cannot
+/// wait where it is; `None` if no thread could be started (`work` is then
+/// dropped unrun, here). Not waited for at exit: the stop may wait for a
+/// child to exit.
 fn wait_elsewhere(work: impl FnOnce() + Send + 'static) -> Option<std::thread::JoinHandle<()>> {
     let started = std::thread::Builder::new()
         .name("ipc-request-drop".into())
@@ -383,6 +386,10 @@ impl Drop for Owner {
         let (session, runtime) = (self.session.clone(), self.runtime.clone());
         let flush = move || {
             close_and_flush(&session, &runtime, DROP_FLUSH_TIMEOUT);
+            // Dropped once the flush no longer counts: the last handle on
+            // the runtime stops it, which waits for handlers still running
+            // (one may be the thread that exits).
+            (session, runtime)
         };
         let waiting = flush_at_exit::flush_on_a_thread(flush);
         // An exiting thread may wait for that one (joining is no Tokio

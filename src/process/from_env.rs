@@ -15,8 +15,11 @@ use crate::error::Error;
 /// the variable came without its descriptor) and a connected stream
 /// socket, checks `NODE_CHANNEL_SERIALIZATION_MODE` (absent, empty or
 /// `json`, as Node reads it), and moves the channel to a close-on-exec,
-/// non-blocking descriptor of its own (at another number). Must run
-/// inside a Tokio runtime.
+/// non-blocking descriptor of its own (at another number). The number it
+/// came at is closed, or, at 0 to 2 (Node puts the channel wherever its
+/// parent's `stdio` array says), given `/dev/null`, so that the program's
+/// next file does not become its stdin or stderr. Must run inside a Tokio
+/// runtime.
 ///
 /// Both variables are removed whether this succeeds or fails, as Node
 /// removes them, so that our own children do not inherit a channel they
@@ -43,10 +46,10 @@ use crate::error::Error;
 ///   called near the top of `main`, before other work starts; Tokio's own
 ///   threads do not read the environment.
 /// - The descriptor `NODE_CHANNEL_FD` names was handed to this process for
-///   the channel, and nothing else in the process owns it: the returned
-///   [`Channel`] owns it from now on and closes it when dropped. (Node puts
-///   the channel wherever its parent's `stdio` array says, even at 0 to 2,
-///   so no number is refused.)
+///   the channel, and nothing else in the process owns it: this closes it
+///   (or puts `/dev/null` there), and the returned [`Channel`] owns the
+///   socket from then on. (Node puts the channel wherever its parent's
+///   `stdio` array says, even at 0 to 2, so no number is refused.)
 pub unsafe fn open_from_env() -> Result<Channel, Error> {
     // SAFETY: the caller upholds open_from_env_with's contract, the same.
     unsafe { open_from_env_with(ChannelConfig::default()) }
@@ -69,13 +72,35 @@ pub unsafe fn open_from_env_with(config: ChannelConfig) -> Result<Channel, Error
     }
     // SAFETY: the caller upholds channel_fd_from_env's contract, the same.
     let channel_fd = unsafe { channel_fd_from_env()? };
-    // Registered through a close-on-exec copy first: a runtime without
-    // I/O (a review saw one pass the check above) panics there, and the
-    // panic must leave the channel and the variables as they were, not
-    // taken, and closed as it unwinds. Only the copy is closed then, and
-    // the flags the copy shares with the channel (non-blocking) are put
-    // back.
-    let _flags_as_they_came = RestoreFlagsOnPanic::of(channel_fd);
+    // A stdio number must not be left free once the channel moves off it:
+    // the next descriptor the program opens would take it, and its stdin
+    // or stderr would read or write that (a review saw eprintln! land in a
+    // user's file). /dev/null goes there instead, as for a daemon's stdio;
+    // opened first, so that a failure (a sandbox without /dev) leaves
+    // nothing half done.
+    let null_for_stdio = match channel_fd {
+        0..=2 => match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+        {
+            Ok(null) => Some(null),
+            Err(e) => {
+                // SAFETY: the caller's contract: the environment is ours.
+                unsafe { consume_channel_variables() };
+                let context =
+                    format!("cannot open /dev/null to put in place of the channel at fd {channel_fd}: {e}");
+                return Err(io_error(std::io::Error::new(e.kind(), context)));
+            }
+        },
+        _ => None,
+    };
+    // Registered through a close-on-exec copy: a runtime without I/O (a
+    // review saw one pass the check above) panics there, and the panic
+    // must leave the channel and the variables as they were, not taken,
+    // and closed as it unwinds. Only the copy is closed then, and the
+    // flags the copy shares with the channel (non-blocking) are put back.
+    let flags_as_they_came = RestoreFlagsOnPanic::of(channel_fd);
     // SAFETY: fcntl on the open channel descriptor; a copy it makes is
     // new and ours alone.
     let copy = unsafe { libc::fcntl(channel_fd, libc::F_DUPFD_CLOEXEC, 0) };
@@ -88,46 +113,51 @@ pub unsafe fn open_from_env_with(config: ChannelConfig) -> Result<Channel, Error
             .map_err(io_error)
             .and_then(|()| Channel::from_unix_socket(copy.into(), config))
     };
+    flags_as_they_came.disarm();
     // The channel is the copy's from here on, opened or not.
     // SAFETY: the caller's contract: the environment is ours to change,
     // and the descriptor was handed to this process for the channel.
     unsafe {
         consume_channel_variables();
-        // A stdio number left free would be taken by the next descriptor
-        // the program opens, and its stdin or stderr would then read or
-        // write that (a review saw eprintln! land in a user's file): it
-        // gets /dev/null instead, as a daemon's stdio does (dup2 closes
-        // the channel's descriptor as it puts /dev/null there).
-        let null_over_stdio = channel_fd <= 2
-            && std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open("/dev/null")
-                .is_ok_and(|null| libc::dup2(null.as_raw_fd(), channel_fd) >= 0);
-        if !null_over_stdio {
-            drop(OwnedFd::from_raw_fd(channel_fd));
+        match null_for_stdio {
+            // dup2 closes the channel's descriptor as it puts /dev/null
+            // there: the number is never free.
+            Some(null) if libc::dup2(null.as_raw_fd(), channel_fd) >= 0 => {}
+            _ => drop(OwnedFd::from_raw_fd(channel_fd)),
         }
     }
     opened
 }
 
-/// Puts a descriptor's status flags back as it drops during a panic.
+/// Puts a descriptor's status flags back if dropped while a panic that
+/// began after it was made unwinds (not one already unwinding when it was
+/// made: a call from a destructor).
 struct RestoreFlagsOnPanic {
     fd: RawFd,
     flags: libc::c_int,
+    panicking_before: bool,
 }
 
 impl RestoreFlagsOnPanic {
     fn of(fd: RawFd) -> RestoreFlagsOnPanic {
         // SAFETY: F_GETFL only reads the descriptor's flags.
         let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-        RestoreFlagsOnPanic { fd, flags }
+        RestoreFlagsOnPanic {
+            fd,
+            flags,
+            panicking_before: std::thread::panicking(),
+        }
+    }
+
+    /// Past the code that may panic: the descriptor may be closed next.
+    fn disarm(self) {
+        std::mem::forget(self);
     }
 }
 
 impl Drop for RestoreFlagsOnPanic {
     fn drop(&mut self) {
-        if std::thread::panicking() && self.flags >= 0 {
+        if std::thread::panicking() && !self.panicking_before && self.flags >= 0 {
             // SAFETY: F_SETFL on a descriptor still open (only its copy
             // closes as the panic unwinds), with flags it had.
             unsafe { libc::fcntl(self.fd, libc::F_SETFL, self.flags) };
