@@ -14,22 +14,24 @@
 //! The wait is bounded even if a flush cannot end: a process that exits
 //! from the thread that runs the session's runtime (an async handler
 //! calling `exit`) stops the timers the flush relies on, and then waits
-//! the whole bound. It takes no lock, and waits only in the process that
-//! counted: a child made by `fork` (without `exec`) inherits the count
-//! but not the threads, and perhaps a lock held at that moment by
-//! another thread (a review saw such a child hang at exit).
+//! the whole bound. It takes no lock, and waits only for the flushes of
+//! its own process: a child made by `fork` (without `exec`) inherits the
+//! count but not the threads, and perhaps a lock held at that moment by
+//! another thread (a review saw such a child hang at exit). Its own first
+//! flush takes the count over (a review saw a child's flushes not waited
+//! for while the count still named its parent).
 
 use std::sync::Once;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::DROP_FLUSH_TIMEOUT;
 
-/// Flushes started and not finished.
-static RUNNING: AtomicUsize = AtomicUsize::new(0);
-/// The process that counts them.
-static COUNTING_PROCESS: AtomicU32 = AtomicU32::new(0);
+/// The process that counts (high 32 bits) and its flushes started and not
+/// finished (low 32 bits): one word, so that a forked child's first flush
+/// takes the count over from the parent it copied.
+static RUNNING: AtomicU64 = AtomicU64::new(0);
 static WAIT_AT_EXIT: Once = Once::new();
 
 /// How often the exit handler looks at the count.
@@ -41,7 +43,10 @@ struct Running;
 
 impl Running {
     fn start() -> Running {
-        RUNNING.fetch_add(1, Ordering::AcqRel);
+        let me = u64::from(std::process::id()) << 32;
+        let _ = RUNNING.fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+            Some(if s & !0xffff_ffff == me { s + 1 } else { me | 1 })
+        });
         Running
     }
 }
@@ -59,7 +64,6 @@ impl Drop for Running {
 /// then dropped unrun, here).
 pub(super) fn flush_on_a_thread<T>(flush: impl FnOnce() -> T + Send + 'static) -> Option<JoinHandle<()>> {
     WAIT_AT_EXIT.call_once(|| {
-        COUNTING_PROCESS.store(std::process::id(), Ordering::Release);
         // SAFETY: registers a function that takes nothing, cannot unwind
         // (it only reads atomics and sleeps), and stays valid for the
         // process's life.
@@ -86,11 +90,13 @@ pub(super) fn flush_on_a_thread<T>(flush: impl FnOnce() -> T + Send + 'static) -
 /// The `atexit` handler: waits, up to [`DROP_FLUSH_TIMEOUT`], for the
 /// flushes still running in this process.
 extern "C" fn wait_for_running_flushes() {
-    if COUNTING_PROCESS.load(Ordering::Acquire) != std::process::id() {
-        return;
-    }
+    let me = u64::from(std::process::id()) << 32;
+    let mine = || {
+        let s = RUNNING.load(Ordering::Acquire);
+        s & !0xffff_ffff == me && s & 0xffff_ffff > 0
+    };
     let deadline = Instant::now() + DROP_FLUSH_TIMEOUT;
-    while RUNNING.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+    while mine() && Instant::now() < deadline {
         std::thread::sleep(POLL);
     }
 }

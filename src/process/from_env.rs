@@ -26,6 +26,10 @@ use crate::error::Error;
 /// do not own (a Node grandchild would otherwise open that fd at start-up
 /// and talk to its grandparent). A channel refused for its mode is left
 /// open but close-on-exec. A descriptor that is no channel is not touched.
+/// A channel at 0 to 2 for which `/dev/null` cannot be opened (a sandbox
+/// without `/dev`, no descriptor left) is left as it is, open and
+/// inheritable: made close-on-exec or closed, the number would be the
+/// program's children's missing stdio, or the next file's.
 ///
 /// # Panics
 ///
@@ -129,24 +133,19 @@ pub unsafe fn open_from_env_with(config: ChannelConfig) -> Result<Channel, Error
     opened
 }
 
-/// Puts a descriptor's status flags back if dropped while a panic that
-/// began after it was made unwinds (not one already unwinding when it was
-/// made: a call from a destructor).
+/// Puts a descriptor's status flags back if dropped, which only a panic's
+/// unwind does (every other path disarms it first), nested in another
+/// unwind or not.
 struct RestoreFlagsOnPanic {
     fd: RawFd,
     flags: libc::c_int,
-    panicking_before: bool,
 }
 
 impl RestoreFlagsOnPanic {
     fn of(fd: RawFd) -> RestoreFlagsOnPanic {
         // SAFETY: F_GETFL only reads the descriptor's flags.
         let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-        RestoreFlagsOnPanic {
-            fd,
-            flags,
-            panicking_before: std::thread::panicking(),
-        }
+        RestoreFlagsOnPanic { fd, flags }
     }
 
     /// Past the code that may panic: the descriptor may be closed next.
@@ -157,7 +156,8 @@ impl RestoreFlagsOnPanic {
 
 impl Drop for RestoreFlagsOnPanic {
     fn drop(&mut self) {
-        if std::thread::panicking() && !self.panicking_before && self.flags >= 0 {
+        // Only an unwind gets here: every other path disarms.
+        if self.flags >= 0 {
             // SAFETY: F_SETFL on a descriptor still open (only its copy
             // closes as the panic unwinds), with flags it had.
             unsafe { libc::fcntl(self.fd, libc::F_SETFL, self.flags) };
