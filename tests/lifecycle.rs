@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipc_request::{
-    Channel, ChannelConfig, Error, Request, Responder, SessionBuilder, SessionConfig, responder_fn, setup,
+    Channel, ChannelConfig, Error, Request, Responder, SessionBuilder, SessionConfig, handler_fn,
+    responder_fn, setup,
 };
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -416,6 +417,43 @@ async fn a_handler_that_answered_still_sees_the_channel_close_when_the_peer_can_
         ]
     );
     assert!(second.await.unwrap().is_err());
+}
+
+/// A handler hands its request's token to background work, answers and
+/// ends; then the session closes. The token must hear the close, whether
+/// the peer can cancel or not: for one that can, it once did not (the
+/// request's entry, the only way to it, had gone with the handler), and
+/// the work ran on.
+#[tokio::test]
+async fn a_token_handed_out_hears_the_close_after_its_handler_ended() {
+    for extensions in [Some(&["error", "cancel"][..]), None] {
+        let (tokens_tx, mut tokens) = mpsc::unbounded_channel();
+        let handler = handler_fn(move |req: Request| {
+            let _ = tokens_tx.send(req.cancellation_token());
+            async move { Ok::<_, ipc_request::RemoteError>(1) }
+        });
+        let (session, mut reader, mut writer) =
+            serve_a_hand_played_peer(handler, ChannelConfig::default(), 64 * 1024, extensions).await;
+        send_one_dot_zero_request(&mut writer, 1).await;
+        let answer = next_line(&mut reader, "no answer").await;
+        assert!(answer.contains("RESPONSE"), "{answer}");
+        let token = tokens.recv().await.unwrap();
+        // The handler's task ends, and the request's entry goes, just
+        // after its answer: give it that moment (were the entry still
+        // there, the close would reach the token through it, and the test
+        // would prove nothing, not fail).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            !token.is_cancelled(),
+            "{extensions:?}: cancelled before the close"
+        );
+        session.close();
+        let heard = tokio::time::timeout(Duration::from_secs(5), token.cancelled()).await;
+        assert!(
+            heard.is_ok(),
+            "{extensions:?}: the handed-out token never heard the close"
+        );
+    }
 }
 
 #[tokio::test]

@@ -14,7 +14,7 @@ use futures_util::FutureExt;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
-use super::handler::AnswerState;
+use super::handler::{AnswerState, HandOut};
 use super::{PeerInfo, Phase, Request, Responder, RunningHandler, Shared};
 use crate::channel::{ChannelReceiver, HangUpProbe, Parsed, PeerExit};
 use crate::error::{CloseReason, Error, RemoteError};
@@ -361,7 +361,15 @@ impl Shared {
             cancel: cancel.clone(),
             state: state.clone(),
         };
-        let request = Request { payload, cancel };
+        let hand_out = self.peer_can_cancel().then(|| HandOut {
+            state: state.clone(),
+            shared: self.clone(),
+        });
+        let request = Request {
+            payload,
+            cancel,
+            hand_out,
+        };
         let handler = self.handler.lock().unwrap().clone();
         let shared = self.clone();
         let mut task = Box::pin(async move {

@@ -352,6 +352,7 @@ impl RunningHandler {
     fn refuse(self) {
         self.answer.refuse();
         self.cancel.cancel();
+        self.answer.cancel_handed_out();
     }
 }
 
