@@ -310,10 +310,11 @@ impl ChannelSender {
     }
 
     /// Queues a small line without waiting for budget, for the two callers
-    /// that run in destructors and cannot wait: a cancel (at most one per
-    /// request in flight, which are capped) and the error answer of a
-    /// responder dropped after its handler finished (at most one per
-    /// responder the application kept; see `AnswerState`).
+    /// that run in destructors and cannot wait: a cancel (one per request
+    /// line queued before it, each of which took budget: see the request
+    /// guard's drop) and the error answer of a responder dropped after its
+    /// handler finished (at most one per responder the application kept;
+    /// see `AnswerState`).
     pub(crate) fn send_control(&self, line: Vec<u8>) -> Result<(), Error> {
         self.write_or_queue(Outgoing {
             line,

@@ -80,8 +80,16 @@ impl Drop for PendingGuard<'_> {
                 .sender
                 .encode(&MessageOut::cancel(uid.format(self.id)))
             {
-                // A drop cannot wait for queue space; a cancel is one small
-                // line per request in flight, and those are capped.
+                // A drop cannot wait for queue space. A cancel is one small
+                // line per request whose line was queued, and is queued
+                // behind it; the request's slot of `max_in_flight` is free
+                // again at this drop, so that cap is no bound here (a
+                // review queued 1,436 cancels with a cap of 1). The bound
+                // is the requests' own: each held write budget when it was
+                // queued, and a cancel is no longer than the smallest
+                // request, so the cancels waiting behind requests still in
+                // the queue or the socket take at most about the write
+                // budget plus the socket buffer again.
                 let _ = self.shared.sender.send_control(line);
             }
         }
