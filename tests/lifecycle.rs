@@ -456,6 +456,39 @@ async fn a_token_handed_out_hears_the_close_after_its_handler_ended() {
     }
 }
 
+/// A request kept past its handler (moved to a task with its responder,
+/// which answers) and then the session's close: `is_cancelled` must say
+/// so before anything asked for the request's token, as `cancelled` does,
+/// and as for a 1.0 peer (a review saw false, then true once `cancelled`
+/// had run).
+#[tokio::test]
+async fn a_request_kept_past_its_handler_is_cancelled_by_the_close() {
+    for extensions in [Some(&["error", "cancel"][..]), None] {
+        let (kept_tx, mut kept) = mpsc::unbounded_channel();
+        let handler = responder_fn(move |req: Request, responder: Responder| {
+            let _ = kept_tx.send((req, responder));
+            async {}
+        });
+        let (session, mut reader, mut writer) =
+            serve_a_hand_played_peer(handler, ChannelConfig::default(), 64 * 1024, extensions).await;
+        send_one_dot_zero_request(&mut writer, 1).await;
+        let (req, responder) = kept.recv().await.unwrap();
+        responder.respond(&1).await.unwrap();
+        let answer = next_line(&mut reader, "no answer").await;
+        assert!(answer.contains("RESPONSE"), "{answer}");
+        // The handler's task ends, and the request's entry goes.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!req.is_cancelled(), "{extensions:?}: cancelled before the close");
+        session.close();
+        assert!(
+            req.is_cancelled(),
+            "{extensions:?}: is_cancelled missed the close"
+        );
+        let heard = tokio::time::timeout(Duration::from_secs(5), req.cancelled()).await;
+        assert!(heard.is_ok(), "{extensions:?}: cancelled() never heard the close");
+    }
+}
+
 #[tokio::test]
 async fn a_handler_that_cancels_its_own_token_still_answers_its_caller() {
     // The token is the handler's to share with its own work; cancelling

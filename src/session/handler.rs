@@ -158,7 +158,17 @@ impl Request {
     /// the handler cancelled its [`cancellation_token`](Self::cancellation_token)
     /// itself, which does not stop its answer.
     pub fn is_cancelled(&self) -> bool {
-        self.cancel.is_cancelled() || self.handed_out().is_some_and(CancellationToken::is_cancelled)
+        if self.cancel.is_cancelled() {
+            return true;
+        }
+        let Some(hand_out) = &self.hand_out else {
+            return false;
+        };
+        // The session's close reaches the request's own token only while
+        // the handler runs (see `HandOut`); a request kept past that asks
+        // the session, as `cancelled` hears it.
+        self.handed_out().is_some_and(CancellationToken::is_cancelled)
+            || hand_out.shared.closing.is_cancelled()
     }
 
     /// Resolves when the request is cancelled; select on it to stop work.
@@ -167,7 +177,9 @@ impl Request {
             return self.cancel.cancelled().await;
         }
         // The handed-out token also hears the session's close, and the
-        // handler's own cancel of it.
+        // handler's own cancel of it. Made here if it was not yet: a child
+        // of the session's token, whose lock a burst of handlers that all
+        // wait on this share (see `HandOut`).
         let handed_out = self.cancellation_token();
         tokio::select! {
             () = self.cancel.cancelled() => {}

@@ -318,7 +318,9 @@ impl Shared {
         // handler's token is a child of the session's own (a child, so that
         // a handler cancelling its token cannot end the session); children
         // cost a lock on the session's token, measured at 3% of a burst's
-        // instructions, so a peer that can cancel does not pay for them.
+        // instructions, so a peer that can cancel does not pay for them,
+        // except for a request whose handler hands its token out or waits
+        // on `Request::cancelled` (see `HandOut`).
         let cancel = if self.peer_can_cancel() {
             CancellationToken::new()
         } else {
