@@ -72,19 +72,13 @@ pub(super) fn flush_on_a_thread<T>(flush: impl FnOnce() -> T + Send + 'static) -
         }
     });
     let running = Running::start();
-    let started = std::thread::Builder::new()
-        .name("ipc-request-flush".into())
-        .spawn(move || {
-            let leftovers = {
-                let _running = running;
-                flush()
-            };
-            drop(leftovers);
-        });
-    if let Err(e) = &started {
-        tracing::warn!("no thread to write a dropped session's queue on: {e}");
-    }
-    started.ok()
+    super::wait_elsewhere(move || {
+        let leftovers = {
+            let _running = running;
+            flush()
+        };
+        drop(leftovers);
+    })
 }
 
 /// The `atexit` handler: waits, up to [`DROP_FLUSH_TIMEOUT`], for the

@@ -300,10 +300,11 @@ fn thread_exiting() -> bool {
     tokio::runtime::Handle::try_current().is_err_and(|e| e.is_thread_local_destroyed())
 }
 
-/// Runs `work` on a thread of its own, for a runtime's drop that cannot
-/// wait where it is; `None` if no thread could be started (`work` is then
-/// dropped unrun, here). Not waited for at exit: the stop may wait for a
-/// child to exit.
+/// Runs `work` on a thread of its own, for a drop that cannot wait where
+/// it is; `None` if no thread could be started (`work` is then dropped
+/// unrun, here). Not itself waited for at exit (a runtime's stop may wait
+/// for a child to exit): a session's flush is, counted by
+/// `flush_at_exit::flush_on_a_thread`.
 fn wait_elsewhere(work: impl FnOnce() + Send + 'static) -> Option<std::thread::JoinHandle<()>> {
     let started = std::thread::Builder::new()
         .name("ipc-request-drop".into())
