@@ -583,7 +583,10 @@ const HANG_UP_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// [`HANG_UP_PROBE_INTERVAL`] while it waits, and tells the task that ends
 /// a held-up session (see [`end_when_the_peer_is_gone_and_the_reader_held_up`]).
 /// The reader calls this once a line's handling did not finish at once
-/// (a poll without waiting): the common case arms no timer.
+/// (a poll without waiting): the common case arms no timer. That poll
+/// stays at the two call sites: moved in here, it made the common case
+/// build and run this function's future for every line (callgrind: +0.5%
+/// of `count burst` and `count seq`).
 async fn finish_watching_for_a_hang_up<F: std::future::Future<Output = ()>>(
     mut dispatch: std::pin::Pin<&mut F>,
     shared: &Shared,
