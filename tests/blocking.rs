@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, mpsc};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{example, js_peer, node};
 use ipc_request::{
@@ -289,13 +289,6 @@ fn a_child_that_never_shakes_hands_is_killed_when_spawn_fails() {
     assert!(gone, "the child {pid} still runs (or was not reaped)");
 }
 
-/// The state letter of process `pid` (`Z` for a zombie), or `None` once it
-/// is gone.
-fn process_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
-}
-
 #[test]
 fn a_child_dropped_without_waiting_is_still_reaped() {
     let peer = example("blocking_peer");
@@ -312,14 +305,8 @@ fn a_child_dropped_without_waiting_is_still_reaped() {
         // Nothing of ours waits for it any more: it must still be reaped,
         // not left a zombie.
         drop((session, child));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while let Some(state) = process_state(pid) {
-            assert!(
-                Instant::now() < deadline,
-                "child {pid} is still there, state {state}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let state = common::process_state_once(pid, |state| state.is_none());
+        assert_eq!(state, None, "child {pid} is still there");
     }
 }
 

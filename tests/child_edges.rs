@@ -5,19 +5,11 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{example, node};
+use common::{example, node, process_state_once};
 use ipc_request::{ChannelConfig, CloseReason, SpawnOptions, setup, spawn, spawn_with};
 use serde_json::Value;
-
-/// The state letter of process `pid` (`R`, `S`, `Z`, ...), `None` once it
-/// is gone.
-fn process_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // "pid (comm) S ...": the name may hold spaces and parentheses.
-    stat.rsplit_once(") ")?.1.chars().next()
-}
 
 /// Kills and reaps `pid`, a child of this process that still runs: a
 /// failed test leaves nothing.
@@ -50,12 +42,7 @@ fn a_kill_overtaken_by_the_runtimes_end_still_kills_the_child() {
     // The task that sends the signal never gets to run: the runtime ends.
     child.kill();
     drop(runtime);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut state = process_state(pid);
-    while matches!(state, Some(s) if s != 'Z') && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-        state = process_state(pid);
-    }
+    let state = process_state_once(pid, |state| !matches!(state, Some(s) if s != 'Z'));
     // Dead, it is a zombie, or gone if another runtime of this process
     // reaped it (Tokio hands a child dropped unreaped to whichever runtime
     // next handles SIGCHLD). Only a live one is ours to clean up: a pid
@@ -213,12 +200,7 @@ fn a_child_that_outlives_its_runtime_is_still_reaped() {
     });
     let pid = child.id();
     drop(runtime);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut state = process_state(pid);
-    while state.is_some() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-        state = process_state(pid);
-    }
+    let state = process_state_once(pid, |state| state.is_none());
     if matches!(state, Some(s) if s != 'Z') {
         kill_and_reap(pid);
     }

@@ -301,3 +301,23 @@ pub fn run_in_a_child_process(name: &str, configure: impl FnOnce(&mut Command)) 
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// The state letter of process `pid` (`R`, `S`, `Z` for a zombie, ...),
+/// `None` once it is gone (reaped).
+pub fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) S ...": the name may hold spaces and parentheses.
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
+/// `pid`'s state as soon as `settled` accepts it, looked at every 10 ms;
+/// after 10 s, whatever it is then.
+pub fn process_state_once(pid: u32, settled: impl Fn(Option<char>) -> bool) -> Option<char> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut state = process_state(pid);
+    while !settled(state) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+        state = process_state(pid);
+    }
+    state
+}
