@@ -1,0 +1,517 @@
+//! Unit tests of the channel: writes and failed writes, reading, closing,
+//! and Node's internal messages.
+
+use super::node_internal_cmd;
+
+#[test]
+fn finished_resolves_when_the_writer_task_was_dropped_before_it_ran() {
+    // A channel made on a runtime that shuts down before its writer task
+    // is first polled, then used on another: nothing may wait for ever.
+    let (ours, _theirs) = tokio::io::duplex(64);
+    let first = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let channel =
+        first.block_on(async { super::Channel::from_stream(ours, super::ChannelConfig::default()) });
+    drop(first);
+    let second = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let finished = second.block_on(async {
+        let waited = std::time::Duration::from_secs(5);
+        tokio::time::timeout(waited, channel.sender().finished()).await
+    });
+    assert!(finished.is_ok(), "finished() waits for a writer that is gone");
+}
+
+#[tokio::test]
+async fn lines_left_unwritten_by_a_failed_channel_give_their_budget_back() {
+    let (ours, theirs) = tokio::io::duplex(64);
+    let channel = super::Channel::from_stream(ours, super::ChannelConfig::default());
+    let sender = channel.sender().clone();
+    for i in 0..10 {
+        sender.send(&format!("{i:0>96}")).await.unwrap();
+    }
+    assert!(
+        sender.queued_bytes() > 0,
+        "the lines should wait: the pipe holds 64 bytes"
+    );
+    drop(theirs);
+    let drained = async {
+        while sender.queued_bytes() > 0 {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), drained)
+        .await
+        .expect("the budget of unwritten lines was never given back");
+    assert!(sender.send(&1).await.is_err(), "the channel has failed");
+}
+
+/// A write half that fails every write, after taking nothing the first
+/// time if `waits_first` (the line then goes on to the writer task);
+/// its shutdown is `inner`'s.
+struct BrokenWriter<W> {
+    inner: W,
+    waits_first: bool,
+}
+
+fn broken() -> BrokenWriter<tokio::io::Sink> {
+    BrokenWriter {
+        inner: tokio::io::sink(),
+        waits_first: false,
+    }
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for BrokenWriter<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        _: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if std::mem::take(&mut self.waits_first) {
+            cx.waker().wake_by_ref();
+            return std::task::Poll::Pending;
+        }
+        std::task::Poll::Ready(Err(std::io::Error::other("broken")))
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test]
+async fn a_failed_write_shuts_the_write_half_down_on_either_path() {
+    // The direct path (nothing queued: the sender writes, and fails) and
+    // the writer task's (the line waits first): either way a peer still
+    // there sees the channel end at once, though our handles live.
+    use tokio::io::AsyncReadExt;
+    for waits_first in [false, true] {
+        let (ours, mut theirs) = tokio::io::duplex(1024);
+        let (read_half, write_half) = tokio::io::split(ours);
+        let writer = BrokenWriter {
+            inner: write_half,
+            waits_first,
+        };
+        let channel = super::Channel::new(read_half, writer, super::ChannelConfig::default());
+        let _ = channel.sender().send(&1).await;
+        let mut byte = [0u8; 1];
+        let seen = tokio::time::timeout(std::time::Duration::from_secs(5), theirs.read(&mut byte)).await;
+        assert_eq!(
+            seen.expect("the peer never saw the channel end").unwrap(),
+            0,
+            "waits_first {waits_first}"
+        );
+        drop(channel);
+    }
+}
+
+/// Takes nothing until `fail` is set, then fails; its shutdown never
+/// completes.
+struct FailsLaterNeverShutsDown {
+    fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    waker: std::sync::Arc<std::sync::Mutex<Option<std::task::Waker>>>,
+}
+
+impl tokio::io::AsyncWrite for FailsLaterNeverShutsDown {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        _: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return std::task::Poll::Ready(Err(std::io::Error::other("broken")));
+        }
+        *self.waker.lock().unwrap() = Some(cx.waker().clone());
+        std::task::Poll::Pending
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Pending
+    }
+}
+
+#[tokio::test]
+async fn lines_lost_to_a_failed_write_give_their_budget_back_though_the_shutdown_hangs() {
+    let (ours, _theirs) = tokio::io::duplex(1024);
+    let fail = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let waker = std::sync::Arc::new(std::sync::Mutex::new(None::<std::task::Waker>));
+    let writer = FailsLaterNeverShutsDown {
+        fail: fail.clone(),
+        waker: waker.clone(),
+    };
+    let channel = super::Channel::new(ours, writer, super::ChannelConfig::default());
+    let sender = channel.sender().clone();
+    // The first line waits in the writer task, which holds the stream;
+    // the next two queue behind it.
+    sender.send(&"first").await.unwrap();
+    while waker.lock().unwrap().is_none() {
+        tokio::task::yield_now().await;
+    }
+    sender.send(&"second").await.unwrap();
+    let written = tokio::spawn({
+        let sender = sender.clone();
+        async move { sender.send_line_written(b"\"third\"\n".to_vec()).await }
+    });
+    tokio::task::yield_now().await;
+    fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    waker.lock().unwrap().take().unwrap().wake();
+    let written = tokio::time::timeout(std::time::Duration::from_secs(5), written)
+        .await
+        .expect("a sender waiting for its lost line to be written waits for ever")
+        .unwrap();
+    assert!(written.is_err(), "the line was never written");
+    let released = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while sender.queued_bytes() > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(
+        released.is_ok(),
+        "{} bytes of budget never came back",
+        sender.queued_bytes()
+    );
+}
+
+#[tokio::test]
+async fn after_a_failed_write_the_receiver_hands_out_what_came_then_ends() {
+    use tokio::io::AsyncWriteExt;
+    let (ours, mut theirs) = tokio::io::duplex(1024);
+    let mut channel = super::Channel::new(ours, broken(), super::ChannelConfig::default());
+    theirs.write_all(b"1\n2\n").await.unwrap();
+    assert!(channel.sender().send(&0).await.is_err(), "the write fails");
+    let mut next = async || tokio::time::timeout(std::time::Duration::from_secs(5), channel.recv()).await;
+    assert_eq!(next().await.unwrap().unwrap().unwrap().get(), "1");
+    assert_eq!(next().await.unwrap().unwrap().unwrap().get(), "2");
+    // The peer's end is still open: only the failed write can end this.
+    match next()
+        .await
+        .expect("the receiver waited for more after the channel failed")
+    {
+        Err(crate::Error::Closed(crate::CloseReason::Io(e))) => assert_eq!(e.to_string(), "broken"),
+        other => panic!("{other:?}"),
+    }
+    drop(theirs);
+}
+
+#[tokio::test]
+async fn what_a_gone_peer_wrote_is_read_though_a_write_to_it_failed_first() {
+    // The peer writes its last line and goes; our next write fails
+    // (a broken pipe) before the reactor has reported the line.
+    use std::io::Write;
+    let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    let mut channel = super::Channel::from_unix_socket(ours.into(), super::ChannelConfig::default()).unwrap();
+    theirs.write_all(b"\"the last line\"\n").unwrap();
+    drop(theirs);
+    assert!(channel.sender().send(&0).await.is_err(), "the peer is gone");
+    let mut next = async || tokio::time::timeout(std::time::Duration::from_secs(5), channel.recv()).await;
+    assert_eq!(next().await.unwrap().unwrap().unwrap().get(), "\"the last line\"");
+    assert!(next().await.unwrap().unwrap().is_none(), "then its end of stream");
+}
+
+#[tokio::test]
+async fn a_closed_pipe_to_a_peer_whose_other_pipe_stays_open_still_ends_the_receiver() {
+    // Pipes, as a child's stdin and stdout: the peer closes the one we
+    // write to (a broken pipe) and keeps the one we read.
+    let (our_tx, their_rx) = tokio::net::unix::pipe::pipe().unwrap();
+    let (their_tx, our_rx) = tokio::net::unix::pipe::pipe().unwrap();
+    let mut channel = super::Channel::new(our_rx, our_tx, super::ChannelConfig::default());
+    drop(their_rx);
+    // Refused or accepted (then lost): either way the write fails.
+    let _ = channel.sender().send(&0).await;
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), channel.recv())
+        .await
+        .expect("the receiver waits for ever after the failure");
+    assert!(
+        matches!(ended, Err(crate::Error::Closed(crate::CloseReason::Io(_)))),
+        "{ended:?}"
+    );
+    drop(their_tx);
+}
+
+#[tokio::test]
+async fn a_write_failing_while_close_drains_is_reported_as_the_failure() {
+    let (ours, _theirs) = tokio::io::duplex(1024);
+    let channel = super::Channel::new(
+        ours,
+        BrokenWriter {
+            inner: tokio::io::sink(),
+            waits_first: true,
+        },
+        super::ChannelConfig::default(),
+    );
+    let (sender, mut receiver, _) = channel.into_parts();
+    sender
+        .send(&1)
+        .await
+        .expect("accepted: the writer task writes it");
+    sender.close();
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), receiver.recv()).await;
+    match ended.expect("the receiver waits for ever after the failure") {
+        Err(crate::Error::Closed(crate::CloseReason::Io(e))) => assert_eq!(e.to_string(), "broken"),
+        other => panic!("a lost line is no clean close: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_write_failing_while_the_receiver_waits_wakes_it() {
+    let (ours, _theirs) = tokio::io::duplex(1024);
+    let channel = super::Channel::new(ours, broken(), super::ChannelConfig::default());
+    let (sender, mut receiver, _) = channel.into_parts();
+    let waiting = tokio::spawn(async move { receiver.recv().await });
+    tokio::task::yield_now().await;
+    assert!(!waiting.is_finished(), "nothing to read yet");
+    assert!(sender.send(&0).await.is_err());
+    let received = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+        .await
+        .expect("the waiting receiver was not woken by the failure")
+        .unwrap();
+    assert!(
+        matches!(received, Err(crate::Error::Closed(crate::CloseReason::Io(_)))),
+        "{received:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_send_reported_queued_is_written_when_close_races_it() {
+    // Three tasks send as fast as the pipe allows while a fourth closes
+    // the channel: each line whose send said Ok must reach the peer
+    // before its end of stream, each later send must fail.
+    for round in 0..100u64 {
+        let (ours, theirs) = tokio::io::duplex(256);
+        let ours = super::Channel::from_stream(ours, super::ChannelConfig::default());
+        let mut theirs = super::Channel::from_stream(theirs, super::ChannelConfig::default());
+        let reader = tokio::spawn(async move {
+            let mut lines = 0u64;
+            while theirs.recv().await.unwrap().is_some() {
+                lines += 1;
+            }
+            lines
+        });
+        let senders: Vec<_> = (0..3)
+            .map(|_| {
+                let sender = ours.sender().clone();
+                tokio::spawn(async move {
+                    let mut sent = 0u64;
+                    while sender.send(&sent).await.is_ok() {
+                        sent += 1;
+                    }
+                    sent
+                })
+            })
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_micros(round % 64)).await;
+        ours.sender().close();
+        let mut sent = 0;
+        for task in senders {
+            sent += task.await.unwrap();
+        }
+        let lines = tokio::time::timeout(std::time::Duration::from_secs(5), reader)
+            .await
+            .expect("the stream never ended")
+            .unwrap();
+        assert_eq!(lines, sent, "round {round}: lines read / sends that said Ok");
+    }
+}
+
+#[tokio::test]
+async fn a_channel_dropped_without_close_ends_the_stream_after_its_lines() {
+    // Over a real socket pair, as a spawned child's channel is: the
+    // peer must see what was sent, then end of stream, not wait for ever.
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    for s in [&ours, &theirs] {
+        s.set_nonblocking(true).unwrap();
+    }
+    let config = super::ChannelConfig::default();
+    let ours = super::Channel::from_unix_socket(ours.into(), config.clone()).unwrap();
+    let mut theirs = super::Channel::from_unix_socket(theirs.into(), config).unwrap();
+    ours.sender().send(&"last words").await.unwrap();
+    drop(ours);
+    let within = std::time::Duration::from_secs(5);
+    let got = tokio::time::timeout(within, theirs.recv()).await.expect("a line");
+    assert_eq!(got.unwrap().unwrap().get(), "\"last words\"");
+    let end = tokio::time::timeout(within, theirs.recv())
+        .await
+        .expect("the stream never ended");
+    assert!(matches!(end, Ok(None)), "{end:?}");
+}
+
+#[tokio::test]
+async fn the_line_after_a_big_one_is_read_into_the_front_of_the_buffer() {
+    use tokio::io::AsyncWriteExt;
+    let (ours, mut theirs) = tokio::io::duplex(1 << 20);
+    let mut channel = super::Channel::from_stream(ours, super::ChannelConfig::default());
+    let big = format!("\"{}\"\n", "x".repeat(150_000));
+    theirs.write_all(big.as_bytes()).await.unwrap();
+    assert_eq!(channel.recv().await.unwrap().unwrap().get().len(), 150_002);
+    theirs.write_all(b"[1]\n").await.unwrap();
+    assert_eq!(channel.recv().await.unwrap().unwrap().get(), "[1]");
+    // Read after the big line, the small one would leave the buffer
+    // with only the space behind both (under 150,000 bytes); read at
+    // the front, it leaves all of it but its own 4 bytes.
+    let room = channel.receiver.buf.capacity();
+    assert!(room > 150_000, "{room} bytes of room after the small line");
+}
+
+#[tokio::test]
+async fn node_messages_are_taken_out_unless_the_parser_rules_them_out() {
+    use super::Parsed;
+    use tokio::io::AsyncWriteExt;
+    let (ours, mut theirs) = tokio::io::duplex(4096);
+    let mut channel = super::Channel::from_stream(ours, super::ChannelConfig::default());
+    theirs
+        .write_all(b"{\"cmd\":\"NODE_A\"}\n[1]\n{\"cmd\":\"NODE_B\"}\n[2]\n{\"cmd\":\"NODE_C\"}\n")
+        .await
+        .unwrap();
+    drop(theirs);
+    // NODE_A: unchecked, so searched and taken out. NODE_B: refused by
+    // the parser, still Node's. NODE_C: ruled out, so it is a message.
+    let parse = |line: crate::frame::LineText<'_>| -> Result<Parsed<String>, serde_json::Error> {
+        let text = line.text();
+        if text.contains("NODE_B") {
+            return Err(serde::de::Error::custom("refused"));
+        }
+        let text = text.to_string();
+        Ok(if text.contains("NODE_C") {
+            Parsed::NotNodes(text)
+        } else {
+            Parsed::Unchecked(text)
+        })
+    };
+    let mut got = Vec::new();
+    while let Some(text) = channel.receiver.recv_with(parse).await.unwrap() {
+        got.push(text);
+    }
+    assert_eq!(got, ["[1]", "[2]", r#"{"cmd":"NODE_C"}"#]);
+}
+
+#[tokio::test]
+async fn a_message_a_node_peer_would_take_for_its_own_is_refused_unsent() {
+    // PROTOCOL.md 1.3: Node handles such a line itself, and an
+    // unexpected NODE_ command makes it fail an internal assertion.
+    let (a, mut b) = super::Channel::pair(super::ChannelConfig::default());
+    for reserved in [
+        serde_json::json!({"cmd": "NODE_HANDLE_ACK"}),
+        serde_json::json!({"x": 1, "cmd": "NODE_anything"}),
+    ] {
+        let refused = a.sender().send(&reserved).await;
+        assert!(
+            matches!(refused, Err(crate::Error::ReservedMessage(_))),
+            "{reserved}: {refused:?}"
+        );
+    }
+    a.sender()
+        .send(&serde_json::json!({"cmd": "mine"}))
+        .await
+        .unwrap();
+    assert_eq!(b.recv().await.unwrap().unwrap().get(), r#"{"cmd":"mine"}"#);
+}
+
+#[tokio::test]
+async fn a_nack_still_goes_when_the_recv_that_read_the_handle_is_dropped() {
+    // The NACK waits for queue space; a caller's timeout around `recv`
+    // drops it there. The next `recv` must send it: a Node peer holds
+    // back everything after a handle until it is answered.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (ours, theirs) = tokio::io::duplex(64);
+    let (mut their_reader, mut their_writer) = tokio::io::split(theirs);
+    let config = super::ChannelConfig {
+        write_queue_bytes: 64,
+        ..super::ChannelConfig::default()
+    };
+    let mut channel = super::Channel::from_stream(ours, config);
+    // Fills the pipe and takes the whole queue budget.
+    channel.sender().send(&"x".repeat(200)).await.unwrap();
+    their_writer
+        .write_all(b"{\"cmd\":\"NODE_HANDLE\",\"type\":\"net.Socket\"}\n[1]\n")
+        .await
+        .unwrap();
+    let waited = tokio::time::timeout(std::time::Duration::from_millis(200), channel.recv()).await;
+    assert!(waited.is_err(), "the NACK should wait for queue space");
+    let reading = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        let mut chunk = [0; 256];
+        while !String::from_utf8_lossy(&seen).contains("NODE_HANDLE_NACK") {
+            let n = their_reader.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "end of stream before the NACK");
+            seen.extend_from_slice(&chunk[..n]);
+        }
+    });
+    let next = channel.recv().await.unwrap().unwrap();
+    assert_eq!(next.get(), "[1]");
+    tokio::time::timeout(std::time::Duration::from_secs(5), reading)
+        .await
+        .expect("the NACK of the dropped recv never went")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn channels_over_a_unix_socket_pair_talk_both_ways() {
+    let (a, b) = tokio::net::UnixStream::pair().unwrap();
+    let mut a = super::Channel::from_unix(a, super::ChannelConfig::default()).unwrap();
+    let mut b = super::Channel::from_unix(b, super::ChannelConfig::default()).unwrap();
+    a.sender().send(&serde_json::json!({"to": "b"})).await.unwrap();
+    assert_eq!(b.recv().await.unwrap().unwrap().get(), r#"{"to":"b"}"#);
+    b.sender().send(&[1, 2]).await.unwrap();
+    assert_eq!(a.recv().await.unwrap().unwrap().get(), "[1,2]");
+    a.sender().close();
+    assert!(
+        b.recv().await.unwrap().is_none(),
+        "a closed: b sees end of stream"
+    );
+}
+
+#[test]
+fn node_internal_commands_are_read_as_json_parse_reads_them() {
+    let internal = [
+        r#"{"cmd":"NODE_HANDLE","type":"net.Socket","msg":{"with":"handle"}}"#,
+        r#"{"cmd":"x","cmd":"NODE_HANDLE_ACK"}"#,
+        r#"{"\u0063md":"NODE_HANDLE_ACK"}"#,
+        r#"{"a":"\n","cmd":"NODE_CLUSTER"}"#,
+        // An earlier duplicate no value tree takes does not hide the
+        // last one (Node: 1e400 is Infinity, depth has no limit).
+        r#"{"cmd":1e400,"cmd":"NODE_HANDLE"}"#,
+        &format!(
+            r#"{{"cmd":{}{},"cmd":"NODE_HANDLE"}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        ),
+        // A lone surrogate in the name is still a name Node reads.
+        r#"{"cmd":"NODE_HANDLE\ud800"}"#,
+    ];
+    for json in internal {
+        assert!(node_internal_cmd(json).is_some(), "{json:.80}");
+    }
+    let plain = [
+        r#"{"cmd":"NODE_"}"#,
+        r#"{"cmd":"NODE_HANDLE_ACK","cmd":"x"}"#,
+        r#"{"cmd":5}"#,
+        r#"["NODE_\"cmd"]"#,
+        r#""{\"cmd\":\"NODE_HANDLE\"}""#,
+        r#"{"nested":{"cmd":"NODE_HANDLE"}}"#,
+        r#"{"cmd":"NODE_HANDLE"} trailing"#,
+        r#"{"cmd":"NODE_HANDLE"}{}"#,
+        r#"{"cmd":"NODE_HANDLE","cmd":1e400}"#,
+    ];
+    for json in plain {
+        assert!(node_internal_cmd(json).is_none(), "{json}");
+    }
+}

@@ -1,0 +1,272 @@
+//! Setting a session up: its settings, the builder, and the handshake
+//! that [`setup`] waits for (PROTOCOL.md 2.1).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::incoming::{Backlog, end_when_the_peer_is_gone_and_the_reader_held_up, read_loop};
+use super::{Handler, Phase, Session, Shared, Table};
+use crate::channel::Channel;
+use crate::error::{CloseReason, Error};
+use crate::protocol::HandshakeOut;
+
+/// Settings of a session. `SessionConfig::default()` gives the documented
+/// defaults.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// How long [`setup`] waits for the peer to complete the handshake
+    /// (default 10 s: a Node child takes well under a second to start and
+    /// set up; ten times that still fails a hung start quickly).
+    pub handshake_timeout: Duration,
+    /// Deadline applied to every request that does not set its own (default
+    /// none). A dead or disconnected peer already fails every request at
+    /// once, so a deadline only matters for a peer that is alive and slow,
+    /// and how slow is too slow depends on the work: a default would fail
+    /// long jobs that are working as intended. Set one here, or per call
+    /// with [`Session::request_timeout`].
+    pub request_timeout: Option<Duration>,
+    /// Requests of ours in flight at once; further requests wait for a slot
+    /// (default 65,536).
+    pub max_in_flight: usize,
+    /// The peer's requests handled at once (default 1,024); more wait in a
+    /// bounded queue, see `max_queued_requests`.
+    pub max_concurrent_handlers: usize,
+    /// The peer's requests that may wait for a handler slot (default
+    /// 65,536). The reader goes on reading while fewer wait, so answers to
+    /// our own requests keep arriving even when every handler is busy (two
+    /// sessions flooding each other with requests would otherwise deadlock);
+    /// past this, or past `max_queued_request_bytes`, it stops reading.
+    pub max_queued_requests: usize,
+    /// Total payload bytes of the requests waiting for a handler slot
+    /// (default 64 MiB). One request is always let in, however large.
+    pub max_queued_request_bytes: usize,
+    /// When the session owns the child (default 200 ms): if the channel
+    /// closes first, how long to wait for the child's exit status to name
+    /// it in the error; if the child exits first, how long to go on reading
+    /// what it wrote before the session ends, even if another process
+    /// (a background job of a wrapper script) still holds the child's end
+    /// of the channel.
+    pub exit_grace: Duration,
+    /// Plain messages buffered for [`Session::messages`] (default 1,024).
+    /// Until someone takes the stream, messages past this (or past
+    /// `message_buffer_bytes`) are dropped with a warning, unless the
+    /// session was set up with [`SessionBuilder::keep_plain_messages`];
+    /// after, the session stops reading until the stream's reader makes
+    /// room (see [`Session::messages`]).
+    pub message_buffer: usize,
+    /// Total bytes of the plain messages buffered for [`Session::messages`]
+    /// (default 64 MiB), held as the text that came: a message is parsed
+    /// when it is taken from the stream. A message larger than this gets in
+    /// when the buffer is empty. The error items of lines that could not be
+    /// read are small and count against `message_buffer` only.
+    pub message_buffer_bytes: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            handshake_timeout: Duration::from_secs(10),
+            request_timeout: None,
+            max_in_flight: 65_536,
+            max_concurrent_handlers: 1_024,
+            max_queued_requests: 65_536,
+            max_queued_request_bytes: 64 * 1024 * 1024,
+            exit_grace: Duration::from_millis(200),
+            message_buffer: 1_024,
+            message_buffer_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// Sets up a session over `channel` with `handler` for the peer's requests
+/// (or `None`: the peer's requests are then answered with an error named
+/// `NoHandler`), and resolves once the handshake shows that the peer is
+/// listening. Must run inside a Tokio runtime.
+///
+/// The Rust counterpart of ipc-request's `setupIpcSession(process,
+/// handler)`; see [`SessionBuilder`] for settings.
+pub async fn setup(channel: Channel, handler: impl Into<Option<Handler>>) -> Result<Session, Error> {
+    SessionBuilder::new().handler(handler).setup(channel).await
+}
+
+/// A session with settings: `SessionBuilder::new().config(c).handler(h).setup(channel)`.
+#[derive(Debug, Default)]
+pub struct SessionBuilder {
+    config: SessionConfig,
+    handler: Option<Handler>,
+    keep_plain_messages: bool,
+}
+
+impl SessionBuilder {
+    /// Default settings, no handler.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Replaces the settings.
+    pub fn config(mut self, config: SessionConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Sets the handler for the peer's requests.
+    pub fn handler(mut self, handler: impl Into<Option<Handler>>) -> Self {
+        self.handler = handler.into();
+        self
+    }
+
+    /// Keeps for [`Session::messages`] every plain message the peer sends
+    /// once it is set up, as if the stream were taken then: none is dropped
+    /// before you take it, the session waits for room instead (see
+    /// [`SessionConfig::message_buffer`]). For a peer that sends plain
+    /// messages as soon as it is set up, even in the write that carries its
+    /// handshake message: more than the buffer holds can arrive before
+    /// `setup` returns. Take the stream right after `setup`, and read it: a
+    /// session that keeps its plain messages stops reading (requests and
+    /// answers to ours included) while their buffer is full.
+    ///
+    /// Kept from the first of: the session is established, or the peer's
+    /// handshake request is read and our answer to it is on its way (the
+    /// peer may count itself set up as soon as it reads that answer).
+    /// Messages that come before are buffered as usual, and dropped past
+    /// the buffer: waiting for room then would stall the handshake, since
+    /// nobody can take the stream before `setup` returns.
+    ///
+    /// One case still stalls it: a peer that sends its handshake request,
+    /// then more plain messages than the buffer holds, then stops reading
+    /// while our answer cannot be written (the channel full of what we sent
+    /// before); its answer to our own request is then never read, and
+    /// `setup` fails with [`Error::HandshakeTimeout`].
+    pub fn keep_plain_messages(mut self) -> Self {
+        self.keep_plain_messages = true;
+        self
+    }
+
+    /// The handler slots the session will have.
+    pub(crate) fn max_concurrent_handlers(&self) -> usize {
+        self.config.max_concurrent_handlers
+    }
+
+    /// Runs the handshake over `channel` (see [`setup`]).
+    pub async fn setup(self, channel: Channel) -> Result<Session, Error> {
+        let (sender, receiver, peer_exit) = channel.into_parts();
+        let config = self.config;
+        // Tokio panics on capacities past Semaphore::MAX_PERMITS ("no
+        // limit" written as usize::MAX must not do that).
+        let bounded = |n: usize| n.clamp(1, Semaphore::MAX_PERMITS);
+        let (messages_tx, messages_rx) = mpsc::channel(bounded(config.message_buffer));
+        // Permits are taken a u32 at a time.
+        let message_bytes = bounded(config.message_buffer_bytes).min(u32::MAX as usize);
+        let (phase, _) = watch::channel(Phase::Handshaking);
+        let shared = Arc::new(Shared {
+            sender,
+            next_id: AtomicU64::new(1),
+            table: Mutex::new(Table::default()),
+            peer: OnceLock::new(),
+            phase,
+            closing: CancellationToken::new(),
+            more_input: AtomicBool::new(false),
+            lines_read: AtomicU64::new(0),
+            peer_hung_up: Notify::new(),
+            in_flight: Semaphore::new(bounded(config.max_in_flight)),
+            handler_slots: Arc::new(Semaphore::new(bounded(config.max_concurrent_handlers))),
+            backlog: Mutex::new(Backlog::default()),
+            backlog_space: Notify::new(),
+            backlog_len: AtomicUsize::new(0),
+            answering_handshake: AtomicBool::new(false),
+            was_established: AtomicBool::new(false),
+            messages_tx: Mutex::new(Some(messages_tx)),
+            messages_rx: Mutex::new(Some(messages_rx)),
+            plain_messages_wait: AtomicBool::new(false),
+            keep_plain_messages: self.keep_plain_messages,
+            message_bytes: Arc::new(Semaphore::new(message_bytes)),
+            message_bytes_total: message_bytes,
+            handler: Mutex::new(self.handler),
+            peer_exit: peer_exit.clone(),
+            config,
+        });
+        // Until a Session is handed back, dropping this future (the
+        // caller's own timeout, a select!) or failing must not leave the
+        // reader, the writer and the socket running for nobody.
+        let mut unclaimed = ShutOnDrop(Some(shared.clone()));
+        let our_uid = fresh_uid();
+        // The handler is in place and we listen before announcing (2.1 step 1).
+        let hello = shared.sender.encode(&HandshakeOut::request(&our_uid))?;
+        let mut phase = shared.phase.subscribe();
+        tokio::spawn(end_when_the_peer_is_gone_and_the_reader_held_up(shared.clone()));
+        let reader = read_loop(shared.clone(), receiver, peer_exit, our_uid.clone());
+        let reader_shared = shared.clone();
+        tokio::spawn(async move {
+            // A panic on the reader (a bug, or a panicking stream the channel
+            // was built on) must fail what waits on it, not leave it hanging.
+            if futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(reader))
+                .await
+                .is_err()
+            {
+                let error = std::io::Error::other("the session's reader panicked");
+                reader_shared.shut(CloseReason::Io(Arc::new(error)));
+            }
+        });
+
+        // The deadline covers sending our request too: the queue may be
+        // full already (lines sent on the channel before setup, a peer that
+        // reads nothing). A failed send means the channel is already
+        // closed: the reader publishes why, and that is what we report.
+        let timeout = shared.config.handshake_timeout;
+        let outcome = tokio::time::timeout(timeout, async {
+            let _ = shared.sender.send_line(hello).await;
+            phase.wait_for(|p| !matches!(p, Phase::Handshaking)).await
+        })
+        .await;
+        let mut established = |shared| {
+            unclaimed.0 = None;
+            Ok(Session { shared })
+        };
+        match outcome {
+            Ok(Ok(p)) => match &*p {
+                Phase::Established => established(shared),
+                // The peer may have been quick: handshake, requests both
+                // ways and close, all before this task ran again. The
+                // session did its work; its close reason says how it ended.
+                Phase::Closed(_) if shared.was_established.load(Ordering::Acquire) => established(shared),
+                Phase::Closed(reason) => Err(Error::Closed(reason.clone())),
+                Phase::Handshaking => unreachable!("wait_for returned early"),
+            },
+            Ok(Err(_)) => Err(Error::Closed(CloseReason::PeerClosed)),
+            Err(_) => {
+                shared.shut(CloseReason::Local);
+                Err(Error::HandshakeTimeout(timeout))
+            }
+        }
+    }
+}
+
+/// Shuts the session down when dropped, unless taken out first.
+struct ShutOnDrop(Option<Arc<Shared>>);
+
+impl Drop for ShutOnDrop {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0.take() {
+            shared.shut(CloseReason::Local);
+        }
+    }
+}
+
+/// A fresh handshake UID: unique per process, per call and over time.
+fn fresh_uid() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{:x}-{:x}-{:x}",
+        std::process::id(),
+        nanos,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
