@@ -150,6 +150,9 @@ pub(crate) struct Shared {
     backlog_space: Notify,
     /// The backlog's length, readable without its lock.
     backlog_len: AtomicUsize,
+    /// Bytes of the peer's requests whose handlers run (see
+    /// `SessionConfig::max_handled_request_bytes`).
+    handled_bytes: AtomicUsize,
     /// A handshake answer is already on its way during the handshake.
     answering_handshake: AtomicBool,
     /// Set when the handshake completes, and never cleared: a session can
@@ -545,15 +548,14 @@ impl Shared {
     }
 
     /// An error answer, shaped for what the peer understands. If the error
-    /// is too long to send (its data or stack), it goes without them; if even
-    /// that does not fit the maximum message length, nothing can be sent.
+    /// is too long to send (its data or stack), it goes without them, as a
+    /// short `ErrorTooLarge`. That one is sent even past the maximum message
+    /// length, by as much as the UID and a kilobyte: the peer's UID came in
+    /// a line it could write, and an error is the last answer it can get
+    /// (else it would wait for ever). A peer with a limit that low fails
+    /// its request as too long to read, which is still an answer.
     fn encode_error(&self, uid: &PeerUid, error: &RemoteError) -> Result<Vec<u8>, Error> {
-        self.encode_error_in(uid, error, 0)
-    }
-
-    /// [`encode_error`](Self::encode_error), with a maximum length of at
-    /// least `room`.
-    fn encode_error_in(&self, uid: &PeerUid, error: &RemoteError, room: usize) -> Result<Vec<u8>, Error> {
+        let room = uid.as_json().len() + 1024;
         let encode = |e: &RemoteError| {
             if self.peer_takes_errors() {
                 self.sender

@@ -35,6 +35,13 @@ pub struct SessionConfig {
     /// The peer's requests handled at once (default 1,024); more wait in a
     /// bounded queue, see `max_queued_requests`.
     pub max_concurrent_handlers: usize,
+    /// Total payload bytes of the peer's requests being handled (default
+    /// 64 MiB), counted from a handler's start to the end of its task;
+    /// past this, requests wait in the queue as they do when every slot is
+    /// busy. One request is always let in, however large. Without it, a
+    /// peer that sends large requests and reads none of the answers would
+    /// have every slot hold its request while the answer waits for room.
+    pub max_handled_request_bytes: usize,
     /// The peer's requests that may wait for a handler slot (default
     /// 65,536). The reader goes on reading while fewer wait, so answers to
     /// our own requests keep arriving even when every handler is busy (two
@@ -73,6 +80,7 @@ impl Default for SessionConfig {
             request_timeout: None,
             max_in_flight: 65_536,
             max_concurrent_handlers: 1_024,
+            max_handled_request_bytes: 64 * 1024 * 1024,
             max_queued_requests: 65_536,
             max_queued_request_bytes: 64 * 1024 * 1024,
             exit_grace: Duration::from_millis(200),
@@ -177,6 +185,7 @@ impl SessionBuilder {
             backlog: Mutex::new(Backlog::default()),
             backlog_space: Notify::new(),
             backlog_len: AtomicUsize::new(0),
+            handled_bytes: AtomicUsize::new(0),
             answering_handshake: AtomicBool::new(false),
             was_established: AtomicBool::new(false),
             messages_tx: Mutex::new(Some(messages_tx)),
