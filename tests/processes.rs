@@ -545,6 +545,41 @@ async fn an_invalid_line_and_a_handle_from_a_node_child_do_not_break_the_session
     finish(session, child).await;
 }
 
+#[tokio::test]
+async fn a_handle_from_a_node_child_with_a_message_too_long_to_read_is_still_refused() {
+    // Node holds back everything it writes after a handle until the handle
+    // is answered: one whose message is past our maximum length must be
+    // answered too, or the child's answers stop for good.
+    let Some(node) = node() else { return };
+    let options = ipc_request::SpawnOptions {
+        channel: ipc_request::ChannelConfig {
+            max_message_len: 64 * 1024,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let (channel, child) = ipc_request::spawn_with(node_child(&node, &[]), options).expect("spawn");
+    let session = SessionBuilder::new()
+        .handler(parent_handler())
+        .setup(channel)
+        .await
+        .expect("handshake with the child");
+    let sent: Value = tokio::time::timeout(
+        Duration::from_secs(10),
+        session.request(&json!({"op":"handle","pad":300_000})),
+    )
+    .await
+    .expect("the Node child stalled behind a handle too long to read: no NODE_HANDLE_NACK?")
+    .unwrap();
+    assert_eq!(sent, json!("sent"));
+    let got: Value = session
+        .request(&json!({"op":"echo","data":"still fine"}))
+        .await
+        .unwrap();
+    assert_eq!(got, json!("still fine"));
+    finish(session, child).await;
+}
+
 /// The seed log, then the other direction; every parent/child pair of
 /// examples, Rust or Node, prints all of it.
 const EXAMPLE_LOG: &[&str] = &[

@@ -44,7 +44,7 @@ pub use writer::ChannelSender;
 pub(crate) use writer::line_text;
 
 use crate::error::{CloseReason, Error};
-use crate::frame::{self, FrameDecoder, LineText, Message};
+use crate::frame::{self, FrameDecoder, FrameError, LineText, Message};
 
 /// Settings of a channel.
 #[derive(Debug, Clone)]
@@ -288,6 +288,19 @@ impl ChannelReceiver {
                 Ok(Some(Line::Message(msg))) => return Ok(Some(msg)),
                 Ok(None) if self.at_eof => return Ok(None),
                 Ok(None) => {}
+                Err(e @ FrameError::TooLong { .. }) => {
+                    match node_internal_cmd_at_head(self.decoder.too_long_head()) {
+                        // Still Node's: a handle too long to read is refused
+                        // like any other, or the Node peer would hold back
+                        // everything it sends after it, for good.
+                        Some(cmd) => {
+                            tracing::warn!("skipped one of Node's own messages ({cmd}): {e}");
+                            self.handle_node_internal(&cmd);
+                            continue;
+                        }
+                        None => return Err(Error::Frame(e)),
+                    }
+                }
                 Err(e) => return Err(Error::Frame(e)),
             }
             if self.buf.is_empty() {
@@ -457,6 +470,39 @@ pub(crate) fn node_internal_cmd(json: &str) -> Option<String> {
     // bad line, not a handle (and a line the session's parser refused is
     // Node's only if it is one value).
     de.end().ok()?;
+    (cmd.len() > 5 && cmd.starts_with("NODE_")).then_some(cmd)
+}
+
+/// The `cmd` of a Node internal message too long to read, from the first
+/// bytes of its line (`head`), or `None`. Node writes its own messages with
+/// `cmd` as the first key (`{"cmd":"NODE_HANDLE","type":...,"msg":...}`),
+/// so a head that starts that way, literally, is one; one that does not is
+/// reported as a line too long, as before. (The rest of the line cannot be
+/// looked at: it is being skipped.)
+fn node_internal_cmd_at_head(head: &[u8]) -> Option<String> {
+    let json_ws = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    let skip_ws = |bytes: &'_ [u8]| -> usize { bytes.iter().take_while(|b| json_ws(b)).count() };
+    let mut rest = head;
+    for token in [&b"{"[..], b"\"cmd\"", b":"] {
+        rest = &rest[skip_ws(rest)..];
+        rest = rest.strip_prefix(token)?;
+    }
+    rest = &rest[skip_ws(rest)..];
+    if rest.first() != Some(&b'"') {
+        return None;
+    }
+    // The string's closing quote: the first `"` not escaped.
+    let mut at = 1;
+    let end = loop {
+        match rest.get(at)? {
+            b'\\' => at += 2,
+            b'"' => break at,
+            _ => at += 1,
+        }
+    };
+    let token = &rest[..=end];
+    let fixed = frame::replace_lone_surrogates(token);
+    let cmd: String = serde_json::from_slice(fixed.as_deref().unwrap_or(token)).ok()?;
     (cmd.len() > 5 && cmd.starts_with("NODE_")).then_some(cmd)
 }
 

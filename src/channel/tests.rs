@@ -515,3 +515,66 @@ fn node_internal_commands_are_read_as_json_parse_reads_them() {
         assert!(node_internal_cmd(json).is_none(), "{json}");
     }
 }
+
+#[tokio::test]
+async fn a_handle_too_long_to_read_is_refused_not_reported() {
+    // Node holds back everything after a handle until it is answered; a
+    // handle's message past our maximum length must be answered too.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (ours, theirs) = tokio::io::duplex(64 * 1024);
+    let (mut their_reader, mut their_writer) = tokio::io::split(theirs);
+    let config = super::ChannelConfig {
+        max_message_len: 64,
+        ..super::ChannelConfig::default()
+    };
+    let mut channel = super::Channel::from_stream(ours, config);
+    let pad = "p".repeat(200);
+    let handle =
+        format!("{{\"cmd\":\"NODE_HANDLE\",\"type\":\"net.Socket\",\"msg\":{{\"pad\":\"{pad}\"}}}}\n");
+    their_writer.write_all(handle.as_bytes()).await.unwrap();
+    their_writer.write_all(b"[1]\n").await.unwrap();
+    let next = channel
+        .recv()
+        .await
+        .expect("the handle was reported as a bad line");
+    assert_eq!(next.unwrap().get(), "[1]");
+    let mut seen = Vec::new();
+    let mut chunk = [0; 256];
+    tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while !String::from_utf8_lossy(&seen).contains("NODE_HANDLE_NACK") {
+            let n = their_reader.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "end of stream before the NACK");
+            seen.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .expect("no NACK for the handle");
+    assert_eq!(String::from_utf8_lossy(&seen), "{\"cmd\":\"NODE_HANDLE_NACK\"}\n");
+}
+
+#[test]
+fn a_node_command_is_known_by_the_head_of_its_line() {
+    use super::node_internal_cmd_at_head as cmd;
+    assert_eq!(
+        cmd(br#"{"cmd":"NODE_HANDLE","type":"net.Socket","msg":{"#).as_deref(),
+        Some("NODE_HANDLE")
+    );
+    assert_eq!(
+        cmd(b" {\r\n\"cmd\" :\t\"NODE_CLUSTER\",").as_deref(),
+        Some("NODE_CLUSTER")
+    );
+    assert_eq!(cmd(br#"{"cmd":"NODE_\u0058","#).as_deref(), Some("NODE_X"));
+    assert_eq!(cmd(br#"{"cmd":"NODE_\ud800","#).as_deref(), Some("NODE_\u{fffd}"));
+    for not_node in [
+        &br#"{"cmd":"NODE_"#[..], // the string does not end in the head
+        br#"{"cmd":"NODE_","#,    // not longer than 5 characters
+        br#"{"cmd":"node_handle","#,
+        br#"{"cmd":1,"#,
+        br#"{"msg":{},"cmd":"NODE_HANDLE""#, // not first: not how Node writes its own
+        br#"["cmd","NODE_HANDLE"]"#,
+        br#"{"cmd":"NODE_H\"#,
+        b"",
+    ] {
+        assert_eq!(cmd(not_node), None, "{}", String::from_utf8_lossy(not_node));
+    }
+}
