@@ -19,6 +19,9 @@
 //! What we write goes to a Node peer, and Node exits with an uncaught `SyntaxError` on an
 //! empty line, a line that is not JSON, or a raw control character inside a string. So
 //! [`encode`] writes exactly one compact JSON text and one `\n`, or nothing at all.
+//! A float that is NaN or infinite has no JSON form: it is written as `null`, as serde_json
+//! and Node's `JSON.stringify` both write it (PROTOCOL.md 1.2); as a map key, where `null`
+//! cannot stand, it is an error.
 //!
 //! # Lone surrogates
 //!
