@@ -124,7 +124,10 @@ async fn handle(state: Arc<State>, request: Request, responder: Responder) {
             // Answering now must be refused: the peer stopped waiting, or
             // went (the session's end wakes `cancelled` too).
             let refused = responder.respond(&"too late").await;
-            assert!(matches!(refused, Err(Error::Cancelled | Error::Closed(_))), "{refused:?}");
+            assert!(
+                matches!(refused, Err(Error::Cancelled | Error::Closed(_))),
+                "{refused:?}"
+            );
             return;
         }
         "cancelled" => {

@@ -53,10 +53,23 @@ pub enum Error {
     #[error(transparent)]
     Frame(#[from] FrameError),
 
-    /// An answer arrived but could not be deserialized into the type the
-    /// caller asked for.
-    #[error("could not decode the answer: {0}")]
-    Decode(Arc<serde_json::Error>),
+    /// An answer, or a plain message taken from [`Session::messages`](crate::Session::messages),
+    /// arrived but could not be deserialized: into the type the caller
+    /// asked for, or (a plain message) as a `serde_json::Value`, which
+    /// refuses nesting deeper than 128.
+    #[error("could not decode the {what}: {source}")]
+    Decode {
+        /// What could not be decoded: `"answer"` or `"message"`.
+        what: &'static str,
+        /// serde_json's error.
+        source: Arc<serde_json::Error>,
+    },
+
+    /// The payload of the peer's request could not be deserialized into the
+    /// type the handler asked for ([`Request::payload`](crate::Request::payload)).
+    /// A handler that passes it on with `?` answers the peer with it.
+    #[error("could not decode the request's payload: {0}")]
+    DecodeRequest(Arc<serde_json::Error>),
 
     /// A request was answered a second time; the second answer was not sent.
     #[error("this request has already been answered")]
@@ -103,8 +116,20 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn decode(e: serde_json::Error) -> Self {
-        Error::Decode(Arc::new(e))
+    /// An answer that could not be deserialized.
+    pub(crate) fn decode_answer(e: serde_json::Error) -> Self {
+        Error::Decode {
+            what: "answer",
+            source: Arc::new(e),
+        }
+    }
+
+    /// A plain message that could not be deserialized.
+    pub(crate) fn decode_message(e: serde_json::Error) -> Self {
+        Error::Decode {
+            what: "message",
+            source: Arc::new(e),
+        }
     }
 }
 
@@ -192,7 +217,9 @@ pub struct RemoteError {
     /// A stack trace, as text, if the peer sent one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stack: Option<String>,
-    /// Any further data the handler attached.
+    /// Any further data the handler attached. Read from a peer, data
+    /// nested deeper than a `serde_json::Value` holds (128 levels; Node has
+    /// no such limit) comes as its JSON text, in a string.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<serde_json::Value>,
 }

@@ -1194,3 +1194,37 @@ async fn a_request_future_stays_small() {
     eprintln!("request_raw future: {size} bytes");
     assert!(size <= 448, "a request's future takes {size} bytes");
 }
+
+#[tokio::test]
+async fn what_could_not_be_decoded_is_named_answer_request_or_message() {
+    let (a, b) = connected().await;
+    let mut b_messages = b.messages().unwrap();
+    // Nested past serde_json's 128 levels: valid JSON no `Value` can hold.
+    let deep: Box<serde_json::value::RawValue> =
+        serde_json::value::RawValue::from_string(format!("{}{}", "[".repeat(200), "]".repeat(200))).unwrap();
+
+    let answer = a.request::<_, u32>(&json!({"op":"echo","data":"text"})).await;
+    match answer {
+        Err(e @ Error::Decode { what: "answer", .. }) => {
+            assert!(e.to_string().starts_with("could not decode the answer: "), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // The handler's `req.payload()?` fails; the caller hears it was its request.
+    match a.request::<_, Value>(&deep).await {
+        Err(Error::Remote(e)) => assert!(
+            e.message.starts_with("could not decode the request's payload: "),
+            "{e:?}"
+        ),
+        other => panic!("{other:?}"),
+    }
+
+    a.send(&deep).await.unwrap();
+    match b_messages.recv().await.unwrap() {
+        Err(e @ Error::Decode { what: "message", .. }) => {
+            assert!(e.to_string().starts_with("could not decode the message: "), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -330,27 +330,39 @@ fn parse_extensions(raw: &RawValue) -> Vec<String> {
 
 /// An `_IPC_REQUEST/ERROR` object. A malformed one still fails the request:
 /// the caller learns that the peer reported a failure, with its raw text.
+///
+/// Each field is taken as raw text first, so that one a `Value` cannot
+/// hold (nested past serde_json's 128 levels, which Node allows) costs
+/// only itself: a `code` or `data` that deep is kept as its JSON text, in
+/// a string, and the name and message still come through.
 fn parse_remote_error(raw: &RawValue) -> RemoteError {
     #[derive(Deserialize)]
-    struct Loose {
-        name: Option<serde_json::Value>,
-        message: Option<serde_json::Value>,
-        code: Option<serde_json::Value>,
-        stack: Option<serde_json::Value>,
-        data: Option<serde_json::Value>,
+    struct Loose<'a> {
+        #[serde(borrow)]
+        name: Option<&'a RawValue>,
+        #[serde(borrow)]
+        message: Option<&'a RawValue>,
+        #[serde(borrow)]
+        code: Option<&'a RawValue>,
+        #[serde(borrow)]
+        stack: Option<&'a RawValue>,
+        #[serde(borrow)]
+        data: Option<&'a RawValue>,
     }
-    let text = |v: Option<serde_json::Value>| match v {
-        Some(serde_json::Value::String(s)) => Some(s),
-        Some(serde_json::Value::Null) | None => None,
-        Some(other) => Some(other.to_string()),
+    // A string as itself, anything else as its JSON text.
+    let text = |v: Option<&RawValue>| {
+        v.map(|raw| serde_json::from_str::<String>(raw.get()).unwrap_or_else(|_| raw.get().to_owned()))
+    };
+    let value = |raw: &RawValue| {
+        serde_json::from_str(raw.get()).unwrap_or_else(|_| serde_json::Value::String(raw.get().to_owned()))
     };
     match serde_json::from_str::<Loose>(raw.get()) {
         Ok(l) => RemoteError {
             name: text(l.name).unwrap_or_else(|| "Error".into()),
             message: text(l.message).unwrap_or_default(),
-            code: l.code.and_then(crate::error::code_from),
+            code: l.code.map(value).and_then(crate::error::code_from),
             stack: text(l.stack),
-            data: l.data,
+            data: l.data.map(value),
         },
         Err(_) => RemoteError::new("Error", raw.get().to_string()),
     }

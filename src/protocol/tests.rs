@@ -219,6 +219,27 @@ fn an_error_code_read_is_a_string_or_a_number_too() {
 }
 
 #[test]
+fn an_error_whose_data_or_code_is_too_deep_for_a_value_keeps_its_name_and_message() {
+    // Node nests as deep as it likes; serde_json's `Value` stops at 128.
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    let text = format!(
+        r#"{{"_IPC_REQUEST/MSG_TYPE":"_IPC_REQUEST/MSG_TYPE:RESPONSE","_IPC_REQUEST/REQUEST_UID":"3","_IPC_REQUEST/PAYLOAD":null,"_IPC_REQUEST/ERROR":{{"name":"TypeError","message":"bad input","code":{deep},"stack":"at x","data":{{"d":{deep}}}}}}}"#
+    );
+    match classify(msg(&text)) {
+        Inbound::Response { error: Some(e), .. } => {
+            assert_eq!((e.name.as_str(), e.message.as_str()), ("TypeError", "bad input"));
+            assert_eq!(e.stack.as_deref(), Some("at x"));
+            assert_eq!(e.code, Some(serde_json::Value::String(deep.clone())));
+            assert_eq!(
+                e.data,
+                Some(serde_json::Value::String(format!(r#"{{"d":{deep}}}"#)))
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn malformed_error_still_fails_the_request() {
     let text = r#"{"_IPC_REQUEST/MSG_TYPE":"_IPC_REQUEST/MSG_TYPE:RESPONSE","_IPC_REQUEST/REQUEST_UID":"3","_IPC_REQUEST/PAYLOAD":null,"_IPC_REQUEST/ERROR":"oops"}"#;
     match classify(msg(text)) {

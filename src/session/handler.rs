@@ -143,9 +143,10 @@ impl std::fmt::Debug for HandOut {
 }
 
 impl Request {
-    /// The request data, deserialized.
+    /// The request data, deserialized; [`Error::DecodeRequest`] if it is
+    /// not a `T`.
     pub fn payload<T: DeserializeOwned>(&self) -> Result<T, Error> {
-        serde_json::from_str(self.payload.get()).map_err(Error::decode)
+        serde_json::from_str(self.payload.get()).map_err(|e| Error::DecodeRequest(std::sync::Arc::new(e)))
     }
 
     /// The request data as raw JSON text.

@@ -205,7 +205,7 @@ impl Session {
         Res: DeserializeOwned,
     {
         let raw = self.call(payload, self.shared.config.request_timeout).await?;
-        serde_json::from_str(raw.get()).map_err(Error::decode)
+        serde_json::from_str(raw.get()).map_err(Error::decode_answer)
     }
 
     /// Like [`Session::request`], with its own deadline: past it the
@@ -218,7 +218,7 @@ impl Session {
         Res: DeserializeOwned,
     {
         let raw = self.call(payload, Some(timeout)).await?;
-        serde_json::from_str(raw.get()).map_err(Error::decode)
+        serde_json::from_str(raw.get()).map_err(Error::decode_answer)
     }
 
     /// Sends a request and returns the answer as raw JSON text.
@@ -349,7 +349,7 @@ impl Session {
     /// `Err(Error::Frame(_))` item for each line that could not be read (too
     /// long, not JSON), unless the session could tell it was a request or
     /// the answer to one of ours (then that request fails instead, on
-    /// whichever side asked), and an `Err(Error::Decode(_))` item for a
+    /// whichever side asked), and an `Err(Error::Decode { .. })` item for a
     /// message serde_json cannot hold as a `Value` (nested more than 128
     /// deep, which Node allows). Returns `None` after the first call: there
     /// is one stream per session. It ends when the session closes. Messages
@@ -447,10 +447,10 @@ type BufferedMessage = (Result<Message, Error>, Option<OwnedSemaphorePermit>);
 impl Messages {
     /// The next plain message, or `None` once the session has ended. It is
     /// parsed here: a message serde_json cannot hold as a `Value` (nested
-    /// more than 128 deep) is an `Err(Error::Decode)` item.
+    /// more than 128 deep) is an `Err(Error::Decode { .. })` item.
     pub async fn recv(&mut self) -> Option<Result<serde_json::Value, Error>> {
         let (item, _budget) = self.rx.recv().await?;
-        Some(item.and_then(|message| serde_json::from_str(message.get()).map_err(Error::decode)))
+        Some(item.and_then(|message| serde_json::from_str(message.get()).map_err(Error::decode_message)))
     }
 }
 
