@@ -51,7 +51,7 @@ use crate::frame::{self, FrameDecoder, FrameError, LineText, Message};
 pub struct ChannelConfig {
     /// Longest message line, in bytes, read or written (default
     /// [`frame::DEFAULT_MAX_MESSAGE_LEN`], 64 MiB). Longer incoming lines are
-    /// skipped with [`FrameError::TooLong`](crate::FrameError::TooLong);
+    /// skipped with [`FrameError::TooLong`];
     /// longer outgoing messages are refused before anything is written.
     pub max_message_len: usize,
     /// How many bytes may wait in the outgoing queue before senders wait
