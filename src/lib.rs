@@ -4,7 +4,7 @@
 //! The wire is Node's own (JSON lines on a Unix socket pair, the child's end
 //! at the fd named by `NODE_CHANNEL_FD`) and the messages are those of the
 //! JS package ipc-request 1.0, so a Rust process and a Node process can be
-//! parent and child in either role. See `PROTOCOL.md` in the repository.
+//! parent and child in either role. See `docs/PROTOCOL.md` in the repository.
 //!
 //! Layers, each talking only to the one below:
 //! [`frame`] (bytes to JSON messages), [`channel`] (a duplex of messages over
