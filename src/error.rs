@@ -37,7 +37,7 @@ pub enum Error {
     /// cancelled there. Also what
     /// [`blocking::Messages::recv_timeout`](crate::blocking::Messages::recv_timeout)
     /// says when no message came in time.
-    #[error("no answer within {0:?}")]
+    #[error("timed out after {0:?}")]
     Timeout(Duration),
 
     /// The peer's handler failed; the peer sent back this error (`error`
@@ -116,6 +116,26 @@ pub enum Error {
 }
 
 impl Error {
+    /// The variant's name, as a [`RemoteError`] made from it is named.
+    fn variant_name(&self) -> &'static str {
+        match self {
+            Error::Closed(_) => "Closed",
+            Error::HandshakeTimeout(_) => "HandshakeTimeout",
+            Error::Timeout(_) => "Timeout",
+            Error::Remote(_) => "Remote",
+            Error::Frame(_) => "Frame",
+            Error::Decode { .. } => "Decode",
+            Error::DecodeRequest(_) => "DecodeRequest",
+            Error::AlreadyAnswered => "AlreadyAnswered",
+            Error::Cancelled => "Cancelled",
+            Error::ReservedMessage(_) => "ReservedMessage",
+            Error::ChannelEnv { .. } => "ChannelEnv",
+            Error::InvalidArgument(_) => "InvalidArgument",
+            Error::Spawn(_) => "Spawn",
+            Error::Io(_) => "Io",
+        }
+    }
+
     /// An answer that could not be deserialized.
     pub(crate) fn decode_answer(e: serde_json::Error) -> Self {
         Error::Decode {
@@ -298,11 +318,16 @@ impl fmt::Display for RemoteError {
 
 /// Any error type a handler returns with `?` becomes a `RemoteError` whose
 /// name is the error's type name (without its module path) and whose message
-/// is its `Display` text. `RemoteError` itself deliberately does not
-/// implement `std::error::Error`, so that this blanket conversion is possible
-/// (the same trick `anyhow::Error` uses).
-impl<E: std::error::Error> From<E> for RemoteError {
+/// is its `Display` text; this crate's own [`Error`] is named by its
+/// variant (`DecodeRequest` for a request payload `Request::payload` could
+/// not read), which says more than `Error`. `RemoteError` itself
+/// deliberately does not implement `std::error::Error`, so that this
+/// blanket conversion is possible (the same trick `anyhow::Error` uses).
+impl<E: std::error::Error + 'static> From<E> for RemoteError {
     fn from(e: E) -> Self {
+        if let Some(ours) = (&e as &dyn std::any::Any).downcast_ref::<Error>() {
+            return RemoteError::new(ours.variant_name(), e.to_string());
+        }
         let full = std::any::type_name::<E>();
         let short = full
             .split('<')

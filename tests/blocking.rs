@@ -94,6 +94,13 @@ fn a_blocking_parent_serves_and_asks_a_node_child() {
     assert!(matches!(late, Err(Error::Timeout(_))), "{late:?}");
     let cancelled: bool = session.request(&json!({"op": "cancelled", "key": "b1"})).unwrap();
     assert!(cancelled, "the child never saw the cancel");
+    let late_raw = session.request_raw_timeout(
+        &json!({"op": "wait_cancel", "key": "b2"}),
+        Duration::from_millis(100),
+    );
+    assert!(matches!(late_raw, Err(Error::Timeout(_))), "{late_raw:?}");
+    let cancelled: bool = session.request(&json!({"op": "cancelled", "key": "b2"})).unwrap();
+    assert!(cancelled, "the child never saw the raw request's cancel");
 
     let mut messages = session.messages().expect("the stream, once");
     assert!(session.messages().is_none());

@@ -1213,10 +1213,13 @@ async fn what_could_not_be_decoded_is_named_answer_request_or_message() {
 
     // The handler's `req.payload()?` fails; the caller hears it was its request.
     match a.request::<_, Value>(&deep).await {
-        Err(Error::Remote(e)) => assert!(
-            e.message.starts_with("could not decode the request's payload: "),
-            "{e:?}"
-        ),
+        Err(Error::Remote(e)) => {
+            assert_eq!(e.name, "DecodeRequest", "named by the variant, not `Error`");
+            assert!(
+                e.message.starts_with("could not decode the request's payload: "),
+                "{e:?}"
+            )
+        }
         other => panic!("{other:?}"),
     }
 
@@ -1227,4 +1230,21 @@ async fn what_could_not_be_decoded_is_named_answer_request_or_message() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[tokio::test]
+async fn a_raw_request_with_a_deadline_times_out_and_the_others_still_answer() {
+    let (a, _b) = connected().await;
+    let slow = json!({"op":"sleep","ms":5_000,"data":1});
+    match a.request_raw_timeout(&slow, Duration::from_millis(50)).await {
+        Err(e @ Error::Timeout(_)) => assert_eq!(e.to_string(), "timed out after 50ms"),
+        other => panic!("{other:?}"),
+    }
+    let quick = json!({"op":"echo","data":[1]});
+    let answer = a
+        .request_raw_timeout(&quick, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(answer.get(), "[1]");
+    assert_eq!(a.pending_requests(), 0);
 }

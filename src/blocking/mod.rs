@@ -456,6 +456,16 @@ impl Session {
         self.block_on(self.inner.session.request_raw(payload))
     }
 
+    /// [`crate::Session::request_raw_timeout`]: the answer as raw JSON
+    /// text, within `timeout`.
+    pub fn request_raw_timeout<Req: Serialize + ?Sized>(
+        &self,
+        payload: &Req,
+        timeout: Duration,
+    ) -> Result<Message, Error> {
+        self.block_on(self.inner.session.request_raw_timeout(payload, timeout))
+    }
+
     /// Sends a plain message: [`crate::Session::send`].
     pub fn send<T: Serialize + ?Sized>(&self, message: &T) -> Result<(), Error> {
         self.block_on(self.inner.session.send(message))

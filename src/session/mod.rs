@@ -231,6 +231,16 @@ impl Session {
         self.call(payload, self.shared.config.request_timeout).await
     }
 
+    /// [`request_raw`](Self::request_raw) with its own deadline, as
+    /// [`request_timeout`](Self::request_timeout) has.
+    pub async fn request_raw_timeout<Req: Serialize + ?Sized>(
+        &self,
+        payload: &Req,
+        timeout: Duration,
+    ) -> Result<Message, Error> {
+        self.call(payload, Some(timeout)).await
+    }
+
     async fn call<Req: Serialize + ?Sized>(
         &self,
         payload: &Req,
