@@ -5,7 +5,7 @@ mod common;
 use common::answer_handshake_as_one_dot_zero;
 use common::hand_played::{
     PeerReader, PeerWriter, next_line, one_handler_slot_for_a_hand_played_peer, send_one_dot_zero_request,
-    serve_a_hand_played_peer, serve_a_one_dot_zero_peer, wait_until_read, write_protocol_line,
+    serve_a_hand_played_peer, serve_a_one_dot_zero_peer, serve_over, wait_until_read, write_protocol_line,
 };
 
 use std::sync::Arc;
@@ -848,6 +848,41 @@ async fn a_request_too_long_to_read_is_refused_under_its_uid_as_sent() {
         line.contains(&format!(r#""_IPC_REQUEST/REQUEST_UID":"{long_uid}","#)),
         "{line}"
     );
+}
+
+#[tokio::test]
+async fn an_answer_too_long_for_its_uid_still_reaches_the_peer_as_an_error() {
+    // A UID that leaves less room than any answer needs: the answer, and
+    // the error that replaces it, are both longer than the maximum. The
+    // error goes anyway (as for a request too long to read), or the peer
+    // would wait for ever.
+    let results = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = results.clone();
+    let handler = responder_fn(move |_: Request, responder: Responder| {
+        let seen = seen.clone();
+        async move {
+            let sent = responder.respond(&"y".repeat(100)).await;
+            seen.lock().unwrap().push(format!("{sent:?}"));
+        }
+    });
+    let channel_config = ChannelConfig {
+        max_message_len: 1024,
+        ..ChannelConfig::default()
+    };
+    let (ours, theirs) = tokio::io::duplex(64 * 1024);
+    let builder = SessionBuilder::new().handler(handler);
+    let (_session, mut reader, mut writer) =
+        serve_over(ours, theirs, builder, channel_config, Some(&["error", "cancel"])).await;
+    let uid = "u".repeat(880);
+    write_protocol_line(&mut writer, "REQUEST", &uid, "1").await;
+    let line: Value = serde_json::from_str(&next_line(&mut reader, "the peer got no answer").await).unwrap();
+    assert_eq!(line["_IPC_REQUEST/REQUEST_UID"], uid.as_str());
+    assert_eq!(line["_IPC_REQUEST/PAYLOAD"], Value::Null);
+    let name = line["_IPC_REQUEST/ERROR"]["name"].as_str().unwrap();
+    assert!(matches!(name, "ResponseNotSent" | "ErrorTooLarge"), "{line}");
+    let told = results.lock().unwrap().clone();
+    assert_eq!(told.len(), 1);
+    assert!(told[0].contains("TooLong"), "{told:?}");
 }
 
 #[tokio::test]

@@ -82,12 +82,6 @@ impl Backlog {
         self.requests.len()
     }
 
-    /// What the next request to handle counts for (see [`request_size`]).
-    fn next_size(&self) -> Option<usize> {
-        let (_, (uid, payload)) = self.requests.first_key_value()?;
-        Some(request_size(uid, payload))
-    }
-
     /// The next request to handle.
     fn pop(&mut self) -> Option<(PeerUid, Message)> {
         let (_, (uid, payload)) = self.requests.pop_first()?;
@@ -248,47 +242,17 @@ impl Shared {
         // answer; the peer drops an answer to a cancelled request anyway.
     }
 
-    /// Takes `size` bytes of the budget of requests being handled
-    /// (`max_handled_request_bytes`); false if they do not fit. A request
-    /// larger than the whole budget fits when nothing else holds any.
-    fn take_handled_bytes(&self, size: usize) -> bool {
-        let max = self.config.max_handled_request_bytes;
-        let mut held = self.handled_bytes.load(Ordering::Acquire);
-        loop {
-            if held != 0 && held.saturating_add(size) > max {
-                return false;
-            }
-            match self.handled_bytes.compare_exchange_weak(
-                held,
-                held + size,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return true,
-                Err(now) => held = now,
-            }
-        }
-    }
-
-    /// Gives back bytes taken with [`take_handled_bytes`](Self::take_handled_bytes).
-    pub(super) fn give_back_handled_bytes(&self, size: usize) {
-        self.handled_bytes.fetch_sub(size, Ordering::AcqRel);
-    }
-
     /// Starts a handler for the peer's request, or queues the request
-    /// until a handler slot and room in the budget of requests being
-    /// handled free up. Waits (stops reading) only when the queue is full.
+    /// until a handler slot frees up. Waits (stops reading) only when the
+    /// queue is full.
     async fn start_handler(self: &Arc<Self>, uid: PeerUid, payload: Message) {
-        let size = request_size(&uid, &payload);
-        // The common case: nothing waits, a slot is free and the request
-        // fits beside those being handled.
+        // The common case: nothing waits and a slot is free.
         if self.backlog_len.load(Ordering::Acquire) == 0 {
             if let Ok(slot) = self.handler_slots.clone().try_acquire_owned() {
-                if self.take_handled_bytes(size) {
-                    return self.run_handler(uid, payload, HandlerSlot { slot, bytes: size });
-                }
+                return self.run_handler(uid, payload, slot);
             }
         }
+        let size = request_size(&uid, &payload);
         loop {
             let space = self.backlog_space.notified();
             {
@@ -310,13 +274,10 @@ impl Shared {
         self.drain_backlog();
     }
 
-    /// Runs queued requests while handler slots are free and the next
-    /// request fits the budget of requests being handled. Called after a
+    /// Runs queued requests while handler slots are free. Called after a
     /// request is queued and after a handler task finishes; each side
-    /// changes its state before looking at the other's (a task gives its
-    /// slot and bytes back before it looks at the backlog; the reader
-    /// queues under the backlog's lock, under which this looks at the
-    /// bytes), so no request is left waiting with a slot and room free.
+    /// changes its state before looking at the other's, so no request is
+    /// left waiting with a slot free.
     fn drain_backlog(self: &Arc<Self>) {
         loop {
             let Ok(slot) = self.handler_slots.clone().try_acquire_owned() else {
@@ -324,35 +285,26 @@ impl Shared {
             };
             let next = {
                 let mut backlog = self.backlog.lock().unwrap();
-                let Some(bytes) = backlog.next_size() else { return };
-                if !self.take_handled_bytes(bytes) {
-                    return;
-                }
-                let slot = HandlerSlot { slot, bytes };
                 let next = backlog.pop();
                 self.backlog_len.store(backlog.len(), Ordering::Release);
                 // Registered while the backlog still holds its lock: see
                 // `cancel_request`.
-                next.map(|(uid, payload)| (self.register_handler(uid), payload, slot))
+                next.map(|(uid, payload)| (self.register_handler(uid), payload))
             };
-            let Some((registered, payload, slot)) = next else {
-                return;
-            };
+            let Some((registered, payload)) = next else { return };
             self.backlog_space.notify_one();
             #[cfg(test)]
             tests::hooks::taken_from_backlog();
-            match registered {
-                Some((state, cancel)) => self.start_registered_handler(state, cancel, payload, slot),
-                // The session closed; the request is dropped with it.
-                None => slot.give_back(self),
+            // `None`: the session closed; the request is dropped with it.
+            if let Some((state, cancel)) = registered {
+                self.start_registered_handler(state, cancel, payload, slot);
             }
         }
     }
 
-    fn run_handler(self: &Arc<Self>, uid: PeerUid, payload: Message, slot: HandlerSlot) {
-        match self.register_handler(uid) {
-            Some((state, cancel)) => self.start_registered_handler(state, cancel, payload, slot),
-            None => slot.give_back(self),
+    fn run_handler(self: &Arc<Self>, uid: PeerUid, payload: Message, slot: OwnedSemaphorePermit) {
+        if let Some((state, cancel)) = self.register_handler(uid) {
+            self.start_registered_handler(state, cancel, payload, slot);
         }
     }
 
@@ -398,13 +350,13 @@ impl Shared {
         state: Arc<AnswerState>,
         cancel: CancellationToken,
         payload: Message,
-        slot: HandlerSlot,
+        slot: OwnedSemaphorePermit,
     ) {
         if state.is_refused() {
             // The peer cancelled it (or the session closed) as it moved from
             // the backlog to here: as a request cancelled while it waited,
             // it does not run. (Its entry is already out of `running`.)
-            return slot.give_back(self);
+            return;
         }
         let responder = Responder {
             shared: self.clone(),
@@ -423,13 +375,13 @@ impl Shared {
         let handler = self.handler.lock().unwrap().clone();
         let shared = self.clone();
         let mut task = Box::pin(async move {
+            let _slot = slot;
             // However the task ends (its handler may have answered long
-            // before), it lets go of the request's running-map entry, and
-            // gives back its slot and its bytes.
-            let _end = HandlerEnd(&state, &shared, slot);
+            // before), it lets go of the request's running-map entry.
+            let _entry = LetGoOfEntry(&state, &shared);
             let Some(handler) = handler else {
-                // Not kept while the answer waits for room: a peer that
-                // reads nothing must not make its requests pile up here.
+                // Not kept while the refusal waits for room in the queue
+                // (a peer that reads nothing makes it wait).
                 drop(request);
                 let _ = responder
                     .fail(RemoteError::new(
@@ -771,35 +723,11 @@ async fn with_exit_status(reason: CloseReason, peer_exit: Option<PeerExit>, grac
 
 /// Lets go of the handler task's hold on its request's entry in the map of
 /// running handlers (see [`AnswerState`]) when dropped.
-/// A handler slot, and the bytes its request holds of the budget of
-/// requests being handled (`SessionConfig::max_handled_request_bytes`):
-/// the slot alone would let 1,024 requests of 64 MiB each be held by
-/// handlers whose answers wait for a peer that reads nothing (a review
-/// measured 812 MiB for 400 MiB sent). Given back when the handler's task
-/// ends (see [`HandlerEnd`]), or by [`give_back`](Self::give_back) if it
-/// never starts.
-pub(super) struct HandlerSlot {
-    slot: OwnedSemaphorePermit,
-    bytes: usize,
-}
+struct LetGoOfEntry<'a>(&'a AnswerState, &'a Shared);
 
-impl HandlerSlot {
-    fn give_back(self, shared: &Shared) {
-        shared.give_back_handled_bytes(self.bytes);
-        drop(self.slot);
-    }
-}
-
-/// Held by a handler's task: when it ends, however it ends, lets go of its
-/// request's running-map entry and gives back its slot, bytes first (see
-/// `drain_backlog`).
-struct HandlerEnd<'a>(&'a AnswerState, &'a Shared, HandlerSlot);
-
-impl Drop for HandlerEnd<'_> {
+impl Drop for LetGoOfEntry<'_> {
     fn drop(&mut self) {
         self.0.let_go_of_entry(self.1);
-        self.1.give_back_handled_bytes(self.2.bytes);
-        // The slot itself goes with the struct, after this.
     }
 }
 

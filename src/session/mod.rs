@@ -150,9 +150,6 @@ pub(crate) struct Shared {
     backlog_space: Notify,
     /// The backlog's length, readable without its lock.
     backlog_len: AtomicUsize,
-    /// Bytes of the peer's requests whose handlers run (see
-    /// `SessionConfig::max_handled_request_bytes`).
-    handled_bytes: AtomicUsize,
     /// A handshake answer is already on its way during the handshake.
     answering_handshake: AtomicBool,
     /// Set when the handshake completes, and never cleared: a session can
