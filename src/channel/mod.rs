@@ -478,7 +478,9 @@ pub(crate) fn node_internal_cmd(json: &str) -> Option<String> {
 /// `cmd` as the first key (`{"cmd":"NODE_HANDLE","type":...,"msg":...}`),
 /// so a head that starts that way, literally, is one; one that does not is
 /// reported as a line too long, as before. (The rest of the line cannot be
-/// looked at: it is being skipped.)
+/// looked at: it is being skipped. So a line with `cmd` twice is judged by
+/// the first, where Node's reader takes the last; no Node writer makes
+/// one, as `JSON.stringify` writes each key once.)
 fn node_internal_cmd_at_head(head: &[u8]) -> Option<String> {
     let json_ws = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
     let skip_ws = |bytes: &'_ [u8]| -> usize { bytes.iter().take_while(|b| json_ws(b)).count() };
