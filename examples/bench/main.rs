@@ -3,7 +3,7 @@
 //! interleaved.
 //!
 //! ```sh
-//! cargo run --release --example bench -- --quick   # about a minute; CI smoke test
+//! cargo run --release --example bench -- --quick   # ~20 s of measuring; CI smoke test
 //! cargo run --release --example bench              # more repetitions, Node at 100,000 too
 //! ```
 //!
