@@ -20,31 +20,17 @@
 
 use std::collections::HashSet;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ipc_request::{Error, RemoteError, Request, Responder, Session, open_from_env, responder_fn, setup};
+use ipc_request::{Error, RemoteError, Request, Responder, open_from_env, responder_fn, setup};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
 #[derive(Default)]
 struct State {
-    session: OnceLock<Session>,
     cancelled: Mutex<HashSet<String>>,
     cancelled_changed: Notify,
-}
-
-impl State {
-    /// The session, once `setup` has returned (a request may arrive just
-    /// before that).
-    async fn session(&self) -> Session {
-        loop {
-            if let Some(session) = self.session.get() {
-                return session.clone();
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    }
 }
 
 #[tokio::main]
@@ -93,7 +79,6 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let _ = state.session.set(session.clone());
     session.closed().await;
     ExitCode::SUCCESS
 }
@@ -146,7 +131,8 @@ async fn handle(state: Arc<State>, request: Request, responder: Responder) {
             ))
         }
         "call" => {
-            let session = state.session().await;
+            // The handler calls the peer back on the request's own session.
+            let session = request.session();
             match session.request::<Value, Value>(&payload["data"]).await {
                 Ok(got) => Ok(json!({ "got": got })),
                 Err(Error::Remote(e)) => Ok(json!({ "error": *e })),
@@ -154,7 +140,7 @@ async fn handle(state: Arc<State>, request: Request, responder: Responder) {
             }
         }
         "plain" => {
-            let session = state.session().await;
+            let session = request.session();
             let messages = payload["messages"].as_array().cloned().unwrap_or_default();
             for m in &messages {
                 if let Err(e) = session.send(m).await {

@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipc_request::{
@@ -42,20 +42,18 @@ fn request_line(uid: u32) -> String {
 
 /// A session that holds its own reader up while its handler waits: one
 /// handler slot, one place in the backlog, and a handler that calls the
-/// peer back (telling `called_back` first) before it answers. Set the
-/// session into the cell once it is set up.
-fn held_up_by_its_handler() -> (SessionBuilder, Arc<OnceLock<Session>>, Arc<tokio::sync::Notify>) {
-    let session_cell: Arc<OnceLock<Session>> = Arc::new(OnceLock::new());
+/// peer back (telling `called_back` first) before it answers.
+fn held_up_by_its_handler() -> (SessionBuilder, Arc<tokio::sync::Notify>) {
     let called_back = Arc::new(tokio::sync::Notify::new());
-    let (handler_session, handler_called_back) = (session_cell.clone(), called_back.clone());
+    let handler_called_back = called_back.clone();
     let builder = SessionBuilder::new()
         .config(SessionConfig {
             max_concurrent_handlers: 1,
             max_queued_requests: 1,
             ..SessionConfig::default()
         })
-        .handler(responder_fn(move |_: Request, responder: Responder| {
-            let session = handler_session.get().unwrap().clone();
+        .handler(responder_fn(move |req: Request, responder: Responder| {
+            let session = req.session();
             let called_back = handler_called_back.clone();
             async move {
                 called_back.notify_one();
@@ -63,7 +61,7 @@ fn held_up_by_its_handler() -> (SessionBuilder, Arc<OnceLock<Session>>, Arc<toki
                 let _ = responder.respond(&answer.is_ok()).await;
             }
         }));
-    (builder, session_cell, called_back)
+    (builder, called_back)
 }
 
 /// A session held up by its handler (see [`held_up_by_its_handler`]) that
@@ -75,10 +73,9 @@ async fn held_up_by_three_requests() -> (
     tokio::net::unix::OwnedReadHalf,
     tokio::net::unix::OwnedWriteHalf,
 ) {
-    let (builder, session_cell, _) = held_up_by_its_handler();
+    let (builder, _) = held_up_by_its_handler();
     let (session, reader, mut writer) =
         session_with_a_hand_played_peer(builder, ChannelConfig::default()).await;
-    session_cell.set(session.clone()).unwrap();
     let requests: String = (1..=3).map(request_line).collect();
     writer.write_all(requests.as_bytes()).await.unwrap();
     (session, reader, writer)
@@ -182,7 +179,7 @@ async fn the_reader_does_not_wait_for_itself_when_its_answer_meets_a_broken_pipe
 async fn a_child_that_exits_while_this_side_holds_the_reader_up_ends_the_session() {
     use std::os::unix::process::ExitStatusExt;
 
-    let (builder, session_cell, called_back) = held_up_by_its_handler();
+    let (builder, called_back) = held_up_by_its_handler();
     let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
     let mut channel = Channel::from_unix(ours, ChannelConfig::default()).unwrap();
     let (exit_tx, exit_rx) = tokio::sync::watch::channel(None);
@@ -191,7 +188,6 @@ async fn a_child_that_exits_while_this_side_holds_the_reader_up_ends_the_session
     let (mut reader, mut writer) = theirs.into_split();
     common::answer_handshake(&mut reader, &mut writer, Some(&["error", "cancel"])).await;
     let session = setup.await.unwrap().unwrap();
-    session_cell.set(session.clone()).unwrap();
     let requests: String = (1..=3).map(request_line).collect();
     writer.write_all(requests.as_bytes()).await.unwrap();
     called_back.notified().await;

@@ -1248,3 +1248,20 @@ async fn a_raw_request_with_a_deadline_times_out_and_the_others_still_answer() {
     assert_eq!(answer.get(), "[1]");
     assert_eq!(a.pending_requests(), 0);
 }
+
+#[tokio::test]
+async fn a_handler_calls_the_peer_back_on_its_requests_session() {
+    let (a, b) = Channel::pair(ChannelConfig::default());
+    let calls_back = handler_fn(|req: Request| async move {
+        let asked: Value = req.payload()?;
+        let session = req.session();
+        let answer: Value = session.request(&json!({"op":"echo","data":asked})).await?;
+        Ok::<_, RemoteError>(json!({ "the caller said": answer }))
+    });
+    let (client, _server) = tokio::join!(
+        SessionBuilder::new().handler(ops_handler()).setup(a),
+        SessionBuilder::new().handler(calls_back).setup(b),
+    );
+    let got: Value = client.unwrap().request(&"hello").await.unwrap();
+    assert_eq!(got, json!({ "the caller said": "hello" }));
+}

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
-use super::Shared;
+use super::{Session, Shared};
 use crate::error::{Error, RemoteError};
 use crate::frame::Message;
 use crate::protocol::PeerUid;
@@ -111,33 +111,32 @@ pub(crate) fn panic_error(panic: Box<dyn Any + Send>) -> RemoteError {
 }
 
 /// A request from the peer, as the handler sees it.
-#[derive(Debug)]
 pub struct Request {
     pub(super) payload: Message,
     pub(super) cancel: CancellationToken,
-    /// For a peer that can cancel: what makes the token handed out by
-    /// [`cancellation_token`](Self::cancellation_token). `None` for one
-    /// that cannot, whose requests' tokens are the session's children.
-    pub(super) hand_out: Option<HandOut>,
-}
-
-/// The request's token for a peer that can cancel is the session's child
-/// only once handed out. Made a child for every request, it cost a lock on
-/// the session's token each, measured at 3% of a burst's instructions; not
-/// a child at all, a token handed to other tasks missed the session's
-/// close once the request's entry had gone (its handler done), and work
-/// started with it ran on (a review found it).
-pub(super) struct HandOut {
-    pub(super) state: Arc<AnswerState>,
-    /// For its `closing` token, taken only when a token is handed out: a
-    /// clone of that token takes its lock (measured: +1% of a burst).
+    /// The session it came on: for [`session`](Self::session), and for its
+    /// `closing` token, taken only when a token is handed out (a clone of
+    /// that token takes its lock: measured +1% of a burst).
     pub(super) shared: Arc<Shared>,
+    /// For a peer that can cancel: the answer state that keeps the token
+    /// handed out by [`cancellation_token`](Self::cancellation_token).
+    /// `None` for one that cannot, whose requests' tokens are the
+    /// session's children.
+    ///
+    /// The request's token for a peer that can cancel is the session's
+    /// child only once handed out. Made a child for every request, it cost
+    /// a lock on the session's token each, measured at 3% of a burst's
+    /// instructions; not a child at all, a token handed to other tasks
+    /// missed the session's close once the request's entry had gone (its
+    /// handler done), and work started with it ran on (a review found it).
+    pub(super) hand_out: Option<Arc<AnswerState>>,
 }
 
-impl std::fmt::Debug for HandOut {
+impl std::fmt::Debug for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HandOut")
-            .field("handed_out", &self.state.handed_out.get().is_some())
+        f.debug_struct("Request")
+            .field("payload", &self.payload)
+            .field("cancelled", &self.is_cancelled())
             .finish_non_exhaustive()
     }
 }
@@ -154,6 +153,15 @@ impl Request {
         &self.payload
     }
 
+    /// The session this request came on: to call the peer back while
+    /// handling it, or to send it plain messages. A handle like any other
+    /// (cheap; it does not keep the session from closing).
+    pub fn session(&self) -> Session {
+        Session {
+            shared: self.shared.clone(),
+        }
+    }
+
     /// True once the peer cancelled this request (`cancel` extension) or
     /// the channel closed, when an answer would not be written; also once
     /// the handler cancelled its [`cancellation_token`](Self::cancellation_token)
@@ -162,14 +170,13 @@ impl Request {
         if self.cancel.is_cancelled() {
             return true;
         }
-        let Some(hand_out) = &self.hand_out else {
+        if self.hand_out.is_none() {
             return false;
-        };
+        }
         // The session's close reaches the request's own token only while
-        // the handler runs (see `HandOut`); a request kept past that asks
+        // the handler runs (see `hand_out`); a request kept past that asks
         // the session, as `cancelled` hears it.
-        self.handed_out().is_some_and(CancellationToken::is_cancelled)
-            || hand_out.shared.closing.is_cancelled()
+        self.handed_out().is_some_and(CancellationToken::is_cancelled) || self.shared.closing.is_cancelled()
     }
 
     /// Resolves when the request is cancelled; select on it to stop work.
@@ -180,7 +187,7 @@ impl Request {
         // The handed-out token also hears the session's close, and the
         // handler's own cancel of it. Made here if it was not yet: a child
         // of the session's token, whose lock a burst of handlers that all
-        // wait on this share (see `HandOut`).
+        // wait on this share (see `hand_out`).
         let handed_out = self.cancellation_token();
         tokio::select! {
             () = self.cancel.cancelled() => {}
@@ -198,9 +205,8 @@ impl Request {
             return self.cancel.clone();
         };
         let token = hand_out
-            .state
             .handed_out
-            .get_or_init(|| hand_out.shared.closing.child_token())
+            .get_or_init(|| self.shared.closing.child_token())
             .clone();
         // A cancel before the token existed: `RunningHandler::refuse`
         // cancels the request's token, then the handed-out one if there is
@@ -213,7 +219,7 @@ impl Request {
 
     /// The token handed out, if it was.
     fn handed_out(&self) -> Option<&CancellationToken> {
-        self.hand_out.as_ref()?.state.handed_out.get()
+        self.hand_out.as_ref()?.handed_out.get()
     }
 }
 

@@ -14,7 +14,7 @@ use futures_util::FutureExt;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
-use super::handler::{AnswerState, HandOut};
+use super::handler::AnswerState;
 use super::{PeerInfo, Phase, Request, Responder, RunningHandler, Shared};
 use crate::channel::{ChannelReceiver, HangUpProbe, Parsed, PeerExit};
 use crate::error::{CloseReason, Error, RemoteError};
@@ -363,14 +363,11 @@ impl Shared {
             cancel: cancel.clone(),
             state: state.clone(),
         };
-        let hand_out = self.peer_can_cancel().then(|| HandOut {
-            state: state.clone(),
-            shared: self.clone(),
-        });
         let request = Request {
             payload,
             cancel,
-            hand_out,
+            shared: self.clone(),
+            hand_out: self.peer_can_cancel().then(|| state.clone()),
         };
         let handler = self.handler.lock().unwrap().clone();
         let shared = self.clone();
