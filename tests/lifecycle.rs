@@ -1072,3 +1072,32 @@ where
     }
     (server, reader, writer)
 }
+
+#[tokio::test]
+async fn a_request_before_the_peers_handshake_sees_a_peer_that_advertised_nothing() {
+    // A peer that breaks the protocol: it sends a request before any
+    // handshake message. The handler's session says what the session
+    // then assumes, rather than panicking.
+    let handler = handler_fn(|req: Request| async move {
+        let peer = req.session().peer().clone();
+        Ok::<_, ipc_request::RemoteError>((peer.advertises_extensions, peer.supports("cancel")))
+    });
+    let (ours, theirs) = tokio::io::duplex(64 * 1024);
+    let (mut reader, mut writer) = tokio::io::split(theirs);
+    let setup = tokio::spawn(
+        SessionBuilder::new()
+            .handler(handler)
+            .setup(Channel::from_stream(ours, ChannelConfig::default())),
+    );
+    let _hello = next_line(&mut reader, "no handshake request").await;
+    write_protocol_line(&mut writer, "REQUEST", "early", "null").await;
+    let answer: Value =
+        serde_json::from_str(&next_line(&mut reader, "no answer to the early request").await).unwrap();
+    assert_eq!(answer["_IPC_REQUEST/REQUEST_UID"], "early");
+    assert_eq!(
+        answer["_IPC_REQUEST/PAYLOAD"],
+        serde_json::json!([false, false]),
+        "{answer}"
+    );
+    setup.abort();
+}

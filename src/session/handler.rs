@@ -266,7 +266,7 @@ pub(super) struct AnswerState {
     /// given.
     nothing_written: AtomicBool,
     /// The token [`Request::cancellation_token`] handed out, for a peer
-    /// that can cancel (see [`HandOut`]).
+    /// that can cancel (see `Request::hand_out`).
     handed_out: OnceLock<CancellationToken>,
 }
 

@@ -320,7 +320,7 @@ impl Shared {
         // cost a lock on the session's token, measured at 3% of a burst's
         // instructions, so a peer that can cancel does not pay for them,
         // except for a request whose handler hands its token out or waits
-        // on `Request::cancelled` (see `HandOut`).
+        // on `Request::cancelled` (see `Request::hand_out`).
         let cancel = if self.peer_can_cancel() {
             CancellationToken::new()
         } else {

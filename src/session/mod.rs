@@ -377,12 +377,18 @@ impl Session {
         Some(Messages { rx })
     }
 
-    /// What the peer advertised in its handshake.
+    /// What the peer advertised in its handshake. Before any handshake
+    /// message of the peer's has come (the session of a request that a
+    /// peer sent without one, [`Request::session`]), a peer that advertised
+    /// nothing, as the session then treats it.
     pub fn peer(&self) -> &PeerInfo {
-        self.shared
-            .peer
-            .get()
-            .expect("set before the session is established")
+        static NOTHING_YET: PeerInfo = PeerInfo {
+            extensions: Vec::new(),
+            advertises_extensions: false,
+            takes_errors: false,
+            can_cancel: false,
+        };
+        self.shared.peer.get().unwrap_or(&NOTHING_YET)
     }
 
     /// Requests of ours waiting for an answer.
