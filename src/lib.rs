@@ -4,7 +4,35 @@
 //! The wire is Node's own (JSON lines on a Unix socket pair, the child's end
 //! at the fd named by `NODE_CHANNEL_FD`) and the messages are those of the
 //! JS package ipc-request 1.0, so a Rust process and a Node process can be
-//! parent and child in either role. See `docs/PROTOCOL.md` in the repository.
+//! parent and child in either role, and each side both asks and answers.
+//! `docs/PROTOCOL.md` in the repository is the reference for every byte;
+//! its README, for the behaviour, the defaults and the performance.
+//!
+//! ```no_run
+//! use ipc_request::{handler_fn, open_from_env, setup, spawn, RemoteError, Request};
+//!
+//! // The parent: start a child with a channel, shake hands, ask.
+//! async fn parent() -> Result<String, ipc_request::Error> {
+//!     let (channel, child) = spawn(std::process::Command::new("path/to/child"))?;
+//!     let session = setup(channel, None).await?;
+//!     let answer: String = session.request("ping").await?;
+//!     session.close();
+//!     child.wait().await?;
+//!     Ok(answer)
+//! }
+//!
+//! // The child (any program the parent starts: this one, or `node child.js`).
+//! async fn child() -> Result<(), ipc_request::Error> {
+//!     // SAFETY: no other thread reads the environment, which this changes.
+//!     let channel = unsafe { open_from_env() }?;
+//!     let handler = handler_fn(|req: Request| async move {
+//!         let text: String = req.payload()?;
+//!         Ok::<_, RemoteError>(format!("{text} pong"))
+//!     });
+//!     setup(channel, handler).await?.closed().await;
+//!     Ok(())
+//! }
+//! ```
 //!
 //! Layers, each talking only to the one below:
 //! [`frame`] (bytes to JSON messages), [`channel`] (a duplex of messages over
@@ -14,8 +42,12 @@
 //! without an async runtime.
 
 #![deny(missing_docs, missing_debug_implementations)]
-// The README's examples are compiled as doc tests, so they cannot rot.
-#![doc = include_str!("../README.md")]
+
+// The README's examples are compiled as doc tests, so they cannot rot. Not
+// the crate's front page: its links are relative to the repository.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExamples;
 
 #[cfg(not(unix))]
 compile_error!(
