@@ -17,14 +17,12 @@
 
 use std::collections::HashSet;
 use std::process::ExitCode;
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use ipc_request::{Error, RemoteError, Request, blocking};
 use serde_json::{Value, json};
 
-/// Set once `open_from_env` returns; a request may come before that.
-static SESSION: OnceLock<blocking::Session> = OnceLock::new();
 /// The keys of `wait_cancel` requests the parent cancelled.
 static CANCELLED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
 static CANCELLED_CHANGED: Condvar = Condvar::new();
@@ -41,20 +39,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let session = SESSION.get_or_init(|| session);
     // Serve until the parent disconnects.
     session.closed();
     ExitCode::SUCCESS
-}
-
-/// The session, once `main` has it.
-fn session() -> &'static blocking::Session {
-    loop {
-        if let Some(session) = SESSION.get() {
-            return session;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
 }
 
 // RemoteError is what a failed handler sends; that it is large does not
@@ -98,7 +85,7 @@ fn handle(request: Request) -> Result<Value, RemoteError> {
                 cancelled = CANCELLED_CHANGED.wait_timeout(cancelled, left).unwrap().0;
             }
         }
-        "call" => match session().request::<Value, Value>(&payload["data"]) {
+        "call" => match blocking::Peer::of(&request).request::<Value, Value>(&payload["data"]) {
             Ok(got) => Ok(json!({ "got": got })),
             Err(Error::Remote(e)) => Ok(json!({ "error": *e })),
             Err(e) => Ok(json!({ "error": { "name": "LocalError", "message": e.to_string() } })),
@@ -106,7 +93,7 @@ fn handle(request: Request) -> Result<Value, RemoteError> {
         "plain" => {
             let messages = payload["messages"].as_array().cloned().unwrap_or_default();
             for message in &messages {
-                session().send(message)?;
+                blocking::Peer::of(&request).send(message)?;
             }
             Ok(json!(messages.len()))
         }

@@ -5,7 +5,7 @@
 mod common;
 
 use std::os::unix::net::UnixStream as StdUnixStream;
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use ipc_request::{Channel, ChannelConfig, Error, Request, SessionBuilder, blocking};
@@ -25,19 +25,12 @@ fn handlers_that_call_back_get_a_thread_for_every_handler_slot() {
         .enable_all()
         .build()
         .unwrap();
-    let peer_cell: Arc<OnceLock<ipc_request::Session>> = Default::default();
-    let peer_handler = {
-        let peer_cell = peer_cell.clone();
-        ipc_request::handler_fn(move |req: Request| {
-            let peer_cell = peer_cell.clone();
-            async move {
-                let data: Value = req.payload()?;
-                let peer = peer_cell.get().expect("set before any request").clone();
-                peer.request::<_, Value>(&json!({"op": "echo", "data": data}))
-                    .await
-            }
-        })
-    };
+    let peer_handler = ipc_request::handler_fn(|req: Request| async move {
+        let data: Value = req.payload()?;
+        req.session()
+            .request::<_, Value>(&json!({"op": "echo", "data": data}))
+            .await
+    });
     let peer_setup = peer_runtime.spawn(async move {
         theirs.set_nonblocking(true).unwrap();
         let channel = Channel::from_unix(
@@ -49,9 +42,8 @@ fn handlers_that_call_back_get_a_thread_for_every_handler_slot() {
     // Each handler counts itself in and waits (for at most 10 s) until all
     // are there.
     let arrived = Arc::new((Mutex::new(0usize), Condvar::new()));
-    let our_cell: Arc<OnceLock<blocking::Session>> = Default::default();
     let our_handler = {
-        let (arrived, our_cell) = (arrived.clone(), our_cell.clone());
+        let arrived = arrived.clone();
         blocking::handler_fn(move |req: Request| {
             let payload: Value = req.payload()?;
             if payload["op"] == "echo" {
@@ -63,16 +55,11 @@ fn handlers_that_call_back_get_a_thread_for_every_handler_slot() {
             all_there.notify_all();
             let wait = Duration::from_secs(10);
             drop(all_there.wait_timeout_while(count, wait, |n| *n < CALLS).unwrap());
-            our_cell
-                .get()
-                .expect("set before any request")
-                .request(&payload["data"])
+            blocking::Peer::of(&req).request(&payload["data"])
         })
     };
     let session = common::blocking_session_over(ours, SessionBuilder::new().handler(our_handler));
-    our_cell.set(session.clone()).unwrap();
     let peer = peer_runtime.block_on(peer_setup).unwrap().unwrap();
-    peer_cell.set(peer.clone()).unwrap();
     let answers = peer_runtime.block_on(async {
         let calls = (0..CALLS).map(|i| {
             let peer = peer.clone();

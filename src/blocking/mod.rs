@@ -21,8 +21,9 @@
 //!
 //! Handlers are the async API's ([`crate::handler_fn`], [`crate::responder_fn`]),
 //! or [`handler_fn`] here for a plain function: it runs on a thread of the
-//! runtime's blocking pool, where it may block, and may call the session
-//! back (a request to the peer while answering one of its own).
+//! runtime's blocking pool, where it may block, and may call the peer back
+//! (a request to the peer while answering one of its own) through
+//! [`Peer::of`] its request.
 //!
 //! # Panics
 //!
@@ -67,6 +68,9 @@
 //! the queue was written.
 
 mod flush_at_exit;
+mod peer;
+
+pub use peer::Peer;
 
 use std::fs::File;
 use std::future::Future;

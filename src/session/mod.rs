@@ -170,6 +170,9 @@ pub(crate) struct Shared {
     /// The peer's exit status, when we own the child: the reader waits up
     /// to `exit_grace` for it before the session ends.
     peer_exit: Option<crate::channel::PeerExit>,
+    /// The runtime the session was set up on, whose tasks serve it: for the
+    /// blocking facade's calls from a handler's thread.
+    runtime: tokio::runtime::Handle,
 }
 
 /// A handle on an established session. Cheap to clone; all clones share it.
@@ -423,6 +426,11 @@ impl Session {
     pub async fn shutdown(&self) {
         self.close();
         self.shared.sender.finished().await
+    }
+
+    /// The runtime the session runs on.
+    pub(crate) fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.shared.runtime
     }
 
     /// The error of a write of ours that failed, if one did: what was

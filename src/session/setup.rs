@@ -196,6 +196,7 @@ impl SessionBuilder {
             message_bytes_total: message_bytes,
             handler: Mutex::new(self.handler),
             peer_exit: peer_exit.clone(),
+            runtime: tokio::runtime::Handle::current(),
             config,
         });
         // Until a Session is handed back, dropping this future (the

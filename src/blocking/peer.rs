@@ -1,0 +1,83 @@
+//! What a blocking handler calls the peer back with.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::Error;
+use crate::frame::Message;
+use crate::session::Request;
+
+/// The session a request came on, for a [`handler_fn`](super::handler_fn)
+/// handler to call the peer back while it answers: the calls of
+/// [`Session`](super::Session) that wait, made on the handler's thread.
+///
+/// It does not own the session, as a [`Session`](super::Session) handle
+/// does: dropping it closes nothing, so a handler may make and keep one
+/// freely (a handler holding a `Session` clone keeps the session from
+/// closing when the program drops its own). Like every blocking call, its
+/// calls panic in an async context; a `handler_fn` thread is not one.
+///
+/// ```no_run
+/// # use ipc_request::{blocking, Request, RemoteError};
+/// let handler = blocking::handler_fn(|req: Request| {
+///     let question: String = req.payload()?;
+///     let answer: String = blocking::Peer::of(&req).request(&format!("what is {question}?"))?;
+///     Ok::<_, RemoteError>(answer)
+/// });
+/// ```
+#[derive(Debug, Clone)]
+pub struct Peer {
+    session: crate::Session,
+}
+
+impl Peer {
+    /// The peer of the session `request` came on.
+    pub fn of(request: &Request) -> Peer {
+        Peer {
+            session: request.session(),
+        }
+    }
+
+    fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.session.runtime().block_on(future)
+    }
+
+    /// Sends a request and waits for its answer: [`crate::Session::request`].
+    pub fn request<Req, Res>(&self, payload: &Req) -> Result<Res, Error>
+    where
+        Req: Serialize + ?Sized,
+        Res: DeserializeOwned,
+    {
+        self.block_on(self.session.request(payload))
+    }
+
+    /// [`crate::Session::request_timeout`].
+    pub fn request_timeout<Req, Res>(&self, payload: &Req, timeout: Duration) -> Result<Res, Error>
+    where
+        Req: Serialize + ?Sized,
+        Res: DeserializeOwned,
+    {
+        self.block_on(self.session.request_timeout(payload, timeout))
+    }
+
+    /// [`crate::Session::request_raw`].
+    pub fn request_raw<Req: Serialize + ?Sized>(&self, payload: &Req) -> Result<Message, Error> {
+        self.block_on(self.session.request_raw(payload))
+    }
+
+    /// [`crate::Session::request_raw_timeout`].
+    pub fn request_raw_timeout<Req: Serialize + ?Sized>(
+        &self,
+        payload: &Req,
+        timeout: Duration,
+    ) -> Result<Message, Error> {
+        self.block_on(self.session.request_raw_timeout(payload, timeout))
+    }
+
+    /// Sends a plain message: [`crate::Session::send`].
+    pub fn send<T: Serialize + ?Sized>(&self, message: &T) -> Result<(), Error> {
+        self.block_on(self.session.send(message))
+    }
+}
