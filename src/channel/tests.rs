@@ -23,6 +23,53 @@ fn finished_resolves_when_the_writer_task_was_dropped_before_it_ran() {
     assert!(finished.is_ok(), "finished() waits for a writer that is gone");
 }
 
+#[test]
+fn sends_fail_and_write_nothing_once_the_writer_task_is_gone() {
+    // The writer task is dropped with its runtime. A send on another
+    // runtime must not take the direct path: a line the stream takes only
+    // in part would stay half-written, with nobody to write the rest.
+    use tokio::io::AsyncReadExt;
+    let (ours, mut theirs) = tokio::io::duplex(100);
+    let first = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let channel =
+        first.block_on(async { super::Channel::from_stream(ours, super::ChannelConfig::default()) });
+    drop(first);
+    let second = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    second.block_on(async {
+        let sender = channel.sender();
+        sender.finished().await;
+        for line in ["small".to_string(), "B".repeat(300)] {
+            match sender.send(&line).await {
+                Err(crate::Error::Closed(crate::CloseReason::Io(e))) => {
+                    assert!(e.to_string().contains("writer task was dropped"), "{e}")
+                }
+                other => panic!("a send past a writer that is gone: {other:?}"),
+            }
+        }
+        assert_eq!(sender.queued_bytes(), 0, "budget held by a line nobody writes");
+        let mut got = [0; 8];
+        let read = tokio::time::timeout(std::time::Duration::from_millis(100), theirs.read(&mut got)).await;
+        assert!(read.is_err(), "bytes were written: {:?}", read);
+    });
+}
+
+#[tokio::test]
+async fn finished_resolves_at_once_after_a_failed_write_though_the_shutdown_hangs() {
+    let (ours, _theirs) = tokio::io::duplex(1024);
+    let writer = FailsLaterNeverShutsDown {
+        fail: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        waker: Default::default(),
+    };
+    let channel = super::Channel::new(ours, writer, super::ChannelConfig::default());
+    assert!(channel.sender().send(&"lost").await.is_err(), "the write fails");
+    tokio::time::timeout(std::time::Duration::from_secs(5), channel.sender().finished())
+        .await
+        .expect("finished() waits for a shutdown that never completes");
+}
+
 #[tokio::test]
 async fn lines_left_unwritten_by_a_failed_channel_give_their_budget_back() {
     let (ours, theirs) = tokio::io::duplex(64);

@@ -179,9 +179,9 @@ impl ChannelSender {
             finished: CancellationToken::new(),
         });
         // Made here, not in the task: a task dropped before its first poll
-        // (its runtime shut down) must end `finished` too.
-        let finished = shared.finished.clone().drop_guard();
-        tokio::spawn(write_loop(rx, shared.clone(), finished));
+        // (its runtime shut down) must end the channel too.
+        let gone = WriterGone(shared.clone());
+        tokio::spawn(write_loop(rx, shared.clone(), gone));
         ChannelSender { shared, tx }
     }
 
@@ -517,16 +517,35 @@ impl SenderShared {
     }
 }
 
-/// The writer task. `_finished` ends [`ChannelSender::finished`] when the
-/// task ends, or is dropped unfinished (its runtime shut down): nobody may
-/// wait for a writer that is gone.
-async fn write_loop(
-    mut rx: mpsc::UnboundedReceiver<Command>,
-    shared: Arc<SenderShared>,
-    _finished: tokio_util::sync::DropGuard,
-) {
+/// Held by the writer task: when the task ends, or is dropped unfinished
+/// (its runtime shut down), the channel is closed and
+/// [`ChannelSender::finished`] resolves. Nobody may wait for a writer that
+/// is gone; and no send may take the direct path past it, where a line the
+/// stream takes only in part would be left half-written, with nobody to
+/// write the rest (a review found both).
+struct WriterGone(Arc<SenderShared>);
+
+impl Drop for WriterGone {
+    fn drop(&mut self) {
+        // The first reason stays: `Local` after a close, the write's error
+        // after a failure.
+        self.0.set_closed(CloseReason::Io(Arc::new(io::Error::other(
+            "the channel's writer task was dropped (its runtime shut down)",
+        ))));
+        self.0.finished.cancel();
+    }
+}
+
+/// The writer task.
+async fn write_loop(mut rx: mpsc::UnboundedReceiver<Command>, shared: Arc<SenderShared>, _gone: WriterGone) {
     if let Err(e) = write_until_closed(&mut rx, &shared).await {
         fail(&shared, e);
+    }
+    if shared.write_error.get().is_some() {
+        // Finished "at once after a failed write" (here or on the direct
+        // path): not after the shutdown below, which a stream may never
+        // complete.
+        shared.finished.cancel();
     }
     // Nothing more is written. After a failure, lines may still be queued:
     // dropped now, they give their budget back and fail whoever waits for
