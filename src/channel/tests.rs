@@ -3,19 +3,25 @@
 
 use super::node_internal_cmd;
 
-#[test]
-fn finished_resolves_when_the_writer_task_was_dropped_before_it_ran() {
-    // A channel made on a runtime that shuts down before its writer task
-    // is first polled, then used on another: nothing may wait for ever.
-    let (ours, _theirs) = tokio::io::duplex(64);
+/// A channel over `ours` made on a runtime that shuts down before its
+/// writer task is first polled, and a second runtime to use it on.
+fn whose_writer_task_is_gone(ours: tokio::io::DuplexStream) -> (super::Channel, tokio::runtime::Runtime) {
     let first = tokio::runtime::Builder::new_current_thread().build().unwrap();
     let channel =
         first.block_on(async { super::Channel::from_stream(ours, super::ChannelConfig::default()) });
     drop(first);
     let second = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
+        .enable_all()
         .build()
         .unwrap();
+    (channel, second)
+}
+
+#[test]
+fn finished_resolves_when_the_writer_task_was_dropped_before_it_ran() {
+    // Used on another runtime: nothing may wait for ever.
+    let (ours, _theirs) = tokio::io::duplex(64);
+    let (channel, second) = whose_writer_task_is_gone(ours);
     let finished = second.block_on(async {
         let waited = std::time::Duration::from_secs(5);
         tokio::time::timeout(waited, channel.sender().finished()).await
@@ -30,14 +36,7 @@ fn sends_fail_and_write_nothing_once_the_writer_task_is_gone() {
     // in part would stay half-written, with nobody to write the rest.
     use tokio::io::AsyncReadExt;
     let (ours, mut theirs) = tokio::io::duplex(100);
-    let first = tokio::runtime::Builder::new_current_thread().build().unwrap();
-    let channel =
-        first.block_on(async { super::Channel::from_stream(ours, super::ChannelConfig::default()) });
-    drop(first);
-    let second = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (channel, second) = whose_writer_task_is_gone(ours);
     second.block_on(async {
         let sender = channel.sender();
         sender.finished().await;
