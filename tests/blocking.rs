@@ -681,3 +681,56 @@ fn a_drop_in_a_current_thread_block_on_leaves_its_runtime_running() {
     });
     assert_eq!(got, MESSAGES, "messages lost");
 }
+
+#[test]
+fn a_runtime_dropped_while_a_blocking_handler_waits_on_the_peer_ends_the_wait() {
+    // An async session whose blocking handler calls the peer back, and a
+    // peer that never answers; the application drops the runtime with the
+    // session open. Tokio's drop waits for the handler's thread: the
+    // handler's call must fail, not wait for a reader that is gone.
+    let (ours, theirs) = StdUnixStream::pair().unwrap();
+    let _peer = std::thread::spawn(move || {
+        let mut reader = BufReader::new(theirs.try_clone().unwrap());
+        let mut hello = String::new();
+        reader.read_line(&mut hello).unwrap();
+        let answer = common::handshake_answer(hello.trim_end(), Some(&["error", "cancel"]));
+        let request = r#"{"_IPC_REQUEST/MSG_TYPE":"_IPC_REQUEST/MSG_TYPE:REQUEST","_IPC_REQUEST/REQUEST_UID":"1","_IPC_REQUEST/PAYLOAD":null}"#;
+        (&theirs)
+            .write_all(format!("{answer}{request}\n").as_bytes())
+            .unwrap();
+        // Reads everything, answers nothing, until the end of the stream.
+        let _ = std::io::copy(&mut reader, &mut std::io::sink());
+    });
+    let (entered, entered_rx) = mpsc::channel();
+    let (told, told_rx) = mpsc::channel();
+    let handler = blocking::handler_fn(move |req: Request| {
+        entered.send(()).unwrap();
+        let answer = blocking::Peer::of(&req).request::<_, Value>(&"never answered");
+        told.send(format!("{answer:?}")).unwrap();
+        answer
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let session = runtime
+        .block_on(async {
+            ours.set_nonblocking(true).unwrap();
+            let stream = tokio::net::UnixStream::from_std(ours).unwrap();
+            ipc_request::setup(Channel::from_unix(stream, ChannelConfig::default())?, handler).await
+        })
+        .unwrap();
+    entered_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let (dropped, dropped_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        drop(runtime);
+        dropped.send(()).unwrap();
+    });
+    dropped_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the runtime's drop waits for ever for a handler blocked on the peer");
+    let told = told_rx.recv_timeout(Duration::from_secs(1)).unwrap();
+    assert!(told.contains("reader task was dropped"), "{told}");
+    drop(session);
+}

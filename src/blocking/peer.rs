@@ -19,6 +19,13 @@ use crate::session::Request;
 /// closing when the program drops its own). Like every blocking call, its
 /// calls panic in an async context; a `handler_fn` thread is not one.
 ///
+/// Its calls are driven by the runtime the session was set up on. On a
+/// multi-thread runtime (the blocking facade's own, or `#[tokio::main]`'s)
+/// that is always so; on a current-thread runtime, only while some thread
+/// is inside that runtime's `block_on`: a program that leaves it while a
+/// handler calls back leaves the call waiting (its deadline too) until it
+/// comes back.
+///
 /// ```no_run
 /// # use ipc_request::{blocking, Request, RemoteError};
 /// let handler = blocking::handler_fn(|req: Request| {

@@ -55,6 +55,26 @@ fn sends_fail_and_write_nothing_once_the_writer_task_is_gone() {
     });
 }
 
+#[test]
+fn a_line_left_half_written_when_the_writer_task_is_dropped_gives_its_budget_back() {
+    // A direct write the stream takes in part leaves the rest for the
+    // writer task; the task is dropped with its runtime before it runs.
+    let (ours, _theirs) = tokio::io::duplex(100);
+    let first = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let channel = first.block_on(async {
+        let channel = super::Channel::from_stream(ours, super::ChannelConfig::default());
+        channel.sender().send(&"B".repeat(300)).await.unwrap();
+        channel
+    });
+    assert!(channel.sender().queued_bytes() > 0, "the rest waits for the task");
+    drop(first);
+    assert_eq!(
+        channel.sender().queued_bytes(),
+        0,
+        "budget held by a line nobody writes"
+    );
+}
+
 #[tokio::test]
 async fn finished_resolves_at_once_after_a_failed_write_though_the_shutdown_hangs() {
     let (ours, _theirs) = tokio::io::duplex(1024);

@@ -351,9 +351,17 @@ impl ChannelSender {
                 // down showed in the large-payload profile.
                 stream.partial = Some((out, n));
                 shared.queued_lines.fetch_add(1, Ordering::AcqRel);
-                self.tx
-                    .send(Command::WritePartial)
-                    .map_err(|_| self.closed_error())
+                if self.tx.send(Command::WritePartial).is_err() {
+                    // The writer task is gone (dropped with its runtime as
+                    // this line was written): nobody will write the rest.
+                    // The line stays torn, and the peer drops a line the
+                    // stream's end cuts short (PROTOCOL.md 1.2); its budget
+                    // at least comes back.
+                    stream.partial = None;
+                    shared.queued_lines.fetch_sub(1, Ordering::AcqRel);
+                    return Err(self.closed_error());
+                }
+                Ok(())
             }
             Err(e) => {
                 drop(stream);
@@ -532,6 +540,12 @@ impl Drop for WriterGone {
         self.0.set_closed(CloseReason::Io(Arc::new(io::Error::other(
             "the channel's writer task was dropped (its runtime shut down)",
         ))));
+        // The rest of a line a direct write left for the task is never
+        // written now: its budget comes back. (A direct write holding the
+        // lock sees the task gone itself, when it hands the rest over.)
+        if let Ok(mut stream) = self.0.writer.try_lock() {
+            stream.partial = None;
+        }
         self.0.finished.cancel();
     }
 }

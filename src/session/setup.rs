@@ -210,7 +210,11 @@ impl SessionBuilder {
         tokio::spawn(end_when_the_peer_is_gone_and_the_reader_held_up(shared.clone()));
         let reader = read_loop(shared.clone(), receiver, peer_exit, our_uid.clone());
         let reader_shared = shared.clone();
+        // Made here and moved in: a task dropped even before its first poll
+        // drops it.
+        let gone = ReaderGone(shared.clone());
         tokio::spawn(async move {
+            let _gone = gone;
             // A panic on the reader (a bug, or a panicking stream the channel
             // was built on) must fail what waits on it, not leave it hanging.
             if futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(reader))
@@ -263,6 +267,22 @@ impl Drop for ShutOnDrop {
         if let Some(shared) = self.0.take() {
             shared.shut(CloseReason::Local);
         }
+    }
+}
+
+/// Held by the reader task: if the task is dropped before it ends the
+/// session itself (its runtime shut down with the session open), ends it,
+/// so that every pending request fails instead of waiting for a reader
+/// that is gone. A blocking handler waiting on one (`blocking::Peer`) would
+/// otherwise keep the runtime's drop waiting for its thread for ever (a
+/// review found it). After a normal end it does nothing: the session is
+/// closed already.
+struct ReaderGone(Arc<Shared>);
+
+impl Drop for ReaderGone {
+    fn drop(&mut self) {
+        let error = std::io::Error::other("the session's reader task was dropped (its runtime shut down)");
+        self.0.shut(CloseReason::Io(Arc::new(error)));
     }
 }
 
