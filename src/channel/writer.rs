@@ -180,8 +180,11 @@ impl ChannelSender {
         });
         // Made here, not in the task: a task dropped before its first poll
         // (its runtime shut down) must end the channel too.
-        let gone = WriterGone(shared.clone());
-        tokio::spawn(write_loop(rx, shared.clone(), gone));
+        let gone = WriterGone {
+            shared: shared.clone(),
+            rx: Some(rx),
+        };
+        tokio::spawn(write_loop(gone));
         ChannelSender { shared, tx }
     }
 
@@ -531,28 +534,41 @@ impl SenderShared {
 /// is gone; and no send may take the direct path past it, where a line the
 /// stream takes only in part would be left half-written, with nobody to
 /// write the rest (a review found both).
-struct WriterGone(Arc<SenderShared>);
+///
+/// It holds the task's queue, so that the queue goes first, whatever order
+/// the task's state is dropped in: a direct write that hands the rest of
+/// its line over after that finds the task gone, and takes the line back
+/// itself; one that handed it over before has let go of the lock, and the
+/// rest is dropped here. (Left: one that handed it over and still holds
+/// the lock in the instant this runs keeps that budget.)
+struct WriterGone {
+    shared: Arc<SenderShared>,
+    rx: Option<mpsc::UnboundedReceiver<Command>>,
+}
 
 impl Drop for WriterGone {
     fn drop(&mut self) {
+        drop(self.rx.take());
         // The first reason stays: `Local` after a close, the write's error
         // after a failure.
-        self.0.set_closed(CloseReason::Io(Arc::new(io::Error::other(
+        self.shared.set_closed(CloseReason::Io(Arc::new(io::Error::other(
             "the channel's writer task was dropped (its runtime shut down)",
         ))));
         // The rest of a line a direct write left for the task is never
-        // written now: its budget comes back. (A direct write holding the
-        // lock sees the task gone itself, when it hands the rest over.)
-        if let Ok(mut stream) = self.0.writer.try_lock() {
+        // written now: its budget comes back.
+        if let Ok(mut stream) = self.shared.writer.try_lock() {
             stream.partial = None;
         }
-        self.0.finished.cancel();
+        self.shared.finished.cancel();
     }
 }
 
 /// The writer task.
-async fn write_loop(mut rx: mpsc::UnboundedReceiver<Command>, shared: Arc<SenderShared>, _gone: WriterGone) {
-    if let Err(e) = write_until_closed(&mut rx, &shared).await {
+async fn write_loop(mut gone: WriterGone) {
+    let shared = gone.shared.clone();
+    // Borrowed, not taken: dropped with the task, it must go with `gone`.
+    let rx = gone.rx.as_mut().expect("the queue, until the task ends");
+    if let Err(e) = write_until_closed(rx, &shared).await {
         fail(&shared, e);
     }
     if shared.write_error.get().is_some() {
@@ -568,7 +584,7 @@ async fn write_loop(mut rx: mpsc::UnboundedReceiver<Command>, shared: Arc<Sender
     while rx.try_recv().is_ok() {}
     // A send that got past the close an instant before it may still push
     // its line: dropping the queue drops that one too.
-    drop(rx);
+    gone.rx = None;
     let mut stream = shared.writer.lock().await;
     stream.partial = None;
     // However it ended (`close`, every handle gone, a failed write), the

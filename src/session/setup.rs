@@ -277,12 +277,18 @@ impl Drop for ShutOnDrop {
 /// otherwise keep the runtime's drop waiting for its thread for ever (a
 /// review found it). After a normal end it does nothing: the session is
 /// closed already.
+///
+/// Ended as `Local`: this side's program shut its runtime down, an
+/// ordinary way for a program to end (a `main` that returns with its
+/// sessions open), which is no failure to warn of.
 struct ReaderGone(Arc<Shared>);
 
 impl Drop for ReaderGone {
     fn drop(&mut self) {
-        let error = std::io::Error::other("the session's reader task was dropped (its runtime shut down)");
-        self.0.shut(CloseReason::Io(Arc::new(error)));
+        if self.0.closed_reason().is_none() {
+            tracing::debug!("the session's runtime shut down with the session open");
+        }
+        self.0.shut(CloseReason::Local);
     }
 }
 
