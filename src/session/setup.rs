@@ -209,20 +209,26 @@ impl SessionBuilder {
         let mut phase = shared.phase.subscribe();
         tokio::spawn(end_when_the_peer_is_gone_and_the_reader_held_up(shared.clone()));
         let reader = read_loop(shared.clone(), receiver, peer_exit, our_uid.clone());
-        let reader_shared = shared.clone();
-        // Made here and moved in: a task dropped even before its first poll
-        // drops it.
-        let gone = ReaderGone(shared.clone());
+        // The reader task holds the session through a guard that ends it if
+        // the task is dropped before it ended the session itself: its
+        // runtime shut down with the session open. Every pending request
+        // then fails, instead of waiting for a reader that is gone (a
+        // blocking handler waiting on one, through `blocking::Peer`, kept
+        // the runtime's drop waiting for its thread for ever: a review
+        // found it). Made here and moved in, so that a task dropped before
+        // its first poll drops it too. After the reader's own end the
+        // session is closed already, and the guard does nothing.
+        let reader_guard = ShutOnDrop(Some(shared.clone()));
         tokio::spawn(async move {
-            let _gone = gone;
             // A panic on the reader (a bug, or a panicking stream the channel
             // was built on) must fail what waits on it, not leave it hanging.
             if futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(reader))
                 .await
                 .is_err()
+                && let Some(shared) = &reader_guard.0
             {
                 let error = std::io::Error::other("the session's reader panicked");
-                reader_shared.shut(CloseReason::Io(Arc::new(error)));
+                shared.shut(CloseReason::Io(Arc::new(error)));
             }
         });
 
@@ -259,36 +265,21 @@ impl SessionBuilder {
     }
 }
 
-/// Shuts the session down when dropped, unless taken out first.
+/// Shuts the session down when dropped, unless taken out first: a setup
+/// given up before it handed a `Session` back, or a reader task dropped
+/// with its runtime. Ended as `Local`: this side's program let go of it,
+/// an ordinary way for a program to end (a `main` that returns with its
+/// sessions open), which is no failure to warn of.
 struct ShutOnDrop(Option<Arc<Shared>>);
 
 impl Drop for ShutOnDrop {
     fn drop(&mut self) {
         if let Some(shared) = self.0.take() {
+            if shared.closed_reason().is_none() {
+                tracing::debug!("a session was let go of while open: it is closed");
+            }
             shared.shut(CloseReason::Local);
         }
-    }
-}
-
-/// Held by the reader task: if the task is dropped before it ends the
-/// session itself (its runtime shut down with the session open), ends it,
-/// so that every pending request fails instead of waiting for a reader
-/// that is gone. A blocking handler waiting on one (`blocking::Peer`) would
-/// otherwise keep the runtime's drop waiting for its thread for ever (a
-/// review found it). After a normal end it does nothing: the session is
-/// closed already.
-///
-/// Ended as `Local`: this side's program shut its runtime down, an
-/// ordinary way for a program to end (a `main` that returns with its
-/// sessions open), which is no failure to warn of.
-struct ReaderGone(Arc<Shared>);
-
-impl Drop for ReaderGone {
-    fn drop(&mut self) {
-        if self.0.closed_reason().is_none() {
-            tracing::debug!("the session's runtime shut down with the session open");
-        }
-        self.0.shut(CloseReason::Local);
     }
 }
 
