@@ -144,6 +144,11 @@ impl Error {
         }
     }
 
+    /// A request's payload that could not be deserialized.
+    pub(crate) fn decode_request(e: serde_json::Error) -> Self {
+        Error::DecodeRequest(Arc::new(e))
+    }
+
     /// A plain message that could not be deserialized.
     pub(crate) fn decode_message(e: serde_json::Error) -> Self {
         Error::Decode {

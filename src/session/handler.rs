@@ -145,7 +145,7 @@ impl Request {
     /// The request data, deserialized; [`Error::DecodeRequest`] if it is
     /// not a `T`.
     pub fn payload<T: DeserializeOwned>(&self) -> Result<T, Error> {
-        serde_json::from_str(self.payload.get()).map_err(|e| Error::DecodeRequest(std::sync::Arc::new(e)))
+        serde_json::from_str(self.payload.get()).map_err(Error::decode_request)
     }
 
     /// The request data as raw JSON text.
