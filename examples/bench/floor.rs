@@ -219,6 +219,11 @@ pub struct ChildChannel {
 }
 
 impl ChildChannel {
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Starts this bench binary in `mode` with the other end of a fresh
     /// socket pair at fd 3 and `NODE_CHANNEL_FD=3`.
     pub fn spawn(exe: &Path, mode: &'static str) -> io::Result<ChildChannel> {
@@ -285,6 +290,11 @@ pub struct FloorPeer {
 }
 
 impl FloorPeer {
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.channel.pid()
+    }
+
     /// Starts a `floor-child`.
     pub fn spawn(exe: &Path) -> io::Result<FloorPeer> {
         Ok(FloorPeer {
@@ -376,6 +386,11 @@ pub struct TokioEchoPeer {
 }
 
 impl TokioEchoPeer {
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Must be called inside the runtime that will drive it.
     pub fn spawn(exe: &Path) -> io::Result<TokioEchoPeer> {
         let (stream, child, mode) = ChildChannel::spawn(exe, "tokio-echo-child")?.into_parts();

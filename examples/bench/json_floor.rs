@@ -133,6 +133,11 @@ pub struct JsonFloorPeer {
 }
 
 impl JsonFloorPeer {
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.channel.pid()
+    }
+
     /// Starts a `json-child`.
     pub fn spawn(exe: &Path) -> io::Result<JsonFloorPeer> {
         Ok(JsonFloorPeer {

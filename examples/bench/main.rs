@@ -17,9 +17,16 @@
 //! crate, echoing each payload as raw JSON), `hold-child` and `mem-parent`
 //! (the memory measurement, see `ours.rs`). `profile-burst N [REPS]` runs
 //! only our burst of N against a `rust-child` and prints requests/s, to
-//! look at under `perf record`. `count [burst|seq|big]` runs a fixed workload
+//! look at under `perf record` (`seq`, `big`, `join` and `floor-seq` as a
+//! third argument: see `ours::profile_burst`). `count [burst|seq|big]` runs a fixed workload
 //! between two sessions in one process, for instruction counts:
 //! `valgrind --tool=callgrind target/release/examples/bench count burst`.
+//!
+//! The sequential rows run three ways in each repetition: as the kernel
+//! places the processes, then with every thread of the parent and its
+//! children pinned to one CPU, then with the parent on one CPU and the
+//! children on another (see `sys::Placement` for why); `seq_rtt_ratio` is
+//! taken on one CPU.
 //!
 //! Each repetition runs every variant once, in a fixed order; the first
 //! repetition is a warm-up and is not recorded. The table shows medians over
@@ -47,6 +54,7 @@ use std::time::{Duration, Instant};
 
 use ours::{BenchResult, Fanout, OursPeer};
 use report::{Samples, Series, row};
+use sys::Placement;
 
 const BURSTS: [usize; 3] = [1_000, 10_000, 100_000];
 /// Bursts also measured as futures of one task (see `Fanout::JoinAll`).
@@ -193,6 +201,41 @@ fn run(opts: &Options) -> BenchResult<()> {
     let ours_blocking = ours::BlockingPeer::spawn(&exe)?;
     let mut samples = Samples::default();
 
+    // The sequential rows run three times per repetition: placed as the
+    // kernel likes, then pinned (see `sys::Placement`). Pinned runs need
+    // two CPUs this process may use and the right to set affinities.
+    let cpus = sys::allowed_cpus().map_err(|e| format!("reading the CPU affinity: {e}"))?;
+    let child_pids = [
+        floor.pid(),
+        json_floor.pid(),
+        tokio_echo.pid(),
+        ours.pid(),
+        ours_blocking.pid(),
+    ];
+    let place = |placement: Placement| -> BenchResult<()> {
+        let (parent, children) = match placement {
+            Placement::Free => (&cpus[..], &cpus[..]),
+            Placement::OneCpu => (&cpus[..1], &cpus[..1]),
+            Placement::TwoCpus => (&cpus[..1], &cpus[1..2]),
+        };
+        let pin = |pid: u32, set: &[usize]| {
+            sys::pin_process(pid, set).map_err(|e| format!("setting the CPU affinity of {pid}: {e}"))
+        };
+        pin(std::process::id(), parent)?;
+        child_pids.iter().try_for_each(|&pid| pin(pid, children))
+    };
+    let placements = match place(Placement::Free) {
+        Ok(()) if cpus.len() >= 2 => vec![Placement::Free, Placement::OneCpu, Placement::TwoCpus],
+        Ok(()) => {
+            println!("note: one CPU available: the sequential rows run as scheduled only\n");
+            vec![Placement::Free]
+        }
+        Err(e) => {
+            println!("note: {e}: the sequential rows run as scheduled only\n");
+            vec![Placement::Free]
+        }
+    };
+
     for rep in 0..=opts.reps {
         let rep_start = Instant::now();
         let warmup = rep == 0;
@@ -204,20 +247,25 @@ fn run(opts: &Options) -> BenchResult<()> {
         let floor_err = |e: std::io::Error| format!("floor: {e}");
         let json_err = |e: std::io::Error| format!("json floor: {e}");
 
-        let d = floor.sequential(&seq_line, opts.seq_iters).map_err(floor_err)?;
-        s("floor_seq_rtt", secs(d) * 1e6);
-        let d = json_floor.sequential(opts.seq_iters).map_err(json_err)?;
-        s("json_floor_seq_rtt", secs(d) * 1e6);
-        // On a worker thread, as our own requests run (see ours.rs).
-        let (peer, d) = rt
-            .block_on(rt.spawn(tokio_echo.sequential(seq_line.clone(), opts.seq_iters)))
-            .map_err(|e| e.to_string())?;
-        tokio_echo = peer;
-        s("tokio_echo_seq_rtt", secs(d.map_err(floor_err)?) * 1e6);
-        let d = rt.block_on(ours.sequential(opts.seq_iters))?;
-        s("ours_seq_rtt", secs(d) * 1e6);
-        let d = ours_blocking.sequential(opts.seq_iters)?;
-        s("ours_blocking_seq_rtt", secs(d) * 1e6);
+        for &placement in &placements {
+            place(placement)?;
+            let key = |name: &str| format!("{name}_seq_rtt{}", placement.key_suffix());
+            let d = floor.sequential(&seq_line, opts.seq_iters).map_err(floor_err)?;
+            s(&key("floor"), secs(d) * 1e6);
+            let d = json_floor.sequential(opts.seq_iters).map_err(json_err)?;
+            s(&key("json_floor"), secs(d) * 1e6);
+            // On a worker thread, as our own requests run (see ours.rs).
+            let (peer, d) = rt
+                .block_on(rt.spawn(tokio_echo.sequential(seq_line.clone(), opts.seq_iters)))
+                .map_err(|e| e.to_string())?;
+            tokio_echo = peer;
+            s(&key("tokio_echo"), secs(d.map_err(floor_err)?) * 1e6);
+            let d = rt.block_on(ours.sequential(opts.seq_iters))?;
+            s(&key("ours"), secs(d) * 1e6);
+            let d = ours_blocking.sequential(opts.seq_iters)?;
+            s(&key("ours_blocking"), secs(d) * 1e6);
+        }
+        place(Placement::Free)?;
 
         for (i, &n) in BURSTS.iter().enumerate() {
             let d = floor.exchange(&burst_bytes[i], &mut echo).map_err(floor_err)?;
@@ -316,33 +364,28 @@ fn print_report(
     started: Instant,
 ) -> BenchResult<()> {
     let floor_of = |k: &str| Some(k.to_string());
-    let mut rows = vec![
-        row("floor_seq_rtt", "floor: sequential round trip", "µs", None),
-        row(
-            "json_floor_seq_rtt",
-            format!("{JSON_FLOOR}: sequential round trip"),
+    // Rows of a placement that did not run have no samples and are left out.
+    let mut rows = Vec::new();
+    for placement in [Placement::Free, Placement::OneCpu, Placement::TwoCpus] {
+        let key = |name: &str| format!("{name}_seq_rtt{}", placement.key_suffix());
+        let label = |what: &str| format!("{what}: sequential round trip{}", placement.label_suffix());
+        let floor = Some(key("floor"));
+        rows.push(row(key("floor"), label("floor"), "µs", None));
+        rows.push(row(key("json_floor"), label(JSON_FLOOR), "µs", floor.clone()));
+        rows.push(row(
+            key("tokio_echo"),
+            label("raw echo with tokio::net::UnixStream (no JSON)"),
             "µs",
-            floor_of("floor_seq_rtt"),
-        ),
-        row(
-            "tokio_echo_seq_rtt",
-            "raw echo with tokio::net::UnixStream (no JSON): sequential round trip",
+            floor.clone(),
+        ));
+        rows.push(row(key("ours"), label("ours Rust↔Rust"), "µs", floor.clone()));
+        rows.push(row(
+            key("ours_blocking"),
+            label("ours Rust↔Rust, blocking API (ipc_request::blocking)"),
             "µs",
-            floor_of("floor_seq_rtt"),
-        ),
-        row(
-            "ours_seq_rtt",
-            "ours Rust↔Rust: sequential round trip",
-            "µs",
-            floor_of("floor_seq_rtt"),
-        ),
-        row(
-            "ours_blocking_seq_rtt",
-            "ours Rust↔Rust, blocking API (ipc_request::blocking): sequential round trip",
-            "µs",
-            floor_of("floor_seq_rtt"),
-        ),
-    ];
+            floor,
+        ));
+    }
     for n in BURSTS {
         let nn = report::fmt_value(n as f64);
         rows.push(row(
@@ -503,10 +546,28 @@ fn print_report(
     }
     println!("\nwall time: {:.1} s\n", secs(started.elapsed()));
 
+    // seq_rtt_ratio is taken with both processes on one CPU when that ran:
+    // there a round trip costs what the two processes compute plus two
+    // context switches, repetition after repetition, while the placement
+    // left free decides between 10 µs and 35 µs for the floor alone (see
+    // `sys::Placement`). The other placements are in the table.
+    let seq_placement = if samples.get("ours_seq_rtt_one_cpu").is_some() {
+        Placement::OneCpu
+    } else {
+        Placement::Free
+    };
+    let seq_key = |name: &str| format!("{name}_seq_rtt{}", seq_placement.key_suffix());
+    println!(
+        "seq_rtt_ratio: sequential round trips{}\n",
+        match seq_placement {
+            Placement::Free => " as scheduled (pinning did not run)",
+            _ => seq_placement.label_suffix(),
+        }
+    );
     let results: [(&str, Option<f64>); 7] = [
         (
             "seq_rtt_ratio",
-            samples.paired("ours_seq_rtt", "floor_seq_rtt", |a, b| a / b),
+            samples.paired(&seq_key("ours"), &seq_key("floor"), |a, b| a / b),
         ),
         (
             "burst_ratio_vs_raw",

@@ -105,6 +105,11 @@ pub struct OursPeer {
 }
 
 impl OursPeer {
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub async fn spawn(exe: &Path, mode: &str, args: &[String]) -> BenchResult<OursPeer> {
         let mut command = Command::new(exe);
         command.arg(mode).args(args);
@@ -189,6 +194,11 @@ pub struct BlockingPeer {
 }
 
 impl BlockingPeer {
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn spawn(exe: &Path) -> BenchResult<BlockingPeer> {
         let mut command = Command::new(exe);
         command.arg("rust-child");
@@ -412,13 +422,19 @@ async fn measure_memory(n: usize) -> BenchResult<(u64, u64, usize)> {
     Ok((before, during, future_size))
 }
 
-/// `profile-burst N [REPS] [join]`: only our burst of N, REPS times
-/// (default 3), printing requests/s for each; a target for `perf record`.
-/// With `join`, the requests are futures of one task (join_all); with
-/// `big`, one string payload of N bytes is echoed instead (MB/s).
+/// `profile-burst N [REPS] [join|seq|big|floor-seq]`: only our burst of
+/// N, REPS times (default 3), printing requests/s for each; a target for
+/// `perf record`. With `join`, the requests are futures of one task
+/// (join_all); with `seq`, N sequential round trips instead (µs each);
+/// with `big`, one string payload of N bytes is echoed (MB/s); with
+/// `floor-seq`, the floor's N sequential round trips (no runtime at all), to
+/// compare where the kernel places the two processes (docs/performance.md).
 pub fn profile_burst(args: &[String]) -> ExitCode {
     let n: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10_000);
     let reps: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(3);
+    if args.get(3).is_some_and(|a| a == "floor-seq") {
+        return profile_floor_seq(n, reps);
+    }
     let rt = runtime();
     let result = rt.block_on(async {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -448,6 +464,26 @@ pub fn profile_burst(args: &[String]) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("[profile-burst] {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn profile_floor_seq(n: usize, reps: usize) -> ExitCode {
+    let result = (|| -> std::io::Result<()> {
+        let exe = std::env::current_exe()?;
+        let mut floor = crate::floor::FloorPeer::spawn(&exe)?;
+        let line = request_line(1_000, 1_000).into_bytes();
+        for _ in 0..reps {
+            let d = floor.sequential(&line, n)?;
+            println!("floor sequential: {:.2} µs per round trip", d.as_secs_f64() * 1e6);
+        }
+        floor.finish()
+    })();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("[profile-burst floor-seq] {e}");
             ExitCode::FAILURE
         }
     }

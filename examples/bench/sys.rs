@@ -72,3 +72,86 @@ pub fn rss_bytes() -> Result<u64, String> {
         .map_err(|e| format!("VmRSS line {line:?}: {e}"))?;
     Ok(kb * 1024)
 }
+
+/// Where the sequential rows run. A round trip with one message in flight
+/// is mostly two wake-ups, and what a wake-up costs depends on where the
+/// kernel puts the woken thread: on this kind of shared VM, waking a thread
+/// on the other (idle) CPU costs over 10 µs, waking it on the waker's own
+/// CPU a few. A blocking `read` is woken with the kernel's "sync" hint and
+/// often lands on the writer's CPU; an `epoll_wait` (Tokio's, and so ours)
+/// is woken without it and lands on whichever CPU is idle. Left free, each
+/// repetition of each variant is a draw of that placement (the floor itself
+/// measures 10 µs or 35 µs by the draw), so the bench also runs the
+/// sequential rows with the placement fixed (docs/performance.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// As the kernel schedules them.
+    Free,
+    /// Every thread of the parent and of its children on one CPU.
+    OneCpu,
+    /// The parent on one CPU, every child on another.
+    TwoCpus,
+}
+
+impl Placement {
+    /// The suffix of the sample keys (`floor_seq_rtt{suffix}`).
+    pub fn key_suffix(self) -> &'static str {
+        match self {
+            Placement::Free => "",
+            Placement::OneCpu => "_one_cpu",
+            Placement::TwoCpus => "_two_cpus",
+        }
+    }
+
+    /// The end of the table's row labels.
+    pub fn label_suffix(self) -> &'static str {
+        match self {
+            Placement::Free => "",
+            Placement::OneCpu => ", both processes on one CPU",
+            Placement::TwoCpus => ", parent and child on two CPUs",
+        }
+    }
+}
+
+/// The CPUs this process may run on (its affinity when the bench started).
+pub fn allowed_cpus() -> std::io::Result<Vec<usize>> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set, and
+    // sched_getaffinity writes at most size_of::<cpu_set_t>() bytes into it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((0..libc::CPU_SETSIZE as usize)
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect())
+}
+
+/// Sets the affinity of every thread of process `pid` (this process or a
+/// child of the bench) to `cpus`. A thread that ends meanwhile is skipped;
+/// threads started later inherit the affinity of the thread that starts
+/// them.
+pub fn pin_process(pid: u32, cpus: &[usize]) -> std::io::Result<()> {
+    // SAFETY: as in allowed_cpus; CPU_SET only writes inside the set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus {
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let Some(tid) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<libc::pid_t>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: `set` is a valid cpu_set_t of the size passed.
+        let rc = unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+        if rc != 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::ESRCH) {
+                return Err(err);
+            }
+        }
+    }
+    Ok(())
+}
