@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Options: `--quick`, `--reps N` (measured repetitions), `--no-files` (do
-//! not write `bench/results.json` and `docs/throughput.svg`).
+//! not write `bench/results.json` and `docs/throughput.svg`), `--no-pin`
+//! (sequential rows as scheduled only).
 //!
 //! The binary is also its own children, selected by the first argument:
 //! `floor-child` (blocking line echo, see `floor.rs`), `json-child` (the
@@ -70,6 +71,8 @@ struct Options {
     seq_iters: usize,
     node_sizes: Vec<usize>,
     write_files: bool,
+    /// Run the sequential rows pinned too (`--no-pin`: not).
+    pin: bool,
 }
 
 impl Options {
@@ -85,12 +88,14 @@ impl Options {
                 vec![1, 1_000, 10_000, 100_000]
             },
             write_files: true,
+            pin: true,
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
             match a.as_str() {
                 "--quick" => {}
                 "--no-files" => opts.write_files = false,
+                "--no-pin" => opts.pin = false,
                 "--reps" => {
                     opts.reps = it
                         .next()
@@ -225,6 +230,7 @@ fn run(opts: &Options) -> BenchResult<()> {
         child_pids.iter().try_for_each(|&pid| pin(pid, children))
     };
     let placements = match place(Placement::Free) {
+        Ok(()) if !opts.pin => vec![Placement::Free],
         Ok(()) if cpus.len() >= 2 => vec![Placement::Free, Placement::OneCpu, Placement::TwoCpus],
         Ok(()) => {
             println!("note: one CPU available: the sequential rows run as scheduled only\n");
