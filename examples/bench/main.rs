@@ -19,8 +19,9 @@
 //! (the memory measurement, see `ours.rs`). `profile-burst N [REPS]` runs
 //! only our burst of N against a `rust-child` and prints requests/s, to
 //! look at under `perf record` (`seq`, `big`, `join` and `floor-seq` as a
-//! third argument: see `ours::profile_burst`). `count [burst|seq|big]` runs a fixed workload
-//! between two sessions in one process, for instruction counts:
+//! third argument: see `ours::profile_burst`). `count [burst|seq|big]`
+//! runs a fixed workload between two sessions in one process, for
+//! instruction counts:
 //! `valgrind --tool=callgrind target/release/examples/bench count burst`.
 //!
 //! The sequential rows run three ways in each repetition: as the kernel
@@ -106,7 +107,7 @@ impl Options {
                 "--bench" => {} // passed by `cargo bench --all-targets`-style runners
                 other => {
                     return Err(format!(
-                        "unknown option {other:?} (try --quick, --reps N, --no-files)"
+                        "unknown option {other:?} (try --quick, --reps N, --no-files, --no-pin)"
                     ));
                 }
             }
@@ -208,8 +209,8 @@ fn run(opts: &Options) -> BenchResult<()> {
 
     // The sequential rows run three times per repetition: placed as the
     // kernel likes, then pinned (see `sys::Placement`). Pinned runs need
-    // two CPUs this process may use and the right to set affinities.
-    let cpus = sys::allowed_cpus().map_err(|e| format!("reading the CPU affinity: {e}"))?;
+    // two CPUs this process may use and the right to set affinities;
+    // without them, or with `--no-pin`, only the first runs.
     let child_pids = [
         floor.pid(),
         json_floor.pid(),
@@ -217,26 +218,36 @@ fn run(opts: &Options) -> BenchResult<()> {
         ours.pid(),
         ours_blocking.pid(),
     ];
+    let cpus = if opts.pin {
+        sys::allowed_cpus().map_err(|e| format!("reading the CPU affinity: {e}"))
+    } else {
+        Err("--no-pin".to_string())
+    };
     let place = |placement: Placement| -> BenchResult<()> {
+        let Ok(cpus) = &cpus else {
+            return Ok(());
+        };
         let (parent, children) = match placement {
             Placement::Free => (&cpus[..], &cpus[..]),
             Placement::OneCpu => (&cpus[..1], &cpus[..1]),
             Placement::TwoCpus => (&cpus[..1], &cpus[1..2]),
         };
-        let pin = |pid: u32, set: &[usize]| {
-            sys::pin_process(pid, set).map_err(|e| format!("setting the CPU affinity of {pid}: {e}"))
+        let pin = |pid: Option<u32>, set: &[usize]| {
+            sys::pin_process(pid, set).map_err(|e| {
+                let who = pid.map_or("this process".to_string(), |pid| format!("child {pid}"));
+                format!("setting the CPU affinity of {who}: {e}")
+            })
         };
-        pin(std::process::id(), parent)?;
-        child_pids.iter().try_for_each(|&pid| pin(pid, children))
+        pin(None, parent)?;
+        child_pids.iter().try_for_each(|&pid| pin(Some(pid), children))
     };
-    let placements = match place(Placement::Free) {
-        Ok(()) if !opts.pin => vec![Placement::Free],
-        Ok(()) if cpus.len() >= 2 => vec![Placement::Free, Placement::OneCpu, Placement::TwoCpus],
-        Ok(()) => {
+    let placements = match (cpus.as_ref(), place(Placement::Free).as_ref()) {
+        (Ok(cpus), Ok(())) if cpus.len() >= 2 => Placement::ALL.to_vec(),
+        (Ok(_), Ok(())) => {
             println!("note: one CPU available: the sequential rows run as scheduled only\n");
             vec![Placement::Free]
         }
-        Err(e) => {
+        (Err(e), _) | (_, Err(e)) => {
             println!("note: {e}: the sequential rows run as scheduled only\n");
             vec![Placement::Free]
         }
@@ -255,7 +266,7 @@ fn run(opts: &Options) -> BenchResult<()> {
 
         for &placement in &placements {
             place(placement)?;
-            let key = |name: &str| format!("{name}_seq_rtt{}", placement.key_suffix());
+            let key = |name: &str| placement.key(name);
             let d = floor.sequential(&seq_line, opts.seq_iters).map_err(floor_err)?;
             s(&key("floor"), secs(d) * 1e6);
             let d = json_floor.sequential(opts.seq_iters).map_err(json_err)?;
@@ -372,8 +383,8 @@ fn print_report(
     let floor_of = |k: &str| Some(k.to_string());
     // Rows of a placement that did not run have no samples and are left out.
     let mut rows = Vec::new();
-    for placement in [Placement::Free, Placement::OneCpu, Placement::TwoCpus] {
-        let key = |name: &str| format!("{name}_seq_rtt{}", placement.key_suffix());
+    for placement in Placement::ALL {
+        let key = |name: &str| placement.key(name);
         let label = |what: &str| format!("{what}: sequential round trip{}", placement.label_suffix());
         let floor = Some(key("floor"));
         rows.push(row(key("floor"), label("floor"), "µs", None));
@@ -555,14 +566,14 @@ fn print_report(
     // seq_rtt_ratio is taken with both processes on one CPU when that ran:
     // there a round trip costs what the two processes compute plus two
     // context switches, repetition after repetition, while the placement
-    // left free decides between 10 µs and 35 µs for the floor alone (see
-    // `sys::Placement`). The other placements are in the table.
-    let seq_placement = if samples.get("ours_seq_rtt_one_cpu").is_some() {
-        Placement::OneCpu
-    } else {
-        Placement::Free
+    // left free decides between about 10 µs and 35-50 µs for the floor
+    // alone (see `sys::Placement`). It measures the software, not the
+    // latency on an idle multi-core machine: the two-CPU rows are that.
+    let seq_placement = match samples.get(&Placement::OneCpu.key("ours")) {
+        Some(_) => Placement::OneCpu,
+        None => Placement::Free,
     };
-    let seq_key = |name: &str| format!("{name}_seq_rtt{}", seq_placement.key_suffix());
+    let seq_key = |name: &str| seq_placement.key(name);
     println!(
         "seq_rtt_ratio: sequential round trips{}\n",
         match seq_placement {

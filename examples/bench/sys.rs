@@ -75,15 +75,14 @@ pub fn rss_bytes() -> Result<u64, String> {
 
 /// Where the sequential rows run. A round trip with one message in flight
 /// is mostly two wake-ups, and what a wake-up costs depends on where the
-/// kernel puts the woken thread: on this kind of shared VM, waking a thread
-/// on the other (idle) CPU costs over 10 µs, waking it on the waker's own
-/// CPU a few. A blocking `read` is woken with the kernel's "sync" hint and
-/// often lands on the writer's CPU; an `epoll_wait` (Tokio's, and so ours)
-/// is woken without it and lands on whichever CPU is idle. Left free, each
-/// repetition of each variant is a draw of that placement (the floor itself
-/// measures 10 µs or 35 µs by the draw), so the bench also runs the
-/// sequential rows with the placement fixed (docs/performance.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// kernel runs the woken thread: on this kind of shared VM, waking it on
+/// the other CPU costs over 10 µs (an interrupt through the hypervisor),
+/// on the waker's own CPU a few. Left free, the scheduler decides that
+/// from moment to moment, by which CPU is idle; measured, the floor alone
+/// read 10 µs or 35–50 µs by the draw, and ours 15 µs or 55 µs. So the
+/// bench also runs the sequential rows with the placement fixed
+/// (docs/performance.md).
+#[derive(Clone, Copy)]
 pub enum Placement {
     /// As the kernel schedules them.
     Free,
@@ -94,13 +93,18 @@ pub enum Placement {
 }
 
 impl Placement {
-    /// The suffix of the sample keys (`floor_seq_rtt{suffix}`).
-    pub fn key_suffix(self) -> &'static str {
-        match self {
+    /// Every placement, in the order the bench runs them.
+    pub const ALL: [Placement; 3] = [Placement::Free, Placement::OneCpu, Placement::TwoCpus];
+
+    /// The sample key of a sequential row of variant `name` in this
+    /// placement (`floor_seq_rtt_one_cpu`).
+    pub fn key(self, name: &str) -> String {
+        let suffix = match self {
             Placement::Free => "",
             Placement::OneCpu => "_one_cpu",
             Placement::TwoCpus => "_two_cpus",
-        }
+        };
+        format!("{name}_seq_rtt{suffix}")
     }
 
     /// The end of the table's row labels.
@@ -115,28 +119,36 @@ impl Placement {
 
 /// The CPUs this process may run on (its affinity when the bench started).
 pub fn allowed_cpus() -> std::io::Result<Vec<usize>> {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set, and
-    // sched_getaffinity writes at most size_of::<cpu_set_t>() bytes into it.
+    // SAFETY: a zeroed cpu_set_t is a valid empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
+    // SAFETY: sched_getaffinity writes at most the size passed into `set`.
+    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok((0..libc::CPU_SETSIZE as usize)
+        // SAFETY: CPU_ISSET reads one bit of a valid set, index < CPU_SETSIZE.
         .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
         .collect())
 }
 
-/// Sets the affinity of every thread of process `pid` (this process or a
-/// child of the bench) to `cpus`. A thread that ends meanwhile is skipped;
-/// threads started later inherit the affinity of the thread that starts
-/// them.
-pub fn pin_process(pid: u32, cpus: &[usize]) -> std::io::Result<()> {
-    // SAFETY: as in allowed_cpus; CPU_SET only writes inside the set.
+/// Sets the affinity of every thread of a process to `cpus`: of this one
+/// (`None`, through /proc/self, right in any PID namespace) or of a child
+/// of the bench. A thread that ends meanwhile is skipped; threads started
+/// later inherit the affinity of the thread that starts them.
+pub fn pin_process(pid: Option<u32>, cpus: &[usize]) -> std::io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     for &cpu in cpus {
+        // SAFETY: CPU_SET writes one bit inside the set (it checks the
+        // index; these come from `allowed_cpus`, below CPU_SETSIZE).
         unsafe { libc::CPU_SET(cpu, &mut set) };
     }
-    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+    let tasks = match pid {
+        Some(pid) => format!("/proc/{pid}/task"),
+        None => "/proc/self/task".to_string(),
+    };
+    for entry in std::fs::read_dir(tasks)? {
         let Some(tid) = entry?
             .file_name()
             .to_str()
