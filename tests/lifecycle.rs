@@ -58,6 +58,55 @@ async fn a_deadline_fails_the_request_cancels_it_at_the_peer_and_leaves_nothing_
 }
 
 #[tokio::test]
+async fn requests_that_time_out_still_queued_are_never_sent() {
+    // A peer that can cancel, behind a 256-byte pipe it does not read
+    // until every request below has timed out: most of them are still in
+    // our queue then (the writer takes at most 64 KiB of lines for one
+    // write; these are 500 KiB). Those must never reach the peer, neither
+    // as requests nor as cancels; the ones already taken are cancelled.
+    let (unused, _) = cancel_observer();
+    let extensions = Some(&["error", "cancel"][..]);
+    let (client, mut reader, _writer) =
+        serve_a_hand_played_peer(unused, ChannelConfig::default(), 256, extensions).await;
+    const COUNT: usize = 250;
+    let payload = "x".repeat(2048);
+    let (client, payload) = (&client, &payload);
+    let calls = (0..COUNT).map(|i| async move {
+        client
+            .request_raw_timeout(&(i, payload), Duration::from_millis(200))
+            .await
+    });
+    for result in futures_util::future::join_all(calls).await {
+        assert!(matches!(result, Err(Error::Timeout(_))), "{result:?}");
+    }
+    assert_eq!(client.pending_requests(), 0);
+    client.close();
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(10), reader.read_to_string(&mut text))
+        .await
+        .expect("the stream never ended")
+        .unwrap();
+    let (mut requested, mut cancelled) = (Vec::new(), Vec::new());
+    for line in text.lines() {
+        let message: Value = serde_json::from_str(line).unwrap();
+        let uid = message["_IPC_REQUEST/REQUEST_UID"].as_str().unwrap().to_string();
+        match message["_IPC_REQUEST/MSG_TYPE"].as_str().unwrap() {
+            "_IPC_REQUEST/MSG_TYPE:REQUEST" => requested.push(uid),
+            "_IPC_REQUEST/MSG_TYPE:CANCEL" => cancelled.push(uid),
+            other => panic!("unexpected {other} in {line}"),
+        }
+    }
+    assert!(
+        requested.len() < COUNT / 4,
+        "{} of {COUNT} requests were written though they timed out in our queue",
+        requested.len()
+    );
+    cancelled.sort();
+    requested.sort();
+    assert_eq!(cancelled, requested, "exactly the requests written are cancelled");
+}
+
+#[tokio::test]
 async fn the_session_default_deadline_applies() {
     let (handler, _seen) = cancel_observer();
     let config = ipc_request::SessionConfig {

@@ -24,6 +24,7 @@
 //! construction; a test counts our open descriptors to keep proving it.
 
 mod unix;
+mod withdrawals;
 mod writer;
 
 use std::borrow::Cow;
@@ -40,6 +41,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::watch;
 
 pub(crate) use unix::HangUpProbe;
+pub(crate) use withdrawals::LineTicket;
 pub use writer::ChannelSender;
 pub(crate) use writer::line_text;
 

@@ -644,3 +644,154 @@ fn a_node_command_is_known_by_the_head_of_its_line() {
         assert_eq!(cmd(not_node), None, "{}", String::from_utf8_lossy(not_node));
     }
 }
+
+/// The lines the peer end reads until the stream ends, as texts.
+async fn read_to_end_lines(mut theirs: impl tokio::io::AsyncRead + Unpin) -> Vec<String> {
+    use tokio::io::AsyncReadExt;
+    let mut bytes = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(10), theirs.read_to_end(&mut bytes))
+        .await
+        .expect("the stream never ended")
+        .unwrap();
+    String::from_utf8(bytes)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_withdrawn_line_is_never_written_and_the_others_keep_their_order() {
+    // A 64-byte pipe nobody reads yet: every line waits in the queue.
+    let (ours, theirs) = tokio::io::duplex(64);
+    let channel = super::Channel::from_stream(ours, super::ChannelConfig::default());
+    let sender = channel.sender().clone();
+    let mut tickets = Vec::new();
+    for i in 0..10 {
+        // Both paths: the direct one queues too while others wait.
+        let line = format!("\"{i:0>96}\"\n").into_bytes();
+        let ticket = sender.send_withdrawable_line(line, i % 2 == 0).await.unwrap();
+        tickets.push(ticket.expect("a queued line comes with a ticket"));
+    }
+    for i in [0, 3, 6, 9] {
+        assert!(sender.withdraw(tickets[i]), "line {i} was still queued");
+    }
+    sender.close();
+    let lines = read_to_end_lines(theirs).await;
+    let expected: Vec<String> = [1, 2, 4, 5, 7, 8]
+        .iter()
+        .map(|i| format!("\"{i:0>96}\""))
+        .collect();
+    assert_eq!(lines, expected);
+    // Written lines can no longer be taken back; every byte of budget is back.
+    assert!(!sender.withdraw(tickets[1]));
+    tokio::time::timeout(std::time::Duration::from_secs(5), sender.finished())
+        .await
+        .expect("the writer task never ended: a withdrawn line still counted as queued?");
+    assert_eq!(sender.queued_bytes(), 0);
+}
+
+#[tokio::test]
+async fn a_line_written_at_once_has_no_ticket() {
+    let (ours, _theirs) = tokio::io::duplex(4096);
+    let channel = super::Channel::from_stream(ours, super::ChannelConfig::default());
+    let ticket = channel
+        .sender()
+        .send_withdrawable_line(b"\"now\"\n".to_vec(), false)
+        .await
+        .unwrap();
+    assert!(ticket.is_none(), "nothing waited: the line is written already");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_line_is_written_exactly_when_its_withdrawal_fails() {
+    // Withdrawals race the writer task taking lines over a real socket
+    // pair with a reader: the peer must get exactly the lines whose
+    // withdrawal failed, whole and in order.
+    let mut withdrawn_in_all = 0;
+    for round in 0..20 {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        for s in [&ours, &theirs] {
+            s.set_nonblocking(true).unwrap();
+            // A small socket buffer, so that lines wait in the queue.
+            let size: libc::c_int = 4096;
+            // SAFETY: a valid socket and an int option of the size given.
+            let rc = unsafe {
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(s),
+                    libc::SOL_SOCKET,
+                    libc::SO_SNDBUF,
+                    (&raw const size).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(rc, 0);
+        }
+        let channel = super::Channel::from_unix_socket(ours.into(), super::ChannelConfig::default()).unwrap();
+        let theirs = tokio::net::UnixStream::from_std(theirs).unwrap();
+        // And a peer that reads in small bites.
+        let peer = tokio::spawn(read_to_end_lines(SlowReader(theirs)));
+        let sender = channel.sender().clone();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let withdrawing = sender.clone();
+        let withdrawer = tokio::spawn(async move {
+            let mut kept = Vec::new();
+            let mut n = 0u32;
+            while let Some((i, ticket)) = rx.recv().await {
+                let ticket: Option<super::LineTicket> = ticket;
+                n = n.wrapping_mul(1_103_515_245).wrapping_add(12_345 + i);
+                let withdrawn = n % 3 == 0 && ticket.is_some_and(|t| withdrawing.withdraw(t));
+                if !withdrawn {
+                    kept.push(i);
+                }
+                if n % 7 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            kept
+        });
+        for i in 0..2_000u32 {
+            let line = format!("[{round},{i},\"{}\"]\n", "x".repeat((i % 50) as usize)).into_bytes();
+            let ticket = sender.send_withdrawable_line(line, i % 3 != 0).await.unwrap();
+            tx.send((i, ticket)).unwrap();
+        }
+        drop(tx);
+        let kept = withdrawer.await.unwrap();
+        sender.close();
+        let got: Vec<u32> = peer
+            .await
+            .unwrap()
+            .iter()
+            .map(|line| {
+                let v: (u32, u32, String) = serde_json::from_str(line).expect("a whole line");
+                assert_eq!(v.0, round);
+                v.1
+            })
+            .collect();
+        withdrawn_in_all += 2_000 - kept.len();
+        assert_eq!(got, kept, "round {round}");
+    }
+    // Not a check of the code: that the race above was run at all.
+    assert!(withdrawn_in_all > 0, "no line was withdrawn in any round");
+}
+
+/// Reads at most 256 bytes at a time, yielding before each read.
+struct SlowReader<R>(R);
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for SlowReader<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let mut small = [0u8; 256];
+        let mut bite = tokio::io::ReadBuf::new(&mut small[..buf.remaining().min(256)]);
+        match std::pin::Pin::new(&mut self.0).poll_read(cx, &mut bite) {
+            std::task::Poll::Ready(Ok(())) => {
+                buf.put_slice(bite.filled());
+                std::task::Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+}

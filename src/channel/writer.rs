@@ -35,6 +35,7 @@ use tokio::sync::{Semaphore, TryAcquireError, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::ChannelConfig;
+use super::withdrawals::{LineTicket, Withdrawals};
 use crate::error::{CloseReason, Error};
 use crate::frame;
 
@@ -62,6 +63,17 @@ struct Outgoing {
     budget: Option<BudgetShare>,
     /// Told once the line has been handed to the kernel.
     written: Option<oneshot::Sender<()>>,
+    /// Lets the sender take the line back while it waits in the queue (see
+    /// [`LineTicket`]).
+    ticket: Option<LineTicket>,
+}
+
+impl Outgoing {
+    /// Whether the writer task should write this line: not if its sender
+    /// withdrew it. Past this, it cannot be withdrawn.
+    fn still_wanted(&self, shared: &SenderShared) -> bool {
+        self.ticket.is_none_or(|ticket| shared.withdrawals.take(ticket))
+    }
 }
 
 /// Bytes of write budget, taken from the semaphore and forgotten there.
@@ -131,6 +143,8 @@ struct SenderShared {
     /// finished or was dropped with its runtime): see
     /// [`ChannelSender::finished`].
     finished: CancellationToken,
+    /// Queued lines that may still be taken back (see [`LineTicket`]).
+    withdrawals: Withdrawals,
 }
 
 /// The sending half of a channel; clones share one queue and one writer.
@@ -177,6 +191,7 @@ impl ChannelSender {
             write_error: OnceLock::new(),
             write_failure_waker: AtomicWaker::new(),
             finished: CancellationToken::new(),
+            withdrawals: Withdrawals::default(),
         });
         // Made here, not in the task: a task dropped before its first poll
         // (its runtime shut down) must end the channel too.
@@ -225,26 +240,36 @@ impl ChannelSender {
     /// Sends an encoded line, waiting for budget; written straight to the
     /// stream when nothing is queued (lowest latency).
     pub(crate) async fn send_line(&self, line: Vec<u8>) -> Result<(), Error> {
-        self.send_line_inner(line, None, Path::Direct, || false)
+        self.send_line_inner(line, None, Path::Direct, false, || false)
             .await
             .map(drop)
     }
 
-    /// Sends an encoded line through the writer task, for callers that know
-    /// more lines are coming at once: they then share one write call.
-    pub(crate) async fn send_line_batched(&self, line: Vec<u8>) -> Result<(), Error> {
-        self.send_line_inner(line, None, Path::Queue, || false)
-            .await
-            .map(drop)
+    /// Sends a request's line: straight to the stream when nothing is
+    /// queued, or, `batched` (more lines are coming at once), through the
+    /// writer task, so that they share one write call. A line that waits in
+    /// the queue comes with a ticket that takes it back for as long as it
+    /// waits there (`None`: written already).
+    pub(crate) async fn send_withdrawable_line(
+        &self,
+        line: Vec<u8>,
+        batched: bool,
+    ) -> Result<Option<LineTicket>, Error> {
+        let path = if batched { Path::Queue } else { Path::Direct };
+        match self.send_line_inner(line, None, path, true, || false).await? {
+            Handed::Sent(ticket) => Ok(ticket),
+            // Not reached: nothing above says the line is unwanted.
+            Handed::NotWanted => Ok(None),
+        }
     }
 
-    /// [`send_line`](Self::send_line) (or, `batched`,
-    /// [`send_line_batched`](Self::send_line_batched)), unless `withdrawn`
-    /// says, once the line has room, that it is no longer wanted: then
-    /// nothing is sent, and `Ok(false)`. For an answer whose request the
-    /// peer may cancel while the answer waits for room (a peer that reads
-    /// slowly is one that times out and cancels). A line that got its room
-    /// before is sent: it was on its way when the cancel came.
+    /// [`send_line`](Self::send_line) (or, `batched`, through the writer
+    /// task), unless `withdrawn` says, once the line has room, that it is
+    /// no longer wanted: then nothing is sent, and `Ok(false)`. For an
+    /// answer whose request the peer may cancel while the answer waits for
+    /// room (a peer that reads slowly is one that times out and cancels). A
+    /// line that got its room before is sent: it was on its way when the
+    /// cancel came.
     pub(crate) async fn send_line_unless(
         &self,
         line: Vec<u8>,
@@ -252,26 +277,29 @@ impl ChannelSender {
         withdrawn: impl FnOnce() -> bool,
     ) -> Result<bool, Error> {
         let path = if batched { Path::Queue } else { Path::Direct };
-        self.send_line_inner(line, None, path, withdrawn).await
+        let handed = self.send_line_inner(line, None, path, false, withdrawn).await?;
+        Ok(matches!(handed, Handed::Sent(_)))
     }
 
     /// Sends an encoded line and resolves once it has been written.
     pub(crate) async fn send_line_written(&self, line: Vec<u8>) -> Result<(), Error> {
         let (tx, rx) = oneshot::channel();
-        self.send_line_inner(line, Some(tx), Path::Direct, || false)
+        self.send_line_inner(line, Some(tx), Path::Direct, false, || false)
             .await?;
         rx.await.map_err(|_| self.closed_error())
     }
 
     /// Sends `line` once it has room, unless `withdrawn` then says it is no
-    /// longer wanted (`Ok(false)`).
+    /// longer wanted. With `ticket`, a line that goes to the queue carries
+    /// a [`LineTicket`], returned.
     async fn send_line_inner(
         &self,
         line: Vec<u8>,
         written: Option<oneshot::Sender<()>>,
         path: Path,
+        ticket: bool,
         withdrawn: impl FnOnce() -> bool,
-    ) -> Result<bool, Error> {
+    ) -> Result<Handed, Error> {
         let want = line.len().clamp(1, self.shared.budget_total);
         // Budget first, even on the direct path: a sender must never wait
         // for budget while holding the writer lock (the writer task frees
@@ -295,7 +323,7 @@ impl ChannelSender {
         }
         if withdrawn() {
             budget.add_permits(want);
-            return Ok(false);
+            return Ok(Handed::NotWanted);
         }
         let out = Outgoing {
             line,
@@ -304,12 +332,13 @@ impl ChannelSender {
                 bytes: want as u32,
             }),
             written,
+            ticket: None,
         };
         match path {
-            Path::Direct => self.write_or_queue(out),
-            Path::Queue => self.queue(out),
+            Path::Direct => self.write_or_queue(out, ticket),
+            Path::Queue => self.queue_with(out, ticket),
         }
-        .map(|()| true)
+        .map(Handed::Sent)
     }
 
     /// Queues a small line without waiting for budget, for the two callers
@@ -319,21 +348,24 @@ impl ChannelSender {
     /// handler finished (at most one per responder the application kept;
     /// see `AnswerState`).
     pub(crate) fn send_control(&self, line: Vec<u8>) -> Result<(), Error> {
-        self.write_or_queue(Outgoing {
+        let out = Outgoing {
             line,
             budget: None,
             written: None,
-        })
+            ticket: None,
+        };
+        self.write_or_queue(out, false).map(drop)
     }
 
-    /// The direct path when possible, else the queue.
-    fn write_or_queue(&self, mut out: Outgoing) -> Result<(), Error> {
+    /// The direct path when possible, else the queue (then with a ticket
+    /// if `ticket`, returned).
+    fn write_or_queue(&self, mut out: Outgoing, ticket: bool) -> Result<Option<LineTicket>, Error> {
         let shared = &self.shared;
         let Ok(mut stream) = shared.writer.try_lock() else {
-            return self.queue(out);
+            return self.queue_with(out, ticket);
         };
         if shared.queued_lines.load(Ordering::Acquire) > 0 {
-            return self.queue(out);
+            return self.queue_with(out, ticket);
         }
         if shared.is_closed.load(Ordering::Acquire) {
             return Err(self.closed_error());
@@ -344,7 +376,7 @@ impl ChannelSender {
                 if let Some(tx) = out.written.take() {
                     let _ = tx.send(());
                 }
-                Ok(())
+                Ok(None)
             }
             Ok(DirectWrite::Part(n)) => {
                 // The rest waits in the partial slot, which the writer task
@@ -364,7 +396,8 @@ impl ChannelSender {
                     shared.queued_lines.fetch_sub(1, Ordering::AcqRel);
                     return Err(self.closed_error());
                 }
-                Ok(())
+                // Half written: it can no longer be taken back.
+                Ok(None)
             }
             Err(e) => {
                 drop(stream);
@@ -375,6 +408,21 @@ impl ChannelSender {
                 Err(self.closed_error())
             }
         }
+    }
+
+    /// [`queue`](Self::queue), the line carrying a new ticket if `ticket`.
+    fn queue_with(&self, mut out: Outgoing, ticket: bool) -> Result<Option<LineTicket>, Error> {
+        let ticket = ticket.then(|| self.shared.withdrawals.ticket());
+        out.ticket = ticket;
+        self.queue(out).map(|()| ticket)
+    }
+
+    /// Takes a queued line back if the writer task has not taken it yet:
+    /// then it is never written (`true`; nor is one the channel dropped
+    /// unwritten when it failed). `false`: it is written, or being written,
+    /// or counted as such (see [`Withdrawals`]). Once per ticket.
+    pub(crate) fn withdraw(&self, ticket: LineTicket) -> bool {
+        self.shared.withdrawals.withdraw(ticket)
     }
 
     fn queue(&self, out: Outgoing) -> Result<(), Error> {
@@ -473,6 +521,14 @@ impl ChannelSender {
 /// are UTF-8; an empty text never matches anything it is checked for.
 pub(crate) fn line_text(line: &[u8]) -> &str {
     std::str::from_utf8(line.strip_suffix(b"\n").unwrap_or(line)).unwrap_or("")
+}
+
+/// What became of a line handed to `send_line_inner`.
+enum Handed {
+    /// Its `withdrawn` said it was no longer wanted: not sent.
+    NotWanted,
+    /// Written, or queued (with its ticket, if one was asked for).
+    Sent(Option<LineTicket>),
 }
 
 #[derive(Clone, Copy)]
@@ -623,6 +679,9 @@ async fn write_until_closed(
                 }
                 Command::WritePartial | Command::Uncounted => {}
                 Command::Failed => return Ok(()),
+                // Withdrawn: counted out unwritten; its budget comes back
+                // as it drops.
+                Command::Write(out) if !out.still_wanted(shared) => finish(out, shared),
                 Command::Write(out) if out.line.len() > COALESCE_LIMIT => {
                     flush_batch(writer, &mut batch, &mut done, shared).await?;
                     writer.write_all(&out.line).await?;
@@ -650,7 +709,9 @@ async fn write_until_closed(
             while shared.queued_lines.load(Ordering::SeqCst) > 0 {
                 match rx.recv().await {
                     Some(Command::Write(out)) => {
-                        writer.write_all(&out.line).await?;
+                        if out.still_wanted(shared) {
+                            writer.write_all(&out.line).await?;
+                        }
                         finish(out, shared);
                     }
                     Some(_) => {}
@@ -684,8 +745,8 @@ async fn flush_batch(
     Ok(())
 }
 
-/// A queued line has been written: count it out, free its budget (as it
-/// drops), tell whoever waits for it.
+/// A queued line has been written (or withdrawn): count it out, free its
+/// budget (as it drops), tell whoever waits for it.
 fn finish(mut out: Outgoing, shared: &SenderShared) {
     shared.queued_lines.fetch_sub(1, Ordering::AcqRel);
     if let Some(tx) = out.written.take() {

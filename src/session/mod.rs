@@ -211,7 +211,11 @@ impl Session {
     /// Like [`Session::request`], with its own deadline: past it the
     /// request fails with [`Error::Timeout`], is forgotten, and is
     /// cancelled at the peer if the peer supports `cancel`. The deadline
-    /// covers waiting for a slot and for queue space too.
+    /// covers waiting for a slot and for queue space too. A request whose
+    /// line still waits in the channel's queue then (behind others, for a
+    /// peer that reads slowly) is taken out of it and never sent, to any
+    /// peer, unless the writer has taken it already for its current write
+    /// (up to 64 KiB of lines). Dropping the request future does the same.
     pub async fn request_timeout<Req, Res>(&self, payload: &Req, timeout: Duration) -> Result<Res, Error>
     where
         Req: Serialize + ?Sized,
@@ -287,13 +291,16 @@ impl Session {
         let (mut guard, in_flight) = PendingGuard::register(shared, id, tx)?;
         // Alone: straight to the stream. With others in flight: through the
         // writer task, so that requests sent together share one write.
+        // (Two calls, not one with `in_flight > 1`: measured, the one call
+        // made this future 480 bytes instead of 352, and every request in
+        // flight carries it.)
         let sent = if in_flight > 1 {
-            shared.sender.send_line_batched(line).await
+            shared.sender.send_withdrawable_line(line, true).await
         } else {
-            shared.sender.send_line(line).await
+            shared.sender.send_withdrawable_line(line, false).await
         };
         match sent.map_err(|e| shared.send_error_now(e)) {
-            Ok(()) => guard.mark_sent(),
+            Ok(ticket) => guard.mark_sent(ticket),
             // The peer is gone (a broken pipe) and the session about to end:
             // its reader reads what the peer wrote, waits for the child's
             // exit status, then fails every pending request with that. So

@@ -4,7 +4,8 @@
 //! call early (its deadline, the caller dropping the future) drops the
 //! guard, which removes the entry, so nothing is left behind, and, if the
 //! request had been written and the peer supports it, tells the peer to
-//! stop working on it.
+//! stop working on it. A request whose line still waits in the channel's
+//! queue is taken out of it instead, and the peer never hears of it.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -12,14 +13,26 @@ use std::hash::{BuildHasherDefault, Hasher};
 use tokio::sync::oneshot;
 
 use super::Shared;
+use crate::channel::LineTicket;
 use crate::error::Error;
 use crate::protocol::MessageOut;
 
 pub(super) struct PendingGuard<'a> {
     shared: &'a Shared,
     id: u64,
-    sent: bool,
+    sent: Sent,
     armed: bool,
+}
+
+/// How far the request's line has gone.
+enum Sent {
+    /// Not handed to the channel: nothing to cancel.
+    No,
+    /// Handed to the channel's queue; withdrawn with the ticket while it
+    /// waits there, cancelled at the peer once it is written.
+    Queued(LineTicket),
+    /// Handed to the channel (written, or queued without a ticket).
+    Yes,
 }
 
 impl<'a> PendingGuard<'a> {
@@ -40,15 +53,17 @@ impl<'a> PendingGuard<'a> {
         let guard = PendingGuard {
             shared,
             id,
-            sent: false,
+            sent: Sent::No,
             armed: true,
         };
         Ok((guard, in_flight))
     }
 
-    /// The request is on its way to the peer: a later drop cancels it there.
-    pub(super) fn mark_sent(&mut self) {
-        self.sent = true;
+    /// The request is on its way to the peer: a later drop cancels it
+    /// there, or, while its line waits in the queue under `ticket`, takes
+    /// the line back.
+    pub(super) fn mark_sent(&mut self, ticket: Option<LineTicket>) {
+        self.sent = ticket.map_or(Sent::Yes, Sent::Queued);
     }
 
     /// The answer (or the close) has arrived: the entry is gone already.
@@ -73,7 +88,18 @@ impl Drop for PendingGuard<'_> {
             .pending
             .remove(&self.id)
             .is_some();
-        if removed && self.sent && self.shared.peer_can_cancel() {
+        if !removed {
+            return;
+        }
+        let sent = match &self.sent {
+            Sent::No => false,
+            // Taken back unwritten: the peer never hears of it, whether it
+            // can cancel or not. (Race with the writer task taking the line
+            // now: see `LineTicket`.)
+            Sent::Queued(ticket) => !self.shared.sender.withdraw(*ticket),
+            Sent::Yes => true,
+        };
+        if sent && self.shared.peer_can_cancel() {
             let mut uid = itoa::Buffer::new();
             if let Ok(line) = self
                 .shared
