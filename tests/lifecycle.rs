@@ -61,9 +61,10 @@ async fn a_deadline_fails_the_request_cancels_it_at_the_peer_and_leaves_nothing_
 async fn requests_that_time_out_still_queued_are_never_sent() {
     // A peer that can cancel, behind a 256-byte pipe it does not read
     // until every request below has timed out: most of them are still in
-    // our queue then (the writer takes at most 64 KiB of lines for one
-    // write; these are 500 KiB). Those must never reach the peer, neither
-    // as requests nor as cancels; the ones already taken are cancelled.
+    // our queue then (500 KiB of them; the writer is held up on the first,
+    // which went straight to the pipe and only in part). Those must never
+    // reach the peer, neither as requests nor as cancels; the ones it got
+    // are cancelled.
     let (unused, _) = cancel_observer();
     let extensions = Some(&["error", "cancel"][..]);
     let (client, mut reader, _writer) =

@@ -666,15 +666,17 @@ async fn a_withdrawn_line_is_never_written_and_the_others_keep_their_order() {
     let (ours, theirs) = tokio::io::duplex(64);
     let channel = super::Channel::from_stream(ours, super::ChannelConfig::default());
     let sender = channel.sender().clone();
-    let mut tickets = Vec::new();
+    let mut tickets: Vec<Option<super::LineTicket>> = Vec::new();
     for i in 0..10 {
         // Both paths: the direct one queues too while others wait.
         let line = format!("\"{i:0>96}\"\n").into_bytes();
         let ticket = sender.send_withdrawable_line(line, i % 2 == 0).await.unwrap();
-        tickets.push(ticket.expect("a queued line comes with a ticket"));
+        assert!(ticket.is_some(), "a queued line comes with a ticket");
+        tickets.push(ticket);
     }
     for i in [0, 3, 6, 9] {
-        assert!(sender.withdraw(tickets[i]), "line {i} was still queued");
+        let ticket = tickets[i].take().unwrap();
+        assert!(sender.withdraw(ticket), "line {i} was still queued");
     }
     sender.close();
     let lines = read_to_end_lines(theirs).await;
@@ -684,11 +686,40 @@ async fn a_withdrawn_line_is_never_written_and_the_others_keep_their_order() {
         .collect();
     assert_eq!(lines, expected);
     // Written lines can no longer be taken back; every byte of budget is back.
-    assert!(!sender.withdraw(tickets[1]));
+    assert!(!sender.withdraw(tickets[1].take().unwrap()));
     tokio::time::timeout(std::time::Duration::from_secs(5), sender.finished())
         .await
         .expect("the writer task never ended: a withdrawn line still counted as queued?");
     assert_eq!(sender.queued_bytes(), 0);
+}
+
+#[tokio::test]
+async fn a_large_line_behind_a_batch_the_peer_has_not_read_can_still_be_withdrawn() {
+    // The writer task is stuck writing a 60 KiB batch into a 64-byte pipe
+    // nobody reads; the 512 KiB line behind it has not gone anywhere yet.
+    let (ours, theirs) = tokio::io::duplex(64);
+    let channel = super::Channel::from_stream(ours, super::ChannelConfig::default());
+    let sender = channel.sender().clone();
+    let small = format!("\"{}\"\n", "s".repeat(60 * 1024)).into_bytes();
+    // Both within the default 1 MiB queue: neither send waits for room.
+    let large = format!("\"{}\"\n", "l".repeat(512 * 1024)).into_bytes();
+    let sends = async {
+        let _small = sender.send_withdrawable_line(small.clone(), true).await.unwrap();
+        sender.send_withdrawable_line(large, true).await.unwrap().unwrap()
+    };
+    let large_ticket = tokio::time::timeout(std::time::Duration::from_secs(5), sends)
+        .await
+        .expect("a send waited for room");
+    // Let the writer task take what it will.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(
+        sender.withdraw(large_ticket),
+        "the large line was taken before its turn"
+    );
+    sender.close();
+    let lines = read_to_end_lines(theirs).await;
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0].len(), small.len() - 1);
 }
 
 #[tokio::test]
@@ -775,7 +806,7 @@ async fn a_line_is_written_exactly_when_its_withdrawal_fails() {
     assert!(withdrawn_in_all > 0, "no line was withdrawn in any round");
 }
 
-/// Reads at most 256 bytes at a time, yielding before each read.
+/// Reads at most 256 bytes at a time.
 struct SlowReader<R>(R);
 
 impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for SlowReader<R> {

@@ -15,16 +15,20 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 /// than sent and cancelled at once. A peer that reads slowly is the one
 /// whose callers time out, and it would otherwise get all of those
 /// requests, and a cancel for each, when it catches up. The writer takes a
-/// line when it copies it into its batch, so what it has taken for one
-/// write (up to `COALESCE_LIMIT`, 64 KiB, of small lines, or one large
-/// line) goes out whatever happens; everything behind that can still be
-/// withdrawn.
+/// line when it copies it into its batch (or, for a line too large to
+/// batch, once the batch before it is written), so what it has taken for
+/// one write (under 128 KiB of small lines, or one large line) goes out
+/// whatever happens; everything behind that can still be withdrawn.
 ///
 /// A ticket is a number from a counter, not a shared flag per line: a flag
 /// is an allocation per queued request (measured with `bench count burst`:
 /// +4.0% instructions; the numbers cost +1.1%). How the two sides agree is
 /// in [`Withdrawals`].
-#[derive(Debug, Clone, Copy)]
+///
+/// Neither `Copy` nor `Clone`: [`Withdrawals::withdraw`] uses it up, since a
+/// second call, once the writer task has skipped the line, would answer
+/// "taken".
+#[derive(Debug)]
 pub(crate) struct LineTicket(u64);
 
 /// The writer task's and the senders' shared record of which ticketed lines
@@ -33,12 +37,14 @@ pub(crate) struct LineTicket(u64);
 /// The writer task, taking a ticketed line, first raises `taken_up_to` to
 /// its number, then, if any withdrawal is pending, looks the number up in
 /// `withdrawn` (and skips the line if it is there). A sender withdrawing
-/// puts the number in `withdrawn` (under the lock), then reads
-/// `taken_up_to`: at or past the number, the line counts as taken, and the
-/// number comes out again. All `SeqCst`, so of the writer's raise and the
-/// sender's insert, each sees the one that came first: if the sender read
-/// `taken_up_to` below its number, the writer's raise came after the
-/// sender's insert, so the writer finds the number and skips the line.
+/// puts the number in `withdrawn` and counts it in `pending` (under the
+/// lock), then reads `taken_up_to`: at or past the number, the line counts
+/// as taken, and the number comes out again. Each side writes, then reads
+/// what the other writes, all `SeqCst`: if the sender read `taken_up_to`
+/// below its number, the writer's raise came after the sender's count, so
+/// the writer sees `pending` above 0, takes the lock (after the sender let
+/// go of it) and finds the number. (`pending` changes only under the lock,
+/// so there it equals the set's size.)
 ///
 /// Tickets are numbered as lines are queued, but two senders may queue in
 /// the other order than they drew their numbers, so a line may be taken
@@ -46,6 +52,14 @@ pub(crate) struct LineTicket(u64);
 /// below it that is still queued counts as taken: it is written, and its
 /// request cancelled. That errs the safe way; a line counted as still
 /// queued is never one already taken.
+impl LineTicket {
+    /// A second ticket for the same line: the one the line itself carries
+    /// to the writer task, which only ever takes with it.
+    pub(super) fn same_number(&self) -> LineTicket {
+        LineTicket(self.0)
+    }
+}
+
 #[derive(Default)]
 pub(super) struct Withdrawals {
     next: AtomicU64,
@@ -68,10 +82,9 @@ impl Withdrawals {
     /// [`ChannelSender::withdraw`](super::ChannelSender::withdraw).
     pub(super) fn withdraw(&self, ticket: LineTicket) -> bool {
         let mut withdrawn = self.withdrawn.lock().unwrap();
-        if !withdrawn.insert(ticket.0) {
-            // Withdrawn before, and not reached yet.
-            return true;
-        }
+        // Each ticket is withdrawn at most once (it is used up), so the
+        // number is new to the set.
+        withdrawn.insert(ticket.0);
         self.pending.fetch_add(1, Ordering::SeqCst);
         if self.taken_up_to.load(Ordering::SeqCst) >= ticket.0 {
             withdrawn.remove(&ticket.0);
@@ -83,7 +96,7 @@ impl Withdrawals {
 
     /// The writer task's side: `true` if the line is still wanted; from
     /// now on it can no longer be withdrawn.
-    pub(super) fn take(&self, ticket: LineTicket) -> bool {
+    pub(super) fn take(&self, ticket: &LineTicket) -> bool {
         self.taken_up_to.fetch_max(ticket.0, Ordering::SeqCst);
         if self.pending.load(Ordering::SeqCst) == 0 {
             return true;
@@ -94,5 +107,51 @@ impl Withdrawals {
             return false;
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_not_taken_is_withdrawn_and_then_skipped() {
+        let record = Withdrawals::default();
+        let (one, two) = (record.ticket(), record.ticket());
+        let two_again = LineTicket(two.0);
+        assert!(record.withdraw(two));
+        assert!(record.take(&one), "one was not withdrawn");
+        assert!(!record.take(&two_again), "two was withdrawn: skipped");
+        assert_eq!(record.pending.load(Ordering::SeqCst), 0);
+        assert!(record.withdrawn.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_line_taken_is_not_withdrawn() {
+        let record = Withdrawals::default();
+        let one = record.ticket();
+        assert!(record.take(&one));
+        assert!(!record.withdraw(one), "one was taken");
+        assert_eq!(record.pending.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn lines_taken_out_of_number_order_count_as_taken() {
+        // Two senders drew 5 and 6 and queued 6 first: the writer takes 6,
+        // then 5. Neither may count as still queued afterwards, whatever
+        // the order of the takes (a plain store of the last number taken,
+        // instead of the maximum, would say 6 is still queued).
+        let record = Withdrawals::default();
+        let tickets: Vec<LineTicket> = (0..6).map(|_| record.ticket()).collect();
+        let [.., five, six] = &tickets[..] else {
+            unreachable!()
+        };
+        assert!(record.take(six));
+        assert!(record.take(five));
+        assert!(!record.withdraw(LineTicket(six.0)), "six was taken");
+        assert!(!record.withdraw(LineTicket(five.0)), "five was taken");
+        // And one below the maximum, still queued, errs the safe way: it
+        // counts as taken (it is written, and its request cancelled).
+        assert!(!record.withdraw(LineTicket(tickets[0].0)));
     }
 }

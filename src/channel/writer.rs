@@ -11,7 +11,8 @@
 //! stay in order. A direct write happens only under the writer lock and only
 //! when no line is queued (`queued_lines == 0`, read under that lock); the
 //! writer task takes lines off the queue and writes them under the same lock
-//! and decrements the count only once they are written. So a line can never
+//! and decrements the count only once they are written (or skipped, when
+//! their sender withdrew them: see `withdrawals.rs`). So a line can never
 //! overtake one queued before it. Lines of different tasks sent at the same
 //! time have no defined order, as with any channel.
 //!
@@ -72,7 +73,9 @@ impl Outgoing {
     /// Whether the writer task should write this line: not if its sender
     /// withdrew it. Past this, it cannot be withdrawn.
     fn still_wanted(&self, shared: &SenderShared) -> bool {
-        self.ticket.is_none_or(|ticket| shared.withdrawals.take(ticket))
+        self.ticket
+            .as_ref()
+            .is_none_or(|ticket| shared.withdrawals.take(ticket))
     }
 }
 
@@ -412,15 +415,19 @@ impl ChannelSender {
 
     /// [`queue`](Self::queue), the line carrying a new ticket if `ticket`.
     fn queue_with(&self, mut out: Outgoing, ticket: bool) -> Result<Option<LineTicket>, Error> {
-        let ticket = ticket.then(|| self.shared.withdrawals.ticket());
-        out.ticket = ticket;
-        self.queue(out).map(|()| ticket)
+        let Some(ticket) = ticket.then(|| self.shared.withdrawals.ticket()) else {
+            return self.queue(out).map(|()| None);
+        };
+        // The sender's copy of the number; the line carries the other.
+        let ours = ticket.same_number();
+        out.ticket = Some(ticket);
+        self.queue(out).map(|()| Some(ours))
     }
 
     /// Takes a queued line back if the writer task has not taken it yet:
     /// then it is never written (`true`; nor is one the channel dropped
     /// unwritten when it failed). `false`: it is written, or being written,
-    /// or counted as such (see [`Withdrawals`]). Once per ticket.
+    /// or counted as such (see [`Withdrawals`]). The ticket is used up.
     pub(crate) fn withdraw(&self, ticket: LineTicket) -> bool {
         self.shared.withdrawals.withdraw(ticket)
     }
@@ -679,14 +686,18 @@ async fn write_until_closed(
                 }
                 Command::WritePartial | Command::Uncounted => {}
                 Command::Failed => return Ok(()),
+                // Taken (no longer withdrawable) only once the batch
+                // before it is out: the write of that batch may wait long.
+                Command::Write(out) if out.line.len() > COALESCE_LIMIT => {
+                    flush_batch(writer, &mut batch, &mut done, shared).await?;
+                    if out.still_wanted(shared) {
+                        writer.write_all(&out.line).await?;
+                    }
+                    finish(out, shared);
+                }
                 // Withdrawn: counted out unwritten; its budget comes back
                 // as it drops.
                 Command::Write(out) if !out.still_wanted(shared) => finish(out, shared),
-                Command::Write(out) if out.line.len() > COALESCE_LIMIT => {
-                    flush_batch(writer, &mut batch, &mut done, shared).await?;
-                    writer.write_all(&out.line).await?;
-                    finish(out, shared);
-                }
                 Command::Write(out) => {
                     batch.extend_from_slice(&out.line);
                     done.push(out);

@@ -91,12 +91,12 @@ impl Drop for PendingGuard<'_> {
         if !removed {
             return;
         }
-        let sent = match &self.sent {
+        let sent = match std::mem::replace(&mut self.sent, Sent::No) {
             Sent::No => false,
             // Taken back unwritten: the peer never hears of it, whether it
             // can cancel or not. (Race with the writer task taking the line
             // now: see `LineTicket`.)
-            Sent::Queued(ticket) => !self.shared.sender.withdraw(*ticket),
+            Sent::Queued(ticket) => !self.shared.sender.withdraw(ticket),
             Sent::Yes => true,
         };
         if sent && self.shared.peer_can_cancel() {
