@@ -720,6 +720,10 @@ async fn a_large_line_behind_a_batch_the_peer_has_not_read_can_still_be_withdraw
     let lines = read_to_end_lines(theirs).await;
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0].len(), small.len() - 1);
+    tokio::time::timeout(std::time::Duration::from_secs(5), sender.finished())
+        .await
+        .expect("the writer task never ended: the withdrawn line still counted as queued?");
+    assert_eq!(sender.queued_bytes(), 0, "the withdrawn line's budget is back");
 }
 
 #[tokio::test]

@@ -18,7 +18,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 /// line when it copies it into its batch (or, for a line too large to
 /// batch, once the batch before it is written), so what it has taken for
 /// one write (under 128 KiB of small lines, or one large line) goes out
-/// whatever happens; everything behind that can still be withdrawn.
+/// whatever happens; everything behind that can still be withdrawn, but
+/// for a line queued out of number order (see [`Withdrawals`]).
 ///
 /// A ticket is a number from a counter, not a shared flag per line: a flag
 /// is an allocation per queued request (measured with `bench count burst`:
@@ -30,6 +31,14 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 /// "taken".
 #[derive(Debug)]
 pub(crate) struct LineTicket(u64);
+
+impl LineTicket {
+    /// A second ticket for the same line: the one the line itself carries
+    /// to the writer task, which only ever takes with it.
+    pub(super) fn same_number(&self) -> LineTicket {
+        LineTicket(self.0)
+    }
+}
 
 /// The writer task's and the senders' shared record of which ticketed lines
 /// may still be withdrawn.
@@ -52,14 +61,6 @@ pub(crate) struct LineTicket(u64);
 /// below it that is still queued counts as taken: it is written, and its
 /// request cancelled. That errs the safe way; a line counted as still
 /// queued is never one already taken.
-impl LineTicket {
-    /// A second ticket for the same line: the one the line itself carries
-    /// to the writer task, which only ever takes with it.
-    pub(super) fn same_number(&self) -> LineTicket {
-        LineTicket(self.0)
-    }
-}
-
 #[derive(Default)]
 pub(super) struct Withdrawals {
     next: AtomicU64,
@@ -83,8 +84,10 @@ impl Withdrawals {
     pub(super) fn withdraw(&self, ticket: LineTicket) -> bool {
         let mut withdrawn = self.withdrawn.lock().unwrap();
         // Each ticket is withdrawn at most once (it is used up), so the
-        // number is new to the set.
-        withdrawn.insert(ticket.0);
+        // number is new to the set; were it not, `pending` would stay one
+        // above the set's size, and every take would look it up.
+        let new = withdrawn.insert(ticket.0);
+        debug_assert!(new, "ticket {} withdrawn twice", ticket.0);
         self.pending.fetch_add(1, Ordering::SeqCst);
         if self.taken_up_to.load(Ordering::SeqCst) >= ticket.0 {
             withdrawn.remove(&ticket.0);

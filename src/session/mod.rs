@@ -215,8 +215,9 @@ impl Session {
     /// line still waits in the channel's queue then (behind others, for a
     /// peer that reads slowly) is taken out of it and never sent, to any
     /// peer, unless the writer has taken it already for its current write
-    /// (under 128 KiB of small lines, or one large one). Dropping the
-    /// request future does the same.
+    /// (under 128 KiB of small lines, or one large one; rarely, also one
+    /// queued in the same instant as later ones). Then it is cancelled, as
+    /// above. Dropping the request future does the same.
     pub async fn request_timeout<Req, Res>(&self, payload: &Req, timeout: Duration) -> Result<Res, Error>
     where
         Req: Serialize + ?Sized,
