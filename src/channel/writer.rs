@@ -418,6 +418,9 @@ impl ChannelSender {
         let Some(ticket) = ticket.then(|| self.shared.withdrawals.ticket()) else {
             return self.queue(out).map(|()| None);
         };
+        // A withdrawn line is counted out as if written (see `finish`): so
+        // none may have a waiter to tell it was written.
+        debug_assert!(out.written.is_none(), "a withdrawable line with a waiter");
         // The sender's copy of the number; the line carries the other.
         let ours = ticket.same_number();
         out.ticket = Some(ticket);
