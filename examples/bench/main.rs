@@ -566,7 +566,7 @@ fn print_report(
     // seq_rtt_ratio is taken with both processes on one CPU when that ran:
     // there a round trip costs what the two processes compute plus two
     // context switches, repetition after repetition, while the placement
-    // left free decides between about 10 µs and 35-50 µs for the floor
+    // left free decides between about 10 µs and 35-55 µs for the floor
     // alone (see `sys::Placement`). It measures the software, not the
     // latency on an idle multi-core machine: the two-CPU rows are that.
     let seq_placement = match samples.get(&Placement::OneCpu.key("ours")) {

@@ -79,8 +79,8 @@ pub fn rss_bytes() -> Result<u64, String> {
 /// the other CPU costs over 10 µs (an interrupt through the hypervisor),
 /// on the waker's own CPU a few. Left free, the scheduler decides that
 /// from moment to moment, by which CPU is idle; measured, the floor alone
-/// read 10 µs or 35–50 µs by the draw, and ours 15 µs or 55 µs. So the
-/// bench also runs the sequential rows with the placement fixed
+/// read about 10 µs or 35–55 µs by the draw, and ours 15 µs or 52–67 µs.
+/// So the bench also runs the sequential rows with the placement fixed
 /// (docs/performance.md).
 #[derive(Clone, Copy)]
 pub enum Placement {

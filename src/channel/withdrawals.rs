@@ -8,7 +8,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// A queued line's claim check, for taking it back while it waits: a line
-/// is either written whole or not at all, and the sender knows which.
+/// withdrawn is never written, and one the sender is told was taken is
+/// written (unless the channel fails first, when what is queued is lost).
 ///
 /// For requests: one whose caller gave up (its deadline, a dropped future)
 /// while its line still waited behind others is then never sent, rather
@@ -18,8 +19,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 /// line when it copies it into its batch (or, for a line too large to
 /// batch, once the batch before it is written), so what it has taken for
 /// one write (under 128 KiB of small lines, or one large line) goes out
-/// whatever happens; everything behind that can still be withdrawn, but
-/// for a line queued out of number order (see [`Withdrawals`]).
+/// (unless the channel fails); everything behind that can still be
+/// withdrawn, but for a line queued out of number order (see
+/// [`Withdrawals`]). A withdrawn line stays in the queue, holding its
+/// budget, until the writer task reaches and drops it.
 ///
 /// A ticket is a number from a counter, not a shared flag per line: a flag
 /// is an allocation per queued request (measured with `bench count burst`:

@@ -211,13 +211,17 @@ impl Session {
     /// Like [`Session::request`], with its own deadline: past it the
     /// request fails with [`Error::Timeout`], is forgotten, and is
     /// cancelled at the peer if the peer supports `cancel`. The deadline
-    /// covers waiting for a slot and for queue space too. A request whose
-    /// line still waits in the channel's queue then (behind others, for a
-    /// peer that reads slowly) is taken out of it and never sent, to any
-    /// peer, unless the writer has taken it already for its current write
-    /// (under 128 KiB of small lines, or one large one; rarely, also one
-    /// queued in the same instant as later ones). Then it is cancelled, as
-    /// above. Dropping the request future does the same.
+    /// covers waiting for a slot and for queue space too. Dropping the
+    /// request future does the same.
+    ///
+    /// A request whose line still waits in the channel's queue then (behind
+    /// others, for a peer that reads slowly) is never sent, whatever the
+    /// peer supports. Already on its way, and so cancelled as above: a line
+    /// written straight to the socket (sent while nothing was queued) or
+    /// sitting in the socket's kernel buffer, and the lines the channel's
+    /// writer task has taken for the write it is doing (under 128 KiB of
+    /// small lines, or one large line; rarely, one more: see the README's
+    /// "Errors, deadlines, cancellation").
     pub async fn request_timeout<Req, Res>(&self, payload: &Req, timeout: Duration) -> Result<Res, Error>
     where
         Req: Serialize + ?Sized,

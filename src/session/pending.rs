@@ -31,7 +31,8 @@ enum Sent {
     /// Handed to the channel's queue; withdrawn with the ticket while it
     /// waits there, cancelled at the peer once it is written.
     Queued(LineTicket),
-    /// Handed to the channel (written, or queued without a ticket).
+    /// Handed to the channel with no ticket: written at once, or in part
+    /// (the rest then waits for the writer task, and cannot be taken back).
     Yes,
 }
 
