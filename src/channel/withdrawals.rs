@@ -22,7 +22,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 /// (unless the channel fails); everything behind that can still be
 /// withdrawn, but for a line queued out of number order (see
 /// [`Withdrawals`]). A withdrawn line stays in the queue, holding its
-/// budget, until the writer task reaches and drops it.
+/// budget, until the writer task reaches and drops it: giving the budget
+/// back at once would let lines that time out pile up in the queue past
+/// its bound while the peer reads nothing.
 ///
 /// A ticket is a number from a counter, not a shared flag per line: a flag
 /// is an allocation per queued request (measured with `bench count burst`:
