@@ -49,6 +49,13 @@ pub struct SessionConfig {
     /// our own requests keep arriving even when every handler is busy (two
     /// sessions flooding each other with requests would otherwise deadlock);
     /// past this, or past `max_queued_request_bytes`, it stops reading.
+    ///
+    /// So two sessions that flood each other past these bounds at the same
+    /// time still stall, each waiting for the other to read (at the
+    /// defaults, more than 64 MiB of requests waiting each way): Node's
+    /// protocol has no flow control, and with memory bounded a side can
+    /// then only wait or refuse requests. This crate waits; a request
+    /// deadline ends the calls that wait, not the stall.
     pub max_queued_requests: usize,
     /// Total payload bytes of the requests waiting for a handler slot
     /// (default 64 MiB). One request is always let in, however large.
