@@ -84,7 +84,15 @@ async fn main() -> ExitCode {
 }
 
 async fn handle(state: Arc<State>, request: Request, responder: Responder) {
-    let payload: Value = request.payload().unwrap_or(Value::Null);
+    // A payload serde_json cannot read into a `Value` (nested past its
+    // depth limit, say) is answered with that error, not taken for null.
+    let payload: Value = match request.payload() {
+        Ok(payload) => payload,
+        Err(e) => {
+            let _ = responder.fail(RemoteError::from(e)).await;
+            return;
+        }
+    };
     let op = payload.get("op").and_then(Value::as_str).unwrap_or("");
     let answer: Result<Value, RemoteError> = match op {
         "echo" => Ok(payload["data"].clone()),

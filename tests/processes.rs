@@ -184,6 +184,14 @@ async fn rust_parent_with_rust_child() {
             other => panic!("{op}: {other:?}"),
         }
     }
+    // A payload the child cannot read (nested past serde_json's depth
+    // limit of 128) comes back as the child's error, not as an answer.
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    let deep = serde_json::value::RawValue::from_string(deep).unwrap();
+    match session.request_raw(&deep).await {
+        Err(Error::Remote(e)) => assert!(e.message.contains("recursion limit"), "{e:?}"),
+        other => panic!("deep payload: {other:?}"),
+    }
     finish(session, child).await;
 }
 

@@ -32,7 +32,10 @@
 //! layers above would fail on a message a Node peer may legitimately send. The decoder
 //! therefore rewrites every *lone* surrogate escape to `\ufffd` (U+FFFD REPLACEMENT
 //! CHARACTER), the same substitution `String::from_utf16_lossy` makes. Proper escaped pairs
-//! (`\ud83d\ude00`) are kept. This is lossy, but it never fails on what Node sends. A parser
+//! (`\ud83d\ude00`) are kept. This is lossy, but it never fails on what Node sends. It is lossy
+//! in object keys too: keys that differ only in their lone surrogates (`{"\ud800":1,"\udbff":2}`)
+//! become the same key, and a map-like target (`serde_json::Value`, `HashMap`) keeps the
+//! last of them, as `JSON.parse` keeps the last of repeated keys. A parser
 //! given to [`FrameDecoder::decode_with`] also gets the line as sent ([`LineText::as_sent`]),
 //! for the strings that must go back to the peer exactly as they came (its request UIDs).
 //!
