@@ -40,9 +40,10 @@ fn request_line(uid: u32) -> String {
     )
 }
 
-/// A session that holds its own reader up while its handler waits: one
-/// handler slot, one place in the backlog, and a handler that calls the
-/// peer back (telling `called_back` first) before it answers.
+/// A session whose handler calls the peer back (telling `called_back`
+/// first) before it answers, with one handler slot and one place in the
+/// backlog: every request of the peer's past the second is refused, and
+/// 1 KiB of refusals may wait to be written.
 fn held_up_by_its_handler() -> (SessionBuilder, Arc<tokio::sync::Notify>) {
     let called_back = Arc::new(tokio::sync::Notify::new());
     let handler_called_back = called_back.clone();
@@ -50,6 +51,7 @@ fn held_up_by_its_handler() -> (SessionBuilder, Arc<tokio::sync::Notify>) {
         .config(SessionConfig {
             max_concurrent_handlers: 1,
             max_queued_requests: 1,
+            max_queued_request_bytes: 1024,
             ..SessionConfig::default()
         })
         .handler(responder_fn(move |req: Request, responder: Responder| {
@@ -64,30 +66,60 @@ fn held_up_by_its_handler() -> (SessionBuilder, Arc<tokio::sync::Notify>) {
     (builder, called_back)
 }
 
+/// Requests enough to hold the reader up: their refusals fill our small
+/// socket buffer (see [`unix_pair_with_a_small_send_buffer`]) and the
+/// 1 KiB that may wait to be written; the reader then waits with the
+/// next. Under 200 KiB, so that the peer's write of
+/// them never waits for the reader.
+const HOLDING_UP: u32 = 1_000;
+
+/// A socket pair whose first end, ours, has a send buffer of a few KiB.
+fn unix_pair_with_a_small_send_buffer() -> (tokio::net::UnixStream, tokio::net::UnixStream) {
+    let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
+    let size: libc::c_int = 4096;
+    // SAFETY: a valid socket and an int option of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&ours),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&raw const size).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+    (ours, theirs)
+}
+
 /// A session held up by its handler (see [`held_up_by_its_handler`]) that
-/// a hand-played peer has sent three requests: the handler runs the
-/// first and calls the peer back, the backlog holds the second, and the
-/// reader the third, waiting for room.
-async fn held_up_by_three_requests() -> (
+/// a hand-played peer has sent [`HOLDING_UP`] requests and reads nothing
+/// of: the handler runs the first and calls the peer back, the backlog
+/// holds the second, the rest are refused until the refusals fill the
+/// socket and their bound, and the reader waits with the next. (The
+/// test's one thread runs the reader only when the test waits.)
+async fn held_up_by_refusals() -> (
     Session,
     tokio::net::unix::OwnedReadHalf,
     tokio::net::unix::OwnedWriteHalf,
 ) {
     let (builder, _) = held_up_by_its_handler();
-    let (session, reader, mut writer) =
-        session_with_a_hand_played_peer(builder, ChannelConfig::default()).await;
-    let requests: String = (1..=3).map(request_line).collect();
+    let (ours, theirs) = unix_pair_with_a_small_send_buffer();
+    let setup = tokio::spawn(builder.setup(Channel::from_unix(ours, ChannelConfig::default()).unwrap()));
+    let (mut reader, mut writer) = theirs.into_split();
+    common::answer_handshake(&mut reader, &mut writer, Some(&["error", "cancel"])).await;
+    let session = setup.await.unwrap().unwrap();
+    let requests: String = (1..=HOLDING_UP).map(request_line).collect();
     writer.write_all(requests.as_bytes()).await.unwrap();
     (session, reader, writer)
 }
 
-/// The peer sent three requests and died: the reader holds
-/// the third, waiting for room, and reads no further; the handler's own
-/// request met the broken pipe. It once waited for the session's end,
+/// The peer sent its requests and died: the reader holds one, waiting to
+/// refuse it, and reads no further; the handler's own request met the
+/// broken pipe. It once waited for the session's end,
 /// which the reader, waiting for the handler, would never bring.
 #[tokio::test]
 async fn a_handler_whose_call_back_meets_a_broken_pipe_does_not_wait_for_ever() {
-    let (session, reader, writer) = held_up_by_three_requests().await;
+    let (session, reader, writer) = held_up_by_refusals().await;
     drop((reader, writer));
     let reason = tokio::time::timeout(Duration::from_secs(20), session.closed())
         .await
@@ -171,8 +203,8 @@ async fn the_reader_does_not_wait_for_itself_when_its_answer_meets_a_broken_pipe
 
 /// The child we own exits, but its end of the channel stays open (another
 /// process holds a copy: no end of stream), while this side holds the
-/// reader up: one handler slot, one place in the backlog, and a handler
-/// waiting for the answer to its call back, which will never come. The
+/// reader up (see [`held_up_by_refusals`]), and a handler waits for the
+/// answer to its call back, which will never come. The
 /// reader, held up, never looks at the exit status; the session must end
 /// anyway, failing the call back.
 #[tokio::test]
@@ -180,7 +212,7 @@ async fn a_child_that_exits_while_this_side_holds_the_reader_up_ends_the_session
     use std::os::unix::process::ExitStatusExt;
 
     let (builder, called_back) = held_up_by_its_handler();
-    let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
+    let (ours, theirs) = unix_pair_with_a_small_send_buffer();
     let mut channel = Channel::from_unix(ours, ChannelConfig::default()).unwrap();
     let (exit_tx, exit_rx) = tokio::sync::watch::channel(None);
     channel.set_peer_exit(exit_rx);
@@ -188,7 +220,7 @@ async fn a_child_that_exits_while_this_side_holds_the_reader_up_ends_the_session
     let (mut reader, mut writer) = theirs.into_split();
     common::answer_handshake(&mut reader, &mut writer, Some(&["error", "cancel"])).await;
     let session = setup.await.unwrap().unwrap();
-    let requests: String = (1..=3).map(request_line).collect();
+    let requests: String = (1..=HOLDING_UP).map(request_line).collect();
     writer.write_all(requests.as_bytes()).await.unwrap();
     called_back.notified().await;
     exit_tx.send(Some(std::process::ExitStatus::from_raw(9))).unwrap();
@@ -211,7 +243,7 @@ async fn a_child_that_exits_while_this_side_holds_the_reader_up_ends_the_session
 /// session must still end, failing the call back.
 #[tokio::test]
 async fn a_peer_that_hangs_up_while_this_side_holds_the_reader_up_ends_the_session() {
-    let (session, mut reader, writer) = held_up_by_three_requests().await;
+    let (session, mut reader, writer) = held_up_by_refusals().await;
     // The call back is written: nothing of ours is left to fail.
     let call_back = common::read_line(&mut reader).await;
     assert!(call_back.contains("called back"), "{call_back}");
@@ -224,18 +256,21 @@ async fn a_peer_that_hangs_up_while_this_side_holds_the_reader_up_ends_the_sessi
 }
 
 /// A peer that stops reading (it shut down its reading side: alive, not
-/// hung up) while this side holds the reader up. Our next write fails with
-/// a broken pipe, and that failure alone must end the session: the
-/// reader, held up, never sees it, and nothing else will come.
+/// hung up) while this side holds the reader up. Our writes (the refusals
+/// waiting in the queue, and what we send after them) fail with a broken
+/// pipe, and that failure alone must end the session: the reader, held
+/// up, never sees it, and nothing else will come.
 #[tokio::test]
 async fn a_write_that_fails_while_this_side_holds_the_reader_up_ends_the_session() {
-    let (session, mut reader, writer) = held_up_by_three_requests().await;
+    let (session, mut reader, writer) = held_up_by_refusals().await;
     let call_back = common::read_line(&mut reader).await;
     assert!(call_back.contains("called back"), "{call_back}");
     let peer = reader.reunite(writer).unwrap().into_std().unwrap();
     peer.shutdown(std::net::Shutdown::Read).unwrap();
+    // Queued behind the refusals, or failed at once if their write failed
+    // first: either way it does not wait.
     let sent = tokio::time::timeout(Duration::from_secs(30), session.send(&"unread")).await;
-    assert!(matches!(sent, Ok(Err(_))), "{sent:?}");
+    assert!(sent.is_ok(), "{sent:?}");
     let reason = tokio::time::timeout(Duration::from_secs(30), session.closed())
         .await
         .expect("the session never ended: its reader waits for a handler that waits for a peer that reads nothing");

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipc_request::{
-    Channel, ChannelConfig, Error, Request, Responder, SessionBuilder, handler_fn, responder_fn, setup,
+    Channel, ChannelConfig, Error, Request, Responder, SessionBuilder, SessionConfig, handler_fn,
+    responder_fn, setup,
 };
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -218,8 +219,9 @@ async fn dropped_responders_cannot_grow_our_queue_when_the_peer_reads_nothing() 
     use std::sync::atomic::{AtomicUsize, Ordering};
     // A handler that drops every responder: each request gets an error
     // answer. The peer floods us with requests and reads nothing; those
-    // answers must wait for queue space, which stops our reader, instead of
-    // piling up in memory.
+    // answers must wait for queue space instead of piling up in memory,
+    // the requests past the backlog are refused, and once the refusals not
+    // written reach their bound (max_queued_request_bytes) our reader stops.
     let started = Arc::new(AtomicUsize::new(0));
     let counter = started.clone();
     let handler = responder_fn(move |_req: Request, responder: Responder| {
@@ -234,6 +236,7 @@ async fn dropped_responders_cannot_grow_our_queue_when_the_peer_reads_nothing() 
     let session_config = ipc_request::SessionConfig {
         max_concurrent_handlers: 4,
         max_queued_requests: 16,
+        max_queued_request_bytes: 64 * 1024,
         ..Default::default()
     };
     let (a_io, b_io) = tokio::io::duplex(16 * 1024);
@@ -938,15 +941,23 @@ async fn an_answer_too_long_for_its_uid_still_reaches_the_peer_as_an_error() {
 #[tokio::test]
 async fn a_peer_sending_requests_too_long_to_read_and_reading_nothing_is_slowed_down() {
     // Each such request gets an error answer. While the peer reads none,
-    // they must wait for queue space (we stop reading), not pile up; once
-    // it reads, every request has its answer.
+    // they may take up max_queued_request_bytes unwritten and then must
+    // wait (we stop reading), not pile up; once it reads, every request
+    // has its answer.
     const REQUESTS: usize = 1_000;
     let config = ChannelConfig {
         max_message_len: 300,
         write_queue_bytes: 1024,
     };
     let handler = responder_fn(|_: Request, _: Responder| async {});
-    let (_server, mut reader, mut writer) = serve_a_hand_played_peer(handler, config, 4096, None).await;
+    let builder = SessionBuilder::new()
+        .config(SessionConfig {
+            max_queued_request_bytes: 1024,
+            ..SessionConfig::default()
+        })
+        .handler(handler);
+    let (ours, theirs) = tokio::io::duplex(4096);
+    let (_server, mut reader, mut writer) = serve_over(ours, theirs, builder, config, None).await;
     let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let flood = tokio::spawn({
         let written = written.clone();

@@ -572,12 +572,30 @@ async fn two_sessions_flooding_each_other_with_requests_do_not_deadlock() {
     // wait for write budget held by its own requests, which wait for the
     // peer to read. The reader must keep reading (queueing requests for a
     // handler slot) so that answers keep flowing.
+    let refused = flood_each_other(65_536).await;
+    assert_eq!(refused, 0, "a backlog with room refused requests");
+}
+
+#[tokio::test]
+async fn two_sessions_flooding_each_other_past_a_full_backlog_do_not_deadlock() {
+    // With the backlog full too, a reader that waited for room would read
+    // nothing more, and each side would wait for the other for good: what
+    // does not fit is refused instead, and the rest is answered.
+    let refused = flood_each_other(4).await;
+    assert!(refused > 0, "the backlog never filled: the test shows nothing");
+}
+
+/// Two sessions with 4 handler slots and tiny write queues each send the
+/// other 200 echo requests of 4 KiB at once; every call must end, echoed
+/// or refused as `Overloaded`. Returns how many were refused.
+async fn flood_each_other(max_queued_requests: usize) -> usize {
     let channel_config = ChannelConfig {
         write_queue_bytes: 8 * 1024,
         ..Default::default()
     };
     let session_config = || ipc_request::SessionConfig {
         max_concurrent_handlers: 4,
+        max_queued_requests,
         ..Default::default()
     };
     let (a_io, b_io) = tokio::io::duplex(8 * 1024);
@@ -592,22 +610,32 @@ async fn two_sessions_flooding_each_other_with_requests_do_not_deadlock() {
             .setup(Channel::from_stream(b_io, channel_config)),
     );
     let (a, b) = (a.unwrap(), b.unwrap());
-    let flood = |s: ipc_request::Session, tag: &'static str| async move {
-        let calls = (0..200).map(|i| {
-            let s = s.clone();
-            async move {
-                let data = format!("{tag}{i}{}", "z".repeat(4096));
-                let got: Value = s.request(&json!({"op":"echo","data":data})).await.unwrap();
-                assert_eq!(got, json!(data));
-            }
-        });
-        futures_util::future::join_all(calls).await;
+    let refused = Arc::new(AtomicUsize::new(0));
+    let flood = |s: ipc_request::Session, tag: &'static str| {
+        let refused = refused.clone();
+        async move {
+            let calls = (0..200).map(|i| {
+                let (s, refused) = (s.clone(), refused.clone());
+                async move {
+                    let data = format!("{tag}{i}{}", "z".repeat(4096));
+                    match s.request::<_, Value>(&json!({"op":"echo","data":data})).await {
+                        Ok(got) => assert_eq!(got, json!(data)),
+                        Err(Error::Remote(e)) if e.name == "Overloaded" => {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => panic!("{tag}{i}: {e:?}"),
+                    }
+                }
+            });
+            futures_util::future::join_all(calls).await;
+        }
     };
     tokio::time::timeout(Duration::from_secs(60), async {
         tokio::join!(flood(a, "a"), flood(b, "b"))
     })
     .await
     .expect("deadlock: both sides stopped reading");
+    refused.load(Ordering::Relaxed)
 }
 
 #[tokio::test]
@@ -779,26 +807,165 @@ async fn cancelled_requests_free_their_room_in_the_backlog_at_once() {
 }
 
 #[tokio::test]
-async fn a_reader_waiting_for_room_in_the_backlog_goes_on_once_a_handler_frees_some() {
+async fn a_request_past_a_full_backlog_is_refused_at_once_and_the_reader_goes_on() {
     let busy = BusyServer::start(1).await;
     let mut server_messages = busy.server.messages().unwrap();
-    // 0 holds the only handler slot, 1 the only place in the backlog; the
-    // reader, holding 2, waits for room. (Sent sooner than these pauses
-    // allow, they may not get there, and the test shows nothing.)
+    // 0 holds the only handler slot, 1 the only place in the backlog: 2 is
+    // refused at once, and what comes behind it is read, while 0 still
+    // holds its slot. (Sent sooner than this pause allows, 1 may not be
+    // there first, and the test shows nothing.)
     let one = busy.request(1);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let two = busy.request(2);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    match tokio::time::timeout(Duration::from_secs(5), two).await {
+        Ok(Ok(Err(Error::Remote(e)))) => {
+            assert_eq!(e.name, "Overloaded");
+            assert!(e.message.contains("max_queued_requests 1"), "{e:?}");
+        }
+        other => panic!("2 was not refused at once: {other:?}"),
+    }
     busy.client.send(&"behind 2").await.unwrap();
-    busy.release.notify_one();
     let got = tokio::time::timeout(Duration::from_secs(5), server_messages.recv())
         .await
-        .expect("the reader was never told of the room a finished handler made");
+        .expect("the reader stopped behind a full backlog");
     assert_eq!(got.unwrap().unwrap(), json!("behind 2"));
+    assert!(!busy.first.is_finished(), "0 was to hold its slot all along");
+    busy.release.notify_one();
     assert_eq!(busy.first.await.unwrap().unwrap(), 0);
     assert_eq!(one.await.unwrap().unwrap(), 1);
-    assert_eq!(two.await.unwrap().unwrap(), 2);
-    assert_eq!(*busy.handled.lock().unwrap(), [0, 1, 2]);
+    assert_eq!(*busy.handled.lock().unwrap(), [0, 1]);
+}
+
+#[tokio::test]
+async fn handlers_waiting_on_the_peer_get_their_answers_though_the_backlog_is_full() {
+    // The server's one handler slot is held by a handler that calls the
+    // client back and waits for the answer; the backlog is full behind it.
+    // Had the reader stopped with the next request in hand, that answer
+    // would never be read, and the server would be stuck for good.
+    let (started, release) = (
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let (start, gate) = (started.clone(), release.clone());
+    let client_handler = handler_fn(move |req: Request| {
+        let (start, gate) = (start.clone(), gate.clone());
+        async move {
+            let n: u32 = req.payload()?;
+            if n == 0 {
+                start.notify_one();
+                gate.notified().await;
+            }
+            Ok::<_, RemoteError>(n + 100)
+        }
+    });
+    let server_handler = handler_fn(|req: Request| async move {
+        let n: u32 = req.payload()?;
+        let back: u32 = req.session().request(&n).await?;
+        Ok::<_, RemoteError>(back)
+    });
+    let config = ipc_request::SessionConfig {
+        max_concurrent_handlers: 1,
+        max_queued_requests: 1,
+        ..Default::default()
+    };
+    let (a, b) = Channel::pair(ChannelConfig::default());
+    let (client, server) = tokio::join!(
+        SessionBuilder::new().handler(client_handler).setup(a),
+        SessionBuilder::new()
+            .config(config)
+            .handler(server_handler)
+            .setup(b)
+    );
+    let (client, server) = (client.unwrap(), server.unwrap());
+    let mut server_messages = server.messages().unwrap();
+    let call = |n: u32| {
+        let client = client.clone();
+        tokio::spawn(async move { client.request::<_, u32>(&n).await })
+    };
+    let zero = call(0);
+    started.notified().await;
+    let one = call(1);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let two = call(2);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    client.send(&"behind 2").await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), server_messages.recv())
+        .await
+        .expect("the server stopped reading behind a full backlog");
+    assert_eq!(got.unwrap().unwrap(), json!("behind 2"));
+    release.notify_one();
+    let answers = tokio::time::timeout(Duration::from_secs(5), async {
+        (zero.await.unwrap(), one.await.unwrap(), two.await.unwrap())
+    })
+    .await
+    .expect("the server is stuck: its handler never got the client's answer");
+    assert_eq!(answers.0.unwrap(), 100);
+    assert_eq!(answers.1.unwrap(), 101);
+    assert!(
+        matches!(&answers.2, Err(Error::Remote(e)) if e.name == "Overloaded"),
+        "{:?}",
+        answers.2
+    );
+}
+
+#[tokio::test]
+async fn a_peer_that_reads_no_refusals_is_pushed_back_and_loses_none() {
+    // A peer that sends requests past a full backlog and reads nothing:
+    // the refusals wait unwritten, at most max_queued_request_bytes of
+    // them, and then the reader stops, so the peer's writes stall (memory
+    // stays bounded). Once the peer reads, every request is accounted for.
+    let queued = 2;
+    let config = ipc_request::SessionConfig {
+        max_concurrent_handlers: 1,
+        max_queued_requests: queued,
+        max_queued_request_bytes: 1024,
+        ..Default::default()
+    };
+    let never = handler_fn(|_req: Request| std::future::pending::<Result<u32, RemoteError>>());
+    let (ours, theirs) = tokio::io::duplex(1024);
+    let (mut their_read, mut their_write) = tokio::io::split(theirs);
+    let (server, ()) = tokio::join!(
+        SessionBuilder::new()
+            .config(config)
+            .handler(never)
+            .setup(Channel::from_stream(ours, ChannelConfig::default())),
+        common::answer_handshake(&mut their_read, &mut their_write, Some(&["error", "cancel"])),
+    );
+    let _server = server.unwrap();
+    let total = 10_000;
+    let lines: String = (0..total)
+        .map(|i| {
+            format!(
+                "{{\"_IPC_REQUEST/MSG_TYPE\":\"_IPC_REQUEST/MSG_TYPE:REQUEST\",\"_IPC_REQUEST/REQUEST_UID\":\"r{i}\",\"_IPC_REQUEST/PAYLOAD\":{i}}}\n"
+            )
+        })
+        .collect();
+    let mut writing = Box::pin(their_write.write_all(lines.as_bytes()));
+    let stalled = tokio::time::timeout(Duration::from_secs(2), &mut writing).await;
+    assert!(
+        stalled.is_err(),
+        "the reader went on refusing into memory without bound"
+    );
+    // Now read: the writes go through, and every request is refused but
+    // the one running and those in the backlog.
+    let reading = tokio::spawn(async move {
+        let mut refused = 0;
+        while refused < total - 1 - queued {
+            let line: Value = serde_json::from_str(&common::read_line(&mut their_read).await).unwrap();
+            assert_eq!(line["_IPC_REQUEST/ERROR"]["name"], "Overloaded", "{line}");
+            refused += 1;
+        }
+        refused
+    });
+    tokio::time::timeout(Duration::from_secs(30), writing)
+        .await
+        .expect("the peer's writes stayed stalled once it read")
+        .unwrap();
+    let refused = tokio::time::timeout(Duration::from_secs(30), reading)
+        .await
+        .expect("refusals missing")
+        .unwrap();
+    assert_eq!(refused, total - 1 - queued);
 }
 
 /// A write half that, once armed, takes nothing the first time it is asked

@@ -87,11 +87,12 @@ impl UnixReadHalf {
     }
 }
 
-/// Asks the kernel whether the peer of a Unix socket has hung up (closed
-/// its end: it exited, or shut the socket down both ways), without reading
-/// and without the reactor. The session asks while its reader is held up
-/// and reads nothing, so that the end of stream waits unseen behind the
-/// lines not read yet (see `session::incoming`).
+/// Asks the kernel whether the peer of a Unix socket is gone: it hung up
+/// (closed its end: it exited, or shut the socket down both ways), or it
+/// shut down its reading side and will never read what we write. Asked
+/// without reading and without the reactor. The session asks while its
+/// reader is held up and reads nothing, so that the end of stream waits
+/// unseen behind the lines not read yet (see `session::incoming`).
 ///
 /// `poll(2)` with a zero timeout reports `POLLHUP` from the socket's
 /// shutdown state, whatever data is still queued. A peer that shut down
@@ -101,6 +102,11 @@ impl UnixReadHalf {
 /// reading half, so a reader that resumes misses nothing (clearing that
 /// readiness to wait for the next edge instead would strand the data
 /// already queued).
+///
+/// A peer that shut down only its reading side makes no event at all for
+/// a writer that waits for room (the socket never becomes writable again,
+/// and `poll(2)` reports nothing for it): [`writes_are_over`](Self::writes_are_over)
+/// asks about that.
 #[derive(Clone)]
 pub(crate) struct HangUpProbe(Arc<OwnedFd>);
 
@@ -118,6 +124,17 @@ impl HangUpProbe {
         // keeps open; a zero timeout never blocks.
         let ready = unsafe { libc::poll(&mut probe, 1, 0) };
         ready > 0 && probe.revents & libc::POLLHUP != 0
+    }
+
+    /// Whether nothing more can be written: the peer shut down its reading
+    /// side (or we shut down our writing side, which the session does only
+    /// as it ends). Sends zero bytes, which writes nothing and fails with
+    /// `EPIPE` then. `false` when the kernel says anything else.
+    pub(crate) fn writes_are_over(&self) -> bool {
+        let nothing = [0u8; 0];
+        // SAFETY: a zero-length buffer, on a descriptor the Arc keeps open.
+        let sent = unsafe { libc::send(self.0.as_raw_fd(), nothing.as_ptr().cast(), 0, SEND_FLAGS) };
+        sent < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EPIPE)
     }
 }
 
@@ -201,14 +218,24 @@ enum Waiting {
     Registered(AsyncFd<OwnedFd>),
 }
 
+/// Flags of every `send(2)`: never block, never raise SIGPIPE (Apple's
+/// systems have that per socket, see `no_sigpipe`).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const SEND_FLAGS: libc::c_int = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const SEND_FLAGS: libc::c_int = libc::MSG_DONTWAIT;
+
 impl UnixWriteHalf {
     fn send(&self, bytes: &[u8]) -> io::Result<usize> {
-        #[cfg(any(target_os = "linux", target_os = "android"))]
-        const FLAGS: libc::c_int = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
-        #[cfg(not(any(target_os = "linux", target_os = "android")))]
-        const FLAGS: libc::c_int = libc::MSG_DONTWAIT;
         // SAFETY: `bytes` is valid for reads of its length.
-        let n = unsafe { libc::send(self.socket.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), FLAGS) };
+        let n = unsafe {
+            libc::send(
+                self.socket.as_raw_fd(),
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                SEND_FLAGS,
+            )
+        };
         if n < 0 {
             Err(io::Error::last_os_error())
         } else {
@@ -441,6 +468,37 @@ mod tests {
         assert!(!probe.peer_hung_up(), "a half-closed peer taken for gone");
         theirs.shutdown(std::net::Shutdown::Read).unwrap();
         assert!(probe.peer_hung_up(), "a peer shut down both ways taken for alive");
+    }
+
+    /// A peer that shut down its reading side will never read what we
+    /// write: gone, though it may still write, and though our writes wait
+    /// for room (which then never comes, and no event says why). Asking
+    /// writes nothing.
+    #[tokio::test]
+    async fn the_probe_takes_a_peer_that_reads_no_more_for_gone() {
+        use std::io::Read;
+        let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let (reader, mut writer) = split(ours.into()).unwrap();
+        let probe = reader.hang_up_probe();
+        writer.write_all(b"one\n").await.unwrap();
+        assert!(
+            !probe.writes_are_over(),
+            "a peer with data to read taken for gone"
+        );
+        let mut got = [0u8; 4];
+        theirs.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"one\n", "the probe wrote something");
+        assert!(!probe.peer_hung_up());
+        theirs.shutdown(std::net::Shutdown::Read).unwrap();
+        assert!(
+            probe.writes_are_over(),
+            "a peer that reads no more taken for alive"
+        );
+        assert!(
+            !probe.peer_hung_up(),
+            "a peer that still may write taken for hung up"
+        );
     }
 
     #[tokio::test]

@@ -32,7 +32,7 @@ use std::task::{Context, Poll, Waker};
 use futures_util::task::AtomicWaker;
 use serde::Serialize;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Semaphore, TryAcquireError, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::ChannelConfig;
@@ -67,6 +67,9 @@ struct Outgoing {
     /// Lets the sender take the line back while it waits in the queue (see
     /// [`LineTicket`]).
     ticket: Option<LineTicket>,
+    /// A permit of the sender's own bound on such lines, given back when
+    /// the line is written or dropped (see `send_control_holding`).
+    _held: Option<OwnedSemaphorePermit>,
 }
 
 impl Outgoing {
@@ -336,6 +339,7 @@ impl ChannelSender {
             }),
             written,
             ticket: None,
+            _held: None,
         };
         match path {
             Path::Direct => self.write_or_queue(out, ticket),
@@ -351,11 +355,28 @@ impl ChannelSender {
     /// handler finished (at most one per responder the application kept;
     /// see `AnswerState`).
     pub(crate) fn send_control(&self, line: Vec<u8>) -> Result<(), Error> {
+        self.send_control_inner(line, None)
+    }
+
+    /// [`send_control`](Self::send_control) for a line the caller bounds
+    /// itself: it holds `permit` until it has been written (or dropped
+    /// unwritten). For the refusals the session's reader sends, which must
+    /// not wait for the byte budget (see `Shared::refuse`).
+    pub(crate) fn send_control_holding(
+        &self,
+        line: Vec<u8>,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<(), Error> {
+        self.send_control_inner(line, Some(permit))
+    }
+
+    fn send_control_inner(&self, line: Vec<u8>, held: Option<OwnedSemaphorePermit>) -> Result<(), Error> {
         let out = Outgoing {
             line,
             budget: None,
             written: None,
             ticket: None,
+            _held: held,
         };
         self.write_or_queue(out, false).map(drop)
     }

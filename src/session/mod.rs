@@ -37,6 +37,13 @@ use crate::frame::Message;
 use crate::protocol::{self, EXT_CANCEL, EXT_ERROR, PeerUid};
 use pending::PendingGuard;
 
+/// How many bytes of refusals may wait to be written (see
+/// `Shared::refuse`): the `max_queued_request_bytes`, taken a u32 at a
+/// time.
+fn refusal_budget(config: &SessionConfig) -> usize {
+    config.max_queued_request_bytes.clamp(1, u32::MAX as usize)
+}
+
 /// What the peer said it understands, from its handshake message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerInfo {
@@ -145,9 +152,10 @@ pub(crate) struct Shared {
     handler_slots: Arc<Semaphore>,
     /// The peer's requests waiting for a handler slot, in arrival order.
     backlog: Mutex<Backlog>,
-    /// Told whenever the backlog shrinks (a request handed to a handler,
-    /// or cancelled ones dropped), for a reader waiting for room.
-    backlog_space: Notify,
+    /// The bytes of the refusals the reader has sent and the channel has
+    /// not yet written (see `Shared::refuse`): [`Shared::refusal_budget`]
+    /// permits.
+    refusals_unwritten: Arc<Semaphore>,
     /// The backlog's length, readable without its lock.
     backlog_len: AtomicUsize,
     /// A handshake answer is already on its way during the handshake.
@@ -572,6 +580,12 @@ impl Shared {
     }
 
     /// The peer advertised `cancel`: it may cancel, and we may.
+    /// How many bytes of refusals may wait to be written: the
+    /// `max_queued_request_bytes`, taken a u32 at a time.
+    fn refusal_budget(&self) -> usize {
+        refusal_budget(&self.config)
+    }
+
     fn peer_can_cancel(&self) -> bool {
         self.peer.get().is_some_and(|p| p.can_cancel)
     }

@@ -40,25 +40,33 @@ pub struct SessionConfig {
     /// what we write, its answer too, until there is room in the write
     /// queue. A peer that sends large requests and reads nothing can so
     /// make this side hold up to this many requests and answers before the
-    /// reader pushes back (a review measured 812 MiB held for 400 MiB of
+    /// reader refuses any (a review measured 812 MiB held for 400 MiB of
     /// 1 MiB echo requests). For a peer you do not trust, lower this or
     /// [`ChannelConfig::max_message_len`](crate::ChannelConfig::max_message_len).
     pub max_concurrent_handlers: usize,
     /// The peer's requests that may wait for a handler slot (default
-    /// 65,536). The reader goes on reading while fewer wait, so answers to
-    /// our own requests keep arriving even when every handler is busy (two
-    /// sessions flooding each other with requests would otherwise deadlock);
-    /// past this, or past `max_queued_request_bytes`, it stops reading.
+    /// 65,536). A request past this, or past `max_queued_request_bytes`, is
+    /// refused at once, unhandled: its caller gets an error named
+    /// `Overloaded` (a 1.0 peer, which has no error answers, gets that
+    /// error as the answer's payload).
     ///
-    /// So two sessions that flood each other past these bounds at the same
-    /// time still stall, each waiting for the other to read (at the
-    /// defaults, more than 64 MiB of requests waiting each way): Node's
-    /// protocol has no flow control, and with memory bounded a side can
-    /// then only wait or refuse requests. This crate waits; a request
-    /// deadline ends the calls that wait, not the stall.
+    /// The reader never waits for room here: stopped with a request in
+    /// hand, it would read nothing behind it, neither the answers to our
+    /// own requests nor the cancels that free handler slots nor the answers
+    /// that handlers calling the peer back wait for, and two sessions that
+    /// flood each other would wait for each other for good. Node's protocol
+    /// has no flow control, so with memory bounded a side can only wait or
+    /// refuse; this one refuses. The refusals do not wait for room in the
+    /// write queue either: see `max_queued_request_bytes`.
     pub max_queued_requests: usize,
     /// Total payload bytes of the requests waiting for a handler slot
     /// (default 64 MiB). One request is always let in, however large.
+    ///
+    /// Also how many bytes of refusals (see `max_queued_requests`) may wait
+    /// to be written: past that (a peer that sends on and reads nothing)
+    /// the reader does stop reading. A peer of this crate that waits for
+    /// its answers cannot get there at the defaults: its `max_in_flight`
+    /// requests make about 21 MiB of refusals.
     pub max_queued_request_bytes: usize,
     /// When the session owns the child (default 200 ms): if the channel
     /// closes first, how long to wait for the child's exit status to name
@@ -191,7 +199,7 @@ impl SessionBuilder {
             in_flight: Semaphore::new(bounded(config.max_in_flight)),
             handler_slots: Arc::new(Semaphore::new(bounded(config.max_concurrent_handlers))),
             backlog: Mutex::new(Backlog::default()),
-            backlog_space: Notify::new(),
+            refusals_unwritten: Arc::new(Semaphore::new(super::refusal_budget(&config))),
             backlog_len: AtomicUsize::new(0),
             answering_handshake: AtomicBool::new(false),
             was_established: AtomicBool::new(false),
