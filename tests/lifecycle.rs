@@ -109,6 +109,54 @@ async fn requests_that_time_out_still_queued_are_never_sent() {
 }
 
 #[tokio::test]
+async fn requests_still_queued_when_the_session_closes_are_never_sent() {
+    // As above, but the callers are told their requests failed by our own
+    // close: those whose lines still wait in our queue must not reach the
+    // peer afterwards (it would run requests whose callers were told they
+    // failed, and a caller that retries elsewhere gets the work done twice).
+    let (unused, _) = cancel_observer();
+    let extensions = Some(&["error", "cancel"][..]);
+    let (client, mut reader, _writer) =
+        serve_a_hand_played_peer(unused, ChannelConfig::default(), 256, extensions).await;
+    const COUNT: usize = 50;
+    let payload = "x".repeat(2048);
+    let calls: Vec<_> = (0..COUNT)
+        .map(|i| {
+            let (client, payload) = (client.clone(), payload.clone());
+            tokio::spawn(async move { client.request_raw(&(i, payload)).await })
+        })
+        .collect();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while client.pending_requests() < COUNT {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the requests never all went out");
+    client.close();
+    for call in calls {
+        let result = call.await.unwrap();
+        assert!(
+            matches!(result, Err(Error::Closed(ipc_request::CloseReason::Local))),
+            "{result:?}"
+        );
+    }
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(10), reader.read_to_string(&mut text))
+        .await
+        .expect("the stream never ended")
+        .unwrap();
+    let requested = text
+        .lines()
+        .filter(|line| line.contains("MSG_TYPE:REQUEST"))
+        .count();
+    assert!(
+        requested < COUNT / 4,
+        "{requested} of {COUNT} requests were written after their callers were told they failed"
+    );
+}
+
+#[tokio::test]
 async fn the_session_default_deadline_applies() {
     let (handler, _seen) = cancel_observer();
     let config = ipc_request::SessionConfig {

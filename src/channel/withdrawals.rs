@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 /// A queued line's claim check, for taking it back while it waits: a line
 /// withdrawn is never written, and one the sender is told was taken is
@@ -74,8 +74,12 @@ pub(super) struct Withdrawals {
     /// queue: a number goes in only for a line that is in it, and comes
     /// out when the writer task reaches that line (or with the channel).
     withdrawn: Mutex<HashSet<u64>>,
-    /// `withdrawn.len()`, for the writer task to skip the lock when none.
+    /// `withdrawn.len()`, for the writer task to skip the lock when none;
+    /// one more, for good, once `all_withdrawn` is set.
     pending: AtomicUsize,
+    /// Every line not taken yet is withdrawn (see
+    /// [`withdraw_all`](Self::withdraw_all)). Set under the lock.
+    all_withdrawn: AtomicBool,
 }
 
 impl Withdrawals {
@@ -102,6 +106,20 @@ impl Withdrawals {
         true
     }
 
+    /// Withdraws every ticketed line not taken yet, and every one queued
+    /// from now on: for a session that has told all its callers that their
+    /// requests failed. A line the writer task took before is written, as
+    /// with [`withdraw`](Self::withdraw). The same pairing as there: the
+    /// flag is set, and `pending` raised (for good: the writer task looks
+    /// at the flag from then on), before the writer's next read of
+    /// `pending`, or the line was taken.
+    pub(super) fn withdraw_all(&self) {
+        let _withdrawn = self.withdrawn.lock().unwrap();
+        if !self.all_withdrawn.swap(true, Ordering::SeqCst) {
+            self.pending.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
     /// The writer task's side: `true` if the line is still wanted; from
     /// now on it can no longer be withdrawn.
     pub(super) fn take(&self, ticket: &LineTicket) -> bool {
@@ -114,7 +132,7 @@ impl Withdrawals {
             self.pending.fetch_sub(1, Ordering::SeqCst);
             return false;
         }
-        true
+        !self.all_withdrawn.load(Ordering::SeqCst)
     }
 }
 
@@ -132,6 +150,23 @@ mod tests {
         assert!(!record.take(&two_again), "two was withdrawn: skipped");
         assert_eq!(record.pending.load(Ordering::SeqCst), 0);
         assert!(record.withdrawn.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn after_withdraw_all_no_line_not_taken_is_wanted() {
+        let record = Withdrawals::default();
+        let (one, two, three) = (record.ticket(), record.ticket(), record.ticket());
+        assert!(record.take(&one));
+        record.withdraw_all();
+        record.withdraw_all();
+        assert!(!record.take(&LineTicket(two.0)), "two was queued: skipped");
+        // One withdrawn on its own too: skipped once, its number gone.
+        assert!(record.withdraw(three));
+        assert!(!record.take(&LineTicket(3)));
+        assert!(record.withdrawn.lock().unwrap().is_empty());
+        // And one queued later.
+        assert!(!record.take(&record.ticket()));
+        assert!(!record.withdraw(one), "one was taken before");
     }
 
     #[test]

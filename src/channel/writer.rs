@@ -456,6 +456,14 @@ impl ChannelSender {
         self.shared.withdrawals.withdraw(ticket)
     }
 
+    /// Takes back every ticketed line the writer task has not taken yet,
+    /// and every one queued from now on: for a session about to tell every
+    /// caller that its request failed (see `Shared::shut`). Lines without
+    /// a ticket (answers, plain messages) are still written.
+    pub(crate) fn withdraw_all(&self) {
+        self.shared.withdrawals.withdraw_all()
+    }
+
     fn queue(&self, out: Outgoing) -> Result<(), Error> {
         // After a close or a failed write nothing more is written: say so
         // rather than accept a line that would be dropped.

@@ -432,8 +432,12 @@ impl Session {
     }
 
     /// Closes the session: pending requests fail with
-    /// `Error::Closed(CloseReason::Local)`, what is already queued is
-    /// written, then the channel is shut so the peer sees it disconnect.
+    /// `Error::Closed(CloseReason::Local)`, and those whose lines still
+    /// wait in the outgoing queue are taken out of it, never sent; the
+    /// rest of what is queued (answers, plain messages) is written, then
+    /// the channel is shut so the peer sees it disconnect. A request
+    /// already written, or being written, may still run at the peer (which
+    /// sees the disconnect: a session of this crate then cancels it).
     pub fn close(&self) {
         self.shared.shut(CloseReason::Local);
     }
@@ -684,12 +688,31 @@ impl Shared {
                 return;
             }
             table.closed = Some(reason.clone());
+            // Before any caller is told its request failed: a request
+            // whose line still waits in the queue is then never sent (the
+            // writer drains the queue before it shuts the stream down, for
+            // the answers and messages in it). A caller told `Closed` may
+            // so count on the peer not running it, but for a line already
+            // on its way (see `ChannelSender::withdraw`).
+            self.sender.withdraw_all();
             (
                 std::mem::take(&mut table.pending),
                 std::mem::take(&mut table.running),
                 std::mem::take(&mut table.displaced),
             )
         };
+        // The peer's requests waiting for a handler will never run; their
+        // payloads (up to `max_queued_request_bytes`) must not live on for
+        // as long as a handle does. (After the table's lock: the backlog's
+        // is taken first everywhere else.)
+        let backlog = std::mem::take(
+            &mut *self
+                .backlog
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        self.backlog_len.store(0, Ordering::Release);
+        drop(backlog);
         // A disconnect or a clean exit is the normal end, not a crash.
         match &reason {
             CloseReason::Local | CloseReason::PeerClosed => tracing::debug!("session closed: {reason}"),

@@ -19,7 +19,8 @@ pub(super) mod hooks {
 
     /// Run once, by the next `drain_backlog` to take a request out of the
     /// backlog, right after it did (the lock released), before the handler
-    /// starts. No other unit test runs a session, so a global will do.
+    /// starts. The one other unit test that runs a session never takes a
+    /// request out of the backlog, so a global will do.
     pub(in crate::session::incoming) static TAKEN_FROM_BACKLOG: Mutex<Option<Hook>> = Mutex::new(None);
 
     pub(in crate::session::incoming) fn taken_from_backlog() {
@@ -210,4 +211,56 @@ async fn a_cancel_read_while_a_request_moves_from_the_backlog_to_a_handler_reach
         seen.push(event);
     }
     assert_eq!(seen, ["third ran"]);
+}
+
+#[tokio::test]
+async fn a_closed_session_lets_go_of_the_requests_in_its_backlog() {
+    // Up to `max_queued_request_bytes` of the peer's requests may wait in
+    // the backlog; once the session is closed nobody will run them, and
+    // they must not stay in memory for as long as a handle lives. (This
+    // session never takes a request out of the backlog: the hook above is
+    // not reached.)
+    let handler = responder_fn(|_: Request, _: Responder| std::future::pending::<()>());
+    let config = SessionConfig {
+        max_concurrent_handlers: 1,
+        ..SessionConfig::default()
+    };
+    let (ours, theirs) = tokio::io::duplex(64 * 1024);
+    let (reader, mut writer) = tokio::io::split(theirs);
+    let mut lines = BufReader::new(reader).lines();
+    let server = tokio::spawn(
+        SessionBuilder::new()
+            .config(config)
+            .handler(handler)
+            .setup(Channel::from_stream(ours, ChannelConfig::default())),
+    );
+    let hello: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    let shake = serde_json::json!({
+        "_IPC_REQUEST/HANDSHAKE_UID": hello["_IPC_REQUEST/HANDSHAKE_UID"],
+        "_IPC_REQUEST/HANDSHAKE_MSG_TYPE": "_IPC_REQUEST/HANDSHAKE_MSG_TYPE:RESPONSE",
+    });
+    writer.write_all(format!("{shake}\n").as_bytes()).await.unwrap();
+    let server = server.await.unwrap().unwrap();
+    let big = format!("\"{}\"", "x".repeat(10_000));
+    for uid in ["1", "2", "3", "4"] {
+        writer
+            .write_all(protocol_line("REQUEST", uid, &big).as_bytes())
+            .await
+            .unwrap();
+    }
+    let shared = &server.shared;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while shared.backlog.lock().unwrap().len() < 3 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the requests never reached the backlog");
+    server.close();
+    let backlog = shared.backlog.lock().unwrap();
+    assert_eq!(
+        (backlog.len(), backlog.bytes),
+        (0, 0),
+        "the backlog outlived the session"
+    );
 }
