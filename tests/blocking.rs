@@ -296,6 +296,55 @@ fn a_child_that_never_shakes_hands_is_killed_when_spawn_fails() {
     assert!(gone, "the child {pid} still runs (or was not reaped)");
 }
 
+/// A child that writes 70 kB to its piped stderr before it opens its
+/// channel: more than a pipe holds, so it waits for a reader first.
+fn a_child_that_logs_before_it_listens() -> Command {
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(r#"head -c 70000 /dev/zero >&2; exec "$0""#)
+        .arg(example("blocking_peer"))
+        .stderr(Stdio::piped());
+    command
+}
+
+#[test]
+fn pipes_taken_before_the_handshake_let_a_child_that_fills_one_first_shake_hands() {
+    let drained = std::sync::Mutex::new(None);
+    let (session, child) = blocking::spawn_with_pipes(
+        a_child_that_logs_before_it_listens(),
+        Default::default(),
+        SessionBuilder::new(),
+        |child| {
+            let mut stderr = child.take_stderr().unwrap().expect("stderr is piped");
+            *drained.lock().unwrap() = Some(std::thread::spawn(move || {
+                std::io::copy(&mut stderr, &mut std::io::sink()).unwrap()
+            }));
+        },
+    )
+    .expect("the handshake, with stderr read meanwhile");
+    session.close();
+    assert_exits(&child);
+    let drained = drained.into_inner().unwrap().unwrap().join().unwrap();
+    assert!(drained >= 70_000, "{drained} bytes of stderr");
+}
+
+#[test]
+fn pipes_left_for_after_the_handshake_leave_such_a_child_waiting() {
+    // What `spawn_with`'s docs warn of: the pipes can only be taken once
+    // the handshake is done, which this child never gets to.
+    let config = SessionConfig {
+        handshake_timeout: Duration::from_millis(500),
+        ..SessionConfig::default()
+    };
+    let spawned = blocking::spawn_with(
+        a_child_that_logs_before_it_listens(),
+        Default::default(),
+        SessionBuilder::new().config(config),
+    );
+    assert!(matches!(spawned, Err(Error::HandshakeTimeout(_))), "{spawned:?}");
+}
+
 #[test]
 fn a_child_dropped_without_waiting_is_still_reaped() {
     let peer = example("blocking_peer");

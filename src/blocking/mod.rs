@@ -172,32 +172,52 @@ pub fn spawn(
 ///
 /// Streams of `command` set to [`Stdio::piped()`](std::process::Stdio::piped)
 /// are there for the taking, as blocking files: [`ChildProcess::take_stdout`]
-/// and its siblings.
+/// and its siblings. But only once the handshake is done: a child that
+/// writes more than a pipe holds (64 KiB on Linux) to one of them before it
+/// opens its channel, or reads its stdin first, then never answers the
+/// handshake, which fails after its timeout. For such a child, take the
+/// streams in [`spawn_with_pipes`], before the handshake.
 pub fn spawn_with(
     command: Command,
     options: SpawnOptions,
     builder: SessionBuilder,
 ) -> Result<(Session, ChildProcess), Error> {
+    spawn_with_pipes(command, options, builder, |_| {})
+}
+
+/// [`spawn_with`], calling `take_pipes` with the child as soon as it has
+/// started, before the handshake: to take its piped streams
+/// ([`ChildProcess::take_stdout`] and its siblings) and read or write them
+/// on threads of your own, for a child that uses them before it opens its
+/// channel. `take_pipes` runs on this thread, and the handshake waits for
+/// it. If the handshake fails, the child is killed, as with `spawn_with`;
+/// the streams taken stay yours (a reader sees them end).
+pub fn spawn_with_pipes(
+    command: Command,
+    options: SpawnOptions,
+    builder: SessionBuilder,
+    take_pipes: impl FnOnce(&ChildProcess),
+) -> Result<(Session, ChildProcess), Error> {
     let mut runtime = Runtime::new(builder.max_concurrent_handlers())?;
-    let (setup, child) = runtime.block_on(async {
-        let (channel, child) = process::spawn_with(command, options)?;
-        let setup = builder.setup(channel).await;
-        if setup.is_err() {
-            child.kill();
-            let _ = tokio::time::timeout(KILL_WAIT, child.wait()).await;
-        }
-        Ok::<_, Error>((setup, child))
-    })?;
-    // Also after a failed handshake: a killed child slower to die than
-    // KILL_WAIT is still reaped (see the runtime's drop).
+    let (channel, child) = runtime.block_on(async { process::spawn_with(command, options) })?;
+    // Before anything can fail: a child killed after a failed handshake,
+    // slower to die than KILL_WAIT, is still reaped (see the runtime's drop).
     runtime.child_exit = Some(child.exit_status());
-    let session = setup?;
     let runtime = Arc::new(runtime);
     let child = ChildProcess {
         child,
         runtime: runtime.clone(),
     };
-    Ok((Session::new(session, runtime), child))
+    take_pipes(&child);
+    let setup = runtime.block_on(async {
+        let setup = builder.setup(channel).await;
+        if setup.is_err() {
+            child.child.kill();
+            let _ = tokio::time::timeout(KILL_WAIT, child.child.wait()).await;
+        }
+        setup
+    });
+    Ok((Session::new(setup?, runtime), child))
 }
 
 /// The channel this process's parent gave it ([`crate::open_from_env`]), and
