@@ -188,16 +188,38 @@ fn a_child_that_outlives_its_runtime_is_still_reaped() {
         common::run_in_a_child_process("a_child_that_outlives_its_runtime_is_still_reaped", |_| {});
         return;
     }
+    outlive_the_runtime("sleep", "0.3", Duration::ZERO);
+}
+
+#[test]
+fn a_child_that_exited_unseen_when_its_runtime_ended_still_reports_its_status() {
+    if !common::in_a_child_process() {
+        common::run_in_a_child_process(
+            "a_child_that_exited_unseen_when_its_runtime_ended_still_reports_its_status",
+            |_| {},
+        );
+        return;
+    }
+    // Exited before the runtime ends, which never ran the task that waits
+    // for it: the runtime's end collects the status.
+    outlive_the_runtime("sleep", "0", Duration::from_millis(300));
+}
+
+/// Starts `program arg` on a runtime that ends `pause` later (its reaping
+/// task never runs meanwhile); the child must then be reaped, and its
+/// handle, on another runtime, learn that it exited with success.
+fn outlive_the_runtime(program: &str, arg: &str, pause: Duration) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let child = runtime.block_on(async {
-        let mut command = Command::new("sleep");
-        command.arg("0.3");
+        let mut command = Command::new(program);
+        command.arg(arg);
         let (_channel, child) = spawn(command).unwrap();
         child
     });
+    std::thread::sleep(pause);
     let pid = child.id();
     drop(runtime);
     let state = process_state_once(pid, |state| state.is_none());
@@ -205,4 +227,14 @@ fn a_child_that_outlives_its_runtime_is_still_reaped() {
         kill_and_reap(pid);
     }
     assert_eq!(state, None, "the child is still there after it exited");
+    // And its handle still learns how it exited, on another runtime.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let status = runtime
+        .block_on(async { tokio::time::timeout(Duration::from_secs(10), child.wait()).await })
+        .expect("wait() never returned");
+    assert!(status.as_ref().is_ok_and(|s| s.success()), "{status:?}");
+    assert!(child.try_status().is_some_and(|s| s.success()));
 }

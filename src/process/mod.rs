@@ -160,6 +160,7 @@ pub fn spawn_with(mut command: Command, options: SpawnOptions) -> Result<(Channe
         child: Some(child),
         kill_requested: kill_requested.clone(),
         reaped: false,
+        exit: Some(exit_tx),
     };
     tokio::spawn(async move {
         loop {
@@ -167,7 +168,7 @@ pub fn spawn_with(mut command: Command, options: SpawnOptions) -> Result<(Channe
                 status = reaping.child().wait() => {
                     reaping.mark_reaped();
                     match status {
-                        Ok(status) => { let _ = exit_tx.send(Some(status)); }
+                        Ok(status) => reaping.publish(status),
                         Err(e) => tracing::warn!("could not wait for child {pid}: {e}"),
                     }
                     return;
@@ -194,7 +195,8 @@ pub fn spawn_with(mut command: Command, options: SpawnOptions) -> Result<(Channe
 
 /// A child started by [`spawn`]. A task waits for it (and, if the runtime
 /// ends first, a small thread, until the child exits), so it never lingers
-/// as a zombie; dropping this does not kill it (it sees its channel close
+/// as a zombie, and its exit status reaches [`wait`](Self::wait) either
+/// way (on any runtime); dropping this does not kill it (it sees its channel close
 /// when the session ends, and a Node child then exits). Dropping the last
 /// clone does close the piped stdio nobody took: a child that writes to
 /// such a pipe afterwards gets `EPIPE` (Node throws, Rust's `println!`
@@ -219,12 +221,18 @@ pub struct ChildProcess {
 ///   reused one);
 /// - it hands the child to a thread that waits for it. Tokio would hand it
 ///   to whichever runtime of the process next handles `SIGCHLD`, and there
-///   may be none: the child would stay a zombie (a review saw one).
+///   may be none: the child would stay a zombie (a review saw one);
+/// - whoever collects the exit status publishes it, so that
+///   [`ChildProcess::wait`] and the sessions over its channel still learn
+///   it (a review found `wait` failing for a child that exited cleanly
+///   once its runtime had ended).
 struct Reaping {
     /// `None` only once the drop has handed it on.
     child: Option<tokio::process::Child>,
     kill_requested: Arc<AtomicBool>,
     reaped: bool,
+    /// Where the exit status goes; `None` once handed on with the child.
+    exit: Option<watch::Sender<Option<ExitStatus>>>,
 }
 
 impl Reaping {
@@ -237,6 +245,12 @@ impl Reaping {
     /// The child's status was collected: its pid may be reused from now on.
     fn mark_reaped(&mut self) {
         self.reaped = true;
+    }
+
+    fn publish(&self, status: ExitStatus) {
+        if let Some(exit) = &self.exit {
+            exit.send_replace(Some(status));
+        }
     }
 }
 
@@ -251,9 +265,16 @@ impl Drop for Reaping {
         if self.kill_requested.load(Ordering::Acquire) {
             let _ = child.start_kill();
         }
-        // Exited already: reaped here, and Tokio forgets it.
-        if let Ok(None) = child.try_wait() {
-            wait_on_a_thread(child);
+        let exit = self.exit.take();
+        match child.try_wait() {
+            // Exited already: reaped here, and Tokio forgets it.
+            Ok(Some(status)) => {
+                if let Some(exit) = exit {
+                    exit.send_replace(Some(status));
+                }
+            }
+            Ok(None) => wait_on_a_thread(child, exit),
+            Err(e) => tracing::warn!("could not wait for child {:?}: {e}", child.id()),
         }
     }
 }
@@ -273,7 +294,7 @@ impl Drop for Reaping {
 /// through Tokio's handle (a pidfd registration on Linux) the stopped
 /// runtime's I/O driver (its epoll and eventfd descriptors), are kept: a
 /// child that never exits keeps them for as long as the process lives.
-fn wait_on_a_thread(mut child: tokio::process::Child) {
+fn wait_on_a_thread(mut child: tokio::process::Child, exit: Option<watch::Sender<Option<ExitStatus>>>) {
     let Some(pid) = child.id() else {
         return;
     };
@@ -299,7 +320,9 @@ fn wait_on_a_thread(mut child: tokio::process::Child) {
             }
             // Collects the status: the handle is done, and its drop
             // queues nothing.
-            let _ = child.try_wait();
+            if let (Ok(Some(status)), Some(exit)) = (child.try_wait(), exit) {
+                exit.send_replace(Some(status));
+            }
         });
     if let Err(e) = waiting {
         tracing::warn!("child {pid} may be left a zombie when it exits: no thread to wait for it ({e})");
