@@ -8,7 +8,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 
@@ -212,14 +212,53 @@ fn a_failed_open_leaves_nothing_for_the_childs_own_children() {
     );
     assert_eq!(std::env::var_os("NODE_CHANNEL_FD"), None);
     assert_eq!(std::env::var_os("NODE_CHANNEL_SERIALIZATION_MODE"), None);
-    // The channel is still open (refused, not closed) but close-on-exec.
-    let flags = unsafe { libc::fcntl(std::io::stdin().as_raw_fd(), libc::F_GETFD) };
-    assert!(flags >= 0, "the channel was closed");
-    assert_ne!(
-        flags & libc::FD_CLOEXEC,
-        0,
-        "the channel would pass to our children"
+    // The channel was at stdin: our children must get a stdin, not the
+    // channel and not a hole. /dev/null took its place, inheritable...
+    let is_null = |fd: i32| unsafe {
+        let (mut got, mut null): (libc::stat, libc::stat) = (std::mem::zeroed(), std::mem::zeroed());
+        libc::fstat(fd, &mut got) == 0
+            && libc::stat(c"/dev/null".as_ptr(), &mut null) == 0
+            && (got.st_mode & libc::S_IFMT) == libc::S_IFCHR
+            && got.st_rdev == null.st_rdev
+    };
+    assert!(is_null(0), "stdin is not /dev/null");
+    let flags = unsafe { libc::fcntl(0, libc::F_GETFD) };
+    assert!(
+        flags >= 0 && flags & libc::FD_CLOEXEC == 0,
+        "stdin would not pass to our children"
     );
+    // ...and no socket passes to our children; the channel is still open
+    // (refused, not closed), close-on-exec, at a number of its own.
+    let mut channel_still_open = false;
+    for fd in 0..256 {
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstat(fd, &mut st) } != 0 || (st.st_mode & libc::S_IFMT) != libc::S_IFSOCK {
+            continue;
+        }
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        assert_ne!(
+            flags & libc::FD_CLOEXEC,
+            0,
+            "socket {fd} would pass to our children"
+        );
+        let mut ty: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        let unix_stream = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_TYPE,
+                (&raw mut ty).cast(),
+                &mut len,
+            ) == 0
+        } && ty == libc::SOCK_STREAM;
+        let mut address: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        let unix = unsafe { libc::getsockname(fd, (&raw mut address).cast(), &mut len) } == 0
+            && i32::from(address.ss_family) == libc::AF_UNIX;
+        channel_still_open |= unix_stream && unix;
+    }
+    assert!(channel_still_open, "the channel was closed");
 }
 
 /// A runtime without I/O makes opening panic (as Tokio's constructors

@@ -25,7 +25,8 @@ use crate::error::Error;
 /// removes them, so that our own children do not inherit a channel they
 /// do not own (a Node grandchild would otherwise open that fd at start-up
 /// and talk to its grandparent). A channel refused for its mode is left
-/// open but close-on-exec. A descriptor that is no channel is not touched.
+/// open but close-on-exec (off 0 to 2, which get `/dev/null`, as below).
+/// A descriptor that is no channel is not touched.
 /// A channel at 0 to 2 for which `/dev/null` cannot be opened (a sandbox
 /// without `/dev`, no descriptor left) is left as it is, open and
 /// inheritable: made close-on-exec or closed, the number would be the
@@ -216,8 +217,8 @@ unsafe fn consume_channel_variables() {
 /// `NODE_CHANNEL_FD`'s descriptor if it is the channel and we speak its
 /// mode, untouched (a panic that follows must leave it as it came: a
 /// close-on-exec flag would have a second try refuse it). Refused for its
-/// mode, the channel is made close-on-exec, so that it never leaks to a
-/// child of ours.
+/// mode, the channel is kept from our children (see
+/// [`keep_from_our_children`]).
 fn checked_channel_fd(fd_text: &str, mode: Option<String>) -> Result<RawFd, Error> {
     let env_error = |problem: &str| Error::ChannelEnv {
         variable: CHANNEL_FD_VAR,
@@ -239,18 +240,49 @@ fn checked_channel_fd(fd_text: &str, mode: Option<String>) -> Result<RawFd, Erro
         }
         Some(_) => "unknown serialization mode (expected json)",
     };
-    // SAFETY: fcntl on the channel's descriptor, open (checked above).
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFD);
-        if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) < 0 {
-            return Err(io_error(std::io::Error::last_os_error()));
-        }
-    }
+    keep_from_our_children(fd)?;
     Err(Error::ChannelEnv {
         variable: SERIALIZATION_VAR,
         value: mode,
         problem: problem.into(),
     })
+}
+
+/// Keeps the channel at `fd`, refused, from passing to the children of this
+/// program, leaving it open (the parent sees no disconnect). Made
+/// close-on-exec where it is; at 0 to 2, a stdio number, that would leave
+/// the children without that stdio, so the channel moves off it (to a
+/// close-on-exec number of its own, kept open) and `/dev/null` takes its
+/// place, as when it is opened. If `/dev/null` cannot be opened, it stays
+/// as it is, inheritable (see [`open_from_env`]).
+fn keep_from_our_children(fd: RawFd) -> Result<(), Error> {
+    let last_error = || io_error(std::io::Error::last_os_error());
+    if fd > 2 {
+        // SAFETY: fcntl on the channel's descriptor, open (checked).
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) < 0 {
+                return Err(last_error());
+            }
+        }
+        return Ok(());
+    }
+    let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    else {
+        return Ok(());
+    };
+    // SAFETY: fcntl and dup2 on descriptors open here; the copy, above the
+    // stdio numbers, is new, and left open on purpose (owned by nobody,
+    // as a refused channel at another number is).
+    unsafe {
+        if libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) < 0 || libc::dup2(null.as_raw_fd(), fd) < 0 {
+            return Err(last_error());
+        }
+    }
+    Ok(())
 }
 
 /// What makes `fd` no channel a parent handed us, if anything: it must be
