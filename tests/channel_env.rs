@@ -212,6 +212,11 @@ fn a_failed_open_leaves_nothing_for_the_childs_own_children() {
     );
     assert_eq!(std::env::var_os("NODE_CHANNEL_FD"), None);
     assert_eq!(std::env::var_os("NODE_CHANNEL_SERIALIZATION_MODE"), None);
+    // A second try is told why there is no variable: not that this
+    // process never had a channel.
+    let again = runtime.block_on(async { unsafe { ipc_request::open_from_env() } });
+    let said = again.map(drop).unwrap_err().to_string();
+    assert!(said.contains("an earlier open_from_env"), "{said}");
     // The channel was at stdin: our children must get a stdin, not the
     // channel and not a hole. /dev/null took its place, inheritable...
     let is_null = |fd: i32| unsafe {

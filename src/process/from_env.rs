@@ -4,6 +4,7 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{CHANNEL_FD_VAR, SERIALIZATION_VAR, io_error};
 use crate::channel::{Channel, ChannelConfig};
@@ -176,10 +177,15 @@ impl Drop for RestoreFlagsOnPanic {
 unsafe fn channel_fd_from_env() -> Result<RawFd, Error> {
     let fd_text = std::env::var(CHANNEL_FD_VAR);
     if let Err(std::env::VarError::NotPresent) = fd_text {
+        let problem = if CONSUMED.load(Ordering::Acquire) {
+            "no channel: an earlier open_from_env in this process removed the variable (having opened or refused the channel; a channel is opened once)"
+        } else {
+            "no channel: this process was not started with an IPC channel (by Node's fork/spawn with 'ipc', or ipc_request::spawn)"
+        };
         return Err(Error::ChannelEnv {
             variable: CHANNEL_FD_VAR,
             value: None,
-            problem: "no channel: this process was not started with an IPC channel (by Node's fork/spawn with 'ipc', or ipc_request::spawn)".into(),
+            problem: problem.into(),
         });
     }
     let fd_text = fd_text.unwrap_or_else(|e| match e {
@@ -197,6 +203,10 @@ unsafe fn channel_fd_from_env() -> Result<RawFd, Error> {
     checked
 }
 
+/// Set once [`consume_channel_variables`] has run: a later call finds no
+/// variable because we took it, not because there never was a channel.
+static CONSUMED: AtomicBool = AtomicBool::new(false);
+
 /// Removes the channel's variables. Whatever became of the channel, as
 /// Node does (it deletes both before it looks at them): a program that
 /// goes on without the channel after an error must not hand them to its
@@ -207,6 +217,7 @@ unsafe fn channel_fd_from_env() -> Result<RawFd, Error> {
 ///
 /// [`std::env::remove_var`]'s: no other thread uses the environment now.
 unsafe fn consume_channel_variables() {
+    CONSUMED.store(true, Ordering::Release);
     // SAFETY: as the function's contract.
     unsafe {
         std::env::remove_var(CHANNEL_FD_VAR);
