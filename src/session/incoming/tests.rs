@@ -88,6 +88,36 @@ fn a_cancel_counts_for_one_waiting_request_at_most() {
 
 /// A line as a hand-played peer writes it: a message of `kind` with `uid`
 /// and `payload` (JSON text).
+type PeerLines = tokio::io::Lines<BufReader<tokio::io::ReadHalf<tokio::io::DuplexStream>>>;
+type PeerWriter = tokio::io::WriteHalf<tokio::io::DuplexStream>;
+
+/// A session set up with `config` and `handler` over an in-memory pipe of
+/// `capacity` bytes, and the other end, its handshake answered by hand
+/// for a peer that speaks `error` and `cancel`.
+async fn serve_a_hand_played_peer(
+    config: SessionConfig,
+    handler: crate::Handler,
+    capacity: usize,
+) -> (crate::Session, PeerLines, PeerWriter) {
+    let (ours, theirs) = tokio::io::duplex(capacity);
+    let (reader, mut writer) = tokio::io::split(theirs);
+    let mut lines = BufReader::new(reader).lines();
+    let server = tokio::spawn(
+        SessionBuilder::new()
+            .config(config)
+            .handler(handler)
+            .setup(Channel::from_stream(ours, ChannelConfig::default())),
+    );
+    let hello: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    let shake = serde_json::json!({
+        "_IPC_REQUEST/HANDSHAKE_UID": hello["_IPC_REQUEST/HANDSHAKE_UID"],
+        "_IPC_REQUEST/HANDSHAKE_MSG_TYPE": "_IPC_REQUEST/HANDSHAKE_MSG_TYPE:RESPONSE",
+        "_IPC_REQUEST/EXTENSIONS": ["error", "cancel"],
+    });
+    writer.write_all(format!("{shake}\n").as_bytes()).await.unwrap();
+    (server.await.unwrap().unwrap(), lines, writer)
+}
+
 fn protocol_line(kind: &str, uid: &str, payload: &str) -> String {
     format!(
         "{{\"_IPC_REQUEST/MSG_TYPE\":\"_IPC_REQUEST/MSG_TYPE:{kind}\",\
@@ -135,23 +165,7 @@ async fn a_cancel_read_while_a_request_moves_from_the_backlog_to_a_handler_reach
         max_concurrent_handlers: 2,
         ..SessionConfig::default()
     };
-    let (ours, theirs) = tokio::io::duplex(4096);
-    let (reader, mut writer) = tokio::io::split(theirs);
-    let mut lines = BufReader::new(reader).lines();
-    let server = tokio::spawn(
-        SessionBuilder::new()
-            .config(config)
-            .handler(handler)
-            .setup(Channel::from_stream(ours, ChannelConfig::default())),
-    );
-    let hello: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
-    let shake = serde_json::json!({
-        "_IPC_REQUEST/HANDSHAKE_UID": hello["_IPC_REQUEST/HANDSHAKE_UID"],
-        "_IPC_REQUEST/HANDSHAKE_MSG_TYPE": "_IPC_REQUEST/HANDSHAKE_MSG_TYPE:RESPONSE",
-        "_IPC_REQUEST/EXTENSIONS": ["error", "cancel"],
-    });
-    writer.write_all(format!("{shake}\n").as_bytes()).await.unwrap();
-    let server = server.await.unwrap().unwrap();
+    let (server, mut lines, mut writer) = serve_a_hand_played_peer(config, handler, 4096).await;
     let mut messages = server.messages().unwrap();
     let mut next_answer = async || {
         let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await;
@@ -225,22 +239,7 @@ async fn a_closed_session_lets_go_of_the_requests_in_its_backlog() {
         max_concurrent_handlers: 1,
         ..SessionConfig::default()
     };
-    let (ours, theirs) = tokio::io::duplex(64 * 1024);
-    let (reader, mut writer) = tokio::io::split(theirs);
-    let mut lines = BufReader::new(reader).lines();
-    let server = tokio::spawn(
-        SessionBuilder::new()
-            .config(config)
-            .handler(handler)
-            .setup(Channel::from_stream(ours, ChannelConfig::default())),
-    );
-    let hello: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
-    let shake = serde_json::json!({
-        "_IPC_REQUEST/HANDSHAKE_UID": hello["_IPC_REQUEST/HANDSHAKE_UID"],
-        "_IPC_REQUEST/HANDSHAKE_MSG_TYPE": "_IPC_REQUEST/HANDSHAKE_MSG_TYPE:RESPONSE",
-    });
-    writer.write_all(format!("{shake}\n").as_bytes()).await.unwrap();
-    let server = server.await.unwrap().unwrap();
+    let (server, _lines, mut writer) = serve_a_hand_played_peer(config, handler, 64 * 1024).await;
     let big = format!("\"{}\"", "x".repeat(10_000));
     for uid in ["1", "2", "3", "4"] {
         writer
