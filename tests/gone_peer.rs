@@ -51,7 +51,7 @@ fn held_up_by_its_handler() -> (SessionBuilder, Arc<tokio::sync::Notify>) {
         .config(SessionConfig {
             max_concurrent_handlers: 1,
             max_queued_requests: 1,
-            max_queued_request_bytes: 1024,
+            max_unwritten_refusal_bytes: 1024,
             ..SessionConfig::default()
         })
         .handler(responder_fn(move |req: Request, responder: Responder| {
@@ -256,12 +256,12 @@ async fn a_peer_that_hangs_up_while_this_side_holds_the_reader_up_ends_the_sessi
 }
 
 /// A peer that stops reading (it shut down its reading side: alive, not
-/// hung up) while this side holds the reader up. Our writes (the refusals
-/// waiting in the queue, and what we send after them) fail with a broken
-/// pipe, and that failure alone must end the session: the reader, held
-/// up, never sees it, and nothing else will come.
+/// hung up) while this side holds the reader up with refusals it cannot
+/// write. No write of ours fails (the writer waits for room that never
+/// comes, and no event says why), and nothing else will come: the held-up
+/// reader's probe must find that writing is over, and end the session.
 #[tokio::test]
-async fn a_write_that_fails_while_this_side_holds_the_reader_up_ends_the_session() {
+async fn a_peer_that_stops_reading_while_this_side_holds_the_reader_up_ends_the_session() {
     let (session, mut reader, writer) = held_up_by_refusals().await;
     let call_back = common::read_line(&mut reader).await;
     assert!(call_back.contains("called back"), "{call_back}");
@@ -318,6 +318,35 @@ async fn a_request_to_a_peer_that_hangs_up_while_plain_messages_wait_fails() {
     }
     let sent = [serde_json::json!(1), serde_json::json!(2), serde_json::json!(3)];
     assert!(!got.is_empty() && sent.starts_with(&got), "{got:?}");
+}
+
+/// A peer that shut down its reading side, but is alive and still sends
+/// plain messages, while this side holds the reader up with messages it
+/// has not read yet and has nothing to write. Not gone: its messages keep
+/// coming, and the session goes on. (A review saw the probe that finds a
+/// peer that reads no more cut such a peer off after 8 s, losing its
+/// messages; only a reader held up by our unwritten lines may take that
+/// for the peer's going.)
+#[tokio::test]
+async fn a_peer_that_only_stopped_reading_while_plain_messages_wait_is_not_cut_off() {
+    let builder = SessionBuilder::new().config(SessionConfig {
+        message_buffer: 1,
+        ..SessionConfig::default()
+    });
+    let (session, reader, writer) = session_with_a_hand_played_peer(builder, ChannelConfig::default()).await;
+    let mut messages = session.messages().unwrap();
+    let peer = reader.reunite(writer).unwrap().into_std().unwrap();
+    peer.shutdown(std::net::Shutdown::Read).unwrap();
+    let mut peer = tokio::net::UnixStream::from_std(peer).unwrap();
+    peer.write_all(b"1\n2\n3\n").await.unwrap();
+    // Past the probe's interval and the held-up reader's patience.
+    let ended = tokio::time::timeout(Duration::from_secs(8), session.closed()).await;
+    assert!(ended.is_err(), "the session ended: {ended:?}");
+    for n in 1..=3 {
+        assert_eq!(messages.recv().await.unwrap().unwrap(), serde_json::json!(n));
+    }
+    peer.write_all(b"4\n").await.unwrap();
+    assert_eq!(messages.recv().await.unwrap().unwrap(), serde_json::json!(4));
 }
 
 /// Reads the stream to its end, waiting `pause` after each message, as a

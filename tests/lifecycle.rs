@@ -157,6 +157,48 @@ async fn requests_still_queued_when_the_session_closes_are_never_sent() {
 }
 
 #[tokio::test]
+async fn a_one_dot_zero_peer_past_a_full_backlog_is_made_to_wait_not_refused() {
+    // A 1.0 peer has no error answers: a refusal would reach its caller as
+    // a successful answer holding the error. So the reader waits for room.
+    let release = Arc::new(tokio::sync::Notify::new());
+    let gate = release.clone();
+    let handler = handler_fn(move |req: Request| {
+        let gate = gate.clone();
+        async move {
+            let n: u64 = req.payload()?;
+            if n == 1 {
+                gate.notified().await;
+            }
+            Ok::<_, ipc_request::RemoteError>(n * 10)
+        }
+    });
+    let config = SessionConfig {
+        max_concurrent_handlers: 1,
+        max_queued_requests: 1,
+        ..SessionConfig::default()
+    };
+    let builder = SessionBuilder::new().config(config).handler(handler);
+    let (ours, theirs) = tokio::io::duplex(4096);
+    let (_server, mut reader, mut writer) =
+        serve_over(ours, theirs, builder, ChannelConfig::default(), None).await;
+    for n in 1..=3 {
+        send_one_dot_zero_request(&mut writer, n).await;
+    }
+    // 1 runs (held), 2 waits in the backlog, 3 waits in the reader: no
+    // answer may come yet.
+    let early = tokio::time::timeout(Duration::from_millis(300), common::read_line(&mut reader)).await;
+    assert!(early.is_err(), "answered while every request was held: {early:?}");
+    release.notify_one();
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let line: Value =
+            serde_json::from_str(&next_line(&mut reader, "an answer never came").await).unwrap();
+        answers.push(line["_IPC_REQUEST/PAYLOAD"].clone());
+    }
+    assert_eq!(answers, [10, 20, 30]);
+}
+
+#[tokio::test]
 async fn the_session_default_deadline_applies() {
     let (handler, _seen) = cancel_observer();
     let config = ipc_request::SessionConfig {
@@ -266,10 +308,9 @@ async fn a_peer_that_stops_reading_bounds_our_queue_while_we_send_a_gibibyte() {
 async fn dropped_responders_cannot_grow_our_queue_when_the_peer_reads_nothing() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     // A handler that drops every responder: each request gets an error
-    // answer. The peer floods us with requests and reads nothing; those
-    // answers must wait for queue space instead of piling up in memory,
-    // the requests past the backlog are refused, and once the refusals not
-    // written reach their bound (max_queued_request_bytes) our reader stops.
+    // answer. The peer (1.0, so nothing past the backlog is refused) floods
+    // us with requests and reads nothing; those answers must wait for
+    // queue space, which stops our reader, instead of piling up in memory.
     let started = Arc::new(AtomicUsize::new(0));
     let counter = started.clone();
     let handler = responder_fn(move |_req: Request, responder: Responder| {
@@ -284,7 +325,6 @@ async fn dropped_responders_cannot_grow_our_queue_when_the_peer_reads_nothing() 
     let session_config = ipc_request::SessionConfig {
         max_concurrent_handlers: 4,
         max_queued_requests: 16,
-        max_queued_request_bytes: 64 * 1024,
         ..Default::default()
     };
     let (a_io, b_io) = tokio::io::duplex(16 * 1024);
@@ -989,7 +1029,7 @@ async fn an_answer_too_long_for_its_uid_still_reaches_the_peer_as_an_error() {
 #[tokio::test]
 async fn a_peer_sending_requests_too_long_to_read_and_reading_nothing_is_slowed_down() {
     // Each such request gets an error answer. While the peer reads none,
-    // they may take up max_queued_request_bytes unwritten and then must
+    // they may take up max_unwritten_refusal_bytes unwritten and then must
     // wait (we stop reading), not pile up; once it reads, every request
     // has its answer.
     const REQUESTS: usize = 1_000;
@@ -1000,7 +1040,7 @@ async fn a_peer_sending_requests_too_long_to_read_and_reading_nothing_is_slowed_
     let handler = responder_fn(|_: Request, _: Responder| async {});
     let builder = SessionBuilder::new()
         .config(SessionConfig {
-            max_queued_request_bytes: 1024,
+            max_unwritten_refusal_bytes: 1024,
             ..SessionConfig::default()
         })
         .handler(handler);

@@ -585,6 +585,53 @@ async fn two_sessions_flooding_each_other_past_a_full_backlog_do_not_deadlock() 
     assert!(refused > 0, "the backlog never filled: the test shows nothing");
 }
 
+#[tokio::test]
+async fn sessions_with_a_small_backlog_flooding_each_other_do_not_deadlock() {
+    // A review's case: a backlog of 16 KiB, so that most of 10,000 small
+    // requests each way are refused. A refusal is longer than the request
+    // it answers, and each side's refusals queue behind its own requests:
+    // when they were bounded by the backlog's bytes, both readers soon
+    // stopped, each waiting for the other to read.
+    let config = || ipc_request::SessionConfig {
+        max_queued_request_bytes: 16 * 1024,
+        ..Default::default()
+    };
+    let (a, b) = Channel::pair(ChannelConfig::default());
+    let (a, b) = tokio::join!(
+        SessionBuilder::new()
+            .config(config())
+            .handler(ops_handler())
+            .setup(a),
+        SessionBuilder::new()
+            .config(config())
+            .handler(ops_handler())
+            .setup(b),
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let flood = |s: ipc_request::Session| async move {
+        let sleep = json!({"op":"sleep","ms":1,"data":1});
+        let calls = (0..10_000).map(|_| s.request::<_, Value>(&sleep));
+        let mut refused = 0;
+        for result in futures_util::future::join_all(calls).await {
+            match result {
+                Ok(got) => assert_eq!(got, json!(1)),
+                Err(Error::Remote(e)) if e.name == "Overloaded" => refused += 1,
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+        refused
+    };
+    let (refused_a, refused_b) = tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::join!(flood(a), flood(b))
+    })
+    .await
+    .expect("deadlock: both sides stopped reading");
+    assert!(
+        refused_a + refused_b > 0,
+        "nothing was refused: the test shows nothing"
+    );
+}
+
 /// Two sessions with 4 handler slots and tiny write queues each send the
 /// other 200 echo requests of 4 KiB at once; every call must end, echoed
 /// or refused as `Overloaded`. Returns how many were refused.
@@ -820,7 +867,7 @@ async fn a_request_past_a_full_backlog_is_refused_at_once_and_the_reader_goes_on
     match tokio::time::timeout(Duration::from_secs(5), two).await {
         Ok(Ok(Err(Error::Remote(e)))) => {
             assert_eq!(e.name, "Overloaded");
-            assert!(e.message.contains("max_queued_requests 1"), "{e:?}");
+            assert!(e.message.contains("too many requests wait"), "{e:?}");
         }
         other => panic!("2 was not refused at once: {other:?}"),
     }
@@ -911,14 +958,14 @@ async fn handlers_waiting_on_the_peer_get_their_answers_though_the_backlog_is_fu
 #[tokio::test]
 async fn a_peer_that_reads_no_refusals_is_pushed_back_and_loses_none() {
     // A peer that sends requests past a full backlog and reads nothing:
-    // the refusals wait unwritten, at most max_queued_request_bytes of
+    // the refusals wait unwritten, at most max_unwritten_refusal_bytes of
     // them, and then the reader stops, so the peer's writes stall (memory
     // stays bounded). Once the peer reads, every request is accounted for.
     let queued = 2;
     let config = ipc_request::SessionConfig {
         max_concurrent_handlers: 1,
         max_queued_requests: queued,
-        max_queued_request_bytes: 1024,
+        max_unwritten_refusal_bytes: 1024,
         ..Default::default()
     };
     let never = handler_fn(|_req: Request| std::future::pending::<Result<u32, RemoteError>>());

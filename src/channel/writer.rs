@@ -456,6 +456,12 @@ impl ChannelSender {
         self.shared.withdrawals.withdraw(ticket)
     }
 
+    /// Whether lines wait to be written (in the queue, or the rest of one
+    /// a direct write left).
+    pub(crate) fn has_unwritten(&self) -> bool {
+        self.shared.queued_lines.load(Ordering::Acquire) > 0
+    }
+
     /// Takes back every ticketed line the writer task has not taken yet,
     /// and every one queued from now on: for a session about to tell every
     /// caller that its request failed (see `Shared::shut`). Lines without

@@ -29,7 +29,8 @@ use crate::protocol::{self, Inbound, PeerUid, TooLongLine};
 /// requests only left in turn). Hence a map ordered by arrival rather than
 /// a queue: taking out the request of a UID is O(log n), not a scan. Once
 /// the backlog is full, further requests are refused at once (see
-/// `Shared::start_handler`): the reader never waits for room here.
+/// `Shared::start_handler`), but for a peer that takes no errors, for which
+/// the reader waits for room.
 #[derive(Default)]
 pub(super) struct Backlog {
     /// The waiting requests, by arrival number.
@@ -226,6 +227,9 @@ impl Shared {
         let running_answered = table.running.get(uid).map(|h| h.answer.is_answered());
         if running_answered != Some(false) && backlog.cancel(uid) {
             self.backlog_len.store(backlog.len(), Ordering::Release);
+            drop((table, backlog));
+            // Its room is free: a reader waiting for room goes on.
+            self.backlog_space.notify_one();
             return;
         }
         let running = table.running.remove(uid);
@@ -239,7 +243,9 @@ impl Shared {
 
     /// Starts a handler for the peer's request, or queues the request
     /// until a handler slot frees up, or, when the queue is full, refuses
-    /// it at once with an `Overloaded` error answer.
+    /// it at once with an `Overloaded` error answer; a peer that takes no
+    /// errors is made to wait instead (we stop reading until there is
+    /// room: see `SessionConfig::max_queued_requests`).
     async fn start_handler(self: &Arc<Self>, uid: PeerUid, payload: Message) {
         // The common case: nothing waits and a slot is free.
         if self.backlog_len.load(Ordering::Acquire) == 0 {
@@ -248,61 +254,66 @@ impl Shared {
             }
         }
         let size = request_size(&uid, &payload);
-        let full = {
-            let mut backlog = self.backlog.lock().unwrap();
-            let fits = backlog.len() < self.config.max_queued_requests.max(1)
-                && (backlog.len() == 0 || backlog.bytes + size <= self.config.max_queued_request_bytes);
-            if fits {
-                backlog.push(uid, payload);
-                self.backlog_len.store(backlog.len(), Ordering::Release);
-                None
-            } else {
-                Some((uid, backlog.len(), backlog.bytes))
+        let mut uid_payload = Some((uid, payload));
+        loop {
+            let space = self.backlog_space.notified();
+            {
+                let mut backlog = self.backlog.lock().unwrap();
+                let fits = backlog.len() < self.config.max_queued_requests.max(1)
+                    && (backlog.len() == 0 || backlog.bytes + size <= self.config.max_queued_request_bytes);
+                if fits {
+                    let (uid, payload) = uid_payload.take().expect("pushed once");
+                    backlog.push(uid, payload);
+                    self.backlog_len.store(backlog.len(), Ordering::Release);
+                    break;
+                }
             }
-        };
-        let Some((uid, waiting, bytes)) = full else {
-            return self.drain_backlog();
-        };
-        // Refused, not waited for: a reader that stopped here, with this
-        // request in hand, would read nothing behind it, neither the cancels
-        // that free handler slots nor the answers that handlers calling the
-        // peer back wait for, nor the peer's answers to our own requests;
-        // two sessions flooding each other, or handlers that wait on the
-        // peer, would then stall for good (two reviews showed both).
-        tracing::debug!("refused request {uid}: {waiting} requests ({bytes} bytes) wait for a handler");
-        let refusal = RemoteError::new(
-            "Overloaded",
-            format!(
-                "the peer refused this request unhandled: {waiting} requests ({bytes} bytes) \
-                 already wait for a handler (max_queued_requests {}, max_queued_request_bytes {})",
-                self.config.max_queued_requests, self.config.max_queued_request_bytes
-            ),
-        );
-        self.refuse(&uid, &refusal).await;
+            if self.peer_takes_errors() {
+                // Refused, not waited for: a reader that stopped here,
+                // with this request in hand, would read nothing behind it,
+                // neither the cancels that free handler slots nor the
+                // answers that handlers calling the peer back wait for, nor
+                // the peer's answers to our own requests; two sessions
+                // flooding each other, or handlers that wait on the peer,
+                // would then stall for good (two reviews showed both).
+                let (uid, _) = uid_payload.take().expect("refused once");
+                tracing::debug!("refused request {uid}: its backlog is full");
+                let refusal = RemoteError::new(
+                    "Overloaded",
+                    "refused unhandled: too many requests wait for a handler",
+                );
+                return self.refuse(&uid, &refusal).await;
+            }
+            // A 1.0 peer would take the refusal for an answer: it waits
+            // until a handler finishes (and Node never stops reading, so
+            // this cannot close a circle with it).
+            tokio::select! {
+                _ = space => {}
+                _ = self.closing.cancelled() => return,
+            }
+        }
+        self.drain_backlog();
     }
 
     /// Answers the peer's request `uid` with `refusal`, from the reader.
     ///
     /// The answer does not wait for room in the write queue, as handlers'
-    /// answers do: when our writes stall because the peer reads nothing
-    /// while every handler waits for room, waiting here would stop the
-    /// reader, and two sessions in that state would wait for each other for
-    /// ever. Refusals have a bound of their own instead: the lines not yet
-    /// written may take up `max_queued_request_bytes` (in bytes, not in
-    /// number: a refusal carries the request's UID, which the peer chooses).
-    /// Past it the reader does wait (stops reading), as the peer then reads
-    /// none of what we write while it goes on sending, and memory must stay
-    /// bounded. Each of those refusals answers a request the peer still
-    /// counts as pending unless it gave the request up, so a peer of this
-    /// crate that waits for its answers cannot get us there at the
-    /// defaults: its 65,536 requests in flight (`max_in_flight`) make about
-    /// 21 MiB of refusals (340 bytes each, with its short UIDs), against
-    /// 64 MiB.
+    /// answers do: when our writes stall because the peer is busy while
+    /// our own requests fill the queue, waiting here would stop the reader,
+    /// and two sessions in that state would wait for each other for ever.
+    /// Refusals have a bound of their own instead, in bytes (a refusal
+    /// carries the request's UID, which the peer chooses):
+    /// `max_unwritten_refusal_bytes` not yet written. Past it the reader
+    /// does wait (stops reading), as the peer then reads none of what we
+    /// write while it goes on sending, and memory must stay bounded.
     async fn refuse(&self, uid: &PeerUid, refusal: &RemoteError) {
-        let line = match self.encode_error(uid, refusal) {
+        let mut line = match self.encode_error(uid, refusal) {
             Ok(line) => line,
             Err(e) => return tracing::warn!("could not refuse request {uid}: {e}"),
         };
+        // Encoded into room sized for the last line sent, up to 64 KiB:
+        // what it holds must be what it counts.
+        line.shrink_to_fit();
         let unwritten = &self.refusals_unwritten;
         let bytes = line.len().clamp(1, self.refusal_budget()) as u32;
         let permit = match unwritten.clone().try_acquire_many_owned(bytes) {
@@ -336,6 +347,7 @@ impl Shared {
                 next.map(|(uid, payload)| (self.register_handler(uid), payload))
             };
             let Some((registered, payload)) = next else { return };
+            self.backlog_space.notify_one();
             #[cfg(test)]
             tests::hooks::taken_from_backlog();
             // `None`: the session closed; the request is dropped with it.
@@ -608,8 +620,9 @@ pub(super) async fn read_loop(
 const HANG_UP_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Runs the reader's handling of one line (`dispatch`) to its end. While
-/// that waits (refusals wait to be written past their bound, or the plain
-/// messages are full and this side holds them), the reader reads nothing
+/// that waits (refusals wait to be written past their bound, the backlog
+/// is full for a peer that takes no errors, or the plain messages are full
+/// and this side holds them), the reader reads nothing
 /// meanwhile, and a peer that hangs up then would go unseen: its end of stream is in the socket,
 /// behind the lines not read yet. Another sign of a gone peer (a write of
 /// ours that fails, the exit of a child we own) may never come: a peer we
@@ -634,9 +647,11 @@ async fn finish_watching_for_a_hang_up<F: std::future::Future<Output = ()>>(
         loop {
             tokio::time::sleep(HANG_UP_PROBE_INTERVAL).await;
             // A peer that reads nothing more (it shut down its reading
-            // side) is as gone for a reader held up by our writes, and no
-            // event would ever say so.
-            if probe.peer_hung_up() || probe.writes_are_over() {
+            // side) is as gone for a reader held up by our writes (our
+            // refusals wait to be written), and no event would ever say
+            // so. Only then: a peer that only stopped reading, while we
+            // have nothing for it, may still be sending.
+            if probe.peer_hung_up() || (shared.sender.has_unwritten() && probe.writes_are_over()) {
                 return;
             }
         }
@@ -663,9 +678,9 @@ const READER_DONE: u64 = u64::MAX;
 /// peer hung up: see [`finish_watching_for_a_hang_up`]) and the reader reads no
 /// more. The reader ends a session from its read loop (see [`read_loop`]),
 /// but this side can hold it up before it gets back there: refusals that
-/// wait to be written to a peer that reads nothing, plain messages that
-/// nobody reads (and handlers that wait for answers that will not come
-/// meanwhile). A peer that is gone must still fail every
+/// wait to be written to a peer that reads nothing, a backlog full of a
+/// 1.0 peer's requests, plain messages that nobody reads (and handlers
+/// that wait for answers that will not come meanwhile). A peer that is gone must still fail every
 /// pending request, whatever this side does; a reader that still reads a
 /// line at least every [`HELD_UP_READER_PATIENCE`] is left to finish (what
 /// the peer wrote is delivered).

@@ -38,10 +38,10 @@ use crate::protocol::{self, EXT_CANCEL, EXT_ERROR, PeerUid};
 use pending::PendingGuard;
 
 /// How many bytes of refusals may wait to be written (see
-/// `Shared::refuse`): the `max_queued_request_bytes`, taken a u32 at a
+/// `Shared::refuse`): `max_unwritten_refusal_bytes`, taken a u32 at a
 /// time.
 fn refusal_budget(config: &SessionConfig) -> usize {
-    config.max_queued_request_bytes.clamp(1, u32::MAX as usize)
+    config.max_unwritten_refusal_bytes.clamp(1, u32::MAX as usize)
 }
 
 /// What the peer said it understands, from its handshake message.
@@ -152,6 +152,10 @@ pub(crate) struct Shared {
     handler_slots: Arc<Semaphore>,
     /// The peer's requests waiting for a handler slot, in arrival order.
     backlog: Mutex<Backlog>,
+    /// Told whenever the backlog shrinks (a request handed to a handler,
+    /// or cancelled ones dropped), for a reader waiting for room: one that
+    /// cannot refuse, as the peer takes no errors (see `start_handler`).
+    backlog_space: Notify,
     /// The bytes of the refusals the reader has sent and the channel has
     /// not yet written (see `Shared::refuse`): [`Shared::refusal_budget`]
     /// permits.
@@ -583,13 +587,13 @@ impl Shared {
         self.peer.get().is_some_and(|p| p.takes_errors)
     }
 
-    /// The peer advertised `cancel`: it may cancel, and we may.
-    /// How many bytes of refusals may wait to be written: the
-    /// `max_queued_request_bytes`, taken a u32 at a time.
+    /// How many bytes of refusals may wait to be written (see
+    /// [`refusal_budget`]).
     fn refusal_budget(&self) -> usize {
         refusal_budget(&self.config)
     }
 
+    /// The peer advertised `cancel`: it may cancel, and we may.
     fn peer_can_cancel(&self) -> bool {
         self.peer.get().is_some_and(|p| p.can_cancel)
     }

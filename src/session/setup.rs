@@ -47,27 +47,40 @@ pub struct SessionConfig {
     /// The peer's requests that may wait for a handler slot (default
     /// 65,536). A request past this, or past `max_queued_request_bytes`, is
     /// refused at once, unhandled: its caller gets an error named
-    /// `Overloaded` (a 1.0 peer, which has no error answers, gets that
-    /// error as the answer's payload).
+    /// `Overloaded`.
     ///
-    /// The reader never waits for room here: stopped with a request in
+    /// The reader does not wait for room here: stopped with a request in
     /// hand, it would read nothing behind it, neither the answers to our
     /// own requests nor the cancels that free handler slots nor the answers
     /// that handlers calling the peer back wait for, and two sessions that
     /// flood each other would wait for each other for good. Node's protocol
     /// has no flow control, so with memory bounded a side can only wait or
-    /// refuse; this one refuses. The refusals do not wait for room in the
-    /// write queue either: see `max_queued_request_bytes`.
+    /// refuse; this one refuses (see `max_unwritten_refusal_bytes` for the
+    /// bound on that).
+    ///
+    /// Except to an ipc-request 1.0 peer, which has no error answers: a
+    /// refusal would reach its caller as a successful answer holding the
+    /// error. For such a peer the reader waits for room, as Node itself
+    /// never stops reading; handlers that all wait on such a peer while
+    /// this is full then wait for good.
     pub max_queued_requests: usize,
     /// Total payload bytes of the requests waiting for a handler slot
     /// (default 64 MiB). One request is always let in, however large.
-    ///
-    /// Also how many bytes of refusals (see `max_queued_requests`) may wait
-    /// to be written: past that (a peer that sends on and reads nothing)
-    /// the reader does stop reading. A peer of this crate that waits for
-    /// its answers cannot get there at the defaults: its `max_in_flight`
-    /// requests make about 21 MiB of refusals.
     pub max_queued_request_bytes: usize,
+    /// Bytes of refusals (see `max_queued_requests`) that may wait to be
+    /// written (default 64 MiB): they do not wait for room in the write
+    /// queue, which our own requests may fill while the peer is busy.
+    /// Past this (a peer that sends on and reads none of it) the reader
+    /// stops reading until some are written.
+    ///
+    /// Keep it above what the peer can have in flight: two sessions whose
+    /// readers both stop here wait for each other for good. A refusal is
+    /// about 230 bytes with a short UID, so a peer of this crate with the
+    /// default `max_in_flight` (65,536) can make at most about 15 MiB of
+    /// them wait, if none of its requests was given up: a request that
+    /// timed out (or was dropped) no longer counts against its
+    /// `max_in_flight`, while its refusal is still written.
+    pub max_unwritten_refusal_bytes: usize,
     /// When the session owns the child (default 200 ms): if the channel
     /// closes first, how long to wait for the child's exit status to name
     /// it in the error; if the child exits first, how long to go on reading
@@ -99,6 +112,7 @@ impl Default for SessionConfig {
             max_concurrent_handlers: 1_024,
             max_queued_requests: 65_536,
             max_queued_request_bytes: 64 * 1024 * 1024,
+            max_unwritten_refusal_bytes: 64 * 1024 * 1024,
             exit_grace: Duration::from_millis(200),
             message_buffer: 1_024,
             message_buffer_bytes: 64 * 1024 * 1024,
@@ -199,6 +213,7 @@ impl SessionBuilder {
             in_flight: Semaphore::new(bounded(config.max_in_flight)),
             handler_slots: Arc::new(Semaphore::new(bounded(config.max_concurrent_handlers))),
             backlog: Mutex::new(Backlog::default()),
+            backlog_space: Notify::new(),
             refusals_unwritten: Arc::new(Semaphore::new(super::refusal_budget(&config))),
             backlog_len: AtomicUsize::new(0),
             answering_handshake: AtomicBool::new(false),
