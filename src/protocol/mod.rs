@@ -393,26 +393,56 @@ pub(crate) enum TooLongLine {
 }
 
 /// The request or response a line too long to read was, if its envelope
-/// is in the exact form this crate writes (and `JSON.stringify` writes for
-/// a 1.0 object) up to its payload, all of it within `head`. The caller
-/// can then fail that request rather than leave it waiting for ever;
-/// anything else (`None`) is only reported.
+/// is all within `head`, before its payload: the message type and the UID,
+/// in either order (this crate and `JSON.stringify` of a 1.0 object write
+/// the type first; nothing in the protocol says so), with JSON whitespace
+/// anywhere between tokens. The caller can then fail that request rather
+/// than leave it waiting for ever; anything else (`None`: another key
+/// before the payload, a string cut off by the head's end) is only
+/// reported.
 pub(crate) fn too_long_line(head: &[u8]) -> Option<TooLongLine> {
-    let (is_request, rest) = match head.strip_prefix(REQUEST_HEAD.as_bytes()) {
-        Some(rest) => (true, rest),
-        None => (false, head.strip_prefix(RESPONSE_HEAD.as_bytes())?),
-    };
-    let uid_len = peer_uid::string_content_len(rest)?;
-    if !rest[uid_len..].starts_with(UID_TO_PAYLOAD.as_bytes()) {
-        return None;
+    let mut rest = skip_json_whitespace(head).strip_prefix(b"{")?;
+    let (mut is_request, mut uid) = (None, None);
+    loop {
+        let (key, after) = json_string_at(rest)?;
+        rest = skip_json_whitespace(skip_json_whitespace(after).strip_prefix(b":")?);
+        if key == b"_IPC_REQUEST/PAYLOAD" {
+            break;
+        }
+        let (value, after) = json_string_at(rest)?;
+        match key {
+            b"_IPC_REQUEST/MSG_TYPE" if value == TYPE_REQUEST.as_bytes() => is_request = Some(true),
+            b"_IPC_REQUEST/MSG_TYPE" if value == TYPE_RESPONSE.as_bytes() => is_request = Some(false),
+            b"_IPC_REQUEST/REQUEST_UID" => uid = Some(value),
+            _ => return None,
+        }
+        rest = skip_json_whitespace(after).strip_prefix(b",")?;
     }
     // No parser has seen this line: the UID is checked here.
-    let uid = peer_uid::uid_in_unchecked_text(std::str::from_utf8(&rest[..uid_len]).ok()?)?;
-    Some(if is_request {
+    let uid = peer_uid::uid_in_unchecked_text(std::str::from_utf8(uid?).ok()?)?;
+    Some(if is_request? {
         TooLongLine::Request(uid.into())
     } else {
         TooLongLine::Response(our_id(uid.as_str()))
     })
+}
+
+/// `text` past the JSON whitespace it starts with.
+fn skip_json_whitespace(text: &[u8]) -> &[u8] {
+    let start = text
+        .iter()
+        .position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        .unwrap_or(text.len());
+    &text[start..]
+}
+
+/// The content of the JSON string `text` starts with (after whitespace),
+/// between its quotes, and what follows its closing quote; `None` if
+/// `text` starts with no string, or its end is not in `text`.
+fn json_string_at(text: &[u8]) -> Option<(&[u8], &[u8])> {
+    let content = skip_json_whitespace(text).strip_prefix(b"\"")?;
+    let len = peer_uid::string_content_len(content)?;
+    Some((&content[..len], &content[len + 1..]))
 }
 
 /// The number of one of our requests, if `uid` is written exactly as we

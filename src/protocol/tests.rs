@@ -518,6 +518,41 @@ fn a_too_long_line_is_known_by_its_envelope_up_to_the_payload() {
 }
 
 #[test]
+fn a_too_long_line_is_known_whatever_the_order_of_its_envelope() {
+    // Nothing in the protocol orders the keys: a peer that writes the UID
+    // first, or with whitespace between tokens, still gets its request
+    // refused and its answer to ours failed, rather than waiting for ever.
+    let uid_first = r#"{"_IPC_REQUEST/REQUEST_UID":"42","_IPC_REQUEST/MSG_TYPE":"_IPC_REQUEST/MSG_TYPE:REQUEST","_IPC_REQUEST/PAYLOAD":"xxxx"#;
+    assert_eq!(
+        too_long_line(uid_first.as_bytes()),
+        Some(TooLongLine::Request(PeerUid::plain("42")))
+    );
+    let spaced = "{ \"_IPC_REQUEST/MSG_TYPE\" :\t\"_IPC_REQUEST/MSG_TYPE:RESPONSE\" ,\r\n \"_IPC_REQUEST/REQUEST_UID\": \"7\" , \"_IPC_REQUEST/PAYLOAD\" : [1";
+    assert_eq!(
+        too_long_line(spaced.as_bytes()),
+        Some(TooLongLine::Response(Ok(7)))
+    );
+    // The last of a repeated key counts, as in JSON.parse.
+    let twice = r#"{"_IPC_REQUEST/MSG_TYPE":"_IPC_REQUEST/MSG_TYPE:REQUEST","_IPC_REQUEST/REQUEST_UID":"1","_IPC_REQUEST/REQUEST_UID":"2","_IPC_REQUEST/PAYLOAD":0"#;
+    assert_eq!(
+        too_long_line(twice.as_bytes()),
+        Some(TooLongLine::Request(PeerUid::plain("2")))
+    );
+    // Not an envelope: another key before the payload, a key missing, a
+    // cancel, a type that is no string.
+    for other in [
+        r#"{"a":"b","_IPC_REQUEST/MSG_TYPE":"_IPC_REQUEST/MSG_TYPE:REQUEST","_IPC_REQUEST/REQUEST_UID":"1","_IPC_REQUEST/PAYLOAD":0"#,
+        r#"{"_IPC_REQUEST/MSG_TYPE":"_IPC_REQUEST/MSG_TYPE:REQUEST","_IPC_REQUEST/PAYLOAD":0"#,
+        r#"{"_IPC_REQUEST/REQUEST_UID":"1","_IPC_REQUEST/PAYLOAD":0"#,
+        r#"{"_IPC_REQUEST/MSG_TYPE":"_IPC_REQUEST/MSG_TYPE:CANCEL","_IPC_REQUEST/REQUEST_UID":"1","_IPC_REQUEST/PAYLOAD":0"#,
+        r#"{"_IPC_REQUEST/MSG_TYPE":1,"_IPC_REQUEST/REQUEST_UID":"1","_IPC_REQUEST/PAYLOAD":0"#,
+        r#"{"_IPC_REQUEST/MSG_TYPE":"_IPC_REQUEST/MSG_TYPE:REQUEST" "_IPC_REQUEST/REQUEST_UID":"1","_IPC_REQUEST/PAYLOAD":0"#,
+    ] {
+        assert_eq!(too_long_line(other.as_bytes()), None, "{other}");
+    }
+}
+
+#[test]
 fn a_look_alike_nested_past_any_value_trees_limit_is_still_known() {
     let deep = format!("{}{}", "[".repeat(500), "]".repeat(500));
     let request = format!(
@@ -541,4 +576,28 @@ fn a_look_alike_with_a_lone_surrogate_key_is_still_known() {
         crate::channel::node_internal_cmd(r#"{"\ud800":1,"cmd":"NODE_HANDLE"}"#).as_deref(),
         Some("NODE_HANDLE")
     );
+}
+
+proptest::proptest! {
+    /// Any head at all is read without a panic; and the head of any
+    /// request we write, cut anywhere past its payload's key, is known
+    /// as that request, cut before it, is not.
+    #[test]
+    fn any_head_is_read_and_ours_are_known_from_their_payload_on(
+        bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200),
+        uid in "[0-9a-zA-Z._:-]{1,12}",
+        cut in 0usize..400,
+    ) {
+        let _ = too_long_line(&bytes);
+        let mut line = Vec::new();
+        encode_request(&uid, &"y".repeat(300), 1 << 20, &mut line).unwrap();
+        let cut = cut.min(line.len());
+        let payload_from = REQUEST_HEAD.len() + uid.len() + UID_TO_PAYLOAD.len();
+        let known = too_long_line(&line[..cut]);
+        if cut >= payload_from {
+            proptest::prop_assert_eq!(known, Some(TooLongLine::Request(PeerUid::plain(&uid))));
+        } else {
+            proptest::prop_assert_eq!(known, None);
+        }
+    }
 }
