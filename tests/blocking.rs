@@ -346,6 +346,33 @@ fn pipes_left_for_after_the_handshake_leave_such_a_child_waiting() {
 }
 
 #[test]
+fn a_child_whose_take_pipes_panics_is_killed() {
+    let pid_file = std::env::temp_dir().join(format!("ipc-request-pipes-{}.pid", std::process::id()));
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(format!("echo $$ > '{}'; exec sleep 60", pid_file.display()));
+    let spawned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        blocking::spawn_with_pipes(command, Default::default(), SessionBuilder::new(), |_| {
+            // Once the child has written its pid.
+            while std::fs::read_to_string(&pid_file).map_or(true, |text| !text.ends_with('\n')) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            panic!("take_pipes gave up");
+        })
+    }));
+    assert!(spawned.is_err(), "the panic went by");
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _ = std::fs::remove_file(&pid_file);
+    let state = common::process_state_once(pid, |state| state.is_none());
+    assert_eq!(state, None, "the child {pid} was left running (or unreaped)");
+}
+
+#[test]
 fn a_child_dropped_without_waiting_is_still_reaped() {
     let peer = example("blocking_peer");
     // One that exits once its channel closes; one that then waits for its

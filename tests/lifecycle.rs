@@ -199,6 +199,38 @@ async fn a_one_dot_zero_peer_past_a_full_backlog_is_made_to_wait_not_refused() {
 }
 
 #[tokio::test]
+async fn a_peer_that_can_cancel_but_takes_no_errors_is_refused_not_made_to_wait() {
+    // Its cancels must keep being read: the one handler slot is held by a
+    // handler that waits for its cancel, the backlog is full behind it.
+    // Made to wait as a 1.0 peer is, the reader would hold request 3, and
+    // the cancel of 1 behind it would never be read (a review's case).
+    let handler = handler_fn(|req: Request| async move {
+        req.cancelled().await;
+        Ok::<_, ipc_request::RemoteError>("stopped")
+    });
+    let config = SessionConfig {
+        max_concurrent_handlers: 1,
+        max_queued_requests: 1,
+        ..SessionConfig::default()
+    };
+    let builder = SessionBuilder::new().config(config).handler(handler);
+    let (ours, theirs) = tokio::io::duplex(4096);
+    let (server, mut reader, mut writer) =
+        serve_over(ours, theirs, builder, ChannelConfig::default(), Some(&["cancel"])).await;
+    let mut messages = server.messages().unwrap();
+    for n in 1..=3 {
+        send_one_dot_zero_request(&mut writer, n).await;
+    }
+    write_protocol_line(&mut writer, "CANCEL", "1", "null").await;
+    wait_until_read(&mut writer, &mut messages).await;
+    // 3 was refused, as a failure goes to a peer without `error`: the
+    // error as the payload.
+    let refusal: Value = serde_json::from_str(&next_line(&mut reader, "3 was not refused").await).unwrap();
+    assert_eq!(refusal["_IPC_REQUEST/REQUEST_UID"], "3", "{refusal}");
+    assert_eq!(refusal["_IPC_REQUEST/PAYLOAD"]["name"], "Overloaded", "{refusal}");
+}
+
+#[tokio::test]
 async fn the_session_default_deadline_applies() {
     let (handler, _seen) = cancel_observer();
     let config = ipc_request::SessionConfig {

@@ -190,8 +190,9 @@ pub fn spawn_with(
 /// ([`ChildProcess::take_stdout`] and its siblings) and read or write them
 /// on threads of your own, for a child that uses them before it opens its
 /// channel. `take_pipes` runs on this thread, and the handshake waits for
-/// it. If the handshake fails, the child is killed, as with `spawn_with`;
-/// the streams taken stay yours (a reader sees them end).
+/// it. If the handshake fails, or `take_pipes` panics, the child is killed,
+/// as with `spawn_with`; the streams taken stay yours (a reader sees them
+/// end).
 pub fn spawn_with_pipes(
     command: Command,
     options: SpawnOptions,
@@ -208,7 +209,21 @@ pub fn spawn_with_pipes(
         child,
         runtime: runtime.clone(),
     };
-    take_pipes(&child);
+    {
+        // A panic in `take_pipes` leaves the caller no handle on the child:
+        // it is killed as the panic goes by (and reaped by the runtime's
+        // drop), as after a failed handshake.
+        struct KillOnUnwind<'a>(&'a process::ChildProcess);
+        impl Drop for KillOnUnwind<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    self.0.kill();
+                }
+            }
+        }
+        let _kill_on_unwind = KillOnUnwind(&child.child);
+        take_pipes(&child);
+    }
     let setup = runtime.block_on(async {
         let setup = builder.setup(channel).await;
         if setup.is_err() {

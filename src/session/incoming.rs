@@ -29,8 +29,8 @@ use crate::protocol::{self, Inbound, PeerUid, TooLongLine};
 /// requests only left in turn). Hence a map ordered by arrival rather than
 /// a queue: taking out the request of a UID is O(log n), not a scan. Once
 /// the backlog is full, further requests are refused at once (see
-/// `Shared::start_handler`), but for a peer that takes no errors, for which
-/// the reader waits for room.
+/// `Shared::start_handler`), but for an ipc-request 1.0 peer, for which the
+/// reader waits for room.
 #[derive(Default)]
 pub(super) struct Backlog {
     /// The waiting requests, by arrival number.
@@ -243,9 +243,9 @@ impl Shared {
 
     /// Starts a handler for the peer's request, or queues the request
     /// until a handler slot frees up, or, when the queue is full, refuses
-    /// it at once with an `Overloaded` error answer; a peer that takes no
-    /// errors is made to wait instead (we stop reading until there is
-    /// room: see `SessionConfig::max_queued_requests`).
+    /// it at once with an `Overloaded` error answer; an ipc-request 1.0
+    /// peer is made to wait instead (we stop reading until there is room:
+    /// see `SessionConfig::max_queued_requests`).
     async fn start_handler(self: &Arc<Self>, uid: PeerUid, payload: Message) {
         // The common case: nothing waits and a slot is free.
         if self.backlog_len.load(Ordering::Acquire) == 0 {
@@ -268,7 +268,7 @@ impl Shared {
                     break;
                 }
             }
-            if self.peer_takes_errors() {
+            if !self.peer_is_one_dot_zero() {
                 // Refused, not waited for: a reader that stopped here,
                 // with this request in hand, would read nothing behind it,
                 // neither the cancels that free handler slots nor the
@@ -286,7 +286,12 @@ impl Shared {
             }
             // A 1.0 peer would take the refusal for an answer: it waits
             // until a handler finishes (and Node never stops reading, so
-            // this cannot close a circle with it).
+            // this cannot close a circle with it; nor can a cancel be held
+            // up behind the wait, as it cannot cancel). A peer that speaks
+            // `cancel` but not `error` (or one not known yet: its
+            // handshake is still unread) is refused all the same, its
+            // refusal shaped as any failure is for it: holding its
+            // cancels up could stall the handlers that wait for them.
             tokio::select! {
                 _ = space => {}
                 _ = self.closing.cancelled() => return,
@@ -621,7 +626,7 @@ const HANG_UP_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Runs the reader's handling of one line (`dispatch`) to its end. While
 /// that waits (refusals wait to be written past their bound, the backlog
-/// is full for a peer that takes no errors, or the plain messages are full
+/// is full for a 1.0 peer, or the plain messages are full
 /// and this side holds them), the reader reads nothing
 /// meanwhile, and a peer that hangs up then would go unseen: its end of stream is in the socket,
 /// behind the lines not read yet. Another sign of a gone peer (a write of

@@ -154,7 +154,8 @@ pub(crate) struct Shared {
     backlog: Mutex<Backlog>,
     /// Told whenever the backlog shrinks (a request handed to a handler,
     /// or cancelled ones dropped), for a reader waiting for room: one that
-    /// cannot refuse, as the peer takes no errors (see `start_handler`).
+    /// does not refuse, as the peer is ipc-request 1.0 (see
+    /// `start_handler`).
     backlog_space: Notify,
     /// The bytes of the refusals the reader has sent and the channel has
     /// not yet written (see `Shared::refuse`): [`Shared::refusal_budget`]
@@ -582,6 +583,12 @@ impl Shared {
         }
     }
 
+    /// The peer's handshake came without any extensions key: ipc-request
+    /// 1.0. (`false` while its handshake is still unread.)
+    fn peer_is_one_dot_zero(&self) -> bool {
+        self.peer.get().is_some_and(|p| !p.advertises_extensions)
+    }
+
     /// The peer advertised `error`: failures go back as errors.
     fn peer_takes_errors(&self) -> bool {
         self.peer.get().is_some_and(|p| p.takes_errors)
@@ -697,7 +704,8 @@ impl Shared {
             // writer drains the queue before it shuts the stream down, for
             // the answers and messages in it). A caller told `Closed` may
             // so count on the peer not running it, but for a line already
-            // on its way (see `ChannelSender::withdraw`).
+            // on its way (see `ChannelSender::withdraw`, and the close
+            // below).
             self.sender.withdraw_all();
             (
                 std::mem::take(&mut table.pending),
@@ -717,6 +725,13 @@ impl Shared {
         );
         self.backlog_len.store(0, Ordering::Release);
         drop(backlog);
+        // Closed for new lines before any caller is told its request
+        // failed: a request sending at this moment is then refused, or
+        // was written before (its send checks and writes in one step
+        // under the writer's lock, and its caller reads the failure only
+        // after that step). What is queued (answers, plain messages) is
+        // still written.
+        self.sender.close();
         // A disconnect or a clean exit is the normal end, not a crash.
         match &reason {
             CloseReason::Local | CloseReason::PeerClosed => tracing::debug!("session closed: {reason}"),
@@ -739,7 +754,6 @@ impl Shared {
             .take();
         self.phase.send_replace(Phase::Closed(reason));
         self.closing.cancel();
-        self.sender.close();
         // Last, and outside the lock: the handler's drop may run anything
         // it owns, such as a handle on this session whose own drop closes
         // it (found closed, it returns at once).
