@@ -373,6 +373,27 @@ fn a_child_whose_take_pipes_panics_is_killed() {
 }
 
 #[test]
+fn a_spawn_in_a_destructor_during_an_unrelated_panic_keeps_its_child() {
+    // The kill that guards take_pipes must not take any unwinding for its
+    // own panic (a review saw such a spawn's child killed).
+    struct SpawnOnDrop(mpsc::Sender<Result<Value, String>>);
+    impl Drop for SpawnOnDrop {
+        fn drop(&mut self) {
+            let outcome = blocking::spawn(Command::new(example("blocking_peer")), None)
+                .and_then(|(session, _child)| session.request::<_, Value>(&json!({"op": "echo", "data": 1})))
+                .map_err(|e| e.to_string());
+            let _ = self.0.send(outcome);
+        }
+    }
+    let (tx, rx) = mpsc::channel();
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _spawns_as_it_drops = SpawnOnDrop(tx);
+        panic!("an unrelated failure");
+    }));
+    assert_eq!(rx.recv().unwrap(), Ok(json!(1)));
+}
+
+#[test]
 fn a_child_dropped_without_waiting_is_still_reaped() {
     let peer = example("blocking_peer");
     // One that exits once its channel closes; one that then waits for its

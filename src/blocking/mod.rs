@@ -212,17 +212,21 @@ pub fn spawn_with_pipes(
     {
         // A panic in `take_pipes` leaves the caller no handle on the child:
         // it is killed as the panic goes by (and reaped by the runtime's
-        // drop), as after a failed handshake.
-        struct KillOnUnwind<'a>(&'a process::ChildProcess);
-        impl Drop for KillOnUnwind<'_> {
+        // drop), as after a failed handshake. Disarmed once `take_pipes`
+        // returns: asking `thread::panicking` instead would kill the
+        // child of a spawn made in a destructor during an unrelated
+        // unwind (a review saw that).
+        struct KillUnlessDisarmed<'a>(&'a process::ChildProcess, bool);
+        impl Drop for KillUnlessDisarmed<'_> {
             fn drop(&mut self) {
-                if std::thread::panicking() {
+                if self.1 {
                     self.0.kill();
                 }
             }
         }
-        let _kill_on_unwind = KillOnUnwind(&child.child);
+        let mut kill = KillUnlessDisarmed(&child.child, true);
         take_pipes(&child);
+        kill.1 = false;
     }
     let setup = runtime.block_on(async {
         let setup = builder.setup(channel).await;

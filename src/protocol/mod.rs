@@ -393,27 +393,33 @@ pub(crate) enum TooLongLine {
 }
 
 /// The request or response a line too long to read was, if its envelope
-/// is all within `head`, before its payload: the message type and the UID,
-/// in either order (this crate and `JSON.stringify` of a 1.0 object write
-/// the type first; nothing in the protocol says so), with JSON whitespace
-/// anywhere between tokens. The caller can then fail that request rather
-/// than leave it waiting for ever; anything else (`None`: another key
-/// before the payload, a string cut off by the head's end) is only
-/// reported.
+/// is all within `head`, before its payload (or, in an error answer, its
+/// error): the message type and the UID, in either order (this crate and
+/// `JSON.stringify` of a 1.0 object write the type first; nothing in the
+/// protocol says so), with JSON whitespace anywhere between tokens. The
+/// caller can then fail that request rather than leave it waiting for
+/// ever; anything else (`None`: another key before the payload, a key
+/// repeated, which the reader of whole lines takes for a plain message, a
+/// string cut off by the head's end) is only reported.
 pub(crate) fn too_long_line(head: &[u8]) -> Option<TooLongLine> {
     let mut rest = skip_json_whitespace(head).strip_prefix(b"{")?;
     let (mut is_request, mut uid) = (None, None);
     loop {
         let (key, after) = json_string_at(rest)?;
         rest = skip_json_whitespace(skip_json_whitespace(after).strip_prefix(b":")?);
-        if key == b"_IPC_REQUEST/PAYLOAD" {
+        if key == b"_IPC_REQUEST/PAYLOAD" || key == b"_IPC_REQUEST/ERROR" {
             break;
         }
         let (value, after) = json_string_at(rest)?;
         match key {
-            b"_IPC_REQUEST/MSG_TYPE" if value == TYPE_REQUEST.as_bytes() => is_request = Some(true),
-            b"_IPC_REQUEST/MSG_TYPE" if value == TYPE_RESPONSE.as_bytes() => is_request = Some(false),
-            b"_IPC_REQUEST/REQUEST_UID" => uid = Some(value),
+            b"_IPC_REQUEST/MSG_TYPE" if is_request.is_none() => {
+                is_request = Some(match value {
+                    v if v == TYPE_REQUEST.as_bytes() => true,
+                    v if v == TYPE_RESPONSE.as_bytes() => false,
+                    _ => return None,
+                })
+            }
+            b"_IPC_REQUEST/REQUEST_UID" if uid.is_none() => uid = Some(value),
             _ => return None,
         }
         rest = skip_json_whitespace(after).strip_prefix(b",")?;

@@ -532,11 +532,23 @@ fn a_too_long_line_is_known_whatever_the_order_of_its_envelope() {
         too_long_line(spaced.as_bytes()),
         Some(TooLongLine::Response(Ok(7)))
     );
-    // The last of a repeated key counts, as in JSON.parse.
-    let twice = r#"{"_IPC_REQUEST/MSG_TYPE":"_IPC_REQUEST/MSG_TYPE:REQUEST","_IPC_REQUEST/REQUEST_UID":"1","_IPC_REQUEST/REQUEST_UID":"2","_IPC_REQUEST/PAYLOAD":0"#;
+    // An error answer that writes its error before its payload.
+    let error_first = r#"{"_IPC_REQUEST/MSG_TYPE":"_IPC_REQUEST/MSG_TYPE:RESPONSE","_IPC_REQUEST/REQUEST_UID":"7","_IPC_REQUEST/ERROR":{"name":"E","stack":"xxx"#;
     assert_eq!(
-        too_long_line(twice.as_bytes()),
-        Some(TooLongLine::Request(PeerUid::plain("2")))
+        too_long_line(error_first.as_bytes()),
+        Some(TooLongLine::Response(Ok(7)))
+    );
+    // A repeated key: the reader of whole lines takes such a line for a
+    // plain message, so this one must not take it for a request or answer.
+    let twice = r#"{"_IPC_REQUEST/MSG_TYPE":"_IPC_REQUEST/MSG_TYPE:REQUEST","_IPC_REQUEST/REQUEST_UID":"1","_IPC_REQUEST/REQUEST_UID":"2","_IPC_REQUEST/PAYLOAD":0"#;
+    assert_eq!(too_long_line(twice.as_bytes()), None);
+    let whole: String = twice.to_string() + "}";
+    assert!(
+        matches!(
+            parse_inbound_line(LineText::clean(&whole)),
+            Ok((Inbound::Plain(_), _))
+        ),
+        "the whole line is plain"
     );
     // Not an envelope: another key before the payload, a key missing, a
     // cancel, a type that is no string.

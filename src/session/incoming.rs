@@ -243,9 +243,10 @@ impl Shared {
 
     /// Starts a handler for the peer's request, or queues the request
     /// until a handler slot frees up, or, when the queue is full, refuses
-    /// it at once with an `Overloaded` error answer; an ipc-request 1.0
-    /// peer is made to wait instead (we stop reading until there is room:
-    /// see `SessionConfig::max_queued_requests`).
+    /// it at once with an `Overloaded` error answer; a peer that speaks
+    /// neither `error` nor `cancel` (ipc-request 1.0) is made to wait
+    /// instead (we stop reading until there is room: see
+    /// `SessionConfig::max_queued_requests`).
     async fn start_handler(self: &Arc<Self>, uid: PeerUid, payload: Message) {
         // The common case: nothing waits and a slot is free.
         if self.backlog_len.load(Ordering::Acquire) == 0 {
@@ -268,7 +269,7 @@ impl Shared {
                     break;
                 }
             }
-            if !self.peer_is_one_dot_zero() {
+            if !self.peer_speaks_neither_error_nor_cancel() {
                 // Refused, not waited for: a reader that stopped here,
                 // with this request in hand, would read nothing behind it,
                 // neither the cancels that free handler slots nor the
@@ -284,14 +285,15 @@ impl Shared {
                 );
                 return self.refuse(&uid, &refusal).await;
             }
-            // A 1.0 peer would take the refusal for an answer: it waits
-            // until a handler finishes (and Node never stops reading, so
-            // this cannot close a circle with it; nor can a cancel be held
-            // up behind the wait, as it cannot cancel). A peer that speaks
-            // `cancel` but not `error` (or one not known yet: its
-            // handshake is still unread) is refused all the same, its
-            // refusal shaped as any failure is for it: holding its
-            // cancels up could stall the handlers that wait for them.
+            // A peer without `error` (1.0) would take the refusal for an
+            // answer: one without `cancel` either waits until a handler
+            // finishes (Node never stops reading, so this cannot close a
+            // circle with it, and it has no cancel to hold up behind the
+            // wait). One that speaks `cancel` but not `error` (or one not
+            // known yet: its handshake is still unread) is refused all the
+            // same, its refusal shaped as any failure is for it (the error
+            // as the payload): holding its cancels up could stall the
+            // handlers that wait for them.
             tokio::select! {
                 _ = space => {}
                 _ = self.closing.cancelled() => return,

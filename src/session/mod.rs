@@ -154,8 +154,8 @@ pub(crate) struct Shared {
     backlog: Mutex<Backlog>,
     /// Told whenever the backlog shrinks (a request handed to a handler,
     /// or cancelled ones dropped), for a reader waiting for room: one that
-    /// does not refuse, as the peer is ipc-request 1.0 (see
-    /// `start_handler`).
+    /// does not refuse, as the peer speaks neither `error` nor `cancel`
+    /// (see `start_handler`).
     backlog_space: Notify,
     /// The bytes of the refusals the reader has sent and the channel has
     /// not yet written (see `Shared::refuse`): [`Shared::refusal_budget`]
@@ -583,10 +583,12 @@ impl Shared {
         }
     }
 
-    /// The peer's handshake came without any extensions key: ipc-request
-    /// 1.0. (`false` while its handshake is still unread.)
-    fn peer_is_one_dot_zero(&self) -> bool {
-        self.peer.get().is_some_and(|p| !p.advertises_extensions)
+    /// The peer speaks neither `error` nor `cancel` (ipc-request 1.0, or
+    /// one that advertised neither): a refusal would reach its caller as a
+    /// successful answer, and it has no cancels to hold up. `false` while
+    /// its handshake is still unread.
+    fn peer_speaks_neither_error_nor_cancel(&self) -> bool {
+        self.peer.get().is_some_and(|p| !p.takes_errors && !p.can_cancel)
     }
 
     /// The peer advertised `error`: failures go back as errors.

@@ -58,15 +58,15 @@ pub struct SessionConfig {
     /// refuse; this one refuses (see `max_unwritten_refusal_bytes` for the
     /// bound on that).
     ///
-    /// Except to an ipc-request 1.0 peer (one that advertised no
-    /// extensions), which has no error answers: a refusal would reach its
-    /// caller as a successful answer holding the error. For such a peer
-    /// the reader waits for room, as Node itself never stops reading;
+    /// Except to a peer that speaks neither `error` nor `cancel`
+    /// (ipc-request 1.0), which has no error answers: a refusal would reach
+    /// its caller as a successful answer holding the error. For such a
+    /// peer the reader waits for room, as Node itself never stops reading;
     /// handlers that all wait on such a peer while this is full then wait
-    /// for good. A peer that advertised `cancel` but not `error` is refused
-    /// all the same (holding its cancels up could stall the handlers that
-    /// wait for them), its refusal shaped as any failure is for it: the
-    /// error as the answer's payload.
+    /// for good. A peer that speaks `cancel` but not `error` is refused all
+    /// the same (holding its cancels up could stall the handlers that wait
+    /// for them), its refusal shaped as any failure is for it: the error as
+    /// the answer's payload.
     pub max_queued_requests: usize,
     /// Total payload bytes of the requests waiting for a handler slot
     /// (default 64 MiB). One request is always let in, however large.
