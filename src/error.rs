@@ -40,9 +40,10 @@ pub enum Error {
     #[error("timed out after {0:?}")]
     Timeout(Duration),
 
-    /// The peer's handler failed; the peer sent back this error (`error`
-    /// extension).
-    #[error("the peer's handler failed: {0}")]
+    /// The peer failed the request and sent back this error (`error`
+    /// extension): its handler failed, or it refused the request unhandled
+    /// (`Overloaded`, `RequestTooLong`, `NoHandler`).
+    #[error("the peer answered with an error: {0}")]
     Remote(Box<RemoteError>),
 
     /// A message could not be framed: an outgoing message longer than the

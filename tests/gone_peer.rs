@@ -236,15 +236,18 @@ async fn a_child_that_exits_while_this_side_holds_the_reader_up_ends_the_session
 }
 
 /// A peer we do not own (a Node parent, say) hangs up while this side
-/// holds the reader up: one handler slot, one place in the backlog, and a
-/// handler waiting for the answer to its call back, written before the
-/// peer went. No write of ours meets its going and no exit status comes:
-/// only its end of stream, which the held-up reader never reads. The
-/// session must still end, failing the call back.
+/// holds the reader up with refusals it has not read (see
+/// [`held_up_by_refusals`]), and a handler waits for the answer to its call
+/// back, written before the peer went. No exit status comes; the refusals
+/// still to be written may meet its going, or the held-up reader's probe
+/// sees it hang up (its end of stream, behind what the reader has not
+/// read, is never reached). The session must end, failing the call back.
+/// (With nothing of ours left to write, a plain message the application
+/// has not read holds the reader up: see
+/// `a_request_to_a_peer_that_hangs_up_while_plain_messages_wait_fails`.)
 #[tokio::test]
 async fn a_peer_that_hangs_up_while_this_side_holds_the_reader_up_ends_the_session() {
     let (session, mut reader, writer) = held_up_by_refusals().await;
-    // The call back is written: nothing of ours is left to fail.
     let call_back = common::read_line(&mut reader).await;
     assert!(call_back.contains("called back"), "{call_back}");
     drop((reader, writer));

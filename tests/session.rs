@@ -822,8 +822,9 @@ async fn a_request_cancelled_while_it_waits_for_a_handler_never_runs() {
 #[tokio::test]
 async fn cancelled_requests_free_their_room_in_the_backlog_at_once() {
     // Were they kept until their turn, the backlog would stay full of
-    // requests nobody waits for, and the reader would stop: a handler
-    // waiting for an answer from the peer would then wait for ever.
+    // requests nobody waits for, and 3 would be refused as `Overloaded`
+    // (before refusals, the reader stopped there, and a handler waiting
+    // for an answer from the peer waited for ever).
     let busy = BusyServer::start(2).await;
     let mut server_messages = busy.server.messages().unwrap();
     let (one, two) = tokio::join!(
@@ -836,8 +837,8 @@ async fn cancelled_requests_free_their_room_in_the_backlog_at_once() {
         (one, two),
         (Err(Error::Timeout(_)), Err(Error::Timeout(_)))
     ));
-    // Their cancels went first; 3 takes a freed place and the reader goes
-    // on, while 0 still holds the only handler slot.
+    // Their cancels went first; 3 takes a freed place, while 0 still holds
+    // the only handler slot.
     let third = busy.request(3);
     // Time for 3 to go out before the message. (Sent sooner, the message
     // overtakes it and the test passes without showing anything.)
@@ -845,7 +846,7 @@ async fn cancelled_requests_free_their_room_in_the_backlog_at_once() {
     busy.client.send(&"still reading").await.unwrap();
     let got = tokio::time::timeout(Duration::from_secs(5), server_messages.recv())
         .await
-        .expect("the reader stopped behind a backlog of cancelled requests");
+        .expect("the reader stopped reading");
     assert_eq!(got.unwrap().unwrap(), json!("still reading"));
     busy.release.notify_one();
     assert_eq!(busy.first.await.unwrap().unwrap(), 0);

@@ -3,7 +3,7 @@
 //!
 //! The parent makes an `AF_UNIX` `SOCK_STREAM` socket pair (what both Node
 //! and `ipc_request::spawn` use), places the child's end at fd 3 without
-//! close-on-exec (pre_exec + dup2, as `src/process.rs` does) and sets
+//! close-on-exec (pre_exec + dup2, as `src/process/mod.rs` does) and sets
 //! `NODE_CHANNEL_FD=3`. We do not reuse `ipc_request::spawn` here because it
 //! hands back a `Channel` and never the raw descriptor; the kernel objects
 //! are the same.

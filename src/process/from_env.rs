@@ -53,7 +53,8 @@ use crate::error::Error;
 ///   threads do not read the environment.
 /// - The descriptor `NODE_CHANNEL_FD` names was handed to this process for
 ///   the channel, and nothing else in the process owns it: this closes it
-///   (or puts `/dev/null` there), and the returned [`Channel`] owns the
+///   (or puts `/dev/null` there; a channel refused for its mode is left
+///   open, as above), and the returned [`Channel`] owns the
 ///   socket from then on. (Node puts the channel wherever its parent's
 ///   `stdio` array says, even at 0 to 2, so no number is refused.)
 pub unsafe fn open_from_env() -> Result<Channel, Error> {

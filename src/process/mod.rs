@@ -196,7 +196,7 @@ pub fn spawn_with(mut command: Command, options: SpawnOptions) -> Result<(Channe
 /// A child started by [`spawn`]. A task waits for it (and, if the runtime
 /// ends first, a small thread, until the child exits), so it never lingers
 /// as a zombie, and its exit status reaches [`wait`](Self::wait) either
-/// way (on any runtime); dropping this does not kill it (it sees its channel close
+/// way, on any runtime (unless no thread can be started to wait for it); dropping this does not kill it (it sees its channel close
 /// when the session ends, and a Node child then exits). Dropping the last
 /// clone does close the piped stdio nobody took: a child that writes to
 /// such a pipe afterwards gets `EPIPE` (Node throws, Rust's `println!`

@@ -25,7 +25,8 @@ use crate::protocol::{self, Inbound, PeerUid, TooLongLine};
 ///
 /// A cancel takes its request out at once, freeing its room: cancels read
 /// while there is room keep the backlog from filling with requests nobody
-/// waits for any more (a review found that deadlock when cancelled
+/// waits for any more (they would now be refused needlessly; before
+/// refusals, a review found the reader deadlocked there when cancelled
 /// requests only left in turn). Hence a map ordered by arrival rather than
 /// a queue: taking out the request of a UID is O(log n), not a scan. Once
 /// the backlog is full, further requests are refused at once (see
@@ -226,10 +227,9 @@ impl Shared {
         // goes to that handler, the latest of that UID to start.
         let running_answered = table.running.get(uid).map(|h| h.answer.is_answered());
         if running_answered != Some(false) && backlog.cancel(uid) {
+            // No reader waits for the room this frees: only a peer that
+            // cannot cancel is made to wait (see `start_handler`).
             self.backlog_len.store(backlog.len(), Ordering::Release);
-            drop((table, backlog));
-            // Its room is free: a reader waiting for room goes on.
-            self.backlog_space.notify_one();
             return;
         }
         let running = table.running.remove(uid);

@@ -152,8 +152,8 @@ pub(crate) struct Shared {
     handler_slots: Arc<Semaphore>,
     /// The peer's requests waiting for a handler slot, in arrival order.
     backlog: Mutex<Backlog>,
-    /// Told whenever the backlog shrinks (a request handed to a handler,
-    /// or cancelled ones dropped), for a reader waiting for room: one that
+    /// Told whenever a request leaves the backlog for a handler, for a
+    /// reader waiting for room: one that
     /// does not refuse, as the peer speaks neither `error` nor `cancel`
     /// (see `start_handler`).
     backlog_space: Notify,
@@ -409,7 +409,9 @@ impl Session {
     /// What the peer advertised in its handshake. Before any handshake
     /// message of the peer's has come (the session of a request that a
     /// peer sent without one, [`Request::session`]), a peer that advertised
-    /// nothing, as the session then treats it.
+    /// nothing, as the session then treats it (but for a request past a
+    /// full backlog, which such a peer gets refused: see
+    /// [`SessionConfig::max_queued_requests`](crate::SessionConfig::max_queued_requests)).
     pub fn peer(&self) -> &PeerInfo {
         static NOTHING_YET: PeerInfo = PeerInfo {
             extensions: Vec::new(),
@@ -439,7 +441,8 @@ impl Session {
     /// Closes the session: pending requests fail with
     /// `Error::Closed(CloseReason::Local)`, and those whose lines still
     /// wait in the outgoing queue are taken out of it, never sent; the
-    /// rest of what is queued (answers, plain messages) is written, then
+    /// rest of what is queued (answers, plain messages, cancels, refusals)
+    /// is written, then
     /// the channel is shut so the peer sees it disconnect. A request
     /// already written, or being written, may still run at the peer (which
     /// sees the disconnect: a session of this crate then cancels it).
@@ -448,7 +451,8 @@ impl Session {
     }
 
     /// Closes the session as [`close`](Self::close) does, and resolves once
-    /// what was queued before is written and the channel's write side is
+    /// what was queued before (but the requests it withdraws) is written
+    /// and the channel's write side is
     /// shut (at once if a write had failed). Await it before a program
     /// ends: a runtime that shuts down first drops what is still queued.
     /// It waits for as long as the peer leaves what we wrote unread: bound

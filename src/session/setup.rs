@@ -39,9 +39,10 @@ pub struct SessionConfig {
     /// holds its request while it runs, and, while a peer reads none of
     /// what we write, its answer too, until there is room in the write
     /// queue. A peer that sends large requests and reads nothing can so
-    /// make this side hold up to this many requests and answers before the
-    /// reader refuses any (a review measured 812 MiB held for 400 MiB of
-    /// 1 MiB echo requests). For a peer you do not trust, lower this or
+    /// make this side hold up to this many requests and answers, and the
+    /// backlog's requests, before the reader refuses any (or, for a peer
+    /// that is made to wait, stops reading): a review measured 812 MiB held
+    /// for 400 MiB of 1 MiB echo requests. For a peer you do not trust, lower this or
     /// [`ChannelConfig::max_message_len`](crate::ChannelConfig::max_message_len).
     pub max_concurrent_handlers: usize,
     /// The peer's requests that may wait for a handler slot (default
@@ -59,7 +60,8 @@ pub struct SessionConfig {
     /// bound on that).
     ///
     /// Except to a peer that speaks neither `error` nor `cancel`
-    /// (ipc-request 1.0), which has no error answers: a refusal would reach
+    /// (ipc-request 1.0, or one that advertised neither; one whose
+    /// handshake is still unread is refused), which has no error answers: a refusal would reach
     /// its caller as a successful answer holding the error. For such a
     /// peer the reader waits for room, as Node itself never stops reading;
     /// handlers that all wait on such a peer while this is full then wait
