@@ -271,28 +271,37 @@ fn calls_that_wait_panic_in_an_async_context_and_a_drop_there_does_not() {
     assert!(lines.is_empty(), "nothing was sent: {lines:?}");
 }
 
-#[test]
-fn a_child_that_never_shakes_hands_is_killed_when_spawn_fails() {
-    let pid_file = std::env::temp_dir().join(format!("ipc-request-blocking-{}.pid", std::process::id()));
+/// A child that writes its pid to a file of its own (named with `name`)
+/// and sleeps a minute, its channel open and never used.
+fn a_child_that_writes_its_pid(name: &str) -> (Command, std::path::PathBuf) {
+    let pid_file = std::env::temp_dir().join(format!("ipc-request-{name}-{}.pid", std::process::id()));
     let mut command = Command::new("sh");
-    // Holds its channel open and never answers.
     command
         .arg("-c")
         .arg(format!("echo $$ > '{}'; exec sleep 60", pid_file.display()));
+    (command, pid_file)
+}
+
+/// The pid in `pid_file`, which is then removed.
+fn take_pid(pid_file: &std::path::Path) -> u32 {
+    let pid = std::fs::read_to_string(pid_file).unwrap().trim().parse().unwrap();
+    let _ = std::fs::remove_file(pid_file);
+    pid
+}
+
+#[test]
+fn a_child_that_never_shakes_hands_is_killed_when_spawn_fails() {
+    // Holds its channel open and never answers.
+    let (command, pid_file) = a_child_that_writes_its_pid("blocking");
     let config = SessionConfig {
         handshake_timeout: Duration::from_millis(300),
         ..SessionConfig::default()
     };
     let spawned = blocking::spawn_with(command, Default::default(), SessionBuilder::new().config(config));
     assert!(matches!(spawned, Err(Error::HandshakeTimeout(_))), "{spawned:?}");
-    let pid: i32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let _ = std::fs::remove_file(&pid_file);
+    let pid = take_pid(&pid_file);
     // SAFETY: signal 0 only asks whether the process exists.
-    let gone = unsafe { libc::kill(pid, 0) } != 0;
+    let gone = unsafe { libc::kill(pid as i32, 0) } != 0;
     assert!(gone, "the child {pid} still runs (or was not reaped)");
 }
 
@@ -347,11 +356,7 @@ fn pipes_left_for_after_the_handshake_leave_such_a_child_waiting() {
 
 #[test]
 fn a_child_whose_take_pipes_panics_is_killed() {
-    let pid_file = std::env::temp_dir().join(format!("ipc-request-pipes-{}.pid", std::process::id()));
-    let mut command = Command::new("sh");
-    command
-        .arg("-c")
-        .arg(format!("echo $$ > '{}'; exec sleep 60", pid_file.display()));
+    let (command, pid_file) = a_child_that_writes_its_pid("pipes");
     let spawned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         blocking::spawn_with_pipes(command, Default::default(), SessionBuilder::new(), |_| {
             // Once the child has written its pid.
@@ -362,12 +367,7 @@ fn a_child_whose_take_pipes_panics_is_killed() {
         })
     }));
     assert!(spawned.is_err(), "the panic went by");
-    let pid: u32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let _ = std::fs::remove_file(&pid_file);
+    let pid = take_pid(&pid_file);
     let state = common::process_state_once(pid, |state| state.is_none());
     assert_eq!(state, None, "the child {pid} was left running (or unreaped)");
 }

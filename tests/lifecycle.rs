@@ -58,6 +58,26 @@ async fn a_deadline_fails_the_request_cancels_it_at_the_peer_and_leaves_nothing_
     assert!(refused, "the answer after the cancel must be refused");
 }
 
+/// A session with a hand-played peer that can cancel, behind a 256-byte
+/// pipe the peer does not read until told: a first request goes straight
+/// to the pipe and only in part, and holds the writer up; the rest wait
+/// in our queue.
+async fn a_client_behind_a_pipe_its_peer_does_not_read() -> (ipc_request::Session, PeerReader, PeerWriter) {
+    let (unused, _) = cancel_observer();
+    let extensions = Some(&["error", "cancel"][..]);
+    serve_a_hand_played_peer(unused, ChannelConfig::default(), 256, extensions).await
+}
+
+/// Everything the peer gets, up to the end of the stream (within 10 s).
+async fn read_to_the_end(mut reader: PeerReader) -> String {
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(10), reader.read_to_string(&mut text))
+        .await
+        .expect("the stream never ended")
+        .unwrap();
+    text
+}
+
 #[tokio::test]
 async fn requests_that_time_out_still_queued_are_never_sent() {
     // A peer that can cancel, behind a 256-byte pipe it does not read
@@ -66,10 +86,7 @@ async fn requests_that_time_out_still_queued_are_never_sent() {
     // which went straight to the pipe and only in part). Those must never
     // reach the peer, neither as requests nor as cancels; the ones it got
     // are cancelled.
-    let (unused, _) = cancel_observer();
-    let extensions = Some(&["error", "cancel"][..]);
-    let (client, mut reader, _writer) =
-        serve_a_hand_played_peer(unused, ChannelConfig::default(), 256, extensions).await;
+    let (client, reader, _writer) = a_client_behind_a_pipe_its_peer_does_not_read().await;
     const COUNT: usize = 250;
     let payload = "x".repeat(2048);
     let (client, payload) = (&client, &payload);
@@ -83,11 +100,7 @@ async fn requests_that_time_out_still_queued_are_never_sent() {
     }
     assert_eq!(client.pending_requests(), 0);
     client.close();
-    let mut text = String::new();
-    tokio::time::timeout(Duration::from_secs(10), reader.read_to_string(&mut text))
-        .await
-        .expect("the stream never ended")
-        .unwrap();
+    let text = read_to_the_end(reader).await;
     let (mut requested, mut cancelled) = (Vec::new(), Vec::new());
     for line in text.lines() {
         let message: Value = serde_json::from_str(line).unwrap();
@@ -114,10 +127,7 @@ async fn requests_still_queued_when_the_session_closes_are_never_sent() {
     // close: those whose lines still wait in our queue must not reach the
     // peer afterwards (it would run requests whose callers were told they
     // failed, and a caller that retries elsewhere gets the work done twice).
-    let (unused, _) = cancel_observer();
-    let extensions = Some(&["error", "cancel"][..]);
-    let (client, mut reader, _writer) =
-        serve_a_hand_played_peer(unused, ChannelConfig::default(), 256, extensions).await;
+    let (client, reader, _writer) = a_client_behind_a_pipe_its_peer_does_not_read().await;
     const COUNT: usize = 50;
     let payload = "x".repeat(2048);
     let calls: Vec<_> = (0..COUNT)
@@ -141,11 +151,7 @@ async fn requests_still_queued_when_the_session_closes_are_never_sent() {
             "{result:?}"
         );
     }
-    let mut text = String::new();
-    tokio::time::timeout(Duration::from_secs(10), reader.read_to_string(&mut text))
-        .await
-        .expect("the stream never ended")
-        .unwrap();
+    let text = read_to_the_end(reader).await;
     let requested = text
         .lines()
         .filter(|line| line.contains("MSG_TYPE:REQUEST"))
@@ -154,6 +160,22 @@ async fn requests_still_queued_when_the_session_closes_are_never_sent() {
         requested < COUNT / 4,
         "{requested} of {COUNT} requests were written after their callers were told they failed"
     );
+}
+
+/// A session with `handler`, one handler slot and one place in the
+/// backlog, and a hand-played peer advertising `extensions` (`None`: 1.0).
+async fn one_slot_and_one_place_for(
+    handler: ipc_request::Handler,
+    extensions: Option<&[&str]>,
+) -> (ipc_request::Session, PeerReader, PeerWriter) {
+    let config = SessionConfig {
+        max_concurrent_handlers: 1,
+        max_queued_requests: 1,
+        ..SessionConfig::default()
+    };
+    let builder = SessionBuilder::new().config(config).handler(handler);
+    let (ours, theirs) = tokio::io::duplex(4096);
+    serve_over(ours, theirs, builder, ChannelConfig::default(), extensions).await
 }
 
 #[tokio::test]
@@ -172,15 +194,7 @@ async fn a_one_dot_zero_peer_past_a_full_backlog_is_made_to_wait_not_refused() {
             Ok::<_, ipc_request::RemoteError>(n * 10)
         }
     });
-    let config = SessionConfig {
-        max_concurrent_handlers: 1,
-        max_queued_requests: 1,
-        ..SessionConfig::default()
-    };
-    let builder = SessionBuilder::new().config(config).handler(handler);
-    let (ours, theirs) = tokio::io::duplex(4096);
-    let (_server, mut reader, mut writer) =
-        serve_over(ours, theirs, builder, ChannelConfig::default(), None).await;
+    let (_server, mut reader, mut writer) = one_slot_and_one_place_for(handler, None).await;
     for n in 1..=3 {
         send_one_dot_zero_request(&mut writer, n).await;
     }
@@ -208,15 +222,7 @@ async fn a_peer_that_can_cancel_but_takes_no_errors_is_refused_not_made_to_wait(
         req.cancelled().await;
         Ok::<_, ipc_request::RemoteError>("stopped")
     });
-    let config = SessionConfig {
-        max_concurrent_handlers: 1,
-        max_queued_requests: 1,
-        ..SessionConfig::default()
-    };
-    let builder = SessionBuilder::new().config(config).handler(handler);
-    let (ours, theirs) = tokio::io::duplex(4096);
-    let (server, mut reader, mut writer) =
-        serve_over(ours, theirs, builder, ChannelConfig::default(), Some(&["cancel"])).await;
+    let (server, mut reader, mut writer) = one_slot_and_one_place_for(handler, Some(&["cancel"])).await;
     let mut messages = server.messages().unwrap();
     for n in 1..=3 {
         send_one_dot_zero_request(&mut writer, n).await;
