@@ -30,8 +30,8 @@ use crate::protocol::{self, Inbound, PeerUid, TooLongLine};
 /// requests only left in turn). Hence a map ordered by arrival rather than
 /// a queue: taking out the request of a UID is O(log n), not a scan. Once
 /// the backlog is full, further requests are refused at once (see
-/// `Shared::start_handler`), but for an ipc-request 1.0 peer, for which the
-/// reader waits for room.
+/// `Shared::start_handler`), but for a peer that speaks neither `error`
+/// nor `cancel` (ipc-request 1.0), for which the reader waits for room.
 #[derive(Default)]
 pub(super) struct Backlog {
     /// The waiting requests, by arrival number.
@@ -255,7 +255,6 @@ impl Shared {
             }
         }
         let size = request_size(&uid, &payload);
-        let mut uid_payload = Some((uid, payload));
         loop {
             let space = self.backlog_space.notified();
             {
@@ -263,7 +262,6 @@ impl Shared {
                 let fits = backlog.len() < self.config.max_queued_requests.max(1)
                     && (backlog.len() == 0 || backlog.bytes + size <= self.config.max_queued_request_bytes);
                 if fits {
-                    let (uid, payload) = uid_payload.take().expect("pushed once");
                     backlog.push(uid, payload);
                     self.backlog_len.store(backlog.len(), Ordering::Release);
                     break;
@@ -277,7 +275,6 @@ impl Shared {
                 // the peer's answers to our own requests; two sessions
                 // flooding each other, or handlers that wait on the peer,
                 // would then stall for good (two reviews showed both).
-                let (uid, _) = uid_payload.take().expect("refused once");
                 tracing::debug!("refused request {uid}: its backlog is full");
                 let refusal = RemoteError::new(
                     "Overloaded",
@@ -322,7 +319,7 @@ impl Shared {
         // what it holds must be what it counts.
         line.shrink_to_fit();
         let unwritten = &self.refusals_unwritten;
-        let bytes = line.len().clamp(1, self.refusal_budget()) as u32;
+        let bytes = line.len().clamp(1, super::refusal_budget(&self.config)) as u32;
         let permit = match unwritten.clone().try_acquire_many_owned(bytes) {
             Ok(permit) => permit,
             Err(_) => tokio::select! {
@@ -628,10 +625,10 @@ const HANG_UP_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Runs the reader's handling of one line (`dispatch`) to its end. While
 /// that waits (refusals wait to be written past their bound, the backlog
-/// is full for a 1.0 peer, or the plain messages are full
-/// and this side holds them), the reader reads nothing
-/// meanwhile, and a peer that hangs up then would go unseen: its end of stream is in the socket,
-/// behind the lines not read yet. Another sign of a gone peer (a write of
+/// is full for a 1.0 peer, or the plain messages are full and this side
+/// holds them), the reader reads nothing meanwhile, and a peer that hangs
+/// up then would go unseen: its end of stream is in the socket, behind
+/// the lines not read yet. Another sign of a gone peer (a write of
 /// ours that fails, the exit of a child we own) may never come: a peer we
 /// do not own, whose requests from us were all written before it went. So
 /// over a Unix socket the reader asks the kernel every
@@ -687,8 +684,8 @@ const READER_DONE: u64 = u64::MAX;
 /// but this side can hold it up before it gets back there: refusals that
 /// wait to be written to a peer that reads nothing, a backlog full of a
 /// 1.0 peer's requests, plain messages that nobody reads (and handlers
-/// that wait for answers that will not come meanwhile). A peer that is gone must still fail every
-/// pending request, whatever this side does; a reader that still reads a
+/// that wait for answers that will not come meanwhile). A peer that is
+/// gone must still fail every pending request, whatever this side does; a reader that still reads a
 /// line at least every [`HELD_UP_READER_PATIENCE`] is left to finish (what
 /// the peer wrote is delivered).
 pub(super) async fn end_when_the_peer_is_gone_and_the_reader_held_up(shared: Arc<Shared>) {

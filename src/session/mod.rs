@@ -600,12 +600,6 @@ impl Shared {
         self.peer.get().is_some_and(|p| p.takes_errors)
     }
 
-    /// How many bytes of refusals may wait to be written (see
-    /// [`refusal_budget`]).
-    fn refusal_budget(&self) -> usize {
-        refusal_budget(&self.config)
-    }
-
     /// The peer advertised `cancel`: it may cancel, and we may.
     fn peer_can_cancel(&self) -> bool {
         self.peer.get().is_some_and(|p| p.can_cancel)
