@@ -254,6 +254,14 @@ impl Shared {
                 return self.run_handler(uid, payload, slot);
             }
         }
+        // Boxed: the reader's future for every line would otherwise carry
+        // the state of this rarer path (a wait, a refusal).
+        Box::pin(self.queue_or_refuse(uid, payload)).await
+    }
+
+    /// [`start_handler`](Self::start_handler) when a handler slot is not
+    /// free at once, or requests already wait.
+    async fn queue_or_refuse(self: &Arc<Self>, uid: PeerUid, payload: Message) {
         let size = request_size(&uid, &payload);
         loop {
             let space = self.backlog_space.notified();
