@@ -9,8 +9,9 @@
 //!
 //! What we read comes from a Node peer (or anything else holding the fd), so the decoder
 //! accepts everything a Node writer sends and Node's own reader accepts: lines split across
-//! reads anywhere (even inside a UTF-8 sequence), `\r\n`, surrounding whitespace, blank
-//! lines (skipped silently), any JSON value at top level. One thing Node's reader takes that
+//! reads anywhere (even inside a UTF-8 sequence), `\r\n`, surrounding JSON whitespace
+//! (space, tab, CR: not form feed, on which `JSON.parse` throws), blank lines (skipped
+//! silently), any JSON value at top level. One thing Node's reader takes that
 //! this one does not: bytes that are not UTF-8 (Node's reader turns them into U+FFFD, and no
 //! Node writer sends them) make the line an error. A bad line (not JSON, too long) is
 //! reported as an error and consumed; the lines after it decode normally, so one bad message
@@ -162,7 +163,7 @@ impl FrameDecoder {
     }
 
     fn keep_too_long_head(&mut self, line: &[u8]) {
-        let line = line.trim_ascii_start();
+        let line = trim_json_whitespace_start(line);
         self.too_long_head.clear();
         self.too_long_head
             .extend_from_slice(&line[..line.len().min(TOO_LONG_HEAD_LEN)]);
@@ -242,8 +243,8 @@ impl FrameDecoder {
                     max: self.max_len,
                 });
             }
-            let untrimmed = buf[..newline].trim_ascii_end();
-            let line = untrimmed.trim_ascii_start();
+            let untrimmed = trim_json_whitespace_end(&buf[..newline]);
+            let line = trim_json_whitespace_start(untrimmed);
             if line.is_empty() {
                 buf.advance(newline + 1);
                 continue;
@@ -346,6 +347,30 @@ impl<'a> LineText<'a> {
     pub fn as_sent(&self) -> &'a str {
         self.as_sent
     }
+}
+
+/// Whether `byte` is JSON whitespace (RFC 8259: space, tab, CR, LF), what
+/// `JSON.parse` skips around a value. Not `u8::is_ascii_whitespace`, which also
+/// takes form feed: Node's reader throws on a line such as `\x0c1`, so this one
+/// must not read it as `1`.
+fn is_json_whitespace(byte: &u8) -> bool {
+    matches!(byte, b' ' | b'\t' | b'\r' | b'\n')
+}
+
+fn trim_json_whitespace_start(line: &[u8]) -> &[u8] {
+    let start = line
+        .iter()
+        .position(|b| !is_json_whitespace(b))
+        .unwrap_or(line.len());
+    &line[start..]
+}
+
+fn trim_json_whitespace_end(line: &[u8]) -> &[u8] {
+    let end = line
+        .iter()
+        .rposition(|b| !is_json_whitespace(b))
+        .map_or(0, |at| at + 1);
+    &line[..end]
 }
 
 /// Parses one trimmed, non-empty line with `parse`, after rewriting its lone

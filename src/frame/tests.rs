@@ -182,6 +182,21 @@ fn strips_crlf_and_surrounding_whitespace() {
 }
 
 #[test]
+fn form_feed_is_not_whitespace_as_json_parse_sees_it() {
+    // `JSON.parse("\f1")` throws in Node: such a line is not JSON, and must
+    // not be read as `1` (nor a line of only a form feed skipped as blank).
+    let results = feed_all(b"\x0c1\n1\x0c\n\x0c\n2\n");
+    assert_eq!(results.len(), 4, "{results:?}");
+    for result in &results[..3] {
+        assert!(
+            matches!(result, Err(FrameError::InvalidJson { .. })),
+            "{result:?}"
+        );
+    }
+    assert_eq!(results[3], Ok("2".to_owned()));
+}
+
+#[test]
 fn skips_blank_lines_without_error() {
     assert_eq!(feed_all(b"\n\r\n   \n\t\n1\n\n"), ok(&["1"]));
     let mut decoder = FrameDecoder::default();
@@ -623,6 +638,7 @@ mod against_a_full_scan {
             b"\xff",
             b"a",
             b" ",
+            b"\x0c",
         ];
         let pad = prop::sample::select(vec![&b""[..], b" ", b"\t ", b"\r"]);
         prop_oneof![
@@ -654,7 +670,15 @@ mod against_a_full_scan {
             // Unterminated: dropped at the end, unless already too long.
             let last = lines.pop().unwrap();
             for line in lines.into_iter().chain((last.len() > max_len).then_some(last)) {
-                let (trimmed, fixed) = (line.trim_ascii(), replace_lone_surrogates(line.trim_ascii()));
+                // JSON whitespace, as `JSON.parse` skips it (not form feed).
+                let mut trimmed = line;
+                while let [b' ' | b'\t' | b'\r', rest @ ..] = trimmed {
+                    trimmed = rest;
+                }
+                while let [rest @ .., b' ' | b'\t' | b'\r'] = trimmed {
+                    trimmed = rest;
+                }
+                let fixed = replace_lone_surrogates(trimmed);
                 let bytes = fixed.as_deref().unwrap_or(trimmed);
                 let result = match std::str::from_utf8(bytes) {
                     _ if line.len() > max_len => Err(FrameError::TooLong { len: 0, max: 0 }),
