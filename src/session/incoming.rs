@@ -160,11 +160,14 @@ impl Shared {
                     // handshake requests are answered inline below, so a
                     // flood of them cannot pile up tasks).
                     let shared = self.clone();
-                    tokio::spawn(async move {
+                    let task = tokio::spawn(async move {
                         if shared.sender.send_line_written(line).await.is_ok() {
+                            #[cfg(test)]
+                            tests::hooks::handshake_answer_written(&shared, &uid).await;
                             shared.establish();
                         }
                     });
+                    *self.handshake_answer.lock().unwrap() = Some(task);
                     // The peer counts itself established once it reads our
                     // answer, and may send plain messages at once; the task
                     // may establish us only after the reader has handled
@@ -618,6 +621,22 @@ pub(super) async fn read_loop(
         }
     };
     shared.lines_read.store(READER_DONE, Ordering::Relaxed);
+    let answer_task = shared.handshake_answer.lock().unwrap().take();
+    if let Some(task) = answer_task
+        && !shared.was_established.load(Ordering::Acquire)
+    {
+        // The peer may have read our answer to its handshake request and
+        // left at once: its end reaches this reader before the task that
+        // waited for the answer to be written has run again. By then we
+        // are established (2.1 step 4), and `setup` must hand the session
+        // back, closed, not fail (a review saw a child's setup fail 1 to
+        // 19 times in 300 so). So the task finishes first: at once if the
+        // answer is written; an answer still waiting for room (a peer that
+        // reads nothing) is given up after a grace.
+        #[cfg(test)]
+        tests::hooks::reader_waits_for_the_handshake_answer(&shared);
+        let _ = tokio::time::timeout(HANDSHAKE_ANSWER_GRACE, task).await;
+    }
     let reason = match our_write_failure(&shared) {
         // Why the channel ended, whatever the peer did once our side shut
         // down (closed its end; exited, as a Node child does when its
@@ -627,6 +646,10 @@ pub(super) async fn read_loop(
     };
     shared.shut(reason);
 }
+
+/// How long a reader that met the end of the channel during the handshake
+/// waits for our answer to the peer's handshake request to be written.
+const HANDSHAKE_ANSWER_GRACE: Duration = Duration::from_millis(200);
 
 /// How often a reader held up asks whether the peer hung up.
 const HANG_UP_PROBE_INTERVAL: Duration = Duration::from_secs(1);

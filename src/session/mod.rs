@@ -165,6 +165,10 @@ pub(crate) struct Shared {
     backlog_len: AtomicUsize,
     /// A handshake answer is already on its way during the handshake.
     answering_handshake: AtomicBool,
+    /// The task that establishes the session once our answer to the peer's
+    /// handshake request is written; the reader lets it finish before it
+    /// ends a session still handshaking (see `read_loop`).
+    handshake_answer: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Set when the handshake completes, and never cleared: a session can
     /// be established, serve and close before `setup` looks at the phase.
     was_established: AtomicBool,

@@ -230,6 +230,7 @@ impl SessionBuilder {
             refusals_unwritten: Arc::new(Semaphore::new(super::refusal_budget(&config))),
             backlog_len: AtomicUsize::new(0),
             answering_handshake: AtomicBool::new(false),
+            handshake_answer: Mutex::new(None),
             was_established: AtomicBool::new(false),
             messages_tx: Mutex::new(Some(messages_tx)),
             messages_rx: Mutex::new(Some(messages_rx)),

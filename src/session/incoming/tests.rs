@@ -13,7 +13,10 @@ use crate::{Channel, ChannelConfig, Request, Responder, SessionBuilder, SessionC
 
 /// Points in the session's code where a test can stop a thread.
 pub(super) mod hooks {
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
+
+    use crate::protocol::PeerUid;
+    use crate::session::Shared;
 
     type Hook = Box<dyn FnOnce() + Send>;
 
@@ -27,6 +30,63 @@ pub(super) mod hooks {
         let hook = TAKEN_FROM_BACKLOG.lock().unwrap().take();
         if let Some(hook) = hook {
             hook();
+        }
+    }
+
+    /// The peer handshake UID (as JSON, without its quotes) of the session whose handshake
+    /// answer task `handshake_answer_written` holds up; any other session
+    /// (the other unit tests run sessions too) passes through.
+    pub(in crate::session::incoming) const HOLD_UP_ANSWER_OF: &str = "answer-of-a-peer-that-leaves-at-once";
+
+    /// Where the held-up answer task and its session's reader meet, each
+    /// session known by its `Shared`'s address: whichever comes second
+    /// finds the other.
+    struct Rendezvous {
+        /// Readers already waiting for their handshake answer task.
+        readers_waiting: Vec<usize>,
+        /// The held-up task's session, and how to let that task go on.
+        held_up: Option<(usize, tokio::sync::oneshot::Sender<()>)>,
+    }
+
+    static RENDEZVOUS: Mutex<Rendezvous> = Mutex::new(Rendezvous {
+        readers_waiting: Vec::new(),
+        held_up: None,
+    });
+
+    /// Run by the task that waits for our handshake answer to be written,
+    /// once it was, before it establishes the session: for the session of
+    /// [`HOLD_UP_ANSWER_OF`], waits (up to 10 s) until its reader, having
+    /// met the end of the channel, waits for this task.
+    pub(in crate::session::incoming) async fn handshake_answer_written(shared: &Arc<Shared>, uid: &PeerUid) {
+        if uid.as_json() != HOLD_UP_ANSWER_OF {
+            return;
+        }
+        let at = Arc::as_ptr(shared) as usize;
+        let wait = {
+            let mut rendezvous = RENDEZVOUS.lock().unwrap();
+            if rendezvous.readers_waiting.contains(&at) {
+                return;
+            }
+            let (go_on, wait) = tokio::sync::oneshot::channel();
+            rendezvous.held_up = Some((at, go_on));
+            wait
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), wait).await;
+    }
+
+    /// Run by a reader that met the end of the channel before its session
+    /// was established, as it starts waiting for the handshake answer task.
+    pub(in crate::session::incoming) fn reader_waits_for_the_handshake_answer(shared: &Arc<Shared>) {
+        let at = Arc::as_ptr(shared) as usize;
+        let mut rendezvous = RENDEZVOUS.lock().unwrap();
+        match rendezvous.held_up.take() {
+            Some((held, go_on)) if held == at => {
+                let _ = go_on.send(());
+            }
+            other => {
+                rendezvous.held_up = other;
+                rendezvous.readers_waiting.push(at);
+            }
         }
     }
 }
@@ -262,4 +322,47 @@ async fn a_closed_session_lets_go_of_the_requests_in_its_backlog() {
         (0, 0),
         "the backlog outlived the session"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_succeeds_for_a_peer_that_reads_our_handshake_answer_and_leaves_at_once() {
+    // The peer sends its handshake request, reads our answer and hangs up
+    // without answering ours: we are established once that answer is
+    // written (PROTOCOL.md 2.1 step 4). The task that waits for it to be
+    // written is held up (the hook) until the reader has met the end of
+    // the channel, as a busy machine may do; `setup` must still return the
+    // session, closed by the peer.
+    let (ours, theirs) = tokio::io::duplex(4096);
+    let (reader, mut writer) = tokio::io::split(theirs);
+    let mut lines = BufReader::new(reader).lines();
+    let setup =
+        tokio::spawn(SessionBuilder::new().setup(Channel::from_stream(ours, ChannelConfig::default())));
+    let ours_hello: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    assert_eq!(
+        ours_hello["_IPC_REQUEST/HANDSHAKE_MSG_TYPE"],
+        "_IPC_REQUEST/HANDSHAKE_MSG_TYPE:REQUEST"
+    );
+    let theirs_hello = serde_json::json!({
+        "_IPC_REQUEST/HANDSHAKE_UID": hooks::HOLD_UP_ANSWER_OF,
+        "_IPC_REQUEST/HANDSHAKE_MSG_TYPE": "_IPC_REQUEST/HANDSHAKE_MSG_TYPE:REQUEST",
+        "_IPC_REQUEST/EXTENSIONS": ["error", "cancel"],
+    });
+    writer
+        .write_all(format!("{theirs_hello}\n").as_bytes())
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await;
+    let answer: Value = serde_json::from_str(&answer.unwrap().unwrap().unwrap()).unwrap();
+    assert_eq!(
+        answer["_IPC_REQUEST/HANDSHAKE_MSG_TYPE"],
+        "_IPC_REQUEST/HANDSHAKE_MSG_TYPE:RESPONSE"
+    );
+    drop((lines, writer));
+    let session = tokio::time::timeout(Duration::from_secs(20), setup)
+        .await
+        .expect("setup ends")
+        .unwrap()
+        .expect("established: our answer to the peer's handshake was written");
+    let reason = tokio::time::timeout(Duration::from_secs(10), session.closed()).await;
+    assert!(matches!(reason, Ok(crate::CloseReason::PeerClosed)), "{reason:?}");
 }
