@@ -520,6 +520,38 @@ async fn a_setup_dropped_before_the_handshake_closes_its_channel() {
 }
 
 #[tokio::test]
+async fn close_lets_go_of_the_channel_though_the_peer_keeps_its_end_open() {
+    // After `close()` and the last handle's drop, nothing of the session
+    // holds the channel any more: its reader stops too, rather than
+    // waiting to read until the peer hangs up, which a silent peer that
+    // never does would make last for ever, with the descriptor. The peer
+    // sees our end closed (POLLHUP), without writing a byte (which would
+    // wake the reader).
+    use std::os::fd::AsRawFd;
+    let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
+    let (mut peer_reader, mut peer_writer) = tokio::io::split(theirs);
+    let setup = tokio::spawn(setup(Channel::from_stream(ours, ChannelConfig::default()), None));
+    common::answer_handshake(&mut peer_reader, &mut peer_writer, Some(&["error", "cancel"])).await;
+    let session = setup.await.unwrap().unwrap();
+    session.close();
+    drop(session);
+    let theirs = peer_reader.unsplit(peer_writer);
+    let hung_up = tokio::task::spawn_blocking(move || {
+        let mut watch = libc::pollfd {
+            fd: theirs.as_raw_fd(),
+            events: 0,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, for the call's duration.
+        (0..100).any(|_| unsafe { libc::poll(&mut watch, 1, 100) } == 1 && watch.revents & libc::POLLHUP != 0)
+    });
+    assert!(
+        hung_up.await.unwrap(),
+        "10 s after close() and drop, the session still holds its channel"
+    );
+}
+
+#[tokio::test]
 async fn a_handler_sees_the_channel_close_when_the_peer_cannot_cancel() {
     // Request::cancelled fires when the channel closes, whatever the peer
     // supports: here an ipc-request 1.0 peer, which has no cancel.
