@@ -552,6 +552,30 @@ async fn close_lets_go_of_the_channel_though_the_peer_keeps_its_end_open() {
 }
 
 #[tokio::test]
+async fn an_answer_read_before_the_close_still_reaches_its_caller() {
+    // The peer answers and hangs up; the reader hands the answer over and
+    // then ends the session, all before the caller looks again. The answer
+    // came: the caller gets it, not the close.
+    let (unused, _) = cancel_observer();
+    let extensions = Some(&["error", "cancel"][..]);
+    let (session, mut reader, mut writer) =
+        serve_a_hand_played_peer(unused, ChannelConfig::default(), 4096, extensions).await;
+    let mut call = Box::pin(session.request_raw(&"question"));
+    assert!(futures_util::FutureExt::now_or_never(&mut call).is_none());
+    let request: Value = serde_json::from_str(&next_line(&mut reader, "no request").await).unwrap();
+    let uid = request["_IPC_REQUEST/REQUEST_UID"].as_str().unwrap().to_owned();
+    write_protocol_line(&mut writer, "RESPONSE", &uid, "\"answer\"").await;
+    drop((reader, writer));
+    let reason = tokio::time::timeout(Duration::from_secs(10), session.closed()).await;
+    assert!(
+        matches!(reason, Ok(ipc_request::CloseReason::PeerClosed)),
+        "{reason:?}"
+    );
+    let answer = futures_util::FutureExt::now_or_never(&mut call).expect("answered by now");
+    assert_eq!(answer.unwrap().get(), "\"answer\"");
+}
+
+#[tokio::test]
 async fn a_handler_sees_the_channel_close_when_the_peer_cannot_cancel() {
     // Request::cancelled fires when the channel closes, whatever the peer
     // supports: here an ipc-request 1.0 peer, which has no cancel.

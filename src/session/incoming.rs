@@ -189,18 +189,12 @@ impl Shared {
             }
             Inbound::Request { uid, payload } => self.start_handler(uid, payload).await,
             Inbound::Response { uid, payload, error } => {
-                let waiter = match &uid {
-                    Ok(id) => self.table.lock().unwrap().pending.remove(id),
-                    Err(_) => None,
+                let answer = match error {
+                    Some(e) => Err(Box::new(Error::Remote(Box::new(e)))),
+                    None => Ok(payload),
                 };
-                match waiter {
-                    Some(tx) => {
-                        let _ = tx.send(match error {
-                            Some(e) => Err(Box::new(Error::Remote(Box::new(e)))),
-                            None => Ok(payload),
-                        });
-                    }
-                    None => tracing::debug!("answer to a request no longer pending: {uid:?}"),
+                if !uid.as_ref().is_ok_and(|&id| self.deliver_answer(id, answer)) {
+                    tracing::debug!("answer to a request no longer pending: {uid:?}")
                 }
             }
             Inbound::Cancel { uid } => self.cancel_request(&uid),
@@ -501,15 +495,9 @@ impl Shared {
         }
         match protocol::too_long_line(head) {
             Some(TooLongLine::Response(uid)) => {
-                let waiter = match uid {
-                    Ok(id) => self.table.lock().unwrap().pending.remove(&id),
-                    Err(_) => None,
-                };
-                match waiter {
-                    Some(tx) => {
-                        let _ = tx.send(Err(Box::new(Error::Frame(error.clone()))));
-                    }
-                    None => tracing::debug!("too long answer to a request no longer pending: {uid:?}"),
+                let answer = || Err(Box::new(Error::Frame(error.clone())));
+                if !uid.as_ref().is_ok_and(|&id| self.deliver_answer(id, answer())) {
+                    tracing::debug!("too long answer to a request no longer pending: {uid:?}")
                 }
                 true
             }

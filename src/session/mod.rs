@@ -2,12 +2,13 @@
 //! messages, close and failure (PROTOCOL.md sections 2 and 3).
 //!
 //! This file holds the [`Session`] handle (our requests: ids from a
-//! counter, a map from id to oneshot sender) and the state it shares with
-//! the reader; `setup.rs` the settings, the builder and the handshake's
-//! wait; `incoming.rs` the reader task (handshake answers, routing answers,
-//! starting handlers, plain messages, failing everything when the channel
-//! ends); `handler.rs` what a handler sees; `pending.rs` the guard that
-//! keeps the table of our pending requests honest.
+//! counter, a map from id to the slot its answer is handed over in) and
+//! the state it shares with the reader; `setup.rs` the settings, the
+//! builder and the handshake's wait; `incoming.rs` the reader task
+//! (handshake answers, routing answers, starting handlers, plain messages,
+//! failing everything when the channel ends); `handler.rs` what a handler
+//! sees; `pending.rs` the table's slots and the guard that keeps the table
+//! of our pending requests honest.
 
 mod handler;
 mod incoming;
@@ -21,7 +22,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, oneshot, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use handler::AnswerState;
@@ -35,7 +36,7 @@ use crate::channel::{ChannelSender, line_text, node_internal_cmd};
 use crate::error::{CloseReason, Error, RemoteError};
 use crate::frame::Message;
 use crate::protocol::{self, EXT_CANCEL, EXT_ERROR, PeerUid};
-use pending::PendingGuard;
+use pending::{PendingGuard, Slot};
 
 /// How many bytes of refusals may wait to be written (see
 /// `Shared::refuse`): `max_unwritten_refusal_bytes`, taken a u32 at a
@@ -92,8 +93,9 @@ type Answer = Result<Message, Box<Error>>;
 
 #[derive(Default)]
 struct Table {
-    /// Our requests waiting for an answer, by id.
-    pending: pending::PendingMap<oneshot::Sender<Answer>>,
+    /// Our requests waiting for an answer, by id, and answers that came
+    /// and wait for their caller to take them (see [`Slot`]).
+    pending: pending::PendingMap<Slot>,
     /// The peer's requests being handled, by its UID, for `cancel`. Only
     /// filled when the peer can cancel.
     running: HashMap<PeerUid, RunningHandler>,
@@ -308,10 +310,9 @@ impl Session {
                 .sender
                 .encode_with(|max, out| protocol::encode_request(uid, payload, max, out))?
         };
-        let (tx, rx) = oneshot::channel();
         // The guard exists before the send: from here on, a drop (deadline,
         // caller gave up) removes the entry and, once sent, cancels it.
-        let (mut guard, in_flight) = PendingGuard::register(shared, id, tx)?;
+        let (mut guard, in_flight) = PendingGuard::register(shared, id)?;
         // Alone: straight to the stream. With others in flight: through the
         // writer task, so that requests sent together share one write.
         // (Two calls, not one with `in_flight > 1`: measured, the one call
@@ -336,28 +337,22 @@ impl Session {
             // timer would make every request's future larger.
             Err(e) if is_write_to_a_gone_peer(&e) => {
                 let limit = shared.gone_peer_limit();
-                let Ok(told) = Box::pin(tokio::time::timeout(limit, rx)).await else {
+                let Ok(told) = Box::pin(tokio::time::timeout(limit, guard.answer())).await else {
                     // Still in the table: the guard's drop takes it out.
                     return Err(Error::Closed(shared.gone_peer_reason()));
                 };
-                guard.disarm();
-                return told.map_err(|_| shared.closed_error())?.map_err(|e| *e);
+                return told;
             }
             Err(e) => return Err(e),
         }
-        // Unconstrained: Tokio's cooperative budget exists to make a task
-        // that finds its resources always ready yield now and then. This
-        // answer is never ready before the peer has read the request and
-        // the reader task has run, so the caller yields here anyway; but a
-        // task awaiting thousands of requests at once (join_all) would
-        // otherwise hit the budget on every poll and go quadratic
-        // (measured: 100,000 requests in one join_all, 10k -> 170k req/s).
-        let answer = match tokio::task::unconstrained(rx).await {
-            Ok(answer) => answer.map_err(|e| *e),
-            Err(_) => Err(shared.closed_error()),
-        };
-        guard.disarm();
-        answer
+        // The wait spends none of Tokio's cooperative budget (a oneshot
+        // receiver's would, and needed `unconstrained`: a task awaiting
+        // thousands of requests at once, in a join_all, would otherwise hit
+        // the budget on every poll and go quadratic; measured with 100,000
+        // requests in one join_all, 10k -> 170k req/s). This answer is never
+        // ready before the peer has read the request and the reader task
+        // has run, so the caller yields here anyway.
+        guard.answer().await
     }
 
     /// Sends a plain message (not a request): the peer's `process.on
@@ -426,7 +421,8 @@ impl Session {
         self.shared.peer.get().unwrap_or(&NOTHING_YET)
     }
 
-    /// Requests of ours waiting for an answer.
+    /// Requests of ours not yet answered to their callers: waiting for the
+    /// peer's answer, or holding one their caller has not yet taken.
     pub fn pending_requests(&self) -> usize {
         self.shared.table.lock().unwrap().pending.len()
     }
@@ -712,7 +708,7 @@ impl Shared {
             // below).
             self.sender.withdraw_all();
             (
-                std::mem::take(&mut table.pending),
+                pending::take_waiting(&mut table.pending),
                 std::mem::take(&mut table.running),
                 std::mem::take(&mut table.displaced),
             )
@@ -744,8 +740,10 @@ impl Shared {
             }
             _ => tracing::warn!("session ended: {reason}"),
         }
-        for (_, tx) in pending {
-            let _ = tx.send(Err(Box::new(Error::Closed(reason.clone()))));
+        // Their callers find their entries gone, and are told the reason
+        // recorded above (see `PendingGuard::answer`).
+        for waker in pending {
+            waker.wake();
         }
         for handler in running.into_values().chain(displaced) {
             handler.refuse();
