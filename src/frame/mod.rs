@@ -357,20 +357,22 @@ fn is_json_whitespace(byte: &u8) -> bool {
     matches!(byte, b' ' | b'\t' | b'\r' | b'\n')
 }
 
-fn trim_json_whitespace_start(line: &[u8]) -> &[u8] {
-    let start = line
-        .iter()
-        .position(|b| !is_json_whitespace(b))
-        .unwrap_or(line.len());
-    &line[start..]
+fn trim_json_whitespace_start(mut line: &[u8]) -> &[u8] {
+    while let [first, rest @ ..] = line
+        && is_json_whitespace(first)
+    {
+        line = rest;
+    }
+    line
 }
 
-fn trim_json_whitespace_end(line: &[u8]) -> &[u8] {
-    let end = line
-        .iter()
-        .rposition(|b| !is_json_whitespace(b))
-        .map_or(0, |at| at + 1);
-    &line[..end]
+fn trim_json_whitespace_end(mut line: &[u8]) -> &[u8] {
+    while let [rest @ .., last] = line
+        && is_json_whitespace(last)
+    {
+        line = rest;
+    }
+    line
 }
 
 /// Parses one trimmed, non-empty line with `parse`, after rewriting its lone
