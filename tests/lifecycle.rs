@@ -571,6 +571,7 @@ async fn an_answer_read_before_the_close_still_reaches_its_caller() {
         matches!(reason, Ok(ipc_request::CloseReason::PeerClosed)),
         "{reason:?}"
     );
+    assert_eq!(session.pending_requests(), 0, "answered: it waits no more");
     let answer = futures_util::FutureExt::now_or_never(&mut call).expect("answered by now");
     assert_eq!(answer.unwrap().get(), "\"answer\"");
 }

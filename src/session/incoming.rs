@@ -160,11 +160,13 @@ impl Shared {
                     // wait for that off the reader task (once: further
                     // handshake requests are answered inline below, so a
                     // flood of them cannot pile up tasks).
+                    #[cfg(test)]
+                    tests::hooks::answer_task_spawned(self, &uid);
                     let shared = self.clone();
                     let task = tokio::spawn(async move {
                         if shared.sender.send_line_written(line).await.is_ok() {
                             #[cfg(test)]
-                            tests::hooks::handshake_answer_written(&shared, &uid).await;
+                            tests::hooks::handshake_answer_written(&shared).await;
                             shared.establish();
                         }
                     });

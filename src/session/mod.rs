@@ -36,7 +36,7 @@ use crate::channel::{ChannelSender, line_text, node_internal_cmd};
 use crate::error::{CloseReason, Error, RemoteError};
 use crate::frame::Message;
 use crate::protocol::{self, EXT_CANCEL, EXT_ERROR, PeerUid};
-use pending::{PendingGuard, Slot};
+use pending::{PendingGuard, PendingTable};
 
 /// How many bytes of refusals may wait to be written (see
 /// `Shared::refuse`): `max_unwritten_refusal_bytes`, taken a u32 at a
@@ -94,8 +94,8 @@ type Answer = Result<Message, Box<Error>>;
 #[derive(Default)]
 struct Table {
     /// Our requests waiting for an answer, by id, and answers that came
-    /// and wait for their caller to take them (see [`Slot`]).
-    pending: pending::PendingMap<Slot>,
+    /// and wait for their caller to take them.
+    pending: PendingTable,
     /// The peer's requests being handled, by its UID, for `cancel`. Only
     /// filled when the peer can cancel.
     running: HashMap<PeerUid, RunningHandler>,
@@ -421,10 +421,9 @@ impl Session {
         self.shared.peer.get().unwrap_or(&NOTHING_YET)
     }
 
-    /// Requests of ours not yet answered to their callers: waiting for the
-    /// peer's answer, or holding one their caller has not yet taken.
+    /// Requests of ours waiting for an answer.
     pub fn pending_requests(&self) -> usize {
-        self.shared.table.lock().unwrap().pending.len()
+        self.shared.table.lock().unwrap().pending.waiting()
     }
 
     /// Bytes waiting in the outgoing queue.
@@ -708,7 +707,7 @@ impl Shared {
             // below).
             self.sender.withdraw_all();
             (
-                pending::take_waiting(&mut table.pending),
+                table.pending.take_waiting(),
                 std::mem::take(&mut table.running),
                 std::mem::take(&mut table.displaced),
             )

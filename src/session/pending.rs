@@ -8,7 +8,6 @@
 //! queue is taken out of it instead, and the peer never hears of it.
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::task::{Poll, Waker};
 
@@ -18,17 +17,59 @@ use crate::error::Error;
 use crate::frame::Message;
 use crate::protocol::MessageOut;
 
-/// A pending request's entry in the table: the answer is handed over in
-/// it, under the table's lock, rather than through a oneshot channel (an
-/// allocation and its atomics per request: measured, 3% of `bench count
-/// burst`).
-pub(super) enum Slot {
+/// Our pending requests, by id. The answer is handed over in a request's
+/// entry, under the table's lock, rather than through a oneshot channel
+/// (an allocation and its atomics per request: measured, 3% of `bench
+/// count burst`).
+#[derive(Default)]
+pub(super) struct PendingTable {
+    slots: PendingMap<Slot>,
+    /// How many of `slots` hold an answer their caller has not yet taken:
+    /// those no longer wait for the peer (see [`waiting`](Self::waiting)).
+    answered: usize,
+}
+
+/// A pending request's entry in the table.
+enum Slot {
     /// No answer yet; the caller's waker once it has waited.
     Waiting(Option<Waker>),
     /// The answer (or the error that stands for it), for the caller to
     /// take. It stays here when the session closes: an answer that came
     /// is never lost.
     Answered(Answer),
+}
+
+impl PendingTable {
+    /// Our requests waiting for the peer's answer: those answered but not
+    /// yet taken by their callers (about to run) are not counted.
+    pub(super) fn waiting(&self) -> usize {
+        self.slots.len() - self.answered
+    }
+
+    /// Takes the requests still waiting out (for a session that closes),
+    /// and returns their callers' wakers; answers that came stay for their
+    /// callers.
+    pub(super) fn take_waiting(&mut self) -> Vec<Waker> {
+        let mut wakers = Vec::new();
+        self.slots.retain(|_, slot| match slot {
+            Slot::Waiting(waker) => {
+                wakers.extend(waker.take());
+                false
+            }
+            Slot::Answered(_) => true,
+        });
+        wakers
+    }
+
+    /// Takes request `id`'s entry out, counting out its answer if it had
+    /// one.
+    fn remove(&mut self, id: u64) -> Option<Slot> {
+        let removed = self.slots.remove(&id);
+        if let Some(Slot::Answered(_)) = removed {
+            self.answered -= 1;
+        }
+        removed
+    }
 }
 
 impl Shared {
@@ -38,11 +79,13 @@ impl Shared {
     pub(super) fn deliver_answer(&self, id: u64, answer: Answer) -> bool {
         let waker = {
             let mut table = self.table.lock().unwrap();
-            match table.pending.get_mut(&id) {
+            let pending = &mut table.pending;
+            match pending.slots.get_mut(&id) {
                 Some(slot @ Slot::Waiting(_)) => {
                     let Slot::Waiting(waker) = std::mem::replace(slot, Slot::Answered(answer)) else {
                         unreachable!("matched as waiting")
                     };
+                    pending.answered += 1;
                     waker
                 }
                 Some(Slot::Answered(_)) | None => return false,
@@ -54,21 +97,6 @@ impl Shared {
         }
         true
     }
-}
-
-/// Takes the requests still waiting out of `pending` (for a session that
-/// closes), and returns their callers' wakers; answers that came stay for
-/// their callers.
-pub(super) fn take_waiting(pending: &mut PendingMap<Slot>) -> Vec<Waker> {
-    let mut wakers = Vec::new();
-    pending.retain(|_, slot| match slot {
-        Slot::Waiting(waker) => {
-            wakers.extend(waker.take());
-            false
-        }
-        Slot::Answered(_) => true,
-    });
-    wakers
 }
 
 pub(super) struct PendingGuard<'a> {
@@ -99,8 +127,8 @@ impl<'a> PendingGuard<'a> {
         if let Some(reason) = &table.closed {
             return Err(Error::Closed(reason.clone()));
         }
-        table.pending.insert(id, Slot::Waiting(None));
-        let in_flight = table.pending.len();
+        table.pending.slots.insert(id, Slot::Waiting(None));
+        let in_flight = table.pending.waiting();
         let guard = PendingGuard {
             shared,
             id,
@@ -123,19 +151,21 @@ impl<'a> PendingGuard<'a> {
     pub(super) async fn answer(&mut self) -> Result<Message, Error> {
         std::future::poll_fn(|cx| {
             let mut table = self.shared.table.lock().unwrap();
-            let answer = match table.pending.entry(self.id) {
-                Entry::Occupied(mut entry) => match entry.get_mut() {
-                    Slot::Waiting(Some(waker)) if waker.will_wake(cx.waker()) => return Poll::Pending,
-                    Slot::Waiting(waker) => {
-                        *waker = Some(cx.waker().clone());
-                        return Poll::Pending;
-                    }
-                    Slot::Answered(_) => match entry.remove() {
-                        Slot::Answered(answer) => answer.map_err(|e| *e),
-                        Slot::Waiting(_) => unreachable!("answered"),
-                    },
+            let answer = match table.pending.slots.get_mut(&self.id) {
+                Some(Slot::Waiting(Some(waker))) if waker.will_wake(cx.waker()) => return Poll::Pending,
+                Some(Slot::Waiting(waker)) => {
+                    let replaced = waker.replace(cx.waker().clone());
+                    // Dropped outside the lock: a waker's drop is the
+                    // executor's code, which might call back into us.
+                    drop(table);
+                    drop(replaced);
+                    return Poll::Pending;
+                }
+                Some(Slot::Answered(_)) => match table.pending.remove(self.id) {
+                    Some(Slot::Answered(answer)) => answer.map_err(|e| *e),
+                    _ => unreachable!("answered"),
                 },
-                Entry::Vacant(_) => {
+                None => {
                     drop(table);
                     Err(self.shared.closed_error())
                 }
@@ -157,7 +187,7 @@ impl Drop for PendingGuard<'_> {
         // lock), and no cancel goes for a request already answered; one
         // that comes after finds no entry, and is dropped by the reader.
         // No entry at all: the close took it.
-        let removed = self.shared.table.lock().unwrap().pending.remove(&self.id);
+        let removed = self.shared.table.lock().unwrap().pending.remove(self.id);
         if !matches!(removed, Some(Slot::Waiting(_))) {
             return;
         }

@@ -33,42 +33,55 @@ pub(super) mod hooks {
         }
     }
 
-    /// The peer handshake UID (as JSON, without its quotes) of the session whose handshake
-    /// answer task `handshake_answer_written` holds up; any other session
-    /// (the other unit tests run sessions too) passes through.
+    /// The peer handshake UID (as JSON, without its quotes) of the session
+    /// whose handshake answer task `handshake_answer_written` holds up; any
+    /// other session (the other unit tests run sessions too) passes
+    /// through.
     pub(in crate::session::incoming) const HOLD_UP_ANSWER_OF: &str = "answer-of-a-peer-that-leaves-at-once";
 
-    /// Where the held-up answer task and its session's reader meet, each
-    /// session known by its `Shared`'s address: whichever comes second
-    /// finds the other.
+    /// Where the held-up answer task and its session's reader meet:
+    /// whichever comes second finds the other.
     struct Rendezvous {
-        /// Readers already waiting for their handshake answer task.
-        readers_waiting: Vec<usize>,
-        /// The held-up task's session, and how to let that task go on.
-        held_up: Option<(usize, tokio::sync::oneshot::Sender<()>)>,
+        /// The session of [`HOLD_UP_ANSWER_OF`] (its `Shared`'s address),
+        /// set as its answer task is spawned: no other session's reader,
+        /// of a session since dropped at the same address, can count.
+        expected: Option<usize>,
+        /// Its reader already waits for the answer task.
+        reader_waiting: bool,
+        /// How to let its held-up answer task go on.
+        held_up: Option<tokio::sync::oneshot::Sender<()>>,
     }
 
     static RENDEZVOUS: Mutex<Rendezvous> = Mutex::new(Rendezvous {
-        readers_waiting: Vec::new(),
+        expected: None,
+        reader_waiting: false,
         held_up: None,
     });
+
+    /// Run as the task that answers the peer's handshake request is
+    /// spawned.
+    pub(in crate::session::incoming) fn answer_task_spawned(shared: &Arc<Shared>, uid: &PeerUid) {
+        if uid.as_json() == HOLD_UP_ANSWER_OF {
+            *RENDEZVOUS.lock().unwrap() = Rendezvous {
+                expected: Some(Arc::as_ptr(shared) as usize),
+                reader_waiting: false,
+                held_up: None,
+            };
+        }
+    }
 
     /// Run by the task that waits for our handshake answer to be written,
     /// once it was, before it establishes the session: for the session of
     /// [`HOLD_UP_ANSWER_OF`], waits (up to 10 s) until its reader, having
     /// met the end of the channel, waits for this task.
-    pub(in crate::session::incoming) async fn handshake_answer_written(shared: &Arc<Shared>, uid: &PeerUid) {
-        if uid.as_json() != HOLD_UP_ANSWER_OF {
-            return;
-        }
-        let at = Arc::as_ptr(shared) as usize;
+    pub(in crate::session::incoming) async fn handshake_answer_written(shared: &Arc<Shared>) {
         let wait = {
             let mut rendezvous = RENDEZVOUS.lock().unwrap();
-            if rendezvous.readers_waiting.contains(&at) {
+            if rendezvous.expected != Some(Arc::as_ptr(shared) as usize) || rendezvous.reader_waiting {
                 return;
             }
             let (go_on, wait) = tokio::sync::oneshot::channel();
-            rendezvous.held_up = Some((at, go_on));
+            rendezvous.held_up = Some(go_on);
             wait
         };
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), wait).await;
@@ -77,16 +90,15 @@ pub(super) mod hooks {
     /// Run by a reader that met the end of the channel before its session
     /// was established, as it starts waiting for the handshake answer task.
     pub(in crate::session::incoming) fn reader_waits_for_the_handshake_answer(shared: &Arc<Shared>) {
-        let at = Arc::as_ptr(shared) as usize;
         let mut rendezvous = RENDEZVOUS.lock().unwrap();
+        if rendezvous.expected != Some(Arc::as_ptr(shared) as usize) {
+            return;
+        }
         match rendezvous.held_up.take() {
-            Some((held, go_on)) if held == at => {
+            Some(go_on) => {
                 let _ = go_on.send(());
             }
-            other => {
-                rendezvous.held_up = other;
-                rendezvous.readers_waiting.push(at);
-            }
+            None => rendezvous.reader_waiting = true,
         }
     }
 }
