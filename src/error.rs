@@ -34,7 +34,8 @@ pub enum Error {
 
     /// A request got no answer before its deadline. The request has been
     /// forgotten locally and, if the peer supports the `cancel` extension,
-    /// cancelled there. Also what
+    /// cancelled there. (A peer known to be gone at the deadline, whose
+    /// session is about to end, makes it [`Error::Closed`] instead.) Also what
     /// [`blocking::Messages::recv_timeout`](crate::blocking::Messages::recv_timeout)
     /// says when no message came in time.
     #[error("timed out after {0:?}")]

@@ -466,3 +466,75 @@ async fn a_request_that_meets_a_broken_pipe_under_an_endless_exit_grace_does_not
         other => panic!("{other:?}"),
     }
 }
+
+/// A session over a socket pair whose peer we own, as far as the session
+/// knows (`set_peer_exit`), with an exit grace of a minute: a dead peer's
+/// session ends only that long after its exit (or the end of its channel).
+async fn a_peer_we_own_with_a_minute_of_exit_grace() -> (
+    Session,
+    tokio::net::unix::OwnedReadHalf,
+    tokio::net::unix::OwnedWriteHalf,
+    tokio::sync::watch::Sender<Option<std::process::ExitStatus>>,
+) {
+    let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
+    let mut channel = Channel::from_unix(ours, ChannelConfig::default()).unwrap();
+    let (exit_tx, exit_rx) = tokio::sync::watch::channel(None);
+    channel.set_peer_exit(exit_rx);
+    let builder = SessionBuilder::new().config(SessionConfig {
+        exit_grace: Duration::from_secs(60),
+        ..SessionConfig::default()
+    });
+    let setup = tokio::spawn(builder.setup(channel));
+    let (mut reader, mut writer) = theirs.into_split();
+    common::answer_handshake(&mut reader, &mut writer, Some(&["error", "cancel"])).await;
+    (setup.await.unwrap().unwrap(), reader, writer, exit_tx)
+}
+
+/// A deadline that passes while the session waits out its exit grace for a
+/// peer known to be gone reports the peer gone, not a slow peer.
+#[tokio::test]
+async fn a_deadline_that_passes_after_the_child_exited_says_it_exited() {
+    use std::os::unix::process::ExitStatusExt;
+
+    // The child exited, but something (a background job it started) still
+    // holds its end of the channel: no end of stream comes.
+    let (session, _reader, _writer, exit_tx) = a_peer_we_own_with_a_minute_of_exit_grace().await;
+    exit_tx
+        .send(Some(std::process::ExitStatus::from_raw(3 << 8)))
+        .unwrap();
+    let result = session
+        .request_raw_timeout(&"anyone?", Duration::from_millis(200))
+        .await;
+    match result {
+        Err(ipc_request::Error::Closed(CloseReason::ChildExited(status))) => {
+            assert_eq!(status.code(), Some(3))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_deadline_that_passes_after_the_channel_ended_says_the_peer_closed_it() {
+    // The end of the channel is read; the exit status is not known yet.
+    let (session, reader, writer, _exit_tx) = a_peer_we_own_with_a_minute_of_exit_grace().await;
+    let call = tokio::spawn({
+        let session = session.clone();
+        async move {
+            session
+                .request_raw_timeout(&"anyone?", Duration::from_secs(2))
+                .await
+        }
+    });
+    // Its request read, the peer hangs up without answering.
+    let mut reader = tokio::io::BufReader::new(reader);
+    let mut request = String::new();
+    tokio::io::AsyncBufReadExt::read_line(&mut reader, &mut request)
+        .await
+        .unwrap();
+    assert!(request.contains("anyone?"), "{request}");
+    drop((reader, writer));
+    match call.await.unwrap() {
+        Err(ipc_request::Error::Closed(CloseReason::PeerClosed)) => {}
+        other => panic!("{other:?}"),
+    }
+}

@@ -735,7 +735,7 @@ async fn finish_watching_for_a_hang_up<F: std::future::Future<Output = ()>>(
 const HELD_UP_READER_PATIENCE: Duration = Duration::from_secs(5);
 
 /// `Shared::lines_read` once the reader has left its loop.
-const READER_DONE: u64 = u64::MAX;
+pub(super) const READER_DONE: u64 = u64::MAX;
 
 /// Ends the session once the peer is known to be gone (one of our writes
 /// failed, the child we own exited, or the reader, held up, found that the

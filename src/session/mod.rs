@@ -228,7 +228,8 @@ impl Session {
     }
 
     /// Like [`Session::request`], with its own deadline: past it the
-    /// request fails with [`Error::Timeout`], is forgotten, and is
+    /// request fails with [`Error::Timeout`] (with [`Error::Closed`] if the
+    /// peer is known to be gone by then), is forgotten, and is
     /// cancelled at the peer if the peer supports `cancel`. The deadline
     /// covers waiting for a slot and for queue space too. Dropping the
     /// request future does the same.
@@ -282,7 +283,7 @@ impl Session {
             // flight is measured by the bench).
             Some(d) => Box::pin(tokio::time::timeout(d, self.call_inner(payload)))
                 .await
-                .unwrap_or(Err(Error::Timeout(d))),
+                .unwrap_or_else(|_| Err(self.shared.deadline_error(d))),
         }
     }
 
@@ -570,6 +571,26 @@ impl Shared {
         }
         let exited = self.peer_exit.as_ref().and_then(|exit| *exit.borrow());
         exited.map_or(CloseReason::PeerClosed, CloseReason::ChildExited)
+    }
+
+    /// What a request whose deadline `d` passed fails with: `Timeout`,
+    /// unless the peer is known to be gone by then (its end of the channel
+    /// read, or the child we own exited). The session then fails every
+    /// pending request with why, but only once the reader's grace for the
+    /// child's exit status (or, after the child's exit, for what it wrote)
+    /// is over: a deadline shorter than that grace would report a dead
+    /// peer as a slow one, and a caller might wait for it to recover.
+    fn deadline_error(&self, d: Duration) -> Error {
+        let reader_done = self.lines_read.load(Ordering::Relaxed) == incoming::READER_DONE;
+        let child_exited = self
+            .peer_exit
+            .as_ref()
+            .is_some_and(|exit| exit.borrow().is_some());
+        if reader_done || child_exited {
+            Error::Closed(self.gone_peer_reason())
+        } else {
+            Error::Timeout(d)
+        }
     }
 
     /// How long the reader may take to end the session after one of our
