@@ -485,7 +485,8 @@ impl Session {
     }
 
     /// [`crate::Session::request_timeout`]: past `timeout` the request fails
-    /// with [`Error::Timeout`] and is cancelled at the peer.
+    /// with [`Error::Timeout`] (with [`Error::Closed`] if the peer is known
+    /// to be gone by then) and is cancelled at the peer.
     pub fn request_timeout<Req, Res>(&self, payload: &Req, timeout: Duration) -> Result<Res, Error>
     where
         Req: Serialize + ?Sized,
