@@ -19,10 +19,13 @@ use crate::frame::FrameError;
 #[non_exhaustive]
 pub enum Error {
     /// The channel is closed, so the handshake, the request or the send
-    /// could not complete. Returned at once to every pending request when the
-    /// peer disconnects, exits or the stream breaks, and to every later call.
-    /// The [`CloseReason`] says which (with the child's exit code or signal
-    /// when the session owns the child process and it ended).
+    /// could not complete. Returned to every pending request when the peer
+    /// disconnects, exits or the stream breaks (for a child the session
+    /// owns, once its exit status is in or `exit_grace` has passed), and at
+    /// once to every later call. A request whose deadline passes once the
+    /// peer is known to be gone gets it too, a moment before the session
+    /// ends. The [`CloseReason`] says which (with the child's exit code or
+    /// signal when the session owns the child process and it ended).
     #[error("the channel is closed: {0}")]
     Closed(CloseReason),
 

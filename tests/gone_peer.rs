@@ -538,3 +538,24 @@ async fn a_deadline_that_passes_after_the_channel_ended_says_the_peer_closed_it(
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_deadline_that_passes_after_our_write_broke_says_how() {
+    // A live peer that shut its reading side: our request's write fails
+    // with a broken pipe, and the reader ends (after its grace for what the
+    // peer wrote) with that error, as the session will once its exit grace
+    // is over. The deadline says the same, not a guess.
+    let (session, reader, writer, _exit_tx) = a_peer_we_own_with_a_minute_of_exit_grace().await;
+    let theirs = reader.reunite(writer).unwrap().into_std().unwrap();
+    theirs.shutdown(std::net::Shutdown::Read).unwrap();
+    let result = session
+        .request_raw_timeout(&"anyone?", Duration::from_secs(2))
+        .await;
+    match result {
+        Err(ipc_request::Error::Closed(CloseReason::Io(e))) => {
+            assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(theirs);
+}

@@ -640,6 +640,11 @@ pub(super) async fn read_loop(
         }
     };
     shared.lines_read.store(READER_DONE, Ordering::Relaxed);
+    // Why the channel ended, for a request whose deadline passes while the
+    // session waits below (see `Shared::deadline_error`).
+    let _ = shared
+        .reader_ended
+        .set(our_write_failure(&shared).unwrap_or_else(|| reason.clone()));
     let answer_task = shared.handshake_answer.lock().unwrap().take();
     if let Some(task) = answer_task
         && !shared.was_established.load(Ordering::Acquire)
@@ -735,7 +740,7 @@ async fn finish_watching_for_a_hang_up<F: std::future::Future<Output = ()>>(
 const HELD_UP_READER_PATIENCE: Duration = Duration::from_secs(5);
 
 /// `Shared::lines_read` once the reader has left its loop.
-pub(super) const READER_DONE: u64 = u64::MAX;
+const READER_DONE: u64 = u64::MAX;
 
 /// Ends the session once the peer is known to be gone (one of our writes
 /// failed, the child we own exited, or the reader, held up, found that the

@@ -147,6 +147,9 @@ pub(crate) struct Shared {
     /// Lines the reader has taken from the channel: whether it still makes
     /// progress (see `end_when_the_peer_is_gone_and_the_reader_held_up`).
     lines_read: AtomicU64,
+    /// Why the channel ended, set by the reader as its loop ends, before
+    /// it waits out its graces (see `Shared::deadline_error`).
+    reader_ended: OnceLock<CloseReason>,
     /// Told by the reader when, held up, it finds that the peer hung up
     /// (see `end_when_the_peer_is_gone_and_the_reader_held_up`).
     peer_hung_up: Notify,
@@ -317,8 +320,8 @@ impl Session {
         // Alone: straight to the stream. With others in flight: through the
         // writer task, so that requests sent together share one write.
         // (Two calls, not one with `in_flight > 1`: measured, the one call
-        // made this future 480 bytes instead of 352, and every request in
-        // flight carries it.)
+        // made this future 480 bytes instead of 352 (360 since it waits on
+        // the table, not a oneshot), and every request in flight carries it.)
         let sent = if in_flight > 1 {
             shared.sender.send_withdrawable_line(line, true).await
         } else {
@@ -574,22 +577,21 @@ impl Shared {
     }
 
     /// What a request whose deadline `d` passed fails with: `Timeout`,
-    /// unless the peer is known to be gone by then (its end of the channel
-    /// read, or the child we own exited). The session then fails every
-    /// pending request with why, but only once the reader's grace for the
-    /// child's exit status (or, after the child's exit, for what it wrote)
-    /// is over: a deadline shorter than that grace would report a dead
-    /// peer as a slow one, and a caller might wait for it to recover.
+    /// unless the peer is known to be gone by then: the child we own has
+    /// exited, or the reader has met the channel's end. The session then
+    /// fails every pending request, but only once the reader's grace is
+    /// over (for the child's exit status after the channel's end, or for
+    /// what the child wrote after its exit): a deadline shorter than that
+    /// would report a dead peer as a slow one, and a caller might wait for
+    /// it to recover. The reason is what is known at the deadline: the
+    /// child's exit status, else why the channel ended (`PeerClosed`,
+    /// where the session may end a moment later naming the child's exit).
     fn deadline_error(&self, d: Duration) -> Error {
-        let reader_done = self.lines_read.load(Ordering::Relaxed) == incoming::READER_DONE;
-        let child_exited = self
-            .peer_exit
-            .as_ref()
-            .is_some_and(|exit| exit.borrow().is_some());
-        if reader_done || child_exited {
-            Error::Closed(self.gone_peer_reason())
-        } else {
-            Error::Timeout(d)
+        let exited = self.peer_exit.as_ref().and_then(|exit| *exit.borrow());
+        match (exited, self.reader_ended.get()) {
+            (Some(status), _) => Error::Closed(CloseReason::ChildExited(status)),
+            (None, Some(reason)) => Error::Closed(reason.clone()),
+            (None, None) => Error::Timeout(d),
         }
     }
 

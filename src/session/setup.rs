@@ -223,6 +223,7 @@ impl SessionBuilder {
             more_input: AtomicBool::new(false),
             lines_read: AtomicU64::new(0),
             peer_hung_up: Notify::new(),
+            reader_ended: OnceLock::new(),
             in_flight: Semaphore::new(bounded(config.max_in_flight)),
             handler_slots: Arc::new(Semaphore::new(bounded(config.max_concurrent_handlers))),
             backlog: Mutex::new(Backlog::default()),

@@ -77,7 +77,12 @@ pub(super) mod hooks {
     pub(in crate::session::incoming) async fn handshake_answer_written(shared: &Arc<Shared>) {
         let wait = {
             let mut rendezvous = RENDEZVOUS.lock().unwrap();
-            if rendezvous.expected != Some(Arc::as_ptr(shared) as usize) || rendezvous.reader_waiting {
+            if rendezvous.expected != Some(Arc::as_ptr(shared) as usize) {
+                return;
+            }
+            if rendezvous.reader_waiting {
+                // Met: no later session at this address may count.
+                rendezvous.expected = None;
                 return;
             }
             let (go_on, wait) = tokio::sync::oneshot::channel();
@@ -96,6 +101,8 @@ pub(super) mod hooks {
         }
         match rendezvous.held_up.take() {
             Some(go_on) => {
+                // Met: no later session at this address may count.
+                rendezvous.expected = None;
                 let _ = go_on.send(());
             }
             None => rendezvous.reader_waiting = true,
