@@ -256,6 +256,110 @@ async fn lines_lost_to_a_failed_write_give_their_budget_back_though_the_shutdown
     );
 }
 
+/// Takes the first 5 bytes of its first write; fails its second with an
+/// error that does not repeat, once told to go on (until then it holds the
+/// thread, and with it the channel's stream); takes every write after.
+struct FailsOnceMidLine {
+    calls: usize,
+    /// Set as the second write starts.
+    in_second: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    go_on: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    written: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl tokio::io::AsyncWrite for FailsOnceMidLine {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        bytes: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.calls += 1;
+        let taken = match self.calls {
+            1 => 5.min(bytes.len()),
+            2 => {
+                self.in_second.store(true, std::sync::atomic::Ordering::SeqCst);
+                let (go_on, told) = &*self.go_on;
+                let mut go = go_on.lock().unwrap();
+                while !*go {
+                    go = told.wait(go).unwrap();
+                }
+                return std::task::Poll::Ready(Err(std::io::ErrorKind::ConnectionReset.into()));
+            }
+            _ => bytes.len(),
+        };
+        self.written.lock().unwrap().extend_from_slice(&bytes[..taken]);
+        std::task::Poll::Ready(Ok(taken))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_line_queued_behind_a_direct_write_that_fails_is_not_written() {
+    // A's direct write puts 5 bytes out, then fails; B's large line was
+    // queued meanwhile (A held the stream). Nothing may follow A's torn
+    // start (B's line would be lost in it), and B must not hear "written".
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let in_second = Arc::new(AtomicBool::new(false));
+    let go_on = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+    let written = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let stream = FailsOnceMidLine {
+        calls: 0,
+        in_second: in_second.clone(),
+        go_on: go_on.clone(),
+        written: written.clone(),
+    };
+    let channel = super::Channel::new(tokio::io::empty(), stream, super::ChannelConfig::default());
+    let sender = channel.sender().clone();
+    let a = tokio::spawn({
+        let sender = sender.clone();
+        async move {
+            sender
+                .send_line(format!("[\"{}\"]\n", "a".repeat(100)).into_bytes())
+                .await
+        }
+    });
+    while !in_second.load(Ordering::SeqCst) {
+        tokio::task::yield_now().await;
+    }
+    let b = tokio::spawn({
+        let sender = sender.clone();
+        async move {
+            let line = format!("[\"{}\"]\n", "b".repeat(70 * 1024)).into_bytes();
+            sender.send_line_written(line).await
+        }
+    });
+    while !sender.has_unwritten() {
+        tokio::task::yield_now().await;
+    }
+    *go_on.0.lock().unwrap() = true;
+    go_on.1.notify_all();
+    assert!(a.await.unwrap().is_err());
+    let b = tokio::time::timeout(std::time::Duration::from_secs(10), b).await;
+    assert!(b.expect("B's send ends").unwrap().is_err(), "B told written");
+    tokio::time::timeout(std::time::Duration::from_secs(10), sender.finished())
+        .await
+        .expect("the channel finishes");
+    assert_eq!(
+        written.lock().unwrap().as_slice(),
+        b"[\"aaa",
+        "written after the failure"
+    );
+}
+
 #[tokio::test]
 async fn after_a_failed_write_the_receiver_hands_out_what_came_then_ends() {
     use tokio::io::AsyncWriteExt;

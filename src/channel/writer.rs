@@ -424,8 +424,14 @@ impl ChannelSender {
                 Ok(None)
             }
             Err(e) => {
-                drop(stream);
+                // Failed before the lock is let go: the writer task, which
+                // may hold a line queued meanwhile and takes the lock next,
+                // then finds the failure and writes nothing more (a review
+                // saw such a line written after this torn one, and its
+                // sender told it was written, by a stream whose error did
+                // not repeat).
                 fail(shared, e);
+                drop(stream);
                 // The writer task shuts the write side down, so that a peer
                 // still there sees the channel end (see `write_loop`).
                 let _ = self.tx.send(Command::Failed);
@@ -705,6 +711,11 @@ async fn write_until_closed(
     let mut done: Vec<Outgoing> = Vec::new();
     while let Some(first) = rx.recv().await {
         let mut stream = shared.writer.lock().await;
+        if shared.write_error.get().is_some() {
+            // A direct write failed (see `write_or_queue`): nothing more
+            // is written, whatever was queued.
+            return Ok(());
+        }
         let Stream { writer, partial } = &mut *stream;
         let writer = &mut **writer;
         // The rest of a line started by a direct write goes first.
