@@ -357,7 +357,9 @@ fn is_json_whitespace(byte: &u8) -> bool {
     matches!(byte, b' ' | b'\t' | b'\r' | b'\n')
 }
 
-fn trim_json_whitespace_start(mut line: &[u8]) -> &[u8] {
+/// `line` past the JSON whitespace it starts with (the protocol layer
+/// reads the head of a too-long line with it too).
+pub(crate) fn trim_json_whitespace_start(mut line: &[u8]) -> &[u8] {
     while let [first, rest @ ..] = line
         && is_json_whitespace(first)
     {

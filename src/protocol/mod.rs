@@ -402,11 +402,12 @@ pub(crate) enum TooLongLine {
 /// repeated, which the reader of whole lines takes for a plain message, a
 /// string cut off by the head's end) is only reported.
 pub(crate) fn too_long_line(head: &[u8]) -> Option<TooLongLine> {
-    let mut rest = skip_json_whitespace(head).strip_prefix(b"{")?;
+    let mut rest = frame::trim_json_whitespace_start(head).strip_prefix(b"{")?;
     let (mut is_request, mut uid) = (None, None);
     loop {
         let (key, after) = json_string_at(rest)?;
-        rest = skip_json_whitespace(skip_json_whitespace(after).strip_prefix(b":")?);
+        rest =
+            frame::trim_json_whitespace_start(frame::trim_json_whitespace_start(after).strip_prefix(b":")?);
         if key == b"_IPC_REQUEST/PAYLOAD" || key == b"_IPC_REQUEST/ERROR" {
             break;
         }
@@ -422,7 +423,7 @@ pub(crate) fn too_long_line(head: &[u8]) -> Option<TooLongLine> {
             b"_IPC_REQUEST/REQUEST_UID" if uid.is_none() => uid = Some(value),
             _ => return None,
         }
-        rest = skip_json_whitespace(after).strip_prefix(b",")?;
+        rest = frame::trim_json_whitespace_start(after).strip_prefix(b",")?;
     }
     // No parser has seen this line: the UID is checked here.
     let uid = peer_uid::uid_in_unchecked_text(std::str::from_utf8(uid?).ok()?)?;
@@ -433,20 +434,11 @@ pub(crate) fn too_long_line(head: &[u8]) -> Option<TooLongLine> {
     })
 }
 
-/// `text` past the JSON whitespace it starts with.
-fn skip_json_whitespace(text: &[u8]) -> &[u8] {
-    let start = text
-        .iter()
-        .position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
-        .unwrap_or(text.len());
-    &text[start..]
-}
-
 /// The content of the JSON string `text` starts with (after whitespace),
 /// between its quotes, and what follows its closing quote; `None` if
 /// `text` starts with no string, or its end is not in `text`.
 fn json_string_at(text: &[u8]) -> Option<(&[u8], &[u8])> {
-    let content = skip_json_whitespace(text).strip_prefix(b"\"")?;
+    let content = frame::trim_json_whitespace_start(text).strip_prefix(b"\"")?;
     let len = peer_uid::string_content_len(content)?;
     Some((&content[..len], &content[len + 1..]))
 }
