@@ -438,15 +438,27 @@ mod tests {
         assert_eq!(read_exactly(&mut reader, line.len()).await, line);
     }
 
+    /// Our end of a socket pair, split, with its hang-up probe, and the
+    /// peer's end as a plain blocking socket (shut down a side at will).
+    fn probed_pair() -> (
+        UnixReadHalf,
+        UnixWriteHalf,
+        HangUpProbe,
+        std::os::unix::net::UnixStream,
+    ) {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let (reader, writer) = split(ours.into()).unwrap();
+        let probe = reader.hang_up_probe();
+        (reader, writer, probe, theirs)
+    }
+
     /// The probe sees a hang-up through data still queued, and only a
     /// hang-up: not data alone, not our own shutdown.
     #[tokio::test]
     async fn the_probe_sees_the_peer_hang_up_behind_unread_data() {
         use std::io::Write;
-        let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
-        ours.set_nonblocking(true).unwrap();
-        let (reader, mut writer) = split(ours.into()).unwrap();
-        let probe = reader.hang_up_probe();
+        let (_reader, mut writer, probe, mut theirs) = probed_pair();
         assert!(!probe.peer_hung_up(), "hung up before anything happened");
         theirs.write_all(b"queued, never read\n").unwrap();
         assert!(!probe.peer_hung_up(), "data alone taken for a hang-up");
@@ -460,10 +472,7 @@ mod tests {
     /// owe it: not gone. Shut down both ways, it is.
     #[tokio::test]
     async fn the_probe_takes_a_half_closed_peer_for_alive() {
-        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
-        ours.set_nonblocking(true).unwrap();
-        let (reader, _writer) = split(ours.into()).unwrap();
-        let probe = reader.hang_up_probe();
+        let (_reader, _writer, probe, theirs) = probed_pair();
         theirs.shutdown(std::net::Shutdown::Write).unwrap();
         assert!(!probe.peer_hung_up(), "a half-closed peer taken for gone");
         theirs.shutdown(std::net::Shutdown::Read).unwrap();
@@ -477,10 +486,7 @@ mod tests {
     #[tokio::test]
     async fn the_probe_takes_a_peer_that_reads_no_more_for_gone() {
         use std::io::Read;
-        let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
-        ours.set_nonblocking(true).unwrap();
-        let (reader, mut writer) = split(ours.into()).unwrap();
-        let probe = reader.hang_up_probe();
+        let (_reader, mut writer, probe, mut theirs) = probed_pair();
         writer.write_all(b"one\n").await.unwrap();
         assert!(
             !probe.writes_are_over(),

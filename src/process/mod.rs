@@ -265,15 +265,10 @@ impl Drop for Reaping {
         if self.kill_requested.load(Ordering::Acquire) {
             let _ = child.start_kill();
         }
-        let exit = self.exit.take();
         match child.try_wait() {
             // Exited already: reaped here, and Tokio forgets it.
-            Ok(Some(status)) => {
-                if let Some(exit) = exit {
-                    exit.send_replace(Some(status));
-                }
-            }
-            Ok(None) => wait_on_a_thread(child, exit),
+            Ok(Some(status)) => self.publish(status),
+            Ok(None) => wait_on_a_thread(child, self.exit.take()),
             Err(e) => tracing::warn!("could not wait for child {:?}: {e}", child.id()),
         }
     }

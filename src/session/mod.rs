@@ -158,13 +158,11 @@ pub(crate) struct Shared {
     /// The peer's requests waiting for a handler slot, in arrival order.
     backlog: Mutex<Backlog>,
     /// Told whenever a request leaves the backlog for a handler, for a
-    /// reader waiting for room: one that
-    /// does not refuse, as the peer speaks neither `error` nor `cancel`
-    /// (see `start_handler`).
+    /// reader waiting for room: one that does not refuse, as the peer
+    /// speaks neither `error` nor `cancel` (see `start_handler`).
     backlog_space: Notify,
     /// The bytes of the refusals the reader has sent and the channel has
-    /// not yet written (see `Shared::refuse`): [`Shared::refusal_budget`]
-    /// permits.
+    /// not yet written (see `Shared::refuse`): [`refusal_budget`] permits.
     refusals_unwritten: Arc<Semaphore>,
     /// The backlog's length, readable without its lock.
     backlog_len: AtomicUsize,
@@ -572,8 +570,13 @@ impl Shared {
         if let Some(reason) = self.closed_reason() {
             return reason;
         }
-        let exited = self.peer_exit.as_ref().and_then(|exit| *exit.borrow());
-        exited.map_or(CloseReason::PeerClosed, CloseReason::ChildExited)
+        self.child_exit_status()
+            .map_or(CloseReason::PeerClosed, CloseReason::ChildExited)
+    }
+
+    /// The exit status of the child we own, once it has exited.
+    fn child_exit_status(&self) -> Option<std::process::ExitStatus> {
+        self.peer_exit.as_ref().and_then(|exit| *exit.borrow())
     }
 
     /// What a request whose deadline `d` passed fails with: `Timeout`,
@@ -587,8 +590,7 @@ impl Shared {
     /// child's exit status, else why the channel ended (`PeerClosed`,
     /// where the session may end a moment later naming the child's exit).
     fn deadline_error(&self, d: Duration) -> Error {
-        let exited = self.peer_exit.as_ref().and_then(|exit| *exit.borrow());
-        match (exited, self.reader_ended.get()) {
+        match (self.child_exit_status(), self.reader_ended.get()) {
             (Some(status), _) => Error::Closed(CloseReason::ChildExited(status)),
             (None, Some(reason)) => Error::Closed(reason.clone()),
             (None, None) => Error::Timeout(d),
