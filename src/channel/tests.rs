@@ -256,6 +256,86 @@ async fn lines_lost_to_a_failed_write_give_their_budget_back_though_the_shutdown
     );
 }
 
+/// Buffers every write, and holds it until [`release`](Self::release)
+/// lets its flush go through (as a `BufWriter` over a full pipe would).
+#[derive(Clone, Default)]
+struct FlushesWhenReleased {
+    released: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    waker: std::sync::Arc<std::sync::Mutex<Option<std::task::Waker>>>,
+}
+
+impl FlushesWhenReleased {
+    fn release(&self) {
+        self.released.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(waker) = self.waker.lock().unwrap().take() {
+            waker.wake();
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for FlushesWhenReleased {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        bytes: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::task::Poll::Ready(Ok(bytes.len()))
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        *self.waker.lock().unwrap() = Some(cx.waker().clone());
+        if self.released.load(std::sync::atomic::Ordering::SeqCst) {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::task::Poll::Pending
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.poll_flush(cx)
+    }
+}
+
+#[tokio::test]
+async fn a_line_is_told_written_only_once_the_stream_has_flushed_it() {
+    let stream = FlushesWhenReleased::default();
+    let channel = super::Channel::new(
+        tokio::io::empty(),
+        stream.clone(),
+        super::ChannelConfig::default(),
+    );
+    // The first line takes the direct path, whose flush does not finish;
+    // the second queues behind it and goes out in the writer task's batch.
+    let mut waiting = Vec::new();
+    for line in [b"1\n", b"2\n"] {
+        let sender = channel.sender().clone();
+        waiting.push(tokio::spawn(async move {
+            sender.send_line_written(line.to_vec()).await
+        }));
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+    }
+    for (i, task) in waiting.iter().enumerate() {
+        assert!(
+            !task.is_finished(),
+            "line {} told written before the flush",
+            i + 1
+        );
+    }
+    stream.release();
+    for task in waiting {
+        tokio::time::timeout(std::time::Duration::from_secs(5), task)
+            .await
+            .expect("told written once flushed")
+            .unwrap()
+            .unwrap();
+    }
+}
+
 /// Takes the first 5 bytes of its first write; fails its second with an
 /// error that does not repeat, once told to go on (until then it holds the
 /// thread, and with it the channel's stream); takes every write after.
@@ -357,6 +437,10 @@ async fn a_line_queued_behind_a_direct_write_that_fails_is_not_written() {
         written.lock().unwrap().as_slice(),
         b"[\"aaa",
         "written after the failure"
+    );
+    assert!(
+        !sender.has_unwritten(),
+        "lost lines reported as waiting to be written"
     );
 }
 

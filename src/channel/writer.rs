@@ -62,7 +62,8 @@ struct Outgoing {
     /// The budget this line holds until it has been written (none for the
     /// control lines of `send_control`).
     budget: Option<BudgetShare>,
-    /// Told once the line has been handed to the kernel.
+    /// Told once the line has been written and the stream flushed (on a
+    /// socket: handed to the kernel).
     written: Option<oneshot::Sender<()>>,
     /// Lets the sender take the line back while it waits in the queue (see
     /// [`LineTicket`]).
@@ -287,7 +288,8 @@ impl ChannelSender {
         Ok(matches!(handed, Handed::Sent(_)))
     }
 
-    /// Sends an encoded line and resolves once it has been written.
+    /// Sends an encoded line and resolves once it has been written and
+    /// flushed (for a stream that buffers).
     pub(crate) async fn send_line_written(&self, line: Vec<u8>) -> Result<(), Error> {
         let (tx, rx) = oneshot::channel();
         self.send_line_inner(line, Some(tx), Path::Direct, false, || false)
@@ -463,9 +465,11 @@ impl ChannelSender {
     }
 
     /// Whether lines wait to be written (in the queue, or the rest of one
-    /// a direct write left).
+    /// a direct write left). Never once a write has failed: what was queued
+    /// then is lost, not waiting (and stays counted in `queued_lines`, which
+    /// only the writer's own path reads after that).
     pub(crate) fn has_unwritten(&self) -> bool {
-        self.shared.queued_lines.load(Ordering::Acquire) > 0
+        self.shared.queued_lines.load(Ordering::Acquire) > 0 && self.shared.write_error.get().is_none()
     }
 
     /// Takes back every ticketed line the writer task has not taken yet,
@@ -722,7 +726,7 @@ async fn write_until_closed(
         if let Some(rest) = partial.take() {
             let (rest, written) = rest;
             writer.write_all(&rest.line[written..]).await?;
-            finish(rest, shared);
+            done.push(rest);
         }
         let mut next = Some(first);
         let mut close = false;
@@ -741,8 +745,11 @@ async fn write_until_closed(
                     flush_batch(writer, &mut batch, &mut done, shared).await?;
                     if out.still_wanted(shared) {
                         writer.write_all(&out.line).await?;
+                        done.push(out);
+                        flush_batch(writer, &mut batch, &mut done, shared).await?;
+                    } else {
+                        finish(out, shared);
                     }
-                    finish(out, shared);
                 }
                 // Withdrawn: counted out unwritten; its budget comes back
                 // as it drops.
@@ -758,7 +765,6 @@ async fn write_until_closed(
             next = rx.try_recv().ok();
         }
         flush_batch(writer, &mut batch, &mut done, shared).await?;
-        writer.flush().await?;
         if close {
             // Lines of sends that raced the close (see `ChannelSender::queue`)
             // are counted and still on their way: write them first. Every
@@ -771,8 +777,11 @@ async fn write_until_closed(
                     Some(Command::Write(out)) => {
                         if out.still_wanted(shared) {
                             writer.write_all(&out.line).await?;
+                            done.push(out);
+                            flush_batch(writer, &mut batch, &mut done, shared).await?;
+                        } else {
+                            finish(out, shared);
                         }
-                        finish(out, shared);
                     }
                     Some(_) => {}
                     None => break,
@@ -786,7 +795,13 @@ async fn write_until_closed(
     Ok(())
 }
 
-/// Writes the batch, then releases the lines in it.
+/// Writes the batch, flushes, then releases the lines written (the batch's,
+/// and those in `done` written from their own buffer before it).
+///
+/// Flushed before anyone is told their line is written: on a socket the
+/// flush does nothing, but a buffering stream (a `BufWriter`, TLS) holds
+/// the bytes until it, and the handshake's answer counts as given only
+/// once the peer can read it (PROTOCOL.md 2.1 step 4).
 async fn flush_batch(
     writer: &mut (dyn AsyncWrite + Unpin + Send),
     batch: &mut Vec<u8>,
@@ -797,6 +812,10 @@ async fn flush_batch(
         writer.write_all(batch).await?;
         batch.clear();
     }
+    if done.is_empty() {
+        return Ok(());
+    }
+    writer.flush().await?;
     let mut freed = 0;
     for out in done.drain(..) {
         freed += count_out(out, shared);
