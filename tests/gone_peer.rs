@@ -260,9 +260,9 @@ async fn a_peer_that_hangs_up_while_this_side_holds_the_reader_up_ends_the_sessi
 
 /// A peer that stops reading (it shut down its reading side: alive, not
 /// hung up) while this side holds the reader up with refusals it cannot
-/// write. No write of ours fails (the writer waits for room that never
-/// comes, and no event says why), and nothing else will come: the held-up
-/// reader's probe must find that writing is over, and end the session.
+/// write. No event says why the writer's room never comes, and nothing else
+/// will: the writer, trying the socket again, must meet the broken pipe,
+/// and the session end with it.
 #[tokio::test]
 async fn a_peer_that_stops_reading_while_this_side_holds_the_reader_up_ends_the_session() {
     let (session, mut reader, writer) = held_up_by_refusals().await;
@@ -277,8 +277,68 @@ async fn a_peer_that_stops_reading_while_this_side_holds_the_reader_up_ends_the_
     let reason = tokio::time::timeout(Duration::from_secs(30), session.closed())
         .await
         .expect("the session never ended: its reader waits for a handler that waits for a peer that reads nothing");
-    // What a broken pipe is taken for (a guess, documented).
-    assert!(matches!(reason, CloseReason::PeerClosed), "{reason:?}");
+    // The peer is alive: the broken pipe is the story.
+    assert!(
+        matches!(&reason, CloseReason::Io(e) if e.kind() == std::io::ErrorKind::BrokenPipe),
+        "{reason:?}"
+    );
+    assert_eq!(session.pending_requests(), 0);
+    drop(peer);
+}
+
+/// A peer that stops reading while our requests wait for room, and then
+/// shuts down its reading side, alive and silent. The reader is idle, not
+/// held up; the writer waits for room that never comes, and no event says
+/// why. Every request must still fail, and the session end (a review found
+/// them all waiting, for as long as the peer lived).
+#[tokio::test]
+async fn requests_waiting_for_room_fail_once_the_peer_reads_no_more() {
+    let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
+    let setup = tokio::spawn(
+        SessionBuilder::new().setup(Channel::from_unix(ours, ChannelConfig::default()).unwrap()),
+    );
+    let (mut reader, mut writer) = theirs.into_split();
+    common::answer_handshake(&mut reader, &mut writer, Some(&["error", "cancel"])).await;
+    let session = setup.await.unwrap().unwrap();
+    let payload = "x".repeat(16 * 1024);
+    let requests: Vec<_> = (0..64)
+        .map(|_| {
+            let session = session.clone();
+            let payload = payload.clone();
+            tokio::spawn(async move { session.request_raw(&payload).await })
+        })
+        .collect();
+    let peer = reader.reunite(writer).unwrap().into_std().unwrap();
+    // Shut down only once our writer waits for room: before that, its next
+    // send fails at once, and the test proves nothing.
+    let unread = || {
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int, on a socket we hold.
+        assert_eq!(
+            unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&peer), libc::FIONREAD, &mut n) },
+            0
+        );
+        n
+    };
+    loop {
+        let before = unread();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if before > 0 && unread() == before {
+            break;
+        }
+    }
+    peer.shutdown(std::net::Shutdown::Read).unwrap();
+    let reason = tokio::time::timeout(Duration::from_secs(30), session.closed())
+        .await
+        .expect("the session never ended: its writer waits for room from a peer that reads no more");
+    assert!(
+        matches!(&reason, CloseReason::Io(e) if e.kind() == std::io::ErrorKind::BrokenPipe),
+        "{reason:?}"
+    );
+    for request in requests {
+        let result = request.await.unwrap();
+        assert!(matches!(result, Err(ipc_request::Error::Closed(_))), "{result:?}");
+    }
     assert_eq!(session.pending_requests(), 0);
     drop(peer);
 }

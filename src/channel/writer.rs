@@ -468,6 +468,7 @@ impl ChannelSender {
     /// a direct write left). Never once a write has failed: what was queued
     /// then is lost, not waiting (and stays counted in `queued_lines`, which
     /// only the writer's own path reads after that).
+    #[cfg(test)]
     pub(crate) fn has_unwritten(&self) -> bool {
         self.shared.queued_lines.load(Ordering::Acquire) > 0 && self.shared.write_error.get().is_none()
     }

@@ -715,12 +715,12 @@ async fn finish_watching_for_a_hang_up<F: std::future::Future<Output = ()>>(
     let hung_up = async {
         loop {
             tokio::time::sleep(HANG_UP_PROBE_INTERVAL).await;
-            // A peer that reads nothing more (it shut down its reading
-            // side) is as gone for a reader held up by our writes (our
-            // refusals wait to be written), and no event would ever say
-            // so. Only then: a peer that only stopped reading, while we
-            // have nothing for it, may still be sending.
-            if probe.peer_hung_up() || (shared.sender.has_unwritten() && probe.writes_are_over()) {
+            // Only a hang-up. A peer that shut down just its reading side
+            // fails the writes that wait for it (the channel's writer
+            // tries the socket again while it waits: see
+            // `channel/unix.rs`), and a write's failure ends a held-up
+            // session as well.
+            if probe.peer_hung_up() {
                 return;
             }
         }
