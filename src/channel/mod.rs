@@ -93,6 +93,19 @@ pub(crate) fn failed_as_peer_gone(error: &std::io::Error) -> bool {
 /// parsing every complete line in them keeps syscalls per message low.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// The most one read appends to the buffer. The buffer grows (doubling) to
+/// hold the longest line; read into all its room, one read could then add
+/// as much again, and a line too long for `max_message_len` held twice that
+/// (a review: 16.9 MiB for a limit of 8 MiB). A socket rarely has more than
+/// a few hundred KiB queued, so this costs no syscalls in practice.
+const READ_LIMIT: usize = 1024 * 1024;
+
+/// A buffer grown past this for a line that turned out too long is given
+/// back: a broken or hostile peer's line must not cost its size for the
+/// channel's life. (One grown for a line that was read is kept, for the
+/// next such line: see the README's bounds.)
+const KEEP_AFTER_TOO_LONG: usize = 2 * READ_CHUNK;
+
 /// The status a peer process ended with, published by whoever owns it
 /// (the process layer); the session reads it to say how a channel ended.
 pub type PeerExit = watch::Receiver<Option<ExitStatus>>;
@@ -291,6 +304,7 @@ impl ChannelReceiver {
                 Ok(None) if self.at_eof => return Ok(None),
                 Ok(None) => {}
                 Err(e @ FrameError::TooLong { .. }) => {
+                    self.give_back_a_grown_buffer();
                     match node_internal_cmd_at_head(self.decoder.too_long_head()) {
                         // Still Node's: a handle too long to read is refused
                         // like any other, or the Node peer would hold back
@@ -328,7 +342,8 @@ impl ChannelReceiver {
             // the failure ends the channel only when a read would wait
             // after that.
             let (sender, grace) = (&self.sender, &mut self.write_failure_grace);
-            let mut read = std::pin::pin!(self.reader.read_buf(&mut self.buf));
+            let mut room = bytes::BufMut::limit(&mut self.buf, READ_LIMIT);
+            let mut read = std::pin::pin!(self.reader.read_buf(&mut room));
             let read = std::future::poll_fn(|cx| match read.as_mut().poll(cx) {
                 Poll::Ready(result) => Poll::Ready(Ok(result)),
                 Poll::Pending => match sender.poll_write_failed(cx) {
@@ -368,6 +383,17 @@ impl ChannelReceiver {
     /// answers into one write.
     pub fn buffered_bytes(&self) -> usize {
         self.buf.len()
+    }
+
+    /// After a line too long to read: a buffer it grew past
+    /// [`KEEP_AFTER_TOO_LONG`] is replaced by a small one, which keeps
+    /// whatever followed that line.
+    fn give_back_a_grown_buffer(&mut self) {
+        if self.buf.capacity() > KEEP_AFTER_TOO_LONG {
+            let mut smaller = BytesMut::with_capacity(READ_CHUNK.max(self.buf.len()));
+            smaller.extend_from_slice(&self.buf);
+            self.buf = smaller;
+        }
     }
 
     /// Handles one of Node's own messages (PROTOCOL.md 1.3), which never

@@ -806,6 +806,73 @@ async fn a_handle_too_long_to_read_is_refused_not_reported() {
     assert_eq!(String::from_utf8_lossy(&seen), "{\"cmd\":\"NODE_HANDLE_NACK\"}\n");
 }
 
+/// Serves `left` bytes of `x` (no newline), filling all the room each read
+/// offers, then `tail`; notes the largest room a read offered.
+struct EndlessLine {
+    left: usize,
+    tail: &'static [u8],
+    largest_read: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl tokio::io::AsyncRead for EndlessLine {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let room = buf.remaining();
+        self.largest_read
+            .fetch_max(room, std::sync::atomic::Ordering::Relaxed);
+        if self.left == 0 {
+            let n = self.tail.len().min(room);
+            buf.put_slice(&self.tail[..n]);
+            self.tail = &self.tail[n..];
+            return std::task::Poll::Ready(Ok(()));
+        }
+        let xs = [b'x'; 4096];
+        let mut n = self.left.min(room);
+        self.left -= n;
+        while n > 0 {
+            let k = n.min(xs.len());
+            buf.put_slice(&xs[..k]);
+            n -= k;
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test]
+async fn a_line_too_long_holds_its_limit_plus_one_read_and_not_after() {
+    let largest_read = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let reader = EndlessLine {
+        left: 40 << 20,
+        tail: b"\n1\n",
+        largest_read: largest_read.clone(),
+    };
+    let max = 8 << 20;
+    let config = super::ChannelConfig {
+        max_message_len: max,
+        ..super::ChannelConfig::default()
+    };
+    let channel = super::Channel::new(reader, tokio::io::sink(), config);
+    let (_sender, mut receiver, _) = channel.into_parts();
+    match receiver.recv().await {
+        Err(crate::Error::Frame(crate::FrameError::TooLong { .. })) => {}
+        other => panic!("{other:?}"),
+    }
+    let largest = largest_read.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        largest <= super::READ_LIMIT,
+        "one read offered {largest} bytes of room"
+    );
+    assert!(
+        receiver.buf.capacity() <= super::KEEP_AFTER_TOO_LONG,
+        "the buffer kept {} bytes after the line",
+        receiver.buf.capacity()
+    );
+    assert_eq!(receiver.recv().await.unwrap().unwrap().get(), "1");
+}
+
 #[test]
 fn a_node_command_is_known_by_the_head_of_its_line() {
     use super::node_internal_cmd_at_head as cmd;
