@@ -17,6 +17,7 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::io::Write as _;
+use std::sync::Arc;
 
 use serde_json::value::RawValue;
 
@@ -26,8 +27,14 @@ use crate::frame::{self, LineText};
 /// goes between its quotes, written as `JSON.stringify` writes it. Kept as
 /// text because a JavaScript string may hold what a Rust `String` cannot
 /// (see the module docs); it is written back as it is.
+///
+/// Clones share the text. A request's UID is the peer's to choose, as long
+/// as a line: the backlog, its index, the map of running handlers and the
+/// answer's state all hold it, and the backlog counts it once against its
+/// byte bound, so once is what it must cost (a copy each held twice the
+/// bound; `tests/memory_bounds.rs`).
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct PeerUid(Box<str>);
+pub struct PeerUid(Arc<str>);
 
 impl PeerUid {
     /// A UID that needs no escaping (see `is_plain_uid`).
