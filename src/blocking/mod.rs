@@ -654,7 +654,8 @@ impl ChildProcess {
         blocking_file(self.child.take_stderr().map(|pipe| pipe.into_owned_fd()))
     }
 
-    /// Waits for the child to exit.
+    /// Waits for the child to exit; fails as
+    /// [`crate::ChildProcess::wait`] does.
     pub fn wait(&self) -> Result<ExitStatus, Error> {
         self.runtime.block_on(self.child.wait())
     }

@@ -6,7 +6,7 @@ use std::os::unix::net::UnixStream as StdUnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::process::{ChildStderr, ChildStdin, ChildStdout};
 use tokio::sync::{mpsc, watch};
@@ -153,6 +153,7 @@ pub fn spawn_with(mut command: Command, options: SpawnOptions) -> Result<(Channe
     }));
 
     let (exit_tx, exit_rx) = watch::channel(None);
+    let wait_error = Arc::new(OnceLock::new());
     // Capacity 1: a kill request is a flag, more than one adds nothing.
     let (kill_tx, mut kill_rx) = mpsc::channel::<()>(1);
     let kill_requested = Arc::new(AtomicBool::new(false));
@@ -161,6 +162,7 @@ pub fn spawn_with(mut command: Command, options: SpawnOptions) -> Result<(Channe
         kill_requested: kill_requested.clone(),
         reaped: false,
         exit: Some(exit_tx),
+        wait_error: wait_error.clone(),
     };
     tokio::spawn(async move {
         loop {
@@ -169,7 +171,7 @@ pub fn spawn_with(mut command: Command, options: SpawnOptions) -> Result<(Channe
                     reaping.mark_reaped();
                     match status {
                         Ok(status) => reaping.publish(status),
-                        Err(e) => tracing::warn!("could not wait for child {pid}: {e}"),
+                        Err(e) => reaping.wait_failed(e),
                     }
                     return;
                 }
@@ -186,6 +188,7 @@ pub fn spawn_with(mut command: Command, options: SpawnOptions) -> Result<(Channe
         ChildProcess {
             pid,
             exit: exit_rx,
+            wait_error,
             kill: kill_tx,
             kill_requested,
             pipes,
@@ -205,6 +208,8 @@ pub fn spawn_with(mut command: Command, options: SpawnOptions) -> Result<(Channe
 pub struct ChildProcess {
     pid: u32,
     exit: watch::Receiver<Option<ExitStatus>>,
+    /// Why the exit status could not be collected, if it could not.
+    wait_error: WaitError,
     kill: mpsc::Sender<()>,
     /// Set by [`kill`](ChildProcess::kill) before it asks the reaping
     /// task: read by that task's drop, for a runtime that shuts down before
@@ -233,6 +238,34 @@ struct Reaping {
     reaped: bool,
     /// Where the exit status goes; `None` once handed on with the child.
     exit: Option<watch::Sender<Option<ExitStatus>>>,
+    /// Where the error goes if the status cannot be collected.
+    wait_error: WaitError,
+}
+
+/// Why a child's exit status could not be collected, for
+/// [`ChildProcess::wait`]; set before the exit watch's sender goes.
+type WaitError = Arc<OnceLock<Arc<std::io::Error>>>;
+
+/// Records that `pid`'s status could not be collected. `ECHILD` says the
+/// child was reaped by someone else: most often the kernel, in a process
+/// that ignores `SIGCHLD` (a disposition inherited across exec, from a
+/// daemon or wrapper that started this program).
+fn record_wait_failure(wait_error: &WaitError, pid: Option<u32>, e: std::io::Error) {
+    let pid = pid.map_or_else(|| "?".to_string(), |pid| pid.to_string());
+    tracing::warn!("could not wait for child {pid}: {e}");
+    let e = if e.raw_os_error() == Some(libc::ECHILD) {
+        std::io::Error::new(
+            e.kind(),
+            format!(
+                "the exit status of child {pid} is lost ({e}): something else reaped it; \
+                 does this process ignore SIGCHLD (inherited across exec), \
+                 or reap children with waitpid(-1)?"
+            ),
+        )
+    } else {
+        e
+    };
+    let _ = wait_error.set(Arc::new(e));
 }
 
 impl Reaping {
@@ -252,6 +285,11 @@ impl Reaping {
             exit.send_replace(Some(status));
         }
     }
+
+    fn wait_failed(&self, e: std::io::Error) {
+        let pid = self.child.as_ref().and_then(tokio::process::Child::id);
+        record_wait_failure(&self.wait_error, pid, e);
+    }
 }
 
 impl Drop for Reaping {
@@ -268,8 +306,8 @@ impl Drop for Reaping {
         match child.try_wait() {
             // Exited already: reaped here, and Tokio forgets it.
             Ok(Some(status)) => self.publish(status),
-            Ok(None) => wait_on_a_thread(child, self.exit.take()),
-            Err(e) => tracing::warn!("could not wait for child {:?}: {e}", child.id()),
+            Ok(None) => wait_on_a_thread(child, self.exit.take(), self.wait_error.clone()),
+            Err(e) => record_wait_failure(&self.wait_error, child.id(), e),
         }
     }
 }
@@ -289,7 +327,11 @@ impl Drop for Reaping {
 /// through Tokio's handle (a pidfd registration on Linux) the stopped
 /// runtime's I/O driver (its epoll and eventfd descriptors), are kept: a
 /// child that never exits keeps them for as long as the process lives.
-fn wait_on_a_thread(mut child: tokio::process::Child, exit: Option<watch::Sender<Option<ExitStatus>>>) {
+fn wait_on_a_thread(
+    mut child: tokio::process::Child,
+    exit: Option<watch::Sender<Option<ExitStatus>>>,
+    wait_error: WaitError,
+) {
     let Some(pid) = child.id() else {
         return;
     };
@@ -315,8 +357,12 @@ fn wait_on_a_thread(mut child: tokio::process::Child, exit: Option<watch::Sender
             }
             // Collects the status: the handle is done, and its drop
             // queues nothing.
-            if let (Ok(Some(status)), Some(exit)) = (child.try_wait(), exit) {
-                exit.send_replace(Some(status));
+            match (child.try_wait(), exit) {
+                (Ok(Some(status)), Some(exit)) => {
+                    exit.send_replace(Some(status));
+                }
+                (Err(e), _) => record_wait_failure(&wait_error, Some(pid), e),
+                _ => {}
             }
         });
     if let Err(e) = waiting {
@@ -378,13 +424,23 @@ impl ChildProcess {
         self.exit.clone()
     }
 
-    /// Waits for the child to exit.
+    /// Waits for the child to exit. Fails with [`Error::Io`] if its exit
+    /// status cannot be collected: `ECHILD` (the error says so) when this
+    /// process ignores `SIGCHLD`, a disposition inherited across exec, so
+    /// that the kernel reaps children itself and their status is lost. The
+    /// child has exited then, and no zombie is left; sessions over its
+    /// channel end with [`CloseReason::PeerClosed`](crate::CloseReason::PeerClosed),
+    /// not its exit status.
     pub async fn wait(&self) -> Result<ExitStatus, Error> {
         let mut exit = self.exit.clone();
-        let status = exit
-            .wait_for(|s| s.is_some())
-            .await
-            .map_err(|_| io_error(std::io::Error::other("the child could not be waited for")))?;
+        let status = exit.wait_for(|s| s.is_some()).await.map_err(|_| {
+            Error::Io(
+                self.wait_error
+                    .get()
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(std::io::Error::other("the child could not be waited for"))),
+            )
+        })?;
         Ok(status.expect("waited for Some"))
     }
 }
