@@ -93,17 +93,21 @@ pub(crate) fn failed_as_peer_gone(error: &std::io::Error) -> bool {
 /// parsing every complete line in them keeps syscalls per message low.
 const READ_CHUNK: usize = 64 * 1024;
 
-/// The most one read appends to the buffer. The buffer grows (doubling) to
-/// hold the longest line; read into all its room, one read could then add
-/// as much again, and a line too long for `max_message_len` held twice that
-/// (a review: 16.9 MiB for a limit of 8 MiB). A socket rarely has more than
-/// a few hundred KiB queued, so this costs no syscalls in practice.
+/// The most one read appends to the buffer. Before each read the buffer
+/// holds at most one unfinished line of at most `max_message_len` bytes
+/// (see [`FrameDecoder`]), so with this the reader never needs more than
+/// that plus `READ_LIMIT`, and its buffer grows no further (see
+/// `make_room_for_a_read`). Read into all its room, a buffer that had
+/// doubled to hold a long line took as much again in one read: a line too
+/// long for an 8 MiB limit held 16.9 MiB (a review). A socket rarely has
+/// more than a few hundred KiB queued, so this costs no syscalls in
+/// practice.
 const READ_LIMIT: usize = 1024 * 1024;
 
-/// A buffer grown past this for a line that turned out too long is given
-/// back: a broken or hostile peer's line must not cost its size for the
-/// channel's life. (One grown for a line that was read is kept, for the
-/// next such line: see the README's bounds.)
+/// A line too long to read that was longer than this had the buffer grow
+/// for it, and the buffer is given back: a broken or hostile peer's line
+/// must not cost its size for the channel's life. (One grown for a line
+/// that was read is kept, for the next such line: see the README's bounds.)
 const KEEP_AFTER_TOO_LONG: usize = 2 * READ_CHUNK;
 
 /// The status a peer process ended with, published by whoever owns it
@@ -147,6 +151,8 @@ impl Channel {
             at_eof: false,
             write_failure_grace: None,
             hang_up_probe: None,
+            #[cfg(test)]
+            largest_buffer: READ_CHUNK,
         };
         Channel {
             sender,
@@ -236,6 +242,11 @@ pub struct ChannelReceiver {
     write_failure_grace: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Over a Unix socket: asks whether the peer hung up, without reading.
     hang_up_probe: Option<HangUpProbe>,
+    /// The largest room for reading seen before a read (a lower bound of
+    /// the buffer's allocation: `BytesMut` counts capacity from where
+    /// reading resumes).
+    #[cfg(test)]
+    largest_buffer: usize,
 }
 
 impl std::fmt::Debug for ChannelReceiver {
@@ -303,8 +314,14 @@ impl ChannelReceiver {
                 Ok(Some(Line::Message(msg))) => return Ok(Some(msg)),
                 Ok(None) if self.at_eof => return Ok(None),
                 Ok(None) => {}
-                Err(e @ FrameError::TooLong { .. }) => {
-                    self.give_back_a_grown_buffer();
+                Err(e @ FrameError::TooLong { len, .. }) => {
+                    // Decided on the line's length, not on the buffer's
+                    // capacity, which `BytesMut` counts from where reading
+                    // resumes: a line skipped whole left little of it (a
+                    // review found 8 MiB kept that way).
+                    if len > KEEP_AFTER_TOO_LONG {
+                        self.give_back_a_grown_buffer();
+                    }
                     match node_internal_cmd_at_head(self.decoder.too_long_head()) {
                         // Still Node's: a handle too long to read is refused
                         // like any other, or the Node peer would hold back
@@ -328,7 +345,11 @@ impl ChannelReceiver {
                 // its profile. Never allocates; copies nothing here.
                 let _ = self.buf.try_reclaim(self.buf.capacity() + 1);
             }
-            self.buf.reserve(READ_CHUNK);
+            self.make_room_for_a_read();
+            #[cfg(test)]
+            {
+                self.largest_buffer = self.largest_buffer.max(self.buf.capacity());
+            }
             // Once our writes have failed, the channel is finished: the
             // lines queued then are lost, and whoever waits for answers to
             // them would wait for ever if the peer, still there, never ends
@@ -385,15 +406,34 @@ impl ChannelReceiver {
         self.buf.len()
     }
 
-    /// After a line too long to read: a buffer it grew past
-    /// [`KEEP_AFTER_TOO_LONG`] is replaced by a small one, which keeps
-    /// whatever followed that line.
+    /// After a line too long to read, which grew the buffer: a small
+    /// buffer instead, which keeps whatever followed that line.
     fn give_back_a_grown_buffer(&mut self) {
-        if self.buf.capacity() > KEEP_AFTER_TOO_LONG {
-            let mut smaller = BytesMut::with_capacity(READ_CHUNK.max(self.buf.len()));
-            smaller.extend_from_slice(&self.buf);
-            self.buf = smaller;
+        let mut smaller = BytesMut::with_capacity(READ_CHUNK.max(self.buf.len()));
+        smaller.extend_from_slice(&self.buf);
+        self.buf = smaller;
+    }
+
+    /// Room for at least [`READ_CHUNK`] bytes: the space before the data
+    /// if that is enough (no allocation), else a larger buffer, doubling as
+    /// `BytesMut` would, but never past the most a read needs:
+    /// `max_message_len` (the unfinished line) plus [`READ_LIMIT`]. Left to
+    /// `BytesMut`, a line near a 64 MiB limit allocated 128 MiB.
+    fn make_room_for_a_read(&mut self) {
+        if self.buf.capacity() - self.buf.len() >= READ_CHUNK || self.buf.try_reclaim(READ_CHUNK) {
+            return;
         }
+        let len = self.buf.len();
+        let most = self.decoder.max_len().saturating_add(READ_LIMIT);
+        let grown = self
+            .buf
+            .capacity()
+            .saturating_mul(2)
+            .min(most)
+            .max(len + READ_CHUNK);
+        let mut larger = BytesMut::with_capacity(grown);
+        larger.extend_from_slice(&self.buf);
+        self.buf = larger;
     }
 
     /// Handles one of Node's own messages (PROTOCOL.md 1.3), which never
