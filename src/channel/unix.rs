@@ -46,6 +46,11 @@ pub(super) fn split(socket: OwnedFd) -> io::Result<(UnixReadHalf, UnixWriteHalf)
         socket,
         runtime: tokio::runtime::Handle::current(),
         waiting: Waiting::Idle(Some(duplicate)),
+        // Made now, reset each time the socket fills: made then, on a
+        // runtime without timers, it panicked with part of a line written
+        // (a review); here it panics as the channel is made, as Tokio's own
+        // types do, before anything is written.
+        retry: Box::pin(tokio::time::sleep(STALLED_WRITE_RETRY)),
         #[cfg(test)]
         registrations: 0,
     };
@@ -192,6 +197,9 @@ pub(super) struct UnixWriteHalf {
     socket: Arc<OwnedFd>,
     runtime: tokio::runtime::Handle,
     waiting: Waiting,
+    /// While registered: when the write tries the socket again anyway (see
+    /// [`STALLED_WRITE_RETRY`]). Set at each registration.
+    retry: Pin<Box<Sleep>>,
     /// How many times the write half registered for writable events.
     #[cfg(test)]
     registrations: usize,
@@ -204,9 +212,8 @@ enum Waiting {
     /// Not registered; the duplicate (`None` only while `unregister`
     /// swaps it out).
     Idle(Option<OwnedFd>),
-    /// Registered: a write waits for room; and when it tries the socket
-    /// again anyway (see [`STALLED_WRITE_RETRY`]).
-    Registered(AsyncFd<OwnedFd>, Pin<Box<Sleep>>),
+    /// Registered: a write waits for room.
+    Registered(AsyncFd<OwnedFd>),
 }
 
 /// How long a write that waits for room waits for an event before it tries
@@ -216,7 +223,8 @@ enum Waiting {
 /// `EPIPE` from then on. Without the retry, that write, and every request
 /// behind it, waited for as long as the peer lived (a review reproduced
 /// it: 200 requests, none failed in 20 s). A retry that finds no room
-/// costs one `send`; the timer lives only while the socket is full.
+/// costs one `send`; the timer is set only as the socket fills (it may
+/// wake the writer once more after the socket has room again).
 const STALLED_WRITE_RETRY: Duration = Duration::from_secs(1);
 
 /// Flags of every `send(2)`: never block, never raise SIGPIPE (Apple's
@@ -248,14 +256,14 @@ impl UnixWriteHalf {
     /// for every message the peer reads.
     fn unregister(&mut self) {
         self.waiting = match std::mem::replace(&mut self.waiting, Waiting::Idle(None)) {
-            Waiting::Registered(registered, _) => Waiting::Idle(Some(registered.into_inner())),
+            Waiting::Registered(registered) => Waiting::Idle(Some(registered.into_inner())),
             idle => idle,
         };
     }
 
-    /// The registration for writable events and the retry's timer, made if
-    /// needed.
-    fn registered(&mut self) -> io::Result<(&AsyncFd<OwnedFd>, &mut Pin<Box<Sleep>>)> {
+    /// The registration for writable events, made if needed (and then the
+    /// retry's timer set).
+    fn registered(&mut self) -> io::Result<&AsyncFd<OwnedFd>> {
         if let Waiting::Idle(duplicate) = &mut self.waiting {
             let duplicate = match duplicate.take() {
                 Some(duplicate) => duplicate,
@@ -273,15 +281,17 @@ impl UnixWriteHalf {
                     self.waiting = Waiting::Idle(Some(duplicate));
                     error
                 })?;
-            let retry = Box::pin(tokio::time::sleep(STALLED_WRITE_RETRY));
-            self.waiting = Waiting::Registered(registered, retry);
+            self.retry
+                .as_mut()
+                .reset(tokio::time::Instant::now() + STALLED_WRITE_RETRY);
+            self.waiting = Waiting::Registered(registered);
             #[cfg(test)]
             {
                 self.registrations += 1;
             }
         }
-        match &mut self.waiting {
-            Waiting::Registered(registered, retry) => Ok((registered, retry)),
+        match &self.waiting {
+            Waiting::Registered(registered) => Ok(registered),
             Waiting::Idle(_) => unreachable!("registered above"),
         }
     }
@@ -304,14 +314,18 @@ impl AsyncWrite for UnixWriteHalf {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Poll::Ready(Err(e)),
             }
-            let (registered, retry) = self.registered()?;
+            self.registered()?;
+            let this = &mut *self;
+            let Waiting::Registered(registered) = &this.waiting else {
+                unreachable!("registered above");
+            };
             match registered.poll_write_ready(cx) {
                 Poll::Ready(ready) => ready?.clear_ready(),
                 Poll::Pending => {
-                    ready!(retry.as_mut().poll(cx));
+                    ready!(this.retry.as_mut().poll(cx));
                     // No event for a while: send again, whatever the
                     // reactor says (see STALLED_WRITE_RETRY).
-                    retry
+                    this.retry
                         .as_mut()
                         .reset(tokio::time::Instant::now() + STALLED_WRITE_RETRY);
                 }
@@ -502,6 +516,24 @@ mod tests {
             !probe.peer_hung_up(),
             "a peer that still may write taken for hung up"
         );
+    }
+
+    /// The retry's timer needs the runtime's timers: a runtime without them
+    /// is refused as the channel is made, not when the socket first fills,
+    /// with part of a line written (a review saw a Node peer's next line
+    /// spoiled that way).
+    #[test]
+    fn a_runtime_without_timers_is_refused_as_the_channel_is_made() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        let (ours, _theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            runtime.block_on(async { split(ours.into()).map(drop) })
+        }));
+        assert!(made.is_err(), "made on a runtime without timers");
     }
 
     /// A write waiting for room fails once the peer shuts down its reading

@@ -128,7 +128,7 @@ pub fn spawn_with(mut command: Command, options: SpawnOptions) -> Result<(Channe
         });
     }
     // Our end, registered with the runtime's reactor before the child
-    // exists: outside a Tokio runtime (or in one without IO) that panics
+    // exists: outside a Tokio runtime (or in one without IO or timers) that panics
     // here, as Tokio does, and not after the fork, which would leave a
     // child running that nothing waits for. Its writer's duplicate
     // descriptor is opened under the lock, close-on-exec, off `target`
