@@ -177,7 +177,10 @@ impl Channel {
     /// A channel over a Unix stream socket (what Node uses), split without a
     /// lock. The socket is registered for readable events only and for
     /// writable ones only while it is full (see `channel/unix.rs` for the
-    /// wake-ups that saves).
+    /// wake-ups that saves); a write that waits for room tries again every
+    /// second, as a peer that shut down its reading side makes no event.
+    /// Panics outside a Tokio runtime with IO and timers, as
+    /// [`Channel::new`].
     pub fn from_unix(stream: tokio::net::UnixStream, config: ChannelConfig) -> Result<Channel, Error> {
         let socket = stream.into_std().map_err(|e| Error::Io(Arc::new(e)))?;
         Channel::from_unix_socket(socket.into(), config)

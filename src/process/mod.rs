@@ -56,7 +56,8 @@ pub fn spawn(command: Command) -> Result<(Channel, ChildProcess), Error> {
 ///
 /// # Panics
 ///
-/// Outside a Tokio runtime with IO enabled, as Tokio's own functions do;
+/// Outside a Tokio runtime with IO and timers enabled (`enable_all`), as
+/// Tokio's own functions do;
 /// before anything is started, so no child is left behind. A program
 /// without a runtime has [`blocking::spawn`](crate::blocking::spawn).
 ///
