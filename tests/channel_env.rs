@@ -266,10 +266,10 @@ fn a_failed_open_leaves_nothing_for_the_childs_own_children() {
     assert!(channel_still_open, "the channel was closed");
 }
 
-/// A runtime without I/O makes opening panic (as Tokio's constructors
-/// do): the panic must leave the channel and its variables as they came,
-/// for a second try. It once came after both were taken, and the unwind
-/// closed the channel.
+/// A runtime without I/O or without timers makes opening panic (as
+/// Tokio's constructors do): the panic must leave the channel and its
+/// variables as they came, for a second try. It once came after both were
+/// taken, and the unwind closed the channel.
 #[test]
 fn a_panic_for_a_runtime_without_io_leaves_the_channel_for_a_second_try() {
     if !common::in_a_child_process() {
@@ -287,21 +287,31 @@ fn a_panic_for_a_runtime_without_io_leaves_the_channel_for_a_second_try() {
         .enable_time()
         .build()
         .unwrap();
-    let opened =
-        std::panic::catch_unwind(|| without_io.block_on(async { unsafe { ipc_request::open_from_env() } }));
-    assert!(
-        opened.is_err(),
-        "opened without I/O: {:?}",
-        opened.map(|o| o.is_ok())
-    );
-    assert_eq!(std::env::var_os("NODE_CHANNEL_FD").as_deref(), Some("0".as_ref()));
-    let flags = unsafe { libc::fcntl(0, libc::F_GETFD) };
-    assert!(
-        flags >= 0 && flags & libc::FD_CLOEXEC == 0,
-        "the channel was closed or changed: {flags}"
-    );
-    let status = unsafe { libc::fcntl(0, libc::F_GETFL) };
-    assert_eq!(status & libc::O_NONBLOCK, 0, "the channel was left non-blocking");
+    let without_timers = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    for (runtime, lacking) in [(without_io, "I/O"), (without_timers, "timers")] {
+        let opened =
+            std::panic::catch_unwind(|| runtime.block_on(async { unsafe { ipc_request::open_from_env() } }));
+        assert!(
+            opened.is_err(),
+            "opened without {lacking}: {:?}",
+            opened.map(|o| o.is_ok())
+        );
+        assert_eq!(std::env::var_os("NODE_CHANNEL_FD").as_deref(), Some("0".as_ref()));
+        let flags = unsafe { libc::fcntl(0, libc::F_GETFD) };
+        assert!(
+            flags >= 0 && flags & libc::FD_CLOEXEC == 0,
+            "without {lacking}, the channel was closed or changed: {flags}"
+        );
+        let status = unsafe { libc::fcntl(0, libc::F_GETFL) };
+        assert_eq!(
+            status & libc::O_NONBLOCK,
+            0,
+            "without {lacking}, the channel was left non-blocking"
+        );
+    }
     let with_io = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

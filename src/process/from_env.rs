@@ -35,8 +35,8 @@ use crate::error::Error;
 ///
 /// # Panics
 ///
-/// Outside a Tokio runtime, or in one without I/O enabled, as Tokio's own
-/// constructors do ([`crate::blocking::open_from_env`] needs none). The
+/// Outside a Tokio runtime, or in one without I/O or timers enabled, as
+/// Tokio's own constructors do ([`crate::blocking::open_from_env`] needs none). The
 /// variables and the channel are then left as they came, for a second
 /// try.
 ///
