@@ -16,22 +16,17 @@ use std::process::Command;
 use std::time::Instant;
 
 use common::example;
+use common::rng::Rng;
 use ipc_request::{SessionBuilder, spawn};
 use serde_json::{Map, Value, json};
 
-/// xorshift64*: deterministic, no dependency, good enough for test data.
-struct Rng(u64);
+/// Random test data from a seeded [`Rng`].
+trait RandomData {
+    fn string(&mut self) -> String;
+    fn value(&mut self, depth: u32) -> Value;
+}
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
+impl RandomData for Rng {
     fn string(&mut self) -> String {
         const PIECES: &[&str] = &[
             "a", "é", "😀", "\u{2028}", "\u{0}", "\n", "\"", "\\", " ", "z", "\u{7f}",
@@ -91,7 +86,7 @@ async fn a_million_random_requests_all_answered_correctly() {
         .map(|w| {
             let session = session.clone();
             tokio::spawn(async move {
-                let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (w + 1));
+                let mut rng = Rng::new(w + 1);
                 let mut checked = 0u64;
                 let mut i = w;
                 while i < total {

@@ -26,36 +26,18 @@
 //! cancelled (the close must reach it); 9 hands its token and responder to
 //! a task and returns; 10 answers within a few µs or drops its responder.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::rng::Rng;
 use ipc_request::{
     Channel, ChannelConfig, Error, Request, Responder, SessionBuilder, SessionConfig, responder_fn,
 };
 use serde_json::{Value, json};
-
-/// xorshift: a seed's round is the same on every run.
-#[derive(Clone)]
-struct Rng(u64);
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
-        xs[self.below(xs.len() as u64) as usize]
-    }
-}
 
 /// What one side's handlers did.
 #[derive(Default)]

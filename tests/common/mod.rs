@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod hand_played;
+pub mod rng;
 
 use std::io::Write;
 use std::path::PathBuf;
