@@ -343,34 +343,6 @@ async fn requests_waiting_for_room_fail_once_the_peer_reads_no_more() {
     drop(peer);
 }
 
-/// A peer that shuts down its reading side, with our request written to it
-/// and nothing more for us to write, and then sends nothing, connected.
-/// No write of ours will fail, and no event comes: the session asks the
-/// kernel while requests wait, and ends. (A storm review found such a
-/// request without a deadline waiting for as long as the peer lived.)
-#[tokio::test]
-async fn a_request_to_a_peer_that_reads_no_more_and_goes_quiet_fails() {
-    let (session, reader, writer) =
-        session_with_a_hand_played_peer(SessionBuilder::new(), ChannelConfig::default()).await;
-    let request = tokio::spawn({
-        let session = session.clone();
-        async move { session.request_raw(&"never read").await }
-    });
-    while session.pending_requests() == 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let peer = reader.reunite(writer).unwrap().into_std().unwrap();
-    peer.shutdown(std::net::Shutdown::Read).unwrap();
-    let result = tokio::time::timeout(Duration::from_secs(30), request)
-        .await
-        .expect("the request waits for a peer that will never read again")
-        .unwrap();
-    assert!(matches!(result, Err(ipc_request::Error::Closed(_))), "{result:?}");
-    assert!(session.close_reason().is_some(), "the session is still open");
-    assert_eq!(session.pending_requests(), 0);
-    drop(peer);
-}
-
 /// The same with plain messages: the stream is taken, to be read once a
 /// request returns (the documented way), and holds one. The request is
 /// written; the peer sends three messages and hangs up without answering.

@@ -753,13 +753,7 @@ const READER_DONE: u64 = u64::MAX;
 /// gone must still fail every pending request, whatever this side does; a reader that still reads a
 /// line at least every [`HELD_UP_READER_PATIENCE`] is left to finish (what
 /// the peer wrote is delivered).
-///
-/// The same once the peer, with requests of ours waiting for answers, will
-/// never read again (over a Unix socket: see [`peer_reads_no_more`]).
-pub(super) async fn end_when_the_peer_is_gone_and_the_reader_held_up(
-    shared: Arc<Shared>,
-    probe: Option<HangUpProbe>,
-) {
+pub(super) async fn end_when_the_peer_is_gone_and_the_reader_held_up(shared: Arc<Shared>) {
     let peer_exit = shared.peer_exit.clone();
     // Quiet for a session's whole life, unless the peer goes.
     let gone = async {
@@ -768,10 +762,6 @@ pub(super) async fn end_when_the_peer_is_gone_and_the_reader_held_up(
             () = shared.sender.finished() => shared.sender.write_error(),
             status = child_gone(peer_exit.clone(), Duration::ZERO) => Some(CloseReason::ChildExited(status)),
             () = shared.peer_hung_up.notified() => Some(CloseReason::PeerClosed),
-            () = peer_reads_no_more(&shared, probe) => Some(CloseReason::Io(Arc::new(std::io::Error::new(
-                std::io::ErrorKind::BrokenPipe,
-                "the peer shut down its reading side: it will never read our cancels or answers",
-            )))),
         }
     };
     let gone = tokio::select! {
@@ -810,35 +800,6 @@ pub(super) async fn end_when_the_peer_is_gone_and_the_reader_held_up(
         "the peer is gone and this side holds the session's reader up: ending the session ({reason})"
     );
     shared.shut(reason);
-}
-
-/// How often a session whose requests wait for answers asks whether the
-/// peer still reads (see [`peer_reads_no_more`]).
-const READS_NO_MORE_PROBE_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Resolves once requests of ours wait for answers and the peer will never
-/// read again: over a Unix socket, it shut down its reading side (a half
-/// close Node never makes) and sends nothing more. No event says so, and a
-/// write of ours would fail with a broken pipe and end the session, but
-/// with nothing left to write, those requests, if they have no deadline,
-/// waited for ever (a storm review). Every [`READS_NO_MORE_PROBE_INTERVAL`]
-/// for the session's life, a `send` of zero bytes while requests wait;
-/// never without a probe (not a Unix socket).
-///
-/// The probe also says so once we shut down our own writing side, but
-/// that happens only as the session ends (`Shared::shut`), which takes
-/// every waiting request out of the table first: then none waits here.
-async fn peer_reads_no_more(shared: &Shared, probe: Option<HangUpProbe>) {
-    let Some(probe) = probe else {
-        return std::future::pending().await;
-    };
-    loop {
-        tokio::time::sleep(READS_NO_MORE_PROBE_INTERVAL).await;
-        let waiting = shared.table.lock().unwrap().pending.waiting();
-        if waiting > 0 && probe.writes_are_over() {
-            return;
-        }
-    }
 }
 
 /// The error of a write of ours that failed, unless it failed as writes

@@ -252,10 +252,7 @@ impl SessionBuilder {
         // The handler is in place and we listen before announcing (2.1 step 1).
         let hello = shared.sender.encode(&HandshakeOut::request(&our_uid))?;
         let mut phase = shared.phase.subscribe();
-        tokio::spawn(end_when_the_peer_is_gone_and_the_reader_held_up(
-            shared.clone(),
-            receiver.hang_up_probe(),
-        ));
+        tokio::spawn(end_when_the_peer_is_gone_and_the_reader_held_up(shared.clone()));
         let reader = read_loop(shared.clone(), receiver, peer_exit, our_uid.clone());
         // The reader task holds the session through a guard that ends it if
         // the task is dropped before it ended the session itself: its
