@@ -78,10 +78,9 @@ fn a_line_left_half_written_when_the_writer_task_is_dropped_gives_its_budget_bac
 #[tokio::test]
 async fn finished_resolves_at_once_after_a_failed_write_though_the_shutdown_hangs() {
     let (ours, _theirs) = tokio::io::duplex(1024);
-    let writer = FailsLaterNeverShutsDown {
-        fail: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
-        waker: Default::default(),
-    };
+    let fail = Gate::default();
+    fail.open();
+    let writer = FailsLaterNeverShutsDown { fail };
     let channel = super::Channel::new(ours, writer, super::ChannelConfig::default());
     assert!(channel.sender().send(&"lost").await.is_err(), "the write fails");
     tokio::time::timeout(std::time::Duration::from_secs(5), channel.sender().finished())
@@ -180,11 +179,38 @@ async fn a_failed_write_shuts_the_write_half_down_on_either_path() {
     }
 }
 
-/// Takes nothing until `fail` is set, then fails; its shutdown never
+/// A flag a test opens once, and the waker of the last poll that found it
+/// shut, woken as it opens: what the scripted writers below wait on.
+#[derive(Clone, Default)]
+struct Gate {
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    waker: std::sync::Arc<std::sync::Mutex<Option<std::task::Waker>>>,
+}
+
+impl Gate {
+    /// Whether it is open; if not, `cx` is woken once it opens.
+    fn poll_open(&self, cx: &mut std::task::Context<'_>) -> bool {
+        *self.waker.lock().unwrap() = Some(cx.waker().clone());
+        self.open.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Whether anything has waited on it yet.
+    fn waited_on(&self) -> bool {
+        self.waker.lock().unwrap().is_some()
+    }
+
+    fn open(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(waker) = self.waker.lock().unwrap().take() {
+            waker.wake();
+        }
+    }
+}
+
+/// Takes nothing until `fail` opens, then fails; its shutdown never
 /// completes.
 struct FailsLaterNeverShutsDown {
-    fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    waker: std::sync::Arc<std::sync::Mutex<Option<std::task::Waker>>>,
+    fail: Gate,
 }
 
 impl tokio::io::AsyncWrite for FailsLaterNeverShutsDown {
@@ -193,10 +219,9 @@ impl tokio::io::AsyncWrite for FailsLaterNeverShutsDown {
         cx: &mut std::task::Context<'_>,
         _: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+        if self.fail.poll_open(cx) {
             return std::task::Poll::Ready(Err(std::io::Error::other("broken")));
         }
-        *self.waker.lock().unwrap() = Some(cx.waker().clone());
         std::task::Poll::Pending
     }
     fn poll_flush(
@@ -216,18 +241,14 @@ impl tokio::io::AsyncWrite for FailsLaterNeverShutsDown {
 #[tokio::test]
 async fn lines_lost_to_a_failed_write_give_their_budget_back_though_the_shutdown_hangs() {
     let (ours, _theirs) = tokio::io::duplex(1024);
-    let fail = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let waker = std::sync::Arc::new(std::sync::Mutex::new(None::<std::task::Waker>));
-    let writer = FailsLaterNeverShutsDown {
-        fail: fail.clone(),
-        waker: waker.clone(),
-    };
+    let fail = Gate::default();
+    let writer = FailsLaterNeverShutsDown { fail: fail.clone() };
     let channel = super::Channel::new(ours, writer, super::ChannelConfig::default());
     let sender = channel.sender().clone();
     // The first line waits in the writer task, which holds the stream;
     // the next two queue behind it.
     sender.send(&"first").await.unwrap();
-    while waker.lock().unwrap().is_none() {
+    while !fail.waited_on() {
         tokio::task::yield_now().await;
     }
     sender.send(&"second").await.unwrap();
@@ -236,8 +257,7 @@ async fn lines_lost_to_a_failed_write_give_their_budget_back_though_the_shutdown
         async move { sender.send_line_written(b"\"third\"\n".to_vec()).await }
     });
     tokio::task::yield_now().await;
-    fail.store(true, std::sync::atomic::Ordering::SeqCst);
-    waker.lock().unwrap().take().unwrap().wake();
+    fail.open();
     let written = tokio::time::timeout(std::time::Duration::from_secs(5), written)
         .await
         .expect("a sender waiting for its lost line to be written waits for ever")
@@ -256,21 +276,11 @@ async fn lines_lost_to_a_failed_write_give_their_budget_back_though_the_shutdown
     );
 }
 
-/// Buffers every write, and holds it until [`release`](Self::release)
-/// lets its flush go through (as a `BufWriter` over a full pipe would).
+/// Buffers every write, and holds it until `released` opens, which lets
+/// its flush go through (as a `BufWriter` over a full pipe would).
 #[derive(Clone, Default)]
 struct FlushesWhenReleased {
-    released: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    waker: std::sync::Arc<std::sync::Mutex<Option<std::task::Waker>>>,
-}
-
-impl FlushesWhenReleased {
-    fn release(&self) {
-        self.released.store(true, std::sync::atomic::Ordering::SeqCst);
-        if let Some(waker) = self.waker.lock().unwrap().take() {
-            waker.wake();
-        }
-    }
+    released: Gate,
 }
 
 impl tokio::io::AsyncWrite for FlushesWhenReleased {
@@ -285,8 +295,7 @@ impl tokio::io::AsyncWrite for FlushesWhenReleased {
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        *self.waker.lock().unwrap() = Some(cx.waker().clone());
-        if self.released.load(std::sync::atomic::Ordering::SeqCst) {
+        if self.released.poll_open(cx) {
             return std::task::Poll::Ready(Ok(()));
         }
         std::task::Poll::Pending
@@ -326,7 +335,7 @@ async fn a_line_is_told_written_only_once_the_stream_has_flushed_it() {
             i + 1
         );
     }
-    stream.release();
+    stream.released.open();
     for task in waiting {
         tokio::time::timeout(std::time::Duration::from_secs(5), task)
             .await
