@@ -4,8 +4,6 @@
 //! is busy) and passes plain messages on. When the channel ends it fails
 //! every pending request, after everything already in the socket was read.
 
-use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
@@ -15,111 +13,16 @@ use futures_util::FutureExt;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
+use super::backlog::request_size;
+use super::gone_peer::{
+    READER_DONE, child_gone, finish_watching_for_a_hang_up, our_write_failure, with_exit_status,
+};
 use super::handler::AnswerState;
 use super::{PeerInfo, Phase, Request, Responder, RunningHandler, Shared};
-use crate::channel::{ChannelReceiver, HangUpProbe, Parsed, PeerExit};
+use crate::channel::{ChannelReceiver, Parsed, PeerExit};
 use crate::error::{CloseReason, Error, RemoteError};
 use crate::frame::{FrameError, Message};
 use crate::protocol::{self, Inbound, PeerUid, TooLongLine};
-
-/// The peer's requests waiting for a handler slot.
-///
-/// A cancel takes its request out at once, freeing its room: cancels read
-/// while there is room keep the backlog from filling with requests nobody
-/// waits for any more (they would now be refused needlessly; before
-/// refusals, a review found the reader deadlocked there when cancelled
-/// requests only left in turn). Hence a map ordered by arrival rather than
-/// a queue: taking out the request of a UID is O(log n), not a scan. Once
-/// the backlog is full, further requests are refused at once (see
-/// `Shared::start_handler`), but for a peer that speaks neither `error`
-/// nor `cancel` (ipc-request 1.0), for which the reader waits for room.
-#[derive(Default)]
-pub(super) struct Backlog {
-    /// The waiting requests, by arrival number.
-    requests: BTreeMap<u64, (PeerUid, Message)>,
-    next_arrival: u64,
-    bytes: usize,
-    /// The arrival numbers of the waiting requests of each UID, oldest
-    /// first: one, unless the peer reuses UIDs. A cancel takes the oldest.
-    by_uid: HashMap<PeerUid, Arrivals>,
-}
-
-/// What a waiting request counts for against the backlog's bytes.
-fn request_size(uid: &PeerUid, payload: &Message) -> usize {
-    uid.as_json().len() + payload.get().len()
-}
-
-/// The arrival numbers of one UID's waiting requests; one without an
-/// allocation.
-enum Arrivals {
-    One(u64),
-    Many(VecDeque<u64>),
-}
-
-impl Backlog {
-    fn push(&mut self, uid: PeerUid, payload: Message) {
-        let arrival = self.next_arrival;
-        self.next_arrival += 1;
-        self.bytes += request_size(&uid, &payload);
-        match self.by_uid.entry(uid.clone()) {
-            Entry::Vacant(entry) => {
-                entry.insert(Arrivals::One(arrival));
-            }
-            Entry::Occupied(mut entry) => {
-                let arrivals = entry.get_mut();
-                if let Arrivals::One(first) = *arrivals {
-                    *arrivals = Arrivals::Many(VecDeque::from([first]));
-                }
-                if let Arrivals::Many(all) = arrivals {
-                    all.push_back(arrival);
-                }
-            }
-        }
-        self.requests.insert(arrival, (uid, payload));
-    }
-
-    /// How many requests wait.
-    fn len(&self) -> usize {
-        self.requests.len()
-    }
-
-    /// The next request to handle.
-    fn pop(&mut self) -> Option<(PeerUid, Message)> {
-        let (_, (uid, payload)) = self.requests.pop_first()?;
-        self.bytes -= request_size(&uid, &payload);
-        self.take_oldest_arrival(&uid);
-        Some((uid, payload))
-    }
-
-    /// Takes the oldest waiting request of `uid` out (the peer expects no
-    /// answer to it); false if none waits.
-    fn cancel(&mut self, uid: &PeerUid) -> bool {
-        let Some(arrival) = self.take_oldest_arrival(uid) else {
-            return false;
-        };
-        if let Some((uid, payload)) = self.requests.remove(&arrival) {
-            self.bytes -= request_size(&uid, &payload);
-            tracing::debug!("dropped request {uid}: the peer cancelled it while it waited");
-        }
-        true
-    }
-
-    fn take_oldest_arrival(&mut self, uid: &PeerUid) -> Option<u64> {
-        let arrivals = self.by_uid.get_mut(uid)?;
-        let oldest = match arrivals {
-            Arrivals::One(only) => {
-                let only = *only;
-                self.by_uid.remove(uid);
-                return Some(only);
-            }
-            Arrivals::Many(all) => all.pop_front(),
-        };
-        if matches!(arrivals, Arrivals::Many(all) if all.is_empty()) {
-            self.by_uid.remove(uid);
-        }
-        oldest
-    }
-}
 
 impl Shared {
     fn establish(&self) {
@@ -268,7 +171,7 @@ impl Shared {
             {
                 let mut backlog = self.backlog.lock().unwrap();
                 let fits = backlog.len() < self.config.max_queued_requests.max(1)
-                    && (backlog.len() == 0 || backlog.bytes + size <= self.config.max_queued_request_bytes);
+                    && (backlog.len() == 0 || backlog.bytes() + size <= self.config.max_queued_request_bytes);
                 if fits {
                     backlog.push(uid, payload);
                     self.backlog_len.store(backlog.len(), Ordering::Release);
@@ -684,165 +587,6 @@ enum ReaderWoke<T> {
 /// How long a reader that met the end of the channel during the handshake
 /// waits for our answer to the peer's handshake request to be written.
 const HANDSHAKE_ANSWER_GRACE: Duration = Duration::from_millis(200);
-
-/// How often a reader held up asks whether the peer hung up.
-const HANG_UP_PROBE_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Runs the reader's handling of one line (`dispatch`) to its end. While
-/// that waits (refusals wait to be written past their bound, the backlog
-/// is full for a 1.0 peer, or the plain messages are full and this side
-/// holds them), the reader reads nothing meanwhile, and a peer that hangs
-/// up then would go unseen: its end of stream is in the socket, behind
-/// the lines not read yet. Another sign of a gone peer (a write of
-/// ours that fails, the exit of a child we own) may never come: a peer we
-/// do not own, whose requests from us were all written before it went. So
-/// over a Unix socket the reader asks the kernel every
-/// [`HANG_UP_PROBE_INTERVAL`] while it waits, and tells the task that ends
-/// a held-up session (see [`end_when_the_peer_is_gone_and_the_reader_held_up`]).
-/// The reader calls this once a line's handling did not finish at once
-/// (a poll without waiting): the common case arms no timer. That poll
-/// stays at the two call sites: moved in here, it made the common case
-/// build and run this function's future for every line (callgrind: +0.5%
-/// of `count burst` and `count seq`).
-async fn finish_watching_for_a_hang_up<F: std::future::Future<Output = ()>>(
-    mut dispatch: std::pin::Pin<&mut F>,
-    shared: &Shared,
-    probe: Option<&HangUpProbe>,
-) {
-    let Some(probe) = probe else {
-        return dispatch.await;
-    };
-    let hung_up = async {
-        loop {
-            tokio::time::sleep(HANG_UP_PROBE_INTERVAL).await;
-            // Only a hang-up. A peer that shut down just its reading side
-            // fails the writes that wait for it (the channel's writer
-            // tries the socket again while it waits: see
-            // `channel/unix.rs`), and a write's failure ends a held-up
-            // session as well.
-            if probe.peer_hung_up() {
-                return;
-            }
-        }
-    };
-    tokio::select! {
-        biased;
-        () = dispatch.as_mut() => return,
-        () = hung_up => {}
-    }
-    shared.peer_hung_up.notify_one();
-    dispatch.await
-}
-
-/// How long the reader may read nothing after the peer is gone, past its
-/// own bounds, before [`end_when_the_peer_is_gone_and_the_reader_held_up`]
-/// ends the session (a plain message it held, waiting for room, is lost).
-const HELD_UP_READER_PATIENCE: Duration = Duration::from_secs(5);
-
-/// `Shared::lines_read` once the reader has left its loop.
-const READER_DONE: u64 = u64::MAX;
-
-/// Ends the session once the peer is known to be gone (one of our writes
-/// failed, the child we own exited, or the reader, held up, found that the
-/// peer hung up: see [`finish_watching_for_a_hang_up`]) and the reader reads no
-/// more. The reader ends a session from its read loop (see [`read_loop`]),
-/// but this side can hold it up before it gets back there: refusals that
-/// wait to be written to a peer that reads nothing, a backlog full of a
-/// 1.0 peer's requests, plain messages that nobody reads (and handlers
-/// that wait for answers that will not come meanwhile). A peer that is
-/// gone must still fail every pending request, whatever this side does; a reader that still reads a
-/// line at least every [`HELD_UP_READER_PATIENCE`] is left to finish (what
-/// the peer wrote is delivered).
-pub(super) async fn end_when_the_peer_is_gone_and_the_reader_held_up(shared: Arc<Shared>) {
-    let peer_exit = shared.peer_exit.clone();
-    // Quiet for a session's whole life, unless the peer goes.
-    let gone = async {
-        tokio::select! {
-            // The writer also finishes after a clean close: no failure.
-            () = shared.sender.finished() => shared.sender.write_error(),
-            status = child_gone(peer_exit.clone(), Duration::ZERO) => Some(CloseReason::ChildExited(status)),
-            () = shared.peer_hung_up.notified() => Some(CloseReason::PeerClosed),
-        }
-    };
-    let gone = tokio::select! {
-        _ = shared.closing.cancelled() => return,
-        gone = gone => gone,
-    };
-    let Some(gone) = gone else {
-        return;
-    };
-    // The reader's own bounds first, then windows in which it must read
-    // something.
-    let mut window = shared.gone_peer_limit().saturating_add(HELD_UP_READER_PATIENCE);
-    loop {
-        let before = shared.lines_read.load(Ordering::Relaxed);
-        tokio::select! {
-            _ = shared.closing.cancelled() => return,
-            () = tokio::time::sleep(window) => {}
-        }
-        match shared.lines_read.load(Ordering::Relaxed) {
-            // The reader left its loop: it ends the session itself, within
-            // the exit grace (waiting for the child's status).
-            READER_DONE => return,
-            now if now == before => break,
-            _ => window = HELD_UP_READER_PATIENCE,
-        }
-    }
-    // As the reader would say it: a write that failed for another reason
-    // than a gone peer; else the child's exit status if it is known; else
-    // the peer closed.
-    let reason = match (our_write_failure(&shared), gone) {
-        (Some(failure), _) => failure,
-        (None, CloseReason::Io(e)) if crate::channel::failed_as_peer_gone(&e) => shared.gone_peer_reason(),
-        (None, gone) => with_exit_status(gone, peer_exit, Duration::ZERO).await,
-    };
-    tracing::warn!(
-        "the peer is gone and this side holds the session's reader up: ending the session ({reason})"
-    );
-    shared.shut(reason);
-}
-
-/// The error of a write of ours that failed, unless it failed as writes
-/// to a peer that is gone do (a broken pipe, a reset): then the peer's
-/// going is the story, told by its end of stream or its exit status.
-fn our_write_failure(shared: &Shared) -> Option<CloseReason> {
-    match shared.sender.write_error()? {
-        CloseReason::Io(e) if !crate::channel::failed_as_peer_gone(&e) => Some(CloseReason::Io(e)),
-        _ => None,
-    }
-}
-
-/// When we own the peer process: its exit status, `grace` after it exited;
-/// never, for a peer we do not own. The child's end of the channel usually
-/// closes as it dies, but not when another process holds a copy (a
-/// background job of a shell wrapper, a helper the child started before it
-/// opened its channel): the session must not wait on that process.
-async fn child_gone(peer_exit: Option<PeerExit>, grace: Duration) -> std::process::ExitStatus {
-    if let Some(mut exit) = peer_exit {
-        // The borrow of the watch must end before the sleep.
-        let status = exit
-            .wait_for(|s| s.is_some())
-            .await
-            .map(|s| s.expect("waited for Some"));
-        if let Ok(status) = status {
-            tokio::time::sleep(grace).await;
-            return status;
-        }
-    }
-    std::future::pending().await
-}
-
-/// When we own the peer process, a channel that ended is better explained
-/// by how the process ended, if it does within the grace period.
-async fn with_exit_status(reason: CloseReason, peer_exit: Option<PeerExit>, grace: Duration) -> CloseReason {
-    let Some(mut exit) = peer_exit else {
-        return reason;
-    };
-    match tokio::time::timeout(grace, exit.wait_for(|s| s.is_some())).await {
-        Ok(Ok(status)) => CloseReason::ChildExited(status.expect("waited for Some")),
-        _ => reason,
-    }
-}
 
 /// Lets go of the handler task's hold on its request's entry in the map of
 /// running handlers (see [`AnswerState`]) when dropped.

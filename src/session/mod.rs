@@ -6,10 +6,17 @@
 //! the state it shares with the reader; `setup.rs` the settings, the
 //! builder and the handshake's wait; `incoming.rs` the reader task
 //! (handshake answers, routing answers, starting handlers, plain messages,
-//! failing everything when the channel ends); `handler.rs` what a handler
-//! sees; `pending.rs` the table's slots and the guard that keeps the table
-//! of our pending requests honest.
+//! failing everything when the channel ends); `backlog.rs` the peer's
+//! requests waiting for a handler slot; `close.rs` the session's end,
+//! once, and the errors that report it; `gone_peer.rs` what a caller is
+//! told while the peer is going, and how a session ends when the peer is
+//! gone while this side holds the reader up;
+//! `handler.rs` what a handler sees; `pending.rs` the table's slots and the
+//! guard that keeps the table of our pending requests honest.
 
+mod backlog;
+mod close;
+mod gone_peer;
 mod handler;
 mod incoming;
 mod pending;
@@ -29,7 +36,8 @@ use handler::AnswerState;
 pub(crate) use handler::panic_error;
 pub use handler::{Handler, Request, Responder, handler_fn, responder_fn};
 
-use incoming::Backlog;
+use backlog::Backlog;
+use gone_peer::is_write_to_a_gone_peer;
 pub use setup::{SessionBuilder, SessionConfig, setup};
 
 use crate::channel::{ChannelSender, line_text, node_internal_cmd};
@@ -511,106 +519,6 @@ impl Messages {
 }
 
 impl Shared {
-    fn closed_reason(&self) -> Option<CloseReason> {
-        self.table.lock().unwrap().closed.clone()
-    }
-
-    fn closed_error(&self) -> Error {
-        Error::Closed(self.closed_reason().unwrap_or(CloseReason::PeerClosed))
-    }
-
-    /// The error for a failed send, as it stands: why the session ended if
-    /// it has, else what the channel said (a write error, say). What the
-    /// reader's own sends get: it must not wait for itself.
-    fn send_error_now(&self, channel_error: Error) -> Error {
-        match self.closed_reason() {
-            Some(reason) => Error::Closed(reason),
-            None => channel_error,
-        }
-    }
-
-    /// The error a caller is told for a failed send (any other error
-    /// passes through as it is).
-    ///
-    /// A write that failed as writes to a peer that is gone do (a broken
-    /// pipe) is not the story, and the session has not ended yet: its
-    /// reader goes on reading what the peer wrote, then waits for the
-    /// child's exit status, and ends the session with that, which every
-    /// other pending request is told. So this waits for the session's end
-    /// too, as long as the reader may take (its bounds, and a margin), and
-    /// tells the same; past that, what is known of it then
-    /// ([`gone_peer_reason`](Self::gone_peer_reason)). For plain messages; a
-    /// request simply stays pending (see `call_inner`), and the reader must
-    /// never wait for itself.
-    async fn send_error(&self, error: Error) -> Error {
-        let error = match error {
-            Error::Closed(_) => self.send_error_now(error),
-            other => return other,
-        };
-        if !is_write_to_a_gone_peer(&error) {
-            return error;
-        }
-        let limit = self.gone_peer_limit();
-        let mut phase = self.phase.subscribe();
-        let ended = tokio::time::timeout(limit, phase.wait_for(|p| matches!(p, Phase::Closed(_)))).await;
-        match ended.as_ref().map(|p| p.as_deref()) {
-            Ok(Ok(Phase::Closed(reason))) => Error::Closed(reason.clone()),
-            _ => Error::Closed(self.gone_peer_reason()),
-        }
-    }
-
-    /// Why a session whose writes met a gone peer ends, as far as it is
-    /// known now (for a caller who cannot wait for the session's end any
-    /// longer): the reason if it has ended, else the child's exit status if
-    /// we own it and it has exited, else that the peer closed. The last is
-    /// a guess, right for a peer that is gone (the reader then reads the
-    /// end of stream); a peer that only shut its reading side also fails
-    /// our writes with a broken pipe, and its session ends with that error.
-    pub(super) fn gone_peer_reason(&self) -> CloseReason {
-        if let Some(reason) = self.closed_reason() {
-            return reason;
-        }
-        self.child_exit_status()
-            .map_or(CloseReason::PeerClosed, CloseReason::ChildExited)
-    }
-
-    /// The exit status of the child we own, once it has exited.
-    fn child_exit_status(&self) -> Option<std::process::ExitStatus> {
-        self.peer_exit.as_ref().and_then(|exit| *exit.borrow())
-    }
-
-    /// What a request whose deadline `d` passed fails with: `Timeout`,
-    /// unless the peer is known to be gone by then: the child we own has
-    /// exited, or the reader has met the channel's end. The session then
-    /// fails every pending request, but only once the reader's grace is
-    /// over (for the child's exit status after the channel's end, or for
-    /// what the child wrote after its exit): a deadline shorter than that
-    /// would report a dead peer as a slow one, and a caller might wait for
-    /// it to recover. The reason is what is known at the deadline: the
-    /// child's exit status, else why the channel ended (`PeerClosed`,
-    /// where the session may end a moment later naming the child's exit).
-    fn deadline_error(&self, d: Duration) -> Error {
-        match (self.child_exit_status(), self.reader_ended.get()) {
-            (Some(status), _) => Error::Closed(CloseReason::ChildExited(status)),
-            (None, Some(reason)) => Error::Closed(reason.clone()),
-            (None, None) => Error::Timeout(d),
-        }
-    }
-
-    /// How long the reader may take to end the session after one of our
-    /// writes met a gone peer: its grace for what the peer wrote, the exit
-    /// grace if we own the child, and a margin.
-    fn gone_peer_limit(&self) -> Duration {
-        let limit = crate::channel::WRITE_FAILURE_GRACE + Duration::from_millis(300);
-        if self.peer_exit.is_some() {
-            // Saturating: "wait for the exit status however long" may be
-            // written as Duration::MAX.
-            limit.saturating_add(self.config.exit_grace)
-        } else {
-            limit
-        }
-    }
-
     /// The peer speaks neither `error` nor `cancel` (ipc-request 1.0, or
     /// one that advertised neither): a refusal would reach its caller as a
     /// successful answer, and it has no cancels to hold up. `false` while
@@ -681,15 +589,6 @@ impl Shared {
         }
     }
 
-    /// Why an answer to a refused request is not written: the session's
-    /// end if it has ended (the larger news), else the peer's cancel.
-    fn refusal_error(&self) -> Error {
-        match self.closed_reason() {
-            Some(reason) => Error::Closed(reason),
-            None => Error::Cancelled,
-        }
-    }
-
     /// Removes `answer`'s entry from the `running` map, if it is still
     /// there: not one a later request with the same UID put there.
     fn forget_running(&self, answer: &AnswerState) {
@@ -708,93 +607,4 @@ impl Shared {
             table.displaced.swap_remove(at);
         }
     }
-
-    /// Ends the session once: records why, fails every pending request,
-    /// cancels running handlers, stops the reader and closes the channel.
-    fn shut(&self, reason: CloseReason) {
-        let (pending, running, displaced) = {
-            // Poisoned only by a panic elsewhere, which is exactly when the
-            // session must still close.
-            let mut table = self
-                .table
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if table.closed.is_some() {
-                return;
-            }
-            table.closed = Some(reason.clone());
-            // Before any caller is told its request failed: a request
-            // whose line still waits in the queue is then never sent (the
-            // writer drains the queue before it shuts the stream down, for
-            // the answers and messages in it). A caller told `Closed` may
-            // so count on the peer not running it, but for a line already
-            // on its way (see `ChannelSender::withdraw`, and the close
-            // below).
-            self.sender.withdraw_all();
-            (
-                table.pending.take_waiting(),
-                std::mem::take(&mut table.running),
-                std::mem::take(&mut table.displaced),
-            )
-        };
-        // The peer's requests waiting for a handler will never run; their
-        // payloads (up to `max_queued_request_bytes`) must not live on for
-        // as long as a handle does. (After the table's lock: the backlog's
-        // is taken first everywhere else.)
-        let backlog = std::mem::take(
-            &mut *self
-                .backlog
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
-        self.backlog_len.store(0, Ordering::Release);
-        drop(backlog);
-        // Closed for new lines before any caller is told its request
-        // failed: a request sending at this moment is then refused, or
-        // was written before (its send checks and writes in one step
-        // under the writer's lock, and its caller reads the failure only
-        // after that step). What is queued (answers, plain messages) is
-        // still written.
-        self.sender.close();
-        // A disconnect or a clean exit is the normal end, not a crash.
-        match &reason {
-            CloseReason::Local | CloseReason::PeerClosed => tracing::debug!("session closed: {reason}"),
-            CloseReason::ChildExited(status) if status.success() => {
-                tracing::debug!("session closed: {reason}")
-            }
-            _ => tracing::warn!("session ended: {reason}"),
-        }
-        // Their callers find their entries gone, and are told the reason
-        // recorded above (see `PendingGuard::answer`).
-        for waker in pending {
-            waker.wake();
-        }
-        for handler in running.into_values().chain(displaced) {
-            handler.refuse();
-        }
-        self.in_flight.close();
-        self.handler_slots.close();
-        self.messages_tx
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        self.phase.send_replace(Phase::Closed(reason));
-        self.closing.cancel();
-        // Last, and outside the lock: the handler's drop may run anything
-        // it owns, such as a handle on this session whose own drop closes
-        // it (found closed, it returns at once).
-        let handler = self
-            .handler
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        drop(handler);
-    }
-}
-
-/// A write that failed as writes to a peer that is gone do (a broken pipe),
-/// as the channel reports it: the session ends soon after, with a better
-/// reason (see [`Shared::send_error`]).
-fn is_write_to_a_gone_peer(error: &Error) -> bool {
-    matches!(error, Error::Closed(CloseReason::Io(e)) if crate::channel::failed_as_peer_gone(e))
 }

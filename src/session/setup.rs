@@ -8,7 +8,9 @@ use std::time::Duration;
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::incoming::{Backlog, end_when_the_peer_is_gone_and_the_reader_held_up, read_loop};
+use super::backlog::Backlog;
+use super::gone_peer::end_when_the_peer_is_gone_and_the_reader_held_up;
+use super::incoming::read_loop;
 use super::{Handler, Phase, Session, Shared, Table};
 use crate::channel::Channel;
 use crate::error::{CloseReason, Error};

@@ -1,5 +1,5 @@
-//! The backlog on its own, and a race of the reader with a handler's task
-//! made to happen on purpose (`hooks`).
+//! The reader against hand-played peers, and a race of the reader with a
+//! handler's task made to happen on purpose (`hooks`).
 
 use std::time::Duration;
 
@@ -7,8 +7,6 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{Notify, mpsc};
 
-use super::Backlog;
-use crate::protocol::PeerUid;
 use crate::{Channel, ChannelConfig, Request, Responder, SessionBuilder, SessionConfig, responder_fn};
 
 /// Points in the session's code where a test can stop a thread.
@@ -108,61 +106,6 @@ pub(super) mod hooks {
             None => rendezvous.reader_waiting = true,
         }
     }
-}
-
-fn uid(uid: &str) -> PeerUid {
-    PeerUid::plain(uid)
-}
-
-fn queue(uids: &[&str]) -> Backlog {
-    let mut backlog = Backlog::default();
-    for (i, uid) in uids.iter().enumerate() {
-        let payload = serde_json::value::RawValue::from_string(i.to_string()).unwrap();
-        backlog.push(self::uid(uid), payload);
-    }
-    backlog
-}
-
-fn drain(backlog: &mut Backlog) -> Vec<String> {
-    std::iter::from_fn(|| {
-        backlog
-            .pop()
-            .map(|(uid, payload)| format!("{uid}{}", payload.get()))
-    })
-    .collect()
-}
-
-#[test]
-fn cancelled_requests_leave_the_backlog_at_once_and_everything_is_counted_out() {
-    let mut backlog = queue(&["a", "b", "a", "c"]);
-    assert!(backlog.cancel(&uid("a")), "the first a waits");
-    assert!(backlog.cancel(&uid("c")));
-    assert!(!backlog.cancel(&uid("x")), "not waiting: nothing to cancel");
-    assert_eq!(backlog.len(), 2, "their room is free at once");
-    assert_eq!(drain(&mut backlog), ["b1", "a2"]);
-    assert_eq!(backlog.bytes, 0);
-    assert!(backlog.by_uid.is_empty() && backlog.requests.is_empty());
-}
-
-#[test]
-fn a_cancel_counts_for_one_waiting_request_at_most() {
-    let mut backlog = queue(&["a", "a"]);
-    let cancelled: Vec<bool> = (0..5).map(|_| backlog.cancel(&uid("a"))).collect();
-    assert_eq!(cancelled, [true, true, false, false, false]);
-    assert!(drain(&mut backlog).is_empty());
-    let mut backlog = queue(&["a"]);
-    assert!(backlog.cancel(&uid("a")));
-    assert!(!backlog.cancel(&uid("a")));
-    backlog.push(
-        uid("a"),
-        serde_json::value::RawValue::from_string("9".into()).unwrap(),
-    );
-    assert_eq!(
-        drain(&mut backlog),
-        ["a9"],
-        "only one of the two cancels was for a waiting request"
-    );
-    assert!(backlog.by_uid.is_empty());
 }
 
 /// A line as a hand-played peer writes it: a message of `kind` with `uid`
@@ -337,7 +280,7 @@ async fn a_closed_session_lets_go_of_the_requests_in_its_backlog() {
     server.close();
     let backlog = shared.backlog.lock().unwrap();
     assert_eq!(
-        (backlog.len(), backlog.bytes),
+        (backlog.len(), backlog.bytes()),
         (0, 0),
         "the backlog outlived the session"
     );

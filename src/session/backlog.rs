@@ -1,0 +1,173 @@
+//! The peer's requests that wait for a handler slot: a backlog bounded by
+//! the session (`max_queued_requests`, `max_queued_request_bytes`), from
+//! which a cancel takes its request out at once.
+
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use crate::frame::Message;
+use crate::protocol::PeerUid;
+
+/// The peer's requests waiting for a handler slot.
+///
+/// A cancel takes its request out at once, freeing its room: cancels read
+/// while there is room keep the backlog from filling with requests nobody
+/// waits for any more (they would now be refused needlessly; before
+/// refusals, a review found the reader deadlocked there when cancelled
+/// requests only left in turn). Hence a map ordered by arrival rather than
+/// a queue: taking out the request of a UID is O(log n), not a scan. Once
+/// the backlog is full, further requests are refused at once (see
+/// `Shared::start_handler`), but for a peer that speaks neither `error`
+/// nor `cancel` (ipc-request 1.0), for which the reader waits for room.
+#[derive(Default)]
+pub(super) struct Backlog {
+    /// The waiting requests, by arrival number.
+    requests: BTreeMap<u64, (PeerUid, Message)>,
+    next_arrival: u64,
+    bytes: usize,
+    /// The arrival numbers of the waiting requests of each UID, oldest
+    /// first: one, unless the peer reuses UIDs. A cancel takes the oldest.
+    by_uid: HashMap<PeerUid, Arrivals>,
+}
+
+/// What a waiting request counts for against the backlog's bytes.
+pub(super) fn request_size(uid: &PeerUid, payload: &Message) -> usize {
+    uid.as_json().len() + payload.get().len()
+}
+
+/// The arrival numbers of one UID's waiting requests; one without an
+/// allocation.
+enum Arrivals {
+    One(u64),
+    Many(VecDeque<u64>),
+}
+
+impl Backlog {
+    pub(super) fn push(&mut self, uid: PeerUid, payload: Message) {
+        let arrival = self.next_arrival;
+        self.next_arrival += 1;
+        self.bytes += request_size(&uid, &payload);
+        match self.by_uid.entry(uid.clone()) {
+            Entry::Vacant(entry) => {
+                entry.insert(Arrivals::One(arrival));
+            }
+            Entry::Occupied(mut entry) => {
+                let arrivals = entry.get_mut();
+                if let Arrivals::One(first) = *arrivals {
+                    *arrivals = Arrivals::Many(VecDeque::from([first]));
+                }
+                if let Arrivals::Many(all) = arrivals {
+                    all.push_back(arrival);
+                }
+            }
+        }
+        self.requests.insert(arrival, (uid, payload));
+    }
+
+    /// How many bytes the waiting requests count for (see [`request_size`]).
+    pub(super) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// How many requests wait.
+    pub(super) fn len(&self) -> usize {
+        self.requests.len()
+    }
+
+    /// The next request to handle.
+    pub(super) fn pop(&mut self) -> Option<(PeerUid, Message)> {
+        let (_, (uid, payload)) = self.requests.pop_first()?;
+        self.bytes -= request_size(&uid, &payload);
+        self.take_oldest_arrival(&uid);
+        Some((uid, payload))
+    }
+
+    /// Takes the oldest waiting request of `uid` out (the peer expects no
+    /// answer to it); false if none waits.
+    pub(super) fn cancel(&mut self, uid: &PeerUid) -> bool {
+        let Some(arrival) = self.take_oldest_arrival(uid) else {
+            return false;
+        };
+        if let Some((uid, payload)) = self.requests.remove(&arrival) {
+            self.bytes -= request_size(&uid, &payload);
+            tracing::debug!("dropped request {uid}: the peer cancelled it while it waited");
+        }
+        true
+    }
+
+    fn take_oldest_arrival(&mut self, uid: &PeerUid) -> Option<u64> {
+        let arrivals = self.by_uid.get_mut(uid)?;
+        let oldest = match arrivals {
+            Arrivals::One(only) => {
+                let only = *only;
+                self.by_uid.remove(uid);
+                return Some(only);
+            }
+            Arrivals::Many(all) => all.pop_front(),
+        };
+        if matches!(arrivals, Arrivals::Many(all) if all.is_empty()) {
+            self.by_uid.remove(uid);
+        }
+        oldest
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uid(uid: &str) -> PeerUid {
+        PeerUid::plain(uid)
+    }
+
+    fn queue(uids: &[&str]) -> Backlog {
+        let mut backlog = Backlog::default();
+        for (i, uid) in uids.iter().enumerate() {
+            let payload = serde_json::value::RawValue::from_string(i.to_string()).unwrap();
+            backlog.push(self::uid(uid), payload);
+        }
+        backlog
+    }
+
+    fn drain(backlog: &mut Backlog) -> Vec<String> {
+        std::iter::from_fn(|| {
+            backlog
+                .pop()
+                .map(|(uid, payload)| format!("{uid}{}", payload.get()))
+        })
+        .collect()
+    }
+
+    #[test]
+    fn cancelled_requests_leave_the_backlog_at_once_and_everything_is_counted_out() {
+        let mut backlog = queue(&["a", "b", "a", "c"]);
+        assert!(backlog.cancel(&uid("a")), "the first a waits");
+        assert!(backlog.cancel(&uid("c")));
+        assert!(!backlog.cancel(&uid("x")), "not waiting: nothing to cancel");
+        assert_eq!(backlog.len(), 2, "their room is free at once");
+        assert_eq!(drain(&mut backlog), ["b1", "a2"]);
+        assert_eq!(backlog.bytes, 0);
+        assert!(backlog.by_uid.is_empty() && backlog.requests.is_empty());
+    }
+
+    #[test]
+    fn a_cancel_counts_for_one_waiting_request_at_most() {
+        let mut backlog = queue(&["a", "a"]);
+        let cancelled: Vec<bool> = (0..5).map(|_| backlog.cancel(&uid("a"))).collect();
+        assert_eq!(cancelled, [true, true, false, false, false]);
+        assert!(drain(&mut backlog).is_empty());
+        let mut backlog = queue(&["a"]);
+        assert!(backlog.cancel(&uid("a")));
+        assert!(!backlog.cancel(&uid("a")));
+        backlog.push(
+            uid("a"),
+            serde_json::value::RawValue::from_string("9".into()).unwrap(),
+        );
+        assert_eq!(
+            drain(&mut backlog),
+            ["a9"],
+            "only one of the two cancels was for a waiting request"
+        );
+        assert!(backlog.by_uid.is_empty());
+    }
+}
