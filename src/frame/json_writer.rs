@@ -46,7 +46,7 @@ use serde::Serialize;
 use serde::ser::{self, Impossible};
 use serde_json::Error;
 
-use super::{LineFormatter, LineWriter};
+use super::writing::{LineFormatter, LineWriter};
 
 /// The struct name serde_json's `RawValue` serializes itself under, which
 /// its own serializer recognizes to write the text as it is. It is not

@@ -415,7 +415,7 @@ fn encode_sizes_the_buffer_of_a_big_string_once() {
     encode_wrapped(&[b"{\"payload\":"], text.as_str(), b"}", usize::MAX, &mut out).unwrap();
     assert_eq!(out.len(), text.len() + 15);
     assert!(
-        out.capacity() < out.len() + 2 * LINE_TAIL_ROOM,
+        out.capacity() < out.len() + 2 * super::writing::LINE_TAIL_ROOM,
         "a {}-byte line grew its buffer to {} bytes",
         out.len(),
         out.capacity()
