@@ -111,8 +111,14 @@ pub enum Error {
     InvalidArgument(String),
 
     /// The child process could not be started.
-    #[error("could not start the child process: {0}")]
-    Spawn(Arc<io::Error>),
+    #[error("could not start the child process {program:?}: {source}")]
+    Spawn {
+        /// The program that was to run, as the command named it.
+        program: String,
+        /// Why it could not start (as `Command::spawn` said).
+        #[source]
+        source: Arc<io::Error>,
+    },
 
     /// An I/O error outside the channel's stream (creating a socket pair,
     /// setting descriptor flags).
@@ -136,7 +142,7 @@ impl Error {
             Error::ReservedMessage(_) => "ReservedMessage",
             Error::ChannelEnv { .. } => "ChannelEnv",
             Error::InvalidArgument(_) => "InvalidArgument",
-            Error::Spawn(_) => "Spawn",
+            Error::Spawn { .. } => "Spawn",
             Error::Io(_) => "Io",
         }
     }

@@ -111,7 +111,7 @@ async fn concurrent_spawns_of_a_missing_program() {
                         ..SpawnOptions::default()
                     };
                     match spawn_with(Command::new("/nonexistent/program"), options) {
-                        Err(Error::Spawn(_)) => None,
+                        Err(Error::Spawn { .. }) => None,
                         Err(other) => Some(format!("round {round}: {other}")),
                         Ok((_, child)) => Some(format!("round {round}: started as pid {}", child.id())),
                     }

@@ -706,11 +706,18 @@ async fn a_program_that_cannot_start_fails_the_spawn_whatever_the_channel_fd() {
             ..Default::default()
         };
         let result = spawn_with(Command::new("/nonexistent/ipc-request-test-program"), options);
-        assert!(
-            matches!(result, Err(Error::Spawn(_))),
-            "fd {fd}: {:?}",
-            result.map(|_| ())
-        );
+        let text = result.as_ref().err().map(ToString::to_string).unwrap_or_default();
+        match result {
+            Err(Error::Spawn { program, source }) => {
+                assert_eq!(program, "/nonexistent/ipc-request-test-program", "fd {fd}");
+                assert!(
+                    text.contains("\"/nonexistent/ipc-request-test-program\""),
+                    "fd {fd}: {text}"
+                );
+                assert_eq!(source.kind(), std::io::ErrorKind::NotFound, "fd {fd}");
+            }
+            other => panic!("fd {fd}: {:?}", other.map(|_| ())),
+        }
     }
 }
 

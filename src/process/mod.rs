@@ -137,11 +137,15 @@ pub fn spawn_with(mut command: Command, options: SpawnOptions) -> Result<(Channe
     ours.set_nonblocking(true).map_err(io_error)?;
     let mut channel = Channel::from_unix_socket(ours.into(), options.channel)?;
     // Blocking, as Node hands it over; the child decides.
+    let program = command.get_program().to_string_lossy().into_owned();
     let spawned = tokio::process::Command::from(command).spawn();
     // Our copy of the child's end must go, or we would never see the
     // child's end of stream; and before the lock does (see above).
     drop((hold_target, theirs));
-    let mut child = spawned.map_err(|e| Error::Spawn(Arc::new(e)))?;
+    let mut child = spawned.map_err(|e| Error::Spawn {
+        program,
+        source: Arc::new(e),
+    })?;
     drop(spawning);
     let pid = child.id().unwrap_or(0);
     // Out of the child before the task that waits for it takes it: there
