@@ -233,7 +233,10 @@ fn signal_name(sig: i32) -> &'static str {
 /// handler sends back, and what the caller receives in [`Error::Remote`].
 ///
 /// Handlers may return any `std::error::Error` with `?`: it converts into a
-/// `RemoteError` named after its type, carrying its message.
+/// `RemoteError` named after its type, carrying its message. Error types
+/// that do not implement `std::error::Error` themselves, such as
+/// `anyhow::Error` and `Box<dyn Error + Send + Sync>`, convert with
+/// [`from_dyn`](Self::from_dyn).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RemoteError {
     /// The kind of error, like a JS error's `name` (`"TypeError"`).
@@ -270,6 +273,40 @@ impl RemoteError {
             stack: None,
             data: None,
         }
+    }
+
+    /// An error from any `dyn Error`: named `"Error"` (or, for this
+    /// crate's own [`Error`], after its variant, as with `?`), with its
+    /// message followed by those of its sources, `: `-separated (as
+    /// `anyhow` prints with `{:#}`), since the peer has no other way to
+    /// see them. For the error types `?` cannot convert:
+    ///
+    /// ```
+    /// use ipc_request::RemoteError;
+    ///
+    /// fn parse(text: &str) -> Result<u32, Box<dyn std::error::Error + Send + Sync>> {
+    ///     Ok(text.parse::<u32>()?)
+    /// }
+    ///
+    /// let error = parse("x").map_err(|e| RemoteError::from_dyn(&*e)).unwrap_err();
+    /// assert_eq!(error.name, "Error");
+    /// assert_eq!(error.message, "invalid digit found in string");
+    /// ```
+    ///
+    /// With `anyhow`: `.map_err(|e| RemoteError::from_dyn(e.as_ref()))`.
+    pub fn from_dyn(error: &(dyn std::error::Error + 'static)) -> Self {
+        let name = match error.downcast_ref::<Error>() {
+            Some(ours) => ours.variant_name(),
+            None => "Error",
+        };
+        let mut message = error.to_string();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            message.push_str(": ");
+            message.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        RemoteError::new(name, message)
     }
 
     /// Sets the code: a string or a number. Any other value is made a
@@ -353,5 +390,46 @@ impl<E: std::error::Error + 'static> From<E> for RemoteError {
             .next()
             .unwrap_or(full);
         RemoteError::new(short, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error with a cause, as most wrapped errors are.
+    #[derive(Debug)]
+    struct Outer(io::Error);
+
+    impl fmt::Display for Outer {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("could not load the job")
+        }
+    }
+
+    impl std::error::Error for Outer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_dyn_error_carries_the_messages_of_its_sources() {
+        let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(Outer(io::Error::new(
+            io::ErrorKind::NotFound,
+            "jobs.json is missing",
+        )));
+        let remote = RemoteError::from_dyn(&*boxed);
+        assert_eq!(remote.name, "Error");
+        assert_eq!(remote.message, "could not load the job: jobs.json is missing");
+        assert_eq!((remote.code, remote.stack, remote.data), (None, None, None));
+    }
+
+    #[test]
+    fn a_dyn_error_of_this_crate_is_named_by_its_variant_as_with_the_question_mark() {
+        let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(Error::Cancelled);
+        let by_dyn = RemoteError::from_dyn(&*boxed);
+        assert_eq!(by_dyn, RemoteError::from(Error::Cancelled));
+        assert_eq!(by_dyn.name, "Cancelled");
     }
 }

@@ -37,7 +37,8 @@ impl std::fmt::Debug for Handler {
 
 /// A handler that returns its answer: `Ok(value)` is sent as the response,
 /// `Err(error)` travels back as a [`RemoteError`] (any `std::error::Error`
-/// converts with `?`), and a panic is answered with an error named
+/// converts with `?`; `anyhow::Error` and `Box<dyn Error + Send + Sync>`
+/// with [`RemoteError::from_dyn`]), and a panic is answered with an error named
 /// `HandlerPanicked` carrying the panic message. The session keeps serving
 /// in every case.
 ///
