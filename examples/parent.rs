@@ -12,7 +12,9 @@ use std::process::{Command, ExitCode};
 
 use std::time::Duration;
 
-use ipc_request::{Error, RemoteError, Request, Responder, SessionBuilder, responder_fn, spawn};
+use ipc_request::{
+    Error, RemoteError, Request, Responder, SessionBuilder, SpawnOptions, responder_fn, spawn_session_with,
+};
 use tokio::sync::mpsc;
 
 #[tokio::main]
@@ -36,7 +38,6 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
         None => Command::new(child_example()?),
     };
-    let (channel, child) = spawn(command)?;
     // Capacity 1: we wait for one request from the child, and then stop.
     let (served_tx, mut served) = mpsc::channel::<()>(1);
     let handler = responder_fn(move |request: Request, responder: Responder| {
@@ -57,7 +58,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     });
-    let session = SessionBuilder::new().handler(handler).setup(channel).await?;
+    // Returns once the child listens; a child that exits first, or never
+    // sets up a session, is killed and the error returned.
+    let builder = SessionBuilder::new().handler(handler);
+    let (session, child) = spawn_session_with(command, SpawnOptions::default(), builder).await?;
     println!("[parent] Hands have been shaken! Now I know that the child process listens to my requests");
 
     let request = "(REQUEST FROM parent)";

@@ -65,7 +65,9 @@ pub mod session;
 pub use channel::{Channel, ChannelConfig};
 pub use error::{CloseReason, Error, RemoteError};
 pub use frame::FrameError;
-pub use process::{ChildProcess, SpawnOptions, open_from_env, spawn, spawn_with};
+pub use process::{
+    ChildProcess, SpawnOptions, open_from_env, spawn, spawn_session, spawn_session_with, spawn_with,
+};
 pub use session::{
     Handler, Messages, PeerInfo, Request, Responder, Session, SessionBuilder, SessionConfig, handler_fn,
     responder_fn, setup,

@@ -8,7 +8,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{example, node, process_state_once};
-use ipc_request::{ChannelConfig, CloseReason, SpawnOptions, setup, spawn, spawn_with};
+use ipc_request::{
+    ChannelConfig, CloseReason, Error, SessionBuilder, SessionConfig, SpawnOptions, setup, spawn,
+    spawn_session, spawn_session_with, spawn_with,
+};
 use serde_json::Value;
 
 /// Kills and reaps `pid`, a child of this process that still runs: a
@@ -237,4 +240,104 @@ fn outlive_the_runtime(program: &str, arg: &str, pause: Duration) {
         .expect("wait() never returned");
     assert!(status.as_ref().is_ok_and(|s| s.success()), "{status:?}");
     assert!(child.try_status().is_some_and(|s| s.success()));
+}
+
+/// A child that starts and never listens (it holds its channel and sleeps),
+/// started through `sh`, which writes its pid to `pid_file` and then execs
+/// it: a test learns the pid even when no handle to the child comes back.
+fn never_listening_child(pid_file: &std::path::Path) -> Command {
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(r#"echo $$ > "$0.tmp" && mv "$0.tmp" "$0" && exec "$1" --no-session"#)
+        .arg(pid_file)
+        .arg(example("rust_peer"));
+    command
+}
+
+/// The pid `never_listening_child` wrote, once it is there.
+async fn pid_written_to(pid_file: &std::path::Path) -> u32 {
+    for _ in 0..1000 {
+        if let Ok(text) = std::fs::read_to_string(pid_file) {
+            return text.trim().parse().expect("a pid");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the child wrote no pid to {}", pid_file.display());
+}
+
+/// Asserts that the child `pid` is dead (gone or a zombie) within 10 s;
+/// cleans up one that is not. On a thread: the tasks that kill and reap
+/// the child run meanwhile.
+async fn assert_killed(pid: u32, what: &str) {
+    let state = tokio::task::spawn_blocking(move || {
+        process_state_once(pid, |state| !matches!(state, Some(s) if s != 'Z'))
+    })
+    .await
+    .unwrap();
+    let alive = matches!(state, Some(s) if s != 'Z');
+    if alive {
+        kill_and_reap(pid);
+    }
+    assert!(!alive, "{what}: the child still runs (state {state:?})");
+}
+
+fn pid_file(name: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("ipc-request-{}-{name}.pid", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spawn_session_kills_a_child_whose_handshake_times_out() {
+    let pid_file = pid_file("handshake-timeout");
+    let config = SessionConfig {
+        handshake_timeout: Duration::from_millis(300),
+        ..SessionConfig::default()
+    };
+    let result = spawn_session_with(
+        never_listening_child(&pid_file),
+        SpawnOptions::default(),
+        SessionBuilder::new().config(config),
+    )
+    .await;
+    assert!(
+        matches!(result, Err(Error::HandshakeTimeout(_))),
+        "{:?}",
+        result.map(|_| ())
+    );
+    let pid = pid_written_to(&pid_file).await;
+    let _ = std::fs::remove_file(&pid_file);
+    assert_killed(pid, "after a handshake that timed out").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spawn_session_dropped_before_the_handshake_ends_kills_the_child() {
+    let pid_file = pid_file("dropped");
+    let spawning = spawn_session(never_listening_child(&pid_file), None);
+    // Its handshake would wait 10 s (the default); the caller gives up first.
+    let result = tokio::time::timeout(Duration::from_millis(500), spawning).await;
+    assert!(result.is_err(), "the handshake cannot succeed");
+    let pid = pid_written_to(&pid_file).await;
+    let _ = std::fs::remove_file(&pid_file);
+    assert_killed(pid, "after the call was dropped").await;
+}
+
+#[tokio::test]
+async fn spawn_session_hands_over_a_child_that_listens_and_leaves_it_running() {
+    let (session, child) = spawn_session(Command::new(example("rust_peer")), None)
+        .await
+        .unwrap();
+    let answer: Value = session
+        .request(&serde_json::json!({"op": "echo", "data": "hello"}))
+        .await
+        .unwrap();
+    assert_eq!(answer, "hello");
+    assert_eq!(child.try_status(), None, "not killed");
+    session.close();
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("the child exits once its channel closes")
+        .unwrap();
+    assert!(status.success(), "the child ended with {status}, not on its own");
 }

@@ -216,17 +216,9 @@ pub fn spawn_with_pipes(
         // returns: asking `thread::panicking` instead would kill the
         // child of a spawn made in a destructor during an unrelated
         // unwind (a review saw that).
-        struct KillUnlessDisarmed<'a>(&'a process::ChildProcess, bool);
-        impl Drop for KillUnlessDisarmed<'_> {
-            fn drop(&mut self) {
-                if self.1 {
-                    self.0.kill();
-                }
-            }
-        }
-        let mut kill = KillUnlessDisarmed(&child.child, true);
+        let mut kill = process::KillUnlessDisarmed::new(&child.child);
         take_pipes(&child);
-        kill.1 = false;
+        kill.disarm();
     }
     let setup = runtime.block_on(async {
         let setup = builder.setup(channel).await;

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::channel::{Channel, ChannelConfig};
 use crate::error::Error;
+use crate::session::{Handler, Session, SessionBuilder};
 
 mod from_env;
 
@@ -47,6 +48,74 @@ pub fn spawn(command: Command) -> Result<(Channel, ChildProcess), Error> {
     spawn_with(command, SpawnOptions::default())
 }
 
+/// Starts `command` with a channel and sets up a session with it, with
+/// `handler` for its requests; see [`spawn_session_with`].
+pub async fn spawn_session(
+    command: Command,
+    handler: impl Into<Option<Handler>>,
+) -> Result<(Session, ChildProcess), Error> {
+    spawn_session_with(
+        command,
+        SpawnOptions::default(),
+        SessionBuilder::new().handler(handler),
+    )
+    .await
+}
+
+/// [`spawn_with`] and [`SessionBuilder::setup`]: returns once the child
+/// listens. If the handshake fails (the child exited, or never set up a
+/// session within the builder's `handshake_timeout`), or this future is
+/// dropped before it is done, the child is killed: no handle to it is
+/// returned, and a child that never answers would otherwise be left
+/// running, past this process's own exit. With [`spawn`] and
+/// [`setup`](crate::setup) apart, that is the caller's to do
+/// ([`ChildProcess::kill`]); that way also lets a child's piped streams be
+/// taken before the handshake, for a child that uses them before it opens
+/// its channel.
+///
+/// # Panics
+///
+/// As [`spawn_with`]: outside a Tokio runtime with IO and timers enabled.
+pub async fn spawn_session_with(
+    command: Command,
+    options: SpawnOptions,
+    builder: SessionBuilder,
+) -> Result<(Session, ChildProcess), Error> {
+    let (channel, child) = spawn_with(command, options)?;
+    let mut kill = KillUnlessDisarmed::new(&child);
+    let session = builder.setup(channel).await?;
+    kill.disarm();
+    drop(kill);
+    Ok((session, child))
+}
+
+/// Kills a child of ours when dropped, unless disarmed first: for the
+/// steps between a child's start and the moment its handle is handed to
+/// the caller (a handshake that fails, a future dropped, a callback that
+/// panics), after which nobody could kill it.
+pub(crate) struct KillUnlessDisarmed<'a> {
+    child: &'a ChildProcess,
+    armed: bool,
+}
+
+impl<'a> KillUnlessDisarmed<'a> {
+    pub(crate) fn new(child: &'a ChildProcess) -> Self {
+        KillUnlessDisarmed { child, armed: true }
+    }
+
+    pub(crate) fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for KillUnlessDisarmed<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.child.kill();
+        }
+    }
+}
+
 /// Starts `command` (any program: a Rust binary, `node child.js`, ...) with
 /// one end of a Unix socket pair at fd `options.fd`, `NODE_CHANNEL_FD` and
 /// `NODE_CHANNEL_SERIALIZATION_MODE=json` in its environment. Returns our
@@ -63,6 +132,10 @@ pub fn spawn(command: Command) -> Result<(Channel, ChildProcess), Error> {
 ///
 /// Streams of `command` set to [`Stdio::piped()`](std::process::Stdio::piped)
 /// are there for the taking: [`ChildProcess::take_stdout`] and its siblings.
+///
+/// If the session's setup then fails, the child keeps running (dropping a
+/// [`ChildProcess`] does not kill it): kill it, or start it with
+/// [`spawn_session_with`], which does.
 pub fn spawn_with(mut command: Command, options: SpawnOptions) -> Result<(Channel, ChildProcess), Error> {
     let target = options.fd;
     if target < 3 {
@@ -429,7 +502,10 @@ impl ChildProcess {
         self.exit.clone()
     }
 
-    /// Waits for the child to exit. Fails with [`Error::Io`] if its exit
+    /// Waits for the child to exit. A child usually exits when its channel
+    /// closes, and dropping every handle of a session does not close it
+    /// (see [`Session`]): call [`Session::close`] first, or this waits for
+    /// as long as such a child lives. Fails with [`Error::Io`] if its exit
     /// status cannot be collected: `ECHILD` (the error says so) when this
     /// process ignores `SIGCHLD`, a disposition inherited across exec, so
     /// that the kernel reaps children itself and their status is lost. The
