@@ -91,11 +91,11 @@ use crate::process::{self, SpawnOptions};
 use crate::session::{self, Handler, PeerInfo, Request, SessionBuilder};
 
 /// How long dropping the last [`Session`] handle waits for what was queued
-/// to be written, before it lets go of it.
+/// to be written, before it lets go of it: 2 s.
 pub const DROP_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long stopping the runtime waits for handlers still running on its
-/// blocking threads (see the module docs).
+/// blocking threads (see the module docs): 1 s.
 pub const HANDLER_STOP_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Threads of a session runtime's blocking pool beyond one per handler

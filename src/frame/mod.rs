@@ -2,8 +2,6 @@
 //!
 //! Pure code, no I/O: the transport reads bytes into a [`bytes::BytesMut`] and asks a
 //! [`FrameDecoder`] for messages; it turns values into bytes with [`encode`] and writes them.
-//! This file holds the reading side; `writing.rs` the writing side, and `json_writer.rs` the
-//! serializer it writes with.
 //! The wire format is section 1.2 of `PROTOCOL.md`: each message is the text of one JSON
 //! value (`JSON.stringify(value)`) followed by one `\n`.
 //!
@@ -56,6 +54,9 @@
 //! `max_length`). When `decode` returns `Ok(None)` the buffer holds at most `max_len` bytes
 //! (the start of one unfinished line), so a reader that decodes until `Ok(None)` before each
 //! read never holds more than `max_len` plus what one read appended.
+
+// This file holds the reading side; `writing.rs` the writing side, and
+// `json_writer.rs` the serializer it writes with.
 
 use bytes::{Buf, BytesMut};
 use memchr::{memchr, memchr2};

@@ -25,14 +25,19 @@ use crate::frame::{self, LineText};
 
 /// A UID of the peer's (a request's or a handshake's), as JSON text: what
 /// goes between its quotes, written as `JSON.stringify` writes it. Kept as
-/// text because a JavaScript string may hold what a Rust `String` cannot
-/// (see the module docs); it is written back as it is.
+/// text because a JavaScript string may hold what a Rust `String` cannot,
+/// a lone surrogate (see "Lone surrogates" in the [`frame`] module's
+/// docs); it is written back as it is, and a Node peer matches its
+/// answers by `===`.
 ///
-/// Clones share the text. A request's UID is the peer's to choose, as long
-/// as a line: the backlog, its index, the map of running handlers and the
-/// answer's state all hold it, and the backlog counts it once against its
-/// byte bound, so once is what it must cost (a copy each held twice the
-/// bound; `tests/memory_bounds.rs`).
+/// Clones share the text: a UID is counted once against the session's
+/// bounds on the peer's waiting requests, and held once, however many
+/// places refer to it.
+// A request's UID is the peer's to choose, as long as a line: the backlog,
+// its index, the map of running handlers and the answer's state all hold
+// it, and the backlog counts it once against its byte bound, so once is
+// what it must cost (a copy each held twice the bound; see
+// tests/memory_bounds.rs).
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct PeerUid(Arc<str>);
 

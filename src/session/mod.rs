@@ -1,18 +1,18 @@
 //! The session: handshake, pending requests, handler dispatch, plain
 //! messages, close and failure (PROTOCOL.md sections 2 and 3).
-//!
-//! This file holds the [`Session`] handle (our requests: ids from a
-//! counter, a map from id to the slot its answer is handed over in) and
-//! the state it shares with the reader; `setup.rs` the settings, the
-//! builder and the handshake's wait; `incoming.rs` the reader task
-//! (handshake answers, routing answers, starting handlers, plain messages,
-//! failing everything when the channel ends); `backlog.rs` the peer's
-//! requests waiting for a handler slot; `close.rs` the session's end,
-//! once, and the errors that report it; `gone_peer.rs` what a caller is
-//! told while the peer is going, and how a session ends when the peer is
-//! gone while this side holds the reader up;
-//! `handler.rs` what a handler sees; `pending.rs` the table's slots and the
-//! guard that keeps the table of our pending requests honest.
+
+// This file holds the [`Session`] handle (our requests: ids from a
+// counter, a map from id to the slot its answer is handed over in) and
+// the state it shares with the reader; `setup.rs` the settings, the
+// builder and the handshake's wait; `incoming.rs` the reader task
+// (handshake answers, routing answers, starting handlers, plain messages,
+// failing everything when the channel ends); `backlog.rs` the peer's
+// requests waiting for a handler slot; `close.rs` the session's end,
+// once, and the errors that report it; `gone_peer.rs` what a caller is
+// told while the peer is going, and how a session ends when the peer is
+// gone while this side holds the reader up;
+// `handler.rs` what a handler sees; `pending.rs` the table's slots and the
+// guard that keeps the table of our pending requests honest.
 
 mod backlog;
 mod close;

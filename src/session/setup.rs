@@ -43,15 +43,16 @@ pub struct SessionConfig {
     /// queue. A peer that sends large requests and reads nothing can so
     /// make this side hold up to this many requests and answers, and the
     /// backlog's requests, before the reader refuses any (or, for a peer
-    /// that is made to wait, stops reading): a review measured 812 MiB held
-    /// for 400 MiB of 1 MiB echo requests. For a peer you do not trust, lower this or
+    /// that is made to wait, stops reading): with the defaults, 400 MiB of
+    /// 1 MiB echo requests from a peer that read nothing held 812 MiB. For
+    /// a peer you do not trust, lower this or
     /// [`ChannelConfig::max_message_len`](crate::ChannelConfig::max_message_len).
     ///
     /// A handler that calls the peer back holds its slot while it waits.
     /// If every slot of both sides is held by such a handler, each waiting
     /// for a call back that sits in the other side's backlog, they wait
-    /// for each other for good (a stress test built that with one slot a
-    /// side): give such calls a deadline
+    /// for each other for good (one slot a side is enough for that): give
+    /// such calls a deadline
     /// ([`Session::request_timeout`](crate::Session::request_timeout)).
     pub max_concurrent_handlers: usize,
     /// The peer's requests that may wait for a handler slot (default
