@@ -7,7 +7,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{example, node, process_state_once};
+use common::{example, node, panic_site_of, process_state_once};
 use ipc_request::{
     ChannelConfig, CloseReason, Error, SessionBuilder, SessionConfig, SpawnOptions, setup, spawn,
     spawn_session, spawn_session_with, spawn_with,
@@ -61,12 +61,20 @@ fn a_kill_overtaken_by_the_runtimes_end_still_kills_the_child() {
 fn a_spawn_outside_a_runtime_panics_before_it_starts_anything() {
     // A duration no other test uses: the child to look for, if any.
     const MARK: &str = "31.4159";
-    let result = std::panic::catch_unwind(|| {
+    let call_line = line!() + 4;
+    let panicked = panic_site_of(|| {
         let mut command = Command::new("sleep");
         command.arg(MARK);
-        spawn(command).map(|(_, child)| child.id())
+        let _ = spawn(command);
     });
-    assert!(result.is_err(), "spawn outside a runtime did not panic");
+    let (site, message) = panicked.expect("spawn outside a runtime did not panic");
+    // At the caller's line, with a message that names the call and what
+    // it needs: not Tokio's, from inside the crate.
+    assert_eq!(site, format!("tests/child_edges.rs:{call_line}"), "{message}");
+    assert!(
+        message.starts_with("ipc_request::spawn must be called inside a Tokio runtime"),
+        "{message}"
+    );
     let started = Command::new("pgrep")
         .args(["-f", &format!("^sleep {MARK}$")])
         .output()

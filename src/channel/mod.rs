@@ -131,16 +131,32 @@ impl std::fmt::Debug for Channel {
     }
 }
 
+/// Panics outside a Tokio runtime, with this crate's message and at the
+/// caller's call of `function` (the public functions that call this track
+/// their caller): Tokio's own panic would come from deep inside the
+/// channel, naming neither.
+#[track_caller]
+pub(crate) fn require_runtime(function: &str) {
+    if let Err(e) = tokio::runtime::Handle::try_current() {
+        panic!(
+            "ipc_request::{function} must be called inside a Tokio runtime with IO and timers \
+             enabled ({e}); a program without one has ipc_request::blocking"
+        );
+    }
+}
+
 impl Channel {
     /// A channel over separate read and write halves. Spawns the writer task,
     /// so it must be called inside a Tokio runtime, and one with timers
     /// (`enable_all`, or `enable_time`: after a failed write the receiver
     /// reads on for a while, see [`ChannelReceiver::recv`]).
+    #[track_caller]
     pub fn new<R, W>(reader: R, writer: W, config: ChannelConfig) -> Channel
     where
         R: AsyncRead + Unpin + Send + 'static,
         W: AsyncWrite + Unpin + Send + 'static,
     {
+        require_runtime("Channel::new");
         let sender = ChannelSender::start(writer, &config);
         let receiver = ChannelReceiver {
             reader: Box::new(reader),

@@ -57,6 +57,7 @@ use crate::error::Error;
 ///   open, as above), and the returned [`Channel`] owns the
 ///   socket from then on. (Node puts the channel wherever its parent's
 ///   `stdio` array says, even at 0 to 2, so no number is refused.)
+#[track_caller]
 pub unsafe fn open_from_env() -> Result<Channel, Error> {
     // SAFETY: the caller upholds open_from_env_with's contract, the same.
     unsafe { open_from_env_with(ChannelConfig::default()) }
@@ -73,10 +74,9 @@ pub unsafe fn open_from_env() -> Result<Channel, Error> {
 /// As [`open_from_env`]: no other thread reads or writes the environment
 /// while this runs, other than through `std::env`, and nothing else in the
 /// process owns the descriptor `NODE_CHANNEL_FD` names.
+#[track_caller]
 pub unsafe fn open_from_env_with(config: ChannelConfig) -> Result<Channel, Error> {
-    if tokio::runtime::Handle::try_current().is_err() {
-        panic!("ipc_request::open_from_env must be called inside a Tokio runtime");
-    }
+    crate::channel::require_runtime("open_from_env");
     // SAFETY: the caller upholds channel_fd_from_env's contract, the same.
     let channel_fd = unsafe { channel_fd_from_env()? };
     // A stdio number must not be left free once the channel moves off it:

@@ -44,7 +44,9 @@ impl Default for SpawnOptions {
 }
 
 /// Starts `command` with a channel at fd 3; see [`spawn_with`].
+#[track_caller]
 pub fn spawn(command: Command) -> Result<(Channel, ChildProcess), Error> {
+    crate::channel::require_runtime("spawn");
     spawn_with(command, SpawnOptions::default())
 }
 
@@ -125,9 +127,10 @@ impl Drop for KillUnlessDisarmed<'_> {
 ///
 /// # Panics
 ///
-/// Outside a Tokio runtime with IO and timers enabled (`enable_all`), as
-/// Tokio's own functions do;
-/// before anything is started, so no child is left behind. A program
+/// Outside a Tokio runtime (with a message saying so, at the caller's
+/// line), or in one without IO and timers enabled (`enable_all`), as
+/// Tokio's own functions do; before anything is started, so no child is
+/// left behind. A program
 /// without a runtime has [`blocking::spawn`](crate::blocking::spawn).
 ///
 /// Streams of `command` set to [`Stdio::piped()`](std::process::Stdio::piped)
@@ -136,7 +139,9 @@ impl Drop for KillUnlessDisarmed<'_> {
 /// If the session's setup then fails, the child keeps running (dropping a
 /// [`ChildProcess`] does not kill it): kill it, or start it with
 /// [`spawn_session_with`], which does.
+#[track_caller]
 pub fn spawn_with(mut command: Command, options: SpawnOptions) -> Result<(Channel, ChildProcess), Error> {
+    crate::channel::require_runtime("spawn_with");
     let target = options.fd;
     if target < 3 {
         return Err(Error::InvalidArgument(format!(

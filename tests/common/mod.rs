@@ -327,3 +327,38 @@ pub fn process_state_once(pid: u32, settled: impl Fn(Option<char>) -> bool) -> O
     }
     state
 }
+
+/// Where `f` panicked (`file:line`) and with what message, as the panic
+/// hook sees it: what a user reads first. Panics of other threads meanwhile
+/// go to the hook that was there before, which is put back after.
+#[allow(dead_code)] // not every test binary looks at panics
+pub fn panic_site_of(f: impl FnOnce()) -> Option<(String, String)> {
+    type Hook = dyn Fn(&std::panic::PanicHookInfo<'_>) + Send + Sync;
+    let here = std::thread::current().id();
+    let seen = std::sync::Arc::new(Mutex::new(None));
+    let previous: std::sync::Arc<Hook> = std::sync::Arc::from(std::panic::take_hook());
+    {
+        let seen = seen.clone();
+        let previous = previous.clone();
+        std::panic::set_hook(Box::new(move |info| {
+            if std::thread::current().id() != here {
+                return previous(info);
+            }
+            let site = info
+                .location()
+                .map(|l| format!("{}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            let message = info
+                .payload()
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| info.payload().downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            *seen.lock().unwrap() = Some((site, message));
+        }));
+    }
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    let _ = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| previous(info)));
+    seen.lock().unwrap().take()
+}
