@@ -67,7 +67,7 @@ const { spawn } = require('child_process');
 const assert = require('assert');
 const fs = require('fs');
 const net = require('net');
-const { setupIpcSession } = require('./ipc_session');
+const { setupIpcSession } = require('../../examples/node/ipc_session');
 
 // Node warns when a sent handle was NACKed too often; that is expected here.
 const emitWarning = process.emitWarning;

@@ -1,8 +1,11 @@
 'use strict';
-// A small, plain-Node implementation of the ipc-request protocol
-// (see PROTOCOL.md: section 2 = ipc-request 1.0, section 3 = extensions
-// `error` and `cancel`). Used by tests/js/peer.js to test the Rust crate
-// against an independent implementation.
+// The ipc-request protocol in plain Node, with both extensions: failures
+// travel back as errors, and a request that times out is cancelled at the
+// peer (docs/PROTOCOL.md: section 2 = ipc-request 1.0, section 3 = the
+// extensions `error` and `cancel`). No dependencies: copy this file into a
+// Node project that talks to the Rust crate (or to any ipc-request peer).
+// The crate's interop tests run on it (tests/js/peer.js is built on it),
+// so it is an independent implementation checked against the Rust one.
 //
 //   const session = await setupIpcSession(proc, handler, opts)
 //
