@@ -7,7 +7,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{example, node, panic_site_of, process_state_once};
+use common::{example, node, panic_site_of, process_state, process_state_once};
 use ipc_request::{
     ChannelConfig, CloseReason, Error, SessionBuilder, SessionConfig, SpawnOptions, setup, spawn,
     spawn_session, spawn_session_with, spawn_with,
@@ -316,7 +316,66 @@ async fn spawn_session_kills_a_child_whose_handshake_times_out() {
     );
     let pid = pid_written_to(&pid_file).await;
     let _ = std::fs::remove_file(&pid_file);
-    assert_killed(pid, "after a handshake that timed out").await;
+    // Dead already: a caller that exits at once on the error leaves
+    // nothing running.
+    let state = process_state(pid);
+    let alive = matches!(state, Some(s) if s != 'Z');
+    if alive {
+        kill_and_reap(pid);
+    }
+    assert!(
+        !alive,
+        "the child still runs as the error is returned (state {state:?})"
+    );
+}
+
+/// Children whose `spawn_session` waits for their handshake while the
+/// runtime shuts down: the runtime drops the calls (each asks for its
+/// child's kill) and the tasks that reap the children, in any order.
+fn children_of_calls_dropped_by_the_runtimes_end(runtime: tokio::runtime::Runtime, tag: &str) {
+    let pid_files: Vec<_> = (0..16).map(|i| pid_file(&format!("{tag}-{i}"))).collect();
+    for pid_file in &pid_files {
+        let command = never_listening_child(pid_file);
+        runtime.spawn(async move { spawn_session(command, None).await.map(|_| ()) });
+    }
+    let pids: Vec<u32> = runtime.block_on(async {
+        let mut pids = Vec::new();
+        for pid_file in &pid_files {
+            pids.push(pid_written_to(pid_file).await);
+            let _ = std::fs::remove_file(pid_file);
+        }
+        pids
+    });
+    drop(runtime);
+    let running: Vec<(u32, Option<char>)> = pids
+        .into_iter()
+        .map(|pid| {
+            (
+                pid,
+                process_state_once(pid, |state| !matches!(state, Some(s) if s != 'Z')),
+            )
+        })
+        .filter(|(_, state)| matches!(state, Some(s) if *s != 'Z'))
+        .collect();
+    for (pid, _) in &running {
+        kill_and_reap(*pid);
+    }
+    assert!(running.is_empty(), "{tag}: children still running: {running:?}");
+}
+
+#[test]
+fn spawn_session_cut_short_by_the_runtimes_end_kills_the_child() {
+    let current = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    children_of_calls_dropped_by_the_runtimes_end(current, "current-thread");
+    let multi = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    children_of_calls_dropped_by_the_runtimes_end(multi, "multi-thread");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,6 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitStatus};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::process::{ChildStderr, ChildStdin, ChildStdout};
@@ -52,6 +51,10 @@ pub fn spawn(command: Command) -> Result<(Channel, ChildProcess), Error> {
 
 /// Starts `command` with a channel and sets up a session with it, with
 /// `handler` for its requests; see [`spawn_session_with`].
+///
+/// # Panics
+///
+/// As [`spawn_with`]: outside a Tokio runtime with IO and timers enabled.
 pub async fn spawn_session(
     command: Command,
     handler: impl Into<Option<Handler>>,
@@ -66,10 +69,14 @@ pub async fn spawn_session(
 
 /// [`spawn_with`] and [`SessionBuilder::setup`]: returns once the child
 /// listens. If the handshake fails (the child exited, or never set up a
-/// session within the builder's `handshake_timeout`), or this future is
-/// dropped before it is done, the child is killed: no handle to it is
-/// returned, and a child that never answers would otherwise be left
-/// running, past this process's own exit. With [`spawn`] and
+/// session within the builder's `handshake_timeout`), the child is killed,
+/// and dead, when the error is returned; if this future is dropped before
+/// the handshake is done, the child is sent SIGKILL as it drops. Either
+/// way no handle to it is returned, and a child that never answers would
+/// otherwise be left running, past this process's own exit. Only the child
+/// itself is killed, not processes it started: a wrapper (`sh -c` without
+/// `exec`, `npm run`, `cargo run`) dies, and the program it started runs
+/// on, holding the channel. With [`spawn`] and
 /// [`setup`](crate::setup) apart, that is the caller's to do
 /// ([`ChildProcess::kill`]); that way also lets a child's piped streams be
 /// taken before the handshake, for a child that uses them before it opens
@@ -83,13 +90,32 @@ pub async fn spawn_session_with(
     options: SpawnOptions,
     builder: SessionBuilder,
 ) -> Result<(Session, ChildProcess), Error> {
+    crate::channel::require_runtime("spawn_session");
     let (channel, child) = spawn_with(command, options)?;
+    // For a future dropped during the handshake: the kill is only asked
+    // for then (a drop cannot wait).
     let mut kill = KillUnlessDisarmed::new(&child);
-    let session = builder.setup(channel).await?;
+    let setup = builder.setup(channel).await;
     kill.disarm();
     drop(kill);
-    Ok((session, child))
+    match setup {
+        Ok(session) => Ok((session, child)),
+        Err(e) => {
+            // Dead before the error is returned: a caller that exits at
+            // once on it would otherwise leave the child running (a review
+            // saw 4 of 5 such children outlive their parent).
+            child.kill();
+            if tokio::time::timeout(KILL_WAIT, child.wait()).await.is_err() {
+                tracing::warn!("child {} not dead {KILL_WAIT:?} after its kill", child.id());
+            }
+            Err(e)
+        }
+    }
 }
+
+/// How long a failed [`spawn_session_with`] waits for the child it killed to
+/// die (it dies at once unless the system is stalled).
+const KILL_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Kills a child of ours when dropped, unless disarmed first: for the
 /// steps between a child's start and the moment its handle is handed to
@@ -141,7 +167,6 @@ impl Drop for KillUnlessDisarmed<'_> {
 /// [`spawn_session_with`], which does.
 #[track_caller]
 pub fn spawn_with(mut command: Command, options: SpawnOptions) -> Result<(Channel, ChildProcess), Error> {
-    crate::channel::require_runtime("spawn_with");
     let target = options.fd;
     if target < 3 {
         return Err(Error::InvalidArgument(format!(
@@ -163,6 +188,9 @@ pub fn spawn_with(mut command: Command, options: SpawnOptions) -> Result<(Channe
             limit.rlim_cur
         )));
     }
+    // After the checks of the arguments, which need no runtime; before
+    // anything is started.
+    crate::channel::require_runtime("spawn_with");
     // std reports a failed exec through a close-on-exec pipe it opens while
     // spawning, at the lowest free descriptors. Were one of them `target`,
     // the dup2 below would replace it in the child and a program that
@@ -222,7 +250,7 @@ pub fn spawn_with(mut command: Command, options: SpawnOptions) -> Result<(Channe
     drop((hold_target, theirs));
     let mut child = spawned.map_err(|e| Error::Spawn {
         program,
-        source: Arc::new(e),
+        error: Arc::new(e),
     })?;
     drop(spawning);
     let pid = child.id().unwrap_or(0);
@@ -239,10 +267,10 @@ pub fn spawn_with(mut command: Command, options: SpawnOptions) -> Result<(Channe
     let wait_error = Arc::new(OnceLock::new());
     // Capacity 1: a kill request is a flag, more than one adds nothing.
     let (kill_tx, mut kill_rx) = mpsc::channel::<()>(1);
-    let kill_requested = Arc::new(AtomicBool::new(false));
+    let killing = Arc::new(Mutex::new(Killing::default()));
     let mut reaping = Reaping {
         child: Some(child),
-        kill_requested: kill_requested.clone(),
+        killing: killing.clone(),
         reaped: false,
         exit: Some(exit_tx),
         wait_error: wait_error.clone(),
@@ -273,7 +301,7 @@ pub fn spawn_with(mut command: Command, options: SpawnOptions) -> Result<(Channe
             exit: exit_rx,
             wait_error,
             kill: kill_tx,
-            kill_requested,
+            killing,
             pipes,
         },
     ))
@@ -294,12 +322,40 @@ pub struct ChildProcess {
     /// Why the exit status could not be collected, if it could not.
     wait_error: WaitError,
     kill: mpsc::Sender<()>,
-    /// Set by [`kill`](ChildProcess::kill) before it asks the reaping
-    /// task: read by that task's drop, for a runtime that shuts down before
-    /// the task got to the request.
-    kill_requested: Arc<AtomicBool>,
+    /// Who sends a kill, and whether one was asked for (see [`Killing`]).
+    killing: Arc<Mutex<Killing>>,
     /// Shared by the clones: each pipe goes to whoever takes it first.
     pipes: Arc<Mutex<Pipes>>,
+}
+
+/// Whether [`ChildProcess::kill`] was called, and who sends the signal:
+/// the reaping task, as long as it lives; once the runtime has dropped it
+/// with the child unreaped, `kill` itself, to the pid, until the thread
+/// that then waits for the child reaps it. One lock orders the three, so
+/// that a kill is never lost (a review saw a failed `spawn_session`'s kill
+/// come after the runtime had dropped the task, which had read no request
+/// yet: 10 to 20 children of 40 ran on) and never reaches a reused pid.
+#[derive(Debug, Default)]
+struct Killing {
+    requested: bool,
+    reaper: Reaper,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+enum Reaper {
+    /// The reaping task: `kill` asks it (or its drop reads `requested`).
+    #[default]
+    Task,
+    /// A thread waits for the child, not reaped yet: its pid is still its
+    /// own, and `kill` signals it.
+    Thread,
+    /// Reaped, or handed to Tokio's queue of orphans: no signal any more.
+    Done,
+}
+
+fn lock_killing(killing: &Mutex<Killing>) -> std::sync::MutexGuard<'_, Killing> {
+    // Poisoned only by a panic elsewhere; the state is a flag and a tag.
+    killing.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The child as its reaping task holds it. Dropped unreaped, the runtime
@@ -317,7 +373,7 @@ pub struct ChildProcess {
 struct Reaping {
     /// `None` only once the drop has handed it on.
     child: Option<tokio::process::Child>,
-    kill_requested: Arc<AtomicBool>,
+    killing: Arc<Mutex<Killing>>,
     reaped: bool,
     /// Where the exit status goes; `None` once handed on with the child.
     exit: Option<watch::Sender<Option<ExitStatus>>>,
@@ -383,14 +439,27 @@ impl Drop for Reaping {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        if self.kill_requested.load(Ordering::Acquire) {
+        // Held until the child is handed on: a `kill` meanwhile waits, and
+        // then finds who signals the child now.
+        let mut killing = lock_killing(&self.killing);
+        if killing.requested {
             let _ = child.start_kill();
         }
         match child.try_wait() {
             // Exited already: reaped here, and Tokio forgets it.
-            Ok(Some(status)) => self.publish(status),
-            Ok(None) => wait_on_a_thread(child, self.exit.take(), self.wait_error.clone()),
-            Err(e) => record_wait_failure(&self.wait_error, child.id(), e),
+            Ok(Some(status)) => {
+                killing.reaper = Reaper::Done;
+                self.publish(status)
+            }
+            Ok(None) => {
+                let waiting =
+                    wait_on_a_thread(child, self.exit.take(), self.wait_error.clone(), &self.killing);
+                killing.reaper = if waiting { Reaper::Thread } else { Reaper::Done };
+            }
+            Err(e) => {
+                killing.reaper = Reaper::Done;
+                record_wait_failure(&self.wait_error, child.id(), e)
+            }
         }
     }
 }
@@ -414,10 +483,12 @@ fn wait_on_a_thread(
     mut child: tokio::process::Child,
     exit: Option<watch::Sender<Option<ExitStatus>>>,
     wait_error: WaitError,
-) {
+    killing: &Arc<Mutex<Killing>>,
+) -> bool {
     let Some(pid) = child.id() else {
-        return;
+        return false;
     };
+    let killing = killing.clone();
     let waiting = std::thread::Builder::new()
         .name(format!("ipc-request-reap-{pid}"))
         .stack_size(64 * 1024)
@@ -438,6 +509,9 @@ fn wait_on_a_thread(
                     break;
                 }
             }
+            // No kill may reach the pid from now on: it is reaped next.
+            // (Until now a kill signalled this child, exited or not.)
+            lock_killing(&killing).reaper = Reaper::Done;
             // Collects the status: the handle is done, and its drop
             // queues nothing.
             match (child.try_wait(), exit) {
@@ -448,9 +522,10 @@ fn wait_on_a_thread(
                 _ => {}
             }
         });
-    if let Err(e) = waiting {
+    if let Err(e) = &waiting {
         tracing::warn!("child {pid} may be left a zombie when it exits: no thread to wait for it ({e})");
     }
+    waiting.is_ok()
 }
 
 /// The piped stdio of a child, until taken.
@@ -467,13 +542,26 @@ impl ChildProcess {
         self.pid
     }
 
-    /// Sends SIGKILL, unless the child has already exited (the task that
-    /// reaps it sends it, so the pid can never be a reused one). If the
-    /// runtime shuts down before that task gets to it, the signal is sent
-    /// as the task is dropped; once the runtime is gone, this does nothing.
+    /// Sends SIGKILL, unless the child has already been reaped (never to
+    /// a pid that may be another process's by now). The task that reaps
+    /// the child sends it; once the runtime has dropped that task (shut
+    /// down), the signal is sent here, or by the task's drop if this came
+    /// first.
     pub fn kill(&self) {
-        self.kill_requested.store(true, Ordering::Release);
-        let _ = self.kill.try_send(());
+        let mut killing = lock_killing(&self.killing);
+        killing.requested = true;
+        match killing.reaper {
+            Reaper::Task => {
+                let _ = self.kill.try_send(());
+            }
+            // SAFETY: a plain syscall. The pid is still this child's: the
+            // thread that waits for it marks it `Done`, under this lock,
+            // before it reaps it.
+            Reaper::Thread => unsafe {
+                libc::kill(self.pid as libc::pid_t, libc::SIGKILL);
+            },
+            Reaper::Done => {}
+        }
     }
 
     /// The child's stdin, if its command set it to
