@@ -111,13 +111,14 @@ pub enum Error {
     InvalidArgument(String),
 
     /// The child process could not be started.
-    #[error("could not start the child process {program:?}: {source}")]
+    #[error("could not start the child process {program:?}: {error}")]
     Spawn {
         /// The program that was to run, as the command named it.
         program: String,
-        /// Why it could not start (as `Command::spawn` said).
-        #[source]
-        source: Arc<io::Error>,
+        /// Why it could not start (as `Command::spawn` said). In the
+        /// message, and so not given as its `source()`: a printer of error
+        /// chains would show it twice.
+        error: Arc<io::Error>,
     },
 
     /// An I/O error outside the channel's stream (creating a socket pair,
@@ -279,7 +280,9 @@ impl RemoteError {
     /// crate's own [`Error`], after its variant, as with `?`), with its
     /// message followed by those of its sources, `: `-separated (as
     /// `anyhow` prints with `{:#}`), since the peer has no other way to
-    /// see them. For the error types `?` cannot convert:
+    /// see them; a source whose text the message already ends with (an
+    /// error that shows its source in its own message, as many do) is not
+    /// repeated. For the error types `?` cannot convert:
     ///
     /// ```
     /// use ipc_request::RemoteError;
@@ -300,11 +303,14 @@ impl RemoteError {
             None => "Error",
         };
         let mut message = error.to_string();
-        let mut source = error.source();
-        while let Some(cause) = source {
-            message.push_str(": ");
-            message.push_str(&cause.to_string());
-            source = cause.source();
+        // Bounded: a `source()` that returns its own error would loop.
+        let sources = std::iter::successors(error.source(), |cause| cause.source()).take(MAX_SOURCES);
+        for cause in sources {
+            let text = cause.to_string();
+            if !message.ends_with(&text) {
+                message.push_str(": ");
+                message.push_str(&text);
+            }
         }
         RemoteError::new(name, message)
     }
@@ -328,6 +334,9 @@ impl RemoteError {
         self
     }
 }
+
+/// How many of an error's sources [`RemoteError::from_dyn`] follows.
+const MAX_SOURCES: usize = 32;
 
 /// A code as PROTOCOL.md allows it (a string or a number), from any value:
 /// another value becomes its JSON text, and `null` no code at all.
@@ -423,6 +432,54 @@ mod tests {
         assert_eq!(remote.name, "Error");
         assert_eq!(remote.message, "could not load the job: jobs.json is missing");
         assert_eq!((remote.code, remote.stack, remote.data), (None, None, None));
+    }
+
+    /// The usual shape of a wrapper (`#[error("...: {0}")]` with
+    /// `#[from]`): its message shows its source, which it also returns.
+    #[derive(Debug)]
+    struct ShowsItsSource(io::Error);
+
+    impl fmt::Display for ShowsItsSource {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "could not read the config: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for ShowsItsSource {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_source_the_message_already_shows_is_not_repeated() {
+        let error = ShowsItsSource(io::Error::other("disk on fire"));
+        let remote = RemoteError::from_dyn(&error);
+        assert_eq!(remote.message, "could not read the config: disk on fire");
+        // This crate's own errors that show their source say it once too.
+        let decode = Error::decode_answer(serde_json::from_str::<u8>("x").unwrap_err());
+        assert_eq!(RemoteError::from_dyn(&decode), RemoteError::from(decode.clone()));
+    }
+
+    /// An error whose `source()` is itself, as a buggy impl may be.
+    #[derive(Debug)]
+    struct ItsOwnSource;
+
+    impl fmt::Display for ItsOwnSource {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("loop")
+        }
+    }
+
+    impl std::error::Error for ItsOwnSource {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(self)
+        }
+    }
+
+    #[test]
+    fn a_source_chain_that_loops_ends() {
+        assert_eq!(RemoteError::from_dyn(&ItsOwnSource).message, "loop");
     }
 
     #[test]

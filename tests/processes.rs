@@ -708,13 +708,18 @@ async fn a_program_that_cannot_start_fails_the_spawn_whatever_the_channel_fd() {
         let result = spawn_with(Command::new("/nonexistent/ipc-request-test-program"), options);
         let text = result.as_ref().err().map(ToString::to_string).unwrap_or_default();
         match result {
-            Err(Error::Spawn { program, source }) => {
+            Err(Error::Spawn { program, error }) => {
                 assert_eq!(program, "/nonexistent/ipc-request-test-program", "fd {fd}");
                 assert!(
                     text.contains("\"/nonexistent/ipc-request-test-program\""),
                     "fd {fd}: {text}"
                 );
-                assert_eq!(source.kind(), std::io::ErrorKind::NotFound, "fd {fd}");
+                assert_eq!(error.kind(), std::io::ErrorKind::NotFound, "fd {fd}");
+                let spawn_error = Error::Spawn { program, error };
+                assert!(
+                    std::error::Error::source(&spawn_error).is_none(),
+                    "the reason is in the message: a chain would repeat it"
+                );
             }
             other => panic!("fd {fd}: {:?}", other.map(|_| ())),
         }
