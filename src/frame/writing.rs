@@ -1,6 +1,6 @@
 //! Writing: one value to exactly one line of JSON text and one `\n`, or to
 //! nothing at all (see "Reading is tolerant, writing is strict" in the
-//! module docs above). The serializer itself is in `json_writer.rs`; the
+//! [`frame`](super) module's docs). The serializer itself is in `json_writer.rs`; the
 //! line it writes into, bounded by the maximum message length, is here.
 
 use std::io;
