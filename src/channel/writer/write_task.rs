@@ -117,13 +117,7 @@ async fn write_until_closed(
                 // before it is out: the write of that batch may wait long.
                 Command::Write(out) if out.line.len() > COALESCE_LIMIT => {
                     flush_batch(writer, &mut batch, &mut done, shared).await?;
-                    if out.still_wanted(shared) {
-                        writer.write_all(&out.line).await?;
-                        done.push(out);
-                        flush_batch(writer, &mut batch, &mut done, shared).await?;
-                    } else {
-                        finish(out, shared);
-                    }
+                    write_alone(writer, out, &mut done, shared).await?;
                 }
                 // Withdrawn: counted out unwritten; its budget comes back
                 // as it drops.
@@ -148,15 +142,7 @@ async fn write_until_closed(
             // again; so the count reaches 0 once the racing lines are in.
             while shared.queued_lines.load(Ordering::SeqCst) > 0 {
                 match rx.recv().await {
-                    Some(Command::Write(out)) => {
-                        if out.still_wanted(shared) {
-                            writer.write_all(&out.line).await?;
-                            done.push(out);
-                            flush_batch(writer, &mut batch, &mut done, shared).await?;
-                        } else {
-                            finish(out, shared);
-                        }
-                    }
+                    Some(Command::Write(out)) => write_alone(writer, out, &mut done, shared).await?,
                     Some(_) => {}
                     None => break,
                 }
@@ -167,6 +153,24 @@ async fn write_until_closed(
     // Every handle is gone (the channel was dropped without `close`), and
     // everything it queued is written.
     Ok(())
+}
+
+/// Writes one line from its own buffer, with the batch already written
+/// (so `done` holds what was written before it), and releases them; or,
+/// withdrawn, counts it out unwritten.
+async fn write_alone(
+    writer: &mut (dyn AsyncWrite + Unpin + Send),
+    out: Outgoing,
+    done: &mut Vec<Outgoing>,
+    shared: &SenderShared,
+) -> io::Result<()> {
+    if !out.still_wanted(shared) {
+        finish(out, shared);
+        return Ok(());
+    }
+    writer.write_all(&out.line).await?;
+    done.push(out);
+    flush_batch(writer, &mut Vec::new(), done, shared).await
 }
 
 /// Writes the batch, flushes, then releases the lines written (the batch's,
