@@ -57,6 +57,37 @@ fn a_kill_overtaken_by_the_runtimes_end_still_kills_the_child() {
     assert!(!alive, "the child still runs after kill() (state {state:?})");
 }
 
+/// A process that exits right after a kill (or after dropping a
+/// `spawn_session` call) gives its runtime no chance to run again: the
+/// signal must not wait for the task that reaps the child.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_kill_takes_effect_without_the_runtime_running_again() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let child = runtime.block_on(async {
+        let mut command = Command::new(example("rust_peer"));
+        command.arg("--no-session").stdout(Stdio::null());
+        let (_channel, child) = spawn(command).unwrap();
+        child
+    });
+    let pid = child.id();
+    // The runtime runs no task from here until it is dropped below.
+    child.kill();
+    let state = process_state_once(pid, |state| !matches!(state, Some(s) if s != 'Z'));
+    let alive = matches!(state, Some(s) if s != 'Z');
+    if alive {
+        kill_and_reap(pid);
+    }
+    drop(runtime);
+    assert!(
+        !alive,
+        "the child still runs: the kill waited for the runtime (state {state:?})"
+    );
+}
+
 #[test]
 fn a_spawn_outside_a_runtime_panics_before_it_starts_anything() {
     // A duration no other test uses: the child to look for, if any.

@@ -618,7 +618,9 @@ impl ChildProcess {
         self.child.id()
     }
 
-    /// Sends SIGKILL, unless the child has already exited.
+    /// Sends SIGKILL, unless the child has already been reaped: at once on
+    /// Linux, elsewhere from the session's runtime (see
+    /// [`crate::ChildProcess::kill`]).
     pub fn kill(&self) {
         self.child.kill()
     }
