@@ -343,19 +343,63 @@ pub struct ChildProcess {
 /// that exits right after a kill (or a dropped `spawn_session`) then left
 /// the child running in 8 of 10 runs of a review's test. One descriptor per
 /// child, close-on-exec, closed with the last handle on it.
+///
+/// Opened just after the spawn, so the pid must still be the child's: it
+/// is, unless something reaped the child in between. The kernel does so
+/// at once for a process that ignores `SIGCHLD` (or sets `SA_NOCLDWAIT`),
+/// a disposition inherited across exec: then no pidfd (a review opened one
+/// on an unrelated process that had taken the pid, and `kill` killed it).
+/// A pidfd that turns out not to be an unreaped child of ours (`waitid`
+/// says `ECHILD`: a `waitpid(-1)` elsewhere was quicker) is dropped too.
+/// Left: such a `waitpid(-1)` and the pid's reuse by another child of ours
+/// in the microseconds between, which would fool Tokio's own pidfd alike.
 fn open_pidfd(pid: u32) -> Option<OwnedFd> {
     #[cfg(target_os = "linux")]
     {
+        if the_kernel_reaps_our_children() {
+            return None;
+        }
         // SAFETY: the syscall takes a pid and flags and returns a new
         // descriptor (close-on-exec) or -1.
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-        if fd >= 0 {
-            // SAFETY: a descriptor the kernel just opened for us alone.
-            return Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
+        if fd < 0 {
+            return None;
         }
+        // SAFETY: a descriptor the kernel just opened for us alone.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+        // SAFETY: waitid into a siginfo_t of our own; WNOWAIT|WNOHANG
+        // neither reaps nor blocks. Kernels before 5.4 know no P_PIDFD
+        // (EINVAL): the pidfd is kept, as opened.
+        let ours = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(
+                libc::P_PIDFD,
+                pidfd.as_raw_fd() as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            ) == 0
+                || std::io::Error::last_os_error().raw_os_error() != Some(libc::ECHILD)
+        };
+        ours.then_some(pidfd)
     }
-    let _ = pid;
-    None
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = pid;
+        None
+    }
+}
+
+/// True if this process ignores `SIGCHLD` or sets `SA_NOCLDWAIT`: the
+/// kernel then reaps its children as they exit, and a child's pid may be
+/// another process's a moment later.
+#[cfg(target_os = "linux")]
+fn the_kernel_reaps_our_children() -> bool {
+    // SAFETY: reads the disposition into a struct of our own; changes none.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGCHLD, std::ptr::null(), &mut action) == 0
+            && (action.sa_sigaction == libc::SIG_IGN || action.sa_flags & libc::SA_NOCLDWAIT != 0)
+    }
 }
 
 /// Sends SIGKILL through a pidfd from [`open_pidfd`]. An exited child
@@ -591,9 +635,11 @@ impl ChildProcess {
     }
 
     /// Sends SIGKILL, unless the child has already been reaped (never to
-    /// a pid that may be another process's by now). On Linux the signal
-    /// goes at once, through a pidfd. Elsewhere (or if the kernel gave no
-    /// pidfd) the task that reaps the child sends it when it next runs, so
+    /// a pid that may be another process's by now, as long as only this
+    /// crate reaps the child: not a `waitpid(-1)` elsewhere in the
+    /// process). On Linux the signal goes at once, through a pidfd.
+    /// Elsewhere (or with no pidfd: an old kernel, or a process that
+    /// ignores `SIGCHLD`) the task that reaps the child sends it when it next runs, so
     /// a process that exits right after this may leave the child running:
     /// [`wait`](Self::wait) for it first. Once the runtime has dropped that
     /// task, the signal is sent here, or by the task's drop if this came
