@@ -25,9 +25,10 @@ fn kill_and_reap(pid: u32) {
     }
 }
 
-#[test]
-fn a_kill_overtaken_by_the_runtimes_end_still_kills_the_child() {
-    // One thread: once block_on returns, no task of it runs again.
+/// A child that holds its channel and never sets up a session, started on
+/// a runtime of one thread, which runs no task of it again once this
+/// returns (until it is driven).
+fn a_child_on_an_idle_runtime() -> (tokio::runtime::Runtime, ipc_request::ChildProcess) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -41,6 +42,12 @@ fn a_kill_overtaken_by_the_runtimes_end_still_kills_the_child() {
         let (_channel, child) = spawn(command).unwrap();
         child
     });
+    (runtime, child)
+}
+
+#[test]
+fn a_kill_overtaken_by_the_runtimes_end_still_kills_the_child() {
+    let (runtime, child) = a_child_on_an_idle_runtime();
     let pid = child.id();
     // The task that sends the signal never gets to run: the runtime ends.
     child.kill();
@@ -63,16 +70,7 @@ fn a_kill_overtaken_by_the_runtimes_end_still_kills_the_child() {
 #[cfg(target_os = "linux")]
 #[test]
 fn a_kill_takes_effect_without_the_runtime_running_again() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let child = runtime.block_on(async {
-        let mut command = Command::new(example("rust_peer"));
-        command.arg("--no-session").stdout(Stdio::null());
-        let (_channel, child) = spawn(command).unwrap();
-        child
-    });
+    let (runtime, child) = a_child_on_an_idle_runtime();
     let pid = child.id();
     // The runtime runs no task from here until it is dropped below.
     child.kill();
