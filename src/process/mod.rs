@@ -5,15 +5,15 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitStatus};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use tokio::process::{ChildStderr, ChildStdin, ChildStdout};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::channel::{Channel, ChannelConfig};
 use crate::error::Error;
 use crate::session::{Handler, Session, SessionBuilder};
-use reaping::{Killing, Reaper, Reaping, WaitError, kill_through_pidfd, lock_killing, open_pidfd};
+use reaping::{Killer, WaitError};
 
 mod from_env;
 mod reaping;
@@ -257,8 +257,6 @@ pub fn spawn_with(mut command: Command, options: SpawnOptions) -> Result<(Channe
     })?;
     drop(spawning);
     let pid = child.id().unwrap_or(0);
-    // Before anything can reap the child: its pid is still its own.
-    let pidfd = Arc::new(open_pidfd(pid));
     // Out of the child before the task that waits for it takes it: there
     // they would be out of reach, a piped stdout that nobody can read
     // would fill and block the child, and the wait would close stdin.
@@ -267,37 +265,7 @@ pub fn spawn_with(mut command: Command, options: SpawnOptions) -> Result<(Channe
         stdout: child.stdout.take(),
         stderr: child.stderr.take(),
     }));
-
-    let (exit_tx, exit_rx) = watch::channel(None);
-    let wait_error = Arc::new(OnceLock::new());
-    // Capacity 1: a kill request is a flag, more than one adds nothing.
-    let (kill_tx, mut kill_rx) = mpsc::channel::<()>(1);
-    let killing = Arc::new(Mutex::new(Killing::default()));
-    let mut reaping = Reaping {
-        child: Some(child),
-        killing: killing.clone(),
-        reaped: false,
-        exit: Some(exit_tx),
-        wait_error: wait_error.clone(),
-    };
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                status = reaping.child().wait() => {
-                    reaping.mark_reaped();
-                    match status {
-                        Ok(status) => reaping.publish(status),
-                        Err(e) => reaping.wait_failed(e),
-                    }
-                    return;
-                }
-                Some(()) = kill_rx.recv() => {
-                    let _ = reaping.child().start_kill();
-                }
-            }
-        }
-    });
-
+    let (killer, exit_rx, wait_error) = reaping::start(child, pid);
     channel.set_peer_exit(exit_rx.clone());
     Ok((
         channel,
@@ -305,9 +273,7 @@ pub fn spawn_with(mut command: Command, options: SpawnOptions) -> Result<(Channe
             pid,
             exit: exit_rx,
             wait_error,
-            kill: kill_tx,
-            killing,
-            pidfd,
+            killer,
             pipes,
         },
     ))
@@ -327,12 +293,8 @@ pub struct ChildProcess {
     exit: watch::Receiver<Option<ExitStatus>>,
     /// Why the exit status could not be collected, if it could not.
     wait_error: WaitError,
-    kill: mpsc::Sender<()>,
-    /// Who sends a kill, and whether one was asked for (see [`Killing`]).
-    killing: Arc<Mutex<Killing>>,
-    /// The child's pidfd, where the system has them: `kill` signals
-    /// through it at once (see [`open_pidfd`]).
-    pidfd: Arc<Option<OwnedFd>>,
+    /// Sends the kill, from any clone, whoever reaps the child by then.
+    killer: Killer,
     /// Shared by the clones: each pipe goes to whoever takes it first.
     pipes: Arc<Mutex<Pipes>>,
 }
@@ -362,25 +324,7 @@ impl ChildProcess {
     /// task, the signal is sent here, or by the task's drop if this came
     /// first.
     pub fn kill(&self) {
-        if let Some(pidfd) = self.pidfd.as_ref() {
-            kill_through_pidfd(pidfd);
-        }
-        // Also as without a pidfd: harmless once the signal is sent (the
-        // task's kill skips a child it has reaped), and the task learns of it.
-        let mut killing = lock_killing(&self.killing);
-        killing.requested = true;
-        match killing.reaper {
-            Reaper::Task => {
-                let _ = self.kill.try_send(());
-            }
-            // SAFETY: a plain syscall. The pid is still this child's: the
-            // thread that waits for it marks it `Done`, under this lock,
-            // before it reaps it.
-            Reaper::Thread => unsafe {
-                libc::kill(self.pid as libc::pid_t, libc::SIGKILL);
-            },
-            Reaper::Done => {}
-        }
+        self.killer.kill();
     }
 
     /// The child's stdin, if its command set it to

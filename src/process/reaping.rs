@@ -7,7 +7,93 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::process::ExitStatus;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+
+/// Hands `child` (whose id is `pid`) to a task that reaps it, publishes
+/// its exit status and sends the kills asked of it. Returns what kills it,
+/// the exit status as it is published, and why it could not be, if so.
+pub(super) fn start(
+    child: tokio::process::Child,
+    pid: u32,
+) -> (Killer, watch::Receiver<Option<ExitStatus>>, WaitError) {
+    // Before anything can reap the child: its pid is still its own.
+    let pidfd = Arc::new(open_pidfd(pid));
+    let (exit_tx, exit_rx) = watch::channel(None);
+    let wait_error = Arc::new(OnceLock::new());
+    // Capacity 1: a kill request is a flag, more than one adds nothing.
+    let (kill_tx, mut kill_rx) = mpsc::channel::<()>(1);
+    let killing = Arc::new(Mutex::new(Killing::default()));
+    let mut reaping = Reaping {
+        child: Some(child),
+        killing: killing.clone(),
+        reaped: false,
+        exit: Some(exit_tx),
+        wait_error: wait_error.clone(),
+    };
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                status = reaping.child().wait() => {
+                    reaping.mark_reaped();
+                    match status {
+                        Ok(status) => reaping.publish(status),
+                        Err(e) => reaping.wait_failed(e),
+                    }
+                    return;
+                }
+                Some(()) = kill_rx.recv() => {
+                    let _ = reaping.child().start_kill();
+                }
+            }
+        }
+    });
+    let killer = Killer {
+        pid,
+        pidfd,
+        killing,
+        task: kill_tx,
+    };
+    (killer, exit_rx, wait_error)
+}
+
+/// Kills a child handed to [`start`], from any clone of its handle and at
+/// any time, never reaching a reused pid.
+#[derive(Debug, Clone)]
+pub(super) struct Killer {
+    pid: u32,
+    /// The child's pidfd, where the system has them: the signal goes
+    /// through it at once (see [`open_pidfd`]).
+    pidfd: Arc<Option<OwnedFd>>,
+    /// Who sends a kill, and whether one was asked for (see [`Killing`]).
+    killing: Arc<Mutex<Killing>>,
+    /// Asks the reaping task.
+    task: mpsc::Sender<()>,
+}
+
+impl Killer {
+    /// See [`ChildProcess::kill`](super::ChildProcess::kill).
+    pub(super) fn kill(&self) {
+        if let Some(pidfd) = self.pidfd.as_ref() {
+            kill_through_pidfd(pidfd);
+        }
+        // Also as without a pidfd: harmless once the signal is sent (the
+        // task's kill skips a child it has reaped), and the task learns of it.
+        let mut killing = lock_killing(&self.killing);
+        killing.requested = true;
+        match killing.reaper {
+            Reaper::Task => {
+                let _ = self.task.try_send(());
+            }
+            // SAFETY: a plain syscall. The pid is still this child's: the
+            // thread that waits for it marks it `Done`, under this lock,
+            // before it reaps it.
+            Reaper::Thread => unsafe {
+                libc::kill(self.pid as libc::pid_t, libc::SIGKILL);
+            },
+            Reaper::Done => {}
+        }
+    }
+}
 
 /// A pidfd for the child `pid` (Linux 5.3 and later; `None` elsewhere, or
 /// if the kernel refuses): a handle on that very process, which a pid
@@ -27,7 +113,7 @@ use tokio::sync::watch;
 /// says `ECHILD`: a `waitpid(-1)` elsewhere was quicker) is dropped too.
 /// Left: such a `waitpid(-1)` and the pid's reuse by another child of ours
 /// in the microseconds between, which would fool Tokio's own pidfd alike.
-pub(super) fn open_pidfd(pid: u32) -> Option<OwnedFd> {
+fn open_pidfd(pid: u32) -> Option<OwnedFd> {
     #[cfg(target_os = "linux")]
     {
         if the_kernel_reaps_our_children() {
@@ -78,7 +164,7 @@ fn the_kernel_reaps_our_children() -> bool {
 
 /// Sends SIGKILL through a pidfd from [`open_pidfd`]. An exited child
 /// (reaped or not) gets nothing: `ESRCH`, ignored.
-pub(super) fn kill_through_pidfd(pidfd: &OwnedFd) {
+fn kill_through_pidfd(pidfd: &OwnedFd) {
     #[cfg(target_os = "linux")]
     // SAFETY: a plain syscall on a descriptor we own, without siginfo.
     unsafe {
@@ -102,13 +188,13 @@ pub(super) fn kill_through_pidfd(pidfd: &OwnedFd) {
 /// come after the runtime had dropped the task, which had read no request
 /// yet: 10 to 20 children of 40 ran on) and never reaches a reused pid.
 #[derive(Debug, Default)]
-pub(super) struct Killing {
-    pub(super) requested: bool,
-    pub(super) reaper: Reaper,
+struct Killing {
+    requested: bool,
+    reaper: Reaper,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
-pub(super) enum Reaper {
+enum Reaper {
     /// The reaping task: `kill` asks it (or its drop reads `requested`).
     #[default]
     Task,
@@ -119,7 +205,7 @@ pub(super) enum Reaper {
     Done,
 }
 
-pub(super) fn lock_killing(killing: &Mutex<Killing>) -> std::sync::MutexGuard<'_, Killing> {
+fn lock_killing(killing: &Mutex<Killing>) -> std::sync::MutexGuard<'_, Killing> {
     // Poisoned only by a panic elsewhere; the state is a flag and a tag.
     killing.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -136,15 +222,15 @@ pub(super) fn lock_killing(killing: &Mutex<Killing>) -> std::sync::MutexGuard<'_
 ///   [`ChildProcess::wait`](super::ChildProcess::wait) and the sessions over its channel still learn
 ///   it (a review found `wait` failing for a child that exited cleanly
 ///   once its runtime had ended).
-pub(super) struct Reaping {
+struct Reaping {
     /// `None` only once the drop has handed it on.
-    pub(super) child: Option<tokio::process::Child>,
-    pub(super) killing: Arc<Mutex<Killing>>,
-    pub(super) reaped: bool,
+    child: Option<tokio::process::Child>,
+    killing: Arc<Mutex<Killing>>,
+    reaped: bool,
     /// Where the exit status goes; `None` once handed on with the child.
-    pub(super) exit: Option<watch::Sender<Option<ExitStatus>>>,
+    exit: Option<watch::Sender<Option<ExitStatus>>>,
     /// Where the error goes if the status cannot be collected.
-    pub(super) wait_error: WaitError,
+    wait_error: WaitError,
 }
 
 /// Why a child's exit status could not be collected, for
@@ -174,24 +260,24 @@ fn record_wait_failure(wait_error: &WaitError, pid: Option<u32>, e: std::io::Err
 }
 
 impl Reaping {
-    pub(super) fn child(&mut self) -> &mut tokio::process::Child {
+    fn child(&mut self) -> &mut tokio::process::Child {
         self.child
             .as_mut()
             .expect("the child is handed on only by the drop")
     }
 
     /// The child's status was collected: its pid may be reused from now on.
-    pub(super) fn mark_reaped(&mut self) {
+    fn mark_reaped(&mut self) {
         self.reaped = true;
     }
 
-    pub(super) fn publish(&self, status: ExitStatus) {
+    fn publish(&self, status: ExitStatus) {
         if let Some(exit) = &self.exit {
             exit.send_replace(Some(status));
         }
     }
 
-    pub(super) fn wait_failed(&self, e: std::io::Error) {
+    fn wait_failed(&self, e: std::io::Error) {
         let pid = self.child.as_ref().and_then(tokio::process::Child::id);
         record_wait_failure(&self.wait_error, pid, e);
     }
@@ -317,7 +403,7 @@ mod tests {
             command.arg("30");
             spawn(command).unwrap().1
         });
-        child.pidfd = Arc::new(None);
+        child.killer.pidfd = Arc::new(None);
         (runtime, child)
     }
 
