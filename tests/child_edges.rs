@@ -25,6 +25,20 @@ fn kill_and_reap(pid: u32) {
     }
 }
 
+/// The state of the child `pid` if it still runs after up to 10 s, which
+/// it is then killed and reaped for (a failed test leaves nothing); `None`
+/// once it is dead: a zombie, or gone if a runtime of this process reaped
+/// it. Only a live one is ours to clean up: a pid already reaped may be
+/// someone else's by now.
+fn still_running(pid: u32) -> Option<char> {
+    let state = process_state_once(pid, |state| !matches!(state, Some(s) if s != 'Z'));
+    let running = matches!(state, Some(s) if s != 'Z');
+    if running {
+        kill_and_reap(pid);
+    }
+    state.filter(|_| running)
+}
+
 /// A child that holds its channel and never sets up a session, started on
 /// a runtime of one thread, which runs no task of it again once this
 /// returns (until it is driven).
@@ -52,16 +66,13 @@ fn a_kill_overtaken_by_the_runtimes_end_still_kills_the_child() {
     // The task that sends the signal never gets to run: the runtime ends.
     child.kill();
     drop(runtime);
-    let state = process_state_once(pid, |state| !matches!(state, Some(s) if s != 'Z'));
-    // Dead, it is a zombie, or gone if another runtime of this process
-    // reaped it (Tokio hands a child dropped unreaped to whichever runtime
-    // next handles SIGCHLD). Only a live one is ours to clean up: a pid
-    // already reaped may be someone else's by now.
-    let alive = matches!(state, Some(s) if s != 'Z');
-    if alive {
-        kill_and_reap(pid);
-    }
-    assert!(!alive, "the child still runs after kill() (state {state:?})");
+    // (Tokio hands a child dropped unreaped to whichever runtime of the
+    // process next handles SIGCHLD: dead, it may be gone already.)
+    let running = still_running(pid);
+    assert!(
+        running.is_none(),
+        "the child still runs after kill() (state {running:?})"
+    );
 }
 
 /// A process that exits right after a kill (or after dropping a
@@ -74,15 +85,11 @@ fn a_kill_takes_effect_without_the_runtime_running_again() {
     let pid = child.id();
     // The runtime runs no task from here until it is dropped below.
     child.kill();
-    let state = process_state_once(pid, |state| !matches!(state, Some(s) if s != 'Z'));
-    let alive = matches!(state, Some(s) if s != 'Z');
-    if alive {
-        kill_and_reap(pid);
-    }
+    let running = still_running(pid);
     drop(runtime);
     assert!(
-        !alive,
-        "the child still runs: the kill waited for the runtime (state {state:?})"
+        running.is_none(),
+        "the child still runs: the kill waited for the runtime (state {running:?})"
     );
 }
 
@@ -307,16 +314,13 @@ async fn pid_written_to(pid_file: &std::path::Path) -> u32 {
 /// cleans up one that is not. On a thread: the tasks that kill and reap
 /// the child run meanwhile.
 async fn assert_killed(pid: u32, what: &str) {
-    let state = tokio::task::spawn_blocking(move || {
-        process_state_once(pid, |state| !matches!(state, Some(s) if s != 'Z'))
-    })
-    .await
-    .unwrap();
-    let alive = matches!(state, Some(s) if s != 'Z');
-    if alive {
-        kill_and_reap(pid);
-    }
-    assert!(!alive, "{what}: the child still runs (state {state:?})");
+    let running = tokio::task::spawn_blocking(move || still_running(pid))
+        .await
+        .unwrap();
+    assert!(
+        running.is_none(),
+        "{what}: the child still runs (state {running:?})"
+    );
 }
 
 fn pid_file(name: &str) -> std::path::PathBuf {
@@ -376,19 +380,10 @@ fn children_of_calls_dropped_by_the_runtimes_end(runtime: tokio::runtime::Runtim
         pids
     });
     drop(runtime);
-    let running: Vec<(u32, Option<char>)> = pids
+    let running: Vec<(u32, char)> = pids
         .into_iter()
-        .map(|pid| {
-            (
-                pid,
-                process_state_once(pid, |state| !matches!(state, Some(s) if s != 'Z')),
-            )
-        })
-        .filter(|(_, state)| matches!(state, Some(s) if *s != 'Z'))
+        .filter_map(|pid| Some((pid, still_running(pid)?)))
         .collect();
-    for (pid, _) in &running {
-        kill_and_reap(*pid);
-    }
     assert!(running.is_empty(), "{tag}: children still running: {running:?}");
 }
 
