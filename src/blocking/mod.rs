@@ -105,9 +105,6 @@ const BLOCKING_THREADS_BESIDES_HANDLERS: usize = 64;
 /// The most threads a session runtime's blocking pool may have.
 const MAX_BLOCKING_THREADS: usize = 1 << 16;
 
-/// How long a failed [`spawn`] waits for the child it kills to exit.
-const KILL_WAIT: Duration = Duration::from_secs(1);
-
 /// A handler that is a plain function, run on a thread of the session
 /// runtime's blocking pool: it may block, and may call the session back.
 /// Its answer and errors travel as with [`crate::handler_fn`]: `Ok(value)`
@@ -202,7 +199,8 @@ pub fn spawn_with_pipes(
     let mut runtime = Runtime::new(builder.max_concurrent_handlers())?;
     let (channel, child) = runtime.block_on(async { process::spawn_with(command, options) })?;
     // Before anything can fail: a child killed after a failed handshake,
-    // slower to die than KILL_WAIT, is still reaped (see the runtime's drop).
+    // slower to die than `kill_and_wait` waits, is still reaped (see the
+    // runtime's drop).
     runtime.child_exit = Some(child.exit_status());
     let runtime = Arc::new(runtime);
     let child = ChildProcess {
@@ -223,8 +221,7 @@ pub fn spawn_with_pipes(
     let setup = runtime.block_on(async {
         let setup = builder.setup(channel).await;
         if setup.is_err() {
-            child.child.kill();
-            let _ = tokio::time::timeout(KILL_WAIT, child.child.wait()).await;
+            process::kill_and_wait(&child.child).await;
         }
         setup
     });

@@ -107,18 +107,24 @@ pub async fn spawn_session_with(
             // Dead before the error is returned: a caller that exits at
             // once on it would otherwise leave the child running (a review
             // saw 4 of 5 such children outlive their parent).
-            child.kill();
-            if tokio::time::timeout(KILL_WAIT, child.wait()).await.is_err() {
-                tracing::warn!("child {} not dead {KILL_WAIT:?} after its kill", child.id());
-            }
+            kill_and_wait(&child).await;
             Err(e)
         }
     }
 }
 
-/// How long a failed [`spawn_session_with`] waits for the child it killed to
-/// die (it dies at once unless the system is stalled).
+/// How long [`kill_and_wait`] waits for the child to die (it dies at once
+/// unless the system is stalled).
 const KILL_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Kills `child` and waits up to [`KILL_WAIT`] for its exit: for a child
+/// whose setup failed, whose handle its caller never gets.
+pub(crate) async fn kill_and_wait(child: &ChildProcess) {
+    child.kill();
+    if tokio::time::timeout(KILL_WAIT, child.wait()).await.is_err() {
+        tracing::warn!("child {} not dead {KILL_WAIT:?} after its kill", child.id());
+    }
+}
 
 /// Kills a child of ours when dropped, unless disarmed first: for the
 /// steps between a child's start and the moment its handle is handed to
