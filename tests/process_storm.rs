@@ -185,16 +185,17 @@ async fn run_call(session: Session, call: Call, start_after: Duration) -> Ended 
     }
 }
 
-/// The close reason a round's ending gives, if the session has ended by it.
+/// The close reason a round's ending gives, if the session has ended by it:
+/// the child's exit status when it died on its own, else our close.
 fn reason_fits(ending: Ending, reason: &CloseReason) -> bool {
     match (ending, reason) {
-        (Ending::Killed, CloseReason::ChildExited(status)) => status.signal() == Some(libc::SIGKILL),
-        (Ending::Exits(code), CloseReason::ChildExited(status)) => status.code() == Some(code),
+        (Ending::Killed | Ending::Exits(_), CloseReason::ChildExited(status)) => status_fits(ending, *status),
         (Ending::ParentCloses | Ending::Quiet, CloseReason::Local) => true,
         _ => false,
     }
 }
 
+/// The exit status a round's ending gives the child.
 fn status_fits(ending: Ending, status: ExitStatus) -> bool {
     match ending {
         Ending::Killed => status.signal() == Some(libc::SIGKILL),
