@@ -62,4 +62,61 @@ async fn a_lost_exit_status_is_reported_as_lost_and_why() {
         Err(other) => panic!("{other:?}"),
     }
     drop(channel);
+    programs_that_cannot_start_are_errors_not_panics().await;
+}
+
+/// The error of a spawn that must fail.
+fn spawn_error(command: std::process::Command) -> std::io::Error {
+    match ipc_request::spawn(command) {
+        Err(ipc_request::Error::Spawn { error, .. }) => std::io::Error::new(error.kind(), error.to_string()),
+        Err(other) => panic!("not a spawn error: {other:?}"),
+        Ok((_, child)) => {
+            child.kill();
+            panic!("a program that cannot start was started");
+        }
+    }
+}
+
+/// std panics when an exec fails in a process that ignores `SIGCHLD` (its
+/// wait for the failed child finds it reaped: rust-lang/rust#110317); the
+/// spawn reports an error instead.
+async fn programs_that_cannot_start_are_errors_not_panics() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::Command;
+    // Tokio may have put a SIGCHLD handler of its own in place meanwhile.
+    // SAFETY: as above.
+    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
+    let missing = spawn_error(Command::new("ipc-request-test-no-such-program"));
+    assert_eq!(missing.kind(), std::io::ErrorKind::NotFound, "{missing}");
+
+    let dir = std::env::temp_dir().join(format!("ipc-request-ignored-sigchld-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let not_executable = dir.join("not-executable");
+    std::fs::write(&not_executable, "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::set_permissions(&not_executable, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let denied = spawn_error(Command::new(&not_executable));
+    assert_eq!(denied.kind(), std::io::ErrorKind::PermissionDenied, "{denied}");
+    // Found on a PATH given to the command, not executable: as execvp says.
+    let mut on_path = Command::new("not-executable");
+    on_path.env("PATH", &dir);
+    let denied = spawn_error(on_path);
+    assert_eq!(denied.kind(), std::io::ErrorKind::PermissionDenied, "{denied}");
+    // An executable file whose interpreter is missing: it looks startable
+    // and fails only at the exec.
+    let bad_interpreter = dir.join("bad-interpreter");
+    std::fs::write(&bad_interpreter, "#!/ipc-request-test-no-such-interpreter\n").unwrap();
+    std::fs::set_permissions(&bad_interpreter, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let lost = spawn_error(Command::new(&bad_interpreter));
+    assert!(
+        lost.to_string().contains("SIGCHLD"),
+        "the error does not say why: {lost}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    // A program that can start still does.
+    let mut command = Command::new("true");
+    command.env("PATH", "/usr/bin:/bin");
+    let (channel, child) = ipc_request::spawn(command).expect("true did not start");
+    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+    drop(channel);
 }

@@ -15,6 +15,7 @@ use crate::error::Error;
 use crate::session::{Handler, Session, SessionBuilder};
 use reaping::{Killer, WaitError};
 
+mod exec_check;
 mod from_env;
 mod reaping;
 
@@ -171,6 +172,14 @@ impl Drop for KillUnlessDisarmed<'_> {
 /// Streams of `command` set to [`Stdio::piped()`](std::process::Stdio::piped)
 /// are there for the taking: [`ChildProcess::take_stdout`] and its siblings.
 ///
+/// A program that cannot start is [`Error::Spawn`], which names it. So too
+/// in a process that ignores `SIGCHLD` (inherited across exec from a
+/// daemon or wrapper), where std itself panics on a failed exec
+/// (rust-lang/rust#110317): there the program is looked up first, as the
+/// exec will, and a failure the look-up cannot foresee (a script whose
+/// interpreter is missing) is an error that says its cause is lost, after
+/// std's panic message on stderr.
+///
 /// If the session's setup then fails, the child keeps running (dropping a
 /// [`ChildProcess`] does not kill it): kill it, or start it with
 /// [`spawn_session_with`], which does.
@@ -253,7 +262,7 @@ pub fn spawn_with(mut command: Command, options: SpawnOptions) -> Result<(Channe
     let mut channel = Channel::from_unix_socket(ours.into(), options.channel)?;
     // Blocking, as Node hands it over; the child decides.
     let program = command.get_program().to_string_lossy().into_owned();
-    let spawned = tokio::process::Command::from(command).spawn();
+    let spawned = exec_check::spawn(command);
     // Our copy of the child's end must go, or we would never see the
     // child's end of stream; and before the lock does (see above).
     drop((hold_target, theirs));
