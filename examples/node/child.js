@@ -59,6 +59,13 @@ if (!process.send) {
   console.error('child.js must be started with an IPC channel (run examples/node/parent.js)');
   process.exit(1);
 }
+// A parent that closes the channel while a send of ours is on its way (one
+// that drops its session after its first answer, say) fails that send, and
+// Node throws the error from `process` unless it is handled. The send's
+// request can get no answer then, and the channel's close ends us anyway.
+process.on('error', (err) => {
+  if (err.code !== 'EPIPE' && err.code !== 'ERR_IPC_CHANNEL_CLOSED') throw err;
+});
 
 const sessionReady = ipcSession((request, reply) => {
   console.log(`[child]  Got request:      ${request}`);
