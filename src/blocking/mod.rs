@@ -66,6 +66,17 @@
 //! that whole bound). An abort or a fatal signal does not wait:
 //! [`Session::shutdown_timeout`] (on a thread that may wait) says whether
 //! the queue was written.
+//!
+//! All of that is for handles that are dropped. `std::process::exit`
+//! while a handle is alive (held by `main`, say) runs no destructor: what
+//! is still queued (a [`Session::send`] returns once its message is
+//! queued) is lost unless [`Session::shutdown_timeout`] ran first.
+//!
+//! A process forked without exec from one that has sessions (`fork(2)`
+//! in a threaded program, where only async-signal-safe calls are sound)
+//! must neither use nor drop the handles it inherited: the runtime's
+//! threads are not in it, so a call or a drop there waits for ever.
+//! `std::mem::forget` them, or leave with `_exit`.
 
 mod flush_at_exit;
 mod peer;
@@ -499,7 +510,9 @@ impl Session {
         self.block_on(self.inner.session.request_raw_timeout(payload, timeout))
     }
 
-    /// Sends a plain message: [`crate::Session::send`].
+    /// Sends a plain message: [`crate::Session::send`]. Returns once it is
+    /// queued, not written: before `std::process::exit`, see
+    /// [`shutdown_timeout`](Self::shutdown_timeout).
     pub fn send<T: Serialize + ?Sized>(&self, message: &T) -> Result<(), Error> {
         self.block_on(self.inner.session.send(message))
     }
@@ -542,6 +555,11 @@ impl Session {
     /// Closes the session and waits until what was queued is written, or a
     /// write fails (the rest is then lost): [`crate::Session::shutdown`].
     /// Waits as long as the peer leaves what we wrote unread.
+    ///
+    /// Call it, or [`shutdown_timeout`](Self::shutdown_timeout), before
+    /// `std::process::exit` while a handle is still alive: an exit runs no
+    /// destructors, so no drop writes what is still queued (a handle
+    /// dropped before the exit does; see the module docs).
     pub fn shutdown(&self) {
         self.block_on(self.inner.session.shutdown())
     }

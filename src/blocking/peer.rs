@@ -16,8 +16,12 @@ use crate::session::Request;
 /// It does not own the session, as a [`Session`](super::Session) handle
 /// does: dropping it closes nothing, so a handler may make and keep one
 /// freely (a handler holding a `Session` clone keeps the session from
-/// closing when the program drops its own). Like every blocking call, its
-/// calls panic in an async context; a `handler_fn` thread is not one.
+/// closing when the program drops its own). What it does hold, while it
+/// is kept, is the session's memory, and with it descriptors: the
+/// channel's (shut, once the session is closed) and the runtime's I/O
+/// driver's. Keep it for a call, not for the life of the program. Like
+/// every blocking call,
+/// its calls panic in an async context; a `handler_fn` thread is not one.
 ///
 /// Its calls are driven by the runtime the session was set up on. On a
 /// multi-thread runtime (the blocking facade's own, or `#[tokio::main]`'s)

@@ -369,6 +369,10 @@ impl Session {
     /// ('message')` or [`Session::messages`] gets it. Refused with
     /// [`Error::ReservedMessage`] if it would look like a Node internal
     /// message or an ipc-request protocol message.
+    ///
+    /// Returns once the message is in the outgoing queue (after waiting for
+    /// room there), not once it is written: a program that ends right
+    /// after awaits [`shutdown`](Self::shutdown) first.
     pub async fn send<T: Serialize + ?Sized>(&self, message: &T) -> Result<(), Error> {
         let shared = &self.shared;
         if let Some(reason) = shared.closed_reason() {
