@@ -130,6 +130,17 @@ const MAX_BLOCKING_THREADS: usize = 1 << 16;
 /// our handlers too, callbacks nested past that many at once wait for ever,
 /// as with any handler: raise the limit for such a peer.
 ///
+/// A handler that works in steps looks for the peer's cancel between them
+/// with [`Request::is_cancelled`] (`examples/blocking_peer.rs` does). A
+/// Tokio timer there (a `block_on` of `tokio::time::timeout` around
+/// [`Request::cancelled`]) is no substitute: started while the runtime
+/// shuts down, it panics.
+///
+/// The answer is queued once the function has returned. A program that
+/// ends once it has answered (a "quit" request) and is told so from the
+/// handler may close the session before that: tell it from a
+/// [`crate::responder_fn`] handler, once `respond` has returned.
+///
 /// ```no_run
 /// # use ipc_request::{blocking, Request, RemoteError};
 /// let handler = blocking::handler_fn(|req: Request| {
