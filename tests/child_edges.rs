@@ -1,6 +1,7 @@
 //! A child's edges the other process tests do not reach: a kill that the
-//! runtime's end overtakes, a spawn outside a runtime, and requests that
-//! meet the broken pipe of a child that stopped reading and died.
+//! runtime's end overtakes, a spawn outside a runtime, requests that meet
+//! the broken pipe of a child that stopped reading and died, and a kill on
+//! the drop of a child's handle.
 
 mod common;
 
@@ -431,4 +432,73 @@ async fn spawn_session_hands_over_a_child_that_listens_and_leaves_it_running() {
         .expect("the child exits once its channel closes")
         .unwrap();
     assert!(status.success(), "the child ended with {status}, not on its own");
+}
+
+/// A child that holds its channel and never sets up a session: one that
+/// would run on after its handles and the session are gone.
+fn a_child_that_ignores_its_channel() -> Command {
+    let mut command = Command::new(example("rust_peer"));
+    command
+        .arg("--no-session")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    command
+}
+
+#[tokio::test]
+async fn kill_on_drop_kills_the_child_with_the_last_clone_of_its_handle() {
+    let (channel, child) = spawn(a_child_that_ignores_its_channel()).unwrap();
+    let pid = child.id();
+    child.set_kill_on_drop(true);
+    let clone = child.clone();
+    drop(child);
+    // A kill would have gone at once (through the pidfd on Linux) or at
+    // the reaping task's next run, which this wait lets happen.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        clone.try_status(),
+        None,
+        "killed while a clone of its handle was held"
+    );
+    drop(clone);
+    assert_eq!(
+        still_running(pid),
+        None,
+        "the last clone's drop did not kill the child"
+    );
+    drop(channel);
+
+    // Asked for, then taken back: the drop leaves it running.
+    let (channel, child) = spawn(a_child_that_ignores_its_channel()).unwrap();
+    let pid = child.id();
+    child.set_kill_on_drop(true);
+    child.set_kill_on_drop(false);
+    drop(child);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        matches!(process_state(pid), Some(state) if state != 'Z'),
+        "killed by a drop that was told not to"
+    );
+    kill_and_reap(pid);
+    drop(channel);
+}
+
+#[test]
+fn a_blocking_child_set_to_kill_on_drop_dies_with_its_handle_and_the_session_says_so() {
+    let (session, child) =
+        ipc_request::blocking::spawn(Command::new(example("blocking_peer")), None).unwrap();
+    child.set_kill_on_drop(true);
+    drop(child);
+    let (closed, reason) = std::sync::mpsc::channel();
+    std::thread::spawn(move || closed.send(session.closed()));
+    let reason = reason
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the session still runs: the child was not killed");
+    match reason {
+        CloseReason::ChildExited(status) => {
+            use std::os::unix::process::ExitStatusExt;
+            assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
+        }
+        other => panic!("the session ended with {other:?}, not the child's kill"),
+    }
 }

@@ -651,6 +651,12 @@ impl ChildProcess {
         self.child.kill()
     }
 
+    /// Kills the child as the last clone of this handle is dropped, or not
+    /// (the default): [`crate::ChildProcess::set_kill_on_drop`].
+    pub fn set_kill_on_drop(&self, kill: bool) {
+        self.child.set_kill_on_drop(kill)
+    }
+
     /// The exit status, if the child has exited.
     pub fn try_status(&self) -> Option<ExitStatus> {
         self.child.try_status()

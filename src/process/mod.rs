@@ -5,6 +5,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitStatus};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::process::{ChildStderr, ChildStdin, ChildStdout};
@@ -288,7 +289,10 @@ pub fn spawn_with(mut command: Command, options: SpawnOptions) -> Result<(Channe
             pid,
             exit: exit_rx,
             wait_error,
-            killer,
+            killer: Arc::new(SharedKiller {
+                killer,
+                on_drop: AtomicBool::new(false),
+            }),
             pipes,
         },
     ))
@@ -298,7 +302,8 @@ pub fn spawn_with(mut command: Command, options: SpawnOptions) -> Result<(Channe
 /// ends first, a small thread, until the child exits), so it never lingers
 /// as a zombie, and its exit status reaches [`wait`](Self::wait) either
 /// way, on any runtime (unless no thread can be started to wait for it); dropping this does not kill it (it sees its channel close
-/// when the session ends, and a Node child then exits). Dropping the last
+/// when the session ends, and a Node child then exits), unless
+/// [`set_kill_on_drop`](Self::set_kill_on_drop) says so. Dropping the last
 /// clone does close the piped stdio nobody took: a child that writes to
 /// such a pipe afterwards gets `EPIPE` (Node throws, Rust's `println!`
 /// panics), so take the pipes you asked for.
@@ -309,9 +314,25 @@ pub struct ChildProcess {
     /// Why the exit status could not be collected, if it could not.
     wait_error: WaitError,
     /// Sends the kill, from any clone, whoever reaps the child by then.
-    killer: Killer,
+    killer: Arc<SharedKiller>,
     /// Shared by the clones: each pipe goes to whoever takes it first.
     pipes: Arc<Mutex<Pipes>>,
+}
+
+/// The clones' [`Killer`], which kills the child as the last clone goes if
+/// [`ChildProcess::set_kill_on_drop`] asked for that.
+#[derive(Debug)]
+struct SharedKiller {
+    killer: Killer,
+    on_drop: AtomicBool,
+}
+
+impl Drop for SharedKiller {
+    fn drop(&mut self) {
+        if *self.on_drop.get_mut() {
+            self.killer.kill();
+        }
+    }
 }
 
 /// The piped stdio of a child, until taken.
@@ -339,7 +360,21 @@ impl ChildProcess {
     /// task, the signal is sent here, or by the task's drop if this came
     /// first.
     pub fn kill(&self) {
-        self.killer.kill();
+        self.killer.killer.kill();
+    }
+
+    /// Whether the child is sent SIGKILL (as by [`kill`](Self::kill)) when
+    /// the last clone of this handle is dropped; not by default, as with
+    /// std's and Tokio's children. For a child that must not outlive the
+    /// handle: one that ignores its channel's close, say, which would
+    /// otherwise run on after the session, even after this process. Only a
+    /// drop kills: a process that ends without dropping the handle
+    /// (`std::process::exit`, a signal) leaves the child to see its channel
+    /// close, and only the child itself is killed, not processes it started.
+    pub fn set_kill_on_drop(&self, kill: bool) {
+        // Relaxed: the drop of the last clone reads it after every other
+        // clone's drop, which the Arc's count orders.
+        self.killer.on_drop.store(kill, Ordering::Relaxed);
     }
 
     /// The child's stdin, if its command set it to

@@ -403,7 +403,10 @@ mod tests {
             command.arg("30");
             spawn(command).unwrap().1
         });
-        child.killer.pidfd = Arc::new(None);
+        Arc::get_mut(&mut child.killer)
+            .expect("the one handle")
+            .killer
+            .pidfd = Arc::new(None);
         (runtime, child)
     }
 
