@@ -235,6 +235,45 @@ async fn rust_parent_with_node_child() {
     finish(session, child).await;
 }
 
+/// The Node side's own guards, as the Rust side has them: an answer JSON
+/// cannot hold comes as an error (not never), and `send` refuses what the
+/// peer would take for Node's or the protocol's own messages.
+#[tokio::test]
+async fn a_node_child_fails_an_answer_json_cannot_hold_and_refuses_reserved_sends() {
+    let Some(node) = node() else { return };
+    let (session, child) = start(node_child(&node, &[])).await;
+    let unsent = tokio::time::timeout(
+        Duration::from_secs(10),
+        session.request::<_, Value>(&json!({"op": "bigint"})),
+    )
+    .await
+    .expect("no answer in place of the one JSON cannot hold");
+    match unsent {
+        Err(Error::Remote(e)) => assert_eq!(e.name, "ResponseNotSent", "{e:?}"),
+        other => panic!("{other:?}"),
+    }
+    let refused: Value = session.request(&json!({"op": "send_reserved"})).await.unwrap();
+    assert_eq!(
+        refused,
+        json!([
+            "ERR_RESERVED_MESSAGE",
+            "ERR_RESERVED_MESSAGE",
+            "ERR_RESERVED_MESSAGE"
+        ])
+    );
+    finish(session, child).await;
+
+    // A 1.0 peer gets the error as the answer's payload.
+    let (session, child) = start(node_child(&node, &["--v1"])).await;
+    let unsent: Value =
+        tokio::time::timeout(Duration::from_secs(10), session.request(&json!({"op": "bigint"})))
+            .await
+            .expect("no answer in place of the one JSON cannot hold")
+            .unwrap();
+    assert_eq!(unsent["name"], "ResponseNotSent", "{unsent}");
+    finish(session, child).await;
+}
+
 #[tokio::test]
 async fn rust_parent_with_a_one_dot_zero_node_child() {
     let Some(node) = node() else { return };

@@ -67,7 +67,7 @@ const { spawn } = require('child_process');
 const assert = require('assert');
 const fs = require('fs');
 const net = require('net');
-const { setupIpcSession } = require('../../examples/node/ipc_session');
+const { setupIpcSession, KEYS: K } = require('../../examples/node/ipc_session');
 
 // Node warns when a sent handle was NACKed too often; that is expected here.
 const emitWarning = process.emitWarning;
@@ -187,6 +187,17 @@ function makeOpsHandler(proc, getSession) {
         return undefined; // not reached
       case 'pid':
         return process.pid;
+      case 'bigint': // an answer JSON cannot hold
+        return { n: 1n };
+      case 'send_reserved': { // what session.send refuses: the codes
+        const session = await getSession();
+        const tries = [
+          { cmd: 'NODE_HANDLE' },
+          { [K.MSG_TYPE]: K.REQUEST, [K.UID]: 'x', [K.PAYLOAD]: 1 },
+          { [K.HS_UID]: 'x', [K.HS_TYPE]: K.HS_REQUEST },
+        ];
+        return Promise.all(tries.map((m) => session.send(m).then(() => 'sent', (e) => e.code)));
+      }
       case 'env': // the value of each variable named, or null if unset
         return Object.fromEntries((p.names || []).map((n) => [n, process.env[n] ?? null]));
       default:
