@@ -111,6 +111,34 @@ async fn programs_that_cannot_start_are_errors_not_panics() {
         lost.to_string().contains("SIGCHLD"),
         "the error does not say why: {lost}"
     );
+    // A directory to start in that is not there.
+    let mut nowhere = Command::new("true");
+    nowhere.current_dir(dir.join("no-such-dir"));
+    let missing_dir = spawn_error(nowhere);
+    assert_eq!(missing_dir.kind(), std::io::ErrorKind::NotFound, "{missing_dir}");
+
+    // A program no look-up from here finds, which starts all the same: the
+    // look-up only explains a failure, it never decides (here the caller's
+    // own pre_exec moves to the program's directory first).
+    let starts = dir.join("starts");
+    std::fs::write(&starts, "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::set_permissions(&starts, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir_c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+    let mut moved = Command::new("./starts");
+    // SAFETY: chdir is async-signal-safe, and the path was made before.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut moved, move || {
+            if libc::chdir(dir_c.as_ptr()) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let (channel, child) = ipc_request::spawn(moved).expect("a program its pre_exec finds did not start");
+    let ended = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+    assert!(ended.is_ok(), "the child never ended");
+    drop(channel);
     std::fs::remove_dir_all(&dir).unwrap();
 
     // A program that can start still does.

@@ -71,7 +71,8 @@ const sessionReady = ipcSession((request, reply) => {
   console.log(`[child]  Got request:      ${request}`);
   const response = `(RESPONSE FROM child TO ${request})`;
   console.log(`[child]  Sending response: ${response}`);
-  reply(response, async () => {
+  reply(response, async (err) => {
+    if (err) return; // the channel closed first: nothing was sent, nobody to ask
     console.log(`[child]  Response sent:    ${response}`);
     // The other direction: the child asks the parent.
     const session = await sessionReady;

@@ -53,7 +53,8 @@
 //! child that still runs then is waited for, so that it is never left a
 //! zombie: the runtime (a thread, and one more that waits) stops once the
 //! child exits, as a child does when its channel closes. One that never
-//! exits keeps them until it does: [`ChildProcess::kill`] it first.
+//! exits keeps them until it does: [`ChildProcess::kill`] it first, or
+//! [`set_kill_on_drop`](ChildProcess::set_kill_on_drop).
 //!
 //! A drop that cannot wait where it happens (on a thread in a Tokio
 //! runtime's context: an async task, a [`handler_fn`] thread, the body of
@@ -75,7 +76,8 @@
 //! A process forked without exec from one that has sessions (`fork(2)`
 //! in a threaded program, where only async-signal-safe calls are sound)
 //! must neither use nor drop the handles it inherited: the runtime's
-//! threads are not in it, so a call or a drop there waits for ever.
+//! threads are not in it, so a call or a drop there waits for ever (and a
+//! [`ChildProcess`] set to kill on drop would kill the parent's child).
 //! `std::mem::forget` them, or leave with `_exit`.
 
 mod flush_at_exit;

@@ -10,13 +10,16 @@
 //! passes that on across exec, so a program of ours can be in such a
 //! process without knowing.
 //!
-//! There, this module looks for the program first, as `execvp` will, and
-//! returns the error the exec would give (not found, not executable); a
-//! program found that still fails to start (a script whose interpreter is
-//! missing, say) is caught as std's panic and reported as an error that
-//! says why its cause is lost. std's panic message is printed all the
-//! same, by the panic hook, and with `panic = "abort"` the process aborts:
-//! the look-up first is what makes the common mistakes plain errors.
+//! There, std's panic is caught and made an error, and the program is
+//! then looked up as `execvp` looks for it, to say why it did not start
+//! (not found, not executable) where std cannot. The look-up only explains
+//! a failure that happened; it never decides whether to try. A look-up
+//! before the spawn, tried first, refused programs that would have
+//! started: it cannot see a command's `env_clear`, a caller's own
+//! `pre_exec` (a chdir, a chroot), or every rule of the C library's
+//! search. The cost: std's panic message reaches stderr through the panic
+//! hook before the error is returned, and with `panic = "abort"` such a
+//! failure aborts the process.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
@@ -27,8 +30,11 @@ use std::process::Command;
 
 use super::reaping::the_kernel_reaps_our_children;
 
-/// `execvp`'s search path when `PATH` is unset (glibc's and musl's).
+/// `execvp`'s search path when `PATH` is unset.
+#[cfg(not(target_env = "musl"))]
 const DEFAULT_PATH: &str = "/bin:/usr/bin";
+#[cfg(target_env = "musl")]
+const DEFAULT_PATH: &str = "/usr/local/bin:/bin:/usr/bin";
 
 /// Starts `command` as Tokio does, but with a failed exec reported as an
 /// error in a process that ignores `SIGCHLD` too (see the module docs).
@@ -36,59 +42,95 @@ pub(super) fn spawn(command: Command) -> io::Result<tokio::process::Child> {
     if !the_kernel_reaps_our_children() {
         return tokio::process::Command::from(command).spawn();
     }
-    look_up(&command)?;
+    let look_up = LookUp::of(&command);
     // Nothing is left half-done by the panic: the child is gone (reaped by
-    // the kernel), and the pipes std made for it close as it unwinds.
+    // the kernel), std has let go of its locks, and the pipes it made for
+    // the child close as it unwinds. It cannot come from the child's side
+    // of the fork, where std aborts on a panic.
     catch_unwind(AssertUnwindSafe(|| {
         tokio::process::Command::from(command).spawn()
     }))
-    .unwrap_or_else(|_| {
-        Err(io::Error::other(
-            "the program could not be executed, and why is lost: std cannot \
-             report a failed exec in a process that ignores SIGCHLD \
-             (rust-lang/rust#110317)",
-        ))
-    })
+    .unwrap_or_else(|_| Err(look_up.why_not_started()))
 }
 
-/// The error `execvp` would give for `command`'s program, if it can tell:
-/// not found, or found but not an executable file. `Ok` where the exec may
-/// succeed.
-fn look_up(command: &Command) -> io::Result<()> {
-    let program = command.get_program();
-    // In the child, the exec comes after the change of directory: relative
-    // names resolve against the command's directory.
-    let in_child_dir = |path: &Path| match command.get_current_dir() {
-        Some(dir) if path.is_relative() => dir.join(path),
-        _ => path.to_path_buf(),
-    };
-    if program.as_bytes().contains(&b'/') {
-        return executable(&in_child_dir(Path::new(program)));
-    }
-    // `execvp` searches the child's PATH: the command's own if it sets or
-    // removes one (a command that clears its whole environment is not
-    // seen here; it is the rare case the catch covers).
-    let search: OsString = match command.get_envs().find(|(key, _)| *key == OsStr::new("PATH")) {
-        Some((_, value)) => value.map_or_else(|| DEFAULT_PATH.into(), OsStr::to_owned),
-        None => std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into()),
-    };
-    // As `execvp`: a candidate that is there but not executable is passed
-    // over, and its EACCES is the error if none is found.
-    let mut denied = None;
-    for dir in std::env::split_paths(&search) {
-        // An empty entry is the current directory.
-        let dir = if dir.as_os_str().is_empty() {
-            PathBuf::from(".")
-        } else {
-            dir
-        };
-        match executable(&in_child_dir(&dir.join(program))) {
-            Ok(()) => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => denied = Some(e),
-            Err(_) => {}
+/// What `execvp` in the child will search, as far as the command shows it.
+struct LookUp {
+    program: OsString,
+    current_dir: Option<PathBuf>,
+    /// The command's own `PATH`: set, or removed (`Some(None)`).
+    path: Option<Option<OsString>>,
+}
+
+impl LookUp {
+    fn of(command: &Command) -> LookUp {
+        LookUp {
+            program: command.get_program().to_owned(),
+            current_dir: command.get_current_dir().map(Path::to_path_buf),
+            path: command
+                .get_envs()
+                .find(|(key, _)| *key == OsStr::new("PATH"))
+                .map(|(_, value)| value.map(OsStr::to_owned)),
         }
     }
-    Err(denied.unwrap_or_else(|| io::Error::from_raw_os_error(libc::ENOENT)))
+
+    /// The error for a program that did not start: the exec's, as far as a
+    /// look-up can tell it, else one saying the cause is lost.
+    fn why_not_started(&self) -> io::Error {
+        let found = match self.current_dir.as_deref().map(std::fs::metadata) {
+            // The chdir comes first in the child, and failed.
+            Some(Err(e)) => Err(e),
+            _ => self.executable_found(),
+        };
+        let lost = "std cannot report a failed exec in a process that ignores SIGCHLD \
+                    (rust-lang/rust#110317)";
+        match found {
+            Err(e) => io::Error::new(e.kind(), format!("{e} (as a look-up finds: {lost})")),
+            Ok(()) => io::Error::other(format!(
+                "the program could not be executed, and why is lost: {lost}"
+            )),
+        }
+    }
+
+    /// `Ok` if the program is there and executable, as `execvp` would find
+    /// it; the error it would give otherwise.
+    fn executable_found(&self) -> io::Result<()> {
+        let program = Path::new(&self.program);
+        if self.program.is_empty() {
+            return Err(io::Error::from_raw_os_error(libc::ENOENT));
+        }
+        // In the child, the exec comes after the change of directory:
+        // relative names resolve against the command's directory.
+        let in_child_dir = |path: &Path| match &self.current_dir {
+            Some(dir) if path.is_relative() => dir.join(path),
+            _ => path.to_path_buf(),
+        };
+        if self.program.as_bytes().contains(&b'/') {
+            return executable(&in_child_dir(program));
+        }
+        // `execvp` searches the child's PATH: the command's own if it sets
+        // or removes one, else ours.
+        let search: OsString = match &self.path {
+            Some(value) => value.clone().unwrap_or_else(|| DEFAULT_PATH.into()),
+            None => std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into()),
+        };
+        // As `execvp`: a candidate that is there but not executable is
+        // passed over, and its EACCES is the error if none is found.
+        let mut denied = None;
+        for dir in std::env::split_paths(&search) {
+            // An empty entry is the current directory.
+            let dir = if dir.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                dir
+            };
+            match executable(&in_child_dir(&dir.join(program))) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => denied = Some(e),
+                Err(_) => {}
+            }
+        }
+        Err(denied.unwrap_or_else(|| io::Error::from_raw_os_error(libc::ENOENT)))
+    }
 }
 
 /// `Ok` if `path` is a file this process may execute; the error of an exec
@@ -97,12 +139,11 @@ fn executable(path: &Path) -> io::Result<()> {
     if !std::fs::metadata(path)?.is_file() {
         return Err(io::Error::from_raw_os_error(libc::EACCES));
     }
-    // A path with a NUL byte: std refuses it itself, with an error of its own.
-    let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else {
-        return Ok(());
-    };
-    // SAFETY: access reads a NUL-terminated path we own.
-    if unsafe { libc::access(c_path.as_ptr(), libc::X_OK) } != 0 {
+    let c_path = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::from)?;
+    // With the effective ids, as the exec checks (plain `access` uses the
+    // real ones, which differ in a setuid program).
+    // SAFETY: faccessat reads a NUL-terminated path we own.
+    if unsafe { libc::faccessat(libc::AT_FDCWD, c_path.as_ptr(), libc::X_OK, libc::AT_EACCESS) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())

@@ -86,7 +86,10 @@ impl Killer {
             }
             // SAFETY: a plain syscall. The pid is still this child's: the
             // thread that waits for it marks it `Done`, under this lock,
-            // before it reaps it.
+            // before it reaps it. Not so in a process that ignores SIGCHLD,
+            // where the kernel reaps it as it exits: a kill between that
+            // and the thread's wake-up reaches the pid's next owner, if it
+            // has one within those microseconds (as Tokio's own kill would).
             Reaper::Thread => unsafe {
                 libc::kill(self.pid as libc::pid_t, libc::SIGKILL);
             },
@@ -152,7 +155,8 @@ fn open_pidfd(pid: u32) -> Option<OwnedFd> {
 /// True if this process ignores `SIGCHLD` or sets `SA_NOCLDWAIT`: the
 /// kernel then reaps its children as they exit, and a child's pid may be
 /// another process's a moment later, and std cannot report a failed exec
-/// (see `exec_check`).
+/// (see `exec_check`). Tokio may put a `SIGCHLD` handler of its own in
+/// place later (without pidfds): this says how things are now.
 pub(super) fn the_kernel_reaps_our_children() -> bool {
     // SAFETY: reads the disposition into a struct of our own; changes none.
     unsafe {

@@ -18,10 +18,11 @@ use crate::protocol::HandshakeOut;
 
 /// Settings of a session. `SessionConfig::default()` gives the documented
 /// defaults. A count or size of 0 (`max_in_flight`,
-/// `max_concurrent_handlers`, `message_buffer`, `message_buffer_bytes`)
-/// is taken as 1, and one past what Tokio's semaphores hold
-/// (`usize::MAX >> 3`, so `usize::MAX` for "no limit") as that most
-/// (`message_buffer_bytes`: as 4 GiB).
+/// `max_concurrent_handlers`, `max_queued_requests`, `message_buffer`,
+/// `message_buffer_bytes`, `max_unwritten_refusal_bytes`) is taken as 1,
+/// and a value past what Tokio's semaphores hold (`usize::MAX >> 3`, so
+/// `usize::MAX` for "no limit") as that most (the two byte sizes: as
+/// 4 GiB).
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
     /// How long [`setup`] waits for the peer to complete the handshake
