@@ -1,4 +1,5 @@
-//! Starting the child's program in a process that ignores `SIGCHLD`.
+//! Starting the child's program, with a failed exec reported as an error
+//! in a process that ignores `SIGCHLD` too.
 //!
 //! std starts a child with a `pre_exec` closure (ours puts the channel at
 //! its fd) by fork and exec, and learns of a failed exec through a pipe;
@@ -8,27 +9,34 @@
 //! either return Ok or panic", rust-lang/rust#110317) where it would have
 //! returned the exec's error. A daemon or wrapper that ignores `SIGCHLD`
 //! passes that on across exec, so a program of ours can be in such a
-//! process without knowing.
+//! process without knowing (and another thread may switch to it at any
+//! time).
 //!
-//! There, std's panic is caught and made an error, and the program is
-//! then looked up as `execvp` looks for it, to say why it did not start
-//! (not found, not executable) where std cannot. The look-up only explains
-//! a failure that happened; it never decides whether to try. A look-up
+//! So that panic, and only it (told by its message), is caught and made
+//! an error; any other panic goes on as it came. The program is then
+//! looked up as `execvp` looks for it, to say why it did not start (not
+//! found, not executable) where std cannot. The look-up only explains a
+//! failure that happened; it never decides whether to try: a look-up
 //! before the spawn, tried first, refused programs that would have
-//! started: it cannot see a command's `env_clear`, a caller's own
-//! `pre_exec` (a chdir, a chroot), or every rule of the C library's
-//! search. The cost: std's panic message reaches stderr through the panic
-//! hook before the error is returned, and with `panic = "abort"` such a
-//! failure aborts the process.
+//! started, as it cannot see a command's `env_clear`, a caller's own
+//! `pre_exec` (a chdir, a chroot), or every rule of the C library. The
+//! cost: std's panic message reaches stderr through the panic hook before
+//! the error is returned, and with `panic = "abort"` such a failure aborts
+//! the process.
+//!
+//! Should std's message change, its panic goes on as it came: as before
+//! this module, not a wrong error.
 
+use std::any::Any;
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::reaping::the_kernel_reaps_our_children;
+/// std's panic when the wait for a child whose exec failed finds no child.
+const LOST_EXEC_PANIC: &str = "wait() should either return Ok or panic";
 
 /// `execvp`'s search path when `PATH` is unset.
 #[cfg(not(target_env = "musl"))]
@@ -39,18 +47,26 @@ const DEFAULT_PATH: &str = "/usr/local/bin:/bin:/usr/bin";
 /// Starts `command` as Tokio does, but with a failed exec reported as an
 /// error in a process that ignores `SIGCHLD` too (see the module docs).
 pub(super) fn spawn(command: Command) -> io::Result<tokio::process::Child> {
-    if !the_kernel_reaps_our_children() {
-        return tokio::process::Command::from(command).spawn();
+    let mut command = tokio::process::Command::from(command);
+    // Only the spawn is inside the catch: the command (with the caller's
+    // pre_exec closures) is dropped outside it. Nothing is left half-done
+    // by std's panic: the child is gone (reaped by the kernel), std has let
+    // go of its locks, and the pipes it made for the child close as it
+    // unwinds. It cannot come from the child's side of the fork, where std
+    // aborts on a panic.
+    match catch_unwind(AssertUnwindSafe(|| command.spawn())) {
+        Ok(spawned) => spawned,
+        Err(panic) if is_lost_exec_panic(&*panic) => Err(LookUp::of(command.as_std()).why_not_started()),
+        Err(panic) => resume_unwind(panic),
     }
-    let look_up = LookUp::of(&command);
-    // Nothing is left half-done by the panic: the child is gone (reaped by
-    // the kernel), std has let go of its locks, and the pipes it made for
-    // the child close as it unwinds. It cannot come from the child's side
-    // of the fork, where std aborts on a panic.
-    catch_unwind(AssertUnwindSafe(|| {
-        tokio::process::Command::from(command).spawn()
-    }))
-    .unwrap_or_else(|_| Err(look_up.why_not_started()))
+}
+
+fn is_lost_exec_panic(panic: &(dyn Any + Send)) -> bool {
+    let text = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str));
+    text.is_some_and(|text| text.contains(LOST_EXEC_PANIC))
 }
 
 /// What `execvp` in the child will search, as far as the command shows it.
@@ -73,22 +89,23 @@ impl LookUp {
         }
     }
 
-    /// The error for a program that did not start: the exec's, as far as a
-    /// look-up can tell it, else one saying the cause is lost.
+    /// The error for a program that did not start: the exec's (or the
+    /// chdir's) as std would give it, errno and all, as far as a look-up
+    /// can tell it; else one saying the cause is lost.
     fn why_not_started(&self) -> io::Error {
         let found = match self.current_dir.as_deref().map(std::fs::metadata) {
             // The chdir comes first in the child, and failed.
             Some(Err(e)) => Err(e),
+            Some(Ok(dir)) if !dir.is_dir() => Err(io::Error::from_raw_os_error(libc::ENOTDIR)),
             _ => self.executable_found(),
         };
-        let lost = "std cannot report a failed exec in a process that ignores SIGCHLD \
-                    (rust-lang/rust#110317)";
-        match found {
-            Err(e) => io::Error::new(e.kind(), format!("{e} (as a look-up finds: {lost})")),
-            Ok(()) => io::Error::other(format!(
-                "the program could not be executed, and why is lost: {lost}"
-            )),
-        }
+        found.err().unwrap_or_else(|| {
+            io::Error::other(
+                "the child could not be started (its exec, or a pre_exec step, \
+                 failed), and why is lost: std cannot report it in a process \
+                 that ignores SIGCHLD (rust-lang/rust#110317)",
+            )
+        })
     }
 
     /// `Ok` if the program is there and executable, as `execvp` would find
@@ -113,8 +130,10 @@ impl LookUp {
             Some(value) => value.clone().unwrap_or_else(|| DEFAULT_PATH.into()),
             None => std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into()),
         };
-        // As `execvp`: a candidate that is there but not executable is
-        // passed over, and its EACCES is the error if none is found.
+        // As glibc's `execvp`: a candidate that is not there is passed over,
+        // as is one there but not executable, whose EACCES is the error if
+        // none is found; any other error (a symlink loop, a name too long)
+        // ends the search.
         let mut denied = None;
         for dir in std::env::split_paths(&search) {
             // An empty entry is the current directory.
@@ -125,8 +144,13 @@ impl LookUp {
             };
             match executable(&in_child_dir(&dir.join(program))) {
                 Ok(()) => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => denied = Some(e),
-                Err(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EACCES) => denied = Some(e),
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT)
+                    ) => {}
+                Err(e) => return Err(e),
             }
         }
         Err(denied.unwrap_or_else(|| io::Error::from_raw_os_error(libc::ENOENT)))
@@ -141,10 +165,34 @@ fn executable(path: &Path) -> io::Result<()> {
     }
     let c_path = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::from)?;
     // With the effective ids, as the exec checks (plain `access` uses the
-    // real ones, which differ in a setuid program).
+    // real ones, which differ in a setuid program). Android's libc has no
+    // such flag: the real ones there.
+    #[cfg(not(target_os = "android"))]
+    let effective_ids = libc::AT_EACCESS;
+    #[cfg(target_os = "android")]
+    let effective_ids = 0;
     // SAFETY: faccessat reads a NUL-terminated path we own.
-    if unsafe { libc::faccessat(libc::AT_FDCWD, c_path.as_ptr(), libc::X_OK, libc::AT_EACCESS) } != 0 {
+    if unsafe { libc::faccessat(libc::AT_FDCWD, c_path.as_ptr(), libc::X_OK, effective_ids) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_stds_lost_exec_panic_is_taken_for_one() {
+        let payload = |f: fn()| catch_unwind(f).unwrap_err();
+        assert!(is_lost_exec_panic(&*payload(|| panic!(
+            "wait() should either return Ok or panic"
+        ))));
+        let formatted = || panic!("{}: {}", "at unix.rs", LOST_EXEC_PANIC);
+        assert!(is_lost_exec_panic(&*payload(formatted)));
+        assert!(!is_lost_exec_panic(&*payload(|| panic!(
+            "a pre_exec capture's drop"
+        ))));
+        assert!(!is_lost_exec_panic(&*payload(|| std::panic::panic_any(7))));
+    }
 }

@@ -154,10 +154,10 @@ fn open_pidfd(pid: u32) -> Option<OwnedFd> {
 
 /// True if this process ignores `SIGCHLD` or sets `SA_NOCLDWAIT`: the
 /// kernel then reaps its children as they exit, and a child's pid may be
-/// another process's a moment later, and std cannot report a failed exec
-/// (see `exec_check`). Tokio may put a `SIGCHLD` handler of its own in
-/// place later (without pidfds): this says how things are now.
-pub(super) fn the_kernel_reaps_our_children() -> bool {
+/// another process's a moment later. Tokio may put a `SIGCHLD` handler of
+/// its own in place later (without pidfds): this says how things are now.
+#[cfg(target_os = "linux")]
+fn the_kernel_reaps_our_children() -> bool {
     // SAFETY: reads the disposition into a struct of our own; changes none.
     unsafe {
         let mut action: libc::sigaction = std::mem::zeroed();
