@@ -252,14 +252,16 @@ async fn a_node_child_fails_an_answer_json_cannot_hold_and_refuses_reserved_send
         Err(Error::Remote(e)) => assert_eq!(e.name, "ResponseNotSent", "{e:?}"),
         other => panic!("{other:?}"),
     }
+    let unsent: Result<Value, _> = session.request(&json!({"op": "throw_null"})).await;
+    match unsent {
+        Err(Error::Remote(e)) => assert_eq!(e.name, "ResponseNotSent", "{e:?}"),
+        other => panic!("{other:?}"),
+    }
     let refused: Value = session.request(&json!({"op": "send_reserved"})).await.unwrap();
+    let reserved = "ERR_RESERVED_MESSAGE";
     assert_eq!(
         refused,
-        json!([
-            "ERR_RESERVED_MESSAGE",
-            "ERR_RESERVED_MESSAGE",
-            "ERR_RESERVED_MESSAGE"
-        ])
+        json!([reserved, reserved, reserved, reserved, reserved, "sent", "sent"])
     );
     finish(session, child).await;
 

@@ -23,7 +23,9 @@
 // uses(name), close() (disconnects the channel).
 //
 // A handler's answer that JSON cannot hold (a BigInt, a cycle) goes as an
-// error named ResponseNotSent, as from the Rust side.
+// error named ResponseNotSent, as from the Rust side. Not while a handle
+// sent with proc.send waits for its ACK: Node queues messages then and
+// serializes them later, where a failure is thrown inside Node.
 //
 // Node 20 itself: a parent's child.disconnect() while a message from the
 // child is half read never closes the channel (no 'disconnect', and the
@@ -77,6 +79,29 @@ function errorFromWire(w) {
   if (typeof w.stack === 'string') e.stack = w.stack;
   e.remote = true;
   return e;
+}
+
+// Why a plain message may not be sent, or null: as the Rust side refuses
+// them (PROTOCOL.md 1.3 and section 2), judged on what the peer will parse.
+// A NODE_ command (Node's rule: `cmd` longer than 5 characters) is Node's
+// own (a NODE_HANDLE without a handle makes Node's receiving side fail),
+// and a message of the protocol's shape would be taken as a request, a
+// response or a handshake. Only an object whose JSON may differ from its
+// own keys (a toJSON, inherited or odd values of the keys that matter) is
+// serialized to see: most messages are not, and cost nothing here.
+const WATCHED_KEYS = ['cmd', HS_UID, HS_TYPE, MSG_TYPE, UID, PAYLOAD];
+function reservedReason(msg) {
+  if (msg === null || typeof msg !== 'object') return null;
+  if (typeof msg.toJSON !== 'function' && !WATCHED_KEYS.some((k) => k in msg)) return null;
+  const text = JSON.stringify(msg);
+  if (text === undefined) return null; // a toJSON that gives nothing: not an object on the wire
+  const wire = JSON.parse(text);
+  if (!isObject(wire)) return null;
+  if (typeof wire.cmd === 'string' && wire.cmd.length > 5 && wire.cmd.startsWith('NODE_')) {
+    return "a cmd starting with NODE_ is Node's own";
+  }
+  if (isHandshake(wire) || isRequestLike(wire)) return 'it has the shape of an ipc-request protocol message';
+  return null;
 }
 
 function makeError(message, code, name = 'Error') {
@@ -175,8 +200,9 @@ function setupIpcSession(proc, handler, { extensions = ['error', 'cancel'], hand
         // error in its place (without the data that may be what failed),
         // as from the Rust side, instead of waiting for ever.
         if (!unsent) return;
+        const why = err !== null && typeof err === 'object' ? err.message : err; // a toJSON may throw anything
         write({ [MSG_TYPE]: RESPONSE, [UID]: id,
-          ...failure({ name: 'ResponseNotSent', message: `the answer could not be sent: ${err.message}` }) });
+          ...failure({ name: 'ResponseNotSent', message: `the answer could not be sent: ${String(why)}` }) });
       });
     };
     Promise.resolve()
@@ -249,16 +275,13 @@ function setupIpcSession(proc, handler, { extensions = ['error', 'cancel'], hand
       });
     },
     send(msg) {
-      // As the Rust side refuses them (PROTOCOL.md 1.3 and section 2): a
-      // NODE_ command is Node's own (a NODE_HANDLE without a handle makes
-      // Node's receiving side fail), and a message of the protocol's shape
-      // would be taken as a request, a response or a handshake.
-      if (isObject(msg) && typeof msg.cmd === 'string' && msg.cmd.startsWith('NODE_')) {
-        return Promise.reject(makeError('a cmd starting with NODE_ is Node\'s own', 'ERR_RESERVED_MESSAGE'));
+      let reserved;
+      try {
+        reserved = reservedReason(msg);
+      } catch (err) {
+        return Promise.reject(err); // JSON cannot hold it: it could not be sent anyway
       }
-      if (isHandshake(msg) || isRequestLike(msg)) {
-        return Promise.reject(makeError('it has the shape of an ipc-request protocol message', 'ERR_RESERVED_MESSAGE'));
-      }
+      if (reserved) return Promise.reject(makeError(reserved, 'ERR_RESERVED_MESSAGE'));
       return new Promise((resolve, reject) => write(msg, (err) => (err ? reject(err) : resolve())));
     },
     onMessage(fn) {

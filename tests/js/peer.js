@@ -189,12 +189,20 @@ function makeOpsHandler(proc, getSession) {
         return process.pid;
       case 'bigint': // an answer JSON cannot hold
         return { n: 1n };
+      case 'throw_null': // an answer whose serializing throws what is not an Error
+        return { toJSON() { throw null; } }; // eslint-disable-line no-throw-literal
       case 'send_reserved': { // what session.send refuses: the codes
         const session = await getSession();
         const tries = [
           { cmd: 'NODE_HANDLE' },
           { [K.MSG_TYPE]: K.REQUEST, [K.UID]: 'x', [K.PAYLOAD]: 1 },
           { [K.HS_UID]: 'x', [K.HS_TYPE]: K.HS_REQUEST },
+          // Judged as the peer will parse them: reserved on the wire ...
+          { cmd: new String('NODE_HANDLE') }, // eslint-disable-line no-new-wrappers
+          { toJSON: () => ({ [K.MSG_TYPE]: K.REQUEST, [K.UID]: 'x', [K.PAYLOAD]: 1 }) },
+          // ... and harmless there (Node's rule needs more than NODE_).
+          { cmd: 'NODE_' },
+          { [K.MSG_TYPE]: K.REQUEST, [K.UID]: 'x', [K.PAYLOAD]: undefined },
         ];
         return Promise.all(tries.map((m) => session.send(m).then(() => 'sent', (e) => e.code)));
       }
