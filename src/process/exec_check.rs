@@ -20,9 +20,10 @@
 //! before the spawn, tried first, refused programs that would have
 //! started, as it cannot see a command's `env_clear`, a caller's own
 //! `pre_exec` (a chdir, a chroot), or every rule of the C library. The
-//! cost: std's panic message reaches stderr through the panic hook before
-//! the error is returned, and with `panic = "abort"` such a failure aborts
-//! the process.
+//! cost: std's panic goes through the panic hook before the error is
+//! returned (its message on stderr, a backtrace if `RUST_BACKTRACE` is
+//! set, a crash reporter's hook sees it), and with `panic = "abort"` (or a
+//! hook that aborts) such a failure aborts the process.
 //!
 //! Should std's message change, its panic goes on as it came: as before
 //! this module, not a wrong error.
@@ -89,9 +90,10 @@ impl LookUp {
         }
     }
 
-    /// The error for a program that did not start: the exec's (or the
-    /// chdir's) as std would give it, errno and all, as far as a look-up
-    /// can tell it; else one saying the cause is lost.
+    /// The error for a program that did not start: of the kind the exec's
+    /// (or the chdir's) would be, as far as a look-up can tell it, saying
+    /// it is the look-up's finding (a guess: the failure may have been a
+    /// pre_exec step's); else one saying the cause is lost.
     fn why_not_started(&self) -> io::Error {
         let found = match self.current_dir.as_deref().map(std::fs::metadata) {
             // The chdir comes first in the child, and failed.
@@ -99,13 +101,14 @@ impl LookUp {
             Some(Ok(dir)) if !dir.is_dir() => Err(io::Error::from_raw_os_error(libc::ENOTDIR)),
             _ => self.executable_found(),
         };
-        found.err().unwrap_or_else(|| {
-            io::Error::other(
-                "the child could not be started (its exec, or a pre_exec step, \
-                 failed), and why is lost: std cannot report it in a process \
-                 that ignores SIGCHLD (rust-lang/rust#110317)",
-            )
-        })
+        let lost = "std cannot report why in a process that ignores SIGCHLD \
+                    (rust-lang/rust#110317)";
+        match found {
+            Err(e) => io::Error::new(e.kind(), format!("{e}, as a look-up finds the program: {lost}")),
+            Ok(()) => io::Error::other(format!(
+                "the child could not be started (its exec, or a pre_exec step, failed): {lost}"
+            )),
+        }
     }
 
     /// `Ok` if the program is there and executable, as `execvp` would find
@@ -135,6 +138,7 @@ impl LookUp {
         // none is found; any other error (a symlink loop, a name too long)
         // ends the search.
         let mut denied = None;
+        let mut last = io::Error::from_raw_os_error(libc::ENOENT);
         for dir in std::env::split_paths(&search) {
             // An empty entry is the current directory.
             let dir = if dir.as_os_str().is_empty() {
@@ -149,11 +153,15 @@ impl LookUp {
                     if matches!(
                         e.raw_os_error(),
                         Some(libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT)
-                    ) => {}
+                    ) =>
+                {
+                    last = e
+                }
                 Err(e) => return Err(e),
             }
         }
-        Err(denied.unwrap_or_else(|| io::Error::from_raw_os_error(libc::ENOENT)))
+        // Else the last one's error, as glibc's errno is then.
+        Err(denied.unwrap_or(last))
     }
 }
 

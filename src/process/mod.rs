@@ -176,11 +176,12 @@ impl Drop for KillUnlessDisarmed<'_> {
 /// A program that cannot start is [`Error::Spawn`], which names it. So too
 /// in a process that ignores `SIGCHLD` (inherited across exec from a
 /// daemon or wrapper), where std itself panics on a failed exec
-/// (rust-lang/rust#110317): there the panic is caught (its message still
-/// reaches stderr; with `panic = "abort"` it aborts), and a look-up of the
-/// program as the exec searches for it says why it did not start (not
-/// found, not executable) where it can; where not (a script whose
-/// interpreter is missing), the error says the cause is lost.
+/// (rust-lang/rust#110317): there the panic is caught (after the panic
+/// hook has seen it: its message reaches stderr; with `panic = "abort"` it
+/// aborts), and a look-up of the program as the exec searches for it says
+/// why it did not start (not found, not executable) where it can, saying
+/// it is the look-up's finding; where not (a script whose interpreter is
+/// missing), the error says the cause is lost.
 ///
 /// If the session's setup then fails, the child keeps running (dropping a
 /// [`ChildProcess`] does not kill it): kill it, or start it with
