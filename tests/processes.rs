@@ -252,16 +252,40 @@ async fn a_node_child_fails_an_answer_json_cannot_hold_and_refuses_reserved_send
         Err(Error::Remote(e)) => assert_eq!(e.name, "ResponseNotSent", "{e:?}"),
         other => panic!("{other:?}"),
     }
-    let unsent: Result<Value, _> = session.request(&json!({"op": "throw_null"})).await;
-    match unsent {
-        Err(Error::Remote(e)) => assert_eq!(e.name, "ResponseNotSent", "{e:?}"),
+    for op in ["throw_null", "function_answer"] {
+        let unsent = tokio::time::timeout(
+            Duration::from_secs(10),
+            session.request::<_, Value>(&json!({"op": op})),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{op}: no answer"));
+        match unsent {
+            Err(Error::Remote(e)) => assert_eq!(e.name, "ResponseNotSent", "{op}: {e:?}"),
+            other => panic!("{op}: {other:?}"),
+        }
+    }
+    match session
+        .request::<_, Value>(&json!({"op": "unreadable_error"}))
+        .await
+    {
+        Err(Error::Remote(e)) => assert!(e.message.contains("could not be read"), "{e:?}"),
         other => panic!("{other:?}"),
     }
     let refused: Value = session.request(&json!({"op": "send_reserved"})).await.unwrap();
     let reserved = "ERR_RESERVED_MESSAGE";
     assert_eq!(
         refused,
-        json!([reserved, reserved, reserved, reserved, reserved, "sent", "sent"])
+        json!([
+            reserved,
+            reserved,
+            reserved,
+            reserved,
+            reserved,
+            reserved,
+            "sent",
+            "sent",
+            "ERR_UNSERIALIZABLE"
+        ])
     );
     finish(session, child).await;
 

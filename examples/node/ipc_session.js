@@ -57,17 +57,31 @@ const isObject = (m) => m !== null && typeof m === 'object' && !Array.isArray(m)
 const isHandshake = (m) => isObject(m) && has(m, HS_UID) && has(m, HS_TYPE);
 const isRequestLike = (m) => isObject(m) && has(m, MSG_TYPE) && has(m, UID) && has(m, PAYLOAD);
 
+// A thrown value as text, whatever it is (a getter that throws, an object
+// with no prototype, a revoked Proxy: handlers may throw anything).
+function describe(x) {
+  try {
+    return String(x !== null && typeof x === 'object' ? x.message : x);
+  } catch (_) {
+    return 'a value that cannot be shown';
+  }
+}
+
 // The error object of extension `error` (and of the 1.0 fallback payload).
 function errorToWire(err) {
-  if (!isObject(err)) return { name: 'Error', message: String(err) };
-  const out = {
-    name: typeof err.name === 'string' ? err.name : 'Error',
-    message: typeof err.message === 'string' ? err.message : String(err.message ?? ''),
-  };
-  if (typeof err.stack === 'string') out.stack = err.stack;
-  if (typeof err.code === 'string' || typeof err.code === 'number') out.code = err.code;
-  if (err.data !== undefined) out.data = err.data;
-  return out;
+  try {
+    if (!isObject(err)) return { name: 'Error', message: describe(err) };
+    const out = {
+      name: typeof err.name === 'string' ? err.name : 'Error',
+      message: typeof err.message === 'string' ? err.message : describe(err.message ?? ''),
+    };
+    if (typeof err.stack === 'string') out.stack = err.stack;
+    if (typeof err.code === 'string' || typeof err.code === 'number') out.code = err.code;
+    if (err.data !== undefined) out.data = err.data;
+    return out;
+  } catch (e) {
+    return { name: 'Error', message: `an error that could not be read: ${describe(e)}` };
+  }
 }
 
 function errorFromWire(w) {
@@ -81,27 +95,44 @@ function errorFromWire(w) {
   return e;
 }
 
-// Why a plain message may not be sent, or null: as the Rust side refuses
-// them (PROTOCOL.md 1.3 and section 2), judged on what the peer will parse.
-// A NODE_ command (Node's rule: `cmd` longer than 5 characters) is Node's
-// own (a NODE_HANDLE without a handle makes Node's receiving side fail),
-// and a message of the protocol's shape would be taken as a request, a
-// response or a handshake. Only an object whose JSON may differ from its
-// own keys (a toJSON, inherited or odd values of the keys that matter) is
-// serialized to see: most messages are not, and cost nothing here.
-const WATCHED_KEYS = ['cmd', HS_UID, HS_TYPE, MSG_TYPE, UID, PAYLOAD];
-function reservedReason(msg) {
-  if (msg === null || typeof msg !== 'object') return null;
-  if (typeof msg.toJSON !== 'function' && !WATCHED_KEYS.some((k) => k in msg)) return null;
+// A plain message as the peer will parse it, to send in its place, or a
+// thrown error if it may not be sent: as the Rust side refuses them
+// (PROTOCOL.md 1.2, 1.3 and section 2). Serialized once here, so what is
+// judged is what goes out (a toJSON or a getter could give another answer
+// each time it is asked, and Node serializes the message itself, maybe
+// later). Refused: a message JSON cannot hold or that serializes to
+// nothing (Node would write the line `undefined`, which a Node peer cannot
+// parse); a NODE_ command (Node's rule: `cmd` longer than 5 characters),
+// which is Node's own (a NODE_HANDLE without a handle makes Node's
+// receiving side fail); a message of the protocol's shape, which would be
+// taken as a request, a response or a handshake.
+function wireMessage(msg) {
   const text = JSON.stringify(msg);
-  if (text === undefined) return null; // a toJSON that gives nothing: not an object on the wire
+  if (text === undefined) throw makeError('JSON cannot hold this message: it serializes to nothing', 'ERR_UNSERIALIZABLE');
   const wire = JSON.parse(text);
-  if (!isObject(wire)) return null;
-  if (typeof wire.cmd === 'string' && wire.cmd.length > 5 && wire.cmd.startsWith('NODE_')) {
-    return "a cmd starting with NODE_ is Node's own";
+  if (isObject(wire) && typeof wire.cmd === 'string' && wire.cmd.length > 5 && wire.cmd.startsWith('NODE_')) {
+    throw makeError("a cmd starting with NODE_ is Node's own", 'ERR_RESERVED_MESSAGE');
   }
-  if (isHandshake(wire) || isRequestLike(wire)) return 'it has the shape of an ipc-request protocol message';
-  return null;
+  if (isHandshake(wire) || isRequestLike(wire)) {
+    throw makeError('it has the shape of an ipc-request protocol message', 'ERR_RESERVED_MESSAGE');
+  }
+  return wire;
+}
+
+// A request's or an answer's payload as JSON will carry it. JSON drops a
+// key whose value serializes to nothing (a function, a symbol, a toJSON
+// that gives undefined), and a message without its PAYLOAD is no longer a
+// request or a response: its caller would wait for ever. Such a value, or
+// one that may turn into one (a toJSON), is serialized here; throws if
+// JSON cannot hold it.
+function payloadValue(v) {
+  if (v === undefined) return null;
+  const plain = typeof v !== 'function' && typeof v !== 'symbol'
+    && !(v !== null && typeof v === 'object' && typeof v.toJSON === 'function');
+  if (plain) return v;
+  const text = JSON.stringify(v);
+  if (text === undefined) throw makeError('JSON cannot hold this value: it serializes to nothing', 'ERR_UNSERIALIZABLE');
+  return JSON.parse(text);
 }
 
 function makeError(message, code, name = 'Error') {
@@ -192,23 +223,29 @@ function setupIpcSession(proc, handler, { extensions = ['error', 'cancel'], hand
     const failure = (err) => (uses('error')
       ? { [PAYLOAD]: null, [ERROR]: errorToWire(err) } // extension `error`
       : { [PAYLOAD]: errorToWire(err) }); // 1.0 peer: the error object as payload
+    // An answer JSON cannot hold is not written: the caller gets an error in
+    // its place (without the data that may be what failed), as from the
+    // Rust side, instead of waiting for ever.
+    const notSent = (err) => failure({ name: 'ResponseNotSent', message: `the answer could not be sent: ${describe(err)}` });
     const answer = (msg) => {
       if (running.get(id) === state) running.delete(id);
       if (cancelled) return; // cancel: whatever the handler sends later is not written
       write({ [MSG_TYPE]: RESPONSE, [UID]: id, ...msg }, (err, unsent) => {
-        // An answer JSON cannot hold was not written: the caller gets an
-        // error in its place (without the data that may be what failed),
-        // as from the Rust side, instead of waiting for ever.
-        if (!unsent) return;
-        const why = err !== null && typeof err === 'object' ? err.message : err; // a toJSON may throw anything
-        write({ [MSG_TYPE]: RESPONSE, [UID]: id,
-          ...failure({ name: 'ResponseNotSent', message: `the answer could not be sent: ${String(why)}` }) });
+        if (unsent) write({ [MSG_TYPE]: RESPONSE, [UID]: id, ...notSent(err) });
       });
     };
     Promise.resolve()
       .then(() => handler(payload, ctx))
       .then(
-        (value) => answer({ [PAYLOAD]: value === undefined ? null : value }),
+        (value) => {
+          let carried;
+          try {
+            carried = payloadValue(value);
+          } catch (err) {
+            return answer(notSent(err));
+          }
+          return answer({ [PAYLOAD]: carried });
+        },
         (err) => answer(failure(err)),
       );
   }
@@ -257,6 +294,11 @@ function setupIpcSession(proc, handler, { extensions = ['error', 'cancel'], hand
     request(payload, { timeoutMs } = {}) {
       return new Promise((resolve, reject) => {
         if (closed) return reject(makeError('IPC channel closed', 'ERR_IPC_CHANNEL_CLOSED'));
+        try {
+          payload = payloadValue(payload);
+        } catch (err) {
+          return reject(err);
+        }
         const id = String(++nextId);
         const p = { resolve, reject, timer: null };
         pending.set(id, p);
@@ -269,20 +311,19 @@ function setupIpcSession(proc, handler, { extensions = ['error', 'cancel'], hand
             if (uses('cancel')) write({ [MSG_TYPE]: CANCEL, [UID]: id, [PAYLOAD]: null });
           }, timeoutMs);
         }
-        write({ [MSG_TYPE]: REQUEST, [UID]: id, [PAYLOAD]: payload === undefined ? null : payload }, (err) => {
+        write({ [MSG_TYPE]: REQUEST, [UID]: id, [PAYLOAD]: payload }, (err) => {
           if (err && pending.get(id) === p) { pending.delete(id); clearTimeout(p.timer); reject(err); }
         });
       });
     },
     send(msg) {
-      let reserved;
+      let wire;
       try {
-        reserved = reservedReason(msg);
+        wire = wireMessage(msg);
       } catch (err) {
-        return Promise.reject(err); // JSON cannot hold it: it could not be sent anyway
+        return Promise.reject(err);
       }
-      if (reserved) return Promise.reject(makeError(reserved, 'ERR_RESERVED_MESSAGE'));
-      return new Promise((resolve, reject) => write(msg, (err) => (err ? reject(err) : resolve())));
+      return new Promise((resolve, reject) => write(wire, (err) => (err ? reject(err) : resolve())));
     },
     onMessage(fn) {
       plainListeners.add(fn);

@@ -191,6 +191,10 @@ function makeOpsHandler(proc, getSession) {
         return { n: 1n };
       case 'throw_null': // an answer whose serializing throws what is not an Error
         return { toJSON() { throw null; } }; // eslint-disable-line no-throw-literal
+      case 'function_answer': // an answer JSON would silently drop
+        return () => 1;
+      case 'unreadable_error': // a failure whose fields throw when read
+        throw { get name() { throw new Error('name getter'); } }; // eslint-disable-line no-throw-literal
       case 'send_reserved': { // what session.send refuses: the codes
         const session = await getSession();
         const tries = [
@@ -200,9 +204,12 @@ function makeOpsHandler(proc, getSession) {
           // Judged as the peer will parse them: reserved on the wire ...
           { cmd: new String('NODE_HANDLE') }, // eslint-disable-line no-new-wrappers
           { toJSON: () => ({ [K.MSG_TYPE]: K.REQUEST, [K.UID]: 'x', [K.PAYLOAD]: 1 }) },
+          new Proxy({ [K.MSG_TYPE]: K.REQUEST, [K.UID]: 'x', [K.PAYLOAD]: 1 }, { has: () => false }),
           // ... and harmless there (Node's rule needs more than NODE_).
           { cmd: 'NODE_' },
           { [K.MSG_TYPE]: K.REQUEST, [K.UID]: 'x', [K.PAYLOAD]: undefined },
+          // Nothing on the wire at all: Node would write the line `undefined`.
+          { toJSON: () => undefined },
         ];
         return Promise.all(tries.map((m) => session.send(m).then(() => 'sent', (e) => e.code)));
       }
