@@ -264,6 +264,14 @@ async fn a_node_child_fails_an_answer_json_cannot_hold_and_refuses_reserved_send
             other => panic!("{op}: {other:?}"),
         }
     }
+    // What is sent is what was judged: the answer as first serialized.
+    let flipped = tokio::time::timeout(
+        Duration::from_secs(10),
+        session.request::<_, Value>(&json!({"op": "flip_answer"})),
+    )
+    .await
+    .expect("flip_answer: no answer");
+    assert_eq!(flipped.unwrap(), json!({}));
     match session
         .request::<_, Value>(&json!({"op": "unreadable_error"}))
         .await

@@ -22,10 +22,10 @@
 // (what the peer advertised), extensions (negotiated: ours AND the peer's),
 // uses(name), close() (disconnects the channel).
 //
-// A handler's answer that JSON cannot hold (a BigInt, a cycle) goes as an
-// error named ResponseNotSent, as from the Rust side. Not while a handle
-// sent with proc.send waits for its ACK: Node queues messages then and
-// serializes them later, where a failure is thrown inside Node.
+// A handler's answer that JSON cannot hold (a BigInt, a cycle, a function)
+// goes as an error named ResponseNotSent, as from the Rust side; a request
+// whose payload it cannot hold is rejected. Payloads and plain messages
+// are serialized by this file first (see payloadValue), at some cost.
 //
 // Node 20 itself: a parent's child.disconnect() while a message from the
 // child is half read never closes the channel (no 'disconnect', and the
@@ -61,7 +61,8 @@ const isRequestLike = (m) => isObject(m) && has(m, MSG_TYPE) && has(m, UID) && h
 // with no prototype, a revoked Proxy: handlers may throw anything).
 function describe(x) {
   try {
-    return String(x !== null && typeof x === 'object' ? x.message : x);
+    if (isObject(x) && 'message' in x) return String(x.message);
+    return String(x);
   } catch (_) {
     return 'a value that cannot be shown';
   }
@@ -119,17 +120,18 @@ function wireMessage(msg) {
   return wire;
 }
 
-// A request's or an answer's payload as JSON will carry it. JSON drops a
-// key whose value serializes to nothing (a function, a symbol, a toJSON
-// that gives undefined), and a message without its PAYLOAD is no longer a
-// request or a response: its caller would wait for ever. Such a value, or
-// one that may turn into one (a toJSON), is serialized here; throws if
-// JSON cannot hold it.
+// A request's or an answer's payload as JSON will carry it, serialized
+// here, once, into a copy of our own; throws if JSON cannot hold it. JSON
+// drops a key whose value serializes to nothing (a function, a symbol, a
+// toJSON that gives undefined), and a message without its PAYLOAD is no
+// longer a request or a response: its caller would wait for ever. Judged
+// on the value itself, a toJSON or a getter could answer otherwise when
+// Node serializes it, and while a handle sent with proc.send waits for its
+// ACK, Node serializes queued messages later, where a failure is thrown
+// inside Node: the copy is plain data. (A toJSON(key) gets "" here.) The
+// price: every payload is serialized twice and parsed once.
 function payloadValue(v) {
   if (v === undefined) return null;
-  const plain = typeof v !== 'function' && typeof v !== 'symbol'
-    && !(v !== null && typeof v === 'object' && typeof v.toJSON === 'function');
-  if (plain) return v;
   const text = JSON.stringify(v);
   if (text === undefined) throw makeError('JSON cannot hold this value: it serializes to nothing', 'ERR_UNSERIALIZABLE');
   return JSON.parse(text);

@@ -95,15 +95,27 @@ impl LookUp {
     /// it is the look-up's finding (a guess: the failure may have been a
     /// pre_exec step's); else one saying the cause is lost.
     fn why_not_started(&self) -> io::Error {
-        let found = match self.current_dir.as_deref().map(std::fs::metadata) {
-            // The chdir comes first in the child, and failed.
-            Some(Err(e)) => Err(e),
-            Some(Ok(dir)) if !dir.is_dir() => Err(io::Error::from_raw_os_error(libc::ENOTDIR)),
-            _ => self.executable_found(),
-        };
         let lost = "std cannot report why in a process that ignores SIGCHLD \
                     (rust-lang/rust#110317)";
-        match found {
+        // The chdir comes first in the child.
+        let dir_error = match self
+            .current_dir
+            .as_deref()
+            .map(|dir| (dir, std::fs::metadata(dir)))
+        {
+            Some((dir, Err(e))) => Some((dir, e)),
+            Some((dir, Ok(meta))) if !meta.is_dir() => {
+                Some((dir, io::Error::from_raw_os_error(libc::ENOTDIR)))
+            }
+            _ => None,
+        };
+        if let Some((dir, e)) = dir_error {
+            return io::Error::new(
+                e.kind(),
+                format!("current_dir {}: {e}, as a look-up finds: {lost}", dir.display()),
+            );
+        }
+        match self.executable_found() {
             Err(e) => io::Error::new(e.kind(), format!("{e}, as a look-up finds the program: {lost}")),
             Ok(()) => io::Error::other(format!(
                 "the child could not be started (its exec, or a pre_exec step, failed): {lost}"

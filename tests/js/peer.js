@@ -193,6 +193,10 @@ function makeOpsHandler(proc, getSession) {
         return { toJSON() { throw null; } }; // eslint-disable-line no-throw-literal
       case 'function_answer': // an answer JSON would silently drop
         return () => 1;
+      case 'flip_answer': { // no toJSON when first asked, one that drops the answer after
+        let reads = 0;
+        return { get toJSON() { return reads++ ? () => undefined : undefined; } };
+      }
       case 'unreadable_error': // a failure whose fields throw when read
         throw { get name() { throw new Error('name getter'); } }; // eslint-disable-line no-throw-literal
       case 'send_reserved': { // what session.send refuses: the codes
