@@ -20,8 +20,8 @@ use crate::session::Request;
 /// is kept, is the session's memory, and with it descriptors: the
 /// channel's (shut, once the session is closed) and the runtime's I/O
 /// driver's. Keep it for a call, not for the life of the program. Like
-/// every blocking call,
-/// its calls panic in an async context; a `handler_fn` thread is not one.
+/// every blocking call, its calls panic in an async context; a
+/// `handler_fn` thread is not one.
 ///
 /// Its calls are driven by the runtime the session was set up on. On a
 /// multi-thread runtime (the blocking facade's own, or `#[tokio::main]`'s)
