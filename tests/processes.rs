@@ -252,7 +252,7 @@ async fn a_node_child_fails_an_answer_json_cannot_hold_and_refuses_reserved_send
         Err(Error::Remote(e)) => assert_eq!(e.name, "ResponseNotSent", "{e:?}"),
         other => panic!("{other:?}"),
     }
-    for op in ["throw_null", "function_answer"] {
+    for op in ["throw_null", "function_answer", "handle_then_bad_error"] {
         let unsent = tokio::time::timeout(
             Duration::from_secs(10),
             session.request::<_, Value>(&json!({"op": op})),

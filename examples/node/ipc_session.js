@@ -69,16 +69,20 @@ function describe(x) {
 }
 
 // The error object of extension `error` (and of the 1.0 fallback payload).
+// Each field is read once (a getter could answer otherwise the second
+// time); only a string name, a string message, a string stack and a string
+// or finite number code are taken (PROTOCOL.md section 3).
 function errorToWire(err) {
   try {
     if (!isObject(err)) return { name: 'Error', message: describe(err) };
+    const { name, message, stack, code, data } = err;
     const out = {
-      name: typeof err.name === 'string' ? err.name : 'Error',
-      message: typeof err.message === 'string' ? err.message : describe(err.message ?? ''),
+      name: typeof name === 'string' ? name : 'Error',
+      message: typeof message === 'string' ? message : describe(message ?? ''),
     };
-    if (typeof err.stack === 'string') out.stack = err.stack;
-    if (typeof err.code === 'string' || typeof err.code === 'number') out.code = err.code;
-    if (err.data !== undefined) out.data = err.data;
+    if (typeof stack === 'string') out.stack = stack;
+    if (typeof code === 'string' || Number.isFinite(code)) out.code = code;
+    if (data !== undefined) out.data = data;
     return out;
   } catch (e) {
     return { name: 'Error', message: `an error that could not be read: ${describe(e)}` };
@@ -222,13 +226,22 @@ function setupIpcSession(proc, handler, { extensions = ['error', 'cancel'], hand
       onCancel(fn) { if (cancelled) fn(); else cancelFns.push(fn); },
     };
     running.set(id, state);
-    const failure = (err) => (uses('error')
-      ? { [PAYLOAD]: null, [ERROR]: errorToWire(err) } // extension `error`
-      : { [PAYLOAD]: errorToWire(err) }); // 1.0 peer: the error object as payload
     // An answer JSON cannot hold is not written: the caller gets an error in
     // its place (without the data that may be what failed), as from the
     // Rust side, instead of waiting for ever.
-    const notSent = (err) => failure({ name: 'ResponseNotSent', message: `the answer could not be sent: ${describe(err)}` });
+    const notSentError = (err) => ({ name: 'ResponseNotSent', message: `the answer could not be sent: ${describe(err)}` });
+    const failure = (err) => {
+      let wire;
+      try {
+        wire = payloadValue(errorToWire(err)); // a copy, as a payload is (its data may be anything)
+      } catch (e) {
+        wire = notSentError(e);
+      }
+      return uses('error')
+        ? { [PAYLOAD]: null, [ERROR]: wire } // extension `error`
+        : { [PAYLOAD]: wire }; // 1.0 peer: the error object as payload
+    };
+    const notSent = (err) => failure(notSentError(err));
     const answer = (msg) => {
       if (running.get(id) === state) running.delete(id);
       if (cancelled) return; // cancel: whatever the handler sends later is not written
@@ -293,9 +306,17 @@ function setupIpcSession(proc, handler, { extensions = ['error', 'cancel'], hand
     get peerExtensions() { return [...peerExtensions]; },
     get extensions() { return ours.filter((x) => peerExtensions.includes(x)); },
     uses,
-    request(payload, { timeoutMs } = {}) {
+    request(payload, options) {
       return new Promise((resolve, reject) => {
         if (closed) return reject(makeError('IPC channel closed', 'ERR_IPC_CHANNEL_CLOSED'));
+        // No timeout, Infinity, or what setTimeout can wait (it takes more
+        // than 2^31 - 1 ms, or a non-number, as 1 ms).
+        let timeoutMs = options?.timeoutMs;
+        if (timeoutMs === Infinity) timeoutMs = undefined;
+        if (timeoutMs != null && !(typeof timeoutMs === 'number' && timeoutMs >= 0 && timeoutMs <= 2147483647)) {
+          return reject(makeError(`timeoutMs must be a number of ms from 0 to 2147483647, or Infinity: ${describe(timeoutMs)}`,
+            'ERR_OUT_OF_RANGE', 'RangeError'));
+        }
         try {
           payload = payloadValue(payload);
         } catch (err) {

@@ -100,6 +100,24 @@ function writeRaw(fd, text) {
   }
 }
 
+// A connected net.Socket (not a net.Server): for sockets Node keeps the
+// handle after sending and retransmits it on NACK (3 times), so a peer that
+// NACKs sees the whole dance. The server and our accepted end are closed at
+// once; the sent fd stays a valid (closed-by-peer) socket, which is all a
+// handle test needs.
+async function connectedSocket() {
+  const server = net.createServer((accepted) => accepted.destroy());
+  await new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', resolve);
+  });
+  const sock = net.connect(server.address().port, '127.0.0.1');
+  sock.on('error', () => {});
+  await new Promise((resolve, reject) => { sock.once('connect', resolve); sock.once('error', reject); });
+  server.close();
+  return sock;
+}
+
 function makeOpsHandler(proc, getSession) {
   const cancelledKeys = new Set();
   const cancelWaiters = new Set(); // functions called whenever a key gets cancelled
@@ -148,20 +166,7 @@ function makeOpsHandler(proc, getSession) {
         return msgs.length;
       }
       case 'handle': {
-        // A connected net.Socket (not a net.Server): for sockets Node keeps
-        // the handle after sending and retransmits it on NACK (3 times), so a
-        // peer that NACKs sees the whole dance. The server and our accepted
-        // end are closed at once; the sent fd stays a valid (closed-by-peer)
-        // socket, which is all a handle test needs.
-        const server = net.createServer((accepted) => accepted.destroy());
-        await new Promise((resolve, reject) => {
-          server.once('error', reject);
-          server.listen(0, '127.0.0.1', resolve);
-        });
-        const sock = net.connect(server.address().port, '127.0.0.1');
-        sock.on('error', () => {});
-        await new Promise((resolve, reject) => { sock.once('connect', resolve); sock.once('error', reject); });
-        server.close();
+        const sock = await connectedSocket();
         // Node detaches the fd from `sock` and closes it itself on ACK, or
         // after the last NACK (with the suppressed warning).
         await new Promise((resolve, reject) =>
@@ -191,6 +196,13 @@ function makeOpsHandler(proc, getSession) {
         return { n: 1n };
       case 'throw_null': // an answer whose serializing throws what is not an Error
         return { toJSON() { throw null; } }; // eslint-disable-line no-throw-literal
+      case 'handle_then_bad_error': { // an error JSON cannot hold, queued behind a handle
+        // While the handle waits for its ACK, Node queues the answer and
+        // serializes it later itself, where a failure would be thrown
+        // inside Node: the session must have serialized it first.
+        proc.send({ with: 'handle' }, await connectedSocket(), () => {});
+        throw Object.assign(new Error('failed'), { data: { n: 1n } });
+      }
       case 'function_answer': // an answer JSON would silently drop
         return () => 1;
       case 'flip_answer': { // no toJSON when first asked, one that drops the answer after
