@@ -16,7 +16,8 @@
 // opts:    { extensions = ['error', 'cancel'], handshakeTimeoutMs = 10000 }
 //          extensions = [] is plain ipc-request 1.0 mode.
 //
-// The session: request(payload, {timeoutMs}), send(plain) (refuses, as the
+// The session: request(payload, {timeoutMs}) (timeoutMs: ms, at most about
+// 24.8 days; unset, Infinity or more is none), send(plain) (refuses, as the
 // Rust side does, a `cmd` starting with NODE_ and the protocol's own
 // shapes), onMessage(fn) (returns an unsubscribe function), peerExtensions
 // (what the peer advertised), extensions (negotiated: ours AND the peer's),
@@ -309,13 +310,24 @@ function setupIpcSession(proc, handler, { extensions = ['error', 'cancel'], hand
     request(payload, options) {
       return new Promise((resolve, reject) => {
         if (closed) return reject(makeError('IPC channel closed', 'ERR_IPC_CHANNEL_CLOSED'));
-        // No timeout, Infinity, or what setTimeout can wait (it takes more
-        // than 2^31 - 1 ms, or a non-number, as 1 ms).
-        let timeoutMs = options?.timeoutMs;
-        if (timeoutMs === Infinity) timeoutMs = undefined;
-        if (timeoutMs != null && !(typeof timeoutMs === 'number' && timeoutMs >= 0 && timeoutMs <= 2147483647)) {
-          return reject(makeError(`timeoutMs must be a number of ms from 0 to 2147483647, or Infinity: ${describe(timeoutMs)}`,
-            'ERR_OUT_OF_RANGE', 'RangeError'));
+        // A number of ms (or what Number() makes one of, as setTimeout
+        // does: "100" from an env var); none if unset, or longer than
+        // setTimeout can wait (2^31 - 1 ms, about 24.8 days: it would fire
+        // after 1 ms), Infinity included. Checked before anything is
+        // registered or sent.
+        let timeoutMs;
+        if (options?.timeoutMs != null) {
+          try {
+            timeoutMs = Number(options.timeoutMs);
+          } catch (err) { // a Symbol, a valueOf that throws
+            return reject(Object.assign(new TypeError(`timeoutMs is not a number: ${describe(err)}`),
+              { code: 'ERR_INVALID_ARG_TYPE' }));
+          }
+          if (Number.isNaN(timeoutMs) || timeoutMs < 0) {
+            return reject(Object.assign(new RangeError(`timeoutMs must be 0 or more ms: ${describe(options.timeoutMs)}`),
+              { code: 'ERR_OUT_OF_RANGE' }));
+          }
+          if (timeoutMs > 2147483647) timeoutMs = undefined;
         }
         try {
           payload = payloadValue(payload);
