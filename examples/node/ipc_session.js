@@ -113,9 +113,7 @@ function errorFromWire(w) {
 // receiving side fail); a message of the protocol's shape, which would be
 // taken as a request, a response or a handshake.
 function wireMessage(msg) {
-  const text = JSON.stringify(msg);
-  if (text === undefined) throw makeError('JSON cannot hold this message: it serializes to nothing', 'ERR_UNSERIALIZABLE');
-  const wire = JSON.parse(text);
+  const wire = jsonCopy(msg);
   if (isObject(wire) && typeof wire.cmd === 'string' && wire.cmd.length > 5 && wire.cmd.startsWith('NODE_')) {
     throw makeError("a cmd starting with NODE_ is Node's own", 'ERR_RESERVED_MESSAGE');
   }
@@ -136,7 +134,12 @@ function wireMessage(msg) {
 // inside Node: the copy is plain data. (A toJSON(key) gets "" here.) The
 // price: every payload is serialized twice and parsed once.
 function payloadValue(v) {
-  if (v === undefined) return null;
+  return v === undefined ? null : jsonCopy(v);
+}
+
+// `v` serialized once and parsed back: plain data, as the peer will see
+// it. Throws if JSON cannot hold it, or if it serializes to nothing.
+function jsonCopy(v) {
   const text = JSON.stringify(v);
   if (text === undefined) throw makeError('JSON cannot hold this value: it serializes to nothing', 'ERR_UNSERIALIZABLE');
   return JSON.parse(text);
