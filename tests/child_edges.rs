@@ -49,12 +49,7 @@ fn a_child_on_an_idle_runtime() -> (tokio::runtime::Runtime, ipc_request::ChildP
         .build()
         .unwrap();
     let child = runtime.block_on(async {
-        let mut command = Command::new(example("rust_peer"));
-        command
-            .arg("--no-session")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let (_channel, child) = spawn(command).unwrap();
+        let (_channel, child) = spawn(a_child_that_ignores_its_channel()).unwrap();
         child
     });
     (runtime, child)
