@@ -72,7 +72,7 @@ pub(super) fn flush_on_a_thread<T>(flush: impl FnOnce() -> T + Send + 'static) -
         }
     });
     let running = Running::start();
-    super::wait_elsewhere(move || {
+    super::runtime::wait_elsewhere(move || {
         let leftovers = {
             let _running = running;
             flush()

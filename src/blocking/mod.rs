@@ -80,19 +80,18 @@
 //! [`ChildProcess`] set to kill on drop would kill the parent's child).
 //! `std::mem::forget` them, or leave with `_exit`.
 
+mod child;
 mod flush_at_exit;
 mod peer;
+mod runtime;
 
+pub use child::ChildProcess;
 pub use peer::Peer;
 
-use std::fs::File;
 use std::future::Future;
-use std::os::fd::OwnedFd;
-use std::process::{Command, ExitStatus};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
-
-use tokio::sync::watch;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -102,6 +101,7 @@ use crate::error::{CloseReason, Error, RemoteError};
 use crate::frame::Message;
 use crate::process::{self, SpawnOptions};
 use crate::session::{self, Handler, PeerInfo, Request, SessionBuilder};
+use runtime::{Runtime, in_runtime, thread_exiting};
 
 /// How long dropping the last [`Session`] handle waits for what was queued
 /// to be written, before it lets go of it: 2 s.
@@ -110,13 +110,6 @@ pub const DROP_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long stopping the runtime waits for handlers still running on its
 /// blocking threads (see the module docs): 1 s.
 pub const HANDLER_STOP_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// Threads of a session runtime's blocking pool beyond one per handler
-/// slot, for the application's own blocking work (see `Runtime::new`).
-const BLOCKING_THREADS_BESIDES_HANDLERS: usize = 64;
-
-/// The most threads a session runtime's blocking pool may have.
-const MAX_BLOCKING_THREADS: usize = 1 << 16;
 
 /// A handler that is a plain function, run on a thread of the session
 /// runtime's blocking pool: it may block, and may call the session back.
@@ -287,123 +280,6 @@ pub fn setup_with(
     let runtime = Arc::new(Runtime::new(builder.max_concurrent_handlers())?);
     let session = runtime.block_on(async { builder.setup(open()?).await })?;
     Ok(Session::new(session, runtime))
-}
-
-/// The Tokio runtime of one session, stopped when the last handle that
-/// needs it goes.
-#[derive(Debug)]
-struct Runtime {
-    /// `None` only while dropping.
-    runtime: Option<tokio::runtime::Runtime>,
-    /// The exit status of the child a task of this runtime reaps
-    /// ([`spawn`]): one still running when the runtime is dropped is waited
-    /// for first. Not the child's handle, which would hold its untaken
-    /// pipes open, and a child may wait for those to close.
-    child_exit: Option<watch::Receiver<Option<ExitStatus>>>,
-}
-
-impl Runtime {
-    /// A runtime for a session whose handlers run at most
-    /// `max_concurrent_handlers` at once.
-    fn new(max_concurrent_handlers: usize) -> Result<Self, Error> {
-        // One worker: it runs the reader, the writer and async handlers; the
-        // callers' threads run their own calls' futures. The blocking pool
-        // (made when needed) has a thread for every handler slot, and room
-        // for the application's own `spawn_blocking` and `tokio::fs` calls
-        // besides: handlers of `handler_fn` waiting on callbacks, whose own
-        // handlers queue for a thread, would otherwise wait for ever. Never
-        // fewer than Tokio's default (512), and not without bound (Tokio
-        // adds the worker to it, and panics on an overflow).
-        let blocking_threads = max_concurrent_handlers
-            .saturating_add(BLOCKING_THREADS_BESIDES_HANDLERS)
-            .clamp(512, MAX_BLOCKING_THREADS);
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .max_blocking_threads(blocking_threads)
-            .thread_name("ipc-request")
-            .enable_all()
-            .build()
-            .map_err(|e| Error::Io(Arc::new(e)))?;
-        Ok(Runtime {
-            runtime: Some(runtime),
-            child_exit: None,
-        })
-    }
-
-    /// Runs `future` on this thread until it is done. Panics in an async
-    /// context (see the module docs).
-    fn block_on<F: Future>(&self, future: F) -> F::Output {
-        self.runtime
-            .as_ref()
-            .expect("the runtime is there until dropped")
-            .block_on(future)
-    }
-}
-
-/// True on a thread where waiting would panic or stall tasks: one running a
-/// Tokio runtime's tasks; or one of its blocking threads, where waiting is
-/// allowed but this cannot tell them apart. A drop there has the waiting
-/// done on another thread.
-fn in_runtime() -> bool {
-    tokio::runtime::Handle::try_current().is_ok()
-}
-
-/// True on a thread that is exiting, whose Tokio context is already gone
-/// (a handle held in a thread-local, dropped after Tokio's own): there
-/// `block_on` panics, and a panic in a thread-local's destructor aborts the
-/// process. Such a drop waits on another thread.
-fn thread_exiting() -> bool {
-    tokio::runtime::Handle::try_current().is_err_and(|e| e.is_thread_local_destroyed())
-}
-
-/// Runs `work` on a thread of its own, for a drop that cannot wait where
-/// it is; `None` if no thread could be started (`work` is then dropped
-/// unrun, here). Not itself waited for at exit (a runtime's stop may wait
-/// for a child to exit): a session's flush is, counted by
-/// `flush_at_exit::flush_on_a_thread`.
-fn wait_elsewhere(work: impl FnOnce() + Send + 'static) -> Option<std::thread::JoinHandle<()>> {
-    let started = std::thread::Builder::new()
-        .name("ipc-request-drop".into())
-        .spawn(work);
-    if let Err(e) = &started {
-        tracing::warn!("no thread to finish a dropped session on: {e}");
-    }
-    started.ok()
-}
-
-impl Drop for Runtime {
-    fn drop(&mut self) {
-        let Some(runtime) = self.runtime.take() else {
-            return;
-        };
-        // Nothing reaps a child once its runtime has stopped: a child still
-        // running (it exits once it sees its channel close) would be left a
-        // zombie for as long as this process lives.
-        let child_exit = self.child_exit.take().filter(|exit| exit.borrow().is_none());
-        if child_exit.is_none() && !in_runtime() {
-            runtime.shutdown_timeout(HANDLER_STOP_TIMEOUT);
-            return;
-        }
-        // In a slot, not moved into the closure: if no thread starts, the
-        // closure is dropped here, and a runtime dropped where it cannot
-        // wait panics. It is then stopped without waiting.
-        let slot = Arc::new(Mutex::new(Some(runtime)));
-        let theirs = slot.clone();
-        let waited = wait_elsewhere(move || {
-            let Some(runtime) = theirs.lock().unwrap().take() else {
-                return;
-            };
-            if let Some(mut exit) = child_exit {
-                let _ = runtime.block_on(exit.wait_for(|status| status.is_some()));
-            }
-            runtime.shutdown_timeout(HANDLER_STOP_TIMEOUT);
-        });
-        if waited.is_none() {
-            if let Some(runtime) = slot.lock().unwrap().take() {
-                runtime.shutdown_background();
-            }
-        }
-    }
 }
 
 /// A handle on an established session, for blocking code. Cheap to clone;
@@ -628,83 +504,4 @@ impl Iterator for Messages {
     fn next(&mut self) -> Option<Self::Item> {
         self.recv()
     }
-}
-
-/// A child started by [`spawn`]: [`crate::ChildProcess`], waited for here.
-/// It keeps the session's runtime (which reaps the child) but not the
-/// session open. Dropped without waiting, the child is still reaped once
-/// it exits (see the module docs).
-#[derive(Debug, Clone)]
-pub struct ChildProcess {
-    child: crate::ChildProcess,
-    runtime: Arc<Runtime>,
-}
-
-impl ChildProcess {
-    /// The child's process id.
-    pub fn id(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Sends SIGKILL, unless the child has already been reaped: at once on
-    /// Linux, elsewhere from the session's runtime (see
-    /// [`crate::ChildProcess::kill`]).
-    pub fn kill(&self) {
-        self.child.kill()
-    }
-
-    /// Kills the child as the last clone of this handle is dropped, or not
-    /// (the default): [`crate::ChildProcess::set_kill_on_drop`].
-    pub fn set_kill_on_drop(&self, kill: bool) {
-        self.child.set_kill_on_drop(kill)
-    }
-
-    /// The exit status, if the child has exited.
-    pub fn try_status(&self) -> Option<ExitStatus> {
-        self.child.try_status()
-    }
-
-    /// The child's stdin, if its command set it to
-    /// [`Stdio::piped()`](std::process::Stdio::piped) and no clone of this
-    /// took it yet, as a blocking file. Drop it to close the child's stdin.
-    pub fn take_stdin(&self) -> Result<Option<File>, Error> {
-        blocking_file(self.child.take_stdin().map(|pipe| pipe.into_owned_fd()))
-    }
-
-    /// The child's stdout, as [`take_stdin`](Self::take_stdin). Read it: a
-    /// child whose pipe is full blocks until it is read.
-    pub fn take_stdout(&self) -> Result<Option<File>, Error> {
-        blocking_file(self.child.take_stdout().map(|pipe| pipe.into_owned_fd()))
-    }
-
-    /// The child's stderr, as [`take_stdout`](Self::take_stdout).
-    pub fn take_stderr(&self) -> Result<Option<File>, Error> {
-        blocking_file(self.child.take_stderr().map(|pipe| pipe.into_owned_fd()))
-    }
-
-    /// Waits for the child to exit; fails as
-    /// [`crate::ChildProcess::wait`] does.
-    pub fn wait(&self) -> Result<ExitStatus, Error> {
-        self.runtime.block_on(self.child.wait())
-    }
-
-    /// Waits at most `timeout` for the child to exit: `Ok(None)` if it is
-    /// still running then.
-    pub fn wait_timeout(&self, timeout: Duration) -> Result<Option<ExitStatus>, Error> {
-        let waited = self
-            .runtime
-            .block_on(async { tokio::time::timeout(timeout, self.child.wait()).await });
-        match waited {
-            Ok(status) => status.map(Some),
-            Err(_) => Ok(None),
-        }
-    }
-}
-
-/// A pipe taken out of the runtime (which makes it blocking again), as a
-/// file.
-fn blocking_file(pipe: Option<std::io::Result<OwnedFd>>) -> Result<Option<File>, Error> {
-    pipe.transpose()
-        .map(|fd| fd.map(File::from))
-        .map_err(|e| Error::Io(Arc::new(e)))
 }
