@@ -44,9 +44,6 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-// RemoteError is what a failed handler sends; that it is large does not
-// matter for a value made once per failed request.
-#[allow(clippy::result_large_err)]
 fn handle(request: Request) -> Result<Value, RemoteError> {
     let payload: Value = request.payload()?;
     match payload.get("op").and_then(Value::as_str).unwrap_or("") {

@@ -284,7 +284,7 @@ async fn handler_errors_panics_and_dropped_responders_answer_with_errors() {
         Err(Error::Remote(e)) => {
             assert_eq!((e.name.as_str(), e.message.as_str()), ("TypeError", "boom"));
             assert_eq!(e.code, Some(json!("E_BOOM")));
-            assert_eq!(e.data, Some(json!({"n": 1})));
+            assert_eq!(e.data.as_deref(), Some(&json!({"n": 1})));
         }
         other => panic!("{other:?}"),
     }

@@ -362,7 +362,7 @@ fn parse_remote_error(raw: &RawValue) -> RemoteError {
             message: text(l.message).unwrap_or_default(),
             code: l.code.map(value).and_then(crate::error::code_from),
             stack: text(l.stack),
-            data: l.data.map(value),
+            data: l.data.map(|data| Box::new(value(data))),
         },
         Err(_) => RemoteError::new("Error", raw.get().to_string()),
     }

@@ -231,8 +231,8 @@ fn an_error_whose_data_or_code_is_too_deep_for_a_value_keeps_its_name_and_messag
             assert_eq!(e.stack.as_deref(), Some("at x"));
             assert_eq!(e.code, Some(serde_json::Value::String(deep.clone())));
             assert_eq!(
-                e.data,
-                Some(serde_json::Value::String(format!(r#"{{"d":{deep}}}"#)))
+                e.data.as_deref(),
+                Some(&serde_json::Value::String(format!(r#"{{"d":{deep}}}"#)))
             );
         }
         other => panic!("{other:?}"),
