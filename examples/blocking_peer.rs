@@ -57,11 +57,9 @@ fn handle(request: Request) -> Result<Value, RemoteError> {
             .unwrap_or_else(|e| RemoteError::new("BadFailOp", e.to_string()))),
         "panic" => panic!("asked to panic"),
         "wait_cancel" => {
-            // Work in steps, looking for the cancel between them: what a
-            // blocking handler can do.
-            while !request.is_cancelled() {
-                std::thread::sleep(Duration::from_millis(5));
-            }
+            // Wait, as for work of our own, until the parent cancels (or
+            // the session closes): the wait ends as the cancel comes.
+            blocking::wait_for_cancel(&request, Duration::MAX);
             let key = payload["key"].as_str().unwrap_or("").to_string();
             CANCELLED.lock().unwrap().get_or_insert_default().insert(key);
             CANCELLED_CHANGED.notify_all();

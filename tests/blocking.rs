@@ -853,3 +853,62 @@ fn a_runtime_dropped_while_a_blocking_handler_waits_on_the_peer_ends_the_wait() 
     assert!(told.contains("Closed(Local)"), "{told}");
     drop(session);
 }
+
+/// `blocking::wait_for_cancel` in a blocking handler: false once its
+/// timeout has passed; true, long before its timeout, when the caller
+/// drops the request (a CANCEL) and when the session closes.
+#[test]
+fn wait_for_cancel_returns_at_the_cancel_or_at_its_timeout() {
+    const AN_HOUR_MS: u64 = 3_600_000;
+    // A hang, not a slow machine: the handler would otherwise wait an hour.
+    const HANG: Duration = Duration::from_secs(60);
+    let (ours, theirs) = StdUnixStream::pair().unwrap();
+    let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let (waited_tx, mut waited) = tokio::sync::mpsc::unbounded_channel::<bool>();
+    let handler = blocking::handler_fn(move |req: Request| {
+        let wait_ms: u64 = req.payload()?;
+        let _ = started_tx.send(());
+        let cancelled = blocking::wait_for_cancel(&req, Duration::from_millis(wait_ms));
+        let _ = waited_tx.send(cancelled);
+        Ok::<_, ipc_request::RemoteError>(cancelled)
+    });
+    let server = std::thread::spawn(move || {
+        common::blocking_session_over(theirs, SessionBuilder::new().handler(handler))
+    });
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        ours.set_nonblocking(true).unwrap();
+        let stream = tokio::net::UnixStream::from_std(ours).unwrap();
+        let channel = Channel::from_unix(stream, ChannelConfig::default()).unwrap();
+        let client = ipc_request::setup(channel, None).await.unwrap();
+        let server = server.join().unwrap();
+
+        let timed_out: bool = client.request(&50u64).await.unwrap();
+        assert!(!timed_out, "no cancel came, yet the wait said there was one");
+        started.recv().await.unwrap();
+        assert_eq!(waited.recv().await, Some(false));
+
+        // The request dropped as soon as its handler runs: a CANCEL.
+        {
+            let call = client.request_raw(&AN_HOUR_MS);
+            tokio::select! {
+                answer = call => panic!("answered before its cancel: {answer:?}"),
+                _ = started.recv() => {}
+            }
+        }
+        let seen = tokio::time::timeout(HANG, waited.recv()).await;
+        assert_eq!(seen.expect("the wait went on after the CANCEL"), Some(true));
+
+        // The session closes while the handler waits.
+        let call = tokio::spawn({
+            let client = client.clone();
+            async move { client.request_raw(&AN_HOUR_MS).await }
+        });
+        started.recv().await.unwrap();
+        client.close();
+        let seen = tokio::time::timeout(HANG, waited.recv()).await;
+        assert_eq!(seen.expect("the wait went on after the close"), Some(true));
+        assert!(matches!(call.await.unwrap(), Err(Error::Closed(_))));
+        drop(server);
+    });
+}

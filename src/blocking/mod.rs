@@ -126,8 +126,10 @@ pub const HANDLER_STOP_TIMEOUT: Duration = Duration::from_secs(1);
 /// as with any handler: raise the limit for such a peer.
 ///
 /// A handler that works in steps looks for the peer's cancel between them
-/// with [`Request::is_cancelled`] (`examples/blocking_peer.rs` does). A
-/// Tokio timer there (a `block_on` of `tokio::time::timeout` around
+/// with [`Request::is_cancelled`]; one that waits (between steps, or for
+/// work of its own) waits with [`wait_for_cancel`], which returns as soon
+/// as the cancel comes (`examples/blocking_peer.rs` does). A Tokio timer
+/// there (a `block_on` of `tokio::time::timeout` around
 /// [`Request::cancelled`]) is no substitute: started while the runtime
 /// shuts down, it panics.
 ///
@@ -165,6 +167,67 @@ where
             }
         }
     })
+}
+
+/// Blocks this thread until `request` is cancelled or `timeout` has
+/// passed: true if it was cancelled, at once if it already was. Cancelled
+/// means as [`Request::cancelled`]: the peer cancelled it, or the session
+/// closed. For a [`handler_fn`] handler, in place of a sleep: between steps
+/// of its work, or while it waits for something of its own, it then stops
+/// as soon as the cancel comes rather than at its next look.
+///
+/// It needs no runtime and starts no Tokio timer (one started while the
+/// session's runtime shuts down panics). It blocks the thread it runs on:
+/// not for an async handler, whose thread runs other tasks too (await
+/// [`Request::cancelled`] there).
+///
+/// ```no_run
+/// # use std::time::Duration;
+/// # use ipc_request::{blocking, Request, RemoteError};
+/// let handler = blocking::handler_fn(|req: Request| {
+///     for step in 0..10 {
+///         // ... one step of the work ...
+///         if blocking::wait_for_cancel(&req, Duration::from_millis(100)) {
+///             return Err(RemoteError::new("Cancelled", format!("stopped before step {step}")));
+///         }
+///     }
+///     Ok("done")
+/// });
+/// ```
+pub fn wait_for_cancel(request: &Request, timeout: Duration) -> bool {
+    /// Wakes the waiting thread; a wake-up for nothing (an unpark from
+    /// elsewhere, or one left over) only makes the loop poll again.
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    // No deadline past what an `Instant` can hold: wait for the cancel.
+    let deadline = std::time::Instant::now().checked_add(timeout);
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut cancelled = std::pin::pin!(request.cancelled());
+    loop {
+        // Polled before every park: a cancel that came between a poll and
+        // the park has unparked this thread already, so the park returns.
+        if cancelled.as_mut().poll(&mut cx).is_ready() {
+            return true;
+        }
+        match deadline {
+            None => std::thread::park(),
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return false;
+                }
+                std::thread::park_timeout(left);
+            }
+        }
+    }
 }
 
 /// Starts `command` with a channel and sets up a session with it, with
