@@ -281,7 +281,8 @@ impl RemoteError {
     }
 
     /// An error from any `dyn Error`: named `"Error"` (or, for this
-    /// crate's own [`Error`], after its variant, as with `?`), with its
+    /// crate's own [`Error`], after its variant, and an [`Error::Remote`]
+    /// as it came, as with `?`), with its
     /// message followed by those of its sources, `: `-separated (as
     /// `anyhow` prints with `{:#}`), since the peer has no other way to
     /// see them; a source whose text the message already ends with (an
@@ -303,6 +304,7 @@ impl RemoteError {
     /// With `anyhow`: `.map_err(|e| RemoteError::from_dyn(e.as_ref()))`.
     pub fn from_dyn(error: &(dyn std::error::Error + 'static)) -> Self {
         let name = match error.downcast_ref::<Error>() {
+            Some(Error::Remote(theirs)) => return RemoteError::clone(theirs),
             Some(ours) => ours.variant_name(),
             None => "Error",
         };
@@ -375,8 +377,11 @@ fn serialize_code<S: serde::Serializer>(
 impl fmt::Display for RemoteError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.name, self.message)?;
-        if let Some(code) = &self.code {
-            write!(f, " (code {code})")?;
+        match &self.code {
+            // As the code reads in the peer's own text: `(code ENOENT)`.
+            Some(serde_json::Value::String(code)) => write!(f, " (code {code})")?,
+            Some(code) => write!(f, " (code {code})")?,
+            None => {}
         }
         Ok(())
     }
@@ -386,12 +391,18 @@ impl fmt::Display for RemoteError {
 /// name is the error's type name (without its module path) and whose message
 /// is its `Display` text; this crate's own [`Error`] is named by its
 /// variant (`DecodeRequest` for a request payload `Request::payload` could
-/// not read), which says more than `Error`. `RemoteError` itself
+/// not read), which says more than `Error`. An [`Error::Remote`] (a call
+/// the handler made to a peer failed there) goes on as it came, with its
+/// name, code, stack and data, as a JS handler that rethrows an error
+/// would pass it on. `RemoteError` itself
 /// deliberately does not implement `std::error::Error`, so that this
 /// blanket conversion is possible (the same trick `anyhow::Error` uses).
 impl<E: std::error::Error + 'static> From<E> for RemoteError {
     fn from(e: E) -> Self {
         if let Some(ours) = (&e as &dyn std::any::Any).downcast_ref::<Error>() {
+            if let Error::Remote(theirs) = ours {
+                return RemoteError::clone(theirs);
+            }
             return RemoteError::new(ours.variant_name(), e.to_string());
         }
         let full = std::any::type_name::<E>();
@@ -499,5 +510,32 @@ mod tests {
         let by_dyn = RemoteError::from_dyn(&*boxed);
         assert_eq!(by_dyn, RemoteError::from(Error::Cancelled));
         assert_eq!(by_dyn.name, "Cancelled");
+    }
+
+    /// A handler whose own call to a peer failed there, and that passes
+    /// the error on with `?`, passes it on whole: not renamed "Remote" with
+    /// the peer's name and code flattened into its message.
+    #[test]
+    fn a_remote_error_passed_on_is_passed_on_whole() {
+        let theirs = RemoteError::new("NoHandler", "no handler here")
+            .with_code("E_NONE")
+            .with_stack("at peer")
+            .with_data(serde_json::json!({"n": 1}));
+        let forwarded = || -> Result<(), RemoteError> { Err(Error::Remote(Box::new(theirs.clone())))? };
+        assert_eq!(forwarded(), Err(theirs.clone()));
+        let boxed: Box<dyn std::error::Error + Send + Sync> =
+            Box::new(Error::Remote(Box::new(theirs.clone())));
+        assert_eq!(RemoteError::from_dyn(&*boxed), theirs);
+    }
+
+    #[test]
+    fn a_code_reads_as_the_peer_wrote_it() {
+        let error = RemoteError::new("E", "m");
+        assert_eq!(
+            error.clone().with_code("ENOENT").to_string(),
+            "E: m (code ENOENT)"
+        );
+        assert_eq!(error.clone().with_code(42).to_string(), "E: m (code 42)");
+        assert_eq!(error.to_string(), "E: m");
     }
 }
