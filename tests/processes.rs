@@ -799,6 +799,38 @@ async fn a_program_that_cannot_start_fails_the_spawn_whatever_the_channel_fd() {
     }
 }
 
+/// std reports a failed chdir in the child with its errno alone, which
+/// after the program's name blamed a program that is there: the error
+/// names the directory. A missing program in a directory that is there
+/// is still the program's error.
+#[tokio::test]
+async fn a_missing_current_dir_is_named_in_the_spawn_error() {
+    let program = example("rust_peer");
+    let missing = std::env::temp_dir().join(format!("ipc-request-no-such-dir-{}", std::process::id()));
+    let mut command = Command::new(&program);
+    command.current_dir(&missing);
+    match spawn_with(command, SpawnOptions::default()) {
+        Err(Error::Spawn { error, .. }) => {
+            assert_eq!(error.kind(), std::io::ErrorKind::NotFound);
+            let text = error.to_string();
+            assert!(
+                text.contains(&format!("current_dir {}", missing.display())),
+                "{text}"
+            );
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    let mut command = Command::new("ipc-request-no-such-program");
+    command.current_dir(std::env::temp_dir());
+    match spawn_with(command, SpawnOptions::default()) {
+        Err(Error::Spawn { error, .. }) => {
+            assert_eq!(error.kind(), std::io::ErrorKind::NotFound);
+            assert!(!error.to_string().contains("current_dir"), "{error}");
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+}
+
 #[tokio::test]
 async fn piped_stdio_is_handed_over_and_a_full_stdout_does_not_block_the_child() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -56,6 +56,7 @@ pub(super) fn spawn(command: Command) -> io::Result<tokio::process::Child> {
     // unwinds. It cannot come from the child's side of the fork, where std
     // aborts on a panic.
     match catch_unwind(AssertUnwindSafe(|| command.spawn())) {
+        Ok(Err(e)) => Err(LookUp::of(command.as_std()).name_a_missing_dir(e)),
         Ok(spawned) => spawned,
         Err(panic) if is_lost_exec_panic(&*panic) => Err(LookUp::of(command.as_std()).why_not_started()),
         Err(panic) => resume_unwind(panic),
@@ -98,18 +99,7 @@ impl LookUp {
         let lost = "std cannot report why in a process that ignores SIGCHLD \
                     (rust-lang/rust#110317)";
         // The chdir comes first in the child.
-        let dir_error = match self
-            .current_dir
-            .as_deref()
-            .map(|dir| (dir, std::fs::metadata(dir)))
-        {
-            Some((dir, Err(e))) => Some((dir, e)),
-            Some((dir, Ok(meta))) if !meta.is_dir() => {
-                Some((dir, io::Error::from_raw_os_error(libc::ENOTDIR)))
-            }
-            _ => None,
-        };
-        if let Some((dir, e)) = dir_error {
+        if let Some((dir, e)) = self.dir_error() {
             return io::Error::new(
                 e.kind(),
                 format!("current_dir {}: {e}, as a look-up finds: {lost}", dir.display()),
@@ -120,6 +110,35 @@ impl LookUp {
             Ok(()) => io::Error::other(format!(
                 "the child could not be started (its exec, or a pre_exec step, failed): {lost}"
             )),
+        }
+    }
+
+    /// The command's `current_dir`, and why the child cannot change to it
+    /// (it is missing, or not a directory); `None` if it has none, or it
+    /// is there.
+    fn dir_error(&self) -> Option<(&Path, io::Error)> {
+        let dir = self.current_dir.as_deref()?;
+        match std::fs::metadata(dir) {
+            Err(e) => Some((dir, e)),
+            Ok(meta) if !meta.is_dir() => Some((dir, io::Error::from_raw_os_error(libc::ENOTDIR))),
+            Ok(_) => None,
+        }
+    }
+
+    /// `error`, std's for a child that did not start, naming the
+    /// command's `current_dir` if that is missing or not a directory: std
+    /// reports the child's failed chdir with its errno alone, and
+    /// "No such file or directory" after the program's name blames a
+    /// program that is there. The chdir comes before the exec, so a
+    /// directory that is not there is what failed (unless it was made or
+    /// removed meanwhile) if the errno is the one a look-up at the
+    /// directory gets. The kind is kept; the errno is in the text.
+    fn name_a_missing_dir(&self, error: io::Error) -> io::Error {
+        match self.dir_error() {
+            Some((dir, found)) if found.raw_os_error() == error.raw_os_error() => {
+                io::Error::new(error.kind(), format!("current_dir {}: {error}", dir.display()))
+            }
+            _ => error,
         }
     }
 

@@ -173,7 +173,9 @@ impl Drop for KillUnlessDisarmed<'_> {
 /// Streams of `command` set to [`Stdio::piped()`](std::process::Stdio::piped)
 /// are there for the taking: [`ChildProcess::take_stdout`] and its siblings.
 ///
-/// A program that cannot start is [`Error::Spawn`], which names it. So too
+/// A program that cannot start is [`Error::Spawn`], which names it (and
+/// the command's `current_dir`, if that is missing or not a directory:
+/// std gives the failed chdir's errno alone). So too
 /// in a process that ignores `SIGCHLD` (inherited across exec from a
 /// daemon or wrapper), where std itself panics on a failed exec
 /// (rust-lang/rust#110317): there the panic is caught (after the panic
