@@ -40,9 +40,10 @@
 //! ([`Messages`] and [`ChildProcess`] do not count): the drop closes it,
 //! waits up to [`DROP_FLUSH_TIMEOUT`] for what was sent to be written (the
 //! peer must read it), and returns (after up to [`HANDLER_STOP_TIMEOUT`]
-//! more if it also stops the runtime while handlers still run). A handler that holds a clone of its own
-//! session (to call the peer back) keeps it from being dropped while the
-//! session is open: close such a session with [`Session::close`]. (The
+//! more if it also stops the runtime while handlers still run). A clone
+//! kept elsewhere (by a handler, to call the peer back; by a thread that
+//! waits for Ctrl-C) keeps the session open past the drop of yours: close
+//! such a session with [`Session::close`], which any clone may call. (The
 //! session lets go of its handler when it ends, so it then goes with its
 //! last handle too.)
 //!
@@ -270,6 +271,11 @@ pub fn spawn_with(
 /// it. If the handshake fails, or `take_pipes` panics, the child is killed,
 /// as with `spawn_with`; the streams taken stay yours (a reader sees them
 /// end).
+///
+/// It is also how to give up the start from another thread (one that
+/// waits for Ctrl-C, say), which `spawn_with` leaves waiting up to the
+/// handshake timeout: clone the [`ChildProcess`] here and hand the clone
+/// over; its [`kill`](ChildProcess::kill) makes the handshake fail at once.
 pub fn spawn_with_pipes(
     command: Command,
     options: SpawnOptions,
