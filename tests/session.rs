@@ -224,6 +224,7 @@ async fn plain_messages_nobody_took_are_bounded_in_bytes_too() {
     }
     // Answered after b has read every message sent before it.
     let _: Value = a.request(&json!({"op":"echo","data":0})).await.unwrap();
+    assert_eq!(b.dropped_messages(), 10, "the drops are counted");
     let mut messages = b.messages().unwrap();
     a.send(&"after").await.unwrap();
     let mut got = Vec::new();
@@ -236,6 +237,7 @@ async fn plain_messages_nobody_took_are_bounded_in_bytes_too() {
     }
     let kept: Vec<Value> = (0..10).map(|i| json!(text(i))).collect();
     assert_eq!(got, kept, "the first 10,000 bytes are kept, the rest dropped");
+    assert_eq!(b.dropped_messages(), 10, "none dropped once the stream is taken");
 }
 
 #[tokio::test]

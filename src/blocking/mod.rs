@@ -495,6 +495,12 @@ impl Session {
         self.inner.session.pending_requests()
     }
 
+    /// Plain messages dropped before [`messages`](Self::messages) was
+    /// taken: [`crate::Session::dropped_messages`].
+    pub fn dropped_messages(&self) -> u64 {
+        self.inner.session.dropped_messages()
+    }
+
     /// Bytes waiting in the outgoing queue.
     pub fn queued_bytes(&self) -> usize {
         self.inner.session.queued_bytes()

@@ -453,6 +453,7 @@ impl Shared {
         };
         let buffered = permit.map(|permit| tx.try_send((item, permit)));
         if !matches!(buffered, Ok(Ok(()))) {
+            self.messages_dropped.fetch_add(1, Ordering::Relaxed);
             tracing::warn!("plain message dropped: nobody took Session::messages() and its buffer is full");
         }
     }

@@ -189,6 +189,9 @@ pub(crate) struct Shared {
     /// messages: a plain message waits for room in its buffer instead of
     /// being dropped.
     plain_messages_wait: AtomicBool,
+    /// Plain messages dropped while `plain_messages_wait` was false and
+    /// the buffer full: [`Session::dropped_messages`].
+    messages_dropped: AtomicU64,
     /// See [`SessionBuilder::keep_plain_messages`].
     keep_plain_messages: bool,
     /// The byte budget of the plain messages buffered; each holds permits
@@ -438,6 +441,15 @@ impl Session {
     /// Requests of ours waiting for an answer.
     pub fn pending_requests(&self) -> usize {
         self.shared.table.lock().unwrap().pending.waiting()
+    }
+
+    /// How many plain messages of the peer's were dropped because nobody
+    /// had taken [`messages`](Self::messages) yet and its buffer was full
+    /// (a warning is logged for each, too). None are dropped so once the
+    /// stream is taken (they wait for room in it), nor in a session set up
+    /// with [`SessionBuilder::keep_plain_messages`], where this stays 0.
+    pub fn dropped_messages(&self) -> u64 {
+        self.shared.messages_dropped.load(Ordering::Relaxed)
     }
 
     /// Bytes waiting in the outgoing queue.

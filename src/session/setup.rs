@@ -244,6 +244,7 @@ impl SessionBuilder {
             messages_tx: Mutex::new(Some(messages_tx)),
             messages_rx: Mutex::new(Some(messages_rx)),
             plain_messages_wait: AtomicBool::new(false),
+            messages_dropped: AtomicU64::new(0),
             keep_plain_messages: self.keep_plain_messages,
             message_bytes: Arc::new(Semaphore::new(message_bytes)),
             message_bytes_total: message_bytes,
