@@ -200,6 +200,24 @@ async fn plain_messages_interleaved_with_requests_arrive_untouched_and_in_order(
     }
 }
 
+/// `Messages` is a `Stream` too: its combinators see every message, then
+/// its end when the session closes.
+#[tokio::test]
+async fn plain_messages_as_a_stream() {
+    use futures_util::StreamExt;
+    let (a, b) = connected().await;
+    let messages = b.messages().unwrap();
+    for i in 0..3 {
+        a.send(&json!({"i": i})).await.unwrap();
+    }
+    a.shutdown().await;
+    let got: Vec<Value> =
+        tokio::time::timeout(Duration::from_secs(10), messages.map(Result::unwrap).collect())
+            .await
+            .expect("the stream did not end with the session");
+    assert_eq!(got, [json!({"i": 0}), json!({"i": 1}), json!({"i": 2})]);
+}
+
 #[tokio::test]
 async fn plain_messages_nobody_took_are_bounded_in_bytes_too() {
     // Until `messages()` is taken, what comes is kept as its text, up to

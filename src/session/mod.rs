@@ -529,8 +529,30 @@ impl Messages {
     /// parsed here: a message serde_json cannot hold as a `Value` (nested
     /// more than 128 deep) is an `Err(Error::Decode { .. })` item.
     pub async fn recv(&mut self) -> Option<Result<serde_json::Value, Error>> {
-        let (item, _budget) = self.rx.recv().await?;
-        Some(item.and_then(|message| serde_json::from_str(message.get()).map_err(Error::decode_message)))
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// [`recv`](Self::recv) as a poll, for a hand-written future or
+    /// stream. Also a [`futures_util::Stream`], for its combinators.
+    pub fn poll_recv(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<serde_json::Value, Error>>> {
+        self.rx.poll_recv(cx).map(|next| {
+            let (item, _budget) = next?;
+            Some(item.and_then(|message| serde_json::from_str(message.get()).map_err(Error::decode_message)))
+        })
+    }
+}
+
+impl futures_util::Stream for Messages {
+    type Item = Result<serde_json::Value, Error>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.get_mut().poll_recv(cx)
     }
 }
 
