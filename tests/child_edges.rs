@@ -497,3 +497,38 @@ fn a_blocking_child_set_to_kill_on_drop_dies_with_its_handle_and_the_session_say
         other => panic!("the session ended with {other:?}, not the child's kill"),
     }
 }
+
+/// `wait_or_kill`: a child that exits as its channel closes is waited
+/// for, not killed; one that ignores its channel is killed once the grace
+/// has passed. Async and blocking.
+#[tokio::test]
+async fn wait_or_kill_waits_for_a_child_that_exits_and_kills_one_that_does_not() {
+    use std::os::unix::process::ExitStatusExt;
+    // Long: a child that exits as it should is never killed, however slow
+    // the machine.
+    const GENEROUS: Duration = Duration::from_secs(60);
+    let (session, child) = spawn_session(Command::new(example("rust_peer")), None)
+        .await
+        .unwrap();
+    session.shutdown().await;
+    let status = child.wait_or_kill(GENEROUS).await.unwrap();
+    assert!(status.success(), "{status}");
+
+    let (channel, child) = spawn(a_child_that_ignores_its_channel()).unwrap();
+    child.set_kill_on_drop(true); // should the test fail
+    drop(channel);
+    let status = tokio::time::timeout(GENEROUS, child.wait_or_kill(Duration::from_millis(100)))
+        .await
+        .expect("the child was not killed")
+        .unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
+
+    let blocking = tokio::task::spawn_blocking(|| {
+        let (session, child) =
+            ipc_request::blocking::spawn(Command::new(example("blocking_peer")), None).unwrap();
+        session.shutdown();
+        child.wait_or_kill(GENEROUS).unwrap()
+    });
+    let status = blocking.await.unwrap();
+    assert!(status.success(), "{status}");
+}

@@ -78,6 +78,13 @@ impl ChildProcess {
             Err(_) => Ok(None),
         }
     }
+
+    /// Waits up to `grace` for the child to exit, then kills it and waits
+    /// for that: [`crate::ChildProcess::wait_or_kill`]. Close the session
+    /// first ([`Session::shutdown`](super::Session::shutdown)).
+    pub fn wait_or_kill(&self, grace: Duration) -> Result<ExitStatus, Error> {
+        self.runtime.block_on(self.child.wait_or_kill(grace))
+    }
 }
 
 /// A pipe taken out of the runtime (which makes it blocking again), as a

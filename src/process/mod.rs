@@ -434,6 +434,30 @@ impl ChildProcess {
         })?;
         Ok(status.expect("waited for Some"))
     }
+
+    /// Waits up to `grace` for the child to exit, then kills it
+    /// ([`kill`](Self::kill)) and waits for that: the end of a stop that
+    /// gives the child its chance. Close the session first (a child exits
+    /// when its channel closes), with [`Session::shutdown`] for what was
+    /// queued to be written:
+    ///
+    /// ```no_run
+    /// # async fn stop(session: ipc_request::Session, child: ipc_request::ChildProcess)
+    /// #     -> Result<(), ipc_request::Error> {
+    /// # use std::time::Duration;
+    /// session.shutdown().await;
+    /// let status = child.wait_or_kill(Duration::from_secs(2)).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// Fails as [`wait`](Self::wait) does.
+    pub async fn wait_or_kill(&self, grace: std::time::Duration) -> Result<ExitStatus, Error> {
+        if let Ok(exited) = tokio::time::timeout(grace, self.wait()).await {
+            return exited;
+        }
+        self.kill();
+        self.wait().await
+    }
 }
 
 /// A close-on-exec copy of `fd` at descriptor number `target`, if that
