@@ -276,11 +276,9 @@ impl SessionBuilder {
         tokio::spawn(async move {
             // A panic on the reader (a bug, or a panicking stream the channel
             // was built on) must fail what waits on it, not leave it hanging.
-            if futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(reader))
-                .await
-                .is_err()
-                && let Some(shared) = &reader_guard.0
-            {
+            // (Not a let chain: those need Rust 1.88, past `rust-version`.)
+            let read = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(reader)).await;
+            if let (Err(_), Some(shared)) = (read, &reader_guard.0) {
                 let error = std::io::Error::other("the session's reader panicked");
                 shared.shut(CloseReason::Io(Arc::new(error)));
             }
