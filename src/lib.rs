@@ -9,14 +9,14 @@
 //! its README, for the behaviour, the defaults and the performance.
 //!
 //! ```no_run
-//! use ipc_request::{handler_fn, open_from_env, setup, spawn, RemoteError, Request};
+//! use ipc_request::{handler_fn, open_from_env, setup, spawn_session, RemoteError, Request};
 //!
-//! // The parent: start a child with a channel, shake hands, ask.
+//! // The parent: start a child with a channel and shake hands (a child
+//! // whose handshake fails is killed), ask, then close and wait.
 //! async fn parent() -> Result<String, ipc_request::Error> {
-//!     let (channel, child) = spawn(std::process::Command::new("path/to/child"))?;
-//!     let session = setup(channel, None).await?;
+//!     let (session, child) = spawn_session(std::process::Command::new("path/to/child"), None).await?;
 //!     let answer: String = session.request("ping").await?;
-//!     session.close();
+//!     session.shutdown().await;
 //!     child.wait().await?;
 //!     Ok(answer)
 //! }
