@@ -233,6 +233,23 @@ fn signal_name(sig: i32) -> &'static str {
 /// An error as it travels between peers (`error` extension): what a failed
 /// handler sends back, and what the caller receives in [`Error::Remote`].
 ///
+/// Besides the errors handlers return, this crate sends these names:
+///
+/// | name | when |
+/// |---|---|
+/// | `HandlerPanicked` | the handler panicked (the message is the panic's, if it was text) |
+/// | `ResponderDropped` | a [`responder_fn`](crate::responder_fn) handler let go of its responder unanswered |
+/// | `ResponseNotSent` | the answer could not be serialized, or was longer than the maximum message length |
+/// | `ErrorTooLarge` | an error answer too long to send, sent without its data and stack |
+/// | `Overloaded` | refused unhandled: too many requests already wait for a handler |
+/// | `RequestTooLong` | refused unhandled: the request was longer than this side reads |
+/// | `NoHandler` | refused unhandled: this side set up its session without a handler |
+/// | `HandlerNotRun` | a [`blocking::handler_fn`](crate::blocking::handler_fn) not started: the runtime was stopping |
+/// | an [`Error`] variant's name (`DecodeRequest`, ...) | a handler returned this crate's error with `?` (but [`Error::Remote`] goes on as it came) |
+///
+/// `examples/node/ipc_session.js` sends `ResponseNotSent` too, for an
+/// answer JSON cannot hold.
+///
 /// Handlers may return any `std::error::Error` with `?`: it converts into a
 /// `RemoteError` named after its type, carrying its message. Error types
 /// that do not implement `std::error::Error` themselves, such as

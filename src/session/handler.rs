@@ -40,7 +40,10 @@ impl std::fmt::Debug for Handler {
 /// converts with `?`; `anyhow::Error` and `Box<dyn Error + Send + Sync>`
 /// with [`RemoteError::from_dyn`]), and a panic is answered with an error named
 /// `HandlerPanicked` carrying the panic message. The session keeps serving
-/// in every case.
+/// in every case. A panic still goes through the process's panic hook
+/// first (by default a message on stderr, and a backtrace with
+/// `RUST_BACKTRACE`), and the session logs a warning: caught, not hidden.
+/// With `panic = "abort"` it ends the process.
 ///
 /// ```no_run
 /// # use ipc_request::{handler_fn, Request, RemoteError};
@@ -371,6 +374,14 @@ impl Responder {
     /// session ended is told so (`CloseReason::Io`) at once, where a
     /// request waits to be told how the session ended: an answer has
     /// nobody left to reach either way.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped before its answer was queued (a timeout around it while the
+    /// outgoing queue is full), it sends nothing and the request stays
+    /// unanswered: a later `respond` or `fail` may answer it, or the
+    /// responder's drop answers `ResponderDropped`. Once queued, the answer
+    /// is written.
     pub async fn respond<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), Error> {
         let claim = self.claim()?;
         let sent = async {

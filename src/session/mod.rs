@@ -230,6 +230,27 @@ impl Session {
     /// Uses the session's default deadline, if any. serde_json refuses to
     /// deserialize an answer nested more than 128 deep ([`Error::Decode`]);
     /// [`request_raw`](Self::request_raw) returns any answer as its text.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::Remote`]: the peer's handler failed, or the peer refused
+    ///   the request unhandled (the names this crate sends are listed at
+    ///   [`RemoteError`]);
+    /// - [`Error::Closed`]: the session ended before the answer came, and
+    ///   why ([`CloseReason`]: our close, the peer's, the child's exit
+    ///   status, a failed write);
+    /// - [`Error::Timeout`]: the session's default deadline passed
+    ///   ([`SessionConfig::request_timeout`](crate::SessionConfig::request_timeout));
+    /// - [`Error::Frame`]: the request does not serialize, or is longer than
+    ///   the maximum message length (nothing was sent; the session goes
+    ///   on); or the answer is longer than this side reads;
+    /// - [`Error::Decode`]: the answer is not a `Res`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future cancels the request: it is forgotten here, and
+    /// cancelled at the peer or never sent, as
+    /// [`request_timeout`](Self::request_timeout) describes.
     pub async fn request<Req, Res>(&self, payload: &Req) -> Result<Res, Error>
     where
         Req: Serialize + ?Sized,
@@ -376,6 +397,18 @@ impl Session {
     /// Returns once the message is in the outgoing queue (after waiting for
     /// room there), not once it is written: a program that ends right
     /// after awaits [`shutdown`](Self::shutdown) first.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ReservedMessage`] as above; [`Error::Frame`] if it does not
+    /// serialize or is longer than the maximum message length (nothing is
+    /// sent; the session goes on); [`Error::Closed`] once the session has
+    /// ended.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped while it waits for room in the queue, the message is not
+    /// sent; once the call has returned, it is queued and will be written.
     pub async fn send<T: Serialize + ?Sized>(&self, message: &T) -> Result<(), Error> {
         let shared = &self.shared;
         if let Some(reason) = shared.closed_reason() {
@@ -528,6 +561,9 @@ impl Messages {
     /// The next plain message, or `None` once the session has ended. It is
     /// parsed here: a message serde_json cannot hold as a `Value` (nested
     /// more than 128 deep) is an `Err(Error::Decode { .. })` item.
+    ///
+    /// Cancel safe: dropped before it returns (a branch of `select!` that
+    /// lost), it takes no message, and the next call gets it.
     pub async fn recv(&mut self) -> Option<Result<serde_json::Value, Error>> {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }

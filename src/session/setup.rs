@@ -144,10 +144,22 @@ impl Default for SessionConfig {
 /// Sets up a session over `channel` with `handler` for the peer's requests
 /// (or `None`: the peer's requests are then answered with an error named
 /// `NoHandler`), and resolves once the handshake shows that the peer is
-/// listening. Must run inside a Tokio runtime.
+/// listening.
 ///
 /// The Rust counterpart of ipc-request's `setupIpcSession(process,
 /// handler)`; see [`SessionBuilder`] for settings.
+///
+/// # Errors
+///
+/// [`Error::HandshakeTimeout`] if the peer did not answer within
+/// [`SessionConfig::handshake_timeout`]; [`Error::Closed`] if the channel
+/// ended first (a child that exited: its status is in the reason).
+///
+/// # Panics
+///
+/// Outside a Tokio runtime (it starts the session's tasks on the current
+/// one), as `tokio::spawn` does. The [`blocking`](crate::blocking) API
+/// brings a runtime of its own.
 pub async fn setup(channel: Channel, handler: impl Into<Option<Handler>>) -> Result<Session, Error> {
     SessionBuilder::new().handler(handler).setup(channel).await
 }
