@@ -88,15 +88,21 @@ async function main() {
 
   // The child's request: answered, and we are done once the answer is written.
   let childAsked;
+  let childAskedInVain;
   const childRequestServed = new Promise((resolve, reject) => {
     childAsked = resolve;
+    childAskedInVain = reject;
     setTimeout(() => reject(new Error('the child sent no request within 10 s')), 10000).unref();
   });
   const session = await ipcSession(child, (request, reply) => {
     console.log(`[parent] Got request:      ${request}`);
     const response = `(RESPONSE FROM parent TO ${request})`;
     console.log(`[parent] Sending response: ${response}`);
-    reply(response, () => {
+    reply(response, (err) => {
+      if (err) {
+        childAskedInVain(new Error(`the response was not sent: ${err.message}`));
+        return;
+      }
       console.log(`[parent] Response sent:    ${response}`);
       childAsked();
     });
