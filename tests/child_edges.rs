@@ -118,6 +118,33 @@ fn a_spawn_outside_a_runtime_panics_before_it_starts_anything() {
     assert!(pids.trim().is_empty(), "a child was left running: {pids}");
 }
 
+/// The channel's constructors outside a runtime: this crate's message,
+/// naming the call, at the caller's line (not Tokio's, from inside).
+#[test]
+fn a_channel_made_outside_a_runtime_panics_at_the_callers_line() {
+    let call_line = line!() + 2;
+    let panicked = panic_site_of(|| {
+        let _ = ipc_request::Channel::pair(ChannelConfig::default());
+    });
+    let (site, message) = panicked.expect("Channel::pair outside a runtime did not panic");
+    assert_eq!(site, format!("tests/child_edges.rs:{call_line}"), "{message}");
+    assert!(
+        message.starts_with("ipc_request::Channel::pair must be called inside a Tokio runtime"),
+        "{message}"
+    );
+    let call_line = line!() + 3;
+    let panicked = panic_site_of(|| {
+        let (a, _b) = tokio::io::duplex(64);
+        let _ = ipc_request::Channel::from_stream(a, ChannelConfig::default());
+    });
+    let (site, message) = panicked.expect("Channel::from_stream outside a runtime did not panic");
+    assert_eq!(site, format!("tests/child_edges.rs:{call_line}"), "{message}");
+    assert!(
+        message.starts_with("ipc_request::Channel::from_stream must"),
+        "{message}"
+    );
+}
+
 /// A Node child that answers the handshake, then reads nothing for a while
 /// (busy, as a stuck event loop is) and dies of SIGKILL.
 const STALL_THEN_DIE: &str = r#"

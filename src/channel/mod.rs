@@ -181,11 +181,13 @@ impl Channel {
     /// `tokio::io::split`. For a Unix socket use [`Channel::from_unix`]:
     /// `tokio::net::UnixStream` can miss the data that follows a message
     /// carrying a descriptor (a Node handle), and wakes for every message
-    /// the peer reads.
+    /// the peer reads. Panics outside a Tokio runtime, as [`Channel::new`].
+    #[track_caller]
     pub fn from_stream<S>(stream: S, config: ChannelConfig) -> Channel
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
+        require_runtime("Channel::from_stream");
         let (r, w) = tokio::io::split(stream);
         Channel::new(r, w, config)
     }
@@ -197,13 +199,16 @@ impl Channel {
     /// second, as a peer that shut down its reading side makes no event.
     /// Panics outside a Tokio runtime with IO and timers, as
     /// [`Channel::new`].
+    #[track_caller]
     pub fn from_unix(stream: tokio::net::UnixStream, config: ChannelConfig) -> Result<Channel, Error> {
+        require_runtime("Channel::from_unix");
         let socket = stream.into_std().map_err(|e| Error::Io(Arc::new(e)))?;
         Channel::from_unix_socket(socket.into(), config)
     }
 
     /// The same for a connected Unix stream socket's descriptor, which must
     /// be non-blocking already.
+    #[track_caller]
     pub(crate) fn from_unix_socket(socket: OwnedFd, config: ChannelConfig) -> Result<Channel, Error> {
         let (r, w) = unix::split(socket).map_err(|e| Error::Io(Arc::new(e)))?;
         let hang_up_probe = r.hang_up_probe();
@@ -212,8 +217,11 @@ impl Channel {
         Ok(channel)
     }
 
-    /// Two connected channels in memory, for tests and benchmarks.
+    /// Two connected channels in memory, for tests and benchmarks. Panics
+    /// outside a Tokio runtime, as [`Channel::new`].
+    #[track_caller]
     pub fn pair(config: ChannelConfig) -> (Channel, Channel) {
+        require_runtime("Channel::pair");
         let (a, b) = tokio::io::duplex(256 * 1024);
         (
             Channel::from_stream(a, config.clone()),
