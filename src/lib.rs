@@ -55,6 +55,7 @@ compile_error!(
 );
 
 pub mod blocking;
+mod call;
 pub mod channel;
 mod error;
 pub mod frame;
@@ -62,6 +63,7 @@ pub mod process;
 pub mod protocol;
 pub mod session;
 
+pub use call::Call;
 pub use channel::{Channel, ChannelConfig};
 pub use error::{CloseReason, Error, RemoteError};
 pub use frame::FrameError;

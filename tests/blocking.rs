@@ -170,6 +170,29 @@ fn blocking_on_both_sides_with_requests_nested_in_handlers() {
     // The child goes on serving after its handler panicked.
     let got: Value = session.request(&json!({"op": "echo", "data": 5})).unwrap();
     assert_eq!(got, json!(5));
+    // Typed calls, the answer's type named by the request's.
+    #[derive(serde::Serialize)]
+    struct Echo {
+        op: &'static str,
+        data: Vec<u8>,
+    }
+    impl ipc_request::Call for Echo {
+        type Answer = Vec<u8>;
+    }
+    assert_eq!(
+        session
+            .call(&Echo {
+                op: "echo",
+                data: vec![7]
+            })
+            .unwrap(),
+        [7]
+    );
+    let echo = Echo {
+        op: "echo",
+        data: vec![8],
+    };
+    assert_eq!(session.call_timeout(&echo, Duration::from_secs(10)).unwrap(), [8]);
 
     session.close();
     drop((session, cell));

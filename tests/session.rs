@@ -200,6 +200,69 @@ async fn plain_messages_interleaved_with_requests_arrive_untouched_and_in_order(
     }
 }
 
+/// A request of `ops_handler`'s "echo" op, typed: its answer is `T`.
+#[derive(serde::Serialize)]
+struct Echo<T> {
+    op: &'static str,
+    data: T,
+}
+
+impl<T: serde::Serialize + serde::de::DeserializeOwned> ipc_request::Call for Echo<T> {
+    type Answer = T;
+}
+
+/// `Session::call` takes the answer's type from the request's: no
+/// annotation, and a deadline as `request_timeout` has.
+#[tokio::test]
+async fn a_typed_call_gets_the_answer_its_request_names() {
+    let (a, _b) = connected().await;
+    let numbers = a
+        .call(&Echo {
+            op: "echo",
+            data: vec![1u32, 2, 3],
+        })
+        .await
+        .unwrap();
+    assert_eq!(numbers, [1, 2, 3]);
+    let text = a
+        .call_timeout(
+            &Echo {
+                op: "echo",
+                data: "x".to_string(),
+            },
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(text, "x");
+    // An answer that is not the named type is a decode error, as with
+    // `request`.
+    let wrong = Echo {
+        op: "echo",
+        data: json!("not a number"),
+    };
+    assert!(matches!(
+        a.request::<_, u32>(&wrong).await,
+        Err(Error::Decode { .. })
+    ));
+    #[derive(serde::Serialize)]
+    struct Sleep {
+        op: &'static str,
+        ms: u64,
+        data: u8,
+    }
+    impl ipc_request::Call for Sleep {
+        type Answer = u8;
+    }
+    let slow = Sleep {
+        op: "sleep",
+        ms: 60_000,
+        data: 1,
+    };
+    let late = a.call_timeout(&slow, Duration::from_millis(1)).await;
+    assert!(matches!(late, Err(Error::Timeout(_))), "{late:?}");
+}
+
 /// `Messages` is a `Stream` too: its combinators see every message, then
 /// its end when the session closes.
 #[tokio::test]

@@ -256,7 +256,9 @@ impl Session {
         Req: Serialize + ?Sized,
         Res: DeserializeOwned,
     {
-        let raw = self.call(payload, self.shared.config.request_timeout).await?;
+        let raw = self
+            .send_request(payload, self.shared.config.request_timeout)
+            .await?;
         serde_json::from_str(raw.get()).map_err(Error::decode_answer)
     }
 
@@ -280,7 +282,7 @@ impl Session {
         Req: Serialize + ?Sized,
         Res: DeserializeOwned,
     {
-        let raw = self.call(payload, Some(timeout)).await?;
+        let raw = self.send_request(payload, Some(timeout)).await?;
         serde_json::from_str(raw.get()).map_err(Error::decode_answer)
     }
 
@@ -291,7 +293,8 @@ impl Session {
     /// peer's limit comes back, from a peer running this crate, as
     /// [`Error::Remote`] named `RequestTooLong`.
     pub async fn request_raw<Req: Serialize + ?Sized>(&self, payload: &Req) -> Result<Message, Error> {
-        self.call(payload, self.shared.config.request_timeout).await
+        self.send_request(payload, self.shared.config.request_timeout)
+            .await
     }
 
     /// [`request_raw`](Self::request_raw) with its own deadline, as
@@ -301,10 +304,10 @@ impl Session {
         payload: &Req,
         timeout: Duration,
     ) -> Result<Message, Error> {
-        self.call(payload, Some(timeout)).await
+        self.send_request(payload, Some(timeout)).await
     }
 
-    async fn call<Req: Serialize + ?Sized>(
+    async fn send_request<Req: Serialize + ?Sized>(
         &self,
         payload: &Req,
         timeout: Option<Duration>,
