@@ -362,9 +362,7 @@ fn storms_across_real_processes_end_every_call_as_the_child_ended() {
         // The first round's count is the baseline: the runtime opens some
         // of its own descriptors once, at its first child.
         let now = runtime.block_on(settled_descriptors(descriptors));
-        if let Some(before) = descriptors
-            && now > before
-        {
+        if let Some(before) = descriptors.filter(|&before| now > before) {
             eprintln!("=== seed {seed}: {} descriptors left open", now - before);
             failures.push(seed);
         }

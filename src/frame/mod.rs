@@ -362,18 +362,20 @@ fn is_json_whitespace(byte: &u8) -> bool {
 /// `line` past the JSON whitespace it starts with (the protocol layer
 /// reads the head of a too-long line with it too).
 pub(crate) fn trim_json_whitespace_start(mut line: &[u8]) -> &[u8] {
-    while let [first, rest @ ..] = line
-        && is_json_whitespace(first)
-    {
+    while let [first, rest @ ..] = line {
+        if !is_json_whitespace(first) {
+            break;
+        }
         line = rest;
     }
     line
 }
 
 fn trim_json_whitespace_end(mut line: &[u8]) -> &[u8] {
-    while let [rest @ .., last] = line
-        && is_json_whitespace(last)
-    {
+    while let [rest @ .., last] = line {
+        if !is_json_whitespace(last) {
+            break;
+        }
         line = rest;
     }
     line

@@ -550,9 +550,7 @@ pub(super) async fn read_loop(
         .reader_ended
         .set(our_write_failure(&shared).unwrap_or_else(|| reason.clone()));
     let answer_task = shared.handshake_answer.lock().unwrap().take();
-    if let Some(task) = answer_task
-        && !shared.was_established.load(Ordering::Acquire)
-    {
+    if let Some(task) = answer_task.filter(|_| !shared.was_established.load(Ordering::Acquire)) {
         // The peer may have read our answer to its handshake request and
         // left at once: its end reaches this reader before the task that
         // waited for the answer to be written has run again. By then we
