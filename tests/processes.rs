@@ -942,3 +942,85 @@ async fn a_child_that_dies_while_another_process_holds_its_channel_ends_the_sess
         other => panic!("{other:?}"),
     }
 }
+
+/// examples/node/ipc_session.js as a child, against three faults a storm
+/// (a Rust parent driving it) found: plain messages sent right after the
+/// handshake reached no listener, as the child could subscribe only once
+/// its setup had resolved; `close()` dropped what Node had not written
+/// yet, while each `send()` had said it was sent; and a `close()` while
+/// Node was reading a large message never closed the channel (Node 20's
+/// lost wake-up), so the child never exited and our requests waited for
+/// ever. In both modes; the last in a few rounds, as it hit 16 in 20.
+#[tokio::test]
+async fn the_js_session_keeps_early_messages_and_writes_what_it_sent_before_it_closes() {
+    // A hang, not a slow machine.
+    const HANG: Duration = Duration::from_secs(60);
+    let Some(node) = node() else { return };
+    for args in [&[][..], &["--v1"][..]] {
+        let (session, child) = ipc_request::spawn_session(node_child(&node, args), None)
+            .await
+            .unwrap();
+        for i in 0..5 {
+            session.send(&json!({"early": i})).await.unwrap();
+        }
+        let got: Value = session
+            .request(&json!({"op": "plain_got", "n": 5}))
+            .await
+            .unwrap();
+        let sent: Vec<Value> = (0..5).map(|i| json!({"early": i})).collect();
+        assert_eq!(
+            got,
+            json!(sent),
+            "{args:?}: plain messages lost before the child subscribed"
+        );
+
+        let mut messages = session.messages().unwrap();
+        let n: u64 = session
+            .request(&json!({"op": "send_then_close", "n": 100, "size": 200_000}))
+            .await
+            .unwrap();
+        let mut seqs = Vec::new();
+        while let Some(message) = tokio::time::timeout(HANG, messages.recv())
+            .await
+            .expect("the child's close never closed the channel")
+        {
+            seqs.push(message.unwrap()["seq"].as_u64().unwrap());
+        }
+        assert_eq!(
+            seqs,
+            (0..n).collect::<Vec<_>>(),
+            "{args:?}: sent, then lost to the close"
+        );
+        assert!(child.wait_or_kill(HANG).await.unwrap().success(), "{args:?}");
+
+        for round in 0..3 {
+            let (session, child) = ipc_request::spawn_session(node_child(&node, args), None)
+                .await
+                .unwrap();
+            child.set_kill_on_drop(true);
+            // The child closes as it reads the request after the first
+            // large one: while the next is half read.
+            let big = json!({"op": "echo", "data": "x".repeat(8 << 20)});
+            let close = json!({"op": "close", "after_ms": 0});
+            let calls = futures_util::future::join_all(
+                [&big, &close, &big, &big, &big].map(|payload| session.request_raw(payload)),
+            );
+            let results = tokio::time::timeout(HANG, calls).await.unwrap_or_else(|_| {
+                panic!(
+                    "{args:?} round {round}: requests still wait; the child's close never closed the channel"
+                )
+            });
+            for result in results {
+                assert!(
+                    matches!(result, Ok(_) | Err(Error::Closed(_))),
+                    "{args:?} round {round}: {result:?}"
+                );
+            }
+            let status = tokio::time::timeout(HANG, child.wait())
+                .await
+                .expect("the child did not exit after its close")
+                .unwrap();
+            assert!(status.success(), "{args:?} round {round}: {status}");
+        }
+    }
+}

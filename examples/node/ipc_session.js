@@ -12,26 +12,38 @@
 // proc:    `process` (child side) or a ChildProcess (parent side) with an IPC
 //          channel in JSON mode.
 // handler: (payload, ctx) => value | Promise; ctx.cancelled (getter) and
-//          ctx.onCancel(fn) report a CANCEL from the peer.
-// opts:    { extensions = ['error', 'cancel'], handshakeTimeoutMs = 10000 }
-//          extensions = [] is plain ipc-request 1.0 mode.
+//          ctx.onCancel(fn) report a CANCEL from the peer; ctx.session is
+//          the session, to call the peer back.
+// opts:    { extensions = ['error', 'cancel'], handshakeTimeoutMs = 10000,
+//            onMessage, closeTimeoutMs = 10000 }
+//          extensions = [] is plain ipc-request 1.0 mode; onMessage, a
+//          plain-message listener in place before the handshake.
 //
 // The session: request(payload, {timeoutMs}) (timeoutMs: ms, at most about
 // 24.8 days; unset, Infinity or more is none), send(plain) (refuses, as the
 // Rust side does, a `cmd` starting with NODE_ and the protocol's own
-// shapes), onMessage(fn) (returns an unsubscribe function), peerExtensions
-// (what the peer advertised), extensions (negotiated: ours AND the peer's),
-// uses(name), close() (disconnects the channel).
+// shapes), onMessage(fn) (returns an unsubscribe function; plain messages
+// that come before the first listener, up to 1,024, wait for it, and past
+// that are counted in droppedMessages), peerExtensions (what the peer
+// advertised), extensions (negotiated: ours AND the peer's), uses(name),
+// close() (fails what is pending, lets what was sent be written, up to
+// closeTimeoutMs, then disconnects the channel; returns a promise settled
+// once it is disconnected).
 //
 // A handler's answer that JSON cannot hold (a BigInt, a cycle, a function)
 // goes as an error named ResponseNotSent, as from the Rust side; a request
 // whose payload it cannot hold is rejected. Payloads and plain messages
 // are serialized by this file first (see payloadValue), at some cost.
 //
-// Node 20 itself: a parent's child.disconnect() while a message from the
-// child is half read never closes the channel (no 'disconnect', and the
-// child never sees its end; a review saw it in 7 of about 1,400 rounds).
-// A parent that must end its child kills it after close().
+// Node 20 itself, and what close() does about it:
+// - a disconnect() while a message is half read never closes the channel
+//   (no 'disconnect', and the peer never sees its end; reviews saw it in 7
+//   of about 1,400 rounds from a parent, and in 16 of 20 from a child that
+//   closed while its parent streamed 8 MiB requests): close() wakes Node's
+//   wait (see disconnect below);
+// - disconnect() drops what Node has not written yet, and its send
+//   callbacks report it written all the same: close() waits for every
+//   send's callback first (up to closeTimeoutMs).
 
 const crypto = require('crypto');
 
@@ -152,7 +164,12 @@ function makeError(message, code, name = 'Error') {
   return e;
 }
 
-function setupIpcSession(proc, handler, { extensions = ['error', 'cancel'], handshakeTimeoutMs = 10000 } = {}) {
+// Plain messages kept for the first onMessage listener, at most.
+const EARLY_MESSAGES = 1024;
+
+function setupIpcSession(proc, handler, {
+  extensions = ['error', 'cancel'], handshakeTimeoutMs = 10000, onMessage: firstListener, closeTimeoutMs = 10000,
+} = {}) {
   if (!proc || typeof proc.send !== 'function') {
     return Promise.reject(makeError('no IPC channel on this process', 'ERR_NO_IPC'));
   }
@@ -167,7 +184,20 @@ function setupIpcSession(proc, handler, { extensions = ['error', 'cancel'], hand
   const pending = new Map(); // our request id -> {resolve, reject, timer}
   const running = new Map(); // peer request id -> ctx state of the running handler
   const plainListeners = new Set();
+  // Plain messages that came before the first listener, for it (null once
+  // handed over): the peer may send them as soon as it is set up, in the
+  // same read as its handshake, before our caller could subscribe.
+  let earlyMessages = [];
+  let handingEarlyMessages = false;
+  let droppedMessages = 0;
+  if (typeof firstListener === 'function') {
+    plainListeners.add(firstListener);
+    earlyMessages = null;
+  }
   let settleHandshake; // {resolve, reject} while the handshake runs
+  let writesInFlight = 0; // sends handed to Node whose callback has not come
+  let writesDone = null; // called when writesInFlight drops to 0, while close() waits
+  let disconnected; // the promise close() returns
 
   const uses = (name) => ours.includes(name) && peerExtensions.includes(name);
 
@@ -177,11 +207,29 @@ function setupIpcSession(proc, handler, { extensions = ['error', 'cancel'], hand
   // message (a BigInt, a cycle: Node's stringify throws before writing).
   function write(msg, cb = () => {}) {
     if (closed || !proc.connected) return cb(makeError('IPC channel closed', 'ERR_IPC_CHANNEL_CLOSED'), false);
+    writesInFlight++;
+    const settled = () => {
+      if (--writesInFlight === 0 && writesDone) writesDone();
+    };
     try {
-      proc.send(msg, (err) => cb(err || null, false));
+      proc.send(msg, (err) => { settled(); cb(err || null, false); });
     } catch (err) {
+      settled();
       cb(err, true);
     }
+  }
+
+  // proc.disconnect(), and a nudge for Node 20's lost wake-up: its
+  // _disconnect (lib/internal/child_process.js), if a message is half read,
+  // waits for that message's 'message' or 'internalMessage' event; but it
+  // has just dropped the channel, and from then on Node drops every message
+  // it reads, so the event never comes: no 'disconnect', the channel open
+  // for good. An 'internalMessage' of our own ends that wait; Node's own
+  // listener ignores one that is not a NODE_HANDLE (N)ACK or NODE_HANDLE.
+  function disconnect() {
+    if (!proc.connected) return;
+    proc.disconnect();
+    if (proc.channel == null) proc.emit('internalMessage', { cmd: 'IPC_SESSION_DISCONNECTED' });
   }
 
   function handshakeMessage(type, uid) {
@@ -228,6 +276,7 @@ function setupIpcSession(proc, handler, { extensions = ['error', 'cancel'], hand
     const ctx = {
       get cancelled() { return cancelled; },
       onCancel(fn) { if (cancelled) fn(); else cancelFns.push(fn); },
+      session, // requests only come once setupIpcSession has made it
     };
     running.set(id, state);
     // An answer JSON cannot hold is not written: the caller gets an error in
@@ -290,6 +339,11 @@ function setupIpcSession(proc, handler, { extensions = ['error', 'cancel'], hand
       if (type === RESPONSE) return onResponse(m);
       if (type === CANCEL && ours.includes('cancel')) running.get(m[UID])?.cancel();
       return; // CANCEL in 1.0 mode, or an unknown type: ignored
+    }
+    if (earlyMessages) {
+      if (earlyMessages.length < EARLY_MESSAGES) earlyMessages.push(m);
+      else droppedMessages++;
+      return;
     }
     for (const fn of plainListeners) fn(m);
   }
@@ -363,13 +417,33 @@ function setupIpcSession(proc, handler, { extensions = ['error', 'cancel'], hand
       }
       return new Promise((resolve, reject) => write(wire, (err) => (err ? reject(err) : resolve())));
     },
+    get droppedMessages() { return droppedMessages; },
     onMessage(fn) {
       plainListeners.add(fn);
+      if (earlyMessages && !handingEarlyMessages) {
+        // On a microtask, so that `fn` gets them after onMessage returns;
+        // messages that come meanwhile join the queue, in order.
+        handingEarlyMessages = true;
+        queueMicrotask(() => {
+          const early = earlyMessages;
+          earlyMessages = null;
+          for (const m of early) for (const f of plainListeners) f(m);
+        });
+      }
       return () => plainListeners.delete(fn);
     },
     close() {
-      if (proc.connected) proc.disconnect();
-      close('closed locally');
+      if (disconnected) return disconnected;
+      close('closed locally'); // pending requests fail; nothing more is sent
+      disconnected = new Promise((resolve) => {
+        if (!proc.connected) return resolve();
+        proc.once('disconnect', resolve);
+        const timer = setTimeout(disconnect, closeTimeoutMs);
+        timer.unref();
+        writesDone = () => { clearTimeout(timer); disconnect(); };
+        if (writesInFlight === 0) writesDone();
+      });
+      return disconnected;
     },
   };
 

@@ -35,6 +35,13 @@
 //                                            then process.exit(N), no answer
 //   {"op":"pid"}                          -> process.pid
 //   {"op":"env","names":[S...]}           -> {S: process.env[S] or null} for each name
+//   {"op":"close","after_ms":N}           -> "closing"; session.close() N ms later
+//   {"op":"send_then_close","n":N,"size":S} -> sends N plain messages
+//        {"seq":i,"pad":S x's} without waiting, answers N, then closes the
+//        session (close() writes what was sent first)
+//   {"op":"plain_got","n":N}              -> the plain messages this child's
+//        session.onMessage got (subscribed after setup, as documented),
+//        once there are N of them (waits up to 2000 ms)
 //   anything else                         -> {"unknown": payload}
 //
 // ## Command lines
@@ -231,11 +238,32 @@ function makeOpsHandler(proc, getSession) {
       }
       case 'env': // the value of each variable named, or null if unset
         return Object.fromEntries((p.names || []).map((n) => [n, process.env[n] ?? null]));
+      case 'close': {
+        const session = await getSession();
+        setTimeout(() => session.close(), Number(p.after_ms) || 0);
+        return 'closing';
+      }
+      case 'send_then_close': {
+        const session = await getSession();
+        const pad = 'x'.repeat(Number(p.size) || 0);
+        for (let i = 0; i < p.n; i++) session.send({ seq: i, pad }).catch(() => {});
+        // After the answer is handed to Node (a microtask from here).
+        setImmediate(() => session.close());
+        return p.n;
+      }
+      case 'plain_got': {
+        const deadline = Date.now() + 2000;
+        while (plainReceived.length < p.n && Date.now() < deadline) await sleep(10);
+        return plainReceived;
+      }
       default:
         return { unknown: p };
     }
   };
 }
+
+// What the child's session.onMessage got (the first 10,000).
+const plainReceived = [];
 
 async function runChild(args) {
   if (!process.send) {
@@ -266,6 +294,10 @@ async function runChild(args) {
     console.error(`peer.js child: handshake failed: ${err.message}`);
     process.exit(2);
   });
+  // Subscribed once set up, as the header of ipc_session.js documents:
+  // what came before waits for this first listener.
+  const session = await sessionP.catch(() => null);
+  session?.onMessage((m) => { if (plainReceived.length < 10000) plainReceived.push(m); });
 }
 
 // --------------------------------------------------------------- parent side
