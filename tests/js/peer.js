@@ -159,7 +159,7 @@ function makeOpsHandler(proc, getSession) {
           cancelWaiters.add(check);
         });
       case 'call': {
-        const session = await getSession();
+        const session = ctx.session; // the handler's own way back to the peer
         try {
           return { got: await session.request(p.data) };
         } catch (e) {
