@@ -117,7 +117,10 @@ pub enum Error {
         program: String,
         /// Why it could not start (as `Command::spawn` said). In the
         /// message, and so not given as its `source()`: a printer of error
-        /// chains would show it twice.
+        /// chains would show it twice. If the command's `current_dir` is
+        /// what was missing (or not a directory), the text names it; that
+        /// error keeps std's kind, but its errno is only in the text
+        /// (`raw_os_error` is `None`).
         error: Arc<io::Error>,
     },
 
@@ -245,7 +248,13 @@ fn signal_name(sig: i32) -> &'static str {
 /// | `RequestTooLong` | refused unhandled: the request was longer than this side reads |
 /// | `NoHandler` | refused unhandled: this side set up its session without a handler |
 /// | `HandlerNotRun` | a [`blocking::handler_fn`](crate::blocking::handler_fn) not started: the runtime was stopping |
-/// | an [`Error`] variant's name (`DecodeRequest`, ...) | a handler returned this crate's error with `?` (but [`Error::Remote`] goes on as it came) |
+/// | an [`Error`] variant's name (`DecodeRequest`, ...) | a handler returned this crate's error with `?` (but [`Error::Remote`] goes on as it came: see below) |
+///
+/// `Overloaded`, `RequestTooLong`, `NoHandler` and `HandlerNotRun` say the
+/// request was not run, so a caller may send it again. A handler that
+/// passes on with `?` an error its own call to a peer got keeps it whole,
+/// but for these four: that handler did run, so they become `Remote`, with
+/// the peer's name and message in the message.
 ///
 /// `examples/node/ipc_session.js` sends `ResponseNotSent` too, for an
 /// answer JSON cannot hold.
@@ -321,7 +330,7 @@ impl RemoteError {
     /// With `anyhow`: `.map_err(|e| RemoteError::from_dyn(e.as_ref()))`.
     pub fn from_dyn(error: &(dyn std::error::Error + 'static)) -> Self {
         let name = match error.downcast_ref::<Error>() {
-            Some(Error::Remote(theirs)) => return RemoteError::clone(theirs),
+            Some(Error::Remote(theirs)) => return passed_on(theirs),
             Some(ours) => ours.variant_name(),
             None => "Error",
         };
@@ -358,6 +367,22 @@ impl RemoteError {
     }
 }
 
+/// The names this crate sends for a request it did not run (see
+/// [`RemoteError`]): a caller may send such a request again.
+const NOT_RUN: [&str; 4] = ["Overloaded", "RequestTooLong", "NoHandler", "HandlerNotRun"];
+
+/// A peer's error, passed on by a handler (with `?`): whole, but for a
+/// name that says the request was not run, which the request the handler
+/// answers did; that one goes as any other error of this crate, named
+/// `Remote`, the peer's name and message in its message.
+fn passed_on(theirs: &RemoteError) -> RemoteError {
+    if NOT_RUN.contains(&theirs.name.as_str()) {
+        let ours = Error::Remote(Box::new(theirs.clone()));
+        return RemoteError::new(ours.variant_name(), ours.to_string());
+    }
+    theirs.clone()
+}
+
 /// How many of an error's sources [`RemoteError::from_dyn`] follows.
 const MAX_SOURCES: usize = 32;
 
@@ -391,12 +416,23 @@ fn serialize_code<S: serde::Serializer>(
     }
 }
 
+/// A code that reads as a name: a letter or `_`, then letters, digits,
+/// `_`, `-` or `.` (`ENOENT`, `ERR_IPC_CHANNEL_CLOSED`, `E.X-1`).
+fn is_a_name(code: &str) -> bool {
+    code.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && code
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
 impl fmt::Display for RemoteError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.name, self.message)?;
         match &self.code {
-            // As the code reads in the peer's own text: `(code ENOENT)`.
-            Some(serde_json::Value::String(code)) => write!(f, " (code {code})")?,
+            // A name as the peer's own text has it: `(code ENOENT)`. Any
+            // other string quoted, so that "42" and 42, or "", still read
+            // apart.
+            Some(serde_json::Value::String(code)) if is_a_name(code) => write!(f, " (code {code})")?,
             Some(code) => write!(f, " (code {code})")?,
             None => {}
         }
@@ -418,7 +454,7 @@ impl<E: std::error::Error + 'static> From<E> for RemoteError {
     fn from(e: E) -> Self {
         if let Some(ours) = (&e as &dyn std::any::Any).downcast_ref::<Error>() {
             if let Error::Remote(theirs) = ours {
-                return RemoteError::clone(theirs);
+                return passed_on(theirs);
             }
             return RemoteError::new(ours.variant_name(), e.to_string());
         }
@@ -534,7 +570,7 @@ mod tests {
     /// the peer's name and code flattened into its message.
     #[test]
     fn a_remote_error_passed_on_is_passed_on_whole() {
-        let theirs = RemoteError::new("NoHandler", "no handler here")
+        let theirs = RemoteError::new("TypeError", "not a number")
             .with_code("E_NONE")
             .with_stack("at peer")
             .with_data(serde_json::json!({"n": 1}));
@@ -543,6 +579,19 @@ mod tests {
         let boxed: Box<dyn std::error::Error + Send + Sync> =
             Box::new(Error::Remote(Box::new(theirs.clone())));
         assert_eq!(RemoteError::from_dyn(&*boxed), theirs);
+        // But a name that says the request was not run: this one was.
+        for name in NOT_RUN {
+            let not_run = RemoteError::new(name, "not run").with_code("C");
+            let forwarded = || -> Result<(), RemoteError> { Err(Error::Remote(Box::new(not_run.clone())))? };
+            let forwarded = forwarded().unwrap_err();
+            assert_eq!(forwarded.name, "Remote");
+            assert_eq!(
+                forwarded.message,
+                format!("the peer answered with an error: {name}: not run (code C)")
+            );
+            let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(Error::Remote(Box::new(not_run)));
+            assert_eq!(RemoteError::from_dyn(&*boxed), forwarded);
+        }
     }
 
     #[test]
@@ -553,6 +602,12 @@ mod tests {
             "E: m (code ENOENT)"
         );
         assert_eq!(error.clone().with_code(42).to_string(), "E: m (code 42)");
+        assert_eq!(error.clone().with_code("42").to_string(), r#"E: m (code "42")"#);
+        assert_eq!(error.clone().with_code("").to_string(), r#"E: m (code "")"#);
+        assert_eq!(
+            error.clone().with_code("no such").to_string(),
+            r#"E: m (code "no such")"#
+        );
         assert_eq!(error.to_string(), "E: m");
     }
 }
