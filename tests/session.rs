@@ -319,6 +319,17 @@ async fn plain_messages_nobody_took_are_bounded_in_bytes_too() {
     let kept: Vec<Value> = (0..10).map(|i| json!(text(i))).collect();
     assert_eq!(got, kept, "the first 10,000 bytes are kept, the rest dropped");
     assert_eq!(b.dropped_messages(), 10, "none dropped once the stream is taken");
+    // A stream taken, then dropped: what comes is lost, and counted.
+    drop(messages);
+    for i in 0..3 {
+        a.send(&text(i)).await.unwrap();
+    }
+    let _: Value = a.request(&json!({"op":"echo","data":0})).await.unwrap();
+    assert_eq!(
+        b.dropped_messages(),
+        13,
+        "lost to a dropped stream, and not counted"
+    );
 }
 
 #[tokio::test]

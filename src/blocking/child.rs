@@ -81,7 +81,9 @@ impl ChildProcess {
 
     /// Waits up to `grace` for the child to exit, then kills it and waits
     /// for that: [`crate::ChildProcess::wait_or_kill`]. Close the session
-    /// first ([`Session::shutdown`](super::Session::shutdown)).
+    /// first with [`Session::close`](super::Session::close) (not an
+    /// unbounded `shutdown`: a stuck child that reads nothing would keep it
+    /// waiting before the grace has begun).
     pub fn wait_or_kill(&self, grace: Duration) -> Result<ExitStatus, Error> {
         self.runtime.block_on(self.child.wait_or_kill(grace))
     }

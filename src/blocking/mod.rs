@@ -31,7 +31,9 @@
 //! task of any Tokio runtime, this one's async handlers included), as
 //! Tokio's `block_on` does: waiting there would stall the other tasks of
 //! that thread. Use the async API there. The threads [`handler_fn`] runs on
-//! are not async contexts.
+//! are not async contexts. One exception: [`wait_for_cancel`] cannot tell
+//! such a thread from those, and does not panic; there it blocks the
+//! thread, and with it the reader that would bring the cancel.
 //!
 //! # How a session ends
 //!
@@ -170,8 +172,9 @@ where
     })
 }
 
-/// Blocks this thread until `request` is cancelled or `timeout` has
-/// passed: true if it was cancelled, at once if it already was. Cancelled
+/// For a blocking handler only: blocks this thread until `request` is
+/// cancelled or `timeout` has passed: true if it was cancelled, at once if
+/// it already was. Cancelled
 /// means as [`Request::cancelled`]: the peer cancelled it, or the session
 /// closed. For a [`handler_fn`] handler, in place of a sleep: between steps
 /// of its work, or while it waits for something of its own, it then stops
@@ -179,8 +182,12 @@ where
 ///
 /// It needs no runtime and starts no Tokio timer (one started while the
 /// session's runtime shuts down panics). It blocks the thread it runs on:
-/// not for an async handler, whose thread runs other tasks too (await
-/// [`Request::cancelled`] there).
+/// never call it from an async handler (await [`Request::cancelled`]
+/// there), whose thread runs other tasks, the session's reader perhaps
+/// (a blocking session's runtime has one worker): the cancel would then
+/// not be read until the wait ends, and every other request waits too.
+/// Unlike the calls of this module that wait, it does not panic there (it
+/// cannot tell that thread from a blocking handler's).
 ///
 /// ```no_run
 /// # use std::time::Duration;

@@ -438,19 +438,27 @@ impl ChildProcess {
     /// Waits up to `grace` for the child to exit, then kills it
     /// ([`kill`](Self::kill)) and waits for that: the end of a stop that
     /// gives the child its chance. Close the session first (a child exits
-    /// when its channel closes), with [`Session::shutdown`] for what was
-    /// queued to be written:
+    /// when its channel closes) with [`Session::close`], which returns at
+    /// once: what was queued is still written meanwhile, to a child that
+    /// reads it. Not an unbounded [`Session::shutdown`], which waits for as
+    /// long as a stuck child leaves what we wrote unread, before the grace
+    /// has even begun.
     ///
     /// ```no_run
     /// # async fn stop(session: ipc_request::Session, child: ipc_request::ChildProcess)
     /// #     -> Result<(), ipc_request::Error> {
     /// # use std::time::Duration;
-    /// session.shutdown().await;
+    /// session.close();
     /// let status = child.wait_or_kill(Duration::from_secs(2)).await?;
     /// # Ok(()) }
     /// ```
     ///
     /// Fails as [`wait`](Self::wait) does.
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime with timers (the grace is a Tokio timer),
+    /// where `wait` works on any executor.
     pub async fn wait_or_kill(&self, grace: std::time::Duration) -> Result<ExitStatus, Error> {
         if let Ok(exited) = tokio::time::timeout(grace, self.wait()).await {
             return exited;

@@ -435,14 +435,23 @@ impl Shared {
         };
         let budget = &self.message_bytes;
         if self.plain_messages_wait.load(Ordering::Acquire) {
+            // False only if the stream was taken and then dropped: the
+            // message goes nowhere, and is counted as dropped.
+            let delivered = async {
+                let permit = match bytes {
+                    0 => None,
+                    n => match budget.clone().acquire_many_owned(n as u32).await {
+                        Ok(permit) => Some(permit),
+                        Err(_) => return true, // closed: the session is ending
+                    },
+                };
+                tx.send((item, permit)).await.is_ok()
+            };
             tokio::select! {
-                _ = async {
-                    let permit = match bytes {
-                        0 => None,
-                        n => Some(budget.clone().acquire_many_owned(n as u32).await.ok()?),
-                    };
-                    tx.send((item, permit)).await.ok()
-                } => {}
+                delivered = delivered => if !delivered {
+                    self.messages_dropped.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("plain message dropped: the stream of Session::messages() was dropped");
+                },
                 _ = self.closing.cancelled() => {}
             }
             return;

@@ -249,7 +249,9 @@ impl Session {
     /// # Cancel safety
     ///
     /// Dropping the future cancels the request: it is forgotten here, and
-    /// cancelled at the peer or never sent, as
+    /// never sent if it still waits in the queue; one already sent is
+    /// cancelled at the peer if the peer speaks `cancel` (an ipc-request
+    /// 1.0 peer runs it to the end), as
     /// [`request_timeout`](Self::request_timeout) describes.
     pub async fn request<Req, Res>(&self, payload: &Req) -> Result<Res, Error>
     where
@@ -479,11 +481,14 @@ impl Session {
         self.shared.table.lock().unwrap().pending.waiting()
     }
 
-    /// How many plain messages of the peer's were dropped because nobody
-    /// had taken [`messages`](Self::messages) yet and its buffer was full
-    /// (a warning is logged for each, too). None are dropped so once the
-    /// stream is taken (they wait for room in it), nor in a session set up
-    /// with [`SessionBuilder::keep_plain_messages`], where this stays 0.
+    /// How many plain messages of the peer's (and errors of its unreadable
+    /// lines, which come on the same stream) were dropped, a warning logged
+    /// for each: because nobody had taken [`messages`](Self::messages) yet
+    /// and its buffer was full, or because the stream was taken and then
+    /// dropped. None are dropped while a taken stream is kept (they wait
+    /// for room in it), nor in a session set up with
+    /// [`SessionBuilder::keep_plain_messages`] once its handshake is done
+    /// (before, see there).
     pub fn dropped_messages(&self) -> u64 {
         self.shared.messages_dropped.load(Ordering::Relaxed)
     }

@@ -153,7 +153,9 @@ impl Default for SessionConfig {
 ///
 /// [`Error::HandshakeTimeout`] if the peer did not answer within
 /// [`SessionConfig::handshake_timeout`]; [`Error::Closed`] if the channel
-/// ended first (a child that exited: its status is in the reason).
+/// ended first (a child that exited: its status is in the reason);
+/// [`Error::Frame`] if the channel's `max_message_len` is too small for
+/// the handshake message itself.
 ///
 /// # Panics
 ///
