@@ -956,7 +956,10 @@ async fn the_js_session_keeps_early_messages_and_writes_what_it_sent_before_it_c
     // A hang, not a slow machine.
     const HANG: Duration = Duration::from_secs(60);
     let Some(node) = node() else { return };
-    for args in [&[][..], &["--v1"][..]] {
+    // Infinity: no limit on close's wait (it once made it 1 ms, as
+    // setTimeout takes it, and the close lost everything).
+    let modes: [&[&str]; 3] = [&[], &["--v1"], &["--close-timeout-ms", "Infinity"]];
+    for args in modes {
         let (session, child) = ipc_request::spawn_session(node_child(&node, args), None)
             .await
             .unwrap();
@@ -976,7 +979,7 @@ async fn the_js_session_keeps_early_messages_and_writes_what_it_sent_before_it_c
 
         let mut messages = session.messages().unwrap();
         let n: u64 = session
-            .request(&json!({"op": "send_then_close", "n": 100, "size": 200_000}))
+            .request(&json!({"op": "send_then_close", "n": 20, "size": 2_000_000}))
             .await
             .unwrap();
         let mut seqs = Vec::new();
@@ -1023,4 +1026,65 @@ async fn the_js_session_keeps_early_messages_and_writes_what_it_sent_before_it_c
             assert!(status.success(), "{args:?} round {round}: {status}");
         }
     }
+}
+
+/// A Node handler that rethrows the error its own request to us got passes
+/// it on whole, but not a name that says the request was not run
+/// (NoHandler here: we have no handler): the child's handler did run, and
+/// a caller may send a "not run" request again. As the Rust side does.
+#[tokio::test]
+async fn a_node_handler_that_rethrows_a_not_run_error_does_not_pass_it_on_as_not_run() {
+    let Some(node) = node() else { return };
+    let (session, child) = start(node_child(&node, &[])).await;
+    match session
+        .request::<_, Value>(&json!({"op": "call_rethrow", "data": {"fail": true}}))
+        .await
+    {
+        Err(Error::Remote(e)) => {
+            assert_eq!(
+                (e.name.as_str(), e.message.as_str()),
+                ("RangeError", "parent refused")
+            );
+            assert_eq!(e.code, Some(json!(42)));
+        }
+        other => panic!("passed on whole: {other:?}"),
+    }
+    session.close();
+    child.wait().await.unwrap();
+
+    let (session, child) = ipc_request::spawn_session(node_child(&node, &[]), None)
+        .await
+        .unwrap();
+    match session
+        .request::<_, Value>(&json!({"op": "call_rethrow", "data": 1}))
+        .await
+    {
+        Err(Error::Remote(e)) => {
+            assert_eq!(e.name, "Remote", "{e:?}");
+            assert!(e.message.contains("NoHandler"), "{e:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    session.close();
+    child.wait().await.unwrap();
+}
+
+/// The JS session keeps plain messages that come before anyone listens,
+/// but within a bound, as the Rust side does: 1,024 messages and 64 MiB of
+/// their JSON text. Past it they are counted, not kept (an application
+/// that never listens held 800 MiB once).
+#[tokio::test]
+async fn the_js_session_keeps_unheard_plain_messages_within_a_bound() {
+    let Some(node) = node() else { return };
+    let (session, child) = ipc_request::spawn_session(node_child(&node, &["--no-plain-listener"]), None)
+        .await
+        .unwrap();
+    let mib = "x".repeat(1 << 20); // 1,048,578 bytes as JSON: 63 fit in 64 MiB
+    for _ in 0..70 {
+        session.send(&mib).await.unwrap();
+    }
+    let dropped: u64 = session.request(&json!({"op": "dropped"})).await.unwrap();
+    assert_eq!(dropped, 7);
+    session.close();
+    child.wait().await.unwrap();
 }

@@ -17,18 +17,24 @@
 // opts:    { extensions = ['error', 'cancel'], handshakeTimeoutMs = 10000,
 //            onMessage, closeTimeoutMs = 10000 }
 //          extensions = [] is plain ipc-request 1.0 mode; onMessage, a
-//          plain-message listener in place before the handshake.
+//          plain-message listener in place before the handshake. Timeouts
+//          are ms, as timeoutMs below.
 //
 // The session: request(payload, {timeoutMs}) (timeoutMs: ms, at most about
 // 24.8 days; unset, Infinity or more is none), send(plain) (refuses, as the
 // Rust side does, a `cmd` starting with NODE_ and the protocol's own
 // shapes), onMessage(fn) (returns an unsubscribe function; plain messages
-// that come before the first listener, up to 1,024, wait for it, and past
-// that are counted in droppedMessages), peerExtensions (what the peer
-// advertised), extensions (negotiated: ours AND the peer's), uses(name),
-// close() (fails what is pending, lets what was sent be written, up to
-// closeTimeoutMs, then disconnects the channel; returns a promise settled
-// once it is disconnected).
+// that come while there is no listener wait for one, up to 1,024 messages
+// and 64 MiB of JSON text, and past that are counted in droppedMessages),
+// peerExtensions (what the peer advertised), extensions (negotiated: ours
+// AND the peer's), uses(name), close() (fails what is pending, lets what
+// was sent be written, up to closeTimeoutMs, then disconnects the channel;
+// returns a promise settled once it is disconnected).
+//
+// A handler that passes on (rethrows) an error its own request to the
+// peer got passes it whole, but for the names that say a request was not
+// run (Overloaded, RequestTooLong, NoHandler, HandlerNotRun): this one was,
+// so those go as the Rust side sends them on, named Remote.
 //
 // A handler's answer that JSON cannot hold (a BigInt, a cycle, a function)
 // goes as an error named ResponseNotSent, as from the Rust side; a request
@@ -81,6 +87,10 @@ function describe(x) {
   }
 }
 
+// The names the Rust side sends for a request it did not run: its caller
+// may send it again.
+const NOT_RUN = new Set(['Overloaded', 'RequestTooLong', 'NoHandler', 'HandlerNotRun']);
+
 // The error object of extension `error` (and of the 1.0 fallback payload).
 // Each field is read once (a getter could answer otherwise the second
 // time); only a string name, a string message, a string stack and a string
@@ -88,7 +98,14 @@ function describe(x) {
 function errorToWire(err) {
   try {
     if (!isObject(err)) return { name: 'Error', message: describe(err) };
-    const { name, message, stack, code, data } = err;
+    const { name, message, stack, code, data, remote } = err;
+    if (remote === true && NOT_RUN.has(name)) {
+      // A peer's "not run" passed on by a handler that did run (a
+      // rethrow): the caller may not take it as not run. As the Rust side
+      // passes it on: named Remote, the peer's name and message inside.
+      const coded = typeof code === 'string' || Number.isFinite(code) ? ` (code ${code})` : '';
+      return { name: 'Remote', message: `the peer answered with an error: ${name}: ${describe(message)}${coded}` };
+    }
     const out = {
       name: typeof name === 'string' ? name : 'Error',
       message: typeof message === 'string' ? message : describe(message ?? ''),
@@ -157,6 +174,25 @@ function jsonCopy(v) {
   return JSON.parse(text);
 }
 
+// A timeout option as ms: what Number() makes of it, as setTimeout does
+// ("100" from an env var); undefined (none) if unset, or longer than
+// setTimeout can wait (2^31 - 1 ms, about 24.8 days: it would fire after
+// 1 ms), Infinity included. Throws a TypeError or a RangeError for what is
+// not 0 or more ms.
+function timeoutOption(value, name) {
+  if (value == null) return undefined;
+  let ms;
+  try {
+    ms = Number(value);
+  } catch (err) { // a Symbol, a valueOf that throws
+    throw Object.assign(new TypeError(`${name} is not a number: ${describe(err)}`), { code: 'ERR_INVALID_ARG_TYPE' });
+  }
+  if (Number.isNaN(ms) || ms < 0) {
+    throw Object.assign(new RangeError(`${name} must be 0 or more ms: ${describe(value)}`), { code: 'ERR_OUT_OF_RANGE' });
+  }
+  return ms > 2147483647 ? undefined : ms;
+}
+
 function makeError(message, code, name = 'Error') {
   const e = new Error(message);
   e.name = name;
@@ -164,14 +200,22 @@ function makeError(message, code, name = 'Error') {
   return e;
 }
 
-// Plain messages kept for the first onMessage listener, at most.
+// Plain messages kept while nobody listens, at most: so many, and so many
+// bytes of their JSON text (as the Rust side bounds its buffer).
 const EARLY_MESSAGES = 1024;
+const EARLY_BYTES = 64 * 1024 * 1024;
 
 function setupIpcSession(proc, handler, {
   extensions = ['error', 'cancel'], handshakeTimeoutMs = 10000, onMessage: firstListener, closeTimeoutMs = 10000,
 } = {}) {
   if (!proc || typeof proc.send !== 'function') {
     return Promise.reject(makeError('no IPC channel on this process', 'ERR_NO_IPC'));
+  }
+  try {
+    handshakeTimeoutMs = timeoutOption(handshakeTimeoutMs, 'handshakeTimeoutMs');
+    closeTimeoutMs = timeoutOption(closeTimeoutMs, 'closeTimeoutMs');
+  } catch (err) {
+    return Promise.reject(err);
   }
   const ours = [...extensions];
   const v1 = ours.length === 0; // plain ipc-request 1.0 mode
@@ -184,20 +228,20 @@ function setupIpcSession(proc, handler, {
   const pending = new Map(); // our request id -> {resolve, reject, timer}
   const running = new Map(); // peer request id -> ctx state of the running handler
   const plainListeners = new Set();
-  // Plain messages that came before the first listener, for it (null once
-  // handed over): the peer may send them as soon as it is set up, in the
-  // same read as its handshake, before our caller could subscribe.
-  let earlyMessages = [];
-  let handingEarlyMessages = false;
+  // Plain messages that came while nobody listened, for the next
+  // listener: the peer may send them as soon as it is set up, in the same
+  // read as its handshake, before our caller could subscribe; or between
+  // one listener and the next.
+  const unheard = []; // [message, its size]
+  let unheardBytes = 0;
+  let handingUnheard = false;
   let droppedMessages = 0;
-  if (typeof firstListener === 'function') {
-    plainListeners.add(firstListener);
-    earlyMessages = null;
-  }
+  if (typeof firstListener === 'function') plainListeners.add(firstListener);
   let settleHandshake; // {resolve, reject} while the handshake runs
   let writesInFlight = 0; // sends handed to Node whose callback has not come
   let writesDone = null; // called when writesInFlight drops to 0, while close() waits
   let disconnected; // the promise close() returns
+  let disconnectSeen = false; // proc's 'disconnect' has fired
 
   const uses = (name) => ours.includes(name) && peerExtensions.includes(name);
 
@@ -340,12 +384,42 @@ function setupIpcSession(proc, handler, {
       if (type === CANCEL && ours.includes('cancel')) running.get(m[UID])?.cancel();
       return; // CANCEL in 1.0 mode, or an unknown type: ignored
     }
-    if (earlyMessages) {
-      if (earlyMessages.length < EARLY_MESSAGES) earlyMessages.push(m);
-      else droppedMessages++;
+    if (plainListeners.size === 0 || unheard.length > 0) {
+      let size;
+      try {
+        size = JSON.stringify(m).length; // it came as JSON: it has a text
+      } catch (_) {
+        size = 1;
+      }
+      if (unheard.length < EARLY_MESSAGES && unheardBytes + size <= EARLY_BYTES) {
+        unheard.push([m, size]);
+        unheardBytes += size;
+      } else {
+        droppedMessages++;
+      }
+      handUnheardSoon();
       return;
     }
-    for (const fn of plainListeners) fn(m);
+    // A copy: a listener that subscribes another must not give it this one.
+    for (const fn of [...plainListeners]) fn(m);
+  }
+
+  // The messages that waited, to the listeners, in order, on a microtask
+  // (a listener gets them after onMessage returns; messages that come
+  // meanwhile join the queue). One at a time: if no listener is left (one
+  // that unsubscribed at once), the rest wait for the next; if a listener
+  // throws, the rest wait for the next message or listener.
+  function handUnheardSoon() {
+    if (handingUnheard || unheard.length === 0 || plainListeners.size === 0) return;
+    handingUnheard = true;
+    queueMicrotask(() => {
+      handingUnheard = false;
+      while (unheard.length > 0 && plainListeners.size > 0) {
+        const [m, size] = unheard.shift();
+        unheardBytes -= size;
+        for (const fn of [...plainListeners]) fn(m);
+      }
+    });
   }
 
   function close(reason) {
@@ -367,24 +441,12 @@ function setupIpcSession(proc, handler, {
     request(payload, options) {
       return new Promise((resolve, reject) => {
         if (closed) return reject(makeError('IPC channel closed', 'ERR_IPC_CHANNEL_CLOSED'));
-        // A number of ms (or what Number() makes one of, as setTimeout
-        // does: "100" from an env var); none if unset, or longer than
-        // setTimeout can wait (2^31 - 1 ms, about 24.8 days: it would fire
-        // after 1 ms), Infinity included. Checked before anything is
-        // registered or sent.
+        // Checked before anything is registered or sent (see timeoutOption).
         let timeoutMs;
-        if (options?.timeoutMs != null) {
-          try {
-            timeoutMs = Number(options.timeoutMs);
-          } catch (err) { // a Symbol, a valueOf that throws
-            return reject(Object.assign(new TypeError(`timeoutMs is not a number: ${describe(err)}`),
-              { code: 'ERR_INVALID_ARG_TYPE' }));
-          }
-          if (Number.isNaN(timeoutMs) || timeoutMs < 0) {
-            return reject(Object.assign(new RangeError(`timeoutMs must be 0 or more ms: ${describe(options.timeoutMs)}`),
-              { code: 'ERR_OUT_OF_RANGE' }));
-          }
-          if (timeoutMs > 2147483647) timeoutMs = undefined;
+        try {
+          timeoutMs = timeoutOption(options?.timeoutMs, 'timeoutMs');
+        } catch (err) {
+          return reject(err);
         }
         try {
           payload = payloadValue(payload);
@@ -420,26 +482,23 @@ function setupIpcSession(proc, handler, {
     get droppedMessages() { return droppedMessages; },
     onMessage(fn) {
       plainListeners.add(fn);
-      if (earlyMessages && !handingEarlyMessages) {
-        // On a microtask, so that `fn` gets them after onMessage returns;
-        // messages that come meanwhile join the queue, in order.
-        handingEarlyMessages = true;
-        queueMicrotask(() => {
-          const early = earlyMessages;
-          earlyMessages = null;
-          for (const m of early) for (const f of plainListeners) f(m);
-        });
-      }
+      handUnheardSoon();
       return () => plainListeners.delete(fn);
     },
     close() {
       if (disconnected) return disconnected;
       close('closed locally'); // pending requests fail; nothing more is sent
       disconnected = new Promise((resolve) => {
-        if (!proc.connected) return resolve();
+        if (disconnectSeen) return resolve();
         proc.once('disconnect', resolve);
-        const timer = setTimeout(disconnect, closeTimeoutMs);
-        timer.unref();
+        if (!proc.connected) {
+          // Disconnecting already (by the program's own proc.disconnect()):
+          // wake Node's wait if it is the lost one (see disconnect).
+          if (proc.channel == null) proc.emit('internalMessage', { cmd: 'IPC_SESSION_DISCONNECTED' });
+          return;
+        }
+        const timer = closeTimeoutMs === undefined ? null : setTimeout(disconnect, closeTimeoutMs);
+        timer?.unref();
         writesDone = () => { clearTimeout(timer); disconnect(); };
         if (writesInFlight === 0) writesDone();
       });
@@ -448,7 +507,7 @@ function setupIpcSession(proc, handler, {
   };
 
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
+    const timer = handshakeTimeoutMs === undefined ? null : setTimeout(() => {
       const err = makeError(`handshake timed out after ${handshakeTimeoutMs} ms`, 'ETIMEDOUT', 'TimeoutError');
       closed = true;
       proc.removeListener('message', onMessage);
@@ -460,7 +519,7 @@ function setupIpcSession(proc, handler, {
     };
     // 2.1 step 1: listen first; then step 2: announce ourselves.
     proc.on('message', onMessage);
-    proc.once('disconnect', () => close('disconnected'));
+    proc.once('disconnect', () => { disconnectSeen = true; close('disconnected'); });
     if (proc !== process) {
       // A child that exited: give the channel a moment to deliver what is
       // still in the socket (its 'disconnect' normally follows), then give up.

@@ -15,6 +15,8 @@
 //                                            cancelled (waits up to 2000 ms), else false
 //   {"op":"call","data":X}                -> requests X from the other side, answers
 //        {"got": <its response payload>} or {"error": {"name","message","code","data"}}
+//   {"op":"call_rethrow","data":X}        -> requests X from the other side and
+//        answers its answer; its failure (rethrown) is this handler's
 //   {"op":"plain","messages":[...]}       -> sends each element as a plain message,
 //                                            in order, then answers their count
 //   {"op":"handle","pad":N}               -> sends the plain message {"with":"handle"}
@@ -39,6 +41,7 @@
 //   {"op":"send_then_close","n":N,"size":S} -> sends N plain messages
 //        {"seq":i,"pad":S x's} without waiting, answers N, then closes the
 //        session (close() writes what was sent first)
+//   {"op":"dropped"}                      -> the session's droppedMessages
 //   {"op":"plain_got","n":N}              -> the plain messages this child's
 //        session.onMessage got (subscribed after setup, as documented),
 //        once there are N of them (waits up to 2000 ms)
@@ -46,14 +49,17 @@
 //
 // ## Command lines
 //   node tests/js/peer.js child [--v1] [--no-session] [--exit-before-handshake N]
-//                               [--handshake-delay MS]
+//                               [--handshake-delay MS] [--close-timeout-ms MS]
+//                               [--no-plain-listener]
 //     Runs as the child of whoever spawned it with an IPC channel and serves
 //     the ops above. --v1: ipc-request 1.0 mode (no EXTENSIONS key, no error /
 //     cancel). --no-session: never sets up a session (ignores every message,
 //     stays alive until the channel closes). --exit-before-handshake N: exits
 //     with code N at once. --handshake-delay MS: waits MS before setting up
 //     the session; messages arriving meanwhile (e.g. the peer's first
-//     handshake request) are dropped. Once set up, it stays alive until the
+//     handshake request) are dropped. --close-timeout-ms: the session's
+//     closeTimeoutMs. --no-plain-listener: nothing subscribes to plain
+//     messages (see the dropped op). Once set up, it stays alive until the
 //     channel disconnects, then exits 0. Handshake failure: exit 2.
 //
 //   node tests/js/peer.js parent [--v1] -- PROGRAM [ARGS...]
@@ -158,6 +164,8 @@ function makeOpsHandler(proc, getSession) {
           const t = setTimeout(() => done(false), 2000);
           cancelWaiters.add(check);
         });
+      case 'call_rethrow': // requests X from the other side; its failure is ours
+        return ctx.session.request(p.data);
       case 'call': {
         const session = ctx.session; // the handler's own way back to the peer
         try {
@@ -251,6 +259,8 @@ function makeOpsHandler(proc, getSession) {
         setImmediate(() => session.close());
         return p.n;
       }
+      case 'dropped': // plain messages the session dropped, nobody listening
+        return (await getSession()).droppedMessages;
       case 'plain_got': {
         const deadline = Date.now() + 2000;
         while (plainReceived.length < p.n && Date.now() < deadline) await sleep(10);
@@ -287,6 +297,7 @@ async function runChild(args) {
     process.removeListener('message', drop);
   }
   const opts = { extensions: flag('--v1') ? [] : ['error', 'cancel'] };
+  if (value('--close-timeout-ms') !== undefined) opts.closeTimeoutMs = value('--close-timeout-ms');
   let sessionP = null;
   const handler = makeOpsHandler(process, () => sessionP);
   sessionP = setupIpcSession(process, handler, opts);
@@ -295,9 +306,17 @@ async function runChild(args) {
     process.exit(2);
   });
   // Subscribed once set up, as the header of ipc_session.js documents:
-  // what came before waits for this first listener.
+  // what came before waits for a listener. The first takes one message
+  // and leaves, as a "first message" helper does; the next subscribes a
+  // moment later and takes the rest: none may be lost between them.
   const session = await sessionP.catch(() => null);
-  session?.onMessage((m) => { if (plainReceived.length < 10000) plainReceived.push(m); });
+  if (!session || flag('--no-plain-listener')) return;
+  const keep = (m) => { if (plainReceived.length < 10000) plainReceived.push(m); };
+  const first = session.onMessage((m) => {
+    first();
+    keep(m);
+    setImmediate(() => session.onMessage(keep));
+  });
 }
 
 // --------------------------------------------------------------- parent side
