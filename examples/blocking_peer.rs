@@ -23,6 +23,16 @@ use std::time::{Duration, Instant};
 use ipc_request::{Error, RemoteError, Request, blocking};
 use serde_json::{Value, json};
 
+/// Any JSON value as a request whose answer is any JSON value: a typed
+/// call (`Call`) at its loosest.
+#[derive(serde::Serialize)]
+#[serde(transparent)]
+struct AnyValue<'a>(&'a Value);
+
+impl ipc_request::Call for AnyValue<'_> {
+    type Answer = Value;
+}
+
 /// The keys of `wait_cancel` requests the parent cancelled.
 static CANCELLED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
 static CANCELLED_CHANGED: Condvar = Condvar::new();
@@ -80,7 +90,7 @@ fn handle(request: Request) -> Result<Value, RemoteError> {
                 cancelled = CANCELLED_CHANGED.wait_timeout(cancelled, left).unwrap().0;
             }
         }
-        "call" => match blocking::Peer::of(&request).request::<Value, Value>(&payload["data"]) {
+        "call" => match blocking::Peer::of(&request).call(&AnyValue(&payload["data"])) {
             Ok(got) => Ok(json!({ "got": got })),
             Err(Error::Remote(e)) => Ok(json!({ "error": *e })),
             Err(e) => Ok(json!({ "error": { "name": "LocalError", "message": e.to_string() } })),

@@ -45,6 +45,12 @@ pub trait Call: Serialize {
     type Answer: DeserializeOwned;
 }
 
+/// A reference to a request is that request: `session.call(&&req)`, or a
+/// `&C` passed on.
+impl<C: Call + ?Sized> Call for &C {
+    type Answer = C::Answer;
+}
+
 impl Session {
     /// [`request`](Self::request) with the answer's type taken from the
     /// request's: [`Call::Answer`]. Errors and cancel safety as `request`.
@@ -60,6 +66,20 @@ impl Session {
         timeout: Duration,
     ) -> Result<C::Answer, Error> {
         self.request_timeout(request, timeout).await
+    }
+}
+
+impl blocking::Peer {
+    /// [`request`](Self::request), typed as [`Session::call`]: a blocking
+    /// handler's call back to the peer.
+    pub fn call<C: Call + ?Sized>(&self, request: &C) -> Result<C::Answer, Error> {
+        self.request(request)
+    }
+
+    /// [`request_timeout`](Self::request_timeout), typed as
+    /// [`Session::call`].
+    pub fn call_timeout<C: Call + ?Sized>(&self, request: &C, timeout: Duration) -> Result<C::Answer, Error> {
+        self.request_timeout(request, timeout)
     }
 }
 

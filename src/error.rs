@@ -447,7 +447,9 @@ impl fmt::Display for RemoteError {
 /// not read), which says more than `Error`. An [`Error::Remote`] (a call
 /// the handler made to a peer failed there) goes on as it came, with its
 /// name, code, stack and data, as a JS handler that rethrows an error
-/// would pass it on. `RemoteError` itself
+/// would pass it on; but not as one of the names that say a request was
+/// not run (see [`RemoteError`]): this one was, so that error is named
+/// `Remote`. `RemoteError` itself
 /// deliberately does not implement `std::error::Error`, so that this
 /// blanket conversion is possible (the same trick `anyhow::Error` uses).
 impl<E: std::error::Error + 'static> From<E> for RemoteError {

@@ -224,6 +224,12 @@ async fn a_typed_call_gets_the_answer_its_request_names() {
         .await
         .unwrap();
     assert_eq!(numbers, [1, 2, 3]);
+    // A reference to a request is that request.
+    let request = Echo {
+        op: "echo",
+        data: 4u8,
+    };
+    assert_eq!(a.call(&&request).await.unwrap(), 4);
     let text = a
         .call_timeout(
             &Echo {

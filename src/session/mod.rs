@@ -189,8 +189,9 @@ pub(crate) struct Shared {
     /// messages: a plain message waits for room in its buffer instead of
     /// being dropped.
     plain_messages_wait: AtomicBool,
-    /// Plain messages dropped while `plain_messages_wait` was false and
-    /// the buffer full: [`Session::dropped_messages`].
+    /// Plain messages dropped (the buffer full while `plain_messages_wait`
+    /// was false, or the taken stream dropped):
+    /// [`Session::dropped_messages`].
     messages_dropped: AtomicU64,
     /// See [`SessionBuilder::keep_plain_messages`].
     keep_plain_messages: bool,
@@ -484,8 +485,10 @@ impl Session {
     /// How many plain messages of the peer's (and errors of its unreadable
     /// lines, which come on the same stream) were dropped, a warning logged
     /// for each: because nobody had taken [`messages`](Self::messages) yet
-    /// and its buffer was full, or because the stream was taken and then
-    /// dropped. None are dropped while a taken stream is kept (they wait
+    /// and its buffer was full, or because they came after the stream was
+    /// taken and then dropped (those still unread in it when it was dropped
+    /// went with it, uncounted). None are dropped while a taken stream is
+    /// kept (they wait
     /// for room in it), nor in a session set up with
     /// [`SessionBuilder::keep_plain_messages`] once its handshake is done
     /// (before, see there).
