@@ -1088,3 +1088,21 @@ async fn the_js_session_keeps_unheard_plain_messages_within_a_bound() {
     session.close();
     child.wait().await.unwrap();
 }
+
+/// Edge cases of the JS session between two Node processes
+/// (tests/js/session_edges.js): a close() from a 'disconnect' listener
+/// added before the session's own, a plain-message listener that throws,
+/// timeout options that Number() would read as 0.
+#[test]
+fn the_js_session_between_two_node_processes() {
+    let Some(node) = node() else { return };
+    let script = js_peer().with_file_name("session_edges.js");
+    let output = Command::new(node).arg(script).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(stdout.matches("PASS ").count(), 3, "{stdout}");
+}

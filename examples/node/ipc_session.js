@@ -25,7 +25,8 @@
 // Rust side does, a `cmd` starting with NODE_ and the protocol's own
 // shapes), onMessage(fn) (returns an unsubscribe function; plain messages
 // that come while there is no listener wait for one, up to 1,024 messages
-// and 64 MiB of JSON text, and past that are counted in droppedMessages),
+// and 64 Mi characters of JSON text, kept as that text, and past that are
+// counted in droppedMessages),
 // peerExtensions (what the peer advertised), extensions (negotiated: ours
 // AND the peer's), uses(name), close() (fails what is pending, lets what
 // was sent be written, up to closeTimeoutMs, then disconnects the channel;
@@ -181,6 +182,12 @@ function jsonCopy(v) {
 // not 0 or more ms.
 function timeoutOption(value, name) {
   if (value == null) return undefined;
+  // Number() reads these as 0 (an env var set but empty would fail every
+  // handshake at once): refused.
+  if (typeof value === 'boolean' || Array.isArray(value) || (typeof value === 'string' && value.trim() === '')) {
+    throw Object.assign(new TypeError(`${name} is not a number: ${describe(JSON.stringify(value))}`),
+      { code: 'ERR_INVALID_ARG_TYPE' });
+  }
   let ms;
   try {
     ms = Number(value);
@@ -200,8 +207,9 @@ function makeError(message, code, name = 'Error') {
   return e;
 }
 
-// Plain messages kept while nobody listens, at most: so many, and so many
-// bytes of their JSON text (as the Rust side bounds its buffer).
+// Plain messages kept while nobody listens, at most: so many, and their
+// JSON text so long (kept as that text, as the Rust side keeps them; one
+// longer message gets in alone).
 const EARLY_MESSAGES = 1024;
 const EARLY_BYTES = 64 * 1024 * 1024;
 
@@ -212,8 +220,9 @@ function setupIpcSession(proc, handler, {
     return Promise.reject(makeError('no IPC channel on this process', 'ERR_NO_IPC'));
   }
   try {
-    handshakeTimeoutMs = timeoutOption(handshakeTimeoutMs, 'handshakeTimeoutMs');
-    closeTimeoutMs = timeoutOption(closeTimeoutMs, 'closeTimeoutMs');
+    // null, as unset: the default.
+    handshakeTimeoutMs = timeoutOption(handshakeTimeoutMs ?? 10000, 'handshakeTimeoutMs');
+    closeTimeoutMs = timeoutOption(closeTimeoutMs ?? 10000, 'closeTimeoutMs');
   } catch (err) {
     return Promise.reject(err);
   }
@@ -232,8 +241,8 @@ function setupIpcSession(proc, handler, {
   // listener: the peer may send them as soon as it is set up, in the same
   // read as its handshake, before our caller could subscribe; or between
   // one listener and the next.
-  const unheard = []; // [message, its size]
-  let unheardBytes = 0;
+  const unheard = []; // their JSON text: parsed objects can be many times its size
+  let unheardBytes = 0; // their length, in UTF-16 units
   let handingUnheard = false;
   let droppedMessages = 0;
   if (typeof firstListener === 'function') plainListeners.add(firstListener);
@@ -242,6 +251,7 @@ function setupIpcSession(proc, handler, {
   let writesDone = null; // called when writesInFlight drops to 0, while close() waits
   let disconnected; // the promise close() returns
   let disconnectSeen = false; // proc's 'disconnect' has fired
+  let onDisconnected = null; // close()'s resolve, called from our 'disconnect' listener
 
   const uses = (name) => ours.includes(name) && peerExtensions.includes(name);
 
@@ -385,39 +395,50 @@ function setupIpcSession(proc, handler, {
       return; // CANCEL in 1.0 mode, or an unknown type: ignored
     }
     if (plainListeners.size === 0 || unheard.length > 0) {
-      let size;
-      try {
-        size = JSON.stringify(m).length; // it came as JSON: it has a text
-      } catch (_) {
-        size = 1;
-      }
-      if (unheard.length < EARLY_MESSAGES && unheardBytes + size <= EARLY_BYTES) {
-        unheard.push([m, size]);
-        unheardBytes += size;
+      const text = JSON.stringify(m); // it came as JSON: it has a text
+      // As the Rust side: one message larger than the bound gets in alone.
+      const fits = unheard.length === 0 || unheardBytes + text.length <= EARLY_BYTES;
+      if (unheard.length < EARLY_MESSAGES && fits) {
+        unheard.push(text);
+        unheardBytes += text.length;
       } else {
         droppedMessages++;
       }
       handUnheardSoon();
       return;
     }
-    // A copy: a listener that subscribes another must not give it this one.
-    for (const fn of [...plainListeners]) fn(m);
+    deliver(m);
+  }
+
+  // To every listener (a copy of the set: a listener that subscribes
+  // another does not give it this message). A listener that throws does
+  // not keep the message from the others, nor the messages after it: its
+  // error is thrown afterwards, on its own, as an uncaught one.
+  function deliver(m) {
+    let failed = null;
+    for (const fn of [...plainListeners]) {
+      try {
+        fn(m);
+      } catch (err) {
+        failed ??= { err };
+      }
+    }
+    if (failed) process.nextTick(() => { throw failed.err; });
   }
 
   // The messages that waited, to the listeners, in order, on a microtask
   // (a listener gets them after onMessage returns; messages that come
   // meanwhile join the queue). One at a time: if no listener is left (one
-  // that unsubscribed at once), the rest wait for the next; if a listener
-  // throws, the rest wait for the next message or listener.
+  // that unsubscribed at once), the rest wait for the next.
   function handUnheardSoon() {
     if (handingUnheard || unheard.length === 0 || plainListeners.size === 0) return;
     handingUnheard = true;
     queueMicrotask(() => {
       handingUnheard = false;
       while (unheard.length > 0 && plainListeners.size > 0) {
-        const [m, size] = unheard.shift();
-        unheardBytes -= size;
-        for (const fn of [...plainListeners]) fn(m);
+        const text = unheard.shift();
+        unheardBytes -= text.length;
+        deliver(JSON.parse(text));
       }
     });
   }
@@ -490,7 +511,10 @@ function setupIpcSession(proc, handler, {
       close('closed locally'); // pending requests fail; nothing more is sent
       disconnected = new Promise((resolve) => {
         if (disconnectSeen) return resolve();
-        proc.once('disconnect', resolve);
+        // Not a 'disconnect' listener of its own: one added while the
+        // event is being emitted (close() called from a listener of the
+        // program's, added before ours) would not be called.
+        onDisconnected = resolve;
         if (!proc.connected) {
           // Disconnecting already (by the program's own proc.disconnect()):
           // wake Node's wait if it is the lost one (see disconnect).
@@ -519,7 +543,11 @@ function setupIpcSession(proc, handler, {
     };
     // 2.1 step 1: listen first; then step 2: announce ourselves.
     proc.on('message', onMessage);
-    proc.once('disconnect', () => { disconnectSeen = true; close('disconnected'); });
+    proc.once('disconnect', () => {
+      disconnectSeen = true;
+      close('disconnected');
+      onDisconnected?.();
+    });
     if (proc !== process) {
       // A child that exited: give the channel a moment to deliver what is
       // still in the socket (its 'disconnect' normally follows), then give up.

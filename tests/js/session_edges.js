@@ -1,0 +1,102 @@
+'use strict';
+// Edge cases of examples/node/ipc_session.js between two Node processes,
+// each found by a review: run by tests/processes.rs (`node
+// tests/js/session_edges.js`), it forks itself as the child, prints `PASS
+// <name>` or `FAIL <name>: <why>` per case and exits 0 only if all passed.
+
+const { fork } = require('child_process');
+const path = require('path');
+const { setupIpcSession } = require(path.join(__dirname, '..', '..', 'examples', 'node', 'ipc_session.js'));
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const within = (ms, promise, what) => Promise.race([
+  promise,
+  sleep(ms).then(() => { throw new Error(`${what}: not within ${ms} ms`); }),
+]);
+
+// ---------------------------------------------------------------- child
+
+async function child(mode) {
+  if (mode === 'close-soon') {
+    const s = await setupIpcSession(process, (p) => p);
+    setTimeout(() => s.close(), 50);
+    return;
+  }
+  if (mode === 'listeners') {
+    // Two listeners, subscribed once asked (after the messages came) or at
+    // once; the first throws on its first message.
+    const got = [];
+    let s;
+    const subscribe = () => {
+      let thrown = false;
+      s.onMessage(() => { if (!thrown) { thrown = true; throw new Error('listener A failed once'); } });
+      s.onMessage((m) => got.push(m));
+    };
+    process.on('uncaughtException', () => {}); // the thrown error comes here, on its own
+    s = await setupIpcSession(process, async (p) => {
+      if (p === 'subscribe') { subscribe(); return 'subscribed'; }
+      if (p === 'got') { await sleep(100); return got; }
+      return null;
+    });
+    if (process.argv[4] === 'early') subscribe();
+  }
+}
+
+// ---------------------------------------------------------------- parent
+
+const cases = {
+  // close() called from a 'disconnect' listener the program added before
+  // the session's own settles (it once waited for ever).
+  async close_from_an_earlier_disconnect_listener() {
+    const c = fork(__filename, ['child', 'close-soon']);
+    let session;
+    const closed = new Promise((resolve) => c.on('disconnect', () => resolve(session.close())));
+    session = await setupIpcSession(c, (p) => p);
+    await within(5000, closed, 'close()');
+  },
+
+  // A listener that throws keeps no message from the other listeners, nor
+  // the messages after it, whether they were handed over from the buffer
+  // (subscribed late) or straight (subscribed early).
+  async a_throwing_listener_keeps_nothing_from_the_others() {
+    for (const when of ['late', 'early']) {
+      const c = fork(__filename, ['child', 'listeners', when]);
+      const session = await setupIpcSession(c, (p) => p);
+      if (when === 'early') await session.request('got'); // it has subscribed
+      for (const seq of [1, 2, 3]) await session.send({ seq });
+      if (when === 'late') { await sleep(100); await session.request('subscribe'); }
+      const got = await session.request('got');
+      const seqs = JSON.stringify(got.map((m) => m.seq));
+      if (seqs !== '[1,2,3]') throw new Error(`${when}: the other listener got ${seqs}`);
+      await session.close();
+    }
+  },
+
+  // Timeouts Number() would read as 0 are refused; null is the default.
+  async timeout_options_are_numbers() {
+    for (const bad of ['', ' ', false, []]) {
+      const err = await setupIpcSession(process.send ? process : { send() {} }, null, { handshakeTimeoutMs: bad })
+        .then(() => null, (e) => e);
+      if (!(err instanceof TypeError)) throw new Error(`${JSON.stringify(bad)}: ${err}`);
+    }
+    const c = fork(__filename, ['child', 'close-soon']);
+    await setupIpcSession(c, (p) => p, { handshakeTimeoutMs: null, closeTimeoutMs: null });
+  },
+};
+
+async function parent() {
+  let failed = 0;
+  for (const [name, run] of Object.entries(cases)) {
+    try {
+      await within(30000, run(), name);
+      console.log(`PASS ${name}`);
+    } catch (err) {
+      failed++;
+      console.log(`FAIL ${name}: ${err && err.message}`);
+    }
+  }
+  process.exit(failed ? 1 : 0);
+}
+
+if (process.argv[2] === 'child') child(process.argv[3]);
+else parent();
