@@ -104,7 +104,11 @@ function errorToWire(err) {
       // A peer's "not run" passed on by a handler that did run (a
       // rethrow): the caller may not take it as not run. As the Rust side
       // passes it on: named Remote, the peer's name and message inside.
-      const coded = typeof code === 'string' || Number.isFinite(code) ? ` (code ${code})` : '';
+      // The code as the Rust side prints it: a name bare, another string
+      // quoted, a number as it is.
+      const bare = typeof code === 'string' && /^[A-Za-z_][A-Za-z0-9_.-]*$/.test(code);
+      const shown = bare || Number.isFinite(code) ? String(code) : typeof code === 'string' ? JSON.stringify(code) : null;
+      const coded = shown === null ? '' : ` (code ${shown})`;
       return { name: 'Remote', message: `the peer answered with an error: ${name}: ${describe(message)}${coded}` };
     }
     const out = {
