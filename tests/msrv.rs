@@ -52,6 +52,24 @@ impl<'ast> Visit<'ast> for LetChains<'_> {
         self.check(&e.cond, e.while_token.span.start().line);
         syn::visit::visit_expr_while(self, e);
     }
+
+    /// A macro's body is tokens to syn: read as expressions where it is
+    /// some (`assert!(..)`, `vec![..]`, `println!("..", ..)`), or as
+    /// statements (a block-like body). Other syntax (`tokio::select!`'s
+    /// branches) is left unread.
+    fn visit_macro(&mut self, m: &'ast syn::Macro) {
+        use syn::parse::Parser;
+        let exprs = syn::punctuated::Punctuated::<Expr, syn::Token![,]>::parse_terminated;
+        if let Ok(exprs) = exprs.parse2(m.tokens.clone()) {
+            for e in &exprs {
+                self.visit_expr(e);
+            }
+        } else if let Ok(stmts) = syn::Block::parse_within.parse2(m.tokens.clone()) {
+            for stmt in &stmts {
+                self.visit_stmt(stmt);
+            }
+        }
+    }
 }
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -108,6 +126,9 @@ fn the_check_sees_chains_and_nothing_else() {
         "fn f(p: *const u8, r: bool) { if let Some(b) = unsafe { p.as_ref() } && r { let _ = b; } }",
         "fn f(v: &[i32], r: bool) { if let Some(x) = v.iter().find(|y| { **y > 0 }) && r { let _ = x; } }",
         "fn f(x: u8, y: bool) { if let Some(v) = match x { 0 => None, n => Some(n) } && y { let _ = v; } }",
+        "fn f(v: Option<u8>, r: bool) { assert!(if let Some(_) = v && r { true } else { false }); }",
+        "fn f(v: Option<u8>, r: bool) -> bool { let g = || { if let Some(_) = v && r { return true; } false }; g() }",
+        "fn f(v: Option<u8>, r: bool) { if r { } else if let Some(x) = v && r { let _ = x; } }",
     ] {
         assert_eq!(chains(chain), 1, "not seen: {chain}");
     }
