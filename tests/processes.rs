@@ -1106,3 +1106,33 @@ fn the_js_session_between_two_node_processes() {
     );
     assert_eq!(stdout.matches("PASS ").count(), 3, "{stdout}");
 }
+
+/// A plain message nested deeper than Node's JSON.stringify can go (it
+/// parses far deeper than it writes), sent before the child listens: the
+/// JS session keeps it whole for its listener. Once it crashed the child
+/// with a RangeError, sizing the message for its buffer.
+#[tokio::test]
+async fn the_js_session_keeps_a_deep_plain_message_that_came_before_anyone_listened() {
+    let Some(node) = node() else { return };
+    let deep = format!("{}{}", "[".repeat(20_000), "]".repeat(20_000));
+    let deep = serde_json::value::RawValue::from_string(deep).unwrap();
+    for round in 0..3 {
+        let (session, child) = ipc_request::spawn_session(node_child(&node, &[]), None)
+            .await
+            .unwrap();
+        session.send(&json!({"seq": 1})).await.unwrap();
+        session.send(&deep).await.unwrap();
+        session.send(&json!({"seq": 2})).await.unwrap();
+        let got: Value = session
+            .request(&json!({"op": "plain_got", "n": 3}))
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert_eq!(
+            got,
+            json!([{"seq": 1}, {"depth": 20_000}, {"seq": 2}]),
+            "round {round}"
+        );
+        session.close();
+        child.wait().await.unwrap();
+    }
+}

@@ -26,7 +26,9 @@
 // shapes), onMessage(fn) (returns an unsubscribe function; plain messages
 // that come while there is no listener wait for one, up to 1,024 messages
 // and 64 Mi characters of JSON text, kept as that text, and past that are
-// counted in droppedMessages),
+// counted in droppedMessages; serialized again, such a message has 0 for
+// -0, and null for a number too large for a double, where one heard at
+// once has -0 and Infinity),
 // peerExtensions (what the peer advertised), extensions (negotiated: ours
 // AND the peer's), uses(name), close() (fails what is pending, lets what
 // was sent be written, up to closeTimeoutMs, then disconnects the channel;
@@ -399,12 +401,20 @@ function setupIpcSession(proc, handler, {
       return; // CANCEL in 1.0 mode, or an unknown type: ignored
     }
     if (plainListeners.size === 0 || unheard.length > 0) {
-      const text = JSON.stringify(m); // it came as JSON: it has a text
+      // Kept as text (JSON.parse takes nesting that JSON.stringify
+      // overflows on: such a message is kept as it is, counted as 1).
+      let kept;
+      try {
+        kept = JSON.stringify(m);
+      } catch (_) {
+        kept = { m };
+      }
+      const size = typeof kept === 'string' ? kept.length : 1;
       // As the Rust side: one message larger than the bound gets in alone.
-      const fits = unheard.length === 0 || unheardBytes + text.length <= EARLY_BYTES;
+      const fits = unheard.length === 0 || unheardBytes + size <= EARLY_BYTES;
       if (unheard.length < EARLY_MESSAGES && fits) {
-        unheard.push(text);
-        unheardBytes += text.length;
+        unheard.push(kept);
+        unheardBytes += size;
       } else {
         droppedMessages++;
       }
@@ -417,17 +427,17 @@ function setupIpcSession(proc, handler, {
   // To every listener (a copy of the set: a listener that subscribes
   // another does not give it this message). A listener that throws does
   // not keep the message from the others, nor the messages after it: its
-  // error is thrown afterwards, on its own, as an uncaught one.
+  // error is thrown afterwards, each on its own tick, as an uncaught one
+  // (which ends the process unless it has an 'uncaughtException' handler;
+  // messages of the same read may reach listeners first).
   function deliver(m) {
-    let failed = null;
     for (const fn of [...plainListeners]) {
       try {
         fn(m);
       } catch (err) {
-        failed ??= { err };
+        process.nextTick(() => { throw err; });
       }
     }
-    if (failed) process.nextTick(() => { throw failed.err; });
   }
 
   // The messages that waited, to the listeners, in order, on a microtask
@@ -440,9 +450,9 @@ function setupIpcSession(proc, handler, {
     queueMicrotask(() => {
       handingUnheard = false;
       while (unheard.length > 0 && plainListeners.size > 0) {
-        const text = unheard.shift();
-        unheardBytes -= text.length;
-        deliver(JSON.parse(text));
+        const kept = unheard.shift();
+        unheardBytes -= typeof kept === 'string' ? kept.length : 1;
+        deliver(typeof kept === 'string' ? JSON.parse(kept) : kept.m);
       }
     });
   }

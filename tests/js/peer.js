@@ -44,7 +44,8 @@
 //   {"op":"dropped"}                      -> the session's droppedMessages
 //   {"op":"plain_got","n":N}              -> the plain messages this child's
 //        session.onMessage got (subscribed after setup, as documented),
-//        once there are N of them (waits up to 2000 ms)
+//        once there are N of them (waits up to 2000 ms); an array as
+//        {"depth": D}
 //   anything else                         -> {"unknown": payload}
 //
 // ## Command lines
@@ -264,7 +265,10 @@ function makeOpsHandler(proc, getSession) {
       case 'plain_got': {
         const deadline = Date.now() + 2000;
         while (plainReceived.length < p.n && Date.now() < deadline) await sleep(10);
-        return plainReceived;
+        // An array as its depth: one too deep for JSON.stringify could not
+        // be answered.
+        const depth = (a) => { let d = 0; while (Array.isArray(a)) { d++; a = a[0]; } return d; };
+        return plainReceived.map((m) => (Array.isArray(m) ? { depth: depth(m) } : m));
       }
       default:
         return { unknown: p };

@@ -23,19 +23,25 @@ async function child(mode) {
     return;
   }
   if (mode === 'listeners') {
-    // Two listeners, subscribed once asked (after the messages came) or at
-    // once; the first throws on its first message.
+    // Three listeners, subscribed once asked (after the messages came) or
+    // at once; the first two throw on their first message.
     const got = [];
+    const errors = [];
     let s;
-    const subscribe = () => {
+    const throwsOnce = (name) => {
       let thrown = false;
-      s.onMessage(() => { if (!thrown) { thrown = true; throw new Error('listener A failed once'); } });
+      return () => { if (!thrown) { thrown = true; throw new Error(`${name} failed once`); } };
+    };
+    const subscribe = () => {
+      s.onMessage(throwsOnce('A'));
+      s.onMessage(throwsOnce('B'));
       s.onMessage((m) => got.push(m));
     };
-    process.on('uncaughtException', () => {}); // the thrown error comes here, on its own
+    // Each thrown error comes here, on its own.
+    process.on('uncaughtException', (err) => errors.push(err.message));
     s = await setupIpcSession(process, async (p) => {
       if (p === 'subscribe') { subscribe(); return 'subscribed'; }
-      if (p === 'got') { await sleep(100); return got; }
+      if (p === 'got') { await sleep(100); return { got, errors }; }
       return null;
     });
     if (process.argv[4] === 'early') subscribe();
@@ -65,9 +71,11 @@ const cases = {
       if (when === 'early') await session.request('got'); // it has subscribed
       for (const seq of [1, 2, 3]) await session.send({ seq });
       if (when === 'late') { await sleep(100); await session.request('subscribe'); }
-      const got = await session.request('got');
+      const { got, errors } = await session.request('got');
       const seqs = JSON.stringify(got.map((m) => m.seq));
       if (seqs !== '[1,2,3]') throw new Error(`${when}: the other listener got ${seqs}`);
+      const thrown = JSON.stringify(errors.sort());
+      if (thrown !== '["A failed once","B failed once"]') throw new Error(`${when}: errors thrown: ${thrown}`);
       await session.close();
     }
   },
