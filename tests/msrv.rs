@@ -53,10 +53,23 @@ impl<'ast> Visit<'ast> for LetChains<'_> {
         syn::visit::visit_expr_while(self, e);
     }
 
+    /// `Some(v) if let Some(y) = w => ..`: an if-let guard, stable only
+    /// in Rust 1.95.
+    fn visit_arm(&mut self, arm: &'ast syn::Arm) {
+        if let Some((if_token, guard)) = &arm.guard {
+            if has_let(guard) {
+                let line = if_token.span.start().line;
+                self.found
+                    .push(format!("{}:{line} (an if-let guard)", self.file.display()));
+            }
+        }
+        syn::visit::visit_arm(self, arm);
+    }
+
     /// A macro's body is tokens to syn: read as expressions where it is
     /// some (`assert!(..)`, `vec![..]`, `println!("..", ..)`), or as
-    /// statements (a block-like body). Other syntax (`tokio::select!`'s
-    /// branches) is left unread.
+    /// statements (a block-like body); else (`tokio::select!`'s branches,
+    /// `json!`'s object, a `macro_rules!` body) its tokens are searched.
     fn visit_macro(&mut self, m: &'ast syn::Macro) {
         use syn::parse::Parser;
         let exprs = syn::punctuated::Punctuated::<Expr, syn::Token![,]>::parse_terminated;
@@ -67,6 +80,55 @@ impl<'ast> Visit<'ast> for LetChains<'_> {
         } else if let Ok(stmts) = syn::Block::parse_within.parse2(m.tokens.clone()) {
             for stmt in &stmts {
                 self.visit_stmt(stmt);
+            }
+        } else {
+            self.search_tokens(m.tokens.clone());
+        }
+    }
+
+    fn visit_item_macro(&mut self, m: &'ast syn::ItemMacro) {
+        // `macro_rules!` bodies are patterns and templates: only searched.
+        if m.mac.path.is_ident("macro_rules") {
+            self.search_tokens(m.mac.tokens.clone());
+        } else {
+            syn::visit::visit_item_macro(self, m);
+        }
+    }
+}
+
+impl LetChains<'_> {
+    /// Tokens that are not Rust syntax as they stand: a chain is `if let`
+    /// or `while let` with `&&` or `||` before the next braces (the block;
+    /// a struct pattern or a `match` there ends the search early, a miss,
+    /// not a false alarm), or `&& let` anywhere. In every group.
+    fn search_tokens(&mut self, tokens: proc_macro2::TokenStream) {
+        use proc_macro2::{Delimiter, TokenTree};
+        let tts: Vec<TokenTree> = tokens.into_iter().collect();
+        let ident = |i: usize, name: &str| matches!(tts.get(i), Some(TokenTree::Ident(id)) if id == name);
+        let logic = |i: usize| match (tts.get(i), tts.get(i + 1)) {
+            (Some(TokenTree::Punct(a)), Some(TokenTree::Punct(b))) => {
+                a.spacing() == proc_macro2::Spacing::Joint
+                    && matches!((a.as_char(), b.as_char()), ('&', '&') | ('|', '|'))
+            }
+            _ => false,
+        };
+        for i in 0..tts.len() {
+            let line = tts[i].span().start().line;
+            let chained = if (ident(i, "if") || ident(i, "while")) && ident(i + 1, "let") {
+                (i + 2..tts.len())
+                    .take_while(
+                        |&j| !matches!(&tts[j], TokenTree::Group(g) if g.delimiter() == Delimiter::Brace),
+                    )
+                    .any(logic)
+            } else {
+                logic(i) && ident(i + 2, "let")
+            };
+            if chained {
+                self.found
+                    .push(format!("{}:{line} (in a macro's tokens)", self.file.display()));
+            }
+            if let TokenTree::Group(g) = &tts[i] {
+                self.search_tokens(g.stream());
             }
         }
     }
@@ -94,6 +156,68 @@ fn let_chains(file: &Path, source: &str) -> Vec<String> {
     chains.found
 }
 
+/// The Rust code blocks of Markdown lines, as rustdoc compiles them (the
+/// README's are doctests, and so are those of doc comments): fenced with
+/// ``` and no info, or only rustdoc's words (`rust`, `no_run`, ...), hidden
+/// `# ` lines shown. Each as (the line of its fence, its code). A
+/// `compile_fail` block is meant not to compile: skipped.
+fn code_blocks(lines: &[(usize, &str)]) -> Vec<(usize, String)> {
+    let rust_info = |info: &str| {
+        info.split(',').map(str::trim).all(|word| {
+            matches!(word, "" | "rust" | "no_run" | "ignore" | "should_panic") || word.starts_with("edition")
+        })
+    };
+    let mut blocks = Vec::new();
+    let mut open: Option<(usize, bool, String)> = None;
+    for &(line, text) in lines {
+        let trimmed = text.trim_start();
+        if let Some(info) = trimmed.strip_prefix("```") {
+            match open.take() {
+                Some((start, true, code)) => blocks.push((start, code)),
+                Some((_, false, _)) => {}
+                None => open = Some((line, rust_info(info), String::new())),
+            }
+            continue;
+        }
+        if let Some((_, _, code)) = &mut open {
+            let shown = match trimmed.strip_prefix('#') {
+                Some(rest) if rest.is_empty() || rest.starts_with(' ') => rest.trim_start_matches(' '),
+                _ => text,
+            };
+            code.push_str(shown);
+            code.push('\n');
+        }
+    }
+    blocks
+}
+
+/// The let chains of a code block: as a file, or as the body of the
+/// `main` rustdoc wraps it in; one that is neither (a fragment) unread.
+fn let_chains_in_block(file: &Path, line: usize, code: &str) -> Vec<String> {
+    let parsed = syn::parse_file(code).or_else(|_| syn::parse_file(&format!("fn main() {{\n{code}\n}}")));
+    let Ok(parsed) = parsed else { return Vec::new() };
+    let name = PathBuf::from(format!("{} (the code block at line {line})", file.display()));
+    let mut chains = LetChains {
+        file: &name,
+        found: Vec::new(),
+    };
+    chains.visit_file(&parsed);
+    chains.found
+}
+
+/// The doc-comment lines of Rust source, with their line numbers.
+fn doc_lines(source: &str) -> Vec<(usize, &str)> {
+    source
+        .lines()
+        .enumerate()
+        .filter_map(|(i, text)| {
+            let t = text.trim_start();
+            let doc = t.strip_prefix("///").or_else(|| t.strip_prefix("//!"))?;
+            Some((i + 1, doc.strip_prefix(' ').unwrap_or(doc)))
+        })
+        .collect()
+}
+
 #[test]
 fn no_let_chains_for_rust_1_85() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -103,14 +227,50 @@ fn no_let_chains_for_rust_1_85() {
     }
     assert!(files.len() > 50, "only {} files found", files.len());
     let mut found = Vec::new();
+    let mut blocks = 0;
     for file in &files {
         let source = std::fs::read_to_string(file).unwrap();
-        found.extend(let_chains(file.strip_prefix(root).unwrap(), &source));
+        let name = file.strip_prefix(root).unwrap();
+        found.extend(let_chains(name, &source));
+        for (line, code) in code_blocks(&doc_lines(&source)) {
+            blocks += 1;
+            found.extend(let_chains_in_block(name, line, &code));
+        }
     }
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let lines: Vec<(usize, &str)> = readme.lines().enumerate().map(|(i, l)| (i + 1, l)).collect();
+    for (line, code) in code_blocks(&lines) {
+        blocks += 1;
+        found.extend(let_chains_in_block(Path::new("README.md"), line, &code));
+    }
+    assert!(blocks >= 10, "only {blocks} code blocks found");
     assert!(
         found.is_empty(),
         "let chains need Rust 1.88; Cargo.toml says rust-version 1.85: {found:#?}"
     );
+}
+
+/// Code blocks: in a doc comment and in Markdown, hidden lines included;
+/// not a `text` or `compile_fail` one.
+#[test]
+fn code_blocks_are_read_as_rustdoc_reads_them() {
+    let chains = |source: &str| {
+        let doc = doc_lines(source);
+        code_blocks(&doc)
+            .iter()
+            .map(|(line, code)| let_chains_in_block(Path::new("x.rs"), *line, code).len())
+            .sum::<usize>()
+    };
+    let block = |info: &str, body: &str| format!("/// ```{info}\n{body}/// ```\nfn f() {{}}\n");
+    let chain = "/// # let (v, r) = (Some(1), true);\n/// if let Some(x) = v && r { let _ = x; }\n";
+    assert_eq!(chains(&block("", chain)), 1);
+    assert_eq!(chains(&block("rust,no_run", chain)), 1);
+    assert_eq!(chains(&block("text", chain)), 0);
+    assert_eq!(chains(&block("compile_fail", chain)), 0);
+    let markdown = "text\n```rust\nfn f(v: Option<u8>, r: bool) { if let Some(_) = v && r {} }\n```\n";
+    let lines: Vec<(usize, &str)> = markdown.lines().enumerate().map(|(i, l)| (i + 1, l)).collect();
+    let (line, code) = &code_blocks(&lines)[0];
+    assert_eq!(let_chains_in_block(Path::new("README.md"), *line, code).len(), 1);
 }
 
 /// What the check must see, and what it must not take for a chain: the
@@ -129,6 +289,10 @@ fn the_check_sees_chains_and_nothing_else() {
         "fn f(v: Option<u8>, r: bool) { assert!(if let Some(_) = v && r { true } else { false }); }",
         "fn f(v: Option<u8>, r: bool) -> bool { let g = || { if let Some(_) = v && r { return true; } false }; g() }",
         "fn f(v: Option<u8>, r: bool) { if r { } else if let Some(x) = v && r { let _ = x; } }",
+        "macro_rules! p { ($v:expr) => { if let Some(x) = $v && x > 0 { true } else { false } }; }",
+        "async fn f(mut rx: R, r: bool) { tokio::select! { v = rx.recv() => if let Some(x) = v && r { g(x); }, } }",
+        "fn f(v: Option<u8>, r: bool) { let _ = json!({ \"x\": if let Some(x) = v && r { x } else { 0 } }); }",
+        "fn f(x: Option<u8>, w: Option<u8>) -> u8 { match x { Some(v) if let Some(y) = w => v + y, _ => 0 } }",
     ] {
         assert_eq!(chains(chain), 1, "not seen: {chain}");
     }
@@ -140,6 +304,9 @@ fn the_check_sees_chains_and_nothing_else() {
         "fn f(v: Option<bool>) { if let Some(true) = v.filter(|&b| b && true) { } }",
         "/* outer /* if let Some(v) = a && b */ still a comment */ fn f() {}",
         "fn f() -> &'static str { \"if let Some(x) = a && b {\" }",
+        "async fn f(mut rx: R, r: bool) { tokio::select! { Some(x) = rx.recv(), if r && ready() => g(x), } }",
+        "fn f(v: u8) -> Value { json!({ \"ok\": v > 0 && v < 9, \"v\": if let 1 = v { 1 } else { 0 } }) }",
+        "fn f(x: Option<u8>, r: bool) -> u8 { match x { Some(v) if r && v > 0 => v, _ => 0 } }",
     ] {
         assert_eq!(chains(not_a_chain), 0, "taken for a chain: {not_a_chain}");
     }
