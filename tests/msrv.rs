@@ -97,29 +97,37 @@ impl<'ast> Visit<'ast> for LetChains<'_> {
 }
 
 impl LetChains<'_> {
-    /// Tokens that are not Rust syntax as they stand: a chain is `if let`
-    /// or `while let` with `&&` or `||` before the next braces (the block;
-    /// a struct pattern or a `match` there ends the search early, a miss,
-    /// not a false alarm), or `&& let` anywhere. In every group.
+    /// Tokens that are not Rust syntax as they stand: `if let` or `while
+    /// let` with `&&` or `||` before the next braces (the block), or with
+    /// `=>` there (an if-let guard), or `&& let` anywhere; in every group.
+    /// The search after a `let` also stops at `else`, and at a
+    /// metavariable followed by `else` or last (the block, then); a
+    /// struct pattern or a `match`
+    /// before the block ends it early: a miss, not a false alarm.
     fn search_tokens(&mut self, tokens: proc_macro2::TokenStream) {
-        use proc_macro2::{Delimiter, TokenTree};
+        use proc_macro2::{Delimiter, Spacing, TokenTree};
         let tts: Vec<TokenTree> = tokens.into_iter().collect();
         let ident = |i: usize, name: &str| matches!(tts.get(i), Some(TokenTree::Ident(id)) if id == name);
-        let logic = |i: usize| match (tts.get(i), tts.get(i + 1)) {
+        let pair = |i: usize, pairs: &[(char, char)]| match (tts.get(i), tts.get(i + 1)) {
             (Some(TokenTree::Punct(a)), Some(TokenTree::Punct(b))) => {
-                a.spacing() == proc_macro2::Spacing::Joint
-                    && matches!((a.as_char(), b.as_char()), ('&', '&') | ('|', '|'))
+                a.spacing() == Spacing::Joint && pairs.contains(&(a.as_char(), b.as_char()))
             }
             _ => false,
+        };
+        let logic = |i: usize| pair(i, &[('&', '&'), ('|', '|')]);
+        // `$then else` or `$then` last: a metavariable in the block's place.
+        let ends_search = |j: usize| match &tts[j] {
+            TokenTree::Group(g) => g.delimiter() == Delimiter::Brace,
+            TokenTree::Ident(id) => id == "else",
+            TokenTree::Punct(p) => p.as_char() == '$' && (j + 2 >= tts.len() || ident(j + 2, "else")),
+            TokenTree::Literal(_) => false,
         };
         for i in 0..tts.len() {
             let line = tts[i].span().start().line;
             let chained = if (ident(i, "if") || ident(i, "while")) && ident(i + 1, "let") {
                 (i + 2..tts.len())
-                    .take_while(
-                        |&j| !matches!(&tts[j], TokenTree::Group(g) if g.delimiter() == Delimiter::Brace),
-                    )
-                    .any(logic)
+                    .take_while(|&j| !ends_search(j))
+                    .any(|j| logic(j) || (ident(i, "if") && pair(j, &[('=', '>')])))
             } else {
                 logic(i) && ident(i + 2, "let")
             };
@@ -158,36 +166,77 @@ fn let_chains(file: &Path, source: &str) -> Vec<String> {
 
 /// The Rust code blocks of Markdown lines, as rustdoc compiles them (the
 /// README's are doctests, and so are those of doc comments): fenced with
-/// ``` and no info, or only rustdoc's words (`rust`, `no_run`, ...), hidden
-/// `# ` lines shown. Each as (the line of its fence, its code). A
-/// `compile_fail` block is meant not to compile: skipped.
+/// ``` or ~~~ (closed by the same, at least as long) whose info string has
+/// only rustdoc's words (`rust`, `no_run`, ...; `ignore`, `compile_fail`
+/// and other words are not compiled as Rust), or indented four spaces
+/// after a blank line; hidden `# ` lines shown. Each as (the line of its
+/// start, its code).
 fn code_blocks(lines: &[(usize, &str)]) -> Vec<(usize, String)> {
     let rust_info = |info: &str| {
-        info.split(',').map(str::trim).all(|word| {
-            matches!(word, "" | "rust" | "no_run" | "ignore" | "should_panic") || word.starts_with("edition")
-        })
+        info.split([',', ' ', '\t'])
+            .filter(|w| !w.is_empty())
+            .all(|word| {
+                matches!(
+                    word,
+                    "rust" | "no_run" | "should_panic" | "test_harness" | "standalone_crate"
+                ) || word.starts_with("edition")
+            })
+    };
+    fn fence(text: &str) -> Option<(char, usize, &str)> {
+        let t = text.trim_start();
+        let c = t.chars().next().filter(|c| *c == '`' || *c == '~')?;
+        let n = t.chars().take_while(|x| *x == c).count();
+        (n >= 3).then(|| (c, n, t[n..].trim()))
+    }
+    let shown = |text: &str| -> String {
+        let t = text.trim_start();
+        match t.strip_prefix('#') {
+            Some(rest) if rest.is_empty() || rest.starts_with(' ') => {
+                rest.trim_start_matches(' ').to_string()
+            }
+            _ => text.to_string(),
+        }
     };
     let mut blocks = Vec::new();
-    let mut open: Option<(usize, bool, String)> = None;
+    // (start line, fence char, fence length, compiled as Rust, code)
+    let mut open: Option<(usize, char, usize, bool, String)> = None;
+    let mut indented: Option<(usize, String)> = None;
+    let mut blank_before = true;
     for &(line, text) in lines {
-        let trimmed = text.trim_start();
-        if let Some(info) = trimmed.strip_prefix("```") {
-            match open.take() {
-                Some((start, true, code)) => blocks.push((start, code)),
-                Some((_, false, _)) => {}
-                None => open = Some((line, rust_info(info), String::new())),
+        if let Some((start, c, n, rust, code)) = &mut open {
+            match fence(text) {
+                Some((fc, fn_, info)) if fc == *c && fn_ >= *n && info.is_empty() => {
+                    if *rust {
+                        blocks.push((*start, std::mem::take(code)));
+                    }
+                    open = None;
+                }
+                _ => {
+                    code.push_str(&shown(text));
+                    code.push('\n');
+                }
             }
+            blank_before = false;
             continue;
         }
-        if let Some((_, _, code)) = &mut open {
-            let shown = match trimmed.strip_prefix('#') {
-                Some(rest) if rest.is_empty() || rest.starts_with(' ') => rest.trim_start_matches(' '),
-                _ => text,
-            };
-            code.push_str(shown);
+        if let Some(rest) = text
+            .strip_prefix("    ")
+            .filter(|_| blank_before || indented.is_some())
+        {
+            let (_, code) = indented.get_or_insert_with(|| (line, String::new()));
+            code.push_str(&shown(rest));
             code.push('\n');
+            continue;
         }
+        if let Some(block) = indented.take() {
+            blocks.push(block);
+        }
+        if let Some((c, n, info)) = fence(text) {
+            open = Some((line, c, n, rust_info(info), String::new()));
+        }
+        blank_before = text.trim().is_empty();
     }
+    blocks.extend(indented);
     blocks
 }
 
@@ -205,17 +254,41 @@ fn let_chains_in_block(file: &Path, line: usize, code: &str) -> Vec<String> {
     chains.found
 }
 
-/// The doc-comment lines of Rust source, with their line numbers.
-fn doc_lines(source: &str) -> Vec<(usize, &str)> {
-    source
-        .lines()
-        .enumerate()
-        .filter_map(|(i, text)| {
-            let t = text.trim_start();
-            let doc = t.strip_prefix("///").or_else(|| t.strip_prefix("//!"))?;
-            Some((i + 1, doc.strip_prefix(' ').unwrap_or(doc)))
-        })
-        .collect()
+/// The doc comments of Rust source (`///`, `//!`, `/** */`, `#[doc =
+/// ".."]`: to syn all are `doc` attributes), one list of (line, text)
+/// per run of adjacent attributes, as rustdoc reads each item's docs.
+fn doc_runs(parsed: &syn::File) -> Vec<Vec<(usize, String)>> {
+    struct Docs(Vec<Vec<(usize, String)>>, usize);
+    impl<'ast> Visit<'ast> for Docs {
+        fn visit_attribute(&mut self, attr: &'ast syn::Attribute) {
+            let syn::Meta::NameValue(nv) = &attr.meta else {
+                return;
+            };
+            let Expr::Lit(syn::ExprLit {
+                lit: syn::Lit::Str(text),
+                ..
+            }) = &nv.value
+            else {
+                return;
+            };
+            if !nv.path.is_ident("doc") {
+                return;
+            }
+            let line = attr.pound_token.span.start().line;
+            if self.0.is_empty() || line > self.1 + 1 {
+                self.0.push(Vec::new());
+            }
+            let value = text.value();
+            let run = self.0.last_mut().unwrap();
+            for (i, l) in value.split('\n').enumerate() {
+                run.push((line + i, l.strip_prefix(' ').unwrap_or(l).to_string()));
+            }
+            self.1 = attr.bracket_token.span.close().end().line.max(line);
+        }
+    }
+    let mut docs = Docs(Vec::new(), 0);
+    docs.visit_file(parsed);
+    docs.0
 }
 
 #[test]
@@ -232,9 +305,13 @@ fn no_let_chains_for_rust_1_85() {
         let source = std::fs::read_to_string(file).unwrap();
         let name = file.strip_prefix(root).unwrap();
         found.extend(let_chains(name, &source));
-        for (line, code) in code_blocks(&doc_lines(&source)) {
-            blocks += 1;
-            found.extend(let_chains_in_block(name, line, &code));
+        let parsed = syn::parse_file(&source).unwrap();
+        for run in doc_runs(&parsed) {
+            let lines: Vec<(usize, &str)> = run.iter().map(|(n, t)| (*n, t.as_str())).collect();
+            for (line, code) in code_blocks(&lines) {
+                blocks += 1;
+                found.extend(let_chains_in_block(name, line, &code));
+            }
         }
     }
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
@@ -255,18 +332,43 @@ fn no_let_chains_for_rust_1_85() {
 #[test]
 fn code_blocks_are_read_as_rustdoc_reads_them() {
     let chains = |source: &str| {
-        let doc = doc_lines(source);
-        code_blocks(&doc)
-            .iter()
-            .map(|(line, code)| let_chains_in_block(Path::new("x.rs"), *line, code).len())
-            .sum::<usize>()
+        let parsed = syn::parse_file(source).unwrap();
+        let mut n = 0;
+        for run in doc_runs(&parsed) {
+            let lines: Vec<(usize, &str)> = run.iter().map(|(l, t)| (*l, t.as_str())).collect();
+            for (line, code) in code_blocks(&lines) {
+                n += let_chains_in_block(Path::new("x.rs"), line, &code).len();
+            }
+        }
+        n
     };
     let block = |info: &str, body: &str| format!("/// ```{info}\n{body}/// ```\nfn f() {{}}\n");
     let chain = "/// # let (v, r) = (Some(1), true);\n/// if let Some(x) = v && r { let _ = x; }\n";
-    assert_eq!(chains(&block("", chain)), 1);
-    assert_eq!(chains(&block("rust,no_run", chain)), 1);
-    assert_eq!(chains(&block("text", chain)), 0);
-    assert_eq!(chains(&block("compile_fail", chain)), 0);
+    for compiled in [
+        "",
+        "rust,no_run",
+        "rust no_run",
+        "rust,test_harness",
+        "edition2021",
+    ] {
+        assert_eq!(chains(&block(compiled, chain)), 1, "{compiled}");
+    }
+    for not_compiled in ["text", "compile_fail", "ignore", "sh"] {
+        assert_eq!(chains(&block(not_compiled, chain)), 0, "{not_compiled}");
+    }
+    let code = "if let Some(x) = v && r { let _ = x; }";
+    for doc in [
+        format!("/// ~~~\n/// {code}\n/// ~~~\nfn f() {{}}"),
+        format!("/// text\n///\n///     {code}\nfn f() {{}}"),
+        format!("/** ```\n{code}\n``` */\nfn f() {{}}"),
+        format!("#[doc = \"```\\n{code}\\n```\"]\nfn f() {{}}"),
+        format!("/// ````text\n/// ```\n/// ````\n///\n/// ```\n/// {code}\n/// ```\nfn f() {{}}"),
+    ] {
+        assert_eq!(chains(&doc), 1, "not seen: {doc}");
+    }
+    // Not docs: a raw string whose lines look like them.
+    let raw = format!("const S: &str = r#\"\n/// ```\n/// {code}\n/// ```\n\"#;");
+    assert_eq!(chains(&raw), 0);
     let markdown = "text\n```rust\nfn f(v: Option<u8>, r: bool) { if let Some(_) = v && r {} }\n```\n";
     let lines: Vec<(usize, &str)> = markdown.lines().enumerate().map(|(i, l)| (i + 1, l)).collect();
     let (line, code) = &code_blocks(&lines)[0];
@@ -293,6 +395,7 @@ fn the_check_sees_chains_and_nothing_else() {
         "async fn f(mut rx: R, r: bool) { tokio::select! { v = rx.recv() => if let Some(x) = v && r { g(x); }, } }",
         "fn f(v: Option<u8>, r: bool) { let _ = json!({ \"x\": if let Some(x) = v && r { x } else { 0 } }); }",
         "fn f(x: Option<u8>, w: Option<u8>) -> u8 { match x { Some(v) if let Some(y) = w => v + y, _ => 0 } }",
+        "macro_rules! g { ($x:expr, $w:expr) => { match $x { Some(v) if let Some(y) = $w => v + y, _ => 0 } }; }",
     ] {
         assert_eq!(chains(chain), 1, "not seen: {chain}");
     }
@@ -307,6 +410,7 @@ fn the_check_sees_chains_and_nothing_else() {
         "async fn f(mut rx: R, r: bool) { tokio::select! { Some(x) = rx.recv(), if r && ready() => g(x), } }",
         "fn f(v: u8) -> Value { json!({ \"ok\": v > 0 && v < 9, \"v\": if let 1 = v { 1 } else { 0 } }) }",
         "fn f(x: Option<u8>, r: bool) -> u8 { match x { Some(v) if r && v > 0 => v, _ => 0 } }",
+        "macro_rules! h { ($x:pat, $v:expr, $then:block) => { if let $x = $v $then else if a() && b() { } }; }",
     ] {
         assert_eq!(chains(not_a_chain), 0, "taken for a chain: {not_a_chain}");
     }
