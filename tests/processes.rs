@@ -1087,6 +1087,26 @@ async fn the_js_session_keeps_unheard_plain_messages_within_a_bound() {
     assert_eq!(dropped, 7);
     session.close();
     child.wait().await.unwrap();
+
+    // Nested too deep for JSON.stringify, so not kept as text: still
+    // counted by its size (8 MiB and 20,000 levels: 7 fit).
+    let (session, child) = ipc_request::spawn_session(node_child(&node, &["--no-plain-listener"]), None)
+        .await
+        .unwrap();
+    let deep = format!(
+        "[\"{}\",{}{}]",
+        "x".repeat(8 << 20),
+        "[".repeat(20_000),
+        "]".repeat(20_000)
+    );
+    let deep = serde_json::value::RawValue::from_string(deep).unwrap();
+    for _ in 0..12 {
+        session.send(&deep).await.unwrap();
+    }
+    let dropped: u64 = session.request(&json!({"op": "dropped"})).await.unwrap();
+    assert_eq!(dropped, 5, "deep messages kept past the bound");
+    session.close();
+    child.wait().await.unwrap();
 }
 
 /// Edge cases of the JS session between two Node processes

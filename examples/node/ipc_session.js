@@ -25,10 +25,11 @@
 // Rust side does, a `cmd` starting with NODE_ and the protocol's own
 // shapes), onMessage(fn) (returns an unsubscribe function; plain messages
 // that come while there is no listener wait for one, up to 1,024 messages
-// and 64 Mi characters of JSON text, kept as that text, and past that are
-// counted in droppedMessages; serialized again, such a message has 0 for
-// -0, and null for a number too large for a double, where one heard at
-// once has -0 and Infinity),
+// and 64 Mi characters of JSON text, kept as that text (one nested too
+// deep for JSON.stringify as it came, sized by a walk), and past that are
+// counted in droppedMessages; serialized again, a message kept as text has
+// 0 for -0, and null for a number too large for a double, where one heard
+// at once has -0 and Infinity),
 // peerExtensions (what the peer advertised), extensions (negotiated: ours
 // AND the peer's), uses(name), close() (fails what is pending, lets what
 // was sent be written, up to closeTimeoutMs, then disconnects the channel;
@@ -181,6 +182,24 @@ function jsonCopy(v) {
   return JSON.parse(text);
 }
 
+// About the length of `v`'s JSON text, for a value JSON.stringify cannot
+// write (nested too deep for its recursion): a walk with a stack of its
+// own. Strings by their length, every other value and key as a few chars.
+function jsonSize(v) {
+  let size = 0;
+  const stack = [v];
+  while (stack.length > 0) {
+    const x = stack.pop();
+    if (typeof x === 'string') size += x.length + 2;
+    else if (Array.isArray(x)) { size += 2; for (const e of x) stack.push(e); } // eslint-disable-line curly
+    else if (x !== null && typeof x === 'object') {
+      size += 2;
+      for (const k of Object.keys(x)) { size += k.length + 4; stack.push(x[k]); }
+    } else size += 8;
+  }
+  return size;
+}
+
 // A timeout option as ms: what Number() makes of it, as setTimeout does
 // ("100" from an env var); undefined (none) if unset, or longer than
 // setTimeout can wait (2^31 - 1 ms, about 24.8 days: it would fire after
@@ -214,8 +233,8 @@ function makeError(message, code, name = 'Error') {
 }
 
 // Plain messages kept while nobody listens, at most: so many, and their
-// JSON text so long (kept as that text, as the Rust side keeps them; one
-// longer message gets in alone).
+// JSON text so long (kept as that text, as the Rust side keeps them, but
+// for one too deep to write; one longer message gets in alone).
 const EARLY_MESSAGES = 1024;
 const EARLY_BYTES = 64 * 1024 * 1024;
 
@@ -401,19 +420,21 @@ function setupIpcSession(proc, handler, {
       return; // CANCEL in 1.0 mode, or an unknown type: ignored
     }
     if (plainListeners.size === 0 || unheard.length > 0) {
-      // Kept as text (JSON.parse takes nesting that JSON.stringify
-      // overflows on: such a message is kept as it is, counted as 1).
+      // Kept as text; one nested deeper than JSON.stringify goes (JSON.parse
+      // takes more) is kept as it came, sized by a walk.
       let kept;
+      let size;
       try {
         kept = JSON.stringify(m);
+        size = kept.length;
       } catch (_) {
         kept = { m };
+        size = jsonSize(m);
       }
-      const size = typeof kept === 'string' ? kept.length : 1;
       // As the Rust side: one message larger than the bound gets in alone.
       const fits = unheard.length === 0 || unheardBytes + size <= EARLY_BYTES;
       if (unheard.length < EARLY_MESSAGES && fits) {
-        unheard.push(kept);
+        unheard.push([kept, size]);
         unheardBytes += size;
       } else {
         droppedMessages++;
@@ -450,8 +471,8 @@ function setupIpcSession(proc, handler, {
     queueMicrotask(() => {
       handingUnheard = false;
       while (unheard.length > 0 && plainListeners.size > 0) {
-        const kept = unheard.shift();
-        unheardBytes -= typeof kept === 'string' ? kept.length : 1;
+        const [kept, size] = unheard.shift();
+        unheardBytes -= size;
         deliver(typeof kept === 'string' ? JSON.parse(kept) : kept.m);
       }
     });
