@@ -14,11 +14,13 @@
 // `handler.rs` what a handler sees; `pending.rs` the table's slots and the
 // guard that keeps the table of our pending requests honest.
 
+mod answers;
 mod backlog;
 mod close;
 mod gone_peer;
 mod handler;
 mod incoming;
+mod messages;
 mod pending;
 mod setup;
 
@@ -29,19 +31,21 @@ use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, watch};
+use tokio::sync::{Notify, Semaphore, TryAcquireError, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use handler::AnswerState;
 pub(crate) use handler::panic_error;
 pub use handler::{Handler, Request, Responder, handler_fn, responder_fn};
+use messages::BufferedMessage;
+pub use messages::Messages;
 
 use backlog::Backlog;
 use gone_peer::is_write_to_a_gone_peer;
 pub use setup::{SessionBuilder, SessionConfig, setup};
 
 use crate::channel::{ChannelSender, line_text, node_internal_cmd};
-use crate::error::{CloseReason, Error, RemoteError};
+use crate::error::{CloseReason, Error};
 use crate::frame::Message;
 use crate::protocol::{self, EXT_CANCEL, EXT_ERROR, PeerUid};
 use pending::{PendingGuard, PendingTable};
@@ -236,7 +240,7 @@ impl Session {
     ///
     /// - [`Error::Remote`]: the peer's handler failed, or the peer refused
     ///   the request unhandled (the names this crate sends are listed at
-    ///   [`RemoteError`]);
+    ///   [`RemoteError`](crate::RemoteError));
     /// - [`Error::Closed`]: the session ended before the answer came, and
     ///   why ([`CloseReason`]: our close, the peer's, the child's exit
     ///   status, a failed write);
@@ -558,51 +562,6 @@ impl Session {
     }
 }
 
-/// Plain messages from the peer; see [`Session::messages`].
-#[derive(Debug)]
-pub struct Messages {
-    rx: mpsc::Receiver<BufferedMessage>,
-}
-
-/// A plain message (or a line that could not be read) waiting in the
-/// stream, as the text that came, with its share of the byte budget.
-type BufferedMessage = (Result<Message, Error>, Option<OwnedSemaphorePermit>);
-
-impl Messages {
-    /// The next plain message, or `None` once the session has ended. It is
-    /// parsed here: a message serde_json cannot hold as a `Value` (nested
-    /// more than 128 deep) is an `Err(Error::Decode { .. })` item.
-    ///
-    /// Cancel safe: dropped before it returns (a branch of `select!` that
-    /// lost), it takes no message, and the next call gets it.
-    pub async fn recv(&mut self) -> Option<Result<serde_json::Value, Error>> {
-        std::future::poll_fn(|cx| self.poll_recv(cx)).await
-    }
-
-    /// [`recv`](Self::recv) as a poll, for a hand-written future or
-    /// stream. Also a [`futures_util::Stream`], for its combinators.
-    pub fn poll_recv(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<serde_json::Value, Error>>> {
-        self.rx.poll_recv(cx).map(|next| {
-            let (item, _budget) = next?;
-            Some(item.and_then(|message| serde_json::from_str(message.get()).map_err(Error::decode_message)))
-        })
-    }
-}
-
-impl futures_util::Stream for Messages {
-    type Item = Result<serde_json::Value, Error>;
-
-    fn poll_next(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        self.get_mut().poll_recv(cx)
-    }
-}
-
 impl Shared {
     /// The peer speaks neither `error` nor `cancel` (ipc-request 1.0, or
     /// one that advertised neither): a refusal would reach its caller as a
@@ -620,76 +579,5 @@ impl Shared {
     /// The peer advertised `cancel`: it may cancel, and we may.
     fn peer_can_cancel(&self) -> bool {
         self.peer.get().is_some_and(|p| p.can_cancel)
-    }
-
-    fn encode_response<T: Serialize + ?Sized>(&self, uid: &PeerUid, value: &T) -> Result<Vec<u8>, Error> {
-        self.sender
-            .encode_with(|max, out| protocol::encode_response(uid, value, max, out))
-    }
-
-    /// An error answer, shaped for what the peer understands. If the error
-    /// is too long to send (its data or stack), it goes without them, as a
-    /// short `ErrorTooLarge`. That one is sent even past the maximum message
-    /// length, by as much as the UID and a kilobyte: the peer's UID came in
-    /// a line it could write, and an error is the last answer it can get
-    /// (else it would wait for ever). A peer with a limit that low fails
-    /// its request as too long to read, which is still an answer.
-    fn encode_error(&self, uid: &PeerUid, error: &RemoteError) -> Result<Vec<u8>, Error> {
-        let room = uid.as_json().len() + 1024;
-        let encode = |e: &RemoteError| {
-            if self.peer_takes_errors() {
-                self.sender
-                    .encode_with(|max, out| protocol::encode_error_response(uid, e, max.max(room), out))
-            } else {
-                self.sender
-                    .encode_with(|max, out| protocol::encode_response(uid, e, max.max(room), out))
-            }
-        };
-        encode(error).or_else(|why| {
-            let name: String = error.name.chars().take(64).collect();
-            let small = RemoteError::new(
-                "ErrorTooLarge",
-                format!("{name}: the error was too large to send ({why})"),
-            );
-            encode(&small)
-        })
-    }
-
-    /// Sends an answer: straight to the stream when it is the only one
-    /// around, through the writer task (one write for many) when more
-    /// requests are arriving or other handlers are running.
-    ///
-    /// The answer to a request of the peer's (`of`) is not written if the
-    /// request was refused (the peer's cancel, the session's end) while the
-    /// answer waited for room in the write queue: then
-    /// [`refusal_error`](Self::refusal_error).
-    async fn send_answer(&self, line: Vec<u8>, of: Option<&AnswerState>) -> Result<(), Error> {
-        let busy = self.more_input.load(Ordering::Relaxed)
-            || self.handler_slots.available_permits() + 1 < self.config.max_concurrent_handlers.max(1);
-        let refused = || of.is_some_and(AnswerState::is_refused);
-        match self.sender.send_line_unless(line, busy, refused).await {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(self.refusal_error()),
-            Err(e) => Err(self.send_error_now(e)),
-        }
-    }
-
-    /// Removes `answer`'s entry from the `running` map, if it is still
-    /// there: not one a later request with the same UID put there.
-    fn forget_running(&self, answer: &AnswerState) {
-        if !self.peer_can_cancel() {
-            return;
-        }
-        let is_this = |entry: &RunningHandler| std::ptr::eq(Arc::as_ptr(&entry.answer), answer);
-        let mut table = self.table.lock().unwrap();
-        if let Some((uid, entry)) = table.running.remove_entry(answer.uid()) {
-            if is_this(&entry) {
-                return;
-            }
-            table.running.insert(uid, entry);
-        }
-        if let Some(at) = table.displaced.iter().position(is_this) {
-            table.displaced.swap_remove(at);
-        }
     }
 }

@@ -1,0 +1,91 @@
+//! How a session writes its answers to the peer's requests: encoded for
+//! what the peer understands, sent with back-pressure, and let go of in
+//! the map of running handlers.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use serde::Serialize;
+
+use super::handler::AnswerState;
+use super::{RunningHandler, Shared};
+use crate::error::{Error, RemoteError};
+use crate::protocol::{self, PeerUid};
+
+impl Shared {
+    /// An answer, encoded.
+    pub(super) fn encode_response<T: Serialize + ?Sized>(
+        &self,
+        uid: &PeerUid,
+        value: &T,
+    ) -> Result<Vec<u8>, Error> {
+        self.sender
+            .encode_with(|max, out| protocol::encode_response(uid, value, max, out))
+    }
+
+    /// An error answer, shaped for what the peer understands. If the error
+    /// is too long to send (its data or stack), it goes without them, as a
+    /// short `ErrorTooLarge`. That one is sent even past the maximum message
+    /// length, by as much as the UID and a kilobyte: the peer's UID came in
+    /// a line it could write, and an error is the last answer it can get
+    /// (else it would wait for ever). A peer with a limit that low fails
+    /// its request as too long to read, which is still an answer.
+    pub(super) fn encode_error(&self, uid: &PeerUid, error: &RemoteError) -> Result<Vec<u8>, Error> {
+        let room = uid.as_json().len() + 1024;
+        let encode = |e: &RemoteError| {
+            if self.peer_takes_errors() {
+                self.sender
+                    .encode_with(|max, out| protocol::encode_error_response(uid, e, max.max(room), out))
+            } else {
+                self.sender
+                    .encode_with(|max, out| protocol::encode_response(uid, e, max.max(room), out))
+            }
+        };
+        encode(error).or_else(|why| {
+            let name: String = error.name.chars().take(64).collect();
+            let small = RemoteError::new(
+                "ErrorTooLarge",
+                format!("{name}: the error was too large to send ({why})"),
+            );
+            encode(&small)
+        })
+    }
+
+    /// Sends an answer: straight to the stream when it is the only one
+    /// around, through the writer task (one write for many) when more
+    /// requests are arriving or other handlers are running.
+    ///
+    /// The answer to a request of the peer's (`of`) is not written if the
+    /// request was refused (the peer's cancel, the session's end) while the
+    /// answer waited for room in the write queue: then
+    /// [`refusal_error`](Self::refusal_error).
+    pub(super) async fn send_answer(&self, line: Vec<u8>, of: Option<&AnswerState>) -> Result<(), Error> {
+        let busy = self.more_input.load(Ordering::Relaxed)
+            || self.handler_slots.available_permits() + 1 < self.config.max_concurrent_handlers.max(1);
+        let refused = || of.is_some_and(AnswerState::is_refused);
+        match self.sender.send_line_unless(line, busy, refused).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(self.refusal_error()),
+            Err(e) => Err(self.send_error_now(e)),
+        }
+    }
+
+    /// Removes `answer`'s entry from the `running` map, if it is still
+    /// there: not one a later request with the same UID put there.
+    pub(super) fn forget_running(&self, answer: &AnswerState) {
+        if !self.peer_can_cancel() {
+            return;
+        }
+        let is_this = |entry: &RunningHandler| std::ptr::eq(Arc::as_ptr(&entry.answer), answer);
+        let mut table = self.table.lock().unwrap();
+        if let Some((uid, entry)) = table.running.remove_entry(answer.uid()) {
+            if is_this(&entry) {
+                return;
+            }
+            table.running.insert(uid, entry);
+        }
+        if let Some(at) = table.displaced.iter().position(is_this) {
+            table.displaced.swap_remove(at);
+        }
+    }
+}
