@@ -1049,8 +1049,7 @@ async fn a_node_handler_that_rethrows_a_not_run_error_does_not_pass_it_on_as_not
         }
         other => panic!("passed on whole: {other:?}"),
     }
-    session.close();
-    child.wait().await.unwrap();
+    finish(session, child).await;
 
     let (session, child) = ipc_request::spawn_session(node_child(&node, &[]), None)
         .await
@@ -1065,8 +1064,7 @@ async fn a_node_handler_that_rethrows_a_not_run_error_does_not_pass_it_on_as_not
         }
         other => panic!("{other:?}"),
     }
-    session.close();
-    child.wait().await.unwrap();
+    finish(session, child).await;
 }
 
 /// The JS session keeps plain messages that come before anyone listens,
@@ -1085,8 +1083,7 @@ async fn the_js_session_keeps_unheard_plain_messages_within_a_bound() {
     }
     let dropped: u64 = session.request(&json!({"op": "dropped"})).await.unwrap();
     assert_eq!(dropped, 7);
-    session.close();
-    child.wait().await.unwrap();
+    finish(session, child).await;
 
     // Nested too deep for JSON.stringify, so not kept as text: still
     // counted by its size (8 MiB and 20,000 levels: 7 fit).
@@ -1105,8 +1102,7 @@ async fn the_js_session_keeps_unheard_plain_messages_within_a_bound() {
     }
     let dropped: u64 = session.request(&json!({"op": "dropped"})).await.unwrap();
     assert_eq!(dropped, 5, "deep messages kept past the bound");
-    session.close();
-    child.wait().await.unwrap();
+    finish(session, child).await;
 }
 
 /// Edge cases of the JS session between two Node processes
@@ -1152,7 +1148,6 @@ async fn the_js_session_keeps_a_deep_plain_message_that_came_before_anyone_liste
             json!([{"seq": 1}, {"depth": 20_000}, {"seq": 2}]),
             "round {round}"
         );
-        session.close();
-        child.wait().await.unwrap();
+        finish(session, child).await;
     }
 }

@@ -298,16 +298,21 @@ function setupIpcSession(proc, handler, {
     }
   }
 
-  // proc.disconnect(), and a nudge for Node 20's lost wake-up: its
-  // _disconnect (lib/internal/child_process.js), if a message is half read,
-  // waits for that message's 'message' or 'internalMessage' event; but it
-  // has just dropped the channel, and from then on Node drops every message
-  // it reads, so the event never comes: no 'disconnect', the channel open
-  // for good. An 'internalMessage' of our own ends that wait; Node's own
-  // listener ignores one that is not a NODE_HANDLE (N)ACK or NODE_HANDLE.
+  // proc.disconnect(), and a nudge for Node 20's lost wake-up.
   function disconnect() {
     if (!proc.connected) return;
     proc.disconnect();
+    wakeDisconnect();
+  }
+
+  // Node 20's _disconnect (lib/internal/child_process.js), if a message is
+  // half read, waits for that message's 'message' or 'internalMessage'
+  // event; but it has just dropped the channel, and from then on Node drops
+  // every message it reads, so the event never comes: no 'disconnect', the
+  // channel open for good. An 'internalMessage' of our own ends that wait;
+  // Node's own listener ignores one that is not a NODE_HANDLE (N)ACK or
+  // NODE_HANDLE. Harmless when nothing waits.
+  function wakeDisconnect() {
     if (proc.channel == null) proc.emit('internalMessage', { cmd: 'IPC_SESSION_DISCONNECTED' });
   }
 
@@ -552,8 +557,8 @@ function setupIpcSession(proc, handler, {
         onDisconnected = resolve;
         if (!proc.connected) {
           // Disconnecting already (by the program's own proc.disconnect()):
-          // wake Node's wait if it is the lost one (see disconnect).
-          if (proc.channel == null) proc.emit('internalMessage', { cmd: 'IPC_SESSION_DISCONNECTED' });
+          // wake Node's wait if it is the lost one.
+          wakeDisconnect();
           return;
         }
         const timer = closeTimeoutMs === undefined ? null : setTimeout(disconnect, closeTimeoutMs);
