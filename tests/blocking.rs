@@ -316,35 +316,32 @@ fn calls_that_wait_panic_in_an_async_context_and_a_drop_there_does_not() {
     assert!(lines.is_empty(), "nothing was sent: {lines:?}");
 }
 
-/// A child that writes its pid to a file of its own (named with `name`)
-/// and sleeps a minute, its channel open and never used.
-fn a_child_that_writes_its_pid(name: &str) -> (Command, std::path::PathBuf) {
-    let pid_file = std::env::temp_dir().join(format!("ipc-request-{name}-{}.pid", std::process::id()));
-    let mut command = Command::new("sh");
+/// A child that holds its channel open (it inherits it) and never uses
+/// it, for a minute.
+fn a_child_that_never_shakes_hands() -> Command {
+    let mut command = Command::new("sleep");
+    command.arg("60");
     command
-        .arg("-c")
-        .arg(format!("echo $$ > '{}'; exec sleep 60", pid_file.display()));
-    (command, pid_file)
-}
-
-/// The pid in `pid_file`, which is then removed.
-fn take_pid(pid_file: &std::path::Path) -> u32 {
-    let pid = std::fs::read_to_string(pid_file).unwrap().trim().parse().unwrap();
-    let _ = std::fs::remove_file(pid_file);
-    pid
 }
 
 #[test]
 fn a_child_that_never_shakes_hands_is_killed_when_spawn_fails() {
-    // Holds its channel open and never answers.
-    let (command, pid_file) = a_child_that_writes_its_pid("blocking");
     let config = SessionConfig {
         handshake_timeout: Duration::from_millis(300),
         ..SessionConfig::default()
     };
-    let spawned = blocking::spawn_with(command, Default::default(), SessionBuilder::new().config(config));
+    // Its pid from the handle spawn_with_pipes shows before the handshake
+    // (a pid file the child wrote raced the kill: under load, one was
+    // found created but still empty).
+    let mut pid = 0;
+    let spawned = blocking::spawn_with_pipes(
+        a_child_that_never_shakes_hands(),
+        Default::default(),
+        SessionBuilder::new().config(config),
+        |child| pid = child.id(),
+    );
     assert!(matches!(spawned, Err(Error::HandshakeTimeout(_))), "{spawned:?}");
-    let pid = take_pid(&pid_file);
+    assert_ne!(pid, 0);
     // SAFETY: signal 0 only asks whether the process exists.
     let gone = unsafe { libc::kill(pid as i32, 0) } != 0;
     assert!(gone, "the child {pid} still runs (or was not reaped)");
@@ -401,18 +398,20 @@ fn pipes_left_for_after_the_handshake_leave_such_a_child_waiting() {
 
 #[test]
 fn a_child_whose_take_pipes_panics_is_killed() {
-    let (command, pid_file) = a_child_that_writes_its_pid("pipes");
+    let mut pid = 0;
     let spawned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        blocking::spawn_with_pipes(command, Default::default(), SessionBuilder::new(), |_| {
-            // Once the child has written its pid.
-            while std::fs::read_to_string(&pid_file).map_or(true, |text| !text.ends_with('\n')) {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            panic!("take_pipes gave up");
-        })
+        blocking::spawn_with_pipes(
+            a_child_that_never_shakes_hands(),
+            Default::default(),
+            SessionBuilder::new(),
+            |child| {
+                pid = child.id();
+                panic!("take_pipes gave up");
+            },
+        )
     }));
     assert!(spawned.is_err(), "the panic went by");
-    let pid = take_pid(&pid_file);
+    assert_ne!(pid, 0);
     let state = common::process_state_once(pid, |state| state.is_none());
     assert_eq!(state, None, "the child {pid} was left running (or unreaped)");
 }
