@@ -86,8 +86,10 @@ fn config() -> SessionConfig {
 /// parent has room to send it. In a burst the child's handlers wait for
 /// room to write their answers while the parent, busy starting requests,
 /// reads them late, and the requests read meanwhile wait in the child's
-/// backlog: tens of thousands of them (with a backlog of 20,000, some of
-/// a 100,000 burst were refused within a few bursts on an idle machine).
+/// backlog: tens of thousands of them (with a backlog of 1,000, the first
+/// 100,000 burst had refusals; with 20,000, one of two runs of eight
+/// bursts had; with 40,000, two runs had none; how many wait depends on
+/// how the two processes are scheduled).
 /// The default backlog (65,536, with 1,024 handler slots) is sized for a
 /// peer with the default `max_in_flight` (65,536), which it never
 /// refuses; past it a child refuses the rest as `Overloaded`, which is

@@ -11,8 +11,10 @@
 // once, and the errors that report it; `gone_peer.rs` what a caller is
 // told while the peer is going, and how a session ends when the peer is
 // gone while this side holds the reader up;
-// `handler.rs` what a handler sees; `pending.rs` the table's slots and the
-// guard that keeps the table of our pending requests honest.
+// `handler.rs` what a handler sees; `answers.rs` how a handler's answer
+// is written; `messages.rs` the stream of the peer's plain messages;
+// `pending.rs` the table's slots and the guard that keeps the table of our
+// pending requests honest.
 
 mod answers;
 mod backlog;
