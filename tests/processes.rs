@@ -1103,6 +1103,34 @@ async fn the_js_session_keeps_unheard_plain_messages_within_a_bound() {
     let dropped: u64 = session.request(&json!({"op": "dropped"})).await.unwrap();
     assert_eq!(dropped, 5, "deep messages kept past the bound");
     finish(session, child).await;
+
+    // Deep and long, of empty arrays: kept as text (3 bytes each with the
+    // comma, 22 of these 3 MB messages fit), not as the objects Node made
+    // of them, which took about 20 times the memory (1.28 GB of heap, once)
+    // and were counted by a walk as 2 bytes each (33 fit).
+    let (session, child) = ipc_request::spawn_session(node_child(&node, &["--no-plain-listener"]), None)
+        .await
+        .unwrap();
+    let deep = format!(
+        "[{}{}{}]",
+        "[],".repeat(1_000_000),
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
+    let deep = serde_json::value::RawValue::from_string(deep).unwrap();
+    for _ in 0..25 {
+        session.send(&deep).await.unwrap();
+    }
+    let dropped: u64 = session.request(&json!({"op": "dropped"})).await.unwrap();
+    assert_eq!(dropped, 3, "kept by the length of their text");
+    let heap: u64 = session.request(&json!({"op": "heap"})).await.unwrap();
+    assert!(
+        heap < 256 << 20,
+        "{} messages of 3 MB kept: {} MiB of heap",
+        25 - dropped,
+        heap >> 20
+    );
+    finish(session, child).await;
 }
 
 /// Edge cases of the JS session between two Node processes

@@ -25,8 +25,7 @@
 // Rust side does, a `cmd` starting with NODE_ and the protocol's own
 // shapes), onMessage(fn) (returns an unsubscribe function; plain messages
 // that come while there is no listener wait for one, up to 1,024 messages
-// and 64 Mi characters of JSON text, kept as that text (one nested too
-// deep for JSON.stringify as it came, sized by a walk), and past that are
+// and 64 Mi characters of JSON text, kept as that text, and past that are
 // counted in droppedMessages; serialized again, a message kept as text has
 // 0 for -0, and null for a number too large for a double, where one heard
 // at once has -0 and Infinity),
@@ -182,22 +181,44 @@ function jsonCopy(v) {
   return JSON.parse(text);
 }
 
-// About the length of `v`'s JSON text, for a value JSON.stringify cannot
-// write (nested too deep for its recursion): a walk with a stack of its
-// own. Strings by their length, every other value and key as a few chars.
-function jsonSize(v) {
-  let size = 0;
-  const stack = [v];
-  while (stack.length > 0) {
-    const x = stack.pop();
-    if (typeof x === 'string') size += x.length + 2;
-    else if (Array.isArray(x)) { size += 2; for (const e of x) stack.push(e); } // eslint-disable-line curly
-    else if (x !== null && typeof x === 'object') {
-      size += 2;
-      for (const k of Object.keys(x)) { size += k.length + 4; stack.push(x[k]); }
-    } else size += 8;
+// JSON.stringify for a value JSON.parse made (a message Node read) that
+// is nested too deep for JSON.stringify's recursion (V8 parses deeper than
+// it writes): the same text, written with a stack of its own. Such a value
+// holds only plain objects, arrays, strings, finite numbers (or Infinity,
+// from a number too large for a double, written as null, as
+// JSON.stringify writes it), booleans and null.
+function stringifyDeep(value) {
+  const parts = [];
+  const open = []; // the arrays and objects being written: {v, keys, i}
+  let v = value;
+  for (;;) {
+    if (v !== null && typeof v === 'object') {
+      const keys = Array.isArray(v) ? null : Object.keys(v);
+      parts.push(keys ? '{' : '[');
+      open.push({ v, keys, i: 0 });
+    } else {
+      parts.push(JSON.stringify(v) ?? 'null');
+    }
+    // The next value to write, closing what is done.
+    for (;;) {
+      const top = open[open.length - 1];
+      if (top === undefined) return parts.join('');
+      const { v: container, keys } = top;
+      if (top.i < (keys ? keys.length : container.length)) {
+        if (top.i > 0) parts.push(',');
+        if (keys) {
+          const key = keys[top.i++];
+          parts.push(JSON.stringify(key), ':');
+          v = container[key];
+        } else {
+          v = container[top.i++];
+        }
+        break;
+      }
+      parts.push(keys ? '}' : ']');
+      open.pop();
+    }
   }
-  return size;
 }
 
 // A timeout option as ms: what Number() makes of it, as setTimeout does
@@ -233,8 +254,8 @@ function makeError(message, code, name = 'Error') {
 }
 
 // Plain messages kept while nobody listens, at most: so many, and their
-// JSON text so long (kept as that text, as the Rust side keeps them, but
-// for one too deep to write; one longer message gets in alone).
+// JSON text so long (kept as that text, as the Rust side keeps them; one
+// longer message gets in alone).
 const EARLY_MESSAGES = 1024;
 const EARLY_BYTES = 64 * 1024 * 1024;
 
@@ -425,17 +446,18 @@ function setupIpcSession(proc, handler, {
       return; // CANCEL in 1.0 mode, or an unknown type: ignored
     }
     if (plainListeners.size === 0 || unheard.length > 0) {
-      // Kept as text; one nested deeper than JSON.stringify goes (JSON.parse
-      // takes more) is kept as it came, sized by a walk.
+      // Kept as text: as parsed objects, messages take many times the
+      // memory of their text (about 20 times for a long array of empty
+      // ones), and the bound is on the text. One nested deeper than
+      // JSON.stringify goes (JSON.parse takes more) is written by a stack
+      // of our own.
       let kept;
-      let size;
       try {
         kept = JSON.stringify(m);
-        size = kept.length;
       } catch (_) {
-        kept = { m };
-        size = jsonSize(m);
+        kept = stringifyDeep(m);
       }
+      const size = kept.length;
       // As the Rust side: one message larger than the bound gets in alone.
       const fits = unheard.length === 0 || unheardBytes + size <= EARLY_BYTES;
       if (unheard.length < EARLY_MESSAGES && fits) {
@@ -478,7 +500,7 @@ function setupIpcSession(proc, handler, {
       while (unheard.length > 0 && plainListeners.size > 0) {
         const [kept, size] = unheard.shift();
         unheardBytes -= size;
-        deliver(typeof kept === 'string' ? JSON.parse(kept) : kept.m);
+        deliver(JSON.parse(kept));
       }
     });
   }

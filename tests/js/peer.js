@@ -42,6 +42,8 @@
 //        {"seq":i,"pad":S x's} without waiting, answers N, then closes the
 //        session (close() writes what was sent first)
 //   {"op":"dropped"}                      -> the session's droppedMessages
+//   {"op":"heap"}                         -> bytes of the JS heap in use, after
+//                                            a full garbage collection
 //   {"op":"plain_got","n":N}              -> the plain messages this child's
 //        session.onMessage got (subscribed after setup, as documented),
 //        once there are N of them (waits up to 2000 ms); an array as
@@ -262,6 +264,12 @@ function makeOpsHandler(proc, getSession) {
       }
       case 'dropped': // plain messages the session dropped, nobody listening
         return (await getSession()).droppedMessages;
+      case 'heap': {
+        // gc() without node's --expose-gc flag on the command line.
+        require('v8').setFlagsFromString('--expose-gc');
+        require('vm').runInNewContext('gc')();
+        return process.memoryUsage().heapUsed;
+      }
       case 'plain_got': {
         const deadline = Date.now() + 2000;
         while (plainReceived.length < p.n && Date.now() < deadline) await sleep(10);
