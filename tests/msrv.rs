@@ -100,10 +100,11 @@ impl LetChains<'_> {
     /// Tokens that are not Rust syntax as they stand: `if let` or `while
     /// let` with `&&` or `||` before the next braces (the block), or with
     /// `=>` there (an if-let guard), or `&& let` anywhere; in every group.
-    /// The search after a `let` also stops at `else`, and at a
-    /// metavariable followed by `else` or last (the block, then); a
-    /// struct pattern or a `match`
-    /// before the block ends it early: a miss, not a false alarm.
+    /// The search after a `let` also stops at `else` (after a block that is
+    /// a metavariable, `$then else`), and at a `,` or `;` of its own level,
+    /// which no condition holds but in generics (`f::<A, B>()`); such
+    /// generics, a struct pattern or a `match` before the block end it
+    /// early: a miss, not a false alarm.
     fn search_tokens(&mut self, tokens: proc_macro2::TokenStream) {
         use proc_macro2::{Delimiter, Spacing, TokenTree};
         let tts: Vec<TokenTree> = tokens.into_iter().collect();
@@ -115,11 +116,12 @@ impl LetChains<'_> {
             _ => false,
         };
         let logic = |i: usize| pair(i, &[('&', '&'), ('|', '|')]);
-        // `$then else` or `$then` last: a metavariable in the block's place.
         let ends_search = |j: usize| match &tts[j] {
             TokenTree::Group(g) => g.delimiter() == Delimiter::Brace,
             TokenTree::Ident(id) => id == "else",
-            TokenTree::Punct(p) => p.as_char() == '$' && (j + 2 >= tts.len() || ident(j + 2, "else")),
+            // The end of a match arm or an argument (`if let $p = $e $b,`),
+            // or of a statement.
+            TokenTree::Punct(p) => matches!(p.as_char(), ',' | ';'),
             TokenTree::Literal(_) => false,
         };
         for i in 0..tts.len() {
@@ -166,21 +168,25 @@ fn let_chains(file: &Path, source: &str) -> Vec<String> {
 
 /// The Rust code blocks of Markdown lines, as rustdoc compiles them (the
 /// README's are doctests, and so are those of doc comments): fenced with
-/// ``` or ~~~ (closed by the same, at least as long) whose info string has
-/// only rustdoc's words (`rust`, `no_run`, ...; `ignore`, `compile_fail`
-/// and other words are not compiled as Rust), or indented four spaces
-/// after a blank line; hidden `# ` lines shown. Each as (the line of its
-/// start, its code).
+/// ``` or ~~~ (closed by the same, at least as long, or by the end of the
+/// text) whose info string says Rust as rustdoc reads it (below), or
+/// indented four spaces after a blank line (blank lines inside included);
+/// hidden `# ` lines shown. Each as (the line of its start, its code).
 fn code_blocks(lines: &[(usize, &str)]) -> Vec<(usize, String)> {
+    // rustdoc: Rust if `rust` is among the words, or no word is one it
+    // does not know; `ignore` and `compile_fail` are not compiled (to
+    // pass), `ignore-<target>` is, on every other target.
     let rust_info = |info: &str| {
-        info.split([',', ' ', '\t'])
-            .filter(|w| !w.is_empty())
-            .all(|word| {
-                matches!(
-                    word,
-                    "rust" | "no_run" | "should_panic" | "test_harness" | "standalone_crate"
-                ) || word.starts_with("edition")
-            })
+        let words = || info.split([',', ' ', '\t']).filter(|w| !w.is_empty());
+        let known = |word: &str| {
+            matches!(
+                word,
+                "rust" | "no_run" | "should_panic" | "test_harness" | "standalone_crate"
+            ) || word.starts_with("edition")
+                || word.starts_with("ignore-")
+        };
+        let skipped = words().any(|w| w == "ignore" || w == "compile_fail");
+        !skipped && (words().any(|w| w == "rust") || words().all(known))
     };
     fn fence(text: &str) -> Option<(char, usize, &str)> {
         let t = text.trim_start();
@@ -201,6 +207,8 @@ fn code_blocks(lines: &[(usize, &str)]) -> Vec<(usize, String)> {
     // (start line, fence char, fence length, compiled as Rust, code)
     let mut open: Option<(usize, char, usize, bool, String)> = None;
     let mut indented: Option<(usize, String)> = None;
+    // Blank lines in an indented block, kept if it goes on after them.
+    let mut blanks_in_indented = 0;
     let mut blank_before = true;
     for &(line, text) in lines {
         if let Some((start, c, n, rust, code)) = &mut open {
@@ -224,10 +232,18 @@ fn code_blocks(lines: &[(usize, &str)]) -> Vec<(usize, String)> {
             .filter(|_| blank_before || indented.is_some())
         {
             let (_, code) = indented.get_or_insert_with(|| (line, String::new()));
+            for _ in 0..std::mem::take(&mut blanks_in_indented) {
+                code.push('\n');
+            }
             code.push_str(&shown(rest));
             code.push('\n');
             continue;
         }
+        if indented.is_some() && text.trim().is_empty() {
+            blanks_in_indented += 1;
+            continue;
+        }
+        blanks_in_indented = 0;
         if let Some(block) = indented.take() {
             blocks.push(block);
         }
@@ -237,6 +253,10 @@ fn code_blocks(lines: &[(usize, &str)]) -> Vec<(usize, String)> {
         blank_before = text.trim().is_empty();
     }
     blocks.extend(indented);
+    // Unclosed: rustdoc runs it to the end of the docs.
+    if let Some((start, _, _, true, code)) = open {
+        blocks.push((start, code));
+    }
     blocks
 }
 
@@ -256,11 +276,16 @@ fn let_chains_in_block(file: &Path, line: usize, code: &str) -> Vec<String> {
 
 /// The doc comments of Rust source (`///`, `//!`, `/** */`, `#[doc =
 /// ".."]`: to syn all are `doc` attributes), one list of (line, text)
-/// per run of adjacent attributes, as rustdoc reads each item's docs.
+/// per item (or field, variant, ...), as rustdoc reads each one's docs:
+/// together, whatever lies between them (a blank line, a comment, another
+/// attribute).
 fn doc_runs(parsed: &syn::File) -> Vec<Vec<(usize, String)>> {
-    struct Docs(Vec<Vec<(usize, String)>>, usize);
+    /// The runs, and whether the next doc attribute starts a new one.
+    struct Docs(Vec<Vec<(usize, String)>>, bool);
     impl<'ast> Visit<'ast> for Docs {
         fn visit_attribute(&mut self, attr: &'ast syn::Attribute) {
+            // Not visited further: an attribute's own paths are not an
+            // owner's end.
             let syn::Meta::NameValue(nv) = &attr.meta else {
                 return;
             };
@@ -274,19 +299,40 @@ fn doc_runs(parsed: &syn::File) -> Vec<Vec<(usize, String)>> {
             if !nv.path.is_ident("doc") {
                 return;
             }
-            let line = attr.pound_token.span.start().line;
-            if self.0.is_empty() || line > self.1 + 1 {
+            if std::mem::take(&mut self.1) {
                 self.0.push(Vec::new());
             }
-            let value = text.value();
+            let line = attr.pound_token.span.start().line;
             let run = self.0.last_mut().unwrap();
-            for (i, l) in value.split('\n').enumerate() {
+            for (i, l) in text.value().split('\n').enumerate() {
                 run.push((line + i, l.strip_prefix(' ').unwrap_or(l).to_string()));
             }
-            self.1 = attr.bracket_token.span.close().end().line.max(line);
+        }
+        // syn visits a node's attributes first, then the rest of it: its
+        // name, its type, its body, and the nodes within, each of which
+        // starts the next run. (A node with no ident before the next
+        // owner's attributes: an item, an impl item, ... start one anyway.)
+        fn visit_ident(&mut self, _: &'ast proc_macro2::Ident) {
+            self.1 = true;
+        }
+        fn visit_item(&mut self, item: &'ast syn::Item) {
+            self.1 = true;
+            syn::visit::visit_item(self, item);
+        }
+        fn visit_impl_item(&mut self, item: &'ast syn::ImplItem) {
+            self.1 = true;
+            syn::visit::visit_impl_item(self, item);
+        }
+        fn visit_trait_item(&mut self, item: &'ast syn::TraitItem) {
+            self.1 = true;
+            syn::visit::visit_trait_item(self, item);
+        }
+        fn visit_foreign_item(&mut self, item: &'ast syn::ForeignItem) {
+            self.1 = true;
+            syn::visit::visit_foreign_item(self, item);
         }
     }
-    let mut docs = Docs(Vec::new(), 0);
+    let mut docs = Docs(Vec::new(), true);
     docs.visit_file(parsed);
     docs.0
 }
@@ -350,10 +396,19 @@ fn code_blocks_are_read_as_rustdoc_reads_them() {
         "rust no_run",
         "rust,test_harness",
         "edition2021",
+        "rust,text",
+        "ignore-windows",
     ] {
         assert_eq!(chains(&block(compiled, chain)), 1, "{compiled}");
     }
-    for not_compiled in ["text", "compile_fail", "ignore", "sh"] {
+    for not_compiled in [
+        "text",
+        "compile_fail",
+        "ignore",
+        "sh",
+        "rust,ignore",
+        "no_run,text",
+    ] {
         assert_eq!(chains(&block(not_compiled, chain)), 0, "{not_compiled}");
     }
     let code = "if let Some(x) = v && r { let _ = x; }";
@@ -363,8 +418,29 @@ fn code_blocks_are_read_as_rustdoc_reads_them() {
         format!("/** ```\n{code}\n``` */\nfn f() {{}}"),
         format!("#[doc = \"```\\n{code}\\n```\"]\nfn f() {{}}"),
         format!("/// ````text\n/// ```\n/// ````\n///\n/// ```\n/// {code}\n/// ```\nfn f() {{}}"),
+        // One item's docs, whatever lies between their lines.
+        format!("/// ```\n\n/// {code}\n/// ```\nfn f() {{}}"),
+        format!("/// ```\n// a plain comment\n/// {code}\n/// ```\nfn f() {{}}"),
+        format!("/// ```\n#[inline]\n/// {code}\n/// ```\nfn f() {{}}"),
+        // A fence never closed runs to the end of its item's docs.
+        format!("/// ```\n/// {code}\nfn f() {{}}\n/// text\nfn g() {{}}"),
+        // An indented block goes on past a blank line.
+        format!(
+            "/// text\n///\n///     fn g(v: Option<u8>, r: bool) {{\n///\n///         {code}\n///     }}\nfn f() {{}}"
+        ),
     ] {
         assert_eq!(chains(&doc), 1, "not seen: {doc}");
+    }
+    // Each item's docs on their own: a fence left open in one does not
+    // take the next one's text for code.
+    for apart in [
+        format!("/// ```\nfn f() {{}}\n/// {code}\nfn g() {{}}"),
+        format!("/// ```\nstruct S {{\n    /// ```\n    x: u8,\n    /// {code}\n    y: u8,\n}}"),
+        format!("struct T(\n    /// ```\n    u8,\n    /// {code}\n    u8,\n);"),
+        format!("enum E {{\n    /// ```\n    A,\n    /// {code}\n    B,\n}}"),
+        format!("//! ```\n\n/// {code}\nfn f() {{}}"),
+    ] {
+        assert_eq!(chains(&apart), 0, "one item's docs read with another's: {apart}");
     }
     // Not docs: a raw string whose lines look like them.
     let raw = format!("const S: &str = r#\"\n/// ```\n/// {code}\n/// ```\n\"#;");
@@ -411,6 +487,8 @@ fn the_check_sees_chains_and_nothing_else() {
         "fn f(v: u8) -> Value { json!({ \"ok\": v > 0 && v < 9, \"v\": if let 1 = v { 1 } else { 0 } }) }",
         "fn f(x: Option<u8>, r: bool) -> u8 { match x { Some(v) if r && v > 0 => v, _ => 0 } }",
         "macro_rules! h { ($x:pat, $v:expr, $then:block) => { if let $x = $v $then else if a() && b() { } }; }",
+        "macro_rules! m { ($x:expr, $p:pat, $e:expr, $b:block) => { match $x { 0 => if let $p = $e $b, _ => {} } }; }",
+        "macro_rules! n { ($p:pat, $e:expr, $b:block) => { if let $p = $e $b; let _ = a() && b(); }; }",
     ] {
         assert_eq!(chains(not_a_chain), 0, "taken for a chain: {not_a_chain}");
     }
