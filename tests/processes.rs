@@ -1136,7 +1136,8 @@ async fn the_js_session_keeps_unheard_plain_messages_within_a_bound() {
 /// Edge cases of the JS session between two Node processes
 /// (tests/js/session_edges.js): a close() from a 'disconnect' listener
 /// added before the session's own, a plain-message listener that throws,
-/// timeout options that Number() would read as 0.
+/// the listeners a handshake that timed out leaves, timeout options that
+/// Number() would read as 0.
 #[test]
 fn the_js_session_between_two_node_processes() {
     let Some(node) = node() else { return };
@@ -1148,7 +1149,7 @@ fn the_js_session_between_two_node_processes() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert_eq!(stdout.matches("PASS ").count(), 3, "{stdout}");
+    assert_eq!(stdout.matches("PASS ").count(), 4, "{stdout}");
 }
 
 /// A plain message nested deeper than Node's JSON.stringify can go (it

@@ -592,11 +592,23 @@ function setupIpcSession(proc, handler, {
     },
   };
 
+  const onDisconnect = () => {
+    disconnectSeen = true;
+    close('disconnected');
+    onDisconnected?.();
+  };
+  // A child that exited: give the channel a moment to deliver what is
+  // still in the socket (its 'disconnect' normally follows), then give up.
+  const onExit = () => setTimeout(() => close('peer exited'), 200).unref();
+
   return new Promise((resolve, reject) => {
     const timer = handshakeTimeoutMs === undefined ? null : setTimeout(() => {
       const err = makeError(`handshake timed out after ${handshakeTimeoutMs} ms`, 'ETIMEDOUT', 'TimeoutError');
       closed = true;
+      // Nothing of this session stays on proc: a caller may try again.
       proc.removeListener('message', onMessage);
+      proc.removeListener('disconnect', onDisconnect);
+      proc.removeListener('exit', onExit);
       reject(err);
     }, handshakeTimeoutMs);
     settleHandshake = {
@@ -605,16 +617,8 @@ function setupIpcSession(proc, handler, {
     };
     // 2.1 step 1: listen first; then step 2: announce ourselves.
     proc.on('message', onMessage);
-    proc.once('disconnect', () => {
-      disconnectSeen = true;
-      close('disconnected');
-      onDisconnected?.();
-    });
-    if (proc !== process) {
-      // A child that exited: give the channel a moment to deliver what is
-      // still in the socket (its 'disconnect' normally follows), then give up.
-      proc.once('exit', () => setTimeout(() => close('peer exited'), 200).unref());
-    }
+    proc.once('disconnect', onDisconnect);
+    if (proc !== process) proc.once('exit', onExit);
     write(handshakeMessage(HS_REQUEST, ourUid));
   });
 }

@@ -17,6 +17,10 @@ const within = (ms, promise, what) => Promise.race([
 // ---------------------------------------------------------------- child
 
 async function child(mode) {
+  if (mode === 'silent') { // reads, but never sets up a session
+    process.on('message', () => {});
+    return;
+  }
   if (mode === 'close-soon') {
     const s = await setupIpcSession(process, (p) => p);
     setTimeout(() => s.close(), 50);
@@ -78,6 +82,27 @@ const cases = {
       if (thrown !== '["A failed once","B failed once"]') throw new Error(`${when}: errors thrown: ${thrown}`);
       await session.close();
     }
+  },
+
+  // A handshake that timed out leaves no listener on the child process, so
+  // that a caller can try again and again (a dozen tries once passed
+  // Node's limit of ten 'disconnect' listeners, with a warning).
+  async a_handshake_timeout_leaves_no_listener_behind() {
+    const c = fork(__filename, ['child', 'silent']);
+    const events = ['message', 'disconnect', 'exit'];
+    const counts = () => JSON.stringify(events.map((e) => c.listenerCount(e)));
+    const before = counts();
+    const warnings = [];
+    process.on('warning', (w) => warnings.push(w.name));
+    for (let i = 0; i < 12; i++) {
+      const err = await setupIpcSession(c, null, { handshakeTimeoutMs: 10 }).then(() => null, (e) => e);
+      if (err?.code !== 'ETIMEDOUT') throw new Error(`try ${i}: ${err}`);
+    }
+    await sleep(10); // a warning is emitted on the next tick
+    const after = counts();
+    c.kill();
+    if (after !== before) throw new Error(`listeners (${events}) ${before} before, ${after} after`);
+    if (warnings.length > 0) throw new Error(`warnings: ${warnings}`);
   },
 
   // Timeouts Number() would read as 0 are refused; null is the default.
