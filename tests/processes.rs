@@ -1085,8 +1085,8 @@ async fn the_js_session_keeps_unheard_plain_messages_within_a_bound() {
     assert_eq!(dropped, 7);
     finish(session, child).await;
 
-    // Nested too deep for JSON.stringify, so not kept as text: still
-    // counted by its size (8 MiB and 20,000 levels: 7 fit).
+    // Nested too deep for JSON.stringify, kept as text all the same (8 MiB
+    // and 20,000 levels: 7 fit).
     let (session, child) = ipc_request::spawn_session(node_child(&node, &["--no-plain-listener"]), None)
         .await
         .unwrap();
@@ -1136,8 +1136,8 @@ async fn the_js_session_keeps_unheard_plain_messages_within_a_bound() {
 /// Edge cases of the JS session between two Node processes
 /// (tests/js/session_edges.js): a close() from a 'disconnect' listener
 /// added before the session's own, a plain-message listener that throws,
-/// the listeners a handshake that timed out leaves, timeout options that
-/// Number() would read as 0.
+/// the listeners a handshake that timed out leaves, a message that cannot
+/// be kept as text, timeout options that Number() would read as 0.
 #[test]
 fn the_js_session_between_two_node_processes() {
     let Some(node) = node() else { return };
@@ -1149,7 +1149,7 @@ fn the_js_session_between_two_node_processes() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert_eq!(stdout.matches("PASS ").count(), 4, "{stdout}");
+    assert_eq!(stdout.matches("PASS ").count(), 5, "{stdout}");
 }
 
 /// A plain message nested deeper than Node's JSON.stringify can go (it

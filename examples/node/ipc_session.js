@@ -450,16 +450,20 @@ function setupIpcSession(proc, handler, {
       // memory of their text (about 20 times for a long array of empty
       // ones), and the bound is on the text. One nested deeper than
       // JSON.stringify goes (JSON.parse takes more) is written by a stack
-      // of our own.
-      let kept;
+      // of our own. One whose text is longer than a string can be (in V8,
+      // 2^29 - 24 characters; written again, a message can grow: 1e20
+      // comes back as 21 digits) is dropped, as one past the bound is.
+      let kept = null;
       try {
         kept = JSON.stringify(m);
       } catch (_) {
-        kept = stringifyDeep(m);
+        try {
+          kept = stringifyDeep(m);
+        } catch (_) { /* too long for a string: dropped below */ }
       }
-      const size = kept.length;
+      const size = kept === null ? 0 : kept.length;
       // As the Rust side: one message larger than the bound gets in alone.
-      const fits = unheard.length === 0 || unheardBytes + size <= EARLY_BYTES;
+      const fits = kept !== null && (unheard.length === 0 || unheardBytes + size <= EARLY_BYTES);
       if (unheard.length < EARLY_MESSAGES && fits) {
         unheard.push([kept, size]);
         unheardBytes += size;

@@ -5,8 +5,9 @@
 // <name>` or `FAIL <name>: <why>` per case and exits 0 only if all passed.
 
 const { fork } = require('child_process');
+const { EventEmitter } = require('events');
 const path = require('path');
-const { setupIpcSession } = require(path.join(__dirname, '..', '..', 'examples', 'node', 'ipc_session.js'));
+const { setupIpcSession, KEYS: K } = require(path.join(__dirname, '..', '..', 'examples', 'node', 'ipc_session.js'));
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const within = (ms, promise, what) => Promise.race([
@@ -103,6 +104,29 @@ const cases = {
     c.kill();
     if (after !== before) throw new Error(`listeners (${events}) ${before} before, ${after} after`);
     if (warnings.length > 0) throw new Error(`warnings: ${warnings}`);
+  },
+
+  // A plain message no one listens for that cannot be kept as text (here
+  // one whose every serialization throws, as a text longer than a string
+  // can be does) is dropped and counted; it once killed the process. On a
+  // stand-in for a child process: Node itself only hands over what
+  // JSON.parse made, and such a text would take gigabytes to send.
+  async a_message_that_cannot_be_written_again_is_dropped_not_fatal() {
+    const proc = new EventEmitter();
+    proc.connected = true;
+    proc.send = (m, cb) => {
+      if (m[K.HS_TYPE] === K.HS_REQUEST) {
+        setImmediate(() => proc.emit('message', { [K.HS_UID]: m[K.HS_UID], [K.HS_TYPE]: K.HS_RESPONSE }));
+      }
+      setImmediate(() => cb?.(null));
+      return true;
+    };
+    const session = await setupIpcSession(proc, null);
+    proc.emit('message', { get text() { throw new RangeError('Invalid string length'); } });
+    proc.emit('message', { seq: 1 });
+    const got = await new Promise((resolve) => session.onMessage(resolve));
+    if (session.droppedMessages !== 1) throw new Error(`dropped: ${session.droppedMessages}`);
+    if (got.seq !== 1) throw new Error(`got ${JSON.stringify(got)}`);
   },
 
   // Timeouts Number() would read as 0 are refused; null is the default.
