@@ -120,8 +120,15 @@ impl LetChains<'_> {
             TokenTree::Group(g) => g.delimiter() == Delimiter::Brace,
             TokenTree::Ident(id) => id == "else",
             // The end of a match arm or an argument (`if let $p = $e $b,`),
-            // or of a statement.
-            TokenTree::Punct(p) => matches!(p.as_char(), ',' | ';'),
+            // or of a statement; or a metavariable right after another
+            // (`$e $b`: the second is the block).
+            TokenTree::Punct(p) => {
+                matches!(p.as_char(), ',' | ';')
+                    || (p.as_char() == '$'
+                        && j >= 2
+                        && matches!(&tts[j - 1], TokenTree::Ident(_))
+                        && matches!(&tts[j - 2], TokenTree::Punct(q) if q.as_char() == '$'))
+            }
             TokenTree::Literal(_) => false,
         };
         for i in 0..tts.len() {
@@ -173,20 +180,26 @@ fn let_chains(file: &Path, source: &str) -> Vec<String> {
 /// indented four spaces after a blank line (blank lines inside included);
 /// hidden `# ` lines shown. Each as (the line of its start, its code).
 fn code_blocks(lines: &[(usize, &str)]) -> Vec<(usize, String)> {
-    // rustdoc: Rust if `rust` is among the words, or no word is one it
-    // does not know; `ignore` and `compile_fail` are not compiled (to
-    // pass), `ignore-<target>` is, on every other target.
+    // rustdoc's reading, word by word: `rust` says Rust; a word of its own
+    // (`no_run`, ...) says Rust unless an unknown word came before it (or
+    // `rust` did, for some); an unknown word says not Rust, unless `rust`
+    // comes after. `ignore` and `compile_fail` are not compiled (to pass);
+    // `ignore-<target>` is, on every other target.
     let rust_info = |info: &str| {
-        let words = || info.split([',', ' ', '\t']).filter(|w| !w.is_empty());
-        let known = |word: &str| {
-            matches!(
-                word,
-                "rust" | "no_run" | "should_panic" | "test_harness" | "standalone_crate"
-            ) || word.starts_with("edition")
-                || word.starts_with("ignore-")
-        };
-        let skipped = words().any(|w| w == "ignore" || w == "compile_fail");
-        !skipped && (words().any(|w| w == "rust") || words().all(known))
+        let (mut rust, mut other, mut skipped) = (false, false, false);
+        for word in info.split([',', ' ', '\t']).filter(|w| !w.is_empty()) {
+            match word {
+                "rust" => rust = true,
+                "no_run" | "should_panic" => rust = !other,
+                "ignore" => (skipped, rust) = (true, !other),
+                w if w.starts_with("ignore-") => rust = !other,
+                "compile_fail" => (skipped, rust) = (true, !other || rust),
+                "test_harness" | "standalone_crate" => rust = !other || rust,
+                w if w.starts_with("edition") => {}
+                _ => other = true,
+            }
+        }
+        !skipped && (!other || rust)
     };
     fn fence(text: &str) -> Option<(char, usize, &str)> {
         let t = text.trim_start();
@@ -278,7 +291,13 @@ fn let_chains_in_block(file: &Path, line: usize, code: &str) -> Vec<String> {
 /// ".."]`: to syn all are `doc` attributes), one list of (line, text)
 /// per item (or field, variant, ...), as rustdoc reads each one's docs:
 /// together, whatever lies between them (a blank line, a comment, another
-/// attribute).
+/// attribute), less the indent all their lines share.
+///
+/// Not read as rustdoc does (none of these is in the tree): the leading
+/// `*` of each line of a `/** */` comment, `///` lines mixed with
+/// `#[doc = ".."]` ones (rustdoc unindents the two kinds apart); and, in
+/// [`code_blocks`], fences in a list item or a block quote, and Markdown
+/// inside HTML (read as Markdown here).
 fn doc_runs(parsed: &syn::File) -> Vec<Vec<(usize, String)>> {
     /// The runs, and whether the next doc attribute starts a new one.
     struct Docs(Vec<Vec<(usize, String)>>, bool);
@@ -305,8 +324,17 @@ fn doc_runs(parsed: &syn::File) -> Vec<Vec<(usize, String)>> {
             let line = attr.pound_token.span.start().line;
             let run = self.0.last_mut().unwrap();
             for (i, l) in text.value().split('\n').enumerate() {
-                run.push((line + i, l.strip_prefix(' ').unwrap_or(l).to_string()));
+                run.push((line + i, l.to_string()));
             }
+        }
+        fn visit_field(&mut self, field: &'ast syn::Field) {
+            // A field of type `()` has no ident of its own.
+            self.1 = true;
+            syn::visit::visit_field(self, field);
+        }
+        fn visit_variant(&mut self, variant: &'ast syn::Variant) {
+            self.1 = true;
+            syn::visit::visit_variant(self, variant);
         }
         // syn visits a node's attributes first, then the rest of it: its
         // name, its type, its body, and the nodes within, each of which
@@ -334,6 +362,19 @@ fn doc_runs(parsed: &syn::File) -> Vec<Vec<(usize, String)>> {
     }
     let mut docs = Docs(Vec::new(), true);
     docs.visit_file(parsed);
+    // As rustdoc, the indent all lines share is not part of the text
+    // (`/// text` is "text"; a block indented 4 past that is code).
+    for run in &mut docs.0 {
+        let indent = |l: &str| l.len() - l.trim_start_matches([' ', '\t']).len();
+        let shared = run
+            .iter()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(_, l)| indent(l))
+            .min();
+        for (_, l) in run.iter_mut() {
+            l.drain(..shared.unwrap_or(0).min(indent(l)));
+        }
+    }
     docs.0
 }
 
@@ -397,7 +438,11 @@ fn code_blocks_are_read_as_rustdoc_reads_them() {
         "rust,test_harness",
         "edition2021",
         "rust,text",
+        "text,rust",
         "ignore-windows",
+        "no_run,text",
+        "should_panic,sh",
+        "text,rust,test_harness",
     ] {
         assert_eq!(chains(&block(compiled, chain)), 1, "{compiled}");
     }
@@ -407,7 +452,8 @@ fn code_blocks_are_read_as_rustdoc_reads_them() {
         "ignore",
         "sh",
         "rust,ignore",
-        "no_run,text",
+        "text,no_run",
+        "text,rust,no_run",
     ] {
         assert_eq!(chains(&block(not_compiled, chain)), 0, "{not_compiled}");
     }
@@ -424,6 +470,8 @@ fn code_blocks_are_read_as_rustdoc_reads_them() {
         format!("/// ```\n#[inline]\n/// {code}\n/// ```\nfn f() {{}}"),
         // A fence never closed runs to the end of its item's docs.
         format!("/// ```\n/// {code}\nfn f() {{}}\n/// text\nfn g() {{}}"),
+        // No space after the slashes: the block is indented all the same.
+        format!("///text\n///\n///    {code}\nfn f() {{}}"),
         // An indented block goes on past a blank line.
         format!(
             "/// text\n///\n///     fn g(v: Option<u8>, r: bool) {{\n///\n///         {code}\n///     }}\nfn f() {{}}"
@@ -437,11 +485,15 @@ fn code_blocks_are_read_as_rustdoc_reads_them() {
         format!("/// ```\nfn f() {{}}\n/// {code}\nfn g() {{}}"),
         format!("/// ```\nstruct S {{\n    /// ```\n    x: u8,\n    /// {code}\n    y: u8,\n}}"),
         format!("struct T(\n    /// ```\n    u8,\n    /// {code}\n    u8,\n);"),
+        format!("struct U(\n    /// ```\n    (),\n    /// {code}\n    (),\n);"),
         format!("enum E {{\n    /// ```\n    A,\n    /// {code}\n    B,\n}}"),
         format!("//! ```\n\n/// {code}\nfn f() {{}}"),
     ] {
         assert_eq!(chains(&apart), 0, "one item's docs read with another's: {apart}");
     }
+    // Every line indented alike: prose, not an indented block.
+    let prose = format!("///     text\n///\n///     {code}\nfn f() {{}}");
+    assert_eq!(chains(&prose), 0, "{prose}");
     // Not docs: a raw string whose lines look like them.
     let raw = format!("const S: &str = r#\"\n/// ```\n/// {code}\n/// ```\n\"#;");
     assert_eq!(chains(&raw), 0);
@@ -489,6 +541,9 @@ fn the_check_sees_chains_and_nothing_else() {
         "macro_rules! h { ($x:pat, $v:expr, $then:block) => { if let $x = $v $then else if a() && b() { } }; }",
         "macro_rules! m { ($x:expr, $p:pat, $e:expr, $b:block) => { match $x { 0 => if let $p = $e $b, _ => {} } }; }",
         "macro_rules! n { ($p:pat, $e:expr, $b:block) => { if let $p = $e $b; let _ = a() && b(); }; }",
+        "macro_rules! o { ($p:pat, $e:expr, $b:block) => { if let $p = $e $b if a() && b() { } }; }",
+        "macro_rules! t { ($p:pat, $e:expr, $b:block) => {{ if let $p = $e $b a() && b() }}; }",
+        "macro_rules! w { ($p:pat, $e:expr, $b:block) => { while let $p = $e $b while a() || b() { } }; }",
     ] {
         assert_eq!(chains(not_a_chain), 0, "taken for a chain: {not_a_chain}");
     }
