@@ -1074,22 +1074,13 @@ async fn a_node_handler_that_rethrows_a_not_run_error_does_not_pass_it_on_as_not
 #[tokio::test]
 async fn the_js_session_keeps_unheard_plain_messages_within_a_bound() {
     let Some(node) = node() else { return };
-    let (session, child) = ipc_request::spawn_session(node_child(&node, &["--no-plain-listener"]), None)
-        .await
-        .unwrap();
     let mib = "x".repeat(1 << 20); // 1,048,578 bytes as JSON: 63 fit in 64 MiB
-    for _ in 0..70 {
-        session.send(&mib).await.unwrap();
-    }
-    let dropped: u64 = session.request(&json!({"op": "dropped"})).await.unwrap();
+    let (session, child, dropped) = sent_to_a_child_not_listening(&node, &mib, 70).await;
     assert_eq!(dropped, 7);
     finish(session, child).await;
 
     // Nested too deep for JSON.stringify, kept as text all the same (8 MiB
     // and 20,000 levels: 7 fit).
-    let (session, child) = ipc_request::spawn_session(node_child(&node, &["--no-plain-listener"]), None)
-        .await
-        .unwrap();
     let deep = format!(
         "[\"{}\",{}{}]",
         "x".repeat(8 << 20),
@@ -1097,10 +1088,7 @@ async fn the_js_session_keeps_unheard_plain_messages_within_a_bound() {
         "]".repeat(20_000)
     );
     let deep = serde_json::value::RawValue::from_string(deep).unwrap();
-    for _ in 0..12 {
-        session.send(&deep).await.unwrap();
-    }
-    let dropped: u64 = session.request(&json!({"op": "dropped"})).await.unwrap();
+    let (session, child, dropped) = sent_to_a_child_not_listening(&node, &deep, 12).await;
     assert_eq!(dropped, 5, "deep messages kept past the bound");
     finish(session, child).await;
 
@@ -1108,9 +1096,6 @@ async fn the_js_session_keeps_unheard_plain_messages_within_a_bound() {
     // comma, 22 of these 3 MB messages fit), not as the objects Node made
     // of them, which took about 20 times the memory (1.28 GB of heap, once)
     // and were counted by a walk as 2 bytes each (33 fit).
-    let (session, child) = ipc_request::spawn_session(node_child(&node, &["--no-plain-listener"]), None)
-        .await
-        .unwrap();
     let deep = format!(
         "[{}{}{}]",
         "[],".repeat(1_000_000),
@@ -1118,10 +1103,7 @@ async fn the_js_session_keeps_unheard_plain_messages_within_a_bound() {
         "]".repeat(10_000)
     );
     let deep = serde_json::value::RawValue::from_string(deep).unwrap();
-    for _ in 0..25 {
-        session.send(&deep).await.unwrap();
-    }
-    let dropped: u64 = session.request(&json!({"op": "dropped"})).await.unwrap();
+    let (session, child, dropped) = sent_to_a_child_not_listening(&node, &deep, 25).await;
     assert_eq!(dropped, 3, "kept by the length of their text");
     let heap: u64 = session.request(&json!({"op": "heap"})).await.unwrap();
     assert!(
@@ -1131,6 +1113,23 @@ async fn the_js_session_keeps_unheard_plain_messages_within_a_bound() {
         heap >> 20
     );
     finish(session, child).await;
+}
+
+/// A JS-session child that has no plain-message listener, sent `message`
+/// `times` over; with how many of them it dropped.
+async fn sent_to_a_child_not_listening<M: serde::Serialize + ?Sized>(
+    node: &std::path::Path,
+    message: &M,
+    times: usize,
+) -> (Session, ChildProcess, u64) {
+    let (session, child) = ipc_request::spawn_session(node_child(node, &["--no-plain-listener"]), None)
+        .await
+        .unwrap();
+    for _ in 0..times {
+        session.send(message).await.unwrap();
+    }
+    let dropped: u64 = session.request(&json!({"op": "dropped"})).await.unwrap();
+    (session, child, dropped)
 }
 
 /// Edge cases of the JS session between two Node processes

@@ -102,6 +102,16 @@ fn child_config() -> SessionConfig {
     }
 }
 
+/// A child's session over its inherited `channel`, with `child_config`.
+async fn child_session(channel: ipc_request::Channel, handler: ipc_request::Handler) -> BenchResult<Session> {
+    SessionBuilder::new()
+        .config(child_config())
+        .handler(handler)
+        .setup(channel)
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// A runtime like the one the bench parent uses: 2 workers, built
 /// explicitly.
 pub fn runtime() -> tokio::runtime::Runtime {
@@ -310,13 +320,7 @@ pub fn child(args: &[String]) -> ExitCode {
                 let handler = responder_fn(|req: Request, responder: Responder| async move {
                     let _ = responder.respond(req.raw_payload()).await;
                 });
-                let session = SessionBuilder::new()
-                    .config(child_config())
-                    .handler(handler)
-                    .setup(channel)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                session.closed().await;
+                child_session(channel, handler).await?.closed().await;
                 Ok(())
             }
             Some("hold-child") => {
@@ -361,12 +365,7 @@ async fn hold_child(channel: ipc_request::Channel, warmup: usize, n: usize) -> B
             }
         })
     };
-    let session = SessionBuilder::new()
-        .config(child_config())
-        .handler(handler)
-        .setup(channel)
-        .await
-        .map_err(|e| e.to_string())?;
+    let session = child_session(channel, handler).await?;
     let mut messages = session.messages().ok_or("no message stream")?;
     all_held.notified().await;
     session.send("held").await.map_err(|e| e.to_string())?;
