@@ -298,6 +298,7 @@ function setupIpcSession(proc, handler, {
   let disconnected; // the promise close() returns
   let disconnectSeen = false; // proc's 'disconnect' has fired
   let onDisconnected = null; // close()'s resolve, called from our 'disconnect' listener
+  let handshakeTimedOut = false; // and our listeners were taken off proc
 
   const uses = (name) => ours.includes(name) && peerExtensions.includes(name);
 
@@ -452,14 +453,18 @@ function setupIpcSession(proc, handler, {
       // JSON.stringify goes (JSON.parse takes more) is written by a stack
       // of our own. One whose text is longer than a string can be (in V8,
       // 2^29 - 24 characters; written again, a message can grow: 1e20
-      // comes back as 21 digits) is dropped, as one past the bound is.
+      // comes back as 21 digits) is dropped, as one past the bound is,
+      // without a second try: that would build the text in pieces first
+      // (3 GB for a 122 MB line of 1e20s, and a crash in a 1 GB heap).
       let kept = null;
       try {
         kept = JSON.stringify(m);
-      } catch (_) {
-        try {
-          kept = stringifyDeep(m);
-        } catch (_) { /* too long for a string: dropped below */ }
+      } catch (err) {
+        if (err instanceof RangeError && /call stack/i.test(err.message)) {
+          try {
+            kept = stringifyDeep(m);
+          } catch (_) { /* too long for a string after all: dropped below */ }
+        }
       }
       const size = kept === null ? 0 : kept.length;
       // As the Rust side: one message larger than the bound gets in alone.
@@ -581,6 +586,17 @@ function setupIpcSession(proc, handler, {
         // event is being emitted (close() called from a listener of the
         // program's, added before ours) would not be called.
         onDisconnected = resolve;
+        if (handshakeTimedOut) {
+          // Our 'disconnect' listener was taken off (a handler can still
+          // close through ctx.session). Put back for a channel still open;
+          // for one already going, whether its 'disconnect' came and went
+          // cannot be known: settled now.
+          if (!proc.connected) {
+            wakeDisconnect();
+            return resolve();
+          }
+          proc.once('disconnect', onDisconnect);
+        }
         if (!proc.connected) {
           // Disconnecting already (by the program's own proc.disconnect()):
           // wake Node's wait if it is the lost one.
@@ -607,13 +623,14 @@ function setupIpcSession(proc, handler, {
 
   return new Promise((resolve, reject) => {
     const timer = handshakeTimeoutMs === undefined ? null : setTimeout(() => {
-      const err = makeError(`handshake timed out after ${handshakeTimeoutMs} ms`, 'ETIMEDOUT', 'TimeoutError');
-      closed = true;
+      reject(makeError(`handshake timed out after ${handshakeTimeoutMs} ms`, 'ETIMEDOUT', 'TimeoutError'));
       // Nothing of this session stays on proc: a caller may try again.
-      proc.removeListener('message', onMessage);
+      handshakeTimedOut = true;
       proc.removeListener('disconnect', onDisconnect);
       proc.removeListener('exit', onExit);
-      reject(err);
+      // Fails what handlers asked the peer meanwhile (requests are served
+      // before the handshake ends), and takes our 'message' listener off.
+      close('handshake timed out');
     }, handshakeTimeoutMs);
     settleHandshake = {
       resolve() { clearTimeout(timer); resolve(session); },

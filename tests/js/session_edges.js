@@ -22,6 +22,14 @@ async function child(mode) {
     process.on('message', () => {});
     return;
   }
+  if (mode === 'asks-without-handshake') {
+    // Answers our handshake with a request, and never with its answer.
+    const { KEYS: K } = require(path.join(__dirname, '..', '..', 'examples', 'node', 'ipc_session.js'));
+    process.on('message', (m) => {
+      if (m[K.HS_TYPE] === K.HS_REQUEST) process.send({ [K.MSG_TYPE]: K.REQUEST, [K.UID]: '1', [K.PAYLOAD]: 'hi' });
+    });
+    return;
+  }
   if (mode === 'close-soon') {
     const s = await setupIpcSession(process, (p) => p);
     setTimeout(() => s.close(), 50);
@@ -104,6 +112,27 @@ const cases = {
     c.kill();
     if (after !== before) throw new Error(`listeners (${events}) ${before} before, ${after} after`);
     if (warnings.length > 0) throw new Error(`warnings: ${warnings}`);
+  },
+
+  // A handler runs before the handshake ends; if the handshake then times
+  // out, what it asked the peer fails, and its ctx.session.close() still
+  // settles (it waited for ever once the timeout had taken the session's
+  // 'disconnect' listener off).
+  async a_handler_outlives_a_handshake_timeout() {
+    const c = fork(__filename, ['child', 'asks-without-handshake']);
+    let handler;
+    const outcome = new Promise((resolve) => { handler = resolve; });
+    const setup = setupIpcSession(c, async (p, ctx) => {
+      const asked = ctx.session.request('x').then(() => 'answered', (e) => e.code);
+      await sleep(400); // the handshake times out meanwhile
+      const closed = within(3000, ctx.session.close(), 'ctx.session.close()').then(() => 'settled', (e) => e.message);
+      handler({ asked: await asked, closed: await closed });
+    }, { handshakeTimeoutMs: 200 });
+    const err = await setup.then(() => null, (e) => e);
+    if (err?.code !== 'ETIMEDOUT') throw new Error(`setup: ${err}`);
+    const got = JSON.stringify(await outcome);
+    c.kill();
+    if (got !== '{"asked":"ERR_IPC_CHANNEL_CLOSED","closed":"settled"}') throw new Error(got);
   },
 
   // A plain message no one listens for that cannot be kept as text (here
