@@ -18,6 +18,8 @@ use syn::{BinOp, Expr};
 struct LetChains<'a> {
     file: &'a Path,
     found: Vec<String>,
+    /// The `$name:block` metavariables of the `macro_rules!` being read.
+    block_vars: Vec<String>,
 }
 
 impl LetChains<'_> {
@@ -89,7 +91,9 @@ impl<'ast> Visit<'ast> for LetChains<'_> {
     fn visit_item_macro(&mut self, m: &'ast syn::ItemMacro) {
         // `macro_rules!` bodies are patterns and templates: only searched.
         if m.mac.path.is_ident("macro_rules") {
+            self.block_vars = block_metavariables(m.mac.tokens.clone());
             self.search_tokens(m.mac.tokens.clone());
+            self.block_vars.clear();
         } else {
             syn::visit::visit_item_macro(self, m);
         }
@@ -101,10 +105,11 @@ impl LetChains<'_> {
     /// let` with `&&` or `||` before the next braces (the block), or with
     /// `=>` there (an if-let guard), or `&& let` anywhere; in every group.
     /// The search after a `let` also stops at `else` (after a block that is
-    /// a metavariable, `$then else`), and at a `,` or `;` of its own level,
-    /// which no condition holds but in generics (`f::<A, B>()`); such
-    /// generics, a struct pattern or a `match` before the block end it
-    /// early: a miss, not a false alarm.
+    /// a metavariable, `$then else`), at a metavariable the macro declares
+    /// a `block`, and at a `,` or `;` of its own level, which no condition
+    /// holds but in generics (`f::<A, B>()`); such generics, a struct
+    /// pattern or a `match` before the block end it early: a miss, not a
+    /// false alarm.
     fn search_tokens(&mut self, tokens: proc_macro2::TokenStream) {
         use proc_macro2::{Delimiter, Spacing, TokenTree};
         let tts: Vec<TokenTree> = tokens.into_iter().collect();
@@ -116,18 +121,18 @@ impl LetChains<'_> {
             _ => false,
         };
         let logic = |i: usize| pair(i, &[('&', '&'), ('|', '|')]);
+        // A copy: the groups within are searched with `self` (a few names).
+        let block_vars = self.block_vars.clone();
         let ends_search = |j: usize| match &tts[j] {
             TokenTree::Group(g) => g.delimiter() == Delimiter::Brace,
             TokenTree::Ident(id) => id == "else",
             // The end of a match arm or an argument (`if let $p = $e $b,`),
-            // or of a statement; or a metavariable right after another
-            // (`$e $b`: the second is the block).
+            // or of a statement; or a `$b` the macro declares a block.
             TokenTree::Punct(p) => {
                 matches!(p.as_char(), ',' | ';')
                     || (p.as_char() == '$'
-                        && j >= 2
-                        && matches!(&tts[j - 1], TokenTree::Ident(_))
-                        && matches!(&tts[j - 2], TokenTree::Punct(q) if q.as_char() == '$'))
+                        && matches!(tts.get(j + 1), Some(TokenTree::Ident(name))
+                            if block_vars.iter().any(|b| name == b)))
             }
             TokenTree::Literal(_) => false,
         };
@@ -151,6 +156,28 @@ impl LetChains<'_> {
     }
 }
 
+/// The names of the `$name:block` fragments a `macro_rules!` declares.
+fn block_metavariables(tokens: proc_macro2::TokenStream) -> Vec<String> {
+    use proc_macro2::TokenTree;
+    let tts: Vec<TokenTree> = tokens.into_iter().collect();
+    let mut names = Vec::new();
+    for (i, tt) in tts.iter().enumerate() {
+        match (tt, tts.get(i + 1), tts.get(i + 2), tts.get(i + 3)) {
+            (
+                TokenTree::Punct(dollar),
+                Some(TokenTree::Ident(name)),
+                Some(TokenTree::Punct(colon)),
+                Some(TokenTree::Ident(kind)),
+            ) if dollar.as_char() == '$' && colon.as_char() == ':' && kind == "block" => {
+                names.push(name.to_string())
+            }
+            (TokenTree::Group(g), ..) => names.extend(block_metavariables(g.stream())),
+            _ => {}
+        }
+    }
+    names
+}
+
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
         let path = entry.unwrap().path();
@@ -168,6 +195,7 @@ fn let_chains(file: &Path, source: &str) -> Vec<String> {
     let mut chains = LetChains {
         file,
         found: Vec::new(),
+        block_vars: Vec::new(),
     };
     chains.visit_file(&parsed);
     chains.found
@@ -240,8 +268,8 @@ fn code_blocks(lines: &[(usize, &str)]) -> Vec<(usize, String)> {
             blank_before = false;
             continue;
         }
-        if let Some(rest) = text
-            .strip_prefix("    ")
+        // (A tab goes to the next multiple of four columns.)
+        if let Some(rest) = (text.strip_prefix("    ").or_else(|| text.strip_prefix('\t')))
             .filter(|_| blank_before || indented.is_some())
         {
             let (_, code) = indented.get_or_insert_with(|| (line, String::new()));
@@ -282,6 +310,7 @@ fn let_chains_in_block(file: &Path, line: usize, code: &str) -> Vec<String> {
     let mut chains = LetChains {
         file: &name,
         found: Vec::new(),
+        block_vars: Vec::new(),
     };
     chains.visit_file(&parsed);
     chains.found
@@ -295,7 +324,9 @@ fn let_chains_in_block(file: &Path, line: usize, code: &str) -> Vec<String> {
 ///
 /// Not read as rustdoc does (none of these is in the tree): the leading
 /// `*` of each line of a `/** */` comment, `///` lines mixed with
-/// `#[doc = ".."]` ones (rustdoc unindents the two kinds apart); and, in
+/// `#[doc = ".."]` ones (rustdoc unindents the two kinds apart), a file
+/// module's `//!` docs under `///` ones on its `mod` line (rustdoc
+/// unindents them together); and, in
 /// [`code_blocks`], fences in a list item or a block quote, and Markdown
 /// inside HTML (read as Markdown here).
 fn doc_runs(parsed: &syn::File) -> Vec<Vec<(usize, String)>> {
@@ -470,6 +501,7 @@ fn code_blocks_are_read_as_rustdoc_reads_them() {
         format!("/// ```\n#[inline]\n/// {code}\n/// ```\nfn f() {{}}"),
         // A fence never closed runs to the end of its item's docs.
         format!("/// ```\n/// {code}\nfn f() {{}}\n/// text\nfn g() {{}}"),
+        format!("///text\n///\n///\t{code}\nfn f() {{}}"),
         // No space after the slashes: the block is indented all the same.
         format!("///text\n///\n///    {code}\nfn f() {{}}"),
         // An indented block goes on past a blank line.
@@ -524,6 +556,11 @@ fn the_check_sees_chains_and_nothing_else() {
         "fn f(v: Option<u8>, r: bool) { let _ = json!({ \"x\": if let Some(x) = v && r { x } else { 0 } }); }",
         "fn f(x: Option<u8>, w: Option<u8>) -> u8 { match x { Some(v) if let Some(y) = w => v + y, _ => 0 } }",
         "macro_rules! g { ($x:expr, $w:expr) => { match $x { Some(v) if let Some(y) = $w => v + y, _ => 0 } }; }",
+        "macro_rules! i { ($p:pat, $e:expr, $($m:ident),*; $c:expr) => { if let $p = $e $(.$m())* && $c { } }; }",
+        "macro_rules! j { ($p:pat, $f:ident, $args:tt, $c:expr) => { if let $p = $f $args && $c { } }; }",
+        "macro_rules! k { ($p:pat, $x:expr, $op:tt, $y:expr, $c:expr) => { if let $p = $x $op $y && $c { } }; }",
+        "macro_rules! l { ($p:pat, [$($q:pat),*], $e:expr, $c:expr) => { if let $p $(| $q)* = $e && $c { } }; }",
+        "macro_rules! q { ($p:pat, $e:expr, $c:expr, $b:block) => { if let $p = $e && $c $b }; }",
     ] {
         assert_eq!(chains(chain), 1, "not seen: {chain}");
     }
