@@ -25,14 +25,21 @@
 // Rust side does, a `cmd` starting with NODE_ and the protocol's own
 // shapes), onMessage(fn) (returns an unsubscribe function; plain messages
 // that come while there is no listener wait for one, up to 1,024 messages
-// and 64 Mi characters of JSON text, kept as that text, and past that are
-// counted in droppedMessages; serialized again, a message kept as text has
+// and 64 Mi characters of JSON text, kept as that text, and past that (or
+// if its text would be longer than a string can be) are counted in
+// droppedMessages; serialized again, a message kept as text has
 // 0 for -0, and null for a number too large for a double, where one heard
 // at once has -0 and Infinity),
 // peerExtensions (what the peer advertised), extensions (negotiated: ours
 // AND the peer's), uses(name), close() (fails what is pending, lets what
 // was sent be written, up to closeTimeoutMs, then disconnects the channel;
 // returns a promise settled once it is disconnected).
+//
+// Requests are served from the start, before the handshake ends. If it
+// then times out (setup rejects with ETIMEDOUT), the session closes: what
+// handlers asked the peer meanwhile fails, their ctx.cancelled turns
+// true, and nothing of the session stays on proc, so setup may be tried
+// again on it.
 //
 // A handler that passes on (rethrows) an error its own request to the
 // peer got passes it whole, but for the names that say a request was not
