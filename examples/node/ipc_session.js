@@ -39,7 +39,7 @@
 // then times out (setup rejects with ETIMEDOUT), the session closes: what
 // handlers asked the peer meanwhile fails, their ctx.cancelled turns
 // true, and nothing of the session stays on proc, so setup may be tried
-// again on it.
+// again on it (a close() through ctx.session then leaves the channel be).
 //
 // A handler that passes on (rethrows) an error its own request to the
 // peer got passes it whole, but for the names that say a request was not
@@ -593,17 +593,10 @@ function setupIpcSession(proc, handler, {
         // event is being emitted (close() called from a listener of the
         // program's, added before ours) would not be called.
         onDisconnected = resolve;
-        if (handshakeTimedOut) {
-          // Our 'disconnect' listener was taken off (a handler can still
-          // close through ctx.session). Put back for a channel still open;
-          // for one already going, whether its 'disconnect' came and went
-          // cannot be known: settled now.
-          if (!proc.connected) {
-            wakeDisconnect();
-            return resolve();
-          }
-          proc.once('disconnect', onDisconnect);
-        }
+        // A session whose handshake timed out never had the channel (a
+        // handler can still close through ctx.session): it leaves it to
+        // the caller, who may have set up another session on it since.
+        if (handshakeTimedOut) return resolve();
         if (!proc.connected) {
           // Disconnecting already (by the program's own proc.disconnect()):
           // wake Node's wait if it is the lost one.
