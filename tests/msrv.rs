@@ -91,9 +91,28 @@ impl<'ast> Visit<'ast> for LetChains<'_> {
     fn visit_item_macro(&mut self, m: &'ast syn::ItemMacro) {
         // `macro_rules!` bodies are patterns and templates: only searched.
         if m.mac.path.is_ident("macro_rules") {
-            self.block_vars = block_metavariables(m.mac.tokens.clone());
-            self.search_tokens(m.mac.tokens.clone());
+            // Rule by rule (`(matcher) => {template}`): a name may be a
+            // block in one rule and an expression in another.
+            use proc_macro2::TokenTree;
+            let tts: Vec<TokenTree> = m.mac.tokens.clone().into_iter().collect();
+            let arrow = |i: usize| {
+                matches!((tts.get(i), tts.get(i + 1)),
+                    (Some(TokenTree::Punct(a)), Some(TokenTree::Punct(b))) if a.as_char() == '=' && b.as_char() == '>')
+            };
+            let mut rules = 0;
+            for i in 0..tts.len() {
+                if let (TokenTree::Group(matcher), true, Some(TokenTree::Group(template))) =
+                    (&tts[i], arrow(i + 1), tts.get(i + 3))
+                {
+                    self.block_vars = block_metavariables(matcher.stream());
+                    self.search_tokens(template.stream());
+                    rules += 1;
+                }
+            }
             self.block_vars.clear();
+            if rules == 0 {
+                self.search_tokens(m.mac.tokens.clone());
+            }
         } else {
             syn::visit::visit_item_macro(self, m);
         }
@@ -105,11 +124,13 @@ impl LetChains<'_> {
     /// let` with `&&` or `||` before the next braces (the block), or with
     /// `=>` there (an if-let guard), or `&& let` anywhere; in every group.
     /// The search after a `let` also stops at `else` (after a block that is
-    /// a metavariable, `$then else`), at a metavariable the macro declares
-    /// a `block`, and at a `,` or `;` of its own level, which no condition
-    /// holds but in generics (`f::<A, B>()`); such generics, a struct
-    /// pattern or a `match` before the block end it early: a miss, not a
-    /// false alarm.
+    /// a metavariable, `$then else`), at a metavariable the rule declares
+    /// a `block` (not one followed by `&&` or `||`: an operand), and at a
+    /// `,` or `;` of its own level, which no condition holds but in
+    /// generics (`f::<A, B>()`); such generics, a struct pattern or a
+    /// `match` before the block end it early: a miss, not a false alarm. A
+    /// block passed as a `tt` (`if let $p = $e $body` and then `&&` in the
+    /// next statement) is a false alarm: the test fails, visibly.
     fn search_tokens(&mut self, tokens: proc_macro2::TokenStream) {
         use proc_macro2::{Delimiter, Spacing, TokenTree};
         let tts: Vec<TokenTree> = tokens.into_iter().collect();
@@ -127,12 +148,22 @@ impl LetChains<'_> {
             TokenTree::Group(g) => g.delimiter() == Delimiter::Brace,
             TokenTree::Ident(id) => id == "else",
             // The end of a match arm or an argument (`if let $p = $e $b,`),
-            // or of a statement; or a `$b` the macro declares a block.
+            // or of a statement; or a `$b` the rule declares a block (or a
+            // repetition of one, `$($b)+`), unless an operand (`$b && c`).
             TokenTree::Punct(p) => {
+                let is_block = |t: Option<&TokenTree>| match t {
+                    Some(TokenTree::Ident(name)) => block_vars.iter().any(|b| name == b),
+                    Some(TokenTree::Group(g)) if g.delimiter() == Delimiter::Parenthesis => {
+                        let inner: Vec<TokenTree> = g.stream().into_iter().collect();
+                        inner.windows(2).any(|w| {
+                            matches!(&w[0], TokenTree::Punct(d) if d.as_char() == '$')
+                                && matches!(&w[1], TokenTree::Ident(n) if block_vars.iter().any(|b| n == b))
+                        })
+                    }
+                    _ => false,
+                };
                 matches!(p.as_char(), ',' | ';')
-                    || (p.as_char() == '$'
-                        && matches!(tts.get(j + 1), Some(TokenTree::Ident(name))
-                            if block_vars.iter().any(|b| name == b)))
+                    || (p.as_char() == '$' && is_block(tts.get(j + 1)) && !logic(j + 2))
             }
             TokenTree::Literal(_) => false,
         };
@@ -268,10 +299,7 @@ fn code_blocks(lines: &[(usize, &str)]) -> Vec<(usize, String)> {
             blank_before = false;
             continue;
         }
-        // (A tab goes to the next multiple of four columns.)
-        if let Some(rest) = (text.strip_prefix("    ").or_else(|| text.strip_prefix('\t')))
-            .filter(|_| blank_before || indented.is_some())
-        {
+        if let Some(rest) = indented_code(text).filter(|_| blank_before || indented.is_some()) {
             let (_, code) = indented.get_or_insert_with(|| (line, String::new()));
             for _ in 0..std::mem::take(&mut blanks_in_indented) {
                 code.push('\n');
@@ -301,6 +329,23 @@ fn code_blocks(lines: &[(usize, &str)]) -> Vec<(usize, String)> {
     blocks
 }
 
+/// The code of a line indented four columns or more (a tab goes to the
+/// next multiple of four), as Markdown reads an indented code block.
+fn indented_code(text: &str) -> Option<&str> {
+    let mut column = 0;
+    for (at, c) in text.char_indices() {
+        if column >= 4 {
+            return Some(&text[at..]);
+        }
+        match c {
+            ' ' => column += 1,
+            '\t' => column += 4 - column % 4,
+            _ => return None,
+        }
+    }
+    None
+}
+
 /// The let chains of a code block: as a file, or as the body of the
 /// `main` rustdoc wraps it in; one that is neither (a fragment) unread.
 fn let_chains_in_block(file: &Path, line: usize, code: &str) -> Vec<String> {
@@ -326,9 +371,9 @@ fn let_chains_in_block(file: &Path, line: usize, code: &str) -> Vec<String> {
 /// `*` of each line of a `/** */` comment, `///` lines mixed with
 /// `#[doc = ".."]` ones (rustdoc unindents the two kinds apart), a file
 /// module's `//!` docs under `///` ones on its `mod` line (rustdoc
-/// unindents them together); and, in
-/// [`code_blocks`], fences in a list item or a block quote, and Markdown
-/// inside HTML (read as Markdown here).
+/// unindents them together); and, in [`code_blocks`], fences and
+/// indented lines in a list item or a block quote, and Markdown inside
+/// HTML (read as Markdown here).
 fn doc_runs(parsed: &syn::File) -> Vec<Vec<(usize, String)>> {
     /// The runs, and whether the next doc attribute starts a new one.
     struct Docs(Vec<Vec<(usize, String)>>, bool);
@@ -502,6 +547,8 @@ fn code_blocks_are_read_as_rustdoc_reads_them() {
         // A fence never closed runs to the end of its item's docs.
         format!("/// ```\n/// {code}\nfn f() {{}}\n/// text\nfn g() {{}}"),
         format!("///text\n///\n///\t{code}\nfn f() {{}}"),
+        format!("/// text\n///\n///   \t{code}\nfn f() {{}}"),
+        format!("///text\n///\n/// \t{code}\nfn f() {{}}"),
         // No space after the slashes: the block is indented all the same.
         format!("///text\n///\n///    {code}\nfn f() {{}}"),
         // An indented block goes on past a blank line.
@@ -561,6 +608,8 @@ fn the_check_sees_chains_and_nothing_else() {
         "macro_rules! k { ($p:pat, $x:expr, $op:tt, $y:expr, $c:expr) => { if let $p = $x $op $y && $c { } }; }",
         "macro_rules! l { ($p:pat, [$($q:pat),*], $e:expr, $c:expr) => { if let $p $(| $q)* = $e && $c { } }; }",
         "macro_rules! q { ($p:pat, $e:expr, $c:expr, $b:block) => { if let $p = $e && $c $b }; }",
+        "macro_rules! r { ($b:block) => { $b }; ($p:pat, $b:expr, $c:expr) => { if let $p = $b.0 && $c { } }; }",
+        "macro_rules! s { ($p:pat, $b:block, $c:expr) => { if let $p = $b && $c { } }; }",
     ] {
         assert_eq!(chains(chain), 1, "not seen: {chain}");
     }
@@ -581,6 +630,7 @@ fn the_check_sees_chains_and_nothing_else() {
         "macro_rules! o { ($p:pat, $e:expr, $b:block) => { if let $p = $e $b if a() && b() { } }; }",
         "macro_rules! t { ($p:pat, $e:expr, $b:block) => {{ if let $p = $e $b a() && b() }}; }",
         "macro_rules! w { ($p:pat, $e:expr, $b:block) => { while let $p = $e $b while a() || b() { } }; }",
+        "macro_rules! x { ($p:pat, $e:expr, $($b:block)+) => {{ if let $p = $e $($b)+ a() && b() }}; }",
     ] {
         assert_eq!(chains(not_a_chain), 0, "taken for a chain: {not_a_chain}");
     }
