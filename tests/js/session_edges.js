@@ -132,7 +132,7 @@ const cases = {
       await failed;
       const closed = within(3000, ctx.session.close(), 'ctx.session.close()').then(() => 'settled', (e) => e.message);
       handler({ asked: await asked, closed: await closed, connected: c.connected });
-    }, { handshakeTimeoutMs: 1000 });
+    }, { handshakeTimeoutMs: 3000 }); // its request comes well before
     const err = await setup.then(() => null, (e) => e);
     timedOut();
     if (err?.code !== 'ETIMEDOUT') throw new Error(`setup: ${err}`);
