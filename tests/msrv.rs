@@ -104,7 +104,9 @@ impl<'ast> Visit<'ast> for LetChains<'_> {
                 if let (TokenTree::Group(matcher), true, Some(TokenTree::Group(template))) =
                     (&tts[i], arrow(i + 1), tts.get(i + 3))
                 {
+                    // With those of a macro_rules! defined in the template.
                     self.block_vars = block_metavariables(matcher.stream());
+                    self.block_vars.extend(block_metavariables(template.stream()));
                     self.search_tokens(template.stream());
                     rules += 1;
                 }
@@ -149,7 +151,8 @@ impl LetChains<'_> {
             TokenTree::Ident(id) => id == "else",
             // The end of a match arm or an argument (`if let $p = $e $b,`),
             // or of a statement; or a `$b` the rule declares a block (or a
-            // repetition of one, `$($b)+`), unless an operand (`$b && c`).
+            // repetition of one, `$($b)+`) right after an operand (`$e $b`,
+            // `$e? $b`: the body), not after `=` or an operator (`= $b &&`).
             TokenTree::Punct(p) => {
                 let is_block = |t: Option<&TokenTree>| match t {
                     Some(TokenTree::Ident(name)) => block_vars.iter().any(|b| name == b),
@@ -162,8 +165,13 @@ impl LetChains<'_> {
                     }
                     _ => false,
                 };
+                let after_operand = j > 0
+                    && match &tts[j - 1] {
+                        TokenTree::Punct(q) => q.as_char() == '?',
+                        _ => true,
+                    };
                 matches!(p.as_char(), ',' | ';')
-                    || (p.as_char() == '$' && is_block(tts.get(j + 1)) && !logic(j + 2))
+                    || (p.as_char() == '$' && is_block(tts.get(j + 1)) && after_operand)
             }
             TokenTree::Literal(_) => false,
         };
@@ -610,6 +618,7 @@ fn the_check_sees_chains_and_nothing_else() {
         "macro_rules! q { ($p:pat, $e:expr, $c:expr, $b:block) => { if let $p = $e && $c $b }; }",
         "macro_rules! r { ($b:block) => { $b }; ($p:pat, $b:expr, $c:expr) => { if let $p = $b.0 && $c { } }; }",
         "macro_rules! s { ($p:pat, $b:block, $c:expr) => { if let $p = $b && $c { } }; }",
+        "macro_rules! c { ($p:pat, $($b:block)?, $c:expr) => { if let $p = $($b)? && $c { } }; }",
     ] {
         assert_eq!(chains(chain), 1, "not seen: {chain}");
     }
@@ -631,6 +640,9 @@ fn the_check_sees_chains_and_nothing_else() {
         "macro_rules! t { ($p:pat, $e:expr, $b:block) => {{ if let $p = $e $b a() && b() }}; }",
         "macro_rules! w { ($p:pat, $e:expr, $b:block) => { while let $p = $e $b while a() || b() { } }; }",
         "macro_rules! x { ($p:pat, $e:expr, $($b:block)+) => {{ if let $p = $e $($b)+ a() && b() }}; }",
+        "macro_rules! y { ($p:pat, $e:expr, $b:block) => {{ if let $p = $e $b && b() }}; }",
+        "macro_rules! z { ($p:pat, $e:expr, $b:block) => {{ if let $p = $e? $b || b() }}; }",
+        "macro_rules! o { () => { macro_rules! i { ($p:pat, $e:expr, $b:block) => {{ if let $p = $e $b a() && b() }}; } }; }",
     ] {
         assert_eq!(chains(not_a_chain), 0, "taken for a chain: {not_a_chain}");
     }

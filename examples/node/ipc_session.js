@@ -33,7 +33,8 @@
 // peerExtensions (what the peer advertised), extensions (negotiated: ours
 // AND the peer's), uses(name), close() (fails what is pending, lets what
 // was sent be written, up to closeTimeoutMs, then disconnects the channel;
-// returns a promise settled once it is disconnected).
+// returns a promise settled once it is disconnected; for a session whose
+// handshake timed out, settled at once, the channel left be).
 //
 // Requests are served from the start, before the handshake ends. If it
 // then times out (setup rejects with ETIMEDOUT), the session closes: what
