@@ -165,9 +165,23 @@ impl LetChains<'_> {
                     }
                     _ => false,
                 };
+                // What ends an operand: a name or a group (not a keyword
+                // that takes a block: `loop $b`), `?`, the `>` of generics
+                // or a cast's type, a repetition's `+` `*` `?` (`$($f).+`).
                 let after_operand = j > 0
                     && match &tts[j - 1] {
-                        TokenTree::Punct(q) => q.as_char() == '?',
+                        TokenTree::Ident(id) => !matches!(
+                            id.to_string().as_str(),
+                            "loop" | "const" | "unsafe" | "async" | "move"
+                        ),
+                        TokenTree::Punct(q) => {
+                            matches!(q.as_char(), '?' | '>')
+                                || (matches!(q.as_char(), '+' | '*')
+                                    && (j >= 3
+                                        && matches!(&tts[j - 3], TokenTree::Punct(d) if d.as_char() == '$')
+                                        || j >= 4
+                                            && matches!(&tts[j - 4], TokenTree::Punct(d) if d.as_char() == '$')))
+                        }
                         _ => true,
                     };
                 matches!(p.as_char(), ',' | ';')
@@ -619,6 +633,8 @@ fn the_check_sees_chains_and_nothing_else() {
         "macro_rules! r { ($b:block) => { $b }; ($p:pat, $b:expr, $c:expr) => { if let $p = $b.0 && $c { } }; }",
         "macro_rules! s { ($p:pat, $b:block, $c:expr) => { if let $p = $b && $c { } }; }",
         "macro_rules! c { ($p:pat, $($b:block)?, $c:expr) => { if let $p = $($b)? && $c { } }; }",
+        "macro_rules! l { ($p:pat, $b:block, $c:expr) => { if let $p = loop $b && $c { } }; }",
+        "macro_rules! k { ($p:pat, $b:block, $c:expr) => { if let $p = const $b && $c { } }; }",
     ] {
         assert_eq!(chains(chain), 1, "not seen: {chain}");
     }
@@ -641,6 +657,9 @@ fn the_check_sees_chains_and_nothing_else() {
         "macro_rules! w { ($p:pat, $e:expr, $b:block) => { while let $p = $e $b while a() || b() { } }; }",
         "macro_rules! x { ($p:pat, $e:expr, $($b:block)+) => {{ if let $p = $e $($b)+ a() && b() }}; }",
         "macro_rules! y { ($p:pat, $e:expr, $b:block) => {{ if let $p = $e $b && b() }}; }",
+        "macro_rules! f { ($p:pat, $($f:ident).+, $b:block) => {{ if let $p = $($f).+ $b a() && b() }}; }",
+        "macro_rules! g { ($p:pat, $b:block) => {{ if let $p = None::<u8> $b a() && b() }}; }",
+        "macro_rules! h { ($p:pat, $e:expr, $b:block) => {{ if let $p = $e as Option<u8> $b a() && b() }}; }",
         "macro_rules! z { ($p:pat, $e:expr, $b:block) => {{ if let $p = $e? $b || b() }}; }",
         "macro_rules! o { () => { macro_rules! i { ($p:pat, $e:expr, $b:block) => {{ if let $p = $e $b a() && b() }}; } }; }",
     ] {
