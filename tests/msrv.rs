@@ -127,12 +127,15 @@ impl LetChains<'_> {
     /// `=>` there (an if-let guard), or `&& let` anywhere; in every group.
     /// The search after a `let` also stops at `else` (after a block that is
     /// a metavariable, `$then else`), at a metavariable the rule declares
-    /// a `block` (not one followed by `&&` or `||`: an operand), and at a
-    /// `,` or `;` of its own level, which no condition holds but in
-    /// generics (`f::<A, B>()`); such generics, a struct pattern or a
-    /// `match` before the block end it early: a miss, not a false alarm. A
-    /// block passed as a `tt` (`if let $p = $e $body` and then `&&` in the
-    /// next statement) is a false alarm: the test fails, visibly.
+    /// a `block` where it is the body, right after an operand (see
+    /// `after_operand`: a guess from one token, so an operand ending in
+    /// other punctuation gives a false alarm, and a block after another
+    /// keyword that takes one may be a miss), and at a `,` or `;` of its
+    /// own level, which no condition holds but in generics
+    /// (`f::<A, B>()`); such generics, a struct pattern or a `match` before
+    /// the block end it early: a miss, not a false alarm. A block passed as
+    /// a `tt` (`if let $p = $e $body` and then `&&` in the next statement)
+    /// is a false alarm: the test fails, visibly.
     fn search_tokens(&mut self, tokens: proc_macro2::TokenStream) {
         use proc_macro2::{Delimiter, Spacing, TokenTree};
         let tts: Vec<TokenTree> = tokens.into_iter().collect();
