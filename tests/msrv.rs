@@ -248,13 +248,32 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 /// The let chains in `source`, as `file:line`.
 fn let_chains(file: &Path, source: &str) -> Vec<String> {
     let parsed = syn::parse_file(source).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let_chains_in(file, &parsed)
+}
+
+/// The let chains of parsed Rust, as `file:line`.
+fn let_chains_in(file: &Path, parsed: &syn::File) -> Vec<String> {
     let mut chains = LetChains {
         file,
         found: Vec::new(),
         block_vars: Vec::new(),
     };
-    chains.visit_file(&parsed);
+    chains.visit_file(parsed);
     chains.found
+}
+
+/// The let chains of the code blocks in parsed Rust's doc comments, and
+/// how many blocks there were.
+fn let_chains_in_docs(file: &Path, parsed: &syn::File) -> (Vec<String>, usize) {
+    let (mut found, mut blocks) = (Vec::new(), 0);
+    for run in doc_runs(parsed) {
+        let lines: Vec<(usize, &str)> = run.iter().map(|(n, t)| (*n, t.as_str())).collect();
+        for (line, code) in code_blocks(&lines) {
+            blocks += 1;
+            found.extend(let_chains_in_block(file, line, &code));
+        }
+    }
+    (found, blocks)
 }
 
 /// The Rust code blocks of Markdown lines, as rustdoc compiles them (the
@@ -377,13 +396,7 @@ fn let_chains_in_block(file: &Path, line: usize, code: &str) -> Vec<String> {
     let parsed = syn::parse_file(code).or_else(|_| syn::parse_file(&format!("fn main() {{\n{code}\n}}")));
     let Ok(parsed) = parsed else { return Vec::new() };
     let name = PathBuf::from(format!("{} (the code block at line {line})", file.display()));
-    let mut chains = LetChains {
-        file: &name,
-        found: Vec::new(),
-        block_vars: Vec::new(),
-    };
-    chains.visit_file(&parsed);
-    chains.found
+    let_chains_in(&name, &parsed)
 }
 
 /// The doc comments of Rust source (`///`, `//!`, `/** */`, `#[doc =
@@ -400,6 +413,15 @@ fn let_chains_in_block(file: &Path, line: usize, code: &str) -> Vec<String> {
 /// indented lines in a list item or a block quote, and Markdown inside
 /// HTML (read as Markdown here).
 fn doc_runs(parsed: &syn::File) -> Vec<Vec<(usize, String)>> {
+    /// Visits of an owner of docs: the next doc attribute starts a run.
+    macro_rules! starts_a_run {
+        ($($visit:ident($node:ty)),* $(,)?) => {$(
+            fn $visit(&mut self, node: &'ast $node) {
+                self.1 = true;
+                syn::visit::$visit(self, node);
+            }
+        )*};
+    }
     /// The runs, and whether the next doc attribute starts a new one.
     struct Docs(Vec<Vec<(usize, String)>>, bool);
     impl<'ast> Visit<'ast> for Docs {
@@ -428,37 +450,21 @@ fn doc_runs(parsed: &syn::File) -> Vec<Vec<(usize, String)>> {
                 run.push((line + i, l.to_string()));
             }
         }
-        fn visit_field(&mut self, field: &'ast syn::Field) {
-            // A field of type `()` has no ident of its own.
-            self.1 = true;
-            syn::visit::visit_field(self, field);
-        }
-        fn visit_variant(&mut self, variant: &'ast syn::Variant) {
-            self.1 = true;
-            syn::visit::visit_variant(self, variant);
-        }
         // syn visits a node's attributes first, then the rest of it: its
         // name, its type, its body, and the nodes within, each of which
         // starts the next run. (A node with no ident before the next
-        // owner's attributes: an item, an impl item, ... start one anyway.)
+        // owner's attributes, as an item, an impl item, or a field of
+        // type `()`, starts one anyway.)
         fn visit_ident(&mut self, _: &'ast proc_macro2::Ident) {
             self.1 = true;
         }
-        fn visit_item(&mut self, item: &'ast syn::Item) {
-            self.1 = true;
-            syn::visit::visit_item(self, item);
-        }
-        fn visit_impl_item(&mut self, item: &'ast syn::ImplItem) {
-            self.1 = true;
-            syn::visit::visit_impl_item(self, item);
-        }
-        fn visit_trait_item(&mut self, item: &'ast syn::TraitItem) {
-            self.1 = true;
-            syn::visit::visit_trait_item(self, item);
-        }
-        fn visit_foreign_item(&mut self, item: &'ast syn::ForeignItem) {
-            self.1 = true;
-            syn::visit::visit_foreign_item(self, item);
+        starts_a_run! {
+            visit_item(syn::Item),
+            visit_impl_item(syn::ImplItem),
+            visit_trait_item(syn::TraitItem),
+            visit_foreign_item(syn::ForeignItem),
+            visit_field(syn::Field),
+            visit_variant(syn::Variant),
         }
     }
     let mut docs = Docs(Vec::new(), true);
@@ -492,15 +498,11 @@ fn no_let_chains_for_rust_1_85() {
     for file in &files {
         let source = std::fs::read_to_string(file).unwrap();
         let name = file.strip_prefix(root).unwrap();
-        found.extend(let_chains(name, &source));
-        let parsed = syn::parse_file(&source).unwrap();
-        for run in doc_runs(&parsed) {
-            let lines: Vec<(usize, &str)> = run.iter().map(|(n, t)| (*n, t.as_str())).collect();
-            for (line, code) in code_blocks(&lines) {
-                blocks += 1;
-                found.extend(let_chains_in_block(name, line, &code));
-            }
-        }
+        let parsed = syn::parse_file(&source).unwrap_or_else(|e| panic!("{}: {e}", name.display()));
+        found.extend(let_chains_in(name, &parsed));
+        let (in_docs, n) = let_chains_in_docs(name, &parsed);
+        found.extend(in_docs);
+        blocks += n;
     }
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
     let lines: Vec<(usize, &str)> = readme.lines().enumerate().map(|(i, l)| (i + 1, l)).collect();
@@ -520,15 +522,9 @@ fn no_let_chains_for_rust_1_85() {
 #[test]
 fn code_blocks_are_read_as_rustdoc_reads_them() {
     let chains = |source: &str| {
-        let parsed = syn::parse_file(source).unwrap();
-        let mut n = 0;
-        for run in doc_runs(&parsed) {
-            let lines: Vec<(usize, &str)> = run.iter().map(|(l, t)| (*l, t.as_str())).collect();
-            for (line, code) in code_blocks(&lines) {
-                n += let_chains_in_block(Path::new("x.rs"), line, &code).len();
-            }
-        }
-        n
+        let_chains_in_docs(Path::new("x.rs"), &syn::parse_file(source).unwrap())
+            .0
+            .len()
     };
     let block = |info: &str, body: &str| format!("/// ```{info}\n{body}/// ```\nfn f() {{}}\n");
     let chain = "/// # let (v, r) = (Some(1), true);\n/// if let Some(x) = v && r { let _ = x; }\n";
