@@ -46,7 +46,7 @@ pub enum Error {
 
     /// The peer failed the request and sent back this error (`error`
     /// extension): its handler failed, or it refused the request unhandled
-    /// (`Overloaded`, `RequestTooLong`, `NoHandler`).
+    /// (`Overloaded`, `RequestTooLong`, `RequestUnreadable`, `NoHandler`).
     #[error("the peer answered with an error: {0}")]
     Remote(Box<RemoteError>),
 
@@ -246,14 +246,15 @@ fn signal_name(sig: i32) -> &'static str {
 /// | `ErrorTooLarge` | an error answer too long to send, sent without its data and stack |
 /// | `Overloaded` | refused unhandled: too many requests already wait for a handler |
 /// | `RequestTooLong` | refused unhandled: the request was longer than this side reads |
+/// | `RequestUnreadable` | refused unhandled: the request was not JSON (its envelope was, so it could be answered) |
 /// | `NoHandler` | refused unhandled: this side set up its session without a handler |
 /// | `HandlerNotRun` | a [`blocking::handler_fn`](crate::blocking::handler_fn) not started: the runtime was stopping |
 /// | an [`Error`] variant's name (`DecodeRequest`, ...) | a handler returned this crate's error with `?` (but [`Error::Remote`] goes on as it came: see below) |
 ///
-/// `Overloaded`, `RequestTooLong`, `NoHandler` and `HandlerNotRun` say the
-/// request was not run, so a caller may send it again. A handler that
-/// passes on with `?` an error its own call to a peer got keeps it whole,
-/// but for these four: that handler did run, so they become `Remote`, with
+/// `Overloaded`, `RequestTooLong`, `RequestUnreadable`, `NoHandler` and
+/// `HandlerNotRun` say the request was not run, so a caller may send it
+/// again. A handler that passes on with `?` an error its own call to a peer
+/// got keeps it whole, but for these five: that handler did run, so they become `Remote`, with
 /// the peer's name and message in the message.
 ///
 /// `examples/node/ipc_session.js` sends `ResponseNotSent` too, for an
@@ -369,7 +370,13 @@ impl RemoteError {
 
 /// The names this crate sends for a request it did not run (see
 /// [`RemoteError`]): a caller may send such a request again.
-const NOT_RUN: [&str; 4] = ["Overloaded", "RequestTooLong", "NoHandler", "HandlerNotRun"];
+const NOT_RUN: [&str; 5] = [
+    "Overloaded",
+    "RequestTooLong",
+    "RequestUnreadable",
+    "NoHandler",
+    "HandlerNotRun",
+];
 
 /// A peer's error, passed on by a handler (with `?`): whole, but for a
 /// name that says the request was not run, which the request the handler

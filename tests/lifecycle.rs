@@ -1087,6 +1087,79 @@ async fn a_request_too_long_to_read_is_refused_under_its_uid_as_sent() {
 }
 
 #[tokio::test]
+async fn a_line_that_is_not_json_but_has_an_envelope_is_answered_not_left_waiting() {
+    // A peer of another make may write a payload that is not JSON (Node
+    // cannot). The envelope comes first and is well formed, so the line is
+    // known: a request is refused under its UID, an answer fails the
+    // request it answers. Either way nobody waits for ever, and it is not
+    // a plain message's error.
+    use tokio::io::AsyncWriteExt;
+    let handler = handler_fn(|_: Request| async { Ok::<_, Error>("ran") });
+    let (session, mut reader, mut writer) =
+        serve_a_hand_played_peer(handler, ChannelConfig::default(), 4096, None).await;
+    let mut messages = session.messages().unwrap();
+    let head = |kind: &str, uid: &str| {
+        format!(
+            "{{\"_IPC_REQUEST/MSG_TYPE\":\"_IPC_REQUEST/MSG_TYPE:{kind}\",\
+             \"_IPC_REQUEST/REQUEST_UID\":\"{uid}\",\"_IPC_REQUEST/PAYLOAD\":"
+        )
+        .into_bytes()
+    };
+    let not_utf8 = [&head("REQUEST", "a")[..], b"\"\xff\"}\n"].concat();
+    let not_json = [&head("REQUEST", "b")[..], b"[1,}}\n"].concat();
+    for (line, uid) in [(not_utf8, "a"), (not_json, "b")] {
+        writer.write_all(&line).await.unwrap();
+        let answer = next_line(&mut reader, "the refusal never came").await;
+        let value: Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(value["_IPC_REQUEST/REQUEST_UID"], uid, "{answer}");
+        assert_eq!(
+            value["_IPC_REQUEST/PAYLOAD"]["name"], "RequestUnreadable",
+            "{answer}"
+        );
+    }
+    // An answer to our request that is not JSON fails that request.
+    let asking = tokio::spawn({
+        let session = session.clone();
+        async move { session.request::<_, Value>(&"q").await }
+    });
+    let request = next_line(&mut reader, "our request never came").await;
+    let request: Value = serde_json::from_str(&request).unwrap();
+    let uid = request["_IPC_REQUEST/REQUEST_UID"].as_str().unwrap().to_owned();
+    let bad_answer = [&head("RESPONSE", &uid)[..], b"{\"a\":\xff}}\n"].concat();
+    writer.write_all(&bad_answer).await.unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(10), asking)
+        .await
+        .expect("a request answered with a line that is not JSON was left waiting")
+        .unwrap();
+    assert!(
+        matches!(
+            answer,
+            Err(Error::Frame(ipc_request::FrameError::InvalidJson { .. }))
+        ),
+        "{answer:?}"
+    );
+    assert_eq!(session.pending_requests(), 0);
+    // None of the three reached the plain messages; a line without an
+    // envelope does, as its error.
+    writer.write_all(b"{\"x\":}\n[\"plain\"]\n").await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), messages.recv())
+        .await
+        .unwrap();
+    assert!(
+        matches!(first, Some(Err(Error::Frame(ipc_request::FrameError::InvalidJson { ref snippet, .. }))) if snippet == r#"{"x":}"#),
+        "{first:?}"
+    );
+    let second = tokio::time::timeout(Duration::from_secs(10), messages.recv())
+        .await
+        .unwrap();
+    assert_eq!(second.unwrap().unwrap(), serde_json::json!(["plain"]));
+    // And the session goes on.
+    write_protocol_line(&mut writer, "REQUEST", "c", "1").await;
+    let answer = next_line(&mut reader, "no answer").await;
+    assert!(answer.contains(r#""_IPC_REQUEST/PAYLOAD":"ran""#), "{answer}");
+}
+
+#[tokio::test]
 async fn an_answer_too_long_for_its_uid_still_reaches_the_peer_as_an_error() {
     // A UID that leaves less room than any answer needs: the answer, and
     // the error that replaces it, are both longer than the maximum. The

@@ -44,7 +44,8 @@
 //
 // A handler that passes on (rethrows) an error its own request to the
 // peer got passes it whole, but for the names that say a request was not
-// run (Overloaded, RequestTooLong, NoHandler, HandlerNotRun): this one was,
+// run (Overloaded, RequestTooLong, RequestUnreadable, NoHandler,
+// HandlerNotRun): this one was,
 // so those go as the Rust side sends them on, named Remote.
 //
 // A handler's answer that JSON cannot hold (a BigInt, a cycle, a function)
@@ -100,7 +101,7 @@ function describe(x) {
 
 // The names the Rust side sends for a request it did not run: its caller
 // may send it again.
-const NOT_RUN = new Set(['Overloaded', 'RequestTooLong', 'NoHandler', 'HandlerNotRun']);
+const NOT_RUN = new Set(['Overloaded', 'RequestTooLong', 'RequestUnreadable', 'NoHandler', 'HandlerNotRun']);
 
 // The error object of extension `error` (and of the 1.0 fallback payload).
 // Each field is read once (a getter could answer otherwise the second

@@ -349,7 +349,7 @@ impl ChannelReceiver {
                     if len > KEEP_AFTER_TOO_LONG {
                         self.give_back_a_grown_buffer();
                     }
-                    match node_internal_cmd_at_head(self.decoder.too_long_head()) {
+                    match node_internal_cmd_at_head(self.decoder.bad_line_head()) {
                         // Still Node's: a handle too long to read is refused
                         // like any other, or the Node peer would hold back
                         // everything it sends after it, for good.
@@ -420,10 +420,10 @@ impl ChannelReceiver {
         self.hang_up_probe.clone()
     }
 
-    /// The first bytes of the line last reported as too long (see
-    /// [`FrameDecoder::too_long_head`]).
-    pub(crate) fn too_long_head(&self) -> &[u8] {
-        self.decoder.too_long_head()
+    /// The first bytes of the line last reported as too long or not JSON
+    /// (see [`FrameDecoder::bad_line_head`]).
+    pub(crate) fn bad_line_head(&self) -> &[u8] {
+        self.decoder.bad_line_head()
     }
 
     /// Bytes already read and not yet handed out: non-zero means more

@@ -134,15 +134,15 @@ pub struct FrameDecoder {
     /// An over-long line was reported before its newline arrived: drop bytes up to and
     /// including the next newline.
     discarding: bool,
-    /// The first bytes of the line last reported as too long (see
-    /// [`FrameDecoder::too_long_head`]).
-    too_long_head: Vec<u8>,
+    /// The first bytes of the line last reported as an error (see
+    /// [`FrameDecoder::bad_line_head`]).
+    bad_line_head: Vec<u8>,
 }
 
-/// How many bytes of an over-long line [`FrameDecoder::too_long_head`] keeps: enough for the
-/// envelope of a request or response up to its payload, with a UID of up to about 4,000
-/// bytes (as sent: a lone surrogate takes six).
-pub const TOO_LONG_HEAD_LEN: usize = 4096;
+/// How many bytes of a line it could not read [`FrameDecoder::bad_line_head`] keeps: enough
+/// for the envelope of a request or response up to its payload, with a UID of up to about
+/// 4,000 bytes (as sent: a lone surrogate takes six).
+pub const BAD_LINE_HEAD_LEN: usize = 4096;
 
 impl FrameDecoder {
     /// A decoder that accepts lines of at most `max_len` bytes (newline excluded, surrounding
@@ -153,22 +153,23 @@ impl FrameDecoder {
             scanned: 0,
             clean: 0,
             discarding: false,
-            too_long_head: Vec::new(),
+            bad_line_head: Vec::new(),
         }
     }
 
-    /// The first bytes (at most [`TOO_LONG_HEAD_LEN`], leading whitespace skipped) of the line
-    /// most recently reported as [`FrameError::TooLong`], so that a layer above can say what it
-    /// was (the protocol layer finds the request it answered, or asked). Empty before any.
-    pub fn too_long_head(&self) -> &[u8] {
-        &self.too_long_head
+    /// The first bytes (at most [`BAD_LINE_HEAD_LEN`], leading whitespace skipped) of the line
+    /// most recently reported as [`FrameError::TooLong`] or [`FrameError::InvalidJson`], so that
+    /// a layer above can say what it was (the protocol layer finds the request it answered, or
+    /// asked, by an envelope that comes before what could not be read). Empty before any.
+    pub fn bad_line_head(&self) -> &[u8] {
+        &self.bad_line_head
     }
 
-    fn keep_too_long_head(&mut self, line: &[u8]) {
+    fn keep_bad_line_head(&mut self, line: &[u8]) {
         let line = trim_json_whitespace_start(line);
-        self.too_long_head.clear();
-        self.too_long_head
-            .extend_from_slice(&line[..line.len().min(TOO_LONG_HEAD_LEN)]);
+        self.bad_line_head.clear();
+        self.bad_line_head
+            .extend_from_slice(&line[..line.len().min(BAD_LINE_HEAD_LEN)]);
     }
 
     /// The maximum line length this decoder accepts, in bytes.
@@ -221,7 +222,7 @@ impl FrameDecoder {
                 if buf.len() > self.max_len {
                     // The line is already too long; report it now rather than buffering it.
                     let len = buf.len();
-                    self.keep_too_long_head(buf);
+                    self.keep_bad_line_head(buf);
                     buf.clear();
                     self.scanned = 0;
                     self.clean = 0;
@@ -238,7 +239,7 @@ impl FrameDecoder {
             let clean = std::mem::take(&mut self.clean);
             self.scanned = 0;
             if newline > self.max_len {
-                self.keep_too_long_head(&buf[..newline]);
+                self.keep_bad_line_head(&buf[..newline]);
                 buf.advance(newline + 1);
                 return Err(FrameError::TooLong {
                     len: newline,
@@ -253,6 +254,10 @@ impl FrameDecoder {
             }
             let clean = clean.saturating_sub(untrimmed.len() - line.len());
             let message = parse_line(line, clean, parse);
+            if message.is_err() {
+                // Only on a bad line: a line read costs no copy.
+                self.keep_bad_line_head(line);
+            }
             buf.advance(newline + 1);
             return message.map(Some);
         }

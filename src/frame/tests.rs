@@ -722,20 +722,58 @@ mod against_a_full_scan {
 
 #[test]
 fn the_head_of_an_over_long_line_is_kept_for_the_layer_above() {
-    let line = format!("  [\"{}\"]", "y".repeat(TOO_LONG_HEAD_LEN + 1_000));
-    let head = &line.as_bytes()[2..2 + TOO_LONG_HEAD_LEN];
+    let line = format!("  [\"{}\"]", "y".repeat(BAD_LINE_HEAD_LEN + 1_000));
+    let head = &line.as_bytes()[2..2 + BAD_LINE_HEAD_LEN];
     // Its newline seen in the same read, then not yet seen.
     for (bytes, len) in [(format!("{line}\n[1]\n"), line.len()), (line.clone(), line.len())] {
         let mut decoder = FrameDecoder::new(100);
-        assert!(decoder.too_long_head().is_empty());
+        assert!(decoder.bad_line_head().is_empty());
         let mut buf = BytesMut::from(bytes.as_bytes());
         let results = drain(&mut decoder, &mut buf);
         assert_eq!(results[0], Err(FrameError::TooLong { len, max: 100 }));
-        assert_eq!(decoder.too_long_head(), head, "leading whitespace skipped");
+        assert_eq!(decoder.bad_line_head(), head, "leading whitespace skipped");
     }
     // A short over-long line is kept whole.
     let mut decoder = FrameDecoder::new(4);
     let mut buf = BytesMut::from(&b"[1,2,3]\n"[..]);
     drain(&mut decoder, &mut buf);
-    assert_eq!(decoder.too_long_head(), b"[1,2,3]");
+    assert_eq!(decoder.bad_line_head(), b"[1,2,3]");
+}
+
+#[test]
+fn the_head_of_a_line_that_is_not_json_is_kept_for_the_layer_above() {
+    let bad = format!(
+        "\t{{\"a\":\"\u{e9}\",\"b\":[{}\u{ff}",
+        "1,".repeat(BAD_LINE_HEAD_LEN)
+    );
+    let mut bytes = bad.clone().into_bytes();
+    *bytes.last_mut().unwrap() = 0xff; // and not UTF-8 either
+    bytes.extend_from_slice(b"\n[1]\n{\"c\":}\n");
+    let mut decoder = FrameDecoder::new(1 << 20);
+    let mut buf = BytesMut::from(&bytes[..]);
+    let results = drain(&mut decoder, &mut buf);
+    assert!(
+        matches!(results[0], Err(FrameError::InvalidJson { .. })),
+        "{:?}",
+        results[0]
+    );
+    assert_eq!(results[1], Ok("[1]".to_string()));
+    assert!(
+        matches!(results[2], Err(FrameError::InvalidJson { .. })),
+        "{:?}",
+        results[2]
+    );
+    // The last bad line's, trimmed, whole: it is short.
+    assert_eq!(decoder.bad_line_head(), br#"{"c":}"#);
+    // The first one's, cut at the limit, leading whitespace skipped.
+    let mut decoder = FrameDecoder::new(1 << 20);
+    let mut buf = BytesMut::from(&bytes[..]);
+    assert!(decoder.decode(&mut buf).is_err());
+    assert_eq!(decoder.bad_line_head(), &bytes[1..1 + BAD_LINE_HEAD_LEN]);
+    // A line read well leaves it as it was.
+    assert_eq!(
+        decoder.decode(&mut buf).map(|m| m.map(|m| m.get().to_string())),
+        Ok(Some("[1]".into()))
+    );
+    assert_eq!(decoder.bad_line_head(), &bytes[1..1 + BAD_LINE_HEAD_LEN]);
 }

@@ -382,26 +382,29 @@ const UID_TO_ERROR: &str = r#"","_IPC_REQUEST/PAYLOAD":null,"_IPC_REQUEST/ERROR"
 const HANDSHAKE_HEAD: &str = r#"{"_IPC_REQUEST/HANDSHAKE_UID":""#;
 const HANDSHAKE_UID_TO_RESPONSE_EXTENSIONS: &str = r#"","_IPC_REQUEST/HANDSHAKE_MSG_TYPE":"_IPC_REQUEST/HANDSHAKE_MSG_TYPE:RESPONSE","_IPC_REQUEST/EXTENSIONS":"#;
 
-/// What a line too long to read was, by its first bytes (see
-/// [`FrameDecoder::too_long_head`](crate::frame::FrameDecoder::too_long_head)).
+/// What a line that could not be read (too long, or not JSON) was, by its
+/// first bytes (see
+/// [`FrameDecoder::bad_line_head`](crate::frame::FrameDecoder::bad_line_head)).
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum TooLongLine {
+pub(crate) enum UnreadableLine {
     /// A request, with its UID.
     Request(PeerUid),
     /// A response, with its UID read as [`our_id`] reads it.
     Response(Result<u64, String>),
 }
 
-/// The request or response a line too long to read was, if its envelope
-/// is all within `head`, before its payload (or, in an error answer, its
-/// error): the message type and the UID, in either order (this crate and
+/// The request or response a line that could not be read was, if its
+/// envelope is all within `head`, before its payload (or, in an error
+/// answer, its error), and is itself well formed: the message type and the
+/// UID, in either order (this crate and
 /// `JSON.stringify` of a 1.0 object write the type first; nothing in the
 /// protocol says so), with JSON whitespace anywhere between tokens. The
 /// caller can then fail that request rather than leave it waiting for
 /// ever; anything else (`None`: another key before the payload, a key
 /// repeated, which the reader of whole lines takes for a plain message, a
-/// string cut off by the head's end) is only reported.
-pub(crate) fn too_long_line(head: &[u8]) -> Option<TooLongLine> {
+/// string cut off by the head's end) is only reported. What comes after
+/// the envelope is not looked at: it is what could not be read.
+pub(crate) fn unreadable_line(head: &[u8]) -> Option<UnreadableLine> {
     let mut rest = frame::trim_json_whitespace_start(head).strip_prefix(b"{")?;
     let (mut is_request, mut uid) = (None, None);
     loop {
@@ -428,9 +431,9 @@ pub(crate) fn too_long_line(head: &[u8]) -> Option<TooLongLine> {
     // No parser has seen this line: the UID is checked here.
     let uid = peer_uid::uid_in_unchecked_text(std::str::from_utf8(uid?).ok()?)?;
     Some(if is_request? {
-        TooLongLine::Request(uid.into())
+        UnreadableLine::Request(uid.into())
     } else {
-        TooLongLine::Response(our_id(uid.as_str()))
+        UnreadableLine::Response(our_id(uid.as_str()))
     })
 }
 

@@ -326,8 +326,8 @@ mod tests {
             // The same UID in the head of a request too long to read, which
             // no parser sees: read alike.
             let head = format!("{}{}{}", super::super::REQUEST_HEAD, &literal[1..], &super::super::UID_TO_PAYLOAD[1..]);
-            let uid = match super::super::too_long_line(head.as_bytes()) {
-                Some(super::super::TooLongLine::Request(uid)) => Some(uid.as_json().to_owned()),
+            let uid = match super::super::unreadable_line(head.as_bytes()) {
+                Some(super::super::UnreadableLine::Request(uid)) => Some(uid.as_json().to_owned()),
                 _ => None,
             };
             prop_assert_eq!(uid, Some(js_stringify(&units)), "{}", head);

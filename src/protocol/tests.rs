@@ -468,20 +468,20 @@ fn a_too_long_line_is_known_by_its_envelope_up_to_the_payload() {
     let request = encode(&MessageOut::request("42", &"x".repeat(300)));
     let response = r#"{"_IPC_REQUEST/MSG_TYPE":"_IPC_REQUEST/MSG_TYPE:RESPONSE","_IPC_REQUEST/REQUEST_UID":"7","_IPC_REQUEST/PAYLOAD":[1,2,3]}"#;
     assert_eq!(
-        too_long_line(&request.as_bytes()[..120]),
-        Some(TooLongLine::Request(PeerUid::plain("42")))
+        unreadable_line(&request.as_bytes()[..120]),
+        Some(UnreadableLine::Request(PeerUid::plain("42")))
     );
     assert_eq!(
-        too_long_line(response.as_bytes()),
-        Some(TooLongLine::Response(Ok(7)))
+        unreadable_line(response.as_bytes()),
+        Some(UnreadableLine::Response(Ok(7)))
     );
     // Cut before the payload key: the UID may not be whole.
     let cut = request.find("\",\"_IPC_REQUEST/PAYLOAD").unwrap();
-    assert_eq!(too_long_line(&request.as_bytes()[..cut]), None);
-    assert_eq!(too_long_line(&request.as_bytes()[..cut - 1]), None);
+    assert_eq!(unreadable_line(&request.as_bytes()[..cut]), None);
+    assert_eq!(unreadable_line(&request.as_bytes()[..cut - 1]), None);
     // Other shapes are only reported.
-    assert_eq!(too_long_line(br#"{"a":"_IPC_REQUEST/MSG_TYPE"}"#), None);
-    assert_eq!(too_long_line(b"[1,2,3]"), None);
+    assert_eq!(unreadable_line(br#"{"a":"_IPC_REQUEST/MSG_TYPE"}"#), None);
+    assert_eq!(unreadable_line(b"[1,2,3]"), None);
     // A UID with escapes, lone surrogates included, as the peer wrote it
     // (no parser has seen this line: the decoder keeps its head as sent).
     for (written, kept) in [
@@ -490,17 +490,17 @@ fn a_too_long_line_is_known_by_its_envelope_up_to_the_payload() {
         (r#""a\\""#, r"a\\"),
     ] {
         let escaped = request.replacen("\"42\"", written, 1);
-        let uid = match too_long_line(escaped.as_bytes()) {
-            Some(TooLongLine::Request(uid)) => uid,
+        let uid = match unreadable_line(escaped.as_bytes()) {
+            Some(UnreadableLine::Request(uid)) => uid,
             other => panic!("{written}: {other:?}"),
         };
         assert_eq!(uid.as_json(), kept);
     }
-    let answer = |uid: &str| too_long_line(response.replacen("\"7\"", uid, 1).as_bytes());
-    assert_eq!(answer(r#""\u0037""#), Some(TooLongLine::Response(Ok(7))));
+    let answer = |uid: &str| unreadable_line(response.replacen("\"7\"", uid, 1).as_bytes());
+    assert_eq!(answer(r#""\u0037""#), Some(UnreadableLine::Response(Ok(7))));
     assert_eq!(
         answer(r#""\ud800""#),
-        Some(TooLongLine::Response(Err(r"\ud800".into())))
+        Some(UnreadableLine::Response(Err(r"\ud800".into())))
     );
     // What would go back to the peer must be well formed: no raw control
     // character, no broken escape, no string without its end in the head.
@@ -513,7 +513,7 @@ fn a_too_long_line_is_known_by_its_envelope_up_to_the_payload() {
         r#""\""#,
     ] {
         let escaped = request.replacen("\"42\"", broken, 1);
-        assert_eq!(too_long_line(escaped.as_bytes()), None, "{broken}");
+        assert_eq!(unreadable_line(escaped.as_bytes()), None, "{broken}");
     }
 }
 
@@ -524,24 +524,24 @@ fn a_too_long_line_is_known_whatever_the_order_of_its_envelope() {
     // refused and its answer to ours failed, rather than waiting for ever.
     let uid_first = r#"{"_IPC_REQUEST/REQUEST_UID":"42","_IPC_REQUEST/MSG_TYPE":"_IPC_REQUEST/MSG_TYPE:REQUEST","_IPC_REQUEST/PAYLOAD":"xxxx"#;
     assert_eq!(
-        too_long_line(uid_first.as_bytes()),
-        Some(TooLongLine::Request(PeerUid::plain("42")))
+        unreadable_line(uid_first.as_bytes()),
+        Some(UnreadableLine::Request(PeerUid::plain("42")))
     );
     let spaced = "{ \"_IPC_REQUEST/MSG_TYPE\" :\t\"_IPC_REQUEST/MSG_TYPE:RESPONSE\" ,\r\n \"_IPC_REQUEST/REQUEST_UID\": \"7\" , \"_IPC_REQUEST/PAYLOAD\" : [1";
     assert_eq!(
-        too_long_line(spaced.as_bytes()),
-        Some(TooLongLine::Response(Ok(7)))
+        unreadable_line(spaced.as_bytes()),
+        Some(UnreadableLine::Response(Ok(7)))
     );
     // An error answer that writes its error before its payload.
     let error_first = r#"{"_IPC_REQUEST/MSG_TYPE":"_IPC_REQUEST/MSG_TYPE:RESPONSE","_IPC_REQUEST/REQUEST_UID":"7","_IPC_REQUEST/ERROR":{"name":"E","stack":"xxx"#;
     assert_eq!(
-        too_long_line(error_first.as_bytes()),
-        Some(TooLongLine::Response(Ok(7)))
+        unreadable_line(error_first.as_bytes()),
+        Some(UnreadableLine::Response(Ok(7)))
     );
     // A repeated key: the reader of whole lines takes such a line for a
     // plain message, so this one must not take it for a request or answer.
     let twice = r#"{"_IPC_REQUEST/MSG_TYPE":"_IPC_REQUEST/MSG_TYPE:REQUEST","_IPC_REQUEST/REQUEST_UID":"1","_IPC_REQUEST/REQUEST_UID":"2","_IPC_REQUEST/PAYLOAD":0"#;
-    assert_eq!(too_long_line(twice.as_bytes()), None);
+    assert_eq!(unreadable_line(twice.as_bytes()), None);
     let whole: String = twice.to_string() + "}";
     assert!(
         matches!(
@@ -560,7 +560,7 @@ fn a_too_long_line_is_known_whatever_the_order_of_its_envelope() {
         r#"{"_IPC_REQUEST/MSG_TYPE":1,"_IPC_REQUEST/REQUEST_UID":"1","_IPC_REQUEST/PAYLOAD":0"#,
         r#"{"_IPC_REQUEST/MSG_TYPE":"_IPC_REQUEST/MSG_TYPE:REQUEST" "_IPC_REQUEST/REQUEST_UID":"1","_IPC_REQUEST/PAYLOAD":0"#,
     ] {
-        assert_eq!(too_long_line(other.as_bytes()), None, "{other}");
+        assert_eq!(unreadable_line(other.as_bytes()), None, "{other}");
     }
 }
 
@@ -600,14 +600,14 @@ proptest::proptest! {
         uid in "[0-9a-zA-Z._:-]{1,12}",
         cut in 0usize..400,
     ) {
-        let _ = too_long_line(&bytes);
+        let _ = unreadable_line(&bytes);
         let mut line = Vec::new();
         encode_request(&uid, &"y".repeat(300), 1 << 20, &mut line).unwrap();
         let cut = cut.min(line.len());
         let payload_from = REQUEST_HEAD.len() + uid.len() + UID_TO_PAYLOAD.len();
-        let known = too_long_line(&line[..cut]);
+        let known = unreadable_line(&line[..cut]);
         if cut >= payload_from {
-            proptest::prop_assert_eq!(known, Some(TooLongLine::Request(PeerUid::plain(&uid))));
+            proptest::prop_assert_eq!(known, Some(UnreadableLine::Request(PeerUid::plain(&uid))));
         } else {
             proptest::prop_assert_eq!(known, None);
         }

@@ -22,7 +22,7 @@ use super::{PeerInfo, Phase, Request, Responder, RunningHandler, Shared};
 use crate::channel::{ChannelReceiver, Parsed, PeerExit};
 use crate::error::{CloseReason, Error, RemoteError};
 use crate::frame::{FrameError, Message};
-use crate::protocol::{self, Inbound, PeerUid, TooLongLine};
+use crate::protocol::{self, Inbound, PeerUid, UnreadableLine};
 
 impl Shared {
     fn establish(&self) {
@@ -385,32 +385,35 @@ impl Shared {
         }
     }
 
-    /// A line too long to read that was the answer to one of our requests
-    /// fails that request with the error; one that was a request of the
-    /// peer is answered with an error. Without this both would wait for
-    /// ever: Node has no length limit, so a Node peer may well send one.
-    /// True if the line was either (it is then not a plain message's error).
+    /// A line that could not be read (too long, or not JSON) that was the
+    /// answer to one of our requests fails that request with the error; one
+    /// that was a request of the peer is answered with an error. Without
+    /// this both would wait for ever: Node has no length limit, so a Node
+    /// peer may well send a line too long, and a peer of another make a
+    /// payload that is not JSON. Either is known by its envelope, which
+    /// comes first (see [`protocol::unreadable_line`]). True if the line was
+    /// either (it is then not a plain message's error).
     ///
     /// The error answer goes as any refusal does (see [`refuse`](Self::refuse)):
     /// a peer that sends such requests and reads nothing is slowed down (we
     /// stop reading), not answered into a queue without end.
-    async fn answer_too_long_line(&self, error: &FrameError, head: &[u8]) -> bool {
-        if !matches!(error, FrameError::TooLong { .. }) {
-            return false;
-        }
-        match protocol::too_long_line(head) {
-            Some(TooLongLine::Response(uid)) => {
+    async fn answer_unreadable_line(&self, error: &FrameError, head: &[u8]) -> bool {
+        let name = match error {
+            FrameError::TooLong { .. } => "RequestTooLong",
+            FrameError::InvalidJson { .. } => "RequestUnreadable",
+            FrameError::Encode { .. } => return false,
+        };
+        match protocol::unreadable_line(head) {
+            Some(UnreadableLine::Response(uid)) => {
                 let answer = || Err(Box::new(Error::Frame(error.clone())));
                 if !uid.as_ref().is_ok_and(|&id| self.deliver_answer(id, answer())) {
-                    tracing::debug!("too long answer to a request no longer pending: {uid:?}")
+                    tracing::debug!("unreadable answer to a request no longer pending: {uid:?}")
                 }
                 true
             }
-            Some(TooLongLine::Request(uid)) => {
-                let refusal = RemoteError::new(
-                    "RequestTooLong",
-                    format!("the peer could not read this request: {error}"),
-                );
+            Some(UnreadableLine::Request(uid)) => {
+                let refusal =
+                    RemoteError::new(name, format!("the peer could not read this request: {error}"));
                 // Sent even past a maximum length too small for it (see
                 // `encode_error`): else the peer would wait for ever.
                 self.refuse(&uid, &refusal).await;
@@ -538,9 +541,9 @@ pub(super) async fn read_loop(
             Ok(None) => break CloseReason::PeerClosed,
             Err(Error::Frame(e)) => {
                 tracing::warn!("skipped a line from the peer: {e}");
-                let too_long_head = receiver.too_long_head();
+                let bad_line_head = receiver.bad_line_head();
                 let mut dispatch = std::pin::pin!(async {
-                    if !shared.answer_too_long_line(&e, too_long_head).await {
+                    if !shared.answer_unreadable_line(&e, bad_line_head).await {
                         shared.deliver(Err(Error::Frame(e))).await;
                     }
                 });
