@@ -54,7 +54,10 @@ pub struct ChannelConfig {
     /// Longest message line, in bytes, read or written (default
     /// [`frame::DEFAULT_MAX_MESSAGE_LEN`], 64 MiB). Longer incoming lines are
     /// skipped with [`FrameError::TooLong`];
-    /// longer outgoing messages are refused before anything is written.
+    /// longer outgoing messages are refused before anything is written. Lines
+    /// written are capped at [`frame::NODE_MAX_LINE_LEN`] (512 MiB less 24
+    /// bytes on 64-bit platforms) even if this is larger: a longer line would
+    /// crash a Node peer.
     pub max_message_len: usize,
     /// How many bytes may wait in the outgoing queue before senders wait
     /// (default 1 MiB: enough to fill a socket buffer several times over, so

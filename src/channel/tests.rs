@@ -1131,3 +1131,33 @@ impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for SlowReader<R> {
         }
     }
 }
+
+#[tokio::test]
+async fn no_line_longer_than_a_node_peer_reads_is_written_whatever_the_maximum() {
+    use crate::frame::NODE_MAX_LINE_LEN;
+    let config = super::ChannelConfig {
+        max_message_len: usize::MAX,
+        ..super::ChannelConfig::default()
+    };
+    let channel = super::Channel::new(tokio::io::empty(), tokio::io::sink(), config);
+    // A string whose JSON text, quotes included, is one byte past the cap.
+    let text = "x".repeat(NODE_MAX_LINE_LEN - 1);
+    match channel.sender().send(text.as_str()).await {
+        Err(crate::Error::Frame(crate::FrameError::TooLong { len, max })) => {
+            assert_eq!(max, NODE_MAX_LINE_LEN);
+            assert!(len > NODE_MAX_LINE_LEN, "{len}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(channel.sender().queued_bytes(), 0, "nothing of it was queued");
+    // The cap is Node's: a maximum below it is the one that counts.
+    let config = super::ChannelConfig {
+        max_message_len: 10,
+        ..super::ChannelConfig::default()
+    };
+    let channel = super::Channel::new(tokio::io::empty(), tokio::io::sink(), config);
+    match channel.sender().send("0123456789").await {
+        Err(crate::Error::Frame(crate::FrameError::TooLong { max: 10, .. })) => {}
+        other => panic!("{other:?}"),
+    }
+}

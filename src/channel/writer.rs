@@ -196,7 +196,8 @@ impl ChannelSender {
             last_line_len: AtomicUsize::new(0),
             budget: Arc::new(Semaphore::new(budget_total)),
             budget_total,
-            max_len: config.max_message_len,
+            // Never past what a Node peer can read (see the constant).
+            max_len: config.max_message_len.min(frame::NODE_MAX_LINE_LEN),
             closed: Mutex::new(None),
             is_closed: AtomicBool::new(false),
             write_error: OnceLock::new(),

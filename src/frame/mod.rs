@@ -79,6 +79,22 @@ pub type Message = Box<RawValue>;
 /// Node itself sets no limit; this one only protects the receiver's memory.
 pub const DEFAULT_MAX_MESSAGE_LEN: usize = 64 * 1024 * 1024;
 
+/// The longest line a Node peer can read, in bytes (newline excluded): a
+/// channel never writes a longer one, whatever its maximum message length.
+///
+/// Node gathers a line into one JavaScript string before parsing it, and V8
+/// caps a string's length (`buffer.constants.MAX_STRING_LENGTH`: 2^29 - 24
+/// UTF-16 units on 64-bit platforms, 2^28 - 16 on 32-bit ones). A longer line
+/// throws a `RangeError` in Node's channel code, where nothing catches it: the
+/// Node process exits. A line's UTF-8 bytes are never fewer than its UTF-16
+/// units, so a byte count within the cap is always safe. The cap is V8's for
+/// this build's pointer width, the Node of the same machine's as a rule.
+pub const NODE_MAX_LINE_LEN: usize = if cfg!(target_pointer_width = "64") {
+    (1 << 29) - 24
+} else {
+    (1 << 28) - 16
+};
+
 /// Longest snippet of a bad line kept in [`FrameError::InvalidJson`], in characters.
 const SNIPPET_CHARS: usize = 64;
 

@@ -184,17 +184,6 @@ impl LineWriter<'_> {
         Ok(())
     }
 
-    /// `"text"`, for a text with nothing to escape: one length check
-    /// instead of three.
-    #[inline]
-    pub(super) fn push_quoted(&mut self, text: &[u8]) -> io::Result<()> {
-        self.make_room(text.len() + 2)?;
-        self.out.push(b'"');
-        self.out.extend_from_slice(text);
-        self.out.push(b'"');
-        Ok(())
-    }
-
     /// Fails if what was written so far is past the maximum length (for
     /// writers that append to `out` directly, then check).
     #[inline]

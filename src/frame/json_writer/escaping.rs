@@ -14,15 +14,21 @@ use crate::frame::writing::LineWriter;
 /// written.
 pub(super) fn write_escaped(writer: &mut LineWriter<'_>, text: &str) -> io::Result<()> {
     let bytes = text.as_bytes();
-    // The common case, nothing to escape: one length check, three copies.
-    let Some(mut at) = find_escape(bytes, 0) else {
-        return writer.push_quoted(bytes);
-    };
-    // Room for the text as it is; its escapes may grow it. The pieces go
-    // straight into the line, and only a comparison per escape watches the
-    // maximum length: a check and a call per piece made text with an escape
-    // every few dozen bytes slower than serde_json.
+    // Room for the text as it is, quoted; its escapes may grow it. Made
+    // first, so that a text too long is refused before it is scanned.
     writer.make_room(bytes.len() + 2)?;
+    // The common case, nothing to escape: that one length check, three
+    // copies.
+    let Some(mut at) = find_escape(bytes, 0) else {
+        let out = &mut *writer.out;
+        out.push(b'"');
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return Ok(());
+    };
+    // The pieces go straight into the line, and only a comparison per
+    // escape watches the maximum length: a check and a call per piece made
+    // text with an escape every few dozen bytes slower than serde_json.
     let limit = writer.start.saturating_add(writer.max_len);
     let out = &mut *writer.out;
     out.push(b'"');
