@@ -28,6 +28,8 @@ pub(super) struct Backlog {
     /// The arrival numbers of the waiting requests of each UID, oldest
     /// first: one, unless the peer reuses UIDs. A cancel takes the oldest.
     by_uid: HashMap<PeerUid, Arrivals>,
+    /// Set by [`close`](Self::close): nothing is queued any more.
+    closed: bool,
 }
 
 /// What a waiting request counts for against the backlog's bytes.
@@ -43,7 +45,13 @@ enum Arrivals {
 }
 
 impl Backlog {
+    /// Queues a request; not once the backlog is closed, as nothing would
+    /// take it out again.
     pub(super) fn push(&mut self, uid: PeerUid, payload: Message) {
+        if self.closed {
+            tracing::debug!("dropped request {uid}: the session closed as it was read");
+            return;
+        }
         let arrival = self.next_arrival;
         self.next_arrival += 1;
         self.bytes += request_size(&uid, &payload);
@@ -62,6 +70,15 @@ impl Backlog {
             }
         }
         self.requests.insert(arrival, (uid, payload));
+    }
+
+    /// Takes every waiting request out, for good: the session closed, so
+    /// none will run, and a request pushed later (one the reader read while
+    /// the close ran) is dropped, not kept for as long as a handle lives.
+    pub(super) fn close(&mut self) -> Backlog {
+        let waiting = std::mem::take(self);
+        self.closed = true;
+        waiting
     }
 
     /// How many bytes the waiting requests count for (see [`request_size`]).

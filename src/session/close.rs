@@ -65,14 +65,16 @@ impl Shared {
         };
         // The peer's requests waiting for a handler will never run; their
         // payloads (up to `max_queued_request_bytes`) must not live on for
-        // as long as a handle does. (After the table's lock: the backlog's
-        // is taken first everywhere else.)
-        let backlog = std::mem::take(
-            &mut *self
-                .backlog
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
+        // as long as a handle does. Closed, not only emptied: the reader
+        // does not know of the close until `closing` below, and a request it
+        // reads meanwhile would be queued behind this and stay (a review
+        // found hundreds so). (After the table's lock: the backlog's is
+        // taken first everywhere else.)
+        let backlog = self
+            .backlog
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .close();
         self.backlog_len.store(0, Ordering::Release);
         drop(backlog);
         // Closed for new lines before any caller is told its request

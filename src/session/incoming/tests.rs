@@ -278,11 +278,26 @@ async fn a_closed_session_lets_go_of_the_requests_in_its_backlog() {
     .await
     .expect("the requests never reached the backlog");
     server.close();
+    {
+        let backlog = shared.backlog.lock().unwrap();
+        assert_eq!(
+            (backlog.len(), backlog.bytes()),
+            (0, 0),
+            "the backlog outlived the session"
+        );
+    }
+    // The reader learns of a close only at its end (`closing`): a request
+    // it read while the close ran reaches the backlog after it was
+    // emptied, as this one does. It must not stay there either.
+    let payload = serde_json::value::RawValue::from_string(big).unwrap();
+    shared
+        .start_handler(crate::protocol::PeerUid::plain("5"), payload)
+        .await;
     let backlog = shared.backlog.lock().unwrap();
     assert_eq!(
         (backlog.len(), backlog.bytes()),
         (0, 0),
-        "the backlog outlived the session"
+        "a request read as the session closed stayed in its backlog"
     );
 }
 
