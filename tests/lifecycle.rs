@@ -1250,6 +1250,79 @@ async fn a_peer_sending_requests_too_long_to_read_and_reading_nothing_is_slowed_
     flood.await.unwrap();
 }
 
+#[tokio::test]
+async fn responders_dropped_after_their_handler_do_not_answer_a_peer_that_reads_nothing_without_end() {
+    // Each handler hands its responder to a task that drops it a moment
+    // later: the handler slot is free at once, and each drop queues an
+    // error answer from a destructor, which cannot wait for room. While
+    // the peer reads none, those answers count against the refusals'
+    // budget and then stop the reader, as refusals do, not pile up (a
+    // review queued 100,000 so); once it reads, every request has its
+    // answer.
+    const REQUESTS: usize = 1_000;
+    let handler = responder_fn(|_: Request, responder: Responder| {
+        tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            drop(responder);
+        });
+        async {}
+    });
+    let builder = SessionBuilder::new()
+        .config(SessionConfig {
+            max_unwritten_refusal_bytes: 1024,
+            ..SessionConfig::default()
+        })
+        .handler(handler);
+    let config = ChannelConfig {
+        write_queue_bytes: 1024,
+        ..ChannelConfig::default()
+    };
+    let (ours, theirs) = tokio::io::duplex(4096);
+    let (_server, mut reader, mut writer) = serve_over(ours, theirs, builder, config, None).await;
+    let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let flood = tokio::spawn({
+        let written = written.clone();
+        async move {
+            for n in 0..REQUESTS {
+                write_protocol_line(&mut writer, "REQUEST", &n.to_string(), "0").await;
+                written.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    // Until the flood stops moving (it finishes at once if unbounded).
+    let mut last = usize::MAX;
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = written.load(std::sync::atomic::Ordering::SeqCst);
+        if now == last || now == REQUESTS {
+            break;
+        }
+        last = now;
+    }
+    // What goes in: the requests the 4 KiB pipe holds unread (about 40),
+    // and those read until the reader stops: their answers fill our 4 KiB
+    // pipe and the 1 KiB budget (about 25), then the overdraft, which the
+    // reader sees once the drops of a read's requests have run, a read
+    // being at most the pipe's 40. About 150 (measured: 177); unbounded,
+    // all 1,000.
+    let stalled_at = written.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        stalled_at < 400,
+        "{stalled_at} requests of 100 bytes went in while the peer read nothing"
+    );
+    let mut answered = std::collections::HashSet::new();
+    while answered.len() < REQUESTS {
+        let line = next_line(&mut reader, "an answer never came").await;
+        let value: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            value["_IPC_REQUEST/PAYLOAD"]["name"], "ResponderDropped",
+            "{line}"
+        );
+        answered.insert(value["_IPC_REQUEST/REQUEST_UID"].as_str().unwrap().to_string());
+    }
+    flood.await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_after_the_session_closed_fails_with_closed() {
     // As `respond` documents; `Cancelled` is for the peer's cancel. The

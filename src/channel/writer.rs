@@ -35,7 +35,7 @@ use std::task::{Context, Poll, Waker};
 use futures_util::task::AtomicWaker;
 use serde::Serialize;
 use tokio::io::AsyncWrite;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, oneshot};
+use tokio::sync::{Semaphore, TryAcquireError, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::ChannelConfig;
@@ -72,9 +72,10 @@ struct Outgoing {
     /// Lets the sender take the line back while it waits in the queue (see
     /// [`LineTicket`]).
     ticket: Option<LineTicket>,
-    /// A permit of the sender's own bound on such lines, given back when
-    /// the line is written or dropped (see `send_control_holding`).
-    _held: Option<OwnedSemaphorePermit>,
+    /// What the sender bounds such lines with (a semaphore's permit, a
+    /// counter's share), let go of when the line is written or dropped (see
+    /// `send_control_holding`).
+    _held: Option<Box<dyn Send>>,
 }
 
 impl Outgoing {
@@ -355,29 +356,25 @@ impl ChannelSender {
         .map(Handed::Sent)
     }
 
-    /// Queues a small line without waiting for budget, for the two callers
-    /// that run in destructors and cannot wait: a cancel (one per request
-    /// line queued before it, each of which took budget: see the request
-    /// guard's drop) and the error answer of a responder dropped after its
-    /// handler finished (at most one per responder the application kept;
-    /// see `AnswerState`).
+    /// Queues a small line without waiting for budget, for a caller that
+    /// runs in a destructor and cannot wait: a cancel (one per request line
+    /// queued before it, each of which took budget: see the request guard's
+    /// drop).
     pub(crate) fn send_control(&self, line: Vec<u8>) -> Result<(), Error> {
         self.send_control_inner(line, None)
     }
 
     /// [`send_control`](Self::send_control) for a line the caller bounds
-    /// itself: it holds `permit` until it has been written (or dropped
-    /// unwritten). For the refusals the session's reader sends, which must
-    /// not wait for the byte budget (see `Shared::refuse`).
-    pub(crate) fn send_control_holding(
-        &self,
-        line: Vec<u8>,
-        permit: OwnedSemaphorePermit,
-    ) -> Result<(), Error> {
-        self.send_control_inner(line, Some(permit))
+    /// itself: `held` (its share of the caller's bound) is dropped once the
+    /// line has been written (or dropped unwritten). For the refusals the
+    /// session's reader sends, which must not wait for the byte budget (see
+    /// `Shared::refuse`), and the error answers of responders dropped after
+    /// their handler ended (see `Shared::send_orphan_answer`).
+    pub(crate) fn send_control_holding(&self, line: Vec<u8>, held: Box<dyn Send>) -> Result<(), Error> {
+        self.send_control_inner(line, Some(held))
     }
 
-    fn send_control_inner(&self, line: Vec<u8>, held: Option<OwnedSemaphorePermit>) -> Result<(), Error> {
+    fn send_control_inner(&self, line: Vec<u8>, held: Option<Box<dyn Send>>) -> Result<(), Error> {
         let out = Outgoing {
             line,
             budget: None,

@@ -3,7 +3,9 @@
 //! the map of running handlers.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::Notify;
 
 use serde::Serialize;
 
@@ -86,6 +88,88 @@ impl Shared {
         }
         if let Some(at) = table.displaced.iter().position(is_this) {
             table.displaced.swap_remove(at);
+        }
+    }
+}
+
+/// The bytes of error answers of responders dropped after their handler
+/// ended that were queued past the refusal budget, and are not yet written
+/// (see [`Shared::send_orphan_answer`]).
+#[derive(Default)]
+pub(super) struct Overdraft {
+    bytes: AtomicUsize,
+    /// Told whenever some of it is written (or dropped unwritten).
+    repaid: Notify,
+}
+
+/// One line's share of the [`Overdraft`], given back when the line goes.
+struct OverdraftShare {
+    of: Arc<Overdraft>,
+    bytes: usize,
+}
+
+impl Drop for OverdraftShare {
+    fn drop(&mut self) {
+        self.of.bytes.fetch_sub(self.bytes, Ordering::AcqRel);
+        self.of.repaid.notify_waiters();
+    }
+}
+
+impl Shared {
+    /// Sends the error answer of a responder dropped after its handler
+    /// ended (see `AnswerState`), from that responder's destructor, which
+    /// cannot wait for room. It counts against the refusals' budget
+    /// (`max_unwritten_refusal_bytes`), which the reader waits on; when
+    /// that is spent, it goes all the same, as an overdraft the reader
+    /// waits to see written before it reads on (see
+    /// [`wait_for_overdraft`](Self::wait_for_overdraft)). So a peer that
+    /// sends requests and reads nothing stops being read, whatever the
+    /// handlers do with their responders; what can be queued past the
+    /// budget is at most one answer per responder the application holds
+    /// when the reader stops.
+    pub(super) fn send_orphan_answer(&self, mut line: Vec<u8>) {
+        line.shrink_to_fit();
+        let bytes = line.len().clamp(1, super::refusal_budget(&self.config));
+        let held: Box<dyn Send> = match self
+            .refusals_unwritten
+            .clone()
+            .try_acquire_many_owned(bytes as u32)
+        {
+            Ok(permit) => Box::new(permit),
+            Err(_) => {
+                self.overdraft.bytes.fetch_add(bytes, Ordering::AcqRel);
+                Box::new(OverdraftShare {
+                    of: self.overdraft.clone(),
+                    bytes,
+                })
+            }
+        };
+        let _ = self.sender.send_control_holding(line, held);
+    }
+
+    /// True if answers were queued past the refusals' budget and are not
+    /// all written yet: the reader then waits (see `send_orphan_answer`).
+    /// One load, for the reader to ask before every line.
+    pub(super) fn overdrawn(&self) -> bool {
+        self.overdraft.bytes.load(Ordering::Acquire) > 0
+    }
+
+    /// Waits until no answer queued past the refusals' budget is left
+    /// unwritten, or the session closes.
+    pub(super) async fn wait_for_overdraft(&self) {
+        loop {
+            let repaid = self.overdraft.repaid.notified();
+            let mut repaid = std::pin::pin!(repaid);
+            // Registered before the look: a share given back in between
+            // wakes it.
+            repaid.as_mut().enable();
+            if !self.overdrawn() {
+                return;
+            }
+            tokio::select! {
+                _ = repaid => {}
+                _ = self.closing.cancelled() => return,
+            }
         }
     }
 }

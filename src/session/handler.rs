@@ -245,7 +245,11 @@ pub struct Responder {
 /// a peer that floods us with requests and reads nothing then meets a full
 /// queue and a stopped reader, not growing memory. Only a responder that
 /// outlived its handler (moved elsewhere, then dropped) queues its answer
-/// without waiting; there is one per responder the application kept.
+/// without waiting, within a budget shared with refusals, past which the
+/// reader stops (see `Shared::send_orphan_answer`): a handler that hands
+/// every responder to a task that drops it at once would otherwise answer
+/// a peer that reads nothing into a queue without end (a review queued
+/// 100,000 so).
 ///
 /// The request's entry in the session's map of running handlers (peers
 /// that can cancel, see `run_handler`) is held by two: the handler's task,
@@ -525,7 +529,7 @@ impl Drop for Responder {
         match self.shared.encode_error(&self.state.uid, &error) {
             Ok(line) => {
                 if let Some(line) = self.state.leave(line) {
-                    let _ = self.shared.sender.send_control(line);
+                    self.shared.send_orphan_answer(line);
                 }
             }
             Err(e) => tracing::warn!("could not answer request {}: {e}", self.state.uid),

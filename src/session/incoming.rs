@@ -241,7 +241,7 @@ impl Shared {
                 _ = self.closing.cancelled() => return,
             },
         };
-        let _ = self.sender.send_control_holding(line, permit);
+        let _ = self.sender.send_control_holding(line, Box::new(permit));
     }
 
     /// Runs queued requests while handler slots are free. Called after a
@@ -490,6 +490,13 @@ pub(super) async fn read_loop(
     // it first, did.
     let mut closing = std::pin::pin!(shared.closing.cancelled());
     let reason = loop {
+        if shared.overdrawn() {
+            // Error answers went out past the refusals' budget, which the
+            // peer is not reading (see `Shared::send_orphan_answer`): read
+            // nothing more, which could start more handlers, until they are
+            // written.
+            shared.wait_for_overdraft().await;
+        }
         // Reading comes before the child's exit: what the child wrote
         // before it died is read and delivered before the session ends
         // for it.

@@ -178,6 +178,9 @@ pub(crate) struct Shared {
     /// The bytes of the refusals the reader has sent and the channel has
     /// not yet written (see `Shared::refuse`): [`refusal_budget`] permits.
     refusals_unwritten: Arc<Semaphore>,
+    /// Error answers queued past `refusals_unwritten` (see
+    /// `Shared::send_orphan_answer`).
+    overdraft: Arc<answers::Overdraft>,
     /// The backlog's length, readable without its lock.
     backlog_len: AtomicUsize,
     /// A handshake answer is already on its way during the handshake.

@@ -92,7 +92,13 @@ pub struct SessionConfig {
     /// written (default 64 MiB): they do not wait for room in the write
     /// queue, which our own requests may fill while the peer is busy.
     /// Past this (a peer that sends on and reads none of it) the reader
-    /// stops reading until some are written.
+    /// stops reading until some are written. The error answers of
+    /// responders dropped after their handler ended (a [`Responder`]
+    /// moved elsewhere), sent from a destructor that cannot wait either,
+    /// count here too; past it they still go, and the reader then stops
+    /// until they are written.
+    ///
+    /// [`Responder`]: crate::Responder
     ///
     /// Keep it above what the peer can have in flight: two sessions whose
     /// readers both stop here wait for each other for good. A refusal is
@@ -251,6 +257,7 @@ impl SessionBuilder {
             backlog: Mutex::new(Backlog::default()),
             backlog_space: Notify::new(),
             refusals_unwritten: Arc::new(Semaphore::new(super::refusal_budget(&config))),
+            overdraft: Default::default(),
             backlog_len: AtomicUsize::new(0),
             answering_handshake: AtomicBool::new(false),
             handshake_answer: Mutex::new(None),
