@@ -499,6 +499,88 @@ async fn a_panic_on_the_reader_fails_pending_requests_instead_of_hanging() {
     }
 }
 
+/// A write half whose writes, once `armed`, panic: the first one after
+/// arming takes nothing and asks to be polled again, so that the panic
+/// comes on the channel's writer task (which polls again), not in the
+/// caller's own direct write.
+struct PanicOnceArmed<W> {
+    inner: W,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+    waited: bool,
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for PanicOnceArmed<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if !self.armed.load(std::sync::atomic::Ordering::SeqCst) {
+            return std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        }
+        if !std::mem::replace(&mut self.waited, true) {
+            cx.waker().wake_by_ref();
+            return std::task::Poll::Pending;
+        }
+        panic!("the stream under the channel broke");
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test]
+async fn a_panic_on_the_writer_task_fails_pending_requests_instead_of_hanging() {
+    // The writer's counterpart of the test above: the request's line is
+    // lost to the panic, and nothing else will end the session (b is
+    // there and silent), so only the writer's failure can fail the request.
+    let (a_io, b_io) = tokio::io::duplex(64 * 1024);
+    let (a_read, a_write) = tokio::io::split(a_io);
+    let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let a_write = PanicOnceArmed {
+        inner: a_write,
+        armed: armed.clone(),
+        waited: false,
+    };
+    let a_channel = Channel::new(a_read, a_write, ChannelConfig::default());
+    let b_channel = Channel::from_stream(b_io, ChannelConfig::default());
+    let (a, b) = tokio::join!(setup(a_channel, None), setup(b_channel, None));
+    let (a, _b) = (a.unwrap(), b.unwrap());
+    armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let answer = tokio::time::timeout(Duration::from_secs(5), a.request_raw(&1))
+        .await
+        .expect("the pending request hung after the writer task panicked");
+    let said_so = |reason: &ipc_request::CloseReason| matches!(reason, ipc_request::CloseReason::Io(e) if e.to_string() == "the channel's writer task panicked");
+    match &answer {
+        Err(Error::Closed(reason)) if said_so(reason) => {}
+        other => panic!("{other:?}"),
+    }
+    tokio::time::timeout(Duration::from_secs(5), a.closed())
+        .await
+        .expect("the session never closed");
+    assert!(
+        a.close_reason().as_ref().is_some_and(said_so),
+        "{:?}",
+        a.close_reason()
+    );
+    // Later calls are told the same, not that a runtime shut down.
+    match a.request_raw(&2).await {
+        Err(Error::Closed(reason)) if said_so(&reason) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn a_setup_dropped_before_the_handshake_closes_its_channel() {
     // The caller's own timeout around setup: nothing may go on running for

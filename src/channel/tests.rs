@@ -56,6 +56,29 @@ fn sends_fail_and_write_nothing_once_the_writer_task_is_gone() {
 }
 
 #[test]
+fn a_writer_task_dropped_before_its_end_ends_the_receiver_as_a_failed_write() {
+    // Whatever it had queued is lost, and the peer (still there) may never
+    // end its stream: the receiver must end, or a session over it waits
+    // for ever with its requests pending.
+    let (ours, _theirs) = tokio::io::duplex(64);
+    let (channel, second) = whose_writer_task_is_gone(ours);
+    let (sender, mut receiver, _) = channel.into_parts();
+    second.block_on(async {
+        let waited = std::time::Duration::from_secs(5);
+        let ended = tokio::time::timeout(waited, receiver.recv())
+            .await
+            .expect("the receiver waits for ever on a writer that is gone");
+        match ended {
+            Err(crate::Error::Closed(crate::CloseReason::Io(e))) => {
+                assert!(e.to_string().contains("writer task was dropped"), "{e}")
+            }
+            other => panic!("lines lost with the writer are no clean end: {other:?}"),
+        }
+        assert!(sender.write_error().is_some());
+    });
+}
+
+#[test]
 fn a_line_left_half_written_when_the_writer_task_is_dropped_gives_its_budget_back() {
     // A direct write the stream takes in part leaves the rest for the
     // writer task; the task is dropped with its runtime before it runs.

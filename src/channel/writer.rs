@@ -144,7 +144,9 @@ struct SenderShared {
     /// throughput).
     is_closed: AtomicBool,
     /// The failed write's error, once a write has failed (`closed` may
-    /// say `Local` already: a failure while `close` drains the queue), and
+    /// say `Local` already: a failure while `close` drains the queue; a
+    /// writer task that panicked, or was dropped before it was done
+    /// writing, counts as one: see `WriterGone`), and
     /// the one task waiting for it (see [`ChannelSender::poll_write_failed`]).
     /// Not a `Notify` or a token: the receiver looks each time it finds
     /// nothing to read, and those take a lock per poll, where this takes a
@@ -211,6 +213,7 @@ impl ChannelSender {
         let gone = WriterGone {
             shared: shared.clone(),
             rx: Some(rx),
+            done_writing: false,
         };
         tokio::spawn(write_loop(gone));
         ChannelSender { shared, tx }

@@ -1,7 +1,7 @@
 //! The writer task: takes the queued lines off the queue and writes them,
 //! as many as are queued in one write, until the channel closes, every
-//! handle is gone, or a write fails; then shuts the stream down, so that
-//! the peer sees its end.
+//! handle is gone, or a write fails (or panics); then shuts the stream
+//! down, so that the peer sees its end.
 
 use std::io;
 use std::sync::Arc;
@@ -20,6 +20,13 @@ use crate::error::CloseReason;
 /// stream takes only in part would be left half-written, with nobody to
 /// write the rest (a review found both).
 ///
+/// Dropped before it was done writing, the task leaves queued lines
+/// unwritten: that is a write failure (see [`fail`]), not a clean end. The
+/// channel's receiver ends only on a failure it is told of, and the
+/// session's watch for a gone peer takes a finished writer without an
+/// error for a clean close: told nothing, the session stayed open, its
+/// requests waiting for answers to lines never sent (a review found it).
+///
 /// It holds the task's queue, so that the queue goes first, whatever order
 /// the task's state is dropped in: a direct write that hands the rest of
 /// its line over after that finds the task gone, and takes the line back
@@ -29,16 +36,27 @@ use crate::error::CloseReason;
 pub(super) struct WriterGone {
     pub(super) shared: Arc<SenderShared>,
     pub(super) rx: Option<mpsc::UnboundedReceiver<Command>>,
+    /// The task is past writing: what was queued is written, or lost to a
+    /// failure already recorded. Dropped before this, it was cut short.
+    pub(super) done_writing: bool,
 }
 
 impl Drop for WriterGone {
     fn drop(&mut self) {
         drop(self.rx.take());
-        // The first reason stays: `Local` after a close, the write's error
-        // after a failure.
-        self.shared.set_closed(CloseReason::Io(Arc::new(io::Error::other(
-            "the channel's writer task was dropped (its runtime shut down)",
-        ))));
+        let gone = || io::Error::other("the channel's writer task was dropped (its runtime shut down)");
+        if self.done_writing {
+            // Only the shutdown was left: everything queued is written (or
+            // a failure recorded), so this is no failure. The first reason
+            // stays: `Local` after a close, the write's error after one.
+            self.shared.set_closed(CloseReason::Io(Arc::new(gone())));
+        } else {
+            // Cut short with lines maybe queued: a failure, recorded and
+            // the receiver woken, so that the session ends (its pending
+            // requests fail) rather than wait for lines nobody writes. A
+            // failure recorded before stays (`fail` keeps the first).
+            fail(&self.shared, gone());
+        }
         // The rest of a line a direct write left for the task is never
         // written now: its budget comes back.
         if let Ok(mut stream) = self.shared.writer.try_lock() {
@@ -53,9 +71,23 @@ pub(super) async fn write_loop(mut gone: WriterGone) {
     let shared = gone.shared.clone();
     // Borrowed, not taken: dropped with the task, it must go with `gone`.
     let rx = gone.rx.as_mut().expect("the queue, until the task ends");
-    if let Err(e) = write_until_closed(rx, &shared).await {
-        fail(&shared, e);
+    // A panic in the stream's write (a bug in it; the session's reader
+    // guards its own side the same way) must fail the channel as a failed
+    // write would: the receiver is woken and ends the session, whose
+    // pending requests fail. Left to unwind, it dropped `gone` as if the
+    // runtime had shut down, and the session hung (a review found it).
+    // Unwind safety: what the loop leaves half-done is the stream, which
+    // is written no more but for its shutdown, and its batch, dropped
+    // here; the lines it held give their budget back as they drop.
+    let written =
+        futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(write_until_closed(rx, &shared)))
+            .await;
+    match written {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => fail(&shared, e),
+        Err(_) => fail(&shared, io::Error::other("the channel's writer task panicked")),
     }
+    gone.done_writing = true;
     if shared.write_error.get().is_some() {
         // Finished "at once after a failed write" (here or on the direct
         // path): not after the shutdown below, which a stream may never
