@@ -582,6 +582,54 @@ async fn a_panic_on_the_writer_task_fails_pending_requests_instead_of_hanging() 
 }
 
 #[tokio::test]
+async fn a_request_the_stream_took_nothing_of_is_not_sent_after_close() {
+    // Session::close: requests whose lines still wait in the queue are
+    // taken out of it, never sent. Here the pipe is exactly full and
+    // nothing is queued, so the request's line takes the direct path and
+    // the stream takes none of it; the session closes before the writer
+    // task has run (nothing here waits between the two). The caller is
+    // told Closed(Local), so the peer must never get the request.
+    const PIPE: usize = 4096;
+    let (ours, theirs) = tokio::io::duplex(PIPE);
+    // A peer that could cancel: no cancel may stand in for the withdrawal.
+    let extensions = Some(&["error", "cancel"][..]);
+    let (session, mut peer_read, _peer_write) = serve_over(
+        ours,
+        theirs,
+        SessionBuilder::new(),
+        ChannelConfig::default(),
+        extensions,
+    )
+    .await;
+    // A JSON string and its newline: exactly the pipe, written whole.
+    session.send(&"x".repeat(PIPE - 3)).await.unwrap();
+    assert_eq!(session.queued_bytes(), 0);
+    let mut call = std::pin::pin!(session.request_raw(&"must not run"));
+    assert!(futures_util::FutureExt::now_or_never(&mut call).is_none());
+    assert_eq!(
+        session.pending_requests(),
+        1,
+        "the request is registered and handed over"
+    );
+    session.close();
+    match call.await {
+        Err(Error::Closed(ipc_request::CloseReason::Local)) => {}
+        other => panic!("{other:?}"),
+    }
+    let mut seen = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), peer_read.read_to_end(&mut seen))
+        .await
+        .expect("the channel never ended")
+        .unwrap();
+    let seen = String::from_utf8_lossy(&seen);
+    assert!(
+        !seen.contains("must not run"),
+        "the peer got a request its caller was told failed: {:?}",
+        seen.lines().skip(1).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
 async fn a_setup_dropped_before_the_handshake_closes_its_channel() {
     // The caller's own timeout around setup: nothing may go on running for
     // nobody, and the peer must see the channel end.

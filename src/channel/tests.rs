@@ -1062,6 +1062,46 @@ async fn a_line_written_at_once_has_no_ticket() {
     assert!(ticket.is_none(), "nothing waited: the line is written already");
 }
 
+#[tokio::test]
+async fn a_direct_write_the_stream_takes_nothing_of_can_still_be_withdrawn() {
+    // A 64-byte pipe nobody reads, filled exactly: nothing is queued, so
+    // the next line takes the direct path, and the stream takes none of
+    // it. Nothing of it is written: it must come with a ticket, and be
+    // withdrawable, not wait as written in the partial slot. (On this
+    // runtime the writer task does not run between the send and the
+    // withdrawal: nothing here waits.)
+    let (ours, theirs) = tokio::io::duplex(64);
+    let channel = super::Channel::from_stream(ours, super::ChannelConfig::default());
+    let sender = channel.sender().clone();
+    let fills = format!("\"{}\"\n", "f".repeat(61)).into_bytes();
+    assert_eq!(fills.len(), 64);
+    let none = sender.send_withdrawable_line(fills, false).await.unwrap();
+    assert!(none.is_none(), "the first line is written whole");
+    assert!(!sender.has_unwritten());
+    let line = b"\"withdrawn\"\n".to_vec();
+    let ticket = sender.send_withdrawable_line(line, false).await.unwrap();
+    let ticket = ticket.expect("a line the stream took nothing of is queued, with a ticket");
+    assert!(
+        sender.withdraw(ticket),
+        "nothing of it was written: it can be taken back"
+    );
+    // A later line keeps its place behind it, and is written.
+    let after = sender
+        .send_withdrawable_line(b"\"after\"\n".to_vec(), false)
+        .await;
+    assert!(after.unwrap().is_some(), "queued behind the withdrawn one");
+    sender.close();
+    let lines = read_to_end_lines(theirs).await;
+    assert_eq!(
+        lines,
+        [format!("\"{}\"", "f".repeat(61)), "\"after\"".to_string()]
+    );
+    tokio::time::timeout(std::time::Duration::from_secs(5), sender.finished())
+        .await
+        .expect("the writer task never ended: the withdrawn line still counted as queued?");
+    assert_eq!(sender.queued_bytes(), 0, "every line's budget is back");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_line_is_written_exactly_when_its_withdrawal_fails() {
     // Withdrawals race the writer task taking lines over a real socket

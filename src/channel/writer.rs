@@ -14,15 +14,21 @@
 //! writer task takes lines off the queue and writes them under the same lock
 //! and decrements the count only once they are written (or skipped, when
 //! their sender withdrew them: see `withdrawals.rs`). So a line can never
-//! overtake one queued before it. Lines of different tasks sent at the same
-//! time have no defined order, as with any channel.
+//! overtake one queued before it. A direct write the stream takes nothing
+//! of goes to the back of the queue, still under the lock: every line of
+//! its sender's before it is written (the count was 0), and its count is
+//! in before the lock is let go, so no later line of its sender's can pass
+//! it. Lines of different tasks sent at the same time have no defined
+//! order, as with any channel.
 //!
 //! Integrity: a line is never split by another. When the stream takes only
 //! part of a direct write, the rest goes to a slot beside the stream, not to
 //! the queue (another sender may have queued a line a moment earlier, which
 //! would then be written in the middle of this one); whoever next holds the
 //! lock writes that rest before anything else. A racing-senders test caught
-//! exactly this.
+//! exactly this. A line the stream took nothing of is not split by
+//! anything queued before it, so it is queued as any other: there it can
+//! still be withdrawn (see `write_or_queue`).
 
 mod write_task;
 
@@ -265,7 +271,8 @@ impl ChannelSender {
     /// queued, or, `batched` (more lines are coming at once), through the
     /// writer task, so that they share one write call. A line that waits in
     /// the queue comes with a ticket that takes it back for as long as it
-    /// waits there (`None`: written already).
+    /// waits there (`None`: written already, or in part, the rest waiting
+    /// for the writer task; a line the stream took nothing of is queued).
     pub(crate) async fn send_withdrawable_line(
         &self,
         line: Vec<u8>,
@@ -409,6 +416,14 @@ impl ChannelSender {
                 }
                 Ok(None)
             }
+            // Nothing of it was written (the stream is full): queued as if
+            // the direct path had not been tried, with its ticket, so that
+            // it can be withdrawn while it waits. In the partial slot it
+            // counted as written: a request there was sent after its
+            // session's close had told its caller it failed, with no
+            // cancel after it (a review found it). Its budget goes with it
+            // into the queue, or back as it drops if the queue refuses it.
+            Ok(DirectWrite::Part(0)) => self.queue_with(out, ticket),
             Ok(DirectWrite::Part(n)) => {
                 // The rest waits in the partial slot, which the writer task
                 // writes first thing once it holds the lock; counted as

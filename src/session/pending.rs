@@ -115,6 +115,7 @@ enum Sent {
     Queued(LineTicket),
     /// Handed to the channel with no ticket: written at once, or in part
     /// (the rest then waits for the writer task, and cannot be taken back).
+    /// A line the stream took none of is queued, with a ticket: `Queued`.
     Yes,
 }
 
