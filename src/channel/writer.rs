@@ -169,7 +169,10 @@ struct SenderShared {
 
 /// The sending half of a channel; clones share one queue and one writer.
 /// When the last clone is dropped, the writer task writes what is queued,
-/// shuts the write side down (the peer sees end of stream) and ends.
+/// shuts the write side down (the peer sees end of stream) and ends. The
+/// channel's [`ChannelReceiver`](super::ChannelReceiver) holds a clone too
+/// (it refuses the handles Node sends, and watches for failed writes): to
+/// end the write side while reading on, call [`close`](Self::close).
 #[derive(Clone)]
 pub struct ChannelSender {
     shared: Arc<SenderShared>,
