@@ -303,12 +303,19 @@ fn calls_that_wait_panic_in_an_async_context_and_a_drop_there_does_not() {
     let session = setup_over(ours);
     let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
     runtime.block_on(async {
-        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.send(&json!("x"))));
-        let panic = caught.expect_err("a call that waits, in an async task, must panic");
-        let text = (panic.downcast_ref::<String>().map(String::as_str))
-            .or_else(|| panic.downcast_ref::<&str>().copied())
-            .unwrap_or_default();
-        assert!(text.contains("runtime"), "{text}");
+        // A call with a deadline too: it waits on its own clock, not in a
+        // `block_on`, yet makes the same check.
+        let calls: [&dyn Fn(); 2] = [&|| drop(session.send(&json!("x"))), &|| {
+            drop(session.request_timeout::<_, Value>(&json!("x"), Duration::from_secs(1)))
+        }];
+        for call in calls {
+            let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(call));
+            let panic = caught.expect_err("a call that waits, in an async task, must panic");
+            let text = (panic.downcast_ref::<String>().map(String::as_str))
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or_default();
+            assert!(text.contains("runtime"), "{text}");
+        }
         // The last handle's drop cannot wait here: it closes, and returns.
         drop(session);
     });

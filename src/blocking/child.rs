@@ -70,12 +70,9 @@ impl ChildProcess {
     /// Waits at most `timeout` for the child to exit: `Ok(None)` if it is
     /// still running then.
     pub fn wait_timeout(&self, timeout: Duration) -> Result<Option<ExitStatus>, Error> {
-        let waited = self
-            .runtime
-            .block_on(async { tokio::time::timeout(timeout, self.child.wait()).await });
-        match waited {
-            Ok(status) => status.map(Some),
-            Err(_) => Ok(None),
+        match self.runtime.block_on_timeout(self.child.wait(), timeout) {
+            Some(status) => status.map(Some),
+            None => Ok(None),
         }
     }
 

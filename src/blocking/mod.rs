@@ -25,6 +25,19 @@
 //! (a request to the peer while answering one of its own) through
 //! [`Peer::of`] its request.
 //!
+//! An async handler must not block (sleep, compute at length, make a
+//! blocking call): it runs on the runtime's only worker, which also reads
+//! and writes for the session, so nothing is read or written meanwhile,
+//! and every request, answer and message waits. Work that blocks goes in
+//! a [`handler_fn`] handler. The timeouts here hold anyway: those of
+//! [`Session::request_timeout`] and its siblings, [`Messages::recv_timeout`],
+//! [`ChildProcess::wait_timeout`], [`Session::shutdown_timeout`] and the
+//! drop's bounded waits are kept by the waiting thread's own clock, not by
+//! the runtime's timers (which that worker drives): they end on time,
+//! with what they return at their deadline (a request fails with
+//! [`Error::Timeout`] and is cancelled; what the flush of a drop could not
+//! write is lost).
+//!
 //! # Panics
 //!
 //! Every call that waits panics if made from inside an async context (a
@@ -87,6 +100,7 @@ mod child;
 mod flush_at_exit;
 mod peer;
 mod runtime;
+mod wait;
 
 pub use child::ChildProcess;
 pub use peer::Peer;
@@ -203,39 +217,7 @@ where
 /// });
 /// ```
 pub fn wait_for_cancel(request: &Request, timeout: Duration) -> bool {
-    /// Wakes the waiting thread; a wake-up for nothing (an unpark from
-    /// elsewhere, or one left over) only makes the loop poll again.
-    struct Unpark(std::thread::Thread);
-    impl std::task::Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-        fn wake_by_ref(self: &Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    // No deadline past what an `Instant` can hold: wait for the cancel.
-    let deadline = std::time::Instant::now().checked_add(timeout);
-    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = std::task::Context::from_waker(&waker);
-    let mut cancelled = std::pin::pin!(request.cancelled());
-    loop {
-        // Polled before every park: a cancel that came between a poll and
-        // the park has unparked this thread already, so the park returns.
-        if cancelled.as_mut().poll(&mut cx).is_ready() {
-            return true;
-        }
-        match deadline {
-            None => std::thread::park(),
-            Some(deadline) => {
-                let left = deadline.saturating_duration_since(std::time::Instant::now());
-                if left.is_zero() {
-                    return false;
-                }
-                std::thread::park_timeout(left);
-            }
-        }
-    }
+    wait::poll_for(request.cancelled(), timeout).is_some()
 }
 
 /// Starts `command` with a channel and sets up a session with it, with
@@ -413,9 +395,7 @@ impl Drop for Owner {
 /// written; true if it was. The wait also ends at once when a write
 /// fails, and then what was queued is lost: false.
 fn close_and_flush(session: &crate::Session, runtime: &Runtime, timeout: Duration) -> bool {
-    let ended = runtime
-        .block_on(async { tokio::time::timeout(timeout, session.shutdown()).await })
-        .is_ok();
+    let ended = runtime.block_on_timeout(session.shutdown(), timeout).is_some();
     if !ended {
         tracing::warn!("closing a session: what was queued was not written within {timeout:?}");
         return false;
@@ -449,15 +429,17 @@ impl Session {
         self.block_on(self.inner.session.request(payload))
     }
 
-    /// [`crate::Session::request_timeout`]: past `timeout` the request fails
-    /// with [`Error::Timeout`] (with [`Error::Closed`] if the peer is known
-    /// to be gone by then) and is cancelled at the peer.
+    /// [`crate::Session::request_timeout`]: past `timeout` (by this thread's
+    /// clock too: see the module docs) the request fails with
+    /// [`Error::Timeout`] (with [`Error::Closed`] if the peer is known to be
+    /// gone by then) and is cancelled at the peer.
     pub fn request_timeout<Req, Res>(&self, payload: &Req, timeout: Duration) -> Result<Res, Error>
     where
         Req: Serialize + ?Sized,
         Res: DeserializeOwned,
     {
-        self.block_on(self.inner.session.request_timeout(payload, timeout))
+        let session = &self.inner.session;
+        wait::request_within(session, session.request_timeout(payload, timeout), timeout)
     }
 
     /// [`crate::Session::request_raw`]: the answer as raw JSON text.
@@ -472,7 +454,8 @@ impl Session {
         payload: &Req,
         timeout: Duration,
     ) -> Result<Message, Error> {
-        self.block_on(self.inner.session.request_raw_timeout(payload, timeout))
+        let session = &self.inner.session;
+        wait::request_within(session, session.request_raw_timeout(payload, timeout), timeout)
     }
 
     /// Sends a plain message: [`crate::Session::send`]. Returns once it is
@@ -573,9 +556,7 @@ impl Messages {
     /// [`recv`](Self::recv), waiting at most `timeout`: then
     /// `Some(Err(Error::Timeout(timeout)))`, and the stream goes on.
     pub fn recv_timeout(&mut self, timeout: Duration) -> Option<Result<serde_json::Value, Error>> {
-        let next = self
-            .runtime
-            .block_on(async { tokio::time::timeout(timeout, self.messages.recv()).await });
+        let next = self.runtime.block_on_timeout(self.messages.recv(), timeout);
         next.unwrap_or(Some(Err(Error::Timeout(timeout))))
     }
 }

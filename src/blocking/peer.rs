@@ -27,8 +27,9 @@ use crate::session::Request;
 /// multi-thread runtime (the blocking facade's own, or `#[tokio::main]`'s)
 /// that is always so; on a current-thread runtime, only while some thread
 /// is inside that runtime's `block_on`: a program that leaves it while a
-/// handler calls back leaves the call waiting (its deadline too) until it
-/// comes back.
+/// handler calls back leaves the call waiting until it comes back (a
+/// deadline of [`request_timeout`](Self::request_timeout) still ends it:
+/// this thread keeps it, by its own clock).
 ///
 /// ```no_run
 /// # use ipc_request::{blocking, Request, RemoteError};
@@ -70,7 +71,8 @@ impl Peer {
         Req: Serialize + ?Sized,
         Res: DeserializeOwned,
     {
-        self.block_on(self.session.request_timeout(payload, timeout))
+        let session = &self.session;
+        super::wait::request_within(session, session.request_timeout(payload, timeout), timeout)
     }
 
     /// [`crate::Session::request_raw`].
@@ -84,7 +86,8 @@ impl Peer {
         payload: &Req,
         timeout: Duration,
     ) -> Result<Message, Error> {
-        self.block_on(self.session.request_raw_timeout(payload, timeout))
+        let session = &self.session;
+        super::wait::request_within(session, session.request_raw_timeout(payload, timeout), timeout)
     }
 
     /// Sends a plain message: [`crate::Session::send`].

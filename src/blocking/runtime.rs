@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -65,6 +66,13 @@ impl Runtime {
             .as_ref()
             .expect("the runtime is there until dropped")
             .block_on(future)
+    }
+
+    /// [`block_on`](Self::block_on), given up once `timeout` has passed by
+    /// this thread's clock: `None` then (see `wait::block_on_timeout`).
+    pub(super) fn block_on_timeout<F: Future>(&self, future: F, timeout: Duration) -> Option<F::Output> {
+        let runtime = self.runtime.as_ref().expect("the runtime is there until dropped");
+        super::wait::block_on_timeout(runtime.handle(), future, timeout)
     }
 }
 

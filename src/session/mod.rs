@@ -545,6 +545,13 @@ impl Session {
         &self.shared.runtime
     }
 
+    /// What a request whose deadline `d` has passed fails with, as the
+    /// async `request_timeout` does: for the blocking facade, whose own
+    /// clock may end such a request first.
+    pub(crate) fn deadline_error(&self, d: Duration) -> Error {
+        self.shared.deadline_error(d)
+    }
+
     /// The error of a write of ours that failed, if one did: what was
     /// queued then was lost.
     pub(crate) fn write_error(&self) -> Option<CloseReason> {

@@ -1,0 +1,151 @@
+//! The blocking facade's deadlines while an async handler blocks the
+//! session's only worker (as it must not): they are kept by the waiting
+//! thread's own clock, so they end on time all the same.
+
+mod common;
+
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::process::Command;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::example;
+use ipc_request::{Error, Request, SessionBuilder, blocking};
+use serde_json::{Value, json};
+
+/// An async handler that blocks its thread, as one must not: in a
+/// blocking session that thread is the runtime's only worker, the one
+/// that reads, writes and drives Tokio's timers. It tells `entered` first.
+fn an_async_handler_that_blocks(block: Duration, entered: mpsc::Sender<()>) -> ipc_request::Handler {
+    let entered = std::sync::Mutex::new(entered);
+    ipc_request::handler_fn(move |_req: Request| {
+        let entered = entered.lock().unwrap().clone();
+        async move {
+            let _ = entered.send(());
+            std::thread::sleep(block);
+            Ok::<_, ipc_request::RemoteError>("late")
+        }
+    })
+}
+
+/// A blocking session whose async handler is blocking the worker for
+/// `block`, and its peer: a blocking session that answers at once, and
+/// whose request (asked from a thread of its own, which waits until the
+/// handler answers or the peer closes) set the handler going.
+fn a_session_whose_worker_is_blocked(block: Duration) -> (blocking::Session, blocking::Session) {
+    let (ours, theirs) = StdUnixStream::pair().unwrap();
+    let (entered, entered_rx) = mpsc::channel();
+    let handler = an_async_handler_that_blocks(block, entered);
+    let peer = std::thread::spawn(move || {
+        let echo = blocking::handler_fn(|req: Request| req.payload::<Value>());
+        common::blocking_session_over(theirs, SessionBuilder::new().handler(echo))
+    });
+    let session = common::blocking_session_over(ours, SessionBuilder::new().handler(handler));
+    let peer = peer.join().unwrap();
+    let asker = peer.clone();
+    std::thread::spawn(move || asker.request::<_, Value>(&"block your worker"));
+    entered_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the handler never ran");
+    (session, peer)
+}
+
+/// Far below the handler's block, far above a deadline of 200 ms on a
+/// busy machine: a deadline of the facade kept to within this holds.
+const HELD: Duration = Duration::from_secs(2);
+
+/// The deadlines of the blocking facade are kept by the caller's own
+/// clock: a Tokio timer, driven by the blocked worker alone, kept a
+/// `request_timeout` of 200 ms waiting for the handler's 6 s (a review
+/// saw `Ok` after 5.5 s).
+#[test]
+fn request_timeouts_hold_while_an_async_handler_blocks_the_worker() {
+    let (session, peer) = a_session_whose_worker_is_blocked(Duration::from_secs(3));
+    let deadline = Duration::from_millis(200);
+    let started = std::time::Instant::now();
+    let late = session.request_timeout::<_, Value>(&"echo me", deadline);
+    let took = started.elapsed();
+    assert!(
+        matches!(late, Err(Error::Timeout(d)) if d == deadline),
+        "{late:?}"
+    );
+    assert!(took < HELD, "request_timeout({deadline:?}) took {took:?}");
+    let started = std::time::Instant::now();
+    let late = session.request_raw_timeout(&"echo me", deadline);
+    let took = started.elapsed();
+    assert!(
+        matches!(late, Err(Error::Timeout(d)) if d == deadline),
+        "{late:?}"
+    );
+    assert!(took < HELD, "request_raw_timeout({deadline:?}) took {took:?}");
+    peer.close();
+}
+
+#[test]
+fn recv_timeout_holds_while_an_async_handler_blocks_the_worker() {
+    let (session, peer) = a_session_whose_worker_is_blocked(Duration::from_secs(3));
+    let mut messages = session.messages().unwrap();
+    // Sent, but unread until the handler returns: nothing reads meanwhile.
+    peer.send(&"unread").unwrap();
+    let deadline = Duration::from_millis(200);
+    let started = std::time::Instant::now();
+    let got = messages.recv_timeout(deadline);
+    let took = started.elapsed();
+    assert!(
+        matches!(got, Some(Err(Error::Timeout(d))) if d == deadline),
+        "{got:?}"
+    );
+    assert!(took < HELD, "recv_timeout({deadline:?}) took {took:?}");
+    // The stream goes on: the message is read once the handler returns.
+    let got = messages.recv_timeout(Duration::from_secs(30));
+    assert_eq!(got.map(Result::unwrap), Some(json!("unread")));
+    peer.close();
+}
+
+#[test]
+fn shutdown_timeout_holds_while_an_async_handler_blocks_the_worker() {
+    let (session, peer) = a_session_whose_worker_is_blocked(Duration::from_secs(3));
+    session.send(&"queued").unwrap();
+    let started = std::time::Instant::now();
+    let written = session.shutdown_timeout(Duration::from_millis(200));
+    let took = started.elapsed();
+    assert!(!written, "written, though the writer could not run");
+    assert!(took < HELD, "shutdown_timeout(200ms) took {took:?}");
+    peer.close();
+}
+
+/// The drop of the last handle waits at most DROP_FLUSH_TIMEOUT, then
+/// HANDLER_STOP_TIMEOUT for the runtime to stop: a review saw it wait for
+/// the whole 12 s of a handler's sleep.
+#[test]
+fn a_drop_is_bounded_while_an_async_handler_blocks_the_worker() {
+    let (session, peer) = a_session_whose_worker_is_blocked(Duration::from_secs(15));
+    session.send(&"queued").unwrap();
+    let bound = blocking::DROP_FLUSH_TIMEOUT + blocking::HANDLER_STOP_TIMEOUT;
+    let started = std::time::Instant::now();
+    drop(session);
+    let took = started.elapsed();
+    assert!(took < bound + HELD, "the drop took {took:?}");
+    peer.close();
+}
+
+/// The same with a real child, and `ChildProcess::wait_timeout`: the
+/// child's handler calls us back, and our handler blocks.
+#[test]
+fn wait_timeout_holds_while_an_async_handler_blocks_the_worker() {
+    let (entered, entered_rx) = mpsc::channel();
+    let handler = an_async_handler_that_blocks(Duration::from_secs(3), entered);
+    let (session, child) = blocking::spawn(Command::new(example("blocking_peer")), handler).unwrap();
+    let asker = session.clone();
+    std::thread::spawn(move || asker.request::<_, Value>(&json!({"op": "call", "data": null})));
+    entered_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the handler never ran");
+    let started = std::time::Instant::now();
+    let waited = child.wait_timeout(Duration::from_millis(200));
+    let took = started.elapsed();
+    assert!(matches!(waited, Ok(None)), "{waited:?}");
+    assert!(took < HELD, "wait_timeout(200ms) took {took:?}");
+    child.kill();
+    session.close();
+}
