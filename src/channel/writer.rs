@@ -440,9 +440,18 @@ impl ChannelSender {
                     // this line was written): nobody will write the rest.
                     // The line stays torn, and the peer drops a line the
                     // stream's end cuts short (PROTOCOL.md 1.2); its budget
-                    // at least comes back.
+                    // at least comes back. Failed before the lock is let
+                    // go: the task's drop marks the channel failed only
+                    // after its queue is gone, and a direct write in that
+                    // moment would put a whole line behind the torn one,
+                    // which a Node peer cannot parse (a review saw the
+                    // window; no test reaches it).
                     stream.partial = None;
                     shared.queued_lines.fetch_sub(1, Ordering::AcqRel);
+                    fail(
+                        shared,
+                        io::Error::other("the channel's writer task was dropped (its runtime shut down)"),
+                    );
                     return Err(self.closed_error());
                 }
                 // Half written: it can no longer be taken back.
