@@ -3,6 +3,7 @@
 mod common;
 
 use common::answer_handshake_as_one_dot_zero;
+use common::breaks_when_armed::{Break, BreaksWhenArmed};
 use common::hand_played::{
     PeerReader, PeerWriter, next_line, one_handler_slot_for_a_hand_played_peer, send_one_dot_zero_request,
     serve_a_hand_played_peer, serve_a_one_dot_zero_peer, serve_over, wait_until_read, write_protocol_line,
@@ -499,47 +500,6 @@ async fn a_panic_on_the_reader_fails_pending_requests_instead_of_hanging() {
     }
 }
 
-/// A write half whose writes, once `armed`, panic: the first one after
-/// arming takes nothing and asks to be polled again, so that the panic
-/// comes on the channel's writer task (which polls again), not in the
-/// caller's own direct write.
-struct PanicOnceArmed<W> {
-    inner: W,
-    armed: Arc<std::sync::atomic::AtomicBool>,
-    waited: bool,
-}
-
-impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for PanicOnceArmed<W> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        if !self.armed.load(std::sync::atomic::Ordering::SeqCst) {
-            return std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
-        }
-        if !std::mem::replace(&mut self.waited, true) {
-            cx.waker().wake_by_ref();
-            return std::task::Poll::Pending;
-        }
-        panic!("the stream under the channel broke");
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
 #[tokio::test]
 async fn a_panic_on_the_writer_task_fails_pending_requests_instead_of_hanging() {
     // The writer's counterpart of the test above: the request's line is
@@ -547,12 +507,7 @@ async fn a_panic_on_the_writer_task_fails_pending_requests_instead_of_hanging() 
     // there and silent), so only the writer's failure can fail the request.
     let (a_io, b_io) = tokio::io::duplex(64 * 1024);
     let (a_read, a_write) = tokio::io::split(a_io);
-    let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let a_write = PanicOnceArmed {
-        inner: a_write,
-        armed: armed.clone(),
-        waited: false,
-    };
+    let (a_write, armed) = BreaksWhenArmed::new(a_write, Break::Panics);
     let a_channel = Channel::new(a_read, a_write, ChannelConfig::default());
     let b_channel = Channel::from_stream(b_io, ChannelConfig::default());
     let (a, b) = tokio::join!(setup(a_channel, None), setup(b_channel, None));
@@ -1324,6 +1279,49 @@ async fn an_answer_too_long_for_its_uid_still_reaches_the_peer_as_an_error() {
     assert!(told[0].contains("TooLong"), "{told:?}");
 }
 
+/// Sends `requests` requests (UIDs 0, 1, ...) with `payload` to a session
+/// whose answers nobody reads, until the flood stops moving (it finishes
+/// at once if nothing holds it back); then reads `requests` answers, each
+/// an error named `name`, one per UID. Returns how many requests went in
+/// before the flood stalled.
+async fn flood_unread_then_read_errors(
+    mut writer: PeerWriter,
+    reader: &mut PeerReader,
+    requests: usize,
+    payload: String,
+    name: &str,
+) -> usize {
+    let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let flood = tokio::spawn({
+        let written = written.clone();
+        async move {
+            for n in 0..requests {
+                write_protocol_line(&mut writer, "REQUEST", &n.to_string(), &payload).await;
+                written.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    let mut last = usize::MAX;
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = written.load(std::sync::atomic::Ordering::SeqCst);
+        if now == last || now == requests {
+            break;
+        }
+        last = now;
+    }
+    let stalled_at = written.load(std::sync::atomic::Ordering::SeqCst);
+    let mut answered = std::collections::HashSet::new();
+    while answered.len() < requests {
+        let line = next_line(reader, "an answer never came").await;
+        let value: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(value["_IPC_REQUEST/PAYLOAD"]["name"], name, "{line}");
+        answered.insert(value["_IPC_REQUEST/REQUEST_UID"].as_str().unwrap().to_string());
+    }
+    flood.await.unwrap();
+    stalled_at
+}
+
 #[tokio::test]
 async fn a_peer_sending_requests_too_long_to_read_and_reading_nothing_is_slowed_down() {
     // Each such request gets an error answer. While the peer reads none,
@@ -1343,41 +1341,14 @@ async fn a_peer_sending_requests_too_long_to_read_and_reading_nothing_is_slowed_
         })
         .handler(handler);
     let (ours, theirs) = tokio::io::duplex(4096);
-    let (_server, mut reader, mut writer) = serve_over(ours, theirs, builder, config, None).await;
-    let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let flood = tokio::spawn({
-        let written = written.clone();
-        async move {
-            let big = format!("\"{}\"", "y".repeat(400));
-            for n in 0..REQUESTS {
-                write_protocol_line(&mut writer, "REQUEST", &n.to_string(), &big).await;
-                written.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            }
-        }
-    });
-    // Until the flood stops moving (it would finish at once if unbounded).
-    let mut last = usize::MAX;
-    loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = written.load(std::sync::atomic::Ordering::SeqCst);
-        if now == last || now == REQUESTS {
-            break;
-        }
-        last = now;
-    }
-    let stalled_at = written.load(std::sync::atomic::Ordering::SeqCst);
+    let (_server, mut reader, writer) = serve_over(ours, theirs, builder, config, None).await;
+    let big = format!("\"{}\"", "y".repeat(400));
+    let stalled_at =
+        flood_unread_then_read_errors(writer, &mut reader, REQUESTS, big, "RequestTooLong").await;
     assert!(
         stalled_at < 50,
         "{stalled_at} requests of 400 bytes went in while the peer read nothing"
     );
-    let mut refused = std::collections::HashSet::new();
-    while refused.len() < REQUESTS {
-        let line = next_line(&mut reader, "an answer never came").await;
-        let value: Value = serde_json::from_str(&line).unwrap();
-        assert_eq!(value["_IPC_REQUEST/PAYLOAD"]["name"], "RequestTooLong", "{line}");
-        refused.insert(value["_IPC_REQUEST/REQUEST_UID"].as_str().unwrap().to_string());
-    }
-    flood.await.unwrap();
 }
 
 #[tokio::test]
@@ -1408,49 +1379,19 @@ async fn responders_dropped_after_their_handler_do_not_answer_a_peer_that_reads_
         ..ChannelConfig::default()
     };
     let (ours, theirs) = tokio::io::duplex(4096);
-    let (_server, mut reader, mut writer) = serve_over(ours, theirs, builder, config, None).await;
-    let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let flood = tokio::spawn({
-        let written = written.clone();
-        async move {
-            for n in 0..REQUESTS {
-                write_protocol_line(&mut writer, "REQUEST", &n.to_string(), "0").await;
-                written.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            }
-        }
-    });
-    // Until the flood stops moving (it finishes at once if unbounded).
-    let mut last = usize::MAX;
-    loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = written.load(std::sync::atomic::Ordering::SeqCst);
-        if now == last || now == REQUESTS {
-            break;
-        }
-        last = now;
-    }
+    let (_server, mut reader, writer) = serve_over(ours, theirs, builder, config, None).await;
+    let stalled_at =
+        flood_unread_then_read_errors(writer, &mut reader, REQUESTS, "0".into(), "ResponderDropped").await;
     // What goes in: the requests the 4 KiB pipe holds unread (about 40),
     // and those read until the reader stops: their answers fill our 4 KiB
     // pipe and the 1 KiB budget (about 25), then the overdraft, which the
     // reader sees once the drops of a read's requests have run, a read
     // being at most the pipe's 40. About 150 (measured: 177); unbounded,
     // all 1,000.
-    let stalled_at = written.load(std::sync::atomic::Ordering::SeqCst);
     assert!(
         stalled_at < 400,
         "{stalled_at} requests of 100 bytes went in while the peer read nothing"
     );
-    let mut answered = std::collections::HashSet::new();
-    while answered.len() < REQUESTS {
-        let line = next_line(&mut reader, "an answer never came").await;
-        let value: Value = serde_json::from_str(&line).unwrap();
-        assert_eq!(
-            value["_IPC_REQUEST/PAYLOAD"]["name"], "ResponderDropped",
-            "{line}"
-        );
-        answered.insert(value["_IPC_REQUEST/REQUEST_UID"].as_str().unwrap().to_string());
-    }
-    flood.await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::breaks_when_armed::{Break, BreaksWhenArmed};
 use common::{connected, ops_handler};
 use ipc_request::{
     Channel, ChannelConfig, CloseReason, Error, RemoteError, Request, Responder, SessionBuilder, handler_fn,
@@ -1116,48 +1117,8 @@ async fn a_peer_that_reads_no_refusals_is_pushed_back_and_loses_none() {
     assert_eq!(refused, total - 1 - queued);
 }
 
-/// A write half that, once armed, takes nothing the first time it is asked
-/// (the line then waits in the channel's queue) and fails every time after.
-struct FailsWhenArmed<W> {
-    inner: W,
-    armed: Arc<std::sync::atomic::AtomicBool>,
-    calls_since_armed: usize,
-}
-
-impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FailsWhenArmed<W> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bytes: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        if !self.armed.load(Ordering::SeqCst) {
-            return std::pin::Pin::new(&mut self.inner).poll_write(cx, bytes);
-        }
-        self.calls_since_armed += 1;
-        if self.calls_since_armed == 1 {
-            cx.waker().wake_by_ref();
-            return std::task::Poll::Pending;
-        }
-        std::task::Poll::Ready(Err(std::io::Error::other("the write side broke")))
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
 /// Two connected sessions, ours over a write half that fails from the
-/// first write after the handshake (see [`FailsWhenArmed`]), with the
+/// first write after the handshake (see [`BreaksWhenArmed`]), with the
 /// peer's exit status from `peer_exit` as for a spawned child; the peer
 /// answers with [`ops_handler`].
 async fn sessions_whose_writes_fail_once_set_up(
@@ -1165,12 +1126,7 @@ async fn sessions_whose_writes_fail_once_set_up(
 ) -> (ipc_request::Session, ipc_request::Session) {
     let (ours, theirs) = tokio::io::duplex(64 * 1024);
     let (read_half, write_half) = tokio::io::split(ours);
-    let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = FailsWhenArmed {
-        inner: write_half,
-        armed: armed.clone(),
-        calls_since_armed: 0,
-    };
+    let (writer, armed) = BreaksWhenArmed::new(write_half, Break::Fails);
     let mut ours = Channel::new(read_half, writer, ChannelConfig::default());
     if let Some(peer_exit) = peer_exit {
         ours.set_peer_exit(peer_exit);

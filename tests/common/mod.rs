@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod breaks_when_armed;
 pub mod hand_played;
 pub mod rng;
 
