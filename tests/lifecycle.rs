@@ -1282,14 +1282,14 @@ async fn an_answer_too_long_for_its_uid_still_reaches_the_peer_as_an_error() {
 /// Sends `requests` requests (UIDs 0, 1, ...) with `payload` to a session
 /// whose answers nobody reads, until the flood stops moving (it finishes
 /// at once if nothing holds it back); then reads `requests` answers, each
-/// an error named `name`, one per UID. Returns how many requests went in
-/// before the flood stalled.
+/// an error with one of `names`, one per UID. Returns how many requests
+/// went in before the flood stalled.
 async fn flood_unread_then_read_errors(
     mut writer: PeerWriter,
     reader: &mut PeerReader,
     requests: usize,
     payload: String,
-    name: &str,
+    names: &[&str],
 ) -> usize {
     let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let flood = tokio::spawn({
@@ -1315,7 +1315,8 @@ async fn flood_unread_then_read_errors(
     while answered.len() < requests {
         let line = next_line(reader, "an answer never came").await;
         let value: Value = serde_json::from_str(&line).unwrap();
-        assert_eq!(value["_IPC_REQUEST/PAYLOAD"]["name"], name, "{line}");
+        let name = value["_IPC_REQUEST/PAYLOAD"]["name"].as_str().unwrap_or_default();
+        assert!(names.contains(&name), "{line}");
         answered.insert(value["_IPC_REQUEST/REQUEST_UID"].as_str().unwrap().to_string());
     }
     flood.await.unwrap();
@@ -1344,23 +1345,18 @@ async fn a_peer_sending_requests_too_long_to_read_and_reading_nothing_is_slowed_
     let (_server, mut reader, writer) = serve_over(ours, theirs, builder, config, None).await;
     let big = format!("\"{}\"", "y".repeat(400));
     let stalled_at =
-        flood_unread_then_read_errors(writer, &mut reader, REQUESTS, big, "RequestTooLong").await;
+        flood_unread_then_read_errors(writer, &mut reader, REQUESTS, big, &["RequestTooLong"]).await;
     assert!(
         stalled_at < 50,
         "{stalled_at} requests of 400 bytes went in while the peer read nothing"
     );
 }
 
-#[tokio::test]
-async fn responders_dropped_after_their_handler_do_not_answer_a_peer_that_reads_nothing_without_end() {
-    // Each handler hands its responder to a task that drops it a moment
-    // later: the handler slot is free at once, and each drop queues an
-    // error answer from a destructor, which cannot wait for room. While
-    // the peer reads none, those answers count against the refusals'
-    // budget and then stop the reader, as refusals do, not pile up (a
-    // review queued 100,000 so); once it reads, every request has its
-    // answer.
-    const REQUESTS: usize = 1_000;
+/// A session whose handler hands each responder to a task that drops it a
+/// moment later (each request is answered `ResponderDropped`), with a
+/// refusals' budget and a write queue of 1 KiB, and a backlog of
+/// `backlog` requests.
+fn a_session_whose_responders_are_dropped_late(backlog: usize) -> (SessionBuilder, ChannelConfig) {
     let handler = responder_fn(|_: Request, responder: Responder| {
         tokio::spawn(async move {
             tokio::task::yield_now().await;
@@ -1371,6 +1367,7 @@ async fn responders_dropped_after_their_handler_do_not_answer_a_peer_that_reads_
     let builder = SessionBuilder::new()
         .config(SessionConfig {
             max_unwritten_refusal_bytes: 1024,
+            max_queued_requests: backlog,
             ..SessionConfig::default()
         })
         .handler(handler);
@@ -1378,20 +1375,57 @@ async fn responders_dropped_after_their_handler_do_not_answer_a_peer_that_reads_
         write_queue_bytes: 1024,
         ..ChannelConfig::default()
     };
+    (builder, config)
+}
+
+#[tokio::test]
+async fn responders_dropped_after_their_handler_do_not_answer_a_peer_that_reads_nothing_without_end() {
+    // Each handler hands its responder to a task that drops it a moment
+    // later: the handler slot is free at once, and each drop queues an
+    // error answer from a destructor, which cannot wait for room. While
+    // the peer reads none, those answers count against the refusals'
+    // budget, past which no handler starts: requests wait in the backlog,
+    // and past it are refused, and the refusals stop the reader, not pile
+    // up (a review queued 100,000 answers so). Once the peer reads, every
+    // request has its answer.
+    const REQUESTS: usize = 1_000;
+    let (builder, config) = a_session_whose_responders_are_dropped_late(16);
     let (ours, theirs) = tokio::io::duplex(4096);
     let (_server, mut reader, writer) = serve_over(ours, theirs, builder, config, None).await;
-    let stalled_at =
-        flood_unread_then_read_errors(writer, &mut reader, REQUESTS, "0".into(), "ResponderDropped").await;
+    let names = ["ResponderDropped", "Overloaded"];
+    let stalled_at = flood_unread_then_read_errors(writer, &mut reader, REQUESTS, "0".into(), &names).await;
     // What goes in: the requests the 4 KiB pipe holds unread (about 40),
     // and those read until the reader stops: their answers fill our 4 KiB
-    // pipe and the 1 KiB budget (about 25), then the overdraft, which the
-    // reader sees once the drops of a read's requests have run, a read
-    // being at most the pipe's 40. About 150 (measured: 177); unbounded,
-    // all 1,000.
+    // pipe and the 1 KiB budget (about 25), then the overdraft of the
+    // handlers started before it was seen (at most a read's worth, the
+    // pipe's 40), then the backlog's 16 and their refusals, which wait
+    // on the same spent budget. About 150; unbounded, all 1,000.
     assert!(
         stalled_at < 400,
         "{stalled_at} requests of 100 bytes went in while the peer read nothing"
     );
+}
+
+#[tokio::test]
+async fn a_session_whose_answers_wait_past_their_budget_still_sees_the_peer_end() {
+    // The flood above with room in the backlog for all of it, then the
+    // peer ends its stream (as a session of this crate does on close: it
+    // shuts its write side down and reads no more) and keeps its socket.
+    // Answers past the budget hold handlers back, not the reader: it reads
+    // on, to the end, and the session ends (a review saw a reader stopped
+    // for them miss that end, and the session stay open for good).
+    use tokio::io::AsyncWriteExt;
+    let (builder, config) = a_session_whose_responders_are_dropped_late(65_536);
+    let (ours, theirs) = tokio::io::duplex(4096);
+    let (server, _reader, mut writer) = serve_over(ours, theirs, builder, config, None).await;
+    for n in 0..1_000 {
+        write_protocol_line(&mut writer, "REQUEST", &n.to_string(), "0").await;
+    }
+    writer.shutdown().await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(10), server.closed())
+        .await
+        .expect("the peer ended its stream, and the session is still open");
+    assert!(matches!(ended, ipc_request::CloseReason::PeerClosed), "{ended:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

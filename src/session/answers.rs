@@ -119,15 +119,18 @@ impl Shared {
     /// Sends the error answer of a responder dropped after its handler
     /// ended (see `AnswerState`), from that responder's destructor, which
     /// cannot wait for room. It counts against the refusals' budget
-    /// (`max_unwritten_refusal_bytes`), which the reader waits on; when
-    /// that is spent, it goes all the same, as an overdraft the reader
-    /// waits to see written before it reads on (see
-    /// [`wait_for_overdraft`](Self::wait_for_overdraft)). So a peer that
-    /// sends requests and reads nothing stops being read, whatever the
-    /// handlers do with their responders; what can be queued past the
-    /// budget is at most one answer per responder the application holds
-    /// when the reader stops.
-    pub(super) fn send_orphan_answer(&self, mut line: Vec<u8>) {
+    /// (`max_unwritten_refusal_bytes`); when that is spent, it goes all the
+    /// same, as an overdraft, and until the overdraft is written no handler
+    /// starts: the peer's requests wait in the backlog, and past it are
+    /// refused, and refusals past the budget stop the reader (see
+    /// `Shared::refuse`). So a peer that sends requests and reads nothing
+    /// stops being read, whatever the handlers do with their responders,
+    /// and what can be queued past the budget is at most one answer per
+    /// responder alive when the overdraft began. The reader itself does not
+    /// wait for the overdraft: it goes on reading the peer's cancels, its
+    /// answers to our requests, and its end (a review saw a reader stopped
+    /// here miss the end of a peer that had shut its side down).
+    pub(super) fn send_orphan_answer(self: &Arc<Self>, mut line: Vec<u8>) {
         line.shrink_to_fit();
         let bytes = line.len().clamp(1, super::refusal_budget(&self.config));
         let held: Box<dyn Send> = match self
@@ -137,7 +140,16 @@ impl Shared {
         {
             Ok(permit) => Box::new(permit),
             Err(_) => {
-                self.overdraft.bytes.fetch_add(bytes, Ordering::AcqRel);
+                if self.overdraft.bytes.fetch_add(bytes, Ordering::AcqRel) == 0 {
+                    // The backlog waits while overdrawn: start it again once
+                    // the overdraft is written. One such task per overdraft:
+                    // a share added after it saw none left starts the next.
+                    let shared = self.clone();
+                    self.runtime.spawn(async move {
+                        shared.wait_for_overdraft().await;
+                        shared.drain_backlog();
+                    });
+                }
                 Box::new(OverdraftShare {
                     of: self.overdraft.clone(),
                     bytes,
@@ -148,15 +160,15 @@ impl Shared {
     }
 
     /// True if answers were queued past the refusals' budget and are not
-    /// all written yet: the reader then waits (see `send_orphan_answer`).
-    /// One load, for the reader to ask before every line.
+    /// all written yet: no handler starts meanwhile (see
+    /// `send_orphan_answer`). One load.
     pub(super) fn overdrawn(&self) -> bool {
         self.overdraft.bytes.load(Ordering::Acquire) > 0
     }
 
     /// Waits until no answer queued past the refusals' budget is left
     /// unwritten, or the session closes.
-    pub(super) async fn wait_for_overdraft(&self) {
+    async fn wait_for_overdraft(&self) {
         loop {
             let repaid = self.overdraft.repaid.notified();
             let mut repaid = std::pin::pin!(repaid);

@@ -245,8 +245,8 @@ pub struct Responder {
 /// a peer that floods us with requests and reads nothing then meets a full
 /// queue and a stopped reader, not growing memory. Only a responder that
 /// outlived its handler (moved elsewhere, then dropped) queues its answer
-/// without waiting, within a budget shared with refusals, past which the
-/// reader stops (see `Shared::send_orphan_answer`): a handler that hands
+/// without waiting, within a budget shared with refusals, past which no
+/// handler starts (see `Shared::send_orphan_answer`): a handler that hands
 /// every responder to a task that drops it at once would otherwise answer
 /// a peer that reads nothing into a queue without end (a review queued
 /// 100,000 so).

@@ -151,8 +151,9 @@ impl Shared {
     /// instead (we stop reading until there is room: see
     /// `SessionConfig::max_queued_requests`).
     async fn start_handler(self: &Arc<Self>, uid: PeerUid, payload: Message) {
-        // The common case: nothing waits and a slot is free.
-        if self.backlog_len.load(Ordering::Acquire) == 0 {
+        // The common case: nothing waits, no answer is overdrawn (see
+        // `send_orphan_answer`), and a slot is free.
+        if self.backlog_len.load(Ordering::Acquire) == 0 && !self.overdrawn() {
             if let Ok(slot) = self.handler_slots.clone().try_acquire_owned() {
                 return self.run_handler(uid, payload, slot);
             }
@@ -248,8 +249,14 @@ impl Shared {
     /// request is queued and after a handler task finishes; each side
     /// changes its state before looking at the other's, so no request is
     /// left waiting with a slot free.
-    fn drain_backlog(self: &Arc<Self>) {
+    pub(super) fn drain_backlog(self: &Arc<Self>) {
         loop {
+            if self.overdrawn() {
+                // No handler starts until what went past the refusals'
+                // budget is written; a task calls this again then (see
+                // `send_orphan_answer`).
+                return;
+            }
             let Ok(slot) = self.handler_slots.clone().try_acquire_owned() else {
                 return;
             };
@@ -490,13 +497,6 @@ pub(super) async fn read_loop(
     // it first, did.
     let mut closing = std::pin::pin!(shared.closing.cancelled());
     let reason = loop {
-        if shared.overdrawn() {
-            // Error answers went out past the refusals' budget, which the
-            // peer is not reading (see `Shared::send_orphan_answer`): read
-            // nothing more, which could start more handlers, until they are
-            // written.
-            shared.wait_for_overdraft().await;
-        }
         // Reading comes before the child's exit: what the child wrote
         // before it died is read and delivered before the session ends
         // for it.

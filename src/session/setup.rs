@@ -95,8 +95,9 @@ pub struct SessionConfig {
     /// stops reading until some are written. The error answers of
     /// responders dropped after their handler ended (a [`Responder`]
     /// moved elsewhere), sent from a destructor that cannot wait either,
-    /// count here too; past it they still go, and the reader then stops
-    /// until they are written.
+    /// count here too; past it they still go, and no handler starts until
+    /// they are written (the peer's requests wait in the backlog, and past
+    /// it are refused).
     ///
     /// [`Responder`]: crate::Responder
     ///
