@@ -1283,14 +1283,14 @@ async fn an_answer_too_long_for_its_uid_still_reaches_the_peer_as_an_error() {
 /// whose answers nobody reads, until the flood stops moving (it finishes
 /// at once if nothing holds it back); then reads `requests` answers, each
 /// an error with one of `names`, one per UID. Returns how many requests
-/// went in before the flood stalled.
+/// went in before the flood stalled, and how many answers had each name.
 async fn flood_unread_then_read_errors(
     mut writer: PeerWriter,
     reader: &mut PeerReader,
     requests: usize,
     payload: String,
     names: &[&str],
-) -> usize {
+) -> (usize, std::collections::HashMap<String, usize>) {
     let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let flood = tokio::spawn({
         let written = written.clone();
@@ -1312,15 +1312,23 @@ async fn flood_unread_then_read_errors(
     }
     let stalled_at = written.load(std::sync::atomic::Ordering::SeqCst);
     let mut answered = std::collections::HashSet::new();
+    let mut by_name = std::collections::HashMap::new();
     while answered.len() < requests {
         let line = next_line(reader, "an answer never came").await;
         let value: Value = serde_json::from_str(&line).unwrap();
-        let name = value["_IPC_REQUEST/PAYLOAD"]["name"].as_str().unwrap_or_default();
+        // The error as the `error` extension sends it, or as the payload
+        // for a peer without it (1.0).
+        let error = match &value["_IPC_REQUEST/ERROR"] {
+            Value::Null => &value["_IPC_REQUEST/PAYLOAD"],
+            error => error,
+        };
+        let name = error["name"].as_str().unwrap_or_default();
         assert!(names.contains(&name), "{line}");
+        *by_name.entry(name.to_string()).or_insert(0) += 1;
         answered.insert(value["_IPC_REQUEST/REQUEST_UID"].as_str().unwrap().to_string());
     }
     flood.await.unwrap();
-    stalled_at
+    (stalled_at, by_name)
 }
 
 #[tokio::test]
@@ -1344,7 +1352,7 @@ async fn a_peer_sending_requests_too_long_to_read_and_reading_nothing_is_slowed_
     let (ours, theirs) = tokio::io::duplex(4096);
     let (_server, mut reader, writer) = serve_over(ours, theirs, builder, config, None).await;
     let big = format!("\"{}\"", "y".repeat(400));
-    let stalled_at =
+    let (stalled_at, _) =
         flood_unread_then_read_errors(writer, &mut reader, REQUESTS, big, &["RequestTooLong"]).await;
     assert!(
         stalled_at < 50,
@@ -1389,21 +1397,73 @@ async fn responders_dropped_after_their_handler_do_not_answer_a_peer_that_reads_
     // up (a review queued 100,000 answers so). Once the peer reads, every
     // request has its answer.
     const REQUESTS: usize = 1_000;
-    let (builder, config) = a_session_whose_responders_are_dropped_late(16);
-    let (ours, theirs) = tokio::io::duplex(4096);
-    let (_server, mut reader, writer) = serve_over(ours, theirs, builder, config, None).await;
-    let names = ["ResponderDropped", "Overloaded"];
-    let stalled_at = flood_unread_then_read_errors(writer, &mut reader, REQUESTS, "0".into(), &names).await;
-    // What goes in: the requests the 4 KiB pipe holds unread (about 40),
-    // and those read until the reader stops: their answers fill our 4 KiB
-    // pipe and the 1 KiB budget (about 25), then the overdraft of the
-    // handlers started before it was seen (at most a read's worth, the
-    // pipe's 40), then the backlog's 16 and their refusals, which wait
-    // on the same spent budget. About 150; unbounded, all 1,000.
-    assert!(
-        stalled_at < 400,
-        "{stalled_at} requests of 100 bytes went in while the peer read nothing"
-    );
+    // A peer with `error` and `cancel` is refused past the backlog; a 1.0
+    // peer is not (it would take a refusal for an answer): the reader waits
+    // for room instead. Either way the flood stalls.
+    for extensions in [Some(&["error", "cancel"][..]), None] {
+        let (builder, config) = a_session_whose_responders_are_dropped_late(16);
+        let (ours, theirs) = tokio::io::duplex(4096);
+        let (_server, mut reader, writer) = serve_over(ours, theirs, builder, config, extensions).await;
+        let names = ["ResponderDropped", "Overloaded"];
+        let (stalled_at, by_name) =
+            flood_unread_then_read_errors(writer, &mut reader, REQUESTS, "0".into(), &names).await;
+        // What goes in: the requests the 4 KiB pipe holds unread (about
+        // 40), and those read until the reader stops: their answers fill
+        // our 4 KiB pipe and the 1 KiB budget (about 25), then the
+        // overdraft of the handlers started before it was seen (at most a
+        // read's worth, the pipe's 40), then the backlog's 16, then (a peer
+        // with `error`) refusals until they too wait on the spent budget.
+        // About 180; unbounded, all 1,000.
+        assert!(
+            stalled_at < 400,
+            "{extensions:?}: {stalled_at} requests of 100 bytes went in while the peer read nothing"
+        );
+        let refused = by_name.get("Overloaded").copied().unwrap_or(0);
+        match extensions {
+            Some(_) => assert!(
+                refused > 0,
+                "no request was refused past the backlog: {by_name:?}"
+            ),
+            None => assert_eq!(refused, 0, "a 1.0 peer was refused: {by_name:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_closed_session_reads_on_while_it_flushes_so_a_peer_stuck_writing_is_not_left_stuck() {
+    // After close(), what is queued (here a plain message larger than the
+    // pipe) is still written, once the peer reads. A peer whose reader
+    // first waits for its own writes to us to go through (a session of
+    // this crate whose refusals wait on their budget) reads nothing until
+    // then: if we stopped reading at the close, its writes would wait for
+    // us, our flush for it, for good. So we read on, and drop what we read,
+    // until the flush is done.
+    use tokio::io::AsyncWriteExt;
+    let (session, mut reader, mut writer) = serve_a_hand_played_peer(
+        responder_fn(|_: Request, _: Responder| async {}),
+        ChannelConfig::default(),
+        4096,
+        None,
+    )
+    .await;
+    let big = "x".repeat(64 * 1024);
+    session.send(&big).await.unwrap();
+    session.close();
+    // 1 MiB after the close, through a 4 KiB pipe: it goes only if we read.
+    let lines = "[1]\n".repeat(256 * 1024);
+    tokio::time::timeout(Duration::from_secs(10), writer.write_all(lines.as_bytes()))
+        .await
+        .expect("the closed session stopped reading while its flush waited for the peer")
+        .unwrap();
+    // Now the peer reads: the message, whole, then the end.
+    let line = next_line(&mut reader, "the queued message was not written").await;
+    assert_eq!(line.len(), big.len() + 2, "the message whole, quoted");
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), reader.read_to_end(&mut rest))
+        .await
+        .expect("our side never ended")
+        .unwrap();
+    assert!(rest.is_empty(), "nothing after the message: {} bytes", rest.len());
 }
 
 #[tokio::test]

@@ -129,7 +129,9 @@ impl Shared {
     /// responder alive when the overdraft began. The reader itself does not
     /// wait for the overdraft: it goes on reading the peer's cancels, its
     /// answers to our requests, and its end (a review saw a reader stopped
-    /// here miss the end of a peer that had shut its side down).
+    /// here miss the end of a peer that had shut its side down), until the
+    /// backlog is full and a refusal waits on the spent budget, as any
+    /// refusal does.
     pub(super) fn send_orphan_answer(self: &Arc<Self>, mut line: Vec<u8>) {
         line.shrink_to_fit();
         let bytes = line.len().clamp(1, super::refusal_budget(&self.config));

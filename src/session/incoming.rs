@@ -478,6 +478,28 @@ impl Shared {
     }
 }
 
+/// After our own close: reads what the peer still sends, and drops it
+/// unread, until the writer has written what was queued and shut our side
+/// down (or the peer ends, or a write fails). A reader that stopped at the
+/// close would leave a peer whose own reader waits for its writes to us (a
+/// session of this crate whose refusals wait on their budget) unable to
+/// read what we flush, or to see our end, while our flush waits for it to
+/// read: both would wait for good (an audit's finding). Nothing read is
+/// parsed, delivered or answered, and memory stays the read buffer's.
+async fn drain_while_flushing(mut receiver: ChannelReceiver, shared: &Shared) {
+    let mut flushed = std::pin::pin!(shared.sender.finished());
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut flushed => return,
+            next = receiver.recv_with(|_| Ok(Parsed::NotNodes(()))) => match next {
+                Ok(Some(())) | Err(Error::Frame(_)) => {}
+                Ok(None) | Err(_) => return,
+            },
+        }
+    }
+}
+
 pub(super) async fn read_loop(
     shared: Arc<Shared>,
     mut receiver: ChannelReceiver,
@@ -525,7 +547,7 @@ pub(super) async fn read_loop(
             .await
         };
         let next = match woke {
-            ReaderWoke::Closing => return,
+            ReaderWoke::Closing => return drain_while_flushing(receiver, &shared).await,
             ReaderWoke::Read(next) => next,
             ReaderWoke::ChildExited(status) => break CloseReason::ChildExited(status),
         };

@@ -523,7 +523,10 @@ impl Session {
     /// is written, then
     /// the channel is shut so the peer sees it disconnect. A request
     /// already written, or being written, may still run at the peer (which
-    /// sees the disconnect: a session of this crate then cancels it).
+    /// sees the disconnect: a session of this crate then cancels it). Until
+    /// what is queued is written, what the peer sends is read and dropped:
+    /// a peer that waits for its own writes before it reads (a session of
+    /// this crate whose refusals wait on their budget) can then read it.
     pub fn close(&self) {
         self.shared.shut(CloseReason::Local);
     }
