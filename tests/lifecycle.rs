@@ -1430,40 +1430,89 @@ async fn responders_dropped_after_their_handler_do_not_answer_a_peer_that_reads_
 }
 
 #[tokio::test]
-async fn a_closed_session_reads_on_while_it_flushes_so_a_peer_stuck_writing_is_not_left_stuck() {
-    // After close(), what is queued (here a plain message larger than the
-    // pipe) is still written, once the peer reads. A peer whose reader
-    // first waits for its own writes to us to go through (a session of
-    // this crate whose refusals wait on their budget) reads nothing until
-    // then: if we stopped reading at the close, its writes would wait for
-    // us, our flush for it, for good. So we read on, and drop what we read,
-    // until the flush is done.
+async fn a_closed_session_reads_on_so_a_peer_stuck_writing_is_not_left_stuck() {
+    // After close(), what is queued (a plain message larger than the pipe,
+    // or nothing) is still written, once the peer reads. A peer whose
+    // reader first waits for its own writes to us to go through (a session
+    // of this crate whose refusals wait on their budget) reads nothing
+    // until then: if we stopped reading at the close, or once our flush was
+    // done, its writes would wait for us, with our end behind them, for
+    // good. So we read on, and drop what we read.
     use tokio::io::AsyncWriteExt;
-    let (session, mut reader, mut writer) = serve_a_hand_played_peer(
-        responder_fn(|_: Request, _: Responder| async {}),
-        ChannelConfig::default(),
-        4096,
-        None,
-    )
-    .await;
-    let big = "x".repeat(64 * 1024);
-    session.send(&big).await.unwrap();
-    session.close();
-    // 1 MiB after the close, through a 4 KiB pipe: it goes only if we read.
-    let lines = "[1]\n".repeat(256 * 1024);
-    tokio::time::timeout(Duration::from_secs(10), writer.write_all(lines.as_bytes()))
+    for queued in [64 * 1024, 0] {
+        let handler = responder_fn(|_: Request, _: Responder| async {});
+        let (session, mut reader, mut writer) =
+            serve_a_hand_played_peer(handler, ChannelConfig::default(), 4096, None).await;
+        let big = "x".repeat(queued);
+        if queued > 0 {
+            session.send(&big).await.unwrap();
+        }
+        session.close();
+        // 1 MiB after the close, through a 4 KiB pipe: it goes only if we
+        // read. (The session's handle lives on, as after close() it may.)
+        let lines = "[1]\n".repeat(256 * 1024);
+        tokio::time::timeout(Duration::from_secs(4), writer.write_all(lines.as_bytes()))
+            .await
+            .unwrap_or_else(|_| panic!("{queued} bytes queued: the closed session stopped reading"))
+            .unwrap();
+        // Now the peer reads: the message, whole, then the end.
+        if queued > 0 {
+            let line = next_line(&mut reader, "the queued message was not written").await;
+            assert_eq!(line.len(), big.len() + 2, "the message whole, quoted");
+        }
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), reader.read_to_end(&mut rest))
+            .await
+            .expect("our side never ended")
+            .unwrap();
+        assert!(rest.is_empty(), "nothing after the message: {} bytes", rest.len());
+        drop(session);
+    }
+}
+
+#[tokio::test]
+async fn a_session_stuck_writing_to_one_that_closes_sees_its_end() {
+    // Two sessions of this crate. P's refusals wait on their budget, which
+    // only A's reading frees; A's reader is held up too (a full buffer of
+    // plain messages nobody reads). A closes, its requests withdrawn, with
+    // nothing left to write: P must still see A's end, which needs A to
+    // read what P is writing (a review's test).
+    let (a_io, p_io) = tokio::io::duplex(4096);
+    let p_builder = SessionBuilder::new()
+        .config(SessionConfig {
+            max_concurrent_handlers: 1,
+            max_queued_requests: 1,
+            max_unwritten_refusal_bytes: 1024,
+            ..SessionConfig::default()
+        })
+        .handler(responder_fn(|_: Request, responder: Responder| async move {
+            std::future::pending::<()>().await;
+            drop(responder);
+        }));
+    let a_builder = SessionBuilder::new().config(SessionConfig {
+        message_buffer: 1,
+        ..SessionConfig::default()
+    });
+    let (a, p) = tokio::join!(
+        a_builder.setup(Channel::from_stream(a_io, ChannelConfig::default())),
+        p_builder.setup(Channel::from_stream(p_io, ChannelConfig::default()))
+    );
+    let (a, p) = (a.unwrap(), p.unwrap());
+    let _unread = a.messages().unwrap();
+    for _ in 0..4 {
+        p.send(&"fill").await.unwrap();
+    }
+    for i in 0..400u32 {
+        let a = a.clone();
+        tokio::spawn(async move { a.request::<_, Value>(&i).await });
+    }
+    // Until P's reader is held up: P's queue stops moving.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a.close();
+    let seen = tokio::time::timeout(Duration::from_secs(10), p.closed())
         .await
-        .expect("the closed session stopped reading while its flush waited for the peer")
-        .unwrap();
-    // Now the peer reads: the message, whole, then the end.
-    let line = next_line(&mut reader, "the queued message was not written").await;
-    assert_eq!(line.len(), big.len() + 2, "the message whole, quoted");
-    let mut rest = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), reader.read_to_end(&mut rest))
-        .await
-        .expect("our side never ended")
-        .unwrap();
-    assert!(rest.is_empty(), "nothing after the message: {} bytes", rest.len());
+        .expect("P never saw the end of A, which closed");
+    assert!(matches!(seen, ipc_request::CloseReason::PeerClosed), "{seen:?}");
 }
 
 #[tokio::test]

@@ -478,26 +478,37 @@ impl Shared {
     }
 }
 
+/// How long a closed session goes on reading after its flush, for a peer
+/// that neither ends nor stops sending (see [`drain_while_flushing`]).
+const DRAIN_AFTER_FLUSH: Duration = Duration::from_secs(5);
+
 /// After our own close: reads what the peer still sends, and drops it
-/// unread, until the writer has written what was queued and shut our side
-/// down (or the peer ends, or a write fails). A reader that stopped at the
-/// close would leave a peer whose own reader waits for its writes to us (a
-/// session of this crate whose refusals wait on their budget) unable to
-/// read what we flush, or to see our end, while our flush waits for it to
-/// read: both would wait for good (an audit's finding). Nothing read is
-/// parsed, delivered or answered, and memory stays the read buffer's.
+/// unread, until the peer ends (or a read fails), and at most
+/// [`DRAIN_AFTER_FLUSH`] once the writer has written what was queued and
+/// shut our side down. A reader that stopped at the close would leave a
+/// peer whose own reader waits for its writes to us (a session of this
+/// crate whose refusals wait on their budget) unable to read what we
+/// flush, or to reach our end behind it, while our flush waits for it to
+/// read: both would wait for good (an audit's finding). Stopping once our
+/// flush is done is not enough: the peer's writes still wait on us, with
+/// our end behind them (a review's test). Nothing read is parsed,
+/// delivered or answered; the read buffer is all the memory it takes (up
+/// to a line's maximum, for a long line).
 async fn drain_while_flushing(mut receiver: ChannelReceiver, shared: &Shared) {
-    let mut flushed = std::pin::pin!(shared.sender.finished());
-    loop {
-        tokio::select! {
-            biased;
-            _ = &mut flushed => return,
-            next = receiver.recv_with(|_| Ok(Parsed::NotNodes(()))) => match next {
+    let drain = async {
+        loop {
+            match receiver.recv_with(|_| Ok(Parsed::NotNodes(()))).await {
                 Ok(Some(())) | Err(Error::Frame(_)) => {}
                 Ok(None) | Err(_) => return,
-            },
+            }
         }
+    };
+    let mut drain = std::pin::pin!(drain);
+    tokio::select! {
+        _ = &mut drain => return,
+        _ = shared.sender.finished() => {}
     }
+    let _ = tokio::time::timeout(DRAIN_AFTER_FLUSH, drain).await;
 }
 
 pub(super) async fn read_loop(

@@ -523,10 +523,12 @@ impl Session {
     /// is written, then
     /// the channel is shut so the peer sees it disconnect. A request
     /// already written, or being written, may still run at the peer (which
-    /// sees the disconnect: a session of this crate then cancels it). Until
-    /// what is queued is written, what the peer sends is read and dropped:
-    /// a peer that waits for its own writes before it reads (a session of
-    /// this crate whose refusals wait on their budget) can then read it.
+    /// sees the disconnect: a session of this crate then cancels it). What
+    /// the peer sends after the close is read and dropped, until the peer
+    /// ends (at most 5 s once what was queued is written): a peer that
+    /// waits for its own writes before it reads (a session of this crate
+    /// whose refusals wait on their budget) can then read our flush, and
+    /// our end.
     pub fn close(&self) {
         self.shared.shut(CloseReason::Local);
     }
