@@ -581,6 +581,17 @@ impl ChannelSender {
         self.shared.write_error.get().cloned()
     }
 
+    /// What is left to write, for a caller that watches whether it moves:
+    /// the lines queued and not yet written (one more while a direct write
+    /// left a rest), and their bytes (control lines aside). Equal twice in
+    /// a row: nothing was written in between, but for a long line in part.
+    pub(crate) fn unwritten(&self) -> (usize, usize) {
+        (
+            self.shared.queued_lines.load(Ordering::Acquire),
+            self.queued_bytes(),
+        )
+    }
+
     /// Bytes currently queued and not yet written (control lines aside).
     pub fn queued_bytes(&self) -> usize {
         let available = self.shared.budget.available_permits();

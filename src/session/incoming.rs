@@ -478,22 +478,34 @@ impl Shared {
     }
 }
 
-/// How long a closed session goes on reading after its flush, for a peer
-/// that neither ends nor stops sending (see [`drain_while_flushing`]).
-const DRAIN_AFTER_FLUSH: Duration = Duration::from_secs(5);
+/// How long a closed session goes on reading after its flush is done, for
+/// a peer that neither ends nor stops sending (see [`drain_while_flushing`]).
+/// A peer held up writing to us needs only the moment it takes to write
+/// and read our end; a peer that would notice our end only when our
+/// descriptor closes (a hang-up) notices it this much later.
+const DRAIN_AFTER_FLUSH: Duration = Duration::from_secs(1);
+
+/// How long a closed session goes on reading while its flush does not move
+/// (see [`drain_while_flushing`]).
+const DRAIN_WITHOUT_PROGRESS: Duration = Duration::from_secs(5);
 
 /// After our own close: reads what the peer still sends, and drops it
-/// unread, until the peer ends (or a read fails), and at most
-/// [`DRAIN_AFTER_FLUSH`] once the writer has written what was queued and
-/// shut our side down. A reader that stopped at the close would leave a
-/// peer whose own reader waits for its writes to us (a session of this
-/// crate whose refusals wait on their budget) unable to read what we
-/// flush, or to reach our end behind it, while our flush waits for it to
-/// read: both would wait for good (an audit's finding). Stopping once our
-/// flush is done is not enough: the peer's writes still wait on us, with
-/// our end behind them (a review's test). Nothing read is parsed,
-/// delivered or answered; the read buffer is all the memory it takes (up
-/// to a line's maximum, for a long line).
+/// unread, so that a peer whose own reader waits for its writes to us (a
+/// session of this crate whose refusals wait on their budget) can read
+/// our flush, and our end behind it. A reader that stopped at the close
+/// left both waiting for good, our flush for the peer to read, the peer
+/// for us to read (an audit's finding); one that stopped when the flush
+/// was done still left the peer's writes stuck, our end behind them (a
+/// review's tests).
+///
+/// It reads until the peer ends (or a read fails), but no longer than
+/// [`DRAIN_AFTER_FLUSH`] once the flush is done, nor on while the flush
+/// has not moved for [`DRAIN_WITHOUT_PROGRESS`]: a peer that reads nothing
+/// even as we read its writes is not held up by us, and one that floods
+/// us after our close must not keep this task reading for ever (a review
+/// saw 45 MB read so). Nothing read is parsed, delivered or answered; the
+/// read buffer is all the memory it takes (up to a line's maximum, for a
+/// long line).
 async fn drain_while_flushing(mut receiver: ChannelReceiver, shared: &Shared) {
     let drain = async {
         loop {
@@ -504,9 +516,20 @@ async fn drain_while_flushing(mut receiver: ChannelReceiver, shared: &Shared) {
         }
     };
     let mut drain = std::pin::pin!(drain);
-    tokio::select! {
-        _ = &mut drain => return,
-        _ = shared.sender.finished() => {}
+    let mut flushed = std::pin::pin!(shared.sender.finished());
+    let mut unwritten = shared.sender.unwritten();
+    loop {
+        tokio::select! {
+            _ = &mut drain => return,
+            _ = &mut flushed => break,
+            _ = tokio::time::sleep(DRAIN_WITHOUT_PROGRESS) => {
+                let now = shared.sender.unwritten();
+                if now == unwritten {
+                    return;
+                }
+                unwritten = now;
+            }
+        }
     }
     let _ = tokio::time::timeout(DRAIN_AFTER_FLUSH, drain).await;
 }
