@@ -1517,6 +1517,42 @@ async fn a_closed_session_stops_reading_a_peer_that_floods_it_and_reads_nothing(
 }
 
 #[tokio::test]
+async fn a_closed_session_reads_on_while_one_long_line_of_its_flush_moves_slowly() {
+    // A peer held up by us (it reads only once each of its writes to us has
+    // gone through) reads our one long line steadily but slowly, over more
+    // than the 5 s the drain waits for its flush to move: it moves, within
+    // the line. Taken for stalled (what was queued changes only once the
+    // whole line is written), the drain stopped and both sides waited for
+    // good (a review's test).
+    use tokio::io::AsyncWriteExt;
+    let handler = responder_fn(|_: Request, _: Responder| async {});
+    let (session, mut reader, mut writer) =
+        serve_a_hand_played_peer(handler, ChannelConfig::default(), 64 * 1024, None).await;
+    let len = 6 * 1024 * 1024;
+    session.send(&"x".repeat(len)).await.unwrap();
+    session.close();
+    drop(session);
+    let peer = async {
+        let chunk = "[1]\n".repeat(1024);
+        let mut buf = vec![0u8; 8 * 1024];
+        let mut total = 0;
+        loop {
+            writer.write_all(chunk.as_bytes()).await.unwrap();
+            match reader.read(&mut buf).await.unwrap() {
+                0 => return total,
+                n => total += n,
+            }
+            // About 800 KB/s: 7.5 s for the line.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let total = tokio::time::timeout(Duration::from_secs(60), peer)
+        .await
+        .expect("the peer, held up by us, never got our whole line and our end");
+    assert_eq!(total, len + 3, "the line, quoted, and its newline");
+}
+
+#[tokio::test]
 async fn a_session_stuck_writing_to_one_that_closes_sees_its_end() {
     // Two sessions of this crate. P's refusals wait on their budget, which
     // only A's reading frees; A's reader is held up too (a full buffer of

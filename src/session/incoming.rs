@@ -486,8 +486,11 @@ impl Shared {
 const DRAIN_AFTER_FLUSH: Duration = Duration::from_secs(1);
 
 /// How long a closed session goes on reading while its flush does not move
-/// (see [`drain_while_flushing`]).
+/// (see [`drain_while_flushing`]), checked every [`DRAIN_PROGRESS_CHECK`].
 const DRAIN_WITHOUT_PROGRESS: Duration = Duration::from_secs(5);
+
+/// How often a draining session looks whether its flush moves.
+const DRAIN_PROGRESS_CHECK: Duration = Duration::from_secs(1);
 
 /// After our own close: reads what the peer still sends, and drops it
 /// unread, so that a peer whose own reader waits for its writes to us (a
@@ -499,8 +502,10 @@ const DRAIN_WITHOUT_PROGRESS: Duration = Duration::from_secs(5);
 /// review's tests).
 ///
 /// It reads until the peer ends (or a read fails), but no longer than
-/// [`DRAIN_AFTER_FLUSH`] once the flush is done, nor on while the flush
-/// has not moved for [`DRAIN_WITHOUT_PROGRESS`]: a peer that reads nothing
+/// [`DRAIN_AFTER_FLUSH`] once the flush is done, nor on once the stream
+/// has taken nothing of it for [`DRAIN_WITHOUT_PROGRESS`] (to within a
+/// [`DRAIN_PROGRESS_CHECK`]; counted in bytes, as a long line moves in
+/// part: a review's slow reader took 10 s for one): a peer that reads nothing
 /// even as we read its writes is not held up by us, and one that floods
 /// us after our close must not keep this task reading for ever (a review
 /// saw 45 MB read so). Nothing read is parsed, delivered or answered; the
@@ -517,17 +522,19 @@ async fn drain_while_flushing(mut receiver: ChannelReceiver, shared: &Shared) {
     };
     let mut drain = std::pin::pin!(drain);
     let mut flushed = std::pin::pin!(shared.sender.finished());
-    let mut unwritten = shared.sender.unwritten();
+    let mut written = shared.sender.bytes_written();
+    let mut still = Duration::ZERO;
     loop {
         tokio::select! {
             _ = &mut drain => return,
             _ = &mut flushed => break,
-            _ = tokio::time::sleep(DRAIN_WITHOUT_PROGRESS) => {
-                let now = shared.sender.unwritten();
-                if now == unwritten {
+            _ = tokio::time::sleep(DRAIN_PROGRESS_CHECK) => {
+                let now = shared.sender.bytes_written();
+                still = if now == written { still + DRAIN_PROGRESS_CHECK } else { Duration::ZERO };
+                written = now;
+                if still >= DRAIN_WITHOUT_PROGRESS {
                     return;
                 }
-                unwritten = now;
             }
         }
     }
