@@ -1472,48 +1472,66 @@ async fn a_closed_session_reads_on_so_a_peer_stuck_writing_is_not_left_stuck() {
 
 #[tokio::test]
 async fn a_closed_session_stops_reading_a_peer_that_floods_it_and_reads_nothing() {
-    // The other side of the test above: a peer that reads nothing, so our
-    // flush never moves, and sends on after our close. Reading it is no
-    // help to anyone; the reader gives up once the flush has not moved for
-    // a while (5 s), where it read on for as long as the peer sent (a
-    // review saw 45 MB read so).
-    use tokio::io::AsyncWriteExt;
-    let handler = responder_fn(|_: Request, _: Responder| async {});
-    let (session, _reader, mut writer) =
-        serve_a_hand_played_peer(handler, ChannelConfig::default(), 4096, None).await;
-    session.send(&"x".repeat(64 * 1024)).await.unwrap();
-    session.close();
-    drop(session);
-    let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let flood = tokio::spawn({
-        let written = written.clone();
-        async move {
-            let chunk = "[1]\n".repeat(1024);
-            while writer.write_all(chunk.as_bytes()).await.is_ok() {
-                written.fetch_add(chunk.len(), std::sync::atomic::Ordering::SeqCst);
+    // The other side of the test above: a peer that reads nothing, or a
+    // byte every 2 s, so our flush does not move (by 64 KiB in 5 s), and
+    // sends on after our close. Reading it is no help to anyone; the
+    // reader gives up after 5 s, where it read on for as long as the peer
+    // sent (reviews saw 45 MB read so, and 325 MB with the byte now and
+    // then).
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for trickle in [false, true] {
+        let handler = responder_fn(|_: Request, _: Responder| async {});
+        let (session, mut reader, mut writer) =
+            serve_a_hand_played_peer(handler, ChannelConfig::default(), 4096, None).await;
+        session.send(&"x".repeat(64 * 1024)).await.unwrap();
+        session.close();
+        drop(session);
+        let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let flood = tokio::spawn({
+            let written = written.clone();
+            async move {
+                let chunk = "[1]\n".repeat(1024);
+                while writer.write_all(chunk.as_bytes()).await.is_ok() {
+                    written.fetch_add(chunk.len(), std::sync::atomic::Ordering::SeqCst);
+                }
             }
-        }
-    });
-    // Until the flood stops moving for a second; it never does if we read
-    // on without end.
-    let stalled = tokio::time::timeout(Duration::from_secs(20), async {
-        let mut last = usize::MAX;
-        loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let now = written.load(std::sync::atomic::Ordering::SeqCst);
-            if now == last {
-                return now;
+        });
+        let trickling = tokio::spawn(async move {
+            let mut byte = [0u8; 1];
+            if !trickle {
+                return reader;
             }
-            last = now;
-        }
-    })
-    .await
-    .expect("the closed session read on for as long as the peer flooded it");
-    assert!(
-        stalled > 1 << 20,
-        "it did not read on after the close: {stalled} bytes"
-    );
-    flood.abort();
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                if reader.read(&mut byte).await.unwrap_or(0) == 0 {
+                    return reader;
+                }
+            }
+        });
+        // Until the flood stops moving for a second; it never does if we
+        // read on without end.
+        let stalled = tokio::time::timeout(Duration::from_secs(20), async {
+            let mut last = usize::MAX;
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let now = written.load(std::sync::atomic::Ordering::SeqCst);
+                if now == last {
+                    return now;
+                }
+                last = now;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            panic!("trickle {trickle}: the closed session read on as long as the peer flooded it")
+        });
+        assert!(
+            stalled > 1 << 20,
+            "trickle {trickle}: it did not read on after the close: {stalled} bytes"
+        );
+        flood.abort();
+        trickling.abort();
+    }
 }
 
 #[tokio::test]

@@ -492,6 +492,12 @@ const DRAIN_WITHOUT_PROGRESS: Duration = Duration::from_secs(5);
 /// How often a draining session looks whether its flush moves.
 const DRAIN_PROGRESS_CHECK: Duration = Duration::from_secs(1);
 
+/// What a flush must move within [`DRAIN_WITHOUT_PROGRESS`] to count as
+/// moving (about 13 KB/s): a peer that takes a byte now and then while it
+/// floods us must not keep a closed session reading it for months (a
+/// review's peer took one byte every 2 s).
+const DRAIN_MIN_PROGRESS: u64 = 64 * 1024;
+
 /// After our own close: reads what the peer still sends, and drops it
 /// unread, so that a peer whose own reader waits for its writes to us (a
 /// session of this crate whose refusals wait on their budget) can read
@@ -503,9 +509,10 @@ const DRAIN_PROGRESS_CHECK: Duration = Duration::from_secs(1);
 ///
 /// It reads until the peer ends (or a read fails), but no longer than
 /// [`DRAIN_AFTER_FLUSH`] once the flush is done, nor on once the stream
-/// has taken nothing of it for [`DRAIN_WITHOUT_PROGRESS`] (to within a
-/// [`DRAIN_PROGRESS_CHECK`]; counted in bytes, as a long line moves in
-/// part: a review's slow reader took 10 s for one): a peer that reads nothing
+/// has taken less than [`DRAIN_MIN_PROGRESS`] of it in
+/// [`DRAIN_WITHOUT_PROGRESS`] (to within a [`DRAIN_PROGRESS_CHECK`];
+/// counted in bytes, as a long line moves in part: a review's slow reader
+/// took 10 s for one): a peer that reads (next to) nothing
 /// even as we read its writes is not held up by us, and one that floods
 /// us after our close must not keep this task reading for ever (a review
 /// saw 45 MB read so). Nothing read is parsed, delivered or answered; the
@@ -522,7 +529,9 @@ async fn drain_while_flushing(mut receiver: ChannelReceiver, shared: &Shared) {
     };
     let mut drain = std::pin::pin!(drain);
     let mut flushed = std::pin::pin!(shared.sender.finished());
-    let mut written = shared.sender.bytes_written();
+    // Bytes written when the flush last moved by DRAIN_MIN_PROGRESS, and
+    // for how long it has not since.
+    let mut mark = shared.sender.bytes_written();
     let mut still = Duration::ZERO;
     loop {
         tokio::select! {
@@ -530,10 +539,13 @@ async fn drain_while_flushing(mut receiver: ChannelReceiver, shared: &Shared) {
             _ = &mut flushed => break,
             _ = tokio::time::sleep(DRAIN_PROGRESS_CHECK) => {
                 let now = shared.sender.bytes_written();
-                still = if now == written { still + DRAIN_PROGRESS_CHECK } else { Duration::ZERO };
-                written = now;
-                if still >= DRAIN_WITHOUT_PROGRESS {
-                    return;
+                if now - mark >= DRAIN_MIN_PROGRESS {
+                    (mark, still) = (now, Duration::ZERO);
+                } else {
+                    still += DRAIN_PROGRESS_CHECK;
+                    if still >= DRAIN_WITHOUT_PROGRESS {
+                        return;
+                    }
                 }
             }
         }

@@ -526,11 +526,12 @@ impl Session {
     /// sees the disconnect: a session of this crate then cancels it). What
     /// the peer sends after the close is read and dropped, until the peer
     /// ends, for at most 1 s once what was queued is written, and not on
-    /// once that has not moved for 5 s: a peer that waits for its own
-    /// writes before it reads (a session of this crate whose refusals wait
-    /// on their budget) can then read our flush, and our end. (Meanwhile
-    /// our descriptor stays open: a peer that watches for it to close
-    /// rather than reading our end sees it that much later.)
+    /// once its writing moves by less than 64 KiB in 5 s: a peer that
+    /// waits for its own writes before it reads (a session of this crate
+    /// whose refusals wait on their budget) can then read our flush, and
+    /// our end. (Meanwhile our descriptor stays open: a peer that watches
+    /// for it to close rather than reading our end sees it that much
+    /// later.)
     pub fn close(&self) {
         self.shared.shut(CloseReason::Local);
     }
