@@ -478,81 +478,6 @@ impl Shared {
     }
 }
 
-/// How long a closed session goes on reading after its flush is done, for
-/// a peer that neither ends nor stops sending (see [`drain_while_flushing`]).
-/// A peer held up writing to us needs only the moment it takes to write
-/// and read our end; a peer that would notice our end only when our
-/// descriptor closes (a hang-up) notices it this much later.
-const DRAIN_AFTER_FLUSH: Duration = Duration::from_secs(1);
-
-/// How long a closed session goes on reading while its flush does not move
-/// (see [`drain_while_flushing`]), checked every [`DRAIN_PROGRESS_CHECK`].
-const DRAIN_WITHOUT_PROGRESS: Duration = Duration::from_secs(5);
-
-/// How often a draining session looks whether its flush moves.
-const DRAIN_PROGRESS_CHECK: Duration = Duration::from_secs(1);
-
-/// What a flush must move within [`DRAIN_WITHOUT_PROGRESS`] to count as
-/// moving (about 13 KB/s): a peer that takes a byte now and then while it
-/// floods us must not keep a closed session reading it for months (a
-/// review's peer took one byte every 2 s).
-const DRAIN_MIN_PROGRESS: u64 = 64 * 1024;
-
-/// After our own close: reads what the peer still sends, and drops it
-/// unread, so that a peer whose own reader waits for its writes to us (a
-/// session of this crate whose refusals wait on their budget) can read
-/// our flush, and our end behind it. A reader that stopped at the close
-/// left both waiting for good, our flush for the peer to read, the peer
-/// for us to read (an audit's finding); one that stopped when the flush
-/// was done still left the peer's writes stuck, our end behind them (a
-/// review's tests).
-///
-/// It reads until the peer ends (or a read fails), but no longer than
-/// [`DRAIN_AFTER_FLUSH`] once the flush is done, nor on once the stream
-/// has taken less than [`DRAIN_MIN_PROGRESS`] of it in
-/// [`DRAIN_WITHOUT_PROGRESS`] (to within a [`DRAIN_PROGRESS_CHECK`];
-/// counted in bytes, as a long line moves in part: a review's slow reader
-/// took 10 s for one): a peer that reads (next to) nothing
-/// even as we read its writes is not held up by us, and one that floods
-/// us after our close must not keep this task reading for ever (a review
-/// saw 45 MB read so). Nothing read is parsed, delivered or answered; the
-/// read buffer is all the memory it takes (up to a line's maximum, for a
-/// long line).
-async fn drain_while_flushing(mut receiver: ChannelReceiver, shared: &Shared) {
-    let drain = async {
-        loop {
-            match receiver.recv_with(|_| Ok(Parsed::NotNodes(()))).await {
-                Ok(Some(())) | Err(Error::Frame(_)) => {}
-                Ok(None) | Err(_) => return,
-            }
-        }
-    };
-    let mut drain = std::pin::pin!(drain);
-    let mut flushed = std::pin::pin!(shared.sender.finished());
-    // Bytes written when the flush last moved by DRAIN_MIN_PROGRESS, and
-    // for how long it has not since.
-    let mut mark = shared.sender.bytes_written();
-    let mut still = Duration::ZERO;
-    loop {
-        tokio::select! {
-            _ = &mut drain => return,
-            _ = &mut flushed => break,
-            _ = tokio::time::sleep(DRAIN_PROGRESS_CHECK) => {
-                let now = shared.sender.bytes_written();
-                if now - mark >= DRAIN_MIN_PROGRESS {
-                    (mark, still) = (now, Duration::ZERO);
-                } else {
-                    still += DRAIN_PROGRESS_CHECK;
-                    if still >= DRAIN_WITHOUT_PROGRESS {
-                        return;
-                    }
-                }
-            }
-        }
-    }
-    let _ = tokio::time::timeout(DRAIN_AFTER_FLUSH, drain).await;
-}
-
 pub(super) async fn read_loop(
     shared: Arc<Shared>,
     mut receiver: ChannelReceiver,
@@ -600,7 +525,7 @@ pub(super) async fn read_loop(
             .await
         };
         let next = match woke {
-            ReaderWoke::Closing => return drain_while_flushing(receiver, &shared).await,
+            ReaderWoke::Closing => return super::close::drain_while_flushing(receiver, &shared).await,
             ReaderWoke::Read(next) => next,
             ReaderWoke::ChildExited(status) => break CloseReason::ChildExited(status),
         };

@@ -8,11 +8,13 @@
 // (handshake answers, routing answers, starting handlers, plain messages,
 // failing everything when the channel ends); `backlog.rs` the peer's
 // requests waiting for a handler slot; `close.rs` the session's end,
-// once, and the errors that report it; `gone_peer.rs` what a caller is
+// once, the errors that report it, and the reader's drain after a local
+// close; `gone_peer.rs` what a caller is
 // told while the peer is going, and how a session ends when the peer is
 // gone while this side holds the reader up;
 // `handler.rs` what a handler sees; `answers.rs` how a handler's answer
-// is written; `messages.rs` the stream of the peer's plain messages;
+// is written, and the budget of those sent from a responder's drop;
+// `messages.rs` the stream of the peer's plain messages;
 // `pending.rs` the table's slots and the guard that keeps the table of our
 // pending requests honest.
 
