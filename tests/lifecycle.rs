@@ -1448,9 +1448,11 @@ async fn a_closed_session_reads_on_so_a_peer_stuck_writing_is_not_left_stuck() {
             session.send(&big).await.unwrap();
         }
         session.close();
-        // 1 MiB after the close, through a 4 KiB pipe: it goes only if we
-        // read. (The session's handle lives on, as after close() it may.)
-        let lines = "[1]\n".repeat(256 * 1024);
+        // 256 KiB after the close, through a 4 KiB pipe: it goes only if
+        // we read. (The session's handle lives on, as after close() it may.)
+        // Not more: with nothing queued, the drain reads for 1 s after the
+        // close, which a busy machine's debug build must not run out of.
+        let lines = "[1]\n".repeat(64 * 1024);
         tokio::time::timeout(Duration::from_secs(4), writer.write_all(lines.as_bytes()))
             .await
             .unwrap_or_else(|_| panic!("{queued} bytes queued: the closed session stopped reading"))
