@@ -49,7 +49,7 @@ use super::ChannelConfig;
 use super::withdrawals::{LineTicket, Withdrawals};
 use crate::error::{CloseReason, Error};
 use crate::frame;
-use write_task::{WriterGone, fail, write_loop};
+use write_task::{WriterGone, fail, write_loop, writer_task_dropped};
 
 /// Lines up to this size are copied into one batch buffer for a single
 /// write; larger ones are written from their own buffer.
@@ -457,10 +457,7 @@ impl ChannelSender {
                     // window; no test reaches it).
                     stream.partial = None;
                     shared.queued_lines.fetch_sub(1, Ordering::AcqRel);
-                    fail(
-                        shared,
-                        io::Error::other("the channel's writer task was dropped (its runtime shut down)"),
-                    );
+                    fail(shared, writer_task_dropped());
                     return Err(self.closed_error());
                 }
                 // Half written: it can no longer be taken back.

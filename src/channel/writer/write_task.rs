@@ -44,18 +44,18 @@ pub(super) struct WriterGone {
 impl Drop for WriterGone {
     fn drop(&mut self) {
         drop(self.rx.take());
-        let gone = || io::Error::other("the channel's writer task was dropped (its runtime shut down)");
         if self.done_writing {
             // Only the shutdown was left: everything queued is written (or
             // a failure recorded), so this is no failure. The first reason
             // stays: `Local` after a close, the write's error after one.
-            self.shared.set_closed(CloseReason::Io(Arc::new(gone())));
+            self.shared
+                .set_closed(CloseReason::Io(Arc::new(writer_task_dropped())));
         } else {
             // Cut short with lines maybe queued: a failure, recorded and
             // the receiver woken, so that the session ends (its pending
             // requests fail) rather than wait for lines nobody writes. A
             // failure recorded before stays (`fail` keeps the first).
-            fail(&self.shared, gone());
+            fail(&self.shared, writer_task_dropped());
         }
         // The rest of a line a direct write left for the task is never
         // written now: its budget comes back.
@@ -64,6 +64,13 @@ impl Drop for WriterGone {
         }
         self.shared.finished.cancel();
     }
+}
+
+/// The error of a channel whose writer task was dropped before it ended:
+/// its runtime shut down. One wording, whichever side finds it (the task's
+/// drop, or a direct write that could not hand its rest over).
+pub(super) fn writer_task_dropped() -> io::Error {
+    io::Error::other("the channel's writer task was dropped (its runtime shut down)")
 }
 
 /// The writer task.
