@@ -1279,6 +1279,20 @@ async fn an_answer_too_long_for_its_uid_still_reaches_the_peer_as_an_error() {
     assert!(told[0].contains("TooLong"), "{told:?}");
 }
 
+/// `count` once it has not moved for a `period`, or has reached `all`:
+/// when a flood that writes to a reader that may stop has stalled.
+async fn once_it_stops_moving(count: &std::sync::atomic::AtomicUsize, period: Duration, all: usize) -> usize {
+    let mut last = usize::MAX;
+    loop {
+        tokio::time::sleep(period).await;
+        let now = count.load(std::sync::atomic::Ordering::SeqCst);
+        if now == last || now == all {
+            return now;
+        }
+        last = now;
+    }
+}
+
 /// Sends `requests` requests (UIDs 0, 1, ...) with `payload` to a session
 /// whose answers nobody reads, until the flood stops moving (it finishes
 /// at once if nothing holds it back); then reads `requests` answers, each
@@ -1301,16 +1315,7 @@ async fn flood_unread_then_read_errors(
             }
         }
     });
-    let mut last = usize::MAX;
-    loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = written.load(std::sync::atomic::Ordering::SeqCst);
-        if now == last || now == requests {
-            break;
-        }
-        last = now;
-    }
-    let stalled_at = written.load(std::sync::atomic::Ordering::SeqCst);
+    let stalled_at = once_it_stops_moving(&written, Duration::from_millis(100), requests).await;
     let mut answered = std::collections::HashSet::new();
     let mut by_name = std::collections::HashMap::new();
     while answered.len() < requests {
@@ -1512,21 +1517,12 @@ async fn a_closed_session_stops_reading_a_peer_that_floods_it_and_reads_nothing(
         });
         // Until the flood stops moving for a second; it never does if we
         // read on without end.
-        let stalled = tokio::time::timeout(Duration::from_secs(20), async {
-            let mut last = usize::MAX;
-            loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                let now = written.load(std::sync::atomic::Ordering::SeqCst);
-                if now == last {
-                    return now;
-                }
-                last = now;
-            }
-        })
-        .await
-        .unwrap_or_else(|_| {
-            panic!("trickle {trickle}: the closed session read on as long as the peer flooded it")
-        });
+        let moving = once_it_stops_moving(&written, Duration::from_secs(1), usize::MAX);
+        let stalled = tokio::time::timeout(Duration::from_secs(20), moving)
+            .await
+            .unwrap_or_else(|_| {
+                panic!("trickle {trickle}: the closed session read on as long as the peer flooded it")
+            });
         assert!(
             stalled > 1 << 20,
             "trickle {trickle}: it did not read on after the close: {stalled} bytes"
