@@ -26,7 +26,8 @@ pub(super) struct Backlog {
     next_arrival: u64,
     bytes: usize,
     /// The arrival numbers of the waiting requests of each UID, oldest
-    /// first: one, unless the peer reuses UIDs. A cancel takes the oldest.
+    /// first: one, unless the peer reuses UIDs too early. A cancel takes
+    /// the newest (see `Shared::cancel_request`).
     by_uid: HashMap<PeerUid, Arrivals>,
     /// Set by [`close`](Self::close): nothing is queued any more.
     closed: bool,
@@ -95,14 +96,18 @@ impl Backlog {
     pub(super) fn pop(&mut self) -> Option<(PeerUid, Message)> {
         let (_, (uid, payload)) = self.requests.pop_first()?;
         self.bytes -= request_size(&uid, &payload);
-        self.take_oldest_arrival(&uid);
+        // The oldest request of all is the oldest of its UID.
+        self.take_arrival(&uid, VecDeque::pop_front);
         Some((uid, payload))
     }
 
-    /// Takes the oldest waiting request of `uid` out (the peer expects no
-    /// answer to it); false if none waits.
+    /// Takes the newest waiting request of `uid` out (the peer expects no
+    /// answer to it); false if none waits. Only a peer that reuses a UID
+    /// before it has the answer has more than one waiting; its map of
+    /// pending requests by UID then holds the newest, so that is the one
+    /// its cancel means.
     pub(super) fn cancel(&mut self, uid: &PeerUid) -> bool {
-        let Some(arrival) = self.take_oldest_arrival(uid) else {
+        let Some(arrival) = self.take_arrival(uid, VecDeque::pop_back) else {
             return false;
         };
         if let Some((uid, payload)) = self.requests.remove(&arrival) {
@@ -112,20 +117,22 @@ impl Backlog {
         true
     }
 
-    fn take_oldest_arrival(&mut self, uid: &PeerUid) -> Option<u64> {
+    /// Takes one arrival number of `uid` out of `by_uid`: the one `pick`
+    /// takes when there are several.
+    fn take_arrival(&mut self, uid: &PeerUid, pick: fn(&mut VecDeque<u64>) -> Option<u64>) -> Option<u64> {
         let arrivals = self.by_uid.get_mut(uid)?;
-        let oldest = match arrivals {
+        let taken = match arrivals {
             Arrivals::One(only) => {
                 let only = *only;
                 self.by_uid.remove(uid);
                 return Some(only);
             }
-            Arrivals::Many(all) => all.pop_front(),
+            Arrivals::Many(all) => pick(all),
         };
         if matches!(arrivals, Arrivals::Many(all) if all.is_empty()) {
             self.by_uid.remove(uid);
         }
-        oldest
+        taken
     }
 }
 
@@ -158,11 +165,15 @@ mod tests {
     #[test]
     fn cancelled_requests_leave_the_backlog_at_once_and_everything_is_counted_out() {
         let mut backlog = queue(&["a", "b", "a", "c"]);
-        assert!(backlog.cancel(&uid("a")), "the first a waits");
+        assert!(backlog.cancel(&uid("a")), "an a waits");
         assert!(backlog.cancel(&uid("c")));
         assert!(!backlog.cancel(&uid("x")), "not waiting: nothing to cancel");
         assert_eq!(backlog.len(), 2, "their room is free at once");
-        assert_eq!(drain(&mut backlog), ["b1", "a2"]);
+        assert_eq!(
+            drain(&mut backlog),
+            ["a0", "b1"],
+            "a cancel of a reused UID means its newest request"
+        );
         assert_eq!(backlog.bytes, 0);
         assert!(backlog.by_uid.is_empty() && backlog.requests.is_empty());
     }
