@@ -129,7 +129,7 @@ async fn write_until_closed(
     while let Some(first) = rx.recv().await {
         let mut stream = shared.writer.lock().await;
         if shared.write_error.get().is_some() {
-            // A direct write failed (see `write_or_queue`): nothing more
+            // A direct write failed (see `ChannelSender::write_or_queue`): nothing more
             // is written, whatever was queued.
             return Ok(());
         }
