@@ -136,8 +136,9 @@ pub const HANDLER_STOP_TIMEOUT: Duration = Duration::from_secs(1);
 /// [`SessionConfig::max_concurrent_handlers`](crate::SessionConfig::max_concurrent_handlers)
 /// run at once, as for any handler, each on a thread of its own (made when
 /// needed, kept a while for the next): the runtime's blocking pool has one
-/// for every handler slot (up to 65,536) and 64 more, at least 512, shared
-/// with the `spawn_blocking` and `tokio::fs` calls of handlers. A handler that calls the peer back
+/// for every handler slot and 64 more, at least 512 and at most 65,536 in
+/// all, shared with the `spawn_blocking` and `tokio::fs` calls of handlers.
+/// A handler that calls the peer back
 /// holds its slot until the answer comes; if the peer's answer needs one of
 /// our handlers too, callbacks nested past that many at once wait for ever,
 /// as with any handler: raise the limit for such a peer.
@@ -485,8 +486,8 @@ impl Session {
         self.inner.session.pending_requests()
     }
 
-    /// Plain messages dropped before [`messages`](Self::messages) was
-    /// taken: [`crate::Session::dropped_messages`].
+    /// Plain messages dropped, before [`messages`](Self::messages) was
+    /// taken or after it was dropped: [`crate::Session::dropped_messages`].
     pub fn dropped_messages(&self) -> u64 {
         self.inner.session.dropped_messages()
     }
