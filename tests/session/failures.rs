@@ -1,0 +1,316 @@
+//! Failures: handler errors and panics, no handler, closing, lines too long
+//! or bad, answers too long to send, what could not be decoded, and answers
+//! that are not ours.
+
+use std::time::Duration;
+
+use crate::a_session_with_a_hand_played_peer_over_a_socket;
+use crate::common;
+use crate::common::{connected, ops_handler};
+use ipc_request::{
+    Channel, ChannelConfig, CloseReason, Error, RemoteError, Request, Responder, handler_fn, responder_fn,
+    setup,
+};
+use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+
+#[tokio::test]
+async fn handler_errors_panics_and_dropped_responders_answer_with_errors() {
+    let (a, b) = Channel::pair(ChannelConfig::default());
+    let handler = responder_fn(|req: Request, responder: Responder| async move {
+        match req.payload::<String>().unwrap().as_str() {
+            "error" => {
+                let _ = responder
+                    .fail(
+                        RemoteError::new("TypeError", "boom")
+                            .with_code("E_BOOM")
+                            .with_data(json!({"n": 1})),
+                    )
+                    .await;
+            }
+            "panic" => panic!("handler exploded"),
+            "drop" => drop(responder),
+            "twice" => {
+                responder.respond(&1).await.unwrap();
+                assert!(matches!(responder.respond(&2).await, Err(Error::AlreadyAnswered)));
+            }
+            _ => {
+                let _ = responder.respond(&"ok").await;
+            }
+        }
+    });
+    let (client, _server) = tokio::join!(setup(a, None), setup(b, handler));
+    let client = client.unwrap();
+    match client.request::<_, Value>("error").await {
+        Err(Error::Remote(e)) => {
+            assert_eq!((e.name.as_str(), e.message.as_str()), ("TypeError", "boom"));
+            assert_eq!(e.code, Some(json!("E_BOOM")));
+            assert_eq!(e.data.as_deref(), Some(&json!({"n": 1})));
+        }
+        other => panic!("{other:?}"),
+    }
+    match client.request::<_, Value>("panic").await {
+        Err(Error::Remote(e)) => assert_eq!(e.name, "HandlerPanicked"),
+        other => panic!("{other:?}"),
+    }
+    match client.request::<_, Value>("drop").await {
+        Err(Error::Remote(e)) => assert_eq!(e.name, "ResponderDropped"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(client.request::<_, Value>("twice").await.unwrap(), json!(1));
+    // Still serving after all that.
+    assert_eq!(client.request::<_, Value>("fine").await.unwrap(), json!("ok"));
+}
+
+#[tokio::test]
+async fn a_panic_in_a_returning_handler_carries_its_message() {
+    let (a, b) = Channel::pair(ChannelConfig::default());
+    let handler = handler_fn(|_req: Request| async move {
+        if true {
+            panic!("exploded with detail");
+        }
+        Ok::<_, RemoteError>(0)
+    });
+    let (client, _server) = tokio::join!(setup(a, None), setup(b, handler));
+    match client.unwrap().request::<_, Value>(&0).await {
+        Err(Error::Remote(e)) => {
+            assert_eq!(e.name, "HandlerPanicked");
+            assert_eq!(e.message, "exploded with detail");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn requests_to_a_side_without_handler_fail_with_no_handler() {
+    let (a, b) = Channel::pair(ChannelConfig::default());
+    let (client, _server) = tokio::join!(setup(a, None), setup(b, None));
+    match client.unwrap().request::<_, Value>(&0).await {
+        Err(Error::Remote(e)) => assert_eq!(e.name, "NoHandler"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn closing_fails_pending_requests_on_both_sides_and_later_calls() {
+    let (a, b) = connected().await;
+    let pending = {
+        let b = b.clone();
+        tokio::spawn(async move { b.request::<_, Value>(&json!({"op":"sleep","ms":60_000})).await })
+    };
+    let mine = {
+        let a = a.clone();
+        tokio::spawn(async move { a.request::<_, Value>(&json!({"op":"sleep","ms":60_000})).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    a.close();
+    assert!(matches!(
+        mine.await.unwrap(),
+        Err(Error::Closed(CloseReason::Local))
+    ));
+    let err = pending.await.unwrap().unwrap_err();
+    assert!(matches!(err, Error::Closed(CloseReason::PeerClosed)), "{err}");
+    assert!(matches!(b.closed().await, CloseReason::PeerClosed));
+    assert!(matches!(
+        a.request::<_, Value>(&1).await,
+        Err(Error::Closed(CloseReason::Local))
+    ));
+    assert!(matches!(b.send(&1).await, Err(Error::Closed(_))));
+}
+
+#[tokio::test]
+async fn a_too_long_request_fails_alone() {
+    let config = ChannelConfig {
+        max_message_len: 1024,
+        ..Default::default()
+    };
+    let (a, b) = Channel::pair(config);
+    let (a, _b) = tokio::join!(setup(a, ops_handler()), setup(b, ops_handler()));
+    let a = a.unwrap();
+    let big = "x".repeat(2000);
+    let err = a
+        .request::<_, Value>(&json!({"op":"echo","data":big}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Frame(ipc_request::FrameError::TooLong { max: 1024, .. })
+        ),
+        "{err}"
+    );
+    assert_eq!(a.pending_requests(), 0);
+    assert_eq!(
+        a.request::<_, Value>(&json!({"op":"echo","data":"small"}))
+            .await
+            .unwrap(),
+        json!("small")
+    );
+}
+
+#[tokio::test]
+async fn a_line_too_long_for_its_reader_fails_its_request_instead_of_leaving_it_waiting() {
+    // Node has no length limit, so a peer may send more than our limit. An
+    // answer too long to read fails its request; a request too long for
+    // the peer is answered by the peer with an error.
+    let (small_io, big_io) = tokio::io::duplex(64 * 1024);
+    let small_config = ChannelConfig {
+        max_message_len: 1024,
+        ..Default::default()
+    };
+    let (small, big) = tokio::join!(
+        setup(Channel::from_stream(small_io, small_config), ops_handler()),
+        setup(
+            Channel::from_stream(big_io, ChannelConfig::default()),
+            ops_handler()
+        ),
+    );
+    let (small, big) = (small.unwrap(), big.unwrap());
+    let within = Duration::from_secs(5);
+    let answer = tokio::time::timeout(
+        within,
+        small.request::<_, Value>(&json!({"op":"repeat","n":2000})),
+    )
+    .await
+    .expect("a request whose answer was too long was left waiting");
+    assert!(
+        matches!(
+            answer,
+            Err(Error::Frame(ipc_request::FrameError::TooLong { max: 1024, .. }))
+        ),
+        "{answer:?}"
+    );
+    assert_eq!(small.pending_requests(), 0);
+    let big_request = json!({"op":"echo","data":"x".repeat(2000)});
+    let refused = tokio::time::timeout(within, big.request::<_, Value>(&big_request))
+        .await
+        .expect("a request too long for the peer was left waiting");
+    match refused {
+        Err(Error::Remote(e)) => {
+            assert_eq!(e.name, "RequestTooLong");
+            assert!(e.message.contains("1024"), "{}", e.message);
+        }
+        other => panic!("{other:?}"),
+    }
+    for side in [&small, &big] {
+        let echo = side.request::<_, Value>(&json!({"op":"echo","data":"on"})).await;
+        assert_eq!(echo.unwrap(), json!("on"), "the session goes on");
+    }
+}
+
+#[tokio::test]
+async fn a_bad_line_from_the_peer_is_reported_and_the_session_goes_on() {
+    let (a_io, b_io) = tokio::io::duplex(64 * 1024);
+    let (mut b_read, mut b_write) = tokio::io::split(b_io);
+    // b speaks the protocol by hand: answer a's handshake, then send garbage
+    // and a plain message.
+    let a = tokio::spawn(setup(Channel::from_stream(a_io, ChannelConfig::default()), None));
+    common::answer_handshake_as_one_dot_zero(&mut b_read, &mut b_write).await;
+    b_write.write_all(b"not json\n{\"after\":1}\n").await.unwrap();
+    let a = a.await.unwrap().unwrap();
+    assert!(!a.peer().advertises_extensions, "a 1.0 peer");
+    let mut messages = a.messages().unwrap();
+    let bad = messages.recv().await.unwrap().unwrap_err();
+    assert!(
+        matches!(bad, Error::Frame(ipc_request::FrameError::InvalidJson { .. })),
+        "{bad}"
+    );
+    assert_eq!(messages.recv().await.unwrap().unwrap(), json!({"after": 1}));
+}
+
+#[tokio::test]
+async fn an_answer_too_long_to_send_reaches_the_caller_as_an_error() {
+    let config = ChannelConfig {
+        max_message_len: 4096,
+        ..Default::default()
+    };
+    let (a, b) = Channel::pair(config);
+    let handler = handler_fn(|_req: Request| async move { Ok::<_, RemoteError>("z".repeat(10_000)) });
+    let (client, server) = tokio::join!(setup(a, None), setup(b, handler));
+    let (client, _server) = (client.unwrap(), server.unwrap());
+    match client.request::<_, Value>(&0).await {
+        Err(Error::Remote(e)) => {
+            assert_eq!(e.name, "ResponseNotSent");
+            assert!(e.message.contains("4096"), "{}", e.message);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_answer_whose_uid_only_parses_to_one_of_ours_is_not_ours() {
+    // We issue UIDs as plain decimals ("1", "2", ...). "01" and "+1" read as
+    // the number 1 too, but they are not the UID of our request: such an
+    // answer must not take that request's place, and the real answer must
+    // still reach it.
+    for forged_prefix in ["0", "+", "00"] {
+        let (client, mut their_read, mut their_write) =
+            a_session_with_a_hand_played_peer_over_a_socket().await;
+        let call = tokio::spawn({
+            let client = client.clone();
+            async move { client.request::<_, Value>(&json!("q")).await }
+        });
+        let request: Value = serde_json::from_str(&common::read_line(&mut their_read).await).unwrap();
+        let uid = request["_IPC_REQUEST/REQUEST_UID"].as_str().unwrap().to_string();
+        for (answer_uid, payload) in [
+            (format!("{forged_prefix}{uid}"), "not yours"),
+            (uid.clone(), "yours"),
+        ] {
+            let line = json!({
+                "_IPC_REQUEST/MSG_TYPE": "_IPC_REQUEST/MSG_TYPE:RESPONSE",
+                "_IPC_REQUEST/REQUEST_UID": answer_uid,
+                "_IPC_REQUEST/PAYLOAD": payload,
+            });
+            their_write
+                .write_all(format!("{line}\n").as_bytes())
+                .await
+                .unwrap();
+        }
+        let got = tokio::time::timeout(Duration::from_secs(10), call)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            got.unwrap(),
+            json!("yours"),
+            "UID {forged_prefix}{uid} took request {uid}'s place"
+        );
+    }
+}
+
+#[tokio::test]
+async fn what_could_not_be_decoded_is_named_answer_request_or_message() {
+    let (a, b) = connected().await;
+    let mut b_messages = b.messages().unwrap();
+    // Nested past serde_json's 128 levels: valid JSON no `Value` can hold.
+    let deep: Box<serde_json::value::RawValue> =
+        serde_json::value::RawValue::from_string(format!("{}{}", "[".repeat(200), "]".repeat(200))).unwrap();
+
+    let answer = a.request::<_, u32>(&json!({"op":"echo","data":"text"})).await;
+    match answer {
+        Err(e @ Error::Decode { what: "answer", .. }) => {
+            assert!(e.to_string().starts_with("could not decode the answer: "), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // The handler's `req.payload()?` fails; the caller hears it was its request.
+    match a.request::<_, Value>(&deep).await {
+        Err(Error::Remote(e)) => {
+            assert_eq!(e.name, "DecodeRequest", "named by the variant, not `Error`");
+            assert!(
+                e.message.starts_with("could not decode the request's payload: "),
+                "{e:?}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+
+    a.send(&deep).await.unwrap();
+    match b_messages.recv().await.unwrap() {
+        Err(e @ Error::Decode { what: "message", .. }) => {
+            assert!(e.to_string().starts_with("could not decode the message: "), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
