@@ -1,6 +1,6 @@
 'use strict';
 // Edge cases of examples/node/ipc_session.js between two Node processes,
-// each found by a review: run by tests/processes.rs (`node
+// each found by a review: run by tests/processes/js_session.rs (`node
 // tests/js/session_edges.js`), it forks itself as the child, prints `PASS
 // <name>` or `FAIL <name>: <why>` per case and exits 0 only if all passed.
 
