@@ -1,0 +1,65 @@
+//! Byte-level tests of the frame layer.
+
+mod against_a_full_scan;
+mod decoding;
+mod encoding;
+mod limits_and_bad_lines;
+
+use serde_json::Value;
+
+use super::*;
+
+/// Decodes everything `buf` holds now, until `decode` returns `Ok(None)`.
+fn drain(decoder: &mut FrameDecoder, buf: &mut BytesMut) -> Vec<Result<String, FrameError>> {
+    let mut results = Vec::new();
+    loop {
+        match decoder.decode(buf) {
+            Ok(Some(message)) => results.push(Ok(message.get().to_owned())),
+            Ok(None) => return results,
+            Err(error) => results.push(Err(error)),
+        }
+    }
+}
+
+/// Feeds `chunks` one after the other, draining after each, then decodes at end of stream.
+fn feed<'a>(max_len: usize, chunks: impl IntoIterator<Item = &'a [u8]>) -> Vec<Result<String, FrameError>> {
+    let mut decoder = FrameDecoder::new(max_len);
+    let mut buf = BytesMut::new();
+    let mut results = Vec::new();
+    for chunk in chunks {
+        buf.extend_from_slice(chunk);
+        results.extend(drain(&mut decoder, &mut buf));
+    }
+    while let Some(message) = decoder.decode_eof(&mut buf).transpose() {
+        results.push(message.map(|m| m.get().to_owned()));
+    }
+    assert!(buf.is_empty(), "decode_eof left {buf:?}");
+    results
+}
+
+/// A decode result with the message as text, for comparisons.
+fn text(result: Result<Option<Message>, FrameError>) -> Result<Option<String>, FrameError> {
+    result.map(|m| m.map(|m| m.get().to_owned()))
+}
+
+fn feed_all(bytes: &[u8]) -> Vec<Result<String, FrameError>> {
+    feed(DEFAULT_MAX_MESSAGE_LEN, [bytes])
+}
+
+fn ok(texts: &[&str]) -> Vec<Result<String, FrameError>> {
+    texts.iter().map(|t| Ok(t.to_string())).collect()
+}
+
+/// The one message in `line`, parsed as a `Value` (which a lone surrogate would break).
+fn value_of(line: &[u8]) -> Value {
+    let results = feed_all(line);
+    assert_eq!(results.len(), 1, "{results:?}");
+    let text = results[0].as_ref().expect("a message");
+    serde_json::from_str(text).expect("the message parses as a Value")
+}
+
+fn encoded(value: &(impl serde::Serialize + ?Sized)) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode(value, DEFAULT_MAX_MESSAGE_LEN, &mut out).expect("encodes");
+    out
+}
