@@ -26,31 +26,39 @@ impl Shared {
     }
 
     /// An error answer, shaped for what the peer understands. If the error
-    /// is too long to send (its data or stack), it goes without them, as a
-    /// short `ErrorTooLarge`. That one is sent even past the maximum message
-    /// length, by as much as the UID and a kilobyte: the peer's UID came in
-    /// a line it could write, and an error is the last answer it can get
-    /// (else it would wait for ever). A peer with a limit that low fails
-    /// its request as too long to read, which is still an answer.
+    /// is too long to send, it goes without its data and stack (its name
+    /// and code kept, its message cut to a kilobyte, and a note added that
+    /// the rest was not sent), and if it is still too long (a name or code
+    /// that long), as a short `ErrorTooLarge` naming it. The last is sent
+    /// even past the maximum message length, by as much as the UID and a
+    /// kilobyte: the peer's UID came in a line it could write, and an error
+    /// is the last answer it can get (else it would wait for ever). A peer
+    /// with a limit that low fails its request as too long to read, which
+    /// is still an answer.
     pub(super) fn encode_error(&self, uid: &PeerUid, error: &RemoteError) -> Result<Vec<u8>, Error> {
         let room = uid.as_json().len() + 1024;
-        let encode = |e: &RemoteError| {
-            if self.peer_takes_errors() {
-                self.sender
-                    .encode_with(|max, out| protocol::encode_error_response(uid, e, max.max(room), out))
-            } else {
-                self.sender
-                    .encode_with(|max, out| protocol::encode_response(uid, e, max.max(room), out))
-            }
+        // Encoded within `at_least` bytes, or the maximum if more.
+        let encode = |e: &RemoteError, at_least: usize| {
+            self.sender.encode_with(|max, out| {
+                if self.peer_takes_errors() {
+                    protocol::encode_error_response(uid, e, max.max(at_least), out)
+                } else {
+                    protocol::encode_response(uid, e, max.max(at_least), out)
+                }
+            })
         };
-        encode(error).or_else(|why| {
-            let name: String = error.name.chars().take(64).collect();
-            let small = RemoteError::new(
-                "ErrorTooLarge",
-                format!("{name}: the error was too large to send ({why})"),
-            );
-            encode(&small)
-        })
+        encode(error, room)
+            // Within the maximum only: this one is as long as the handler
+            // made its name and code.
+            .or_else(|why| encode(&without_data_and_stack(error, &why), 0))
+            .or_else(|why| {
+                let name: String = error.name.chars().take(64).collect();
+                let small = RemoteError::new(
+                    "ErrorTooLarge",
+                    format!("{name}: the error was too large to send ({why})"),
+                );
+                encode(&small, room)
+            })
     }
 
     /// Sends an answer: straight to the stream when it is the only one
@@ -185,5 +193,31 @@ impl Shared {
                 _ = self.closing.cancelled() => return,
             }
         }
+    }
+}
+
+/// How much of an error's message goes with it when its data and stack
+/// are left out (see [`Shared::encode_error`]).
+const STRIPPED_MESSAGE_LEN: usize = 1024;
+
+/// `error` without its data and stack, its message cut to
+/// [`STRIPPED_MESSAGE_LEN`] bytes and told why: what goes when the whole
+/// error is too long to send.
+fn without_data_and_stack(error: &RemoteError, why: &Error) -> RemoteError {
+    let mut end = error.message.len().min(STRIPPED_MESSAGE_LEN);
+    while !error.message.is_char_boundary(end) {
+        end -= 1;
+    }
+    let cut = if end < error.message.len() { "..." } else { "" };
+    let message = format!(
+        "{}{cut} (its data and stack were not sent: {why})",
+        &error.message[..end]
+    );
+    RemoteError {
+        name: error.name.clone(),
+        message,
+        code: error.code.clone(),
+        stack: None,
+        data: None,
     }
 }

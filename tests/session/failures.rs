@@ -1,6 +1,6 @@
 //! Failures: handler errors and panics, no handler, closing, lines too long
-//! or bad, answers too long to send, what could not be decoded, and answers
-//! that are not ours.
+//! or bad, answers and errors too long to send, what could not be decoded,
+//! and answers that are not ours.
 
 use std::time::Duration;
 
@@ -235,6 +235,65 @@ async fn an_answer_too_long_to_send_reaches_the_caller_as_an_error() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[tokio::test]
+async fn an_error_too_long_to_send_goes_without_its_data_and_stack_then_as_error_too_large() {
+    let config = ChannelConfig {
+        max_message_len: 4096,
+        ..Default::default()
+    };
+    let (a, b) = Channel::pair(config);
+    // Too long by its data, its message or its name, as the request says.
+    let handler = handler_fn(|req: Request| async move {
+        let long = |text: &str| text.repeat(10_000);
+        let error = match req.payload::<String>()?.as_str() {
+            "data" => RemoteError::new("BigError", "what the caller needs").with_data(long("d")),
+            "message" => RemoteError::new("BigError", long("é")),
+            _ => RemoteError::new(long("N"), "m"),
+        };
+        Err::<(), _>(error.with_code("E_BIG").with_stack("at handler"))
+    });
+    let (client, server) = tokio::join!(setup(a, None), setup(b, handler));
+    let (client, _server) = (client.unwrap(), server.unwrap());
+    async fn fail(client: &ipc_request::Session, too_long_by: &str) -> RemoteError {
+        match client.request::<_, Value>(&too_long_by).await {
+            Err(Error::Remote(e)) => *e,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    // Too long by its data: the rest goes, and says what was left out.
+    let e = fail(&client, "data").await;
+    assert_eq!((e.name.as_str(), &e.code), ("BigError", &Some(json!("E_BIG"))));
+    assert_eq!((e.stack, e.data), (None, None));
+    assert!(
+        e.message
+            .starts_with("what the caller needs (its data and stack were not sent: "),
+        "{}",
+        e.message
+    );
+    assert!(e.message.contains("4096"), "{}", e.message);
+
+    // Too long by its message: cut to a kilobyte, on a character boundary.
+    let e = fail(&client, "message").await;
+    assert_eq!((e.name.as_str(), &e.code), ("BigError", &Some(json!("E_BIG"))));
+    let (kept, note) = e
+        .message
+        .split_once("... (its data and stack were not sent")
+        .unwrap();
+    assert_eq!(kept, "é".repeat(512), "1,024 bytes of it");
+    assert!(note.ends_with(')'), "{note}");
+
+    // Too long by its name: only ErrorTooLarge fits, naming the start of it.
+    let e = fail(&client, "name").await;
+    assert_eq!(e.name, "ErrorTooLarge");
+    assert!(
+        e.message
+            .starts_with(&format!("{}: the error was too large to send", "N".repeat(64))),
+        "{}",
+        e.message
+    );
 }
 
 #[tokio::test]
