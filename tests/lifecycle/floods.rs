@@ -481,8 +481,22 @@ async fn a_session_stuck_writing_to_one_that_closes_sees_its_end() {
         let a = a.clone();
         tokio::spawn(async move { a.request::<_, Value>(&i).await });
     }
-    // Until P's reader is held up: P's queue stops moving.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Until P's reader is held up: A's requests then wait in A's queue,
+    // and it stops moving.
+    let held_up = async {
+        let mut last = 0;
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let now = a.queued_bytes();
+            if now > 0 && now == last {
+                return;
+            }
+            last = now;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), held_up)
+        .await
+        .expect("P read all of A's requests: its reader was never held up");
     a.close();
     let seen = tokio::time::timeout(Duration::from_secs(10), p.closed())
         .await
