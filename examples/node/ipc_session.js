@@ -22,12 +22,14 @@
 //
 // The session: request(payload, {timeoutMs}) (timeoutMs: ms, at most about
 // 24.8 days; unset, Infinity or more is none), send(plain) (refuses, as the
-// Rust side does, a `cmd` starting with NODE_ and the protocol's own
-// shapes), onMessage(fn) (returns an unsubscribe function; plain messages
-// that come while there is no listener wait for one, up to 1,024 messages
-// and 64 Mi characters of JSON text, kept as that text, and past that (or
-// if its text would be longer than a string can be) are counted in
-// droppedMessages; serialized again, a message kept as text has
+// Rust side does, a `cmd` of NODE_ and more, and the protocol's own
+// shapes; a send still unwritten when close() gives up on it fails),
+// onMessage(fn) (returns an unsubscribe function; plain messages that
+// come while there is no listener wait for one, up to 1,024 messages and
+// 64 Mi characters of JSON text (one longer message is kept if nothing
+// else waits, and those after it are dropped), kept as that text, and past
+// that (or if its text would be longer than a string can be) are counted
+// in droppedMessages; serialized again, a message kept as text has
 // 0 for -0, and null for a number too large for a double, where one heard
 // at once has -0 and Infinity),
 // peerExtensions (what the peer advertised), extensions (negotiated: ours
@@ -43,7 +45,8 @@
 // again on it (a close() through ctx.session then leaves the channel be).
 //
 // A handler that passes on (rethrows) an error its own request to the
-// peer got passes it whole, but for the names that say a request was not
+// peer got passes it whole (with the peer's stack, if it sent one, and
+// not the local one of where it was received), but for the names that say a request was not
 // run (Overloaded, RequestTooLong, RequestUnreadable, NoHandler,
 // HandlerNotRun): this one was,
 // so those go as the Rust side sends them on, named Remote.
@@ -110,7 +113,7 @@ const NOT_RUN = new Set(['Overloaded', 'RequestTooLong', 'RequestUnreadable', 'N
 function errorToWire(err) {
   try {
     if (!isObject(err)) return { name: 'Error', message: describe(err) };
-    const { name, message, stack, code, data, remote } = err;
+    const { name, message, stack, code, data, remote, [LOCAL_STACK]: localStack } = err;
     if (remote === true && NOT_RUN.has(name)) {
       // A peer's "not run" passed on by a handler that did run (a
       // rethrow): the caller may not take it as not run. As the Rust side
@@ -126,7 +129,7 @@ function errorToWire(err) {
       name: typeof name === 'string' ? name : 'Error',
       message: typeof message === 'string' ? message : describe(message ?? ''),
     };
-    if (typeof stack === 'string') out.stack = stack;
+    if (typeof stack === 'string' && stack !== localStack) out.stack = stack;
     if (typeof code === 'string' || Number.isFinite(code)) out.code = code;
     if (data !== undefined) out.data = data;
     return out;
@@ -135,6 +138,11 @@ function errorToWire(err) {
   }
 }
 
+// Set on an error from the peer to the stack it was made with here, when
+// the peer sent none: that one says only where the answer was read, and a
+// handler that passes the error on does not send it as the peer's.
+const LOCAL_STACK = Symbol('ipc-session local stack');
+
 function errorFromWire(w) {
   const e = new Error(isObject(w) && typeof w.message === 'string' ? w.message : String(w));
   if (!isObject(w)) return e;
@@ -142,6 +150,7 @@ function errorFromWire(w) {
   if (w.code !== undefined) e.code = w.code;
   if (w.data !== undefined) e.data = w.data;
   if (typeof w.stack === 'string') e.stack = w.stack;
+  else Object.defineProperty(e, LOCAL_STACK, { value: e.stack });
   e.remote = true;
   return e;
 }
@@ -274,14 +283,21 @@ function setupIpcSession(proc, handler, {
   if (!proc || typeof proc.send !== 'function') {
     return Promise.reject(makeError('no IPC channel on this process', 'ERR_NO_IPC'));
   }
+  if (proc.connected === false) {
+    // Its 'disconnect' has come and gone: nothing would end the handshake
+    // but its timeout.
+    return Promise.reject(makeError('IPC channel closed', 'ERR_IPC_CHANNEL_CLOSED'));
+  }
+  let ours;
   try {
     // null, as unset: the default.
     handshakeTimeoutMs = timeoutOption(handshakeTimeoutMs ?? 10000, 'handshakeTimeoutMs');
     closeTimeoutMs = timeoutOption(closeTimeoutMs ?? 10000, 'closeTimeoutMs');
+    if (extensions != null && !Array.isArray(extensions)) throw new TypeError('extensions must be an array of names');
+    ours = [...(extensions ?? ['error', 'cancel'])];
   } catch (err) {
     return Promise.reject(err);
   }
-  const ours = [...extensions];
   const v1 = ours.length === 0; // plain ipc-request 1.0 mode
   const ourUid = `${process.pid}-${crypto.randomUUID()}`; // fresh handshake UID
 
@@ -304,6 +320,10 @@ function setupIpcSession(proc, handler, {
   let settleHandshake; // {resolve, reject} while the handshake runs
   let writesInFlight = 0; // sends handed to Node whose callback has not come
   let writesDone = null; // called when writesInFlight drops to 0, while close() waits
+  // The rejects of session.send() calls whose write callback has not
+  // come: failed if close() disconnects before it does (Node would report
+  // them written all the same: see disconnect below).
+  const sendsInFlight = new Set();
   let disconnected; // the promise close() returns
   let disconnectSeen = false; // proc's 'disconnect' has fired
   let onDisconnected = null; // close()'s resolve, called from our 'disconnect' listener
@@ -578,7 +598,13 @@ function setupIpcSession(proc, handler, {
       } catch (err) {
         return Promise.reject(err);
       }
-      return new Promise((resolve, reject) => write(wire, (err) => (err ? reject(err) : resolve())));
+      return new Promise((resolve, reject) => {
+        sendsInFlight.add(reject);
+        write(wire, (err) => {
+          sendsInFlight.delete(reject);
+          if (err) reject(err); else resolve();
+        });
+      });
     },
     get droppedMessages() { return droppedMessages; },
     onMessage(fn) {
@@ -605,7 +631,12 @@ function setupIpcSession(proc, handler, {
           wakeDisconnect();
           return;
         }
-        const timer = closeTimeoutMs === undefined ? null : setTimeout(disconnect, closeTimeoutMs);
+        const timer = closeTimeoutMs === undefined ? null : setTimeout(() => {
+          const err = makeError(`IPC channel closed before this was written (closeTimeoutMs ${closeTimeoutMs})`, 'ERR_IPC_CHANNEL_CLOSED');
+          for (const reject of sendsInFlight) reject(err);
+          sendsInFlight.clear();
+          disconnect();
+        }, closeTimeoutMs);
         timer?.unref();
         writesDone = () => { clearTimeout(timer); disconnect(); };
         if (writesInFlight === 0) writesDone();
@@ -642,7 +673,8 @@ function setupIpcSession(proc, handler, {
     proc.on('message', onMessage);
     proc.once('disconnect', onDisconnect);
     if (proc !== process) proc.once('exit', onExit);
-    write(handshakeMessage(HS_REQUEST, ourUid));
+    // A write that fails ends the session, and the handshake with it.
+    write(handshakeMessage(HS_REQUEST, ourUid), (err) => { if (err) close(`handshake not sent: ${err.message}`); });
   });
 }
 

@@ -7,7 +7,7 @@
 const { fork } = require('child_process');
 const { EventEmitter } = require('events');
 const path = require('path');
-const { setupIpcSession, KEYS: K } = require(path.join(__dirname, '..', '..', 'examples', 'node', 'ipc_session.js'));
+const { setupIpcSession, errorToWire, KEYS: K } = require(path.join(__dirname, '..', '..', 'examples', 'node', 'ipc_session.js'));
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const within = (ms, promise, what) => Promise.race([
@@ -20,6 +20,10 @@ const within = (ms, promise, what) => Promise.race([
 async function child(mode) {
   if (mode === 'silent') { // reads, but never sets up a session
     process.on('message', () => {});
+    return;
+  }
+  if (mode === 'lingers') { // lives on without its channel, until killed
+    setInterval(() => {}, 1000);
     return;
   }
   if (mode === 'asks-without-handshake') {
@@ -63,6 +67,22 @@ async function child(mode) {
 }
 
 // ---------------------------------------------------------------- parent
+
+// A stand-in for a child process that answers our handshake (with both
+// extensions); `onSend(message, callback)` does the rest of each send.
+function standIn(onSend) {
+  const proc = new EventEmitter();
+  proc.connected = true;
+  proc.send = (m, cb) => {
+    if (m[K.HS_TYPE] === K.HS_REQUEST) {
+      const answer = { [K.HS_UID]: m[K.HS_UID], [K.HS_TYPE]: K.HS_RESPONSE, [K.EXTENSIONS]: ['error', 'cancel'] };
+      setImmediate(() => proc.emit('message', answer));
+    }
+    return onSend(m, cb);
+  };
+  return proc;
+}
+const writes = (m, cb) => { setImmediate(() => cb?.(null)); return true; };
 
 const cases = {
   // close() called from a 'disconnect' listener the program added before
@@ -147,15 +167,7 @@ const cases = {
   // stand-in for a child process: Node itself only hands over what
   // JSON.parse made, and such a text would take gigabytes to send.
   async a_message_that_cannot_be_written_again_is_dropped_not_fatal() {
-    const proc = new EventEmitter();
-    proc.connected = true;
-    proc.send = (m, cb) => {
-      if (m[K.HS_TYPE] === K.HS_REQUEST) {
-        setImmediate(() => proc.emit('message', { [K.HS_UID]: m[K.HS_UID], [K.HS_TYPE]: K.HS_RESPONSE }));
-      }
-      setImmediate(() => cb?.(null));
-      return true;
-    };
+    const proc = standIn(writes);
     const session = await setupIpcSession(proc, null);
     proc.emit('message', { get text() { throw new RangeError('Invalid string length'); } });
     // Not tried again by a stack of our own, which would build a text too
@@ -177,6 +189,79 @@ const cases = {
     }
     const c = fork(__filename, ['child', 'close-soon']);
     await setupIpcSession(c, (p) => p, { handshakeTimeoutMs: null, closeTimeoutMs: null });
+  },
+
+  // A channel already closed fails setup at once, as does a handshake whose
+  // write fails: both once waited out the handshake's timeout (with none,
+  // for ever).
+  async setup_on_a_closed_channel_fails_at_once() {
+    const c = fork(__filename, ['child', 'lingers']); // its exit would end the wait too
+    await new Promise((resolve) => { c.once('disconnect', resolve); c.disconnect(); });
+    const closed = setupIpcSession(c, null, { handshakeTimeoutMs: 20000 }).then(() => null, (e) => e);
+    const err = await within(2000, closed, 'setup on a closed channel').finally(() => c.kill());
+    if (err?.code !== 'ERR_IPC_CHANNEL_CLOSED') throw new Error(`closed channel: ${err}`);
+    const failing = new EventEmitter();
+    failing.connected = true;
+    failing.send = (m, cb) => { setImmediate(() => cb?.(new Error('EPIPE'))); return false; };
+    const notSent = setupIpcSession(failing, null, { handshakeTimeoutMs: 20000 }).then(() => null, (e) => e);
+    const err2 = await within(2000, notSent, 'setup whose handshake is not written');
+    if (err2?.code !== 'ERR_IPC_CHANNEL_CLOSED') throw new Error(`handshake not written: ${err2}`);
+  },
+
+  // A send still unwritten when close() gives up waiting (closeTimeoutMs)
+  // fails: Node drops it as it disconnects, and its callback says written.
+  async a_send_not_written_when_close_gives_up_fails() {
+    const stuck = [];
+    const proc = standIn((m, cb) => {
+      if (m.big) { stuck.push(cb); return false; }
+      return writes(m, cb);
+    });
+    proc.disconnect = () => { // as Node 20's
+      proc.connected = false;
+      for (const cb of stuck.splice(0)) cb(null);
+      setImmediate(() => proc.emit('disconnect'));
+    };
+    const session = await setupIpcSession(proc, null, { closeTimeoutMs: 100 });
+    const sent = session.send({ big: true }).then(() => 'said to be written', (e) => e.code);
+    await within(3000, session.close(), 'close()');
+    const got = await sent;
+    if (got !== 'ERR_IPC_CHANNEL_CLOSED') throw new Error(`the send close() gave up on: ${got}`);
+  },
+
+  // extensions: null is the default, as null is for the timeouts; a value
+  // that is not an array is refused (it once threw out of setup).
+  async extensions_null_is_the_default() {
+    let hello;
+    const proc = standIn((m, cb) => { if (m[K.HS_TYPE] === K.HS_REQUEST) hello = m; return writes(m, cb); });
+    const session = await setupIpcSession(proc, null, { extensions: null });
+    const sent = JSON.stringify(hello[K.EXTENSIONS]);
+    if (sent !== '["error","cancel"]') throw new Error(`advertised ${sent}`);
+    if (!session.uses('cancel')) throw new Error(`negotiated ${session.extensions}`);
+    const err = await setupIpcSession(standIn(writes), null, { extensions: 'error' }).then(() => null, (e) => e);
+    if (!(err instanceof TypeError)) throw new Error(`extensions: 'error': ${err}`);
+  },
+
+  // An error from the peer passed on by a handler goes with the peer's
+  // stack, not with the one made where its answer was read here.
+  async a_passed_on_error_takes_no_stack_of_ours() {
+    const proc = standIn((m, cb) => {
+      if (m[K.MSG_TYPE] === K.REQUEST) {
+        const error = { name: 'TypeError', message: 'm' };
+        if (m[K.PAYLOAD] === 'with') error.stack = 'their stack';
+        const answer = { [K.MSG_TYPE]: K.RESPONSE, [K.UID]: m[K.UID], [K.PAYLOAD]: null, [K.ERROR]: error };
+        setImmediate(() => proc.emit('message', answer));
+      }
+      return writes(m, cb);
+    });
+    const session = await setupIpcSession(proc, null);
+    for (const which of ['with', 'without']) {
+      const err = await session.request(which).then(() => null, (e) => e);
+      if (typeof err?.stack !== 'string') throw new Error(`${which}: ${err}`);
+      const passedOn = errorToWire(err).stack;
+      if (passedOn !== (which === 'with' ? 'their stack' : undefined)) {
+        throw new Error(`${which} a stack: passed on with ${JSON.stringify(passedOn)}`);
+      }
+    }
   },
 };
 
