@@ -243,7 +243,7 @@ fn signal_name(sig: i32) -> &'static str {
 /// | `HandlerPanicked` | the handler panicked (the message is the panic's, if it was text) |
 /// | `ResponderDropped` | a [`responder_fn`](crate::responder_fn) handler let go of its responder unanswered |
 /// | `ResponseNotSent` | the answer could not be serialized, or was longer than the maximum message length |
-/// | `ErrorTooLarge` | an error answer too long to send even without its data and stack (a name or code that long): its message names the error |
+/// | `ErrorTooLarge` | an error answer too long to send even shortened (below): a long name or code, or a maximum message length too low even for that; its message names the error |
 /// | `Overloaded` | refused unhandled: too many requests already wait for a handler |
 /// | `RequestTooLong` | refused unhandled: the request was longer than this side reads |
 /// | `RequestUnreadable` | refused unhandled: the request was not JSON (its envelope was, so it could be answered) |
@@ -257,9 +257,10 @@ fn signal_name(sig: i32) -> &'static str {
 /// got keeps it whole, but for these five: that handler did run, so they become `Remote`, with
 /// the peer's name and message in the message.
 ///
-/// An error answer longer than the maximum message length goes without its
-/// data and stack: its name and code as they were, its message cut to a
-/// kilobyte, with a note that says what was left out and why.
+/// An error answer longer than the maximum message length goes shortened:
+/// its name and code as they were, without its data and stack, its message
+/// cut to a kilobyte, and a note at the end of the message that says what
+/// was left out and why.
 ///
 /// `examples/node/ipc_session.js` sends `ResponseNotSent` too, for an
 /// answer JSON cannot hold.

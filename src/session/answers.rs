@@ -26,11 +26,12 @@ impl Shared {
     }
 
     /// An error answer, shaped for what the peer understands. If the error
-    /// is too long to send, it goes without its data and stack (its name
-    /// and code kept, its message cut to a kilobyte, and a note added that
-    /// the rest was not sent), and if it is still too long (a name or code
-    /// that long), as a short `ErrorTooLarge` naming it. The last is sent
-    /// even past the maximum message length, by as much as the UID and a
+    /// is too long to send, it goes shortened (see [`shortened`]: its name
+    /// and code kept, its data and stack left out, its message cut to a
+    /// kilobyte, with a note saying so), and if that is still too long (a
+    /// long name or code, or a maximum message length too low even for
+    /// that), as a short `ErrorTooLarge` naming it. The last is sent even
+    /// past the maximum message length, by as much as the UID and a
     /// kilobyte: the peer's UID came in a line it could write, and an error
     /// is the last answer it can get (else it would wait for ever). A peer
     /// with a limit that low fails its request as too long to read, which
@@ -47,18 +48,21 @@ impl Shared {
                 }
             })
         };
-        encode(error, room)
-            // Within the maximum only: this one is as long as the handler
-            // made its name and code.
-            .or_else(|why| encode(&without_data_and_stack(error, &why), 0))
-            .or_else(|why| {
-                let name: String = error.name.chars().take(64).collect();
-                let small = RemoteError::new(
-                    "ErrorTooLarge",
-                    format!("{name}: the error was too large to send ({why})"),
-                );
-                encode(&small, room)
-            })
+        let why = match encode(error, room) {
+            Ok(line) => return Ok(line),
+            Err(why) => why,
+        };
+        // Within the maximum only: this one is as long as the handler made
+        // its name and code.
+        if let Some(Ok(line)) = shortened(error, &why).map(|short| encode(&short, 0)) {
+            return Ok(line);
+        }
+        let name: String = error.name.chars().take(64).collect();
+        let small = RemoteError::new(
+            "ErrorTooLarge",
+            format!("{name}: the error was too large to send ({why})"),
+        );
+        encode(&small, room)
     }
 
     /// Sends an answer: straight to the stream when it is the only one
@@ -196,28 +200,40 @@ impl Shared {
     }
 }
 
-/// How much of an error's message goes with it when its data and stack
-/// are left out (see [`Shared::encode_error`]).
-const STRIPPED_MESSAGE_LEN: usize = 1024;
+/// How much of an error's message goes with it when it is shortened (see
+/// [`Shared::encode_error`]).
+const SHORTENED_MESSAGE_LEN: usize = 1024;
 
 /// `error` without its data and stack, its message cut to
-/// [`STRIPPED_MESSAGE_LEN`] bytes and told why: what goes when the whole
-/// error is too long to send.
-fn without_data_and_stack(error: &RemoteError, why: &Error) -> RemoteError {
-    let mut end = error.message.len().min(STRIPPED_MESSAGE_LEN);
+/// [`SHORTENED_MESSAGE_LEN`] bytes, and a note that says what was left out
+/// and `why`: what goes when the whole error is too long to send. `None`
+/// if there is nothing to leave out (then its name or code is too long).
+fn shortened(error: &RemoteError, why: &Error) -> Option<RemoteError> {
+    let mut end = error.message.len().min(SHORTENED_MESSAGE_LEN);
     while !error.message.is_char_boundary(end) {
         end -= 1;
     }
+    let left_out: Vec<&str> = [
+        (error.data.is_some(), "its data"),
+        (error.stack.is_some(), "its stack"),
+        (end < error.message.len(), "the rest of its message"),
+    ]
+    .into_iter()
+    .filter_map(|(dropped, what)| dropped.then_some(what))
+    .collect();
+    let left_out = match left_out.split_last() {
+        Some((last, [])) => last.to_string(),
+        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+        None => return None,
+    };
+    let kept = &error.message[..end];
     let cut = if end < error.message.len() { "..." } else { "" };
-    let message = format!(
-        "{}{cut} (its data and stack were not sent: {why})",
-        &error.message[..end]
-    );
-    RemoteError {
+    let space = if kept.is_empty() { "" } else { " " };
+    Some(RemoteError {
         name: error.name.clone(),
-        message,
+        message: format!("{kept}{cut}{space}({left_out} not sent: {why})"),
         code: error.code.clone(),
         stack: None,
         data: None,
-    }
+    })
 }

@@ -238,7 +238,7 @@ async fn an_answer_too_long_to_send_reaches_the_caller_as_an_error() {
 }
 
 #[tokio::test]
-async fn an_error_too_long_to_send_goes_without_its_data_and_stack_then_as_error_too_large() {
+async fn an_error_too_long_to_send_goes_shortened_then_as_error_too_large() {
     let config = ChannelConfig {
         max_message_len: 4096,
         ..Default::default()
@@ -248,11 +248,15 @@ async fn an_error_too_long_to_send_goes_without_its_data_and_stack_then_as_error
     let handler = handler_fn(|req: Request| async move {
         let long = |text: &str| text.repeat(10_000);
         let error = match req.payload::<String>()?.as_str() {
-            "data" => RemoteError::new("BigError", "what the caller needs").with_data(long("d")),
-            "message" => RemoteError::new("BigError", long("é")),
-            _ => RemoteError::new(long("N"), "m"),
+            "data" => RemoteError::new("BigError", "what the caller needs")
+                .with_data(long("d"))
+                .with_stack("at handler"),
+            "data, no message" => RemoteError::new("BigError", "").with_data(long("d")),
+            // Three bytes a character: 1,024 bytes end inside one.
+            "message" => RemoteError::new("BigError", long("€")),
+            _ => RemoteError::new(long("N"), "m").with_data(long("dd")),
         };
-        Err::<(), _>(error.with_code("E_BIG").with_stack("at handler"))
+        Err::<(), _>(error.with_code("E_BIG"))
     });
     let (client, server) = tokio::join!(setup(a, None), setup(b, handler));
     let (client, _server) = (client.unwrap(), server.unwrap());
@@ -267,30 +271,34 @@ async fn an_error_too_long_to_send_goes_without_its_data_and_stack_then_as_error
     let e = fail(&client, "data").await;
     assert_eq!((e.name.as_str(), &e.code), ("BigError", &Some(json!("E_BIG"))));
     assert_eq!((e.stack, e.data), (None, None));
+    let note = "what the caller needs (its data and its stack not sent: message of ";
+    assert!(e.message.starts_with(note), "{}", e.message);
     assert!(
-        e.message
-            .starts_with("what the caller needs (its data and stack were not sent: "),
+        e.message.ends_with("exceeds the maximum of 4096 bytes)"),
         "{}",
         e.message
     );
-    assert!(e.message.contains("4096"), "{}", e.message);
+    let e = fail(&client, "data, no message").await;
+    assert!(e.message.starts_with("(its data not sent: "), "{}", e.message);
 
     // Too long by its message: cut to a kilobyte, on a character boundary.
     let e = fail(&client, "message").await;
     assert_eq!((e.name.as_str(), &e.code), ("BigError", &Some(json!("E_BIG"))));
     let (kept, note) = e
         .message
-        .split_once("... (its data and stack were not sent")
+        .split_once("... (the rest of its message not sent: ")
         .unwrap();
-    assert_eq!(kept, "é".repeat(512), "1,024 bytes of it");
+    assert_eq!(kept, "€".repeat(341), "the 1,023 bytes before the 1,024th");
     assert!(note.ends_with(')'), "{note}");
 
-    // Too long by its name: only ErrorTooLarge fits, naming the start of it.
+    // Too long by its name, even shortened (without its data):
+    // ErrorTooLarge, naming the start of it.
     let e = fail(&client, "name").await;
     assert_eq!(e.name, "ErrorTooLarge");
+    let why = format!("{}: the error was too large to send (message of ", "N".repeat(64));
+    assert!(e.message.starts_with(&why), "{}", e.message);
     assert!(
-        e.message
-            .starts_with(&format!("{}: the error was too large to send", "N".repeat(64))),
+        e.message.ends_with("exceeds the maximum of 4096 bytes)"),
         "{}",
         e.message
     );
