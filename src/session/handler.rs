@@ -301,11 +301,6 @@ impl AnswerState {
         &self.uid
     }
 
-    /// The request is answered, or its answer is on the way.
-    pub(super) fn is_answered(&self) -> bool {
-        self.answered.load(Ordering::Acquire)
-    }
-
     /// See `refused`. Called before the handler's token is cancelled.
     pub(super) fn refuse(&self) {
         self.refused.store(true, Ordering::Release);

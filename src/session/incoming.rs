@@ -120,16 +120,18 @@ impl Shared {
         // the other, never in neither.
         let mut backlog = self.backlog.lock().unwrap();
         let mut table = self.table.lock().unwrap();
-        // A cancel means the newest request with this UID. The peer reuses
-        // a UID only once it has the answer, so when the running handler of
-        // `uid` has answered, a request of `uid` waiting in the backlog came
-        // after it, and is the one meant. (With none waiting, the cancel
-        // crossed the answer on the way, and still tells the handler to
-        // stop.) An unanswered running handler means the peer reused the
-        // UID too early, which the protocol does not allow; the cancel then
-        // goes to that handler, the latest of that UID to start.
-        let running_answered = table.running.get(uid).map(|h| h.answer.is_answered());
-        if running_answered != Some(false) && backlog.cancel(uid) {
+        // A cancel means the newest request with this UID, and one waiting
+        // in the backlog is always newer than the one running (the backlog
+        // runs oldest first, and a request starts at once only when
+        // nothing waits). The peer reuses a UID only once it has the
+        // answer, so a request of `uid` waiting came after the running
+        // one's answer, and is the one meant; with none waiting, the cancel
+        // goes to the handler, the latest of that UID to start (if it has
+        // answered, the cancel crossed the answer on the way, and still
+        // tells the handler to stop). A peer that reuses a UID too early,
+        // which the protocol does not allow, has its cancel taken the same
+        // way: its newest request.
+        if backlog.cancel(uid) {
             // No reader waits for the room this frees: only a peer that
             // cannot cancel is made to wait (see `start_handler`).
             self.backlog_len.store(backlog.len(), Ordering::Release);

@@ -157,6 +157,46 @@ async fn a_cancel_of_a_reused_uid_drops_the_waiting_request_not_the_answered_han
 }
 
 #[tokio::test]
+async fn a_cancel_of_a_uid_reused_too_early_takes_the_newest_request() {
+    // The peer breaks the protocol: 7 (payload 2) runs unanswered when it
+    // sends 7 again (payload 3), which waits for the one slot. Its map of
+    // pending requests holds the newest 7, so its cancel of 7 means that
+    // one: it leaves the backlog and never runs, and the running 7 goes on
+    // until a second cancel reaches it (a review saw the first cancel go
+    // to the running one, and the cancelled one run).
+    let (handler, _finish_first, mut events) = answer_first_then_work_on();
+    let (_server, mut messages, mut reader, mut writer) =
+        one_handler_slot_for_a_hand_played_peer(handler).await;
+    async fn next(events: &mut mpsc::UnboundedReceiver<&'static str>) -> &'static str {
+        let event = tokio::time::timeout(Duration::from_secs(10), events.recv()).await;
+        event.unwrap().unwrap()
+    }
+    write_protocol_line(&mut writer, "REQUEST", "7", "2").await;
+    assert_eq!(next(&mut events).await, "second started");
+    write_protocol_line(&mut writer, "REQUEST", "7", "3").await;
+    wait_until_read(&mut writer, &mut messages).await;
+    write_protocol_line(&mut writer, "CANCEL", "7", "null").await;
+    wait_until_read(&mut writer, &mut messages).await;
+    // A cancel of the running 7 would show at once (a busy machine may
+    // hide one, never show one that did not happen).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(events.try_recv().ok(), None, "the cancel went to the running 7");
+    write_protocol_line(&mut writer, "CANCEL", "7", "null").await;
+    assert_eq!(
+        next(&mut events).await,
+        "second cancelled",
+        "a second cancel reaches it"
+    );
+    write_protocol_line(&mut writer, "REQUEST", "8", "3").await;
+    assert_eq!(next(&mut events).await, "third ran");
+    let answer: Value = serde_json::from_str(&common::read_line(&mut reader).await).unwrap();
+    assert_eq!(
+        answer["_IPC_REQUEST/REQUEST_UID"], "8",
+        "the cancelled 7 ran: {answer}"
+    );
+}
+
+#[tokio::test]
 async fn a_handler_whose_uid_the_peer_reused_still_sees_the_close() {
     // The second request with UID 7 takes its place in the map of running
     // handlers (a cancel of 7 now means it), but the first, answered and
