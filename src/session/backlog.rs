@@ -139,6 +139,7 @@ impl Backlog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::value::RawValue;
 
     fn uid(uid: &str) -> PeerUid {
         PeerUid::plain(uid)
@@ -197,5 +198,83 @@ mod tests {
             "only one of the two cancels was for a waiting request"
         );
         assert!(backlog.by_uid.is_empty());
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Push(usize),
+        Pop,
+        Cancel(usize),
+        Close,
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            5 => (0..3usize).prop_map(Step::Push),
+            2 => Just(Step::Pop),
+            2 => (0..3usize).prop_map(Step::Cancel),
+            1 => Just(Step::Close),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Any order of pushes, pops, cancels and closes, with UIDs reused,
+        /// against a model (a list in arrival order: a pop takes the first,
+        /// a cancel the last of its UID, a close all; nothing is pushed once
+        /// closed): what comes out, and the counts and the index by UID
+        /// after every step (a review's check, made a property).
+        #[test]
+        fn every_order_of_steps_keeps_the_backlog_as_its_model(steps in proptest::collection::vec(step(), 1..40)) {
+            let names = ["a", "b", "c"];
+            let mut backlog = Backlog::default();
+            let mut model: Vec<(PeerUid, String)> = Vec::new();
+            let mut closed = false;
+            for (n, step) in steps.into_iter().enumerate() {
+                match step {
+                    Step::Push(name) => {
+                        let payload = format!("\"{}\"", "x".repeat(n % 5) + &n.to_string());
+                        backlog.push(uid(names[name]), RawValue::from_string(payload.clone()).unwrap());
+                        if !closed {
+                            model.push((uid(names[name]), payload));
+                        }
+                    }
+                    Step::Pop => {
+                        let got = backlog.pop().map(|(uid, payload)| (uid, payload.get().to_owned()));
+                        let want = (!model.is_empty()).then(|| model.remove(0));
+                        assert_eq!(got, want);
+                    }
+                    Step::Cancel(name) => {
+                        let newest = model.iter().rposition(|(uid, _)| *uid == self::uid(names[name]));
+                        assert_eq!(backlog.cancel(&uid(names[name])), newest.is_some());
+                        if let Some(at) = newest {
+                            model.remove(at);
+                        }
+                    }
+                    Step::Close => {
+                        let mut waiting = backlog.close();
+                        closed = true;
+                        assert_eq!(drain(&mut waiting).len(), model.len());
+                        assert_eq!(waiting.bytes, 0);
+                        model.clear();
+                    }
+                }
+                let bytes: usize = model.iter().map(|(uid, payload)| uid.as_json().len() + payload.len()).sum();
+                assert_eq!((backlog.bytes(), backlog.len()), (bytes, model.len()));
+                let mut indexed = 0;
+                for (uid, arrivals) in &backlog.by_uid {
+                    let arrivals: Vec<u64> = match arrivals {
+                        Arrivals::One(only) => vec![*only],
+                        Arrivals::Many(all) => all.iter().copied().collect(),
+                    };
+                    assert!(!arrivals.is_empty() && arrivals.is_sorted(), "{arrivals:?}");
+                    for arrival in &arrivals {
+                        assert_eq!(&backlog.requests[arrival].0, uid);
+                    }
+                    indexed += arrivals.len();
+                }
+                assert_eq!(indexed, model.len());
+            }
+        }
     }
 }
