@@ -453,6 +453,11 @@ async fn a_session_stuck_writing_to_one_that_closes_sees_its_end() {
     // nothing left to write: P must still see A's end, which needs A to
     // read what P is writing (a review's test).
     let (a_io, p_io) = tokio::io::duplex(4096);
+    let p_read = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let p_io = CountsReads {
+        inner: p_io,
+        read: p_read.clone(),
+    };
     let p_builder = SessionBuilder::new()
         .config(SessionConfig {
             max_concurrent_handlers: 1,
@@ -481,22 +486,16 @@ async fn a_session_stuck_writing_to_one_that_closes_sees_its_end() {
         let a = a.clone();
         tokio::spawn(async move { a.request::<_, Value>(&i).await });
     }
-    // Until P's reader is held up: A's requests then wait in A's queue,
-    // and it stops moving.
-    let held_up = async {
-        let mut last = 0;
-        loop {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let now = a.queued_bytes();
-            if now > 0 && now == last {
-                return;
-            }
-            last = now;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), held_up)
+    // Until P's reader is held up: it stops reading, with A's requests
+    // still queued.
+    let stalled = once_it_stops_moving(&p_read, Duration::from_millis(200), usize::MAX);
+    tokio::time::timeout(Duration::from_secs(10), stalled)
         .await
-        .expect("P read all of A's requests: its reader was never held up");
+        .expect("P's reader never stopped");
+    assert!(
+        a.queued_bytes() > 0,
+        "P read all of A's requests: its reader was never held up"
+    );
     a.close();
     let seen = tokio::time::timeout(Duration::from_secs(10), p.closed())
         .await
@@ -524,4 +523,48 @@ async fn a_session_whose_answers_wait_past_their_budget_still_sees_the_peer_end(
         .await
         .expect("the peer ended its stream, and the session is still open");
     assert!(matches!(ended, ipc_request::CloseReason::PeerClosed), "{ended:?}");
+}
+
+/// A stream that counts the bytes read from it.
+struct CountsReads<S> {
+    inner: S,
+    read: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for CountsReads<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = buf.filled().len() - before;
+        self.read.fetch_add(read, std::sync::atomic::Ordering::SeqCst);
+        polled
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for CountsReads<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
