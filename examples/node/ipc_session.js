@@ -46,10 +46,10 @@
 //
 // A handler that passes on (rethrows) an error its own request to the
 // peer got passes it whole (with the peer's stack, if it sent one, and
-// not the local one of where it was received), but for the names that say a request was not
-// run (Overloaded, RequestTooLong, RequestUnreadable, NoHandler,
-// HandlerNotRun): this one was,
-// so those go as the Rust side sends them on, named Remote.
+// not the local one of where it was received), but for the names that
+// say a request was not run (Overloaded, RequestTooLong,
+// RequestUnreadable, NoHandler, HandlerNotRun): this one was, so those go
+// as the Rust side sends them on, named Remote.
 //
 // A handler's answer that JSON cannot hold (a BigInt, a cycle, a function)
 // goes as an error named ResponseNotSent, as from the Rust side; a request
