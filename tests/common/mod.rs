@@ -4,6 +4,7 @@
 pub mod breaks_when_armed;
 pub mod hand_played;
 pub mod rng;
+pub mod watched_reader;
 
 use std::io::Write;
 use std::path::PathBuf;

@@ -4,6 +4,7 @@
 use crate::common::hand_played::{
     PeerReader, PeerWriter, next_line, serve_a_hand_played_peer, serve_over, write_protocol_line,
 };
+use crate::common::watched_reader::WatchedReader;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -454,9 +455,15 @@ async fn a_session_stuck_writing_to_one_that_closes_sees_its_end() {
     // read what P is writing (a review's test).
     let (a_io, p_io) = tokio::io::duplex(4096);
     let p_read = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let p_io = CountsReads {
-        inner: p_io,
-        read: p_read.clone(),
+    let (p_reader, p_writer) = tokio::io::split(p_io);
+    let p_reader = WatchedReader {
+        inner: p_reader,
+        watch: {
+            let p_read = p_read.clone();
+            move |bytes: &[u8]| {
+                p_read.fetch_add(bytes.len(), std::sync::atomic::Ordering::SeqCst);
+            }
+        },
     };
     let p_builder = SessionBuilder::new()
         .config(SessionConfig {
@@ -475,7 +482,7 @@ async fn a_session_stuck_writing_to_one_that_closes_sees_its_end() {
     });
     let (a, p) = tokio::join!(
         a_builder.setup(Channel::from_stream(a_io, ChannelConfig::default())),
-        p_builder.setup(Channel::from_stream(p_io, ChannelConfig::default()))
+        p_builder.setup(Channel::new(p_reader, p_writer, ChannelConfig::default()))
     );
     let (a, p) = (a.unwrap(), p.unwrap());
     let _unread = a.messages().unwrap();
@@ -523,48 +530,4 @@ async fn a_session_whose_answers_wait_past_their_budget_still_sees_the_peer_end(
         .await
         .expect("the peer ended its stream, and the session is still open");
     assert!(matches!(ended, ipc_request::CloseReason::PeerClosed), "{ended:?}");
-}
-
-/// A stream that counts the bytes read from it.
-struct CountsReads<S> {
-    inner: S,
-    read: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for CountsReads<S> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
-        let read = buf.filled().len() - before;
-        self.read.fetch_add(read, std::sync::atomic::Ordering::SeqCst);
-        polled
-    }
-}
-
-impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for CountsReads<S> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }

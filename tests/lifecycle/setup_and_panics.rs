@@ -4,6 +4,7 @@
 use crate::common::answer_handshake_as_one_dot_zero;
 use crate::common::breaks_when_armed::{Break, BreaksWhenArmed};
 use crate::common::hand_played::{next_line, write_protocol_line};
+use crate::common::watched_reader::WatchedReader;
 
 use std::time::Duration;
 
@@ -37,43 +38,21 @@ async fn setup_succeeds_for_a_peer_that_handshakes_and_leaves_at_once() {
     );
 }
 
-/// A reader that panics when the bytes it hands out contain `trigger`.
-struct PanicOn<R> {
-    inner: R,
-    trigger: &'static [u8],
-}
-
-impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for PanicOn<R> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
-        let trigger = self.trigger;
-        if buf.filled()[before..]
-            .windows(trigger.len())
-            .any(|w| w == trigger)
-        {
-            panic!("the stream under the channel broke");
-        }
-        polled
-    }
-}
-
 #[tokio::test]
 async fn a_panic_on_the_reader_fails_pending_requests_instead_of_hanging() {
     let (a_io, b_io) = tokio::io::duplex(64 * 1024);
     let (a_read, a_write) = tokio::io::split(a_io);
-    let a_channel = Channel::new(
-        PanicOn {
-            inner: a_read,
-            trigger: b"BOOM",
-        },
-        a_write,
-        ChannelConfig::default(),
-    );
+    // The stream breaks (panics) once it reads BOOM.
+    let panics_on_boom = |bytes: &[u8]| {
+        if bytes.windows(4).any(|w| w == b"BOOM") {
+            panic!("the stream under the channel broke");
+        }
+    };
+    let a_read = WatchedReader {
+        inner: a_read,
+        watch: panics_on_boom,
+    };
+    let a_channel = Channel::new(a_read, a_write, ChannelConfig::default());
     // b never answers: a's request stays pending until a's reader dies.
     let silent = responder_fn(|_req: Request, responder: Responder| async move {
         std::mem::forget(responder);
