@@ -36,13 +36,15 @@
 // AND the peer's), uses(name), close() (fails what is pending, lets what
 // was sent be written, up to closeTimeoutMs, then disconnects the channel;
 // returns a promise settled once it is disconnected; for a session whose
-// handshake timed out, settled at once, the channel left be).
+// handshake failed, settled at once, the channel left be).
 //
 // Requests are served from the start, before the handshake ends. If it
-// then times out (setup rejects with ETIMEDOUT), the session closes: what
-// handlers asked the peer meanwhile fails, their ctx.cancelled turns
-// true, and nothing of the session stays on proc, so setup may be tried
-// again on it (a close() through ctx.session then leaves the channel be).
+// then fails (setup rejects: ETIMEDOUT when it timed out,
+// ERR_IPC_CHANNEL_CLOSED when its request could not be written), the
+// session closes: what handlers asked the peer meanwhile fails, their
+// ctx.cancelled turns true, and nothing of the session stays on proc, so
+// setup may be tried again on it (a close() through ctx.session then
+// leaves the channel be).
 //
 // A handler that passes on (rethrows) an error its own request to the
 // peer got passes it whole (with the peer's stack, if it sent one, and
@@ -327,7 +329,7 @@ function setupIpcSession(proc, handler, {
   let disconnected; // the promise close() returns
   let disconnectSeen = false; // proc's 'disconnect' has fired
   let onDisconnected = null; // close()'s resolve, called from our 'disconnect' listener
-  let handshakeTimedOut = false; // and our listeners were taken off proc
+  let handshakeFailed = false; // timed out, or not written: our listeners are off proc
 
   const uses = (name) => ours.includes(name) && peerExtensions.includes(name);
 
@@ -621,10 +623,10 @@ function setupIpcSession(proc, handler, {
         // event is being emitted (close() called from a listener of the
         // program's, added before ours) would not be called.
         onDisconnected = resolve;
-        // A session whose handshake timed out never had the channel (a
+        // A session whose handshake failed never had the channel (a
         // handler can still close through ctx.session): it leaves it to
         // the caller, who may have set up another session on it since.
-        if (handshakeTimedOut) return resolve();
+        if (handshakeFailed) return resolve();
         if (!proc.connected) {
           // Disconnecting already (by the program's own proc.disconnect()):
           // wake Node's wait if it is the lost one.
@@ -655,15 +657,20 @@ function setupIpcSession(proc, handler, {
   const onExit = () => setTimeout(() => close('peer exited'), 200).unref();
 
   return new Promise((resolve, reject) => {
-    const timer = handshakeTimeoutMs === undefined ? null : setTimeout(() => {
-      reject(makeError(`handshake timed out after ${handshakeTimeoutMs} ms`, 'ETIMEDOUT', 'TimeoutError'));
-      // Nothing of this session stays on proc: a caller may try again.
-      handshakeTimedOut = true;
+    // The handshake failed with `err`: nothing of this session stays on
+    // proc, so a caller may try again.
+    const fail = (err, reason) => {
+      reject(err);
+      handshakeFailed = true;
       proc.removeListener('disconnect', onDisconnect);
       proc.removeListener('exit', onExit);
       // Fails what handlers asked the peer meanwhile (requests are served
       // before the handshake ends), and takes our 'message' listener off.
-      close('handshake timed out');
+      close(reason);
+    };
+    const timer = handshakeTimeoutMs === undefined ? null : setTimeout(() => {
+      const err = makeError(`handshake timed out after ${handshakeTimeoutMs} ms`, 'ETIMEDOUT', 'TimeoutError');
+      fail(err, 'handshake timed out');
     }, handshakeTimeoutMs);
     settleHandshake = {
       resolve() { clearTimeout(timer); resolve(session); },
@@ -673,8 +680,12 @@ function setupIpcSession(proc, handler, {
     proc.on('message', onMessage);
     proc.once('disconnect', onDisconnect);
     if (proc !== process) proc.once('exit', onExit);
-    // A write that fails ends the session, and the handshake with it.
-    write(handshakeMessage(HS_REQUEST, ourUid), (err) => { if (err) close(`handshake not sent: ${err.message}`); });
+    write(handshakeMessage(HS_REQUEST, ourUid), (err) => {
+      if (err && !established && !closed) {
+        clearTimeout(timer);
+        fail(makeError(`IPC channel closed (handshake not sent: ${err.message})`, 'ERR_IPC_CHANNEL_CLOSED'), 'handshake not sent');
+      }
+    });
   });
 }
 

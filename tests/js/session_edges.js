@@ -206,6 +206,8 @@ const cases = {
     const notSent = setupIpcSession(failing, null, { handshakeTimeoutMs: 20000 }).then(() => null, (e) => e);
     const err2 = await within(2000, notSent, 'setup whose handshake is not written');
     if (err2?.code !== 'ERR_IPC_CHANNEL_CLOSED') throw new Error(`handshake not written: ${err2}`);
+    const left = ['message', 'disconnect', 'exit'].map((e) => failing.listenerCount(e));
+    if (left.some((n) => n > 0)) throw new Error(`listeners left (message, disconnect, exit): ${left}`);
   },
 
   // A send still unwritten when close() gives up waiting (closeTimeoutMs)
