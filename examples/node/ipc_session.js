@@ -24,12 +24,14 @@
 // 24.8 days; unset, Infinity or more is none), send(plain) (refuses, as the
 // Rust side does, a `cmd` of NODE_ and more, and the protocol's own
 // shapes; a send still unwritten when close() gives up on it fails),
-// onMessage(fn) (returns an unsubscribe function; plain messages that
-// come while there is no listener wait for one, up to 1,024 messages and
-// 64 Mi characters of JSON text (one longer message is kept if nothing
-// else waits, and those after it are dropped), kept as that text, and past
-// that (or if its text would be longer than a string can be) are counted
-// in droppedMessages; serialized again, a message kept as text has
+// onMessage(fn) (returns an unsubscribe function; a function subscribed
+// twice is one listener, called once, and gone at either unsubscribe;
+// plain messages that come while there is no listener wait for one, up to
+// 1,024 messages and 64 Mi characters of JSON text (one longer message is
+// kept if nothing else waits, and those after it are dropped), kept as
+// that text, and past that (or if its text would be longer than a string
+// can be) are counted in droppedMessages; serialized again, a message
+// kept as text has
 // 0 for -0, and null for a number too large for a double, where one heard
 // at once has -0 and Infinity),
 // peerExtensions (what the peer advertised), extensions (negotiated: ours
