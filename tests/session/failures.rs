@@ -381,3 +381,78 @@ async fn what_could_not_be_decoded_is_named_answer_request_or_message() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test]
+async fn values_nested_a_million_deep_anywhere_in_a_line_neither_crash_nor_stop_the_session() {
+    // A stack overflow would abort the process; a reader stuck on such a
+    // line would answer nothing after it. Each place a line can hold a
+    // value: a plain message, a request's payload (in the exact form and
+    // with its keys reordered), an answer's error, a handshake's
+    // extensions, beside a `cmd`, and a deep prefix of what is not JSON
+    // (a review's hostile peer).
+    let handler =
+        handler_fn(|req: Request| async move { Ok::<_, RemoteError>(req.payload::<Value>().is_ok()) });
+    let (session, mut reader, mut writer) = common::hand_played::serve_a_hand_played_peer(
+        handler,
+        ChannelConfig::default(),
+        1 << 20,
+        Some(&["error", "cancel"]),
+    )
+    .await;
+    let n = 1_000_000;
+    let array = format!("{}1{}", "[".repeat(n), "]".repeat(n));
+    let object = format!("{}1{}", "{\"a\":".repeat(n), "}".repeat(n));
+    let extensions = format!("{}\"error\"{}", "[".repeat(n), "]".repeat(n));
+    let p = "_IPC_REQUEST/";
+    let lines = [
+        array.clone(),
+        object.clone(),
+        format!(r#"{{"{p}MSG_TYPE":"{p}MSG_TYPE:REQUEST","{p}REQUEST_UID":"d1","{p}PAYLOAD":{array}}}"#),
+        format!(r#"{{"{p}REQUEST_UID":"d2","{p}MSG_TYPE":"{p}MSG_TYPE:REQUEST","{p}PAYLOAD":{object}}}"#),
+        format!(
+            r#"{{"{p}REQUEST_UID":"1","{p}MSG_TYPE":"{p}MSG_TYPE:RESPONSE","{p}PAYLOAD":null,"{p}ERROR":{{"name":"E","data":{array},"code":{object}}}}}"#
+        ),
+        format!(
+            r#"{{"{p}HANDSHAKE_UID":"h","{p}HANDSHAKE_MSG_TYPE":"{p}HANDSHAKE_MSG_TYPE:REQUEST","{p}EXTENSIONS":{extensions}}}"#
+        ),
+        format!(r#"{{"cmd":{array},"x":1}}"#),
+        format!(r#"{{"x":{array},"cmd":"NODE_HANDLE"}}"#),
+        format!("{}x", "[".repeat(n)),
+        format!(r#"{{"{p}MSG_TYPE":"{p}MSG_TYPE:REQUEST","{p}REQUEST_UID":"d3","{p}PAYLOAD":3}}"#),
+    ];
+    let read_to_d3 = tokio::spawn(async move {
+        let mut got = Vec::new();
+        loop {
+            let line = common::hand_played::next_line(&mut reader, "a line").await;
+            let done = line.contains(r#""d3""#);
+            got.push(line);
+            if done {
+                return got;
+            }
+        }
+    });
+    for line in &lines {
+        writer.write_all(line.as_bytes()).await.unwrap();
+        writer.write_all(b"\n").await.unwrap();
+    }
+    let got = tokio::time::timeout(Duration::from_secs(60), read_to_d3)
+        .await
+        .expect("no answer to the request after the deep lines")
+        .unwrap();
+    let answered = |uid: &str, payload: &str| {
+        got.iter()
+            .any(|l| l.contains(&format!(r#""{uid}""#)) && l.contains(&format!(r#""{p}PAYLOAD":{payload}"#)))
+    };
+    // Valid JSON, but deeper than a `Value` holds: the handler says so.
+    assert!(answered("d1", "false") && answered("d2", "false"), "{got:?}");
+    assert!(answered("d3", "true"), "{got:?}");
+    assert!(
+        got.iter().any(|l| l.contains(r#"HANDSHAKE_UID":"h""#)),
+        "the stray handshake unanswered"
+    );
+    assert!(
+        got.iter().any(|l| l.contains("NODE_HANDLE_NACK")),
+        "the handle not refused"
+    );
+    assert_eq!(session.pending_requests(), 0);
+}
