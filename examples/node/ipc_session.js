@@ -16,9 +16,10 @@
 //          the session, to call the peer back.
 // opts:    { extensions = ['error', 'cancel'], handshakeTimeoutMs = 10000,
 //            onMessage, closeTimeoutMs = 10000 }
-//          extensions = [] is plain ipc-request 1.0 mode; onMessage, a
-//          plain-message listener in place before the handshake. Timeouts
-//          are ms, as timeoutMs below.
+//          extensions: an array of names (null: the default); [] is
+//          plain ipc-request 1.0 mode; onMessage, a plain-message
+//          listener in place before the handshake. Timeouts are ms, as
+//          timeoutMs below.
 //
 // The session: request(payload, {timeoutMs}) (timeoutMs: ms, at most about
 // 24.8 days; unset, Infinity or more is none), send(plain) (refuses, as the
@@ -42,8 +43,8 @@
 //
 // Requests are served from the start, before the handshake ends. If it
 // then fails (setup rejects: ETIMEDOUT when it timed out,
-// ERR_IPC_CHANNEL_CLOSED when its request could not be written), the
-// session closes: what handlers asked the peer meanwhile fails, their
+// ERR_IPC_CHANNEL_CLOSED when its request could not be written, or the
+// channel closed, or the peer exited), the session closes: what handlers asked the peer meanwhile fails, their
 // ctx.cancelled turns true, and nothing of the session stays on proc, so
 // setup may be tried again on it (a close() through ctx.session then
 // leaves the channel be).
@@ -145,17 +146,25 @@ function errorToWire(err) {
 // Set on an error from the peer to the stack it was made with here, when
 // the peer sent none: that one says only where the answer was read, and a
 // handler that passes the error on does not send it as the peer's.
-const LOCAL_STACK = Symbol('ipc-session local stack');
+// Symbol.for: a program may hold two copies of this file.
+const LOCAL_STACK = Symbol.for('ipc-session local stack');
 
 function errorFromWire(w) {
   const e = new Error(isObject(w) && typeof w.message === 'string' ? w.message : String(w));
+  e.remote = true;
+  if (isObject(w) && typeof w.stack === 'string') {
+    e.stack = w.stack;
+  } else {
+    // Read here (an Error.prepareStackTrace of the program's may throw:
+    // then there is nothing to mark).
+    let local;
+    try { local = e.stack; } catch (_) { /* none */ }
+    if (typeof local === 'string') Object.defineProperty(e, LOCAL_STACK, { value: local });
+  }
   if (!isObject(w)) return e;
   if (typeof w.name === 'string') e.name = w.name;
   if (w.code !== undefined) e.code = w.code;
   if (w.data !== undefined) e.data = w.data;
-  if (typeof w.stack === 'string') e.stack = w.stack;
-  else Object.defineProperty(e, LOCAL_STACK, { value: e.stack });
-  e.remote = true;
   return e;
 }
 
@@ -288,8 +297,8 @@ function setupIpcSession(proc, handler, {
     return Promise.reject(makeError('no IPC channel on this process', 'ERR_NO_IPC'));
   }
   if (proc.connected === false) {
-    // Its 'disconnect' has come and gone: nothing would end the handshake
-    // but its timeout.
+    // Disconnected (or disconnecting): its 'disconnect' may be gone
+    // already, and nothing would end the handshake but its timeout.
     return Promise.reject(makeError('IPC channel closed', 'ERR_IPC_CHANNEL_CLOSED'));
   }
   let ours;
@@ -649,30 +658,36 @@ function setupIpcSession(proc, handler, {
     },
   };
 
+  // The handshake failed with `err`: nothing of this session stays on
+  // proc, so a caller may try again (and a handler's ctx.session.close()
+  // leaves the channel be).
+  function failHandshake(err, reason) {
+    handshakeFailed = true;
+    proc.removeListener('disconnect', onDisconnect);
+    proc.removeListener('exit', onExit);
+    settleHandshake.reject(err);
+    // Fails what handlers asked the peer meanwhile (requests are served
+    // before the handshake ends), and takes our 'message' listener off.
+    close(reason);
+  }
+  // The channel or the peer is gone: before the handshake ends, it fails.
+  const channelGone = (reason) => {
+    if (established || closed) return close(reason);
+    failHandshake(makeError(`IPC channel closed (${reason})`, 'ERR_IPC_CHANNEL_CLOSED'), reason);
+  };
   const onDisconnect = () => {
     disconnectSeen = true;
-    close('disconnected');
+    channelGone('disconnected');
     onDisconnected?.();
   };
   // A child that exited: give the channel a moment to deliver what is
   // still in the socket (its 'disconnect' normally follows), then give up.
-  const onExit = () => setTimeout(() => close('peer exited'), 200).unref();
+  const onExit = () => setTimeout(() => channelGone('peer exited'), 200).unref();
 
   return new Promise((resolve, reject) => {
-    // The handshake failed with `err`: nothing of this session stays on
-    // proc, so a caller may try again.
-    const fail = (err, reason) => {
-      reject(err);
-      handshakeFailed = true;
-      proc.removeListener('disconnect', onDisconnect);
-      proc.removeListener('exit', onExit);
-      // Fails what handlers asked the peer meanwhile (requests are served
-      // before the handshake ends), and takes our 'message' listener off.
-      close(reason);
-    };
     const timer = handshakeTimeoutMs === undefined ? null : setTimeout(() => {
       const err = makeError(`handshake timed out after ${handshakeTimeoutMs} ms`, 'ETIMEDOUT', 'TimeoutError');
-      fail(err, 'handshake timed out');
+      failHandshake(err, 'handshake timed out');
     }, handshakeTimeoutMs);
     settleHandshake = {
       resolve() { clearTimeout(timer); resolve(session); },
@@ -683,10 +698,7 @@ function setupIpcSession(proc, handler, {
     proc.once('disconnect', onDisconnect);
     if (proc !== process) proc.once('exit', onExit);
     write(handshakeMessage(HS_REQUEST, ourUid), (err) => {
-      if (err && !established && !closed) {
-        clearTimeout(timer);
-        fail(makeError(`IPC channel closed (handshake not sent: ${err.message})`, 'ERR_IPC_CHANNEL_CLOSED'), 'handshake not sent');
-      }
+      if (err && !established && !closed) channelGone(`handshake not sent: ${err.message}`);
     });
   });
 }

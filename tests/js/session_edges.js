@@ -210,6 +210,26 @@ const cases = {
     if (left.some((n) => n > 0)) throw new Error(`listeners left (message, disconnect, exit): ${left}`);
   },
 
+  // A peer that exits, or a channel that closes, while the handshake runs
+  // fails setup as a timeout does: nothing of the session left on proc
+  // (after an exit its 'disconnect' listener stayed, and a handler's
+  // ctx.session.close() could disconnect a later session's channel).
+  async a_peer_gone_during_the_handshake_leaves_no_listener_behind() {
+    for (const gone of ['exit', 'disconnect']) {
+      const proc = new EventEmitter();
+      proc.connected = true;
+      proc.send = (m, cb) => { setImmediate(() => cb?.(null)); return true; }; // never answers
+      const setup = setupIpcSession(proc, null, { handshakeTimeoutMs: 20000 }).then(() => null, (e) => e);
+      await sleep(10);
+      if (gone === 'disconnect') proc.connected = false;
+      proc.emit(gone);
+      const err = await within(2000, setup, `setup after '${gone}'`);
+      if (err?.code !== 'ERR_IPC_CHANNEL_CLOSED') throw new Error(`${gone}: ${err}`);
+      const left = ['message', 'disconnect', 'exit'].map((e) => proc.listenerCount(e));
+      if (left.some((n) => n > 0)) throw new Error(`${gone}: listeners left (message, disconnect, exit): ${left}`);
+    }
+  },
+
   // A send still unwritten when close() gives up waiting (closeTimeoutMs)
   // fails: Node drops it as it disconnects, and its callback says written.
   async a_send_not_written_when_close_gives_up_fails() {
@@ -248,21 +268,32 @@ const cases = {
   async a_passed_on_error_takes_no_stack_of_ours() {
     const proc = standIn((m, cb) => {
       if (m[K.MSG_TYPE] === K.REQUEST) {
-        const error = { name: 'TypeError', message: 'm' };
+        let error = { name: 'TypeError', message: 'm' };
         if (m[K.PAYLOAD] === 'with') error.stack = 'their stack';
+        if (m[K.PAYLOAD] === 'a string') error = 'just a string';
         const answer = { [K.MSG_TYPE]: K.RESPONSE, [K.UID]: m[K.UID], [K.PAYLOAD]: null, [K.ERROR]: error };
         setImmediate(() => proc.emit('message', answer));
       }
       return writes(m, cb);
     });
     const session = await setupIpcSession(proc, null);
-    for (const which of ['with', 'without']) {
+    for (const which of ['with', 'without', 'a string']) {
       const err = await session.request(which).then(() => null, (e) => e);
-      if (typeof err?.stack !== 'string') throw new Error(`${which}: ${err}`);
+      if (typeof err?.stack !== 'string' || err.remote !== true) throw new Error(`${which}: ${err}`);
       const passedOn = errorToWire(err).stack;
       if (passedOn !== (which === 'with' ? 'their stack' : undefined)) {
         throw new Error(`${which} a stack: passed on with ${JSON.stringify(passedOn)}`);
       }
+    }
+    // A program's Error.prepareStackTrace that throws leaves nothing to
+    // mark, and the request still fails (it once stayed pending).
+    const prepare = Error.prepareStackTrace;
+    Error.prepareStackTrace = () => { throw new Error('prepareStackTrace failed'); };
+    try {
+      const err = await within(2000, session.request('without').then(() => null, (e) => e), 'a request');
+      if (err?.message !== 'm') throw new Error(`with a throwing prepareStackTrace: ${err?.message}`);
+    } finally {
+      Error.prepareStackTrace = prepare;
     }
   },
 };

@@ -204,8 +204,8 @@ async fn sent_to_a_child_not_listening<M: serde::Serialize + ?Sized>(
 /// the listeners a handshake that timed out leaves, a handler that
 /// outlives such a timeout, a message that cannot be kept as text,
 /// timeout options that Number() would read as 0, setup on a closed
-/// channel, a send close() gave up on, `extensions: null`, and the stack of
-/// an error passed on.
+/// channel, a peer gone during the handshake, a send close() gave up on,
+/// `extensions: null`, and the stack of an error passed on.
 #[test]
 fn the_js_session_between_two_node_processes() {
     let Some(node) = node() else { return };
@@ -217,7 +217,7 @@ fn the_js_session_between_two_node_processes() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert_eq!(stdout.matches("PASS ").count(), 10, "{stdout}");
+    assert_eq!(stdout.matches("PASS ").count(), 11, "{stdout}");
 }
 
 /// A plain message nested deeper than Node's JSON.stringify can go (it
