@@ -41,13 +41,18 @@
 // returns a promise settled once it is disconnected; for a session whose
 // handshake failed, settled at once, the channel left be).
 //
-// Requests are served from the start, before the handshake ends. If it
-// then fails (setup rejects: ETIMEDOUT when it timed out,
-// ERR_IPC_CHANNEL_CLOSED when its request could not be written, or the
-// channel closed, or the peer exited), the session closes: what handlers asked the peer meanwhile fails, their
+// Setup rejects at once with ERR_NO_IPC for a proc without a channel,
+// ERR_IPC_CHANNEL_CLOSED for one already disconnected, and a TypeError or
+// RangeError for options it cannot take. Requests are served from the
+// start, before the handshake ends. If it then fails (setup rejects:
+// ETIMEDOUT when it timed out, ERR_IPC_CHANNEL_CLOSED when its request
+// could not be written, or the channel closed, or the peer exited), the
+// session closes: what handlers asked the peer meanwhile fails, their
 // ctx.cancelled turns true, and nothing of the session stays on proc, so
 // setup may be tried again on it (a close() through ctx.session then
-// leaves the channel be).
+// leaves the channel be). A handler's ctx.session.close() before the
+// handshake ends is a close like any other: setup rejects with
+// ERR_IPC_CHANNEL_CLOSED, and the channel is disconnected.
 //
 // A handler that passes on (rethrows) an error its own request to the
 // peer got passes it whole (with the peer's stack, if it sent one, and
@@ -118,7 +123,9 @@ const NOT_RUN = new Set(['Overloaded', 'RequestTooLong', 'RequestUnreadable', 'N
 function errorToWire(err) {
   try {
     if (!isObject(err)) return { name: 'Error', message: describe(err) };
-    const { name, message, stack, code, data, remote, [LOCAL_STACK]: localStack } = err;
+    const { name, message, code, data, remote, [LOCAL_STACK]: localStack } = err;
+    let stack; // read alone: a throwing Error.prepareStackTrace loses only it
+    try { stack = err.stack; } catch (_) { /* none */ }
     if (remote === true && NOT_RUN.has(name)) {
       // A peer's "not run" passed on by a handler that did run (a
       // rethrow): the caller may not take it as not run. As the Rust side
@@ -152,19 +159,25 @@ const LOCAL_STACK = Symbol.for('ipc-session local stack');
 function errorFromWire(w) {
   const e = new Error(isObject(w) && typeof w.message === 'string' ? w.message : String(w));
   e.remote = true;
-  if (isObject(w) && typeof w.stack === 'string') {
-    e.stack = w.stack;
-  } else {
-    // Read here (an Error.prepareStackTrace of the program's may throw:
-    // then there is nothing to mark).
-    let local;
-    try { local = e.stack; } catch (_) { /* none */ }
-    if (typeof local === 'string') Object.defineProperty(e, LOCAL_STACK, { value: local });
+  if (isObject(w)) {
+    if (typeof w.name === 'string') e.name = w.name;
+    if (w.code !== undefined) e.code = w.code;
+    if (w.data !== undefined) e.data = w.data;
+    if (typeof w.stack === 'string') {
+      e.stack = w.stack;
+      return e;
+    }
   }
-  if (!isObject(w)) return e;
-  if (typeof w.name === 'string') e.name = w.name;
-  if (w.code !== undefined) e.code = w.code;
-  if (w.data !== undefined) e.data = w.data;
+  // Read now: an Error.prepareStackTrace of the program's may throw, and V8
+  // would format our frames again on a later read, unmarked. Then a stack
+  // without frames is kept, and marked.
+  let local;
+  try { local = e.stack; } catch (_) { /* none */ }
+  if (typeof local !== 'string') {
+    local = `${e.name}: ${e.message}`;
+    e.stack = local;
+  }
+  Object.defineProperty(e, LOCAL_STACK, { value: local });
   return e;
 }
 
@@ -340,7 +353,7 @@ function setupIpcSession(proc, handler, {
   let disconnected; // the promise close() returns
   let disconnectSeen = false; // proc's 'disconnect' has fired
   let onDisconnected = null; // close()'s resolve, called from our 'disconnect' listener
-  let handshakeFailed = false; // timed out, or not written: our listeners are off proc
+  let handshakeFailed = false; // see failHandshake: our listeners are off proc
 
   const uses = (name) => ours.includes(name) && peerExtensions.includes(name);
 

@@ -285,16 +285,20 @@ const cases = {
         throw new Error(`${which} a stack: passed on with ${JSON.stringify(passedOn)}`);
       }
     }
-    // A program's Error.prepareStackTrace that throws leaves nothing to
-    // mark, and the request still fails (it once stayed pending).
+    // A program's Error.prepareStackTrace that throws: the request still
+    // fails (it once stayed pending), and once it no longer throws, V8's
+    // stack of our frames is not sent on as the peer's either.
     const prepare = Error.prepareStackTrace;
     Error.prepareStackTrace = () => { throw new Error('prepareStackTrace failed'); };
+    let err;
     try {
-      const err = await within(2000, session.request('without').then(() => null, (e) => e), 'a request');
-      if (err?.message !== 'm') throw new Error(`with a throwing prepareStackTrace: ${err?.message}`);
+      err = await within(2000, session.request('without').then(() => null, (e) => e), 'a request');
     } finally {
       Error.prepareStackTrace = prepare;
     }
+    if (err?.message !== 'm') throw new Error(`with a throwing prepareStackTrace: ${err?.message}`);
+    const passedOn = errorToWire(err).stack;
+    if (passedOn !== undefined) throw new Error(`after a throwing prepareStackTrace: passed on with ${passedOn}`);
   },
 };
 
