@@ -145,16 +145,11 @@ impl Shared {
     /// backlog is full and a refusal waits on the spent budget, as any
     /// refusal does.
     pub(super) fn send_orphan_answer(self: &Arc<Self>, mut line: Vec<u8>) {
-        line.shrink_to_fit();
-        let bytes = line.len().clamp(1, super::refusal_budget(&self.config));
-        let held: Box<dyn Send> = match self
-            .refusals_unwritten
-            .clone()
-            .try_acquire_many_owned(bytes as u32)
-        {
+        let bytes = self.refusal_share(&mut line);
+        let held: Box<dyn Send> = match self.refusals_unwritten.clone().try_acquire_many_owned(bytes) {
             Ok(permit) => Box::new(permit),
             Err(_) => {
-                if self.overdraft.bytes.fetch_add(bytes, Ordering::AcqRel) == 0 {
+                if self.overdraft.bytes.fetch_add(bytes as usize, Ordering::AcqRel) == 0 {
                     // The backlog waits while overdrawn: start it again once
                     // the overdraft is written. One such task per overdraft:
                     // a share added after it saw none left starts the next.
@@ -166,11 +161,21 @@ impl Shared {
                 }
                 Box::new(OverdraftShare {
                     of: self.overdraft.clone(),
-                    bytes,
+                    bytes: bytes as usize,
                 })
             }
         };
         let _ = self.sender.send_control_holding(line, held);
+    }
+
+    /// What `line`, a refusal or an orphan answer, counts for against the
+    /// refusals' budget: its length, at least 1 and at most the whole
+    /// budget (permits are taken a u32 at a time). Encoded into room sized
+    /// for the last line sent, up to 64 KiB, it is first shrunk to fit:
+    /// what it holds must be what it counts.
+    pub(super) fn refusal_share(&self, line: &mut Vec<u8>) -> u32 {
+        line.shrink_to_fit();
+        line.len().clamp(1, super::refusal_budget(&self.config)) as u32
     }
 
     /// True if answers were queued past the refusals' budget and are not

@@ -229,11 +229,8 @@ impl Shared {
             Ok(line) => line,
             Err(e) => return tracing::warn!("could not refuse request {uid}: {e}"),
         };
-        // Encoded into room sized for the last line sent, up to 64 KiB:
-        // what it holds must be what it counts.
-        line.shrink_to_fit();
         let unwritten = &self.refusals_unwritten;
-        let bytes = line.len().clamp(1, super::refusal_budget(&self.config)) as u32;
+        let bytes = self.refusal_share(&mut line);
         let permit = match unwritten.clone().try_acquire_many_owned(bytes) {
             Ok(permit) => permit,
             Err(_) => tokio::select! {
