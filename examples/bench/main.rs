@@ -179,6 +179,9 @@ fn run(opts: &Options) -> BenchResult<()> {
     if !node {
         println!("note: `node` not found: the Node variants are skipped\n");
     }
+    if !sys::READS_RSS {
+        println!("note: the resident size is read from /proc (Linux): the memory rows are skipped\n");
+    }
 
     // The exact bytes our crate writes, for the floor to send.
     let seq_line = ours::request_line(1_000, 1_000).into_bytes();
@@ -320,16 +323,18 @@ fn run(opts: &Options) -> BenchResult<()> {
                     }
                 }
             }
-            let (before, during, future_size) = memory(&exe)?;
-            s("request_future_size", future_size as f64);
-            s(
-                "mem_rss_growth",
-                (during as f64 - before as f64) / (1024.0 * 1024.0),
-            );
-            s(
-                "bytes_per_inflight",
-                (during as f64 - before as f64) / MEM_IN_FLIGHT as f64,
-            );
+            if sys::READS_RSS {
+                let (before, during, future_size) = memory(&exe)?;
+                s("request_future_size", future_size as f64);
+                s(
+                    "mem_rss_growth",
+                    (during as f64 - before as f64) / (1024.0 * 1024.0),
+                );
+                s(
+                    "bytes_per_inflight",
+                    (during as f64 - before as f64) / MEM_IN_FLIGHT as f64,
+                );
+            }
         }
         eprintln!(
             "[bench] repetition {rep}/{}{} done in {:.1} s",

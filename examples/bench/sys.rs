@@ -55,6 +55,10 @@ pub fn have_node() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// Whether [`rss_bytes`] can work here: it reads /proc, which macOS has
+/// not (there the memory rows are skipped with a note).
+pub const READS_RSS: bool = cfg!(target_os = "linux");
+
 /// Resident set size of this process in bytes (VmRSS of /proc/self/status).
 pub fn rss_bytes() -> Result<u64, String> {
     let status = std::fs::read_to_string("/proc/self/status")
@@ -118,6 +122,18 @@ impl Placement {
 }
 
 /// The CPUs this process may run on (its affinity when the bench started).
+/// Only Linux has `sched_getaffinity`; elsewhere this is an error, and the
+/// sequential rows run as scheduled only.
+#[cfg(not(target_os = "linux"))]
+pub fn allowed_cpus() -> std::io::Result<Vec<usize>> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "pinning to CPUs is implemented on Linux only",
+    ))
+}
+
+/// The CPUs this process may run on (its affinity when the bench started).
+#[cfg(target_os = "linux")]
 pub fn allowed_cpus() -> std::io::Result<Vec<usize>> {
     // SAFETY: a zeroed cpu_set_t is a valid empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
@@ -136,6 +152,7 @@ pub fn allowed_cpus() -> std::io::Result<Vec<usize>> {
 /// (`None`, through /proc/self, right in any PID namespace) or of a child
 /// of the bench. A thread that ends meanwhile is skipped; threads started
 /// later inherit the affinity of the thread that starts them.
+#[cfg(target_os = "linux")]
 pub fn pin_process(pid: Option<u32>, cpus: &[usize]) -> std::io::Result<()> {
     // SAFETY: a zeroed cpu_set_t is a valid empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
@@ -166,4 +183,10 @@ pub fn pin_process(pid: Option<u32>, cpus: &[usize]) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Not called where [`allowed_cpus`] fails, as it does off Linux.
+#[cfg(not(target_os = "linux"))]
+pub fn pin_process(_pid: Option<u32>, _cpus: &[usize]) -> std::io::Result<()> {
+    Err(std::io::ErrorKind::Unsupported.into())
 }

@@ -3,7 +3,9 @@
 //! send it a signal when (see [`Killing`]), so that a kill is never lost
 //! and never reaches a reused pid.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
+#[cfg(target_os = "linux")]
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::process::ExitStatus;
 use std::sync::{Arc, Mutex, OnceLock};
 
