@@ -153,7 +153,7 @@ pub fn node() -> Option<PathBuf> {
     // Straight to the process's stderr: the test harness captures what
     // `eprintln!` writes, and a skipped test then shows only as passed.
     let _ = std::io::stderr()
-        .write_all(b"SKIPPED: node is not on PATH; install Node.js (v18 or later; tested with v20) to run the Node interop tests\n");
+        .write_all(b"SKIPPED: node is not on PATH; install Node.js (v18 or later; tested with 18, 20, 22, 24 and 26) to run the Node interop tests\n");
     None
 }
 
