@@ -98,7 +98,8 @@ const READ_CHUNK: usize = 64 * 1024;
 
 /// The most one read appends to the buffer. Before each read the buffer
 /// holds at most one unfinished line of at most `max_message_len` bytes
-/// (see [`FrameDecoder`]), so with this the reader never needs more than
+/// (or under [`frame::BAD_LINE_HEAD_LEN`], if that is more: see
+/// [`FrameDecoder`]), so with this the reader never needs more than
 /// that plus `READ_LIMIT`, and its buffer grows no further (see
 /// `make_room_for_a_read`). Read into all its room, a buffer that had
 /// doubled to hold a long line took as much again in one read: a line too

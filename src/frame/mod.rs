@@ -173,7 +173,7 @@ impl FrameDecoder {
         }
     }
 
-    /// The first bytes (at most [`BAD_LINE_HEAD_LEN`], leading whitespace skipped) of the line
+    /// The first bytes (the first [`BAD_LINE_HEAD_LEN`], leading whitespace then skipped) of the line
     /// most recently reported as [`FrameError::TooLong`] or [`FrameError::InvalidJson`], so that
     /// a layer above can say what it was (the protocol layer finds the request it answered, or
     /// asked, by an envelope that comes before what could not be read). Empty before any.
@@ -181,11 +181,14 @@ impl FrameDecoder {
         &self.bad_line_head
     }
 
+    /// Keeps the line's first [`BAD_LINE_HEAD_LEN`] bytes, then without
+    /// leading whitespace: cut before trimming, so that a line reported
+    /// before its newline (once that many bytes are in) and one reported
+    /// whole keep the same head.
     fn keep_bad_line_head(&mut self, line: &[u8]) {
-        let line = trim_json_whitespace_start(line);
+        let head = trim_json_whitespace_start(&line[..line.len().min(BAD_LINE_HEAD_LEN)]);
         self.bad_line_head.clear();
-        self.bad_line_head
-            .extend_from_slice(&line[..line.len().min(BAD_LINE_HEAD_LEN)]);
+        self.bad_line_head.extend_from_slice(head);
     }
 
     /// The maximum line length this decoder accepts, in bytes.
@@ -198,7 +201,8 @@ impl FrameDecoder {
     /// after an Err, calling decode again goes on with the rest of the buffer.
     ///
     /// Blank lines are skipped. When this returns `Ok(None)`, `buf` holds at most `max_len`
-    /// bytes; call it until then after each read to keep memory bounded.
+    /// bytes, or fewer than [`BAD_LINE_HEAD_LEN`] if that is more; call it until then after
+    /// each read to keep memory bounded.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Message>, FrameError> {
         self.decode_with(buf, |line| parse_message(line.text()))
     }
@@ -235,8 +239,12 @@ impl FrameDecoder {
             // `min` only matters if the caller broke the contract and shrank the buffer.
             let from = self.scanned.min(buf.len());
             let Some(newline) = self.find_newline(&buf[..], from) else {
-                if buf.len() > self.max_len {
-                    // The line is already too long; report it now rather than buffering it.
+                // The line is already too long: report it now rather than
+                // buffer it, but not before its head is in. A layer above
+                // finds whom to answer by the envelope there, and under a
+                // limit below BAD_LINE_HEAD_LEN a UID may end past what the
+                // first read brought.
+                if buf.len() > self.max_len && buf.len() >= BAD_LINE_HEAD_LEN {
                     let len = buf.len();
                     self.keep_bad_line_head(buf);
                     buf.clear();
@@ -272,7 +280,7 @@ impl FrameDecoder {
             let message = parse_line(line, clean, parse);
             if message.is_err() {
                 // Only on a bad line: a line read costs no copy.
-                self.keep_bad_line_head(line);
+                self.keep_bad_line_head(untrimmed);
             }
             buf.advance(newline + 1);
             return message.map(Some);
@@ -299,7 +307,9 @@ impl FrameDecoder {
     }
 
     /// Same, at end of stream: complete lines still decode; once none is left, an unfinished
-    /// trailing message (bytes after the last newline) is dropped, buf is cleared, Ok(None).
+    /// trailing message (bytes after the last newline) is dropped, buf is cleared, Ok(None);
+    /// or `Err(TooLong)` if it was already longer than the limit, as `decode` would have
+    /// said had more of it come.
     ///
     /// Node drops such bytes too: they are a message whose sender exited mid-write.
     pub fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Message>, FrameError> {
@@ -316,11 +326,22 @@ impl FrameDecoder {
         match self.decode_with(buf, parse)? {
             Some(message) => Ok(Some(message)),
             None => {
+                // An unfinished line already past the limit is reported as
+                // it would have been had more come (`decode_with` waits for
+                // a head of BAD_LINE_HEAD_LEN bytes first); a shorter one is
+                // dropped, as said.
+                let too_long = (buf.len() > self.max_len).then(|| {
+                    self.keep_bad_line_head(buf);
+                    FrameError::TooLong {
+                        len: buf.len(),
+                        max: self.max_len,
+                    }
+                });
                 buf.clear();
                 self.scanned = 0;
                 self.clean = 0;
                 self.discarding = false;
-                Ok(None)
+                too_long.map_or(Ok(None), Err)
             }
         }
     }

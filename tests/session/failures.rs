@@ -199,6 +199,36 @@ async fn a_line_too_long_for_its_reader_fails_its_request_instead_of_leaving_it_
 }
 
 #[tokio::test]
+async fn a_too_long_request_read_in_pieces_is_answered_though_its_uid_ends_past_the_first() {
+    // The envelope that says whom to answer is read from the line's first
+    // 4 KiB. Under a limit below that, the line passes the limit before its
+    // UID is all in; it was reported then, with the UID cut, and the peer
+    // never answered. The pipe holds 1,100 bytes, so the session reads the
+    // line in pieces of at most that.
+    let config = ChannelConfig {
+        max_message_len: 1047,
+        ..Default::default()
+    };
+    let (_session, mut reader, mut writer) = common::hand_played::serve_a_hand_played_peer(
+        ops_handler(),
+        config,
+        1_100,
+        Some(&["error", "cancel"]),
+    )
+    .await;
+    let uid = format!("{}-5", "u".repeat(2_738));
+    common::hand_played::write_protocol_line(&mut writer, "REQUEST", &uid, r#"{"op":"echo","data":1}"#).await;
+    let line = common::hand_played::next_line(&mut reader, "the too-long request was never answered").await;
+    let answer: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(answer["_IPC_REQUEST/REQUEST_UID"], json!(uid));
+    assert_eq!(answer["_IPC_REQUEST/ERROR"]["name"], "RequestTooLong", "{answer}");
+    common::hand_played::write_protocol_line(&mut writer, "REQUEST", "6", r#"{"op":"echo","data":2}"#).await;
+    let line = common::hand_played::next_line(&mut reader, "the session went on").await;
+    let answer: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(answer["_IPC_REQUEST/PAYLOAD"], json!(2), "{answer}");
+}
+
+#[tokio::test]
 async fn a_bad_line_from_the_peer_is_reported_and_the_session_goes_on() {
     let (a_io, b_io) = tokio::io::duplex(64 * 1024);
     let (mut b_read, mut b_write) = tokio::io::split(b_io);

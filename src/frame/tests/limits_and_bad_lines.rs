@@ -26,15 +26,35 @@ fn over_long_line_with_its_newline_is_consumed_and_the_next_decodes() {
 }
 
 #[test]
-fn over_long_line_without_its_newline_is_reported_at_once_and_discarded() {
+fn over_long_line_without_its_newline_is_reported_once_its_head_is_in_and_discarded() {
+    // Under a limit of at least BAD_LINE_HEAD_LEN, as soon as it passes it.
+    let max = BAD_LINE_HEAD_LEN + 8;
+    let mut decoder = FrameDecoder::new(max);
+    let mut buf = BytesMut::from(&b"[1,2,3"[..]);
+    assert_eq!(text(decoder.decode(&mut buf)), Ok(None));
+    buf.extend_from_slice(&b"1".repeat(max - 6));
+    assert_eq!(text(decoder.decode(&mut buf)), Ok(None));
+    buf.extend_from_slice(b",4");
+    assert_eq!(
+        text(decoder.decode(&mut buf)),
+        Err(FrameError::TooLong { len: max + 2, max })
+    );
+    assert!(buf.is_empty(), "the buffer is cleared at once");
+    // Under a lower one, once the head is in: past the limit is not enough.
     let mut decoder = FrameDecoder::new(8);
     let mut buf = BytesMut::from(&b"[1,2,3"[..]);
     assert_eq!(text(decoder.decode(&mut buf)), Ok(None));
     buf.extend_from_slice(b",4,5");
+    assert_eq!(text(decoder.decode(&mut buf)), Ok(None));
+    buf.extend_from_slice(&b"1".repeat(BAD_LINE_HEAD_LEN - 10));
     assert_eq!(
         text(decoder.decode(&mut buf)),
-        Err(FrameError::TooLong { len: 10, max: 8 })
+        Err(FrameError::TooLong {
+            len: BAD_LINE_HEAD_LEN,
+            max: 8
+        })
     );
+    assert_eq!(&decoder.bad_line_head()[..10], b"[1,2,3,4,5");
     assert!(buf.is_empty(), "the buffer is cleared at once");
     // The rest of the line, in pieces, is dropped without another error.
     buf.extend_from_slice(b",6,7,8,9,10,11,12");
@@ -223,7 +243,7 @@ fn a_line_in_several_reads_keeps_its_backslash_free_prefix() {
 #[test]
 fn the_head_of_an_over_long_line_is_kept_for_the_layer_above() {
     let line = format!("  [\"{}\"]", "y".repeat(BAD_LINE_HEAD_LEN + 1_000));
-    let head = &line.as_bytes()[2..2 + BAD_LINE_HEAD_LEN];
+    let head = &line.as_bytes()[2..BAD_LINE_HEAD_LEN];
     // Its newline seen in the same read, then not yet seen.
     for (bytes, len) in [(format!("{line}\n[1]\n"), line.len()), (line.clone(), line.len())] {
         let mut decoder = FrameDecoder::new(100);
@@ -269,11 +289,68 @@ fn the_head_of_a_line_that_is_not_json_is_kept_for_the_layer_above() {
     let mut decoder = FrameDecoder::new(1 << 20);
     let mut buf = BytesMut::from(&bytes[..]);
     assert!(decoder.decode(&mut buf).is_err());
-    assert_eq!(decoder.bad_line_head(), &bytes[1..1 + BAD_LINE_HEAD_LEN]);
+    assert_eq!(decoder.bad_line_head(), &bytes[1..BAD_LINE_HEAD_LEN]);
     // A line read well leaves it as it was.
     assert_eq!(
         decoder.decode(&mut buf).map(|m| m.map(|m| m.get().to_string())),
         Ok(Some("[1]".into()))
     );
-    assert_eq!(decoder.bad_line_head(), &bytes[1..1 + BAD_LINE_HEAD_LEN]);
+    assert_eq!(decoder.bad_line_head(), &bytes[1..BAD_LINE_HEAD_LEN]);
+}
+
+#[test]
+fn an_over_long_line_that_comes_in_pieces_is_reported_with_its_whole_head() {
+    // Under a limit below BAD_LINE_HEAD_LEN, a line is reported as too
+    // long once that many bytes of it are in (or its newline), not as soon
+    // as it passes the limit: the layer above finds whom to answer by the
+    // envelope in its head, and a UID may end past what the first read
+    // brought (a hostile-peer round found one never answered).
+    let long = format!(" [\"{}\"]", "y".repeat(2 * BAD_LINE_HEAD_LEN));
+    let short = format!("[\"{}\"]", "z".repeat(1_000));
+    let stream = format!("{long}\n{short}\n[1]\n");
+    for piece in [1, 100, 1_047, 4_000, stream.len()] {
+        let mut decoder = FrameDecoder::new(100);
+        let mut buf = BytesMut::new();
+        let mut results = Vec::new();
+        for chunk in stream.as_bytes().chunks(piece) {
+            buf.extend_from_slice(chunk);
+            loop {
+                match decoder.decode(&mut buf) {
+                    Ok(None) => break,
+                    Ok(Some(message)) => results.push(Ok(message.get().to_owned())),
+                    Err(error) => results.push(Err((error, decoder.bad_line_head().to_vec()))),
+                }
+            }
+            assert!(
+                buf.len() < BAD_LINE_HEAD_LEN,
+                "pieces of {piece}: {} bytes held, past the head's length",
+                buf.len()
+            );
+        }
+        assert_eq!(results.len(), 3, "pieces of {piece}");
+        let Err((FrameError::TooLong { len, max: 100 }, head)) = &results[0] else {
+            panic!("pieces of {piece}: {:?}", results[0]);
+        };
+        assert!(
+            *len >= BAD_LINE_HEAD_LEN,
+            "pieces of {piece}: reported at {len} bytes"
+        );
+        assert!(
+            head[..] == long.as_bytes()[1..BAD_LINE_HEAD_LEN],
+            "pieces of {piece}: a head of {} bytes",
+            head.len()
+        );
+        assert!(
+            results[1]
+                == Err((
+                    FrameError::TooLong {
+                        len: short.len(),
+                        max: 100
+                    },
+                    short.clone().into_bytes()
+                )),
+            "pieces of {piece}: a line shorter than the head, whole"
+        );
+        assert_eq!(results[2], Ok("[1]".to_string()), "pieces of {piece}");
+    }
 }
