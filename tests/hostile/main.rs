@@ -16,7 +16,7 @@
 //! - the session closed once the peer went, and every call of ours ended,
 //!   with its own answer or a typed error; nothing pending; the message
 //!   stream ended; our end of the stream came after a half-close;
-//! - our queue stayed within its bound;
+//! - nothing left in our queue once the peer went;
 //! - every line we wrote is one a Node peer reads: UTF-8 JSON ended by a
 //!   newline, and no `NODE_` message but the NACK of a handle offered;
 //! - every request of the peer's that the session could know by its UID,

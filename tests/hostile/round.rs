@@ -209,24 +209,6 @@ impl Round {
             let ours = self.seen.lock().unwrap().our_requests.clone();
             let next = self.peer.main_step(&ours);
             self.make(next).await;
-            self.check_the_queue_bound(session);
-        }
-    }
-
-    /// Our queue holds at most its capacity, plus the refusals the session
-    /// may queue past it (`max_unwritten_refusal_bytes`), plus one line
-    /// (a line is queued whole), plus slack for the handshake answers and
-    /// NACKs that wait for no space.
-    fn check_the_queue_bound(&mut self, session: &Session) {
-        let bound = session.queue_capacity()
-            + self.settings.session.max_unwritten_refusal_bytes
-            + self.settings.channel.max_message_len
-            + 100_000;
-        if session.queued_bytes() > bound {
-            let (queued, capacity) = (session.queued_bytes(), session.queue_capacity());
-            self.problem(format!(
-                "{queued} bytes queued, past the bound {bound} (capacity {capacity})"
-            ));
         }
     }
 

@@ -1,6 +1,7 @@
 //! The checks once the peer went: the session closed, every call of ours
 //! ended (with its own answer or a typed error), nothing pending, the
-//! message stream ended, our end of the stream came; and of what we wrote:
+//! message stream ended, our end of the stream came, nothing left queued;
+//! and of what we wrote:
 //! lines a Node peer reads, no NACK but for a handle, every request of the
 //! peer's that must be answered answered exactly once.
 
@@ -45,6 +46,7 @@ impl Round {
             }
         }
         self.check_our_stream_ended().await;
+        self.check_nothing_left_queued().await;
         self.check_what_we_wrote(waited_for_answers && !holds_up);
     }
 
@@ -93,6 +95,27 @@ impl Round {
             if reads {
                 self.problem("our end of the stream did not come 3 s after the session closed".into());
             }
+        }
+    }
+
+    /// Once the session closed and the peer's reader is done (read to the
+    /// end, or gone), every line's share of the queue's budget was given
+    /// back: written, or dropped unwritten. (Within the budget meanwhile
+    /// needs no check: `queued_bytes` is what is taken of it.)
+    async fn check_nothing_left_queued(&mut self) {
+        let Some(session) = self.session.clone() else {
+            return;
+        };
+        self.peer_reader.abort();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while session.queued_bytes() != 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if session.queued_bytes() != 0 {
+            let queued = session.queued_bytes();
+            self.problem(format!(
+                "{queued} bytes still queued 5 s after the session closed and the peer went"
+            ));
         }
     }
 
