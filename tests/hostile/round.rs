@@ -147,7 +147,10 @@ impl Round {
             if let Some(uid) = self.seen.lock().unwrap().handshake_uid.clone() {
                 return Some(uid);
             }
-            tokio::time::timeout_at(deadline, self.news.recv()).await.ok()?;
+            // `None`: the reader ended (our end of the stream came). It
+            // must end the wait, not loop: `recv` is then ready at once,
+            // and a current-thread runtime would never fire the timeout.
+            tokio::time::timeout_at(deadline, self.news.recv()).await.ok()??;
         }
     }
 
@@ -239,7 +242,11 @@ impl Round {
             if all_answered || tokio::time::Instant::now() > deadline {
                 return;
             }
-            let _ = tokio::time::timeout(Duration::from_millis(50), self.news.recv()).await;
+            // Woken by a line read, or after 50 ms; a reader that ended
+            // reads no more answers (and `recv` would not wait).
+            if let Ok(None) = tokio::time::timeout(Duration::from_millis(50), self.news.recv()).await {
+                return;
+            }
         }
     }
 

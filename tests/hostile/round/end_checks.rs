@@ -69,9 +69,12 @@ impl Round {
     async fn check_our_calls_ended(&mut self, bound: Duration) {
         let calls: Vec<_> = std::mem::take(&mut *self.our_calls.lock().unwrap());
         let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
+        // One deadline for all: calls that hang must not take the bound
+        // each, past the round's watchdog.
+        let deadline = tokio::time::Instant::now() + bound;
         for call in calls {
-            match tokio::time::timeout(bound, call).await {
-                Ok(Ok(outcome)) if outcome.starts_with("PROBLEM") => self.problem(outcome),
+            match tokio::time::timeout_at(deadline, call).await {
+                Ok(Ok(outcome)) if outcome.starts_with("PROBLEM: ") => self.problem(outcome[9..].into()),
                 Ok(Ok(outcome)) => *outcomes.entry(outcome).or_default() += 1,
                 Ok(Err(e)) => self.problem(format!("a call of ours panicked: {e}")),
                 Err(_) => self.problem(format!(
