@@ -35,13 +35,13 @@ pub struct Peer {
     /// targets).
     sent_uids: Vec<String>,
     /// UIDs (JSON text) of requests that must be answered exactly once.
-    pub expects_answer: HashSet<String>,
+    expects_answer: HashSet<String>,
     /// UIDs cancelled or used twice: they may go unanswered.
-    pub spoiled: HashSet<String>,
+    spoiled: HashSet<String>,
     /// UIDs used twice: they may be answered twice (once per request).
     pub reused: HashSet<String>,
     /// Our requests the peer answered (or broke an answer to).
-    pub answered_ours: HashSet<String>,
+    answered_ours: HashSet<String>,
     /// `NODE_HANDLE`s sent: each may be NACKed once.
     pub handles_offered: usize,
     /// The lines written, for `HOSTILE_VERBOSE`.
