@@ -147,7 +147,10 @@ impl Round {
                 .cloned()
                 .collect();
             for uid in never {
-                self.problem(format!("request {uid:.80} never answered"));
+                self.problem(format!(
+                    "request {uid:.80} (UID of {} bytes) never answered",
+                    uid.len()
+                ));
             }
         }
         let (lines, answers, ours) = (seen.lines, seen.answers.len(), seen.our_requests.len());
