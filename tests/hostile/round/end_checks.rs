@@ -54,6 +54,23 @@ impl Round {
         let Some(session) = self.session.clone() else {
             return;
         };
+        // A peer that stopped reading, then shut its writing side down
+        // without closing its end, may have stopped our reader (on the
+        // refusals' budget, on room for a line it must queue) before the
+        // end of its stream: then the session cannot see that end, and
+        // waits with the peer (README, "refusals not yet written"). Such a
+        // peer is made to go (its reading half dropped) if the session
+        // has not closed by itself; it must close then.
+        let stopped_reading = self.settings.stop_reading_after.is_some();
+        if self.settings.ending == Ending::HalfClose && stopped_reading {
+            if tokio::time::timeout(bound, session.closed()).await.is_ok() {
+                return self.report.log.push("closed after the half-close".into());
+            }
+            self.report
+                .log
+                .push("not closed after the half-close: the peer goes".into());
+            self.peer_reader.abort();
+        }
         match tokio::time::timeout(bound, session.closed()).await {
             Ok(reason) => self.report.log.push(format!("closed: {reason}")),
             Err(_) => self.problem(format!(
