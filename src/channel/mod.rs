@@ -293,7 +293,9 @@ impl ChannelReceiver {
     /// The next message from the peer.
     ///
     /// * `Ok(Some(message))`: one JSON value.
-    /// * `Ok(None)`: end of stream (an unfinished trailing line is dropped).
+    /// * `Ok(None)`: end of stream (an unfinished trailing line is dropped,
+    ///   but for one already longer than `max_message_len`, reported first
+    ///   as `Err(Error::Frame(FrameError::TooLong))`).
     /// * `Err(Error::Frame(_))`: one bad line (too long, not JSON); it has
     ///   been skipped and the next call goes on.
     /// * `Err(Error::Closed(CloseReason::Io(_)))`: reading failed, or

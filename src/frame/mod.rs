@@ -48,12 +48,17 @@
 //!
 //! # Bounded memory
 //!
-//! A [`FrameDecoder`] has a maximum line length. As soon as the buffer holds more than that
-//! without a newline, the decoder reports [`FrameError::TooLong`], clears the buffer and
-//! discards bytes until the next newline (as tokio-util's `LinesCodec` does with
-//! `max_length`). When `decode` returns `Ok(None)` the buffer holds at most `max_len` bytes
-//! (the start of one unfinished line), so a reader that decodes until `Ok(None)` before each
-//! read never holds more than `max_len` plus what one read appended.
+//! A [`FrameDecoder`] has a maximum line length. Once the buffer holds more than that
+//! without a newline, and at least [`BAD_LINE_HEAD_LEN`] bytes (the head by which a layer
+//! above knows the line, all in), the decoder reports [`FrameError::TooLong`],
+//! clears the buffer and discards bytes until the next newline (as tokio-util's `LinesCodec`
+//! does with `max_length`); a line past the limit that ends, or whose stream ends, sooner is
+//! reported then. So under a limit below [`BAD_LINE_HEAD_LEN`], a line that stops before its
+//! newline and before that many bytes is not reported until more comes or the stream ends.
+//! When `decode` returns `Ok(None)` the buffer holds at most `max_len` bytes, or fewer than
+//! [`BAD_LINE_HEAD_LEN`] if that is more (the start of one unfinished line), so a reader that
+//! decodes until `Ok(None)` before each read never holds more than that plus what one read
+//! appended.
 
 // This file holds the reading side; `writing.rs` the writing side, and
 // `json_writer.rs` the serializer it writes with.

@@ -4,6 +4,7 @@ mod against_a_full_scan;
 mod decoding;
 mod encoding;
 mod limits_and_bad_lines;
+mod long_lines_small_limits;
 
 use serde_json::Value;
 
