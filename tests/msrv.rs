@@ -1,7 +1,7 @@
 //! Nothing in the sources needs a newer Rust than `rust-version` in
 //! Cargo.toml (1.85) for a reason clippy cannot see. CI also builds the
-//! crate, its tests and examples with that toolchain where rustup can
-//! fetch it (.ci/run); this test needs no download, so it runs under
+//! crate, its tests and examples with that toolchain, for macOS, where
+//! rustup can fetch it (.ci/run); this test needs no download, so it runs under
 //! `cargo test` anywhere, and it reads the code blocks of the README and
 //! of doc comments too, which that build does not compile. clippy's
 //! `incompatible_msrv` (on in CI) refuses std APIs newer than
