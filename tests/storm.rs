@@ -485,8 +485,8 @@ fn setup_for(seed: u64, close: u8) -> RoundSetup {
         write_queue_bytes: r.pick(&[1, 64, 256, 1024, 65536]),
         per_side: r.pick(&[20, 60, 150, 300]) as usize,
         close,
-        pad_on: env("STORM_PAD", 1) == 1 && r.below(2) == 0,
-        unix: match env("STORM_UNIX", 2) {
+        pad_on: common::env_number("STORM_PAD", 1) == 1 && r.below(2) == 0,
+        unix: match common::env_number("STORM_UNIX", 2) {
             0 => false,
             1 => true,
             _ => r.below(2) == 0,
@@ -495,20 +495,13 @@ fn setup_for(seed: u64, close: u8) -> RoundSetup {
     }
 }
 
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 #[test]
 fn storms_of_requests_and_cancellations_leave_nothing_behind() {
-    let base = env("STORM_SEED", 1);
-    let rounds = env("STORM_ROUNDS", 40);
-    let secs = env("STORM_SECS", 20);
-    let close = env("STORM_CLOSE", 2) as u8;
-    let threads = env("STORM_THREADS", 4) as usize;
+    let base = common::env_number("STORM_SEED", 1);
+    let rounds = common::env_number("STORM_ROUNDS", 40);
+    let secs = common::env_number("STORM_SECS", 20);
+    let close = common::env_number("STORM_CLOSE", 2) as u8;
+    let threads = common::env_number("STORM_THREADS", 4) as usize;
     let one = std::env::var("STORM_ONE")
         .ok()
         .and_then(|v| v.parse::<u64>().ok());

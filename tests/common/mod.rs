@@ -136,6 +136,15 @@ pub fn js_peer() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/js/peer.js")
 }
 
+/// The number in the environment variable `name`, or `default` if it is
+/// unset or not a number: the settings of the seeded tests.
+pub fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// `node`, or `None` with a message when it is missing. In CI (`CI` set)
 /// a missing node is a failure, never a skip.
 pub fn node() -> Option<PathBuf> {

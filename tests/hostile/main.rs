@@ -122,32 +122,25 @@ fn round_on_its_own_thread(seed: u64) -> round::RoundReport {
     report
 }
 
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 #[test]
 fn hostile_peers_neither_crash_the_session_nor_get_lines_node_cannot_read() {
     install_the_panic_hook();
-    let first = env("HOSTILE_SEED", 1);
+    let first = common::env_number("HOSTILE_SEED", 1);
     let seeds = match std::env::var("HOSTILE_ONE")
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
     {
         Some(seed) => seed..seed + 1,
-        None => first..first + env("HOSTILE_ROUNDS", 200),
+        None => first..first + common::env_number("HOSTILE_ROUNDS", 200),
     };
-    let time_box = Duration::from_secs(env("HOSTILE_SECS", 6));
+    let time_box = Duration::from_secs(common::env_number("HOSTILE_SECS", 6));
     let verbose = std::env::var_os("HOSTILE_VERBOSE").is_some();
     let started = Instant::now();
     let next_seed = Arc::new(AtomicU64::new(seeds.start));
     let failures = Arc::new(Mutex::new(Vec::new()));
     let rounds_run = Arc::new(AtomicU64::new(0));
     let slowest = Arc::new(Mutex::new((Duration::ZERO, 0)));
-    let workers: Vec<_> = (0..env("HOSTILE_PARALLEL", 4).max(1))
+    let workers: Vec<_> = (0..common::env_number("HOSTILE_PARALLEL", 4).max(1))
         .map(|_| {
             let (next_seed, failures, rounds_run) = (next_seed.clone(), failures.clone(), rounds_run.clone());
             let slowest = slowest.clone();

@@ -32,14 +32,6 @@ fn piece() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
-/// A result, with the length of a TooLong left out: it depends on where the reads fall.
-fn show(result: Result<Message, FrameError>) -> Result<String, String> {
-    result.map(|m| m.get().to_owned()).map_err(|e| match e {
-        FrameError::TooLong { .. } => "too long".to_owned(),
-        e => e.to_string(),
-    })
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(5_000))]
     #[test]
@@ -53,14 +45,7 @@ proptest! {
         // Unterminated: dropped at the end, unless already too long.
         let last = lines.pop().unwrap();
         for line in lines.into_iter().chain((last.len() > max_len).then_some(last)) {
-            // JSON whitespace, as `JSON.parse` skips it (not form feed).
-            let mut trimmed = line;
-            while let [b' ' | b'\t' | b'\r', rest @ ..] = trimmed {
-                trimmed = rest;
-            }
-            while let [rest @ .., b' ' | b'\t' | b'\r'] = trimmed {
-                trimmed = rest;
-            }
+            let trimmed = reference_trim_end(reference_trim_start(line));
             let fixed = replace_lone_surrogates(trimmed);
             let bytes = fixed.as_deref().unwrap_or(trimmed);
             let result = match std::str::from_utf8(bytes) {
@@ -76,9 +61,7 @@ proptest! {
             want.push(show(result));
         }
         let (mut decoder, mut buf) = (FrameDecoder::new(max_len), BytesMut::new());
-        let mut at: Vec<usize> =
-            points.iter().map(|i| i.index(input.len() + 1)).chain([0, input.len()]).collect();
-        at.sort();
+        let at = cut_points(&points, input.len());
         for (i, pair) in at.windows(2).enumerate() {
             buf.extend_from_slice(&input[pair[0]..pair[1]]);
             loop {

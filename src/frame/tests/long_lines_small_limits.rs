@@ -17,15 +17,8 @@ fn piece() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
-fn show(result: Result<Message, FrameError>) -> Result<String, String> {
-    result.map(|m| m.get().to_owned()).map_err(|e| match e {
-        FrameError::TooLong { .. } => "too long".to_owned(),
-        e => e.to_string(),
-    })
-}
-
 fn head_of(line: &[u8]) -> Vec<u8> {
-    trim_json_whitespace_start(&line[..line.len().min(BAD_LINE_HEAD_LEN)]).to_vec()
+    reference_trim_start(&line[..line.len().min(BAD_LINE_HEAD_LEN)]).to_vec()
 }
 
 proptest! {
@@ -40,17 +33,10 @@ proptest! {
         let mut lines: Vec<&[u8]> = input.split(|&b| b == b'\n').collect();
         let last = lines.pop().unwrap();
         for line in lines.into_iter().chain((last.len() > max_len).then_some(last)) {
-            let mut trimmed = line;
-            while let [b' ' | b'\t' | b'\r', rest @ ..] = trimmed {
-                trimmed = rest;
-            }
-            let mut untrimmed_end = line;
-            while let [rest @ .., b' ' | b'\t' | b'\r'] = untrimmed_end {
-                untrimmed_end = rest;
-            }
-            while let [rest @ .., b' ' | b'\t' | b'\r'] = trimmed {
-                trimmed = rest;
-            }
+            // The head is cut before leading whitespace is trimmed: from
+            // the line with only its end trimmed.
+            let untrimmed_end = reference_trim_end(line);
+            let trimmed = reference_trim_start(untrimmed_end);
             if line.len() > max_len {
                 want.push((Err("too long".to_owned()), Some(head_of(line))));
                 continue;
@@ -68,9 +54,7 @@ proptest! {
             want.push((show(result), head));
         }
         let (mut decoder, mut buf) = (FrameDecoder::new(max_len), BytesMut::new());
-        let mut at: Vec<usize> =
-            points.iter().map(|i| i.index(input.len() + 1)).chain([0, input.len()]).collect();
-        at.sort();
+        let at = cut_points(&points, input.len());
         for (i, pair) in at.windows(2).enumerate() {
             buf.extend_from_slice(&input[pair[0]..pair[1]]);
             loop {

@@ -10,6 +10,41 @@ use serde_json::Value;
 
 use super::*;
 
+/// For the reference models of the proptests: a result, with the length of
+/// a TooLong left out (it depends on where the reads fall).
+fn show(result: Result<Message, FrameError>) -> Result<String, String> {
+    result.map(|m| m.get().to_owned()).map_err(|e| match e {
+        FrameError::TooLong { .. } => "too long".to_owned(),
+        e => e.to_string(),
+    })
+}
+
+/// For the reference models: `line` without the JSON whitespace at its
+/// start, as `JSON.parse` skips it (not form feed). Written apart from the
+/// decoder's own trimming, which it checks.
+fn reference_trim_start(mut line: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t' | b'\r', rest @ ..] = line {
+        line = rest;
+    }
+    line
+}
+
+/// [`reference_trim_start`], at the end.
+fn reference_trim_end(mut line: &[u8]) -> &[u8] {
+    while let [rest @ .., b' ' | b'\t' | b'\r'] = line {
+        line = rest;
+    }
+    line
+}
+
+/// For the proptests: where a stream of `len` bytes is cut into reads, in
+/// order, from 0 to `len`.
+fn cut_points(points: &[proptest::sample::Index], len: usize) -> Vec<usize> {
+    let mut at: Vec<usize> = points.iter().map(|i| i.index(len + 1)).chain([0, len]).collect();
+    at.sort();
+    at
+}
+
 /// Decodes everything `buf` holds now, until `decode` returns `Ok(None)`.
 fn drain(decoder: &mut FrameDecoder, buf: &mut BytesMut) -> Vec<Result<String, FrameError>> {
     let mut results = Vec::new();
