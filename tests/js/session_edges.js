@@ -238,7 +238,7 @@ const cases = {
       if (m.big) { stuck.push(cb); return false; }
       return writes(m, cb);
     });
-    proc.disconnect = () => { // as Node 20's
+    proc.disconnect = () => { // as Node's (18 to 26)
       proc.connected = false;
       for (const cb of stuck.splice(0)) cb(null);
       setImmediate(() => proc.emit('disconnect'));

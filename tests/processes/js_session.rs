@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 /// handshake reached no listener, as the child could subscribe only once
 /// its setup had resolved; `close()` dropped what Node had not written
 /// yet, while each `send()` had said it was sent; and a `close()` while
-/// Node was reading a large message never closed the channel (Node 20's
-/// lost wake-up), so the child never exited and our requests waited for
+/// Node was reading a large message never closed the channel (Node's
+/// lost wake-up, in 18 to 26), so the child never exited and our requests waited for
 /// ever. In both modes; the last in a few rounds, as it hit 16 in 20.
 #[tokio::test]
 async fn the_js_session_keeps_early_messages_and_writes_what_it_sent_before_it_closes() {
