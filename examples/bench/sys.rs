@@ -7,7 +7,17 @@ use std::process::Command;
 const ALLOCATOR: &str = if cfg!(feature = "bench-mimalloc") {
     "mimalloc (--features bench-mimalloc)"
 } else {
+    SYSTEM_ALLOCATOR
+};
+
+/// What the system allocator is where this was built (what the report
+/// names, not a probe: a musl or other libc on Linux is named by `cfg`).
+const SYSTEM_ALLOCATOR: &str = if cfg!(all(target_os = "linux", target_env = "gnu")) {
     "the system's (glibc malloc)"
+} else if cfg!(all(target_os = "linux", target_env = "musl")) {
+    "the system's (musl malloc)"
+} else {
+    "the system's"
 };
 
 /// One line per fact, for the top of the report and for results.json.
@@ -23,6 +33,8 @@ pub fn machine() -> Vec<(&'static str, String)> {
                 .and_then(|l| l.split_once(':'))
                 .map(|(_, v)| v.trim().to_string())
         })
+        // macOS has no /proc; sysctl names its CPU.
+        .or_else(|| output_of("sysctl", &["-n", "machdep.cpu.brand_string"]))
         .unwrap_or_else(|| "unknown".into());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| format!("Linux {}", s.trim()))
@@ -31,20 +43,26 @@ pub fn machine() -> Vec<(&'static str, String)> {
         ("cpus", cpus),
         ("cpu", model),
         ("kernel", kernel),
-        ("rustc", version_of("rustc", "--version")),
-        ("node", version_of("node", "--version")),
+        (
+            "rustc",
+            output_of("rustc", &["--version"]).unwrap_or_else(|| "not found".into()),
+        ),
+        (
+            "node",
+            output_of("node", &["--version"]).unwrap_or_else(|| "not found".into()),
+        ),
         ("allocator", ALLOCATOR.into()),
     ]
 }
 
-fn version_of(program: &str, arg: &str) -> String {
+/// What `program args` prints, trimmed; `None` if it does not run or fails.
+fn output_of(program: &str, args: &[&str]) -> Option<String> {
     Command::new(program)
-        .arg(arg)
+        .args(args)
         .output()
         .ok()
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "not found".into())
 }
 
 /// True if `node` runs.
