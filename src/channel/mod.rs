@@ -62,6 +62,9 @@ pub struct ChannelConfig {
     /// How many bytes may wait in the outgoing queue before senders wait
     /// (default 1 MiB: enough to fill a socket buffer several times over, so
     /// the writer always has a batch ready, small enough not to matter).
+    /// 0 is taken as 1 (a line always gets in alone), and a value past
+    /// 4 GiB (on a 32-bit target, 512 MiB) as that: `usize::MAX` for "no
+    /// limit".
     pub write_queue_bytes: usize,
 }
 
@@ -79,6 +82,16 @@ impl Default for ChannelConfig {
 /// the reactor to report what a departing peer wrote, and its end of
 /// stream, which then ends the channel as usual.
 pub(crate) const WRITE_FAILURE_GRACE: Duration = Duration::from_millis(200);
+
+/// The most a byte budget kept in a Tokio semaphore can hold, here and in
+/// the session: its permits are taken a `u32` at a time, and
+/// `Semaphore::new` panics past `Semaphore::MAX_PERMITS` (`usize::MAX >>
+/// 3`, which on a 32-bit target is below `u32::MAX`: 512 MiB less one).
+pub(crate) const MOST_BUDGET_BYTES: usize = if (u32::MAX as usize) < tokio::sync::Semaphore::MAX_PERMITS {
+    u32::MAX as usize
+} else {
+    tokio::sync::Semaphore::MAX_PERMITS
+};
 
 /// Whether a write failed as writes to a peer that is gone do (a broken
 /// pipe, a reset): then the peer's going is the story, not the write.

@@ -199,8 +199,8 @@ impl ChannelSender {
     /// Takes the write half and spawns the writer task.
     pub(super) fn start<W: AsyncWrite + Unpin + Send + 'static>(writer: W, config: &ChannelConfig) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        // Permits are taken a u32 at a time; a budget past 4 GiB means nothing.
-        let budget_total = config.write_queue_bytes.clamp(1, u32::MAX as usize);
+        // A budget past 4 GiB means nothing (see the constant).
+        let budget_total = config.write_queue_bytes.clamp(1, super::MOST_BUDGET_BYTES);
         let bytes_written = Arc::new(AtomicU64::new(0));
         let writer = counting::CountingWriter {
             inner: writer,

@@ -55,10 +55,12 @@ use crate::protocol::{self, EXT_CANCEL, EXT_ERROR, PeerUid};
 use pending::{PendingGuard, PendingTable};
 
 /// How many bytes of refusals may wait to be written (see
-/// `Shared::refuse`): `max_unwritten_refusal_bytes`, taken a u32 at a
-/// time.
+/// `Shared::refuse`): `max_unwritten_refusal_bytes`, within what a
+/// semaphore holds.
 fn refusal_budget(config: &SessionConfig) -> usize {
-    config.max_unwritten_refusal_bytes.clamp(1, u32::MAX as usize)
+    config
+        .max_unwritten_refusal_bytes
+        .clamp(1, crate::channel::MOST_BUDGET_BYTES)
 }
 
 /// What the peer said it understands, from its handshake message.

@@ -21,8 +21,10 @@ use crate::protocol::HandshakeOut;
 /// `max_concurrent_handlers`, `max_queued_requests`, `message_buffer`,
 /// `message_buffer_bytes`, `max_unwritten_refusal_bytes`) is taken as 1,
 /// and a value past what Tokio's semaphores hold (`usize::MAX >> 3`, so
-/// `usize::MAX` for "no limit") as that most (the two byte sizes: as
-/// 4 GiB).
+/// `usize::MAX` for "no limit") as that most; `message_buffer_bytes` and
+/// `max_unwritten_refusal_bytes` at most as 4 GiB (on a 32-bit target,
+/// 512 MiB), their semaphores' bound. `max_queued_request_bytes` is taken
+/// as it is: at 0, one request at a time waits.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
     /// How long [`setup`] waits for the peer to complete the handshake
@@ -239,8 +241,9 @@ impl SessionBuilder {
         // limit" written as usize::MAX must not do that).
         let bounded = |n: usize| n.clamp(1, Semaphore::MAX_PERMITS);
         let (messages_tx, messages_rx) = mpsc::channel(bounded(config.message_buffer));
-        // Permits are taken a u32 at a time.
-        let message_bytes = bounded(config.message_buffer_bytes).min(u32::MAX as usize);
+        let message_bytes = config
+            .message_buffer_bytes
+            .clamp(1, crate::channel::MOST_BUDGET_BYTES);
         let (phase, _) = watch::channel(Phase::Handshaking);
         let shared = Arc::new(Shared {
             sender,

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::common::{connected, ops_handler};
-use ipc_request::{Channel, ChannelConfig, Error, RemoteError, Request, SessionBuilder, handler_fn, setup};
+use ipc_request::{
+    Channel, ChannelConfig, Error, RemoteError, Request, SessionBuilder, SessionConfig, handler_fn, setup,
+};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -225,4 +227,49 @@ async fn a_handler_calls_the_peer_back_on_its_requests_session() {
     );
     let got: Value = client.unwrap().request(&"hello").await.unwrap();
     assert_eq!(got, json!({ "the caller said": "hello" }));
+}
+
+/// 0 and `usize::MAX` (for "no limit") are valid for every count and size
+/// of the channel and the session: each is taken within what it can be.
+/// (A review found that `usize::MAX` for the write queue or the refusals'
+/// budget would panic in Tokio's `Semaphore::new` on a 32-bit target,
+/// whose bound there is below `u32::MAX`: run this with `--target
+/// i686-unknown-linux-musl` to see it.)
+#[tokio::test]
+async fn every_limit_at_zero_or_at_no_limit_is_a_valid_setting() {
+    for limit in [0, usize::MAX] {
+        let channel = ChannelConfig {
+            write_queue_bytes: limit,
+            max_message_len: limit.max(1024),
+        };
+        let config = SessionConfig {
+            max_in_flight: limit,
+            max_concurrent_handlers: limit,
+            max_queued_requests: limit,
+            max_queued_request_bytes: limit,
+            max_unwritten_refusal_bytes: limit,
+            message_buffer: limit,
+            message_buffer_bytes: limit,
+            ..SessionConfig::default()
+        };
+        let side = || {
+            SessionBuilder::new()
+                .config(config.clone())
+                .handler(ops_handler())
+        };
+        let (a, b) = Channel::pair(channel);
+        let (a, b) = tokio::join!(side().setup(a), side().setup(b));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        let mut messages = b.messages().unwrap();
+        let a = &a;
+        let calls =
+            (0..3).map(|i| async move { a.request::<_, Value>(&json!({"op": "echo", "data": i})).await });
+        let answers = futures_util::future::join_all(calls).await;
+        let answers: Vec<Value> = answers.into_iter().map(Result::unwrap).collect();
+        assert_eq!(answers, [json!(0), json!(1), json!(2)], "limit {limit}");
+        a.send(&json!({"plain": limit == 0})).await.unwrap();
+        let plain = messages.recv().await.unwrap().unwrap();
+        assert_eq!(plain, json!({"plain": limit == 0}), "limit {limit}");
+        a.close();
+    }
 }
