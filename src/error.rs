@@ -53,8 +53,9 @@ pub enum Error {
     /// A message could not be framed: an outgoing message longer than the
     /// maximum message length or not serializable (refused before anything
     /// was written; only this call fails), or an incoming line that is too
-    /// long or not JSON (reported on the plain message stream; the session
-    /// goes on).
+    /// long or not JSON (reported on the plain message stream, or, if it was
+    /// the answer to one of our requests, as that request's error; the
+    /// session goes on).
     #[error(transparent)]
     Frame(#[from] FrameError),
 

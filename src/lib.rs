@@ -34,7 +34,9 @@
 //! }
 //! ```
 //!
-//! Layers, each talking only to the one below:
+//! Layers, each built on those below it (the session reads and writes
+//! through [`channel`], and parses and writes with [`protocol`] and
+//! [`frame`]; nothing reaches up):
 //! [`frame`] (bytes to JSON messages), [`channel`] (a duplex of messages over
 //! a byte stream), [`protocol`] (message kinds), [`session`] (handshake,
 //! requests, handlers), [`process`] (starting a child, opening the channel

@@ -9,9 +9,9 @@
 //! It splits the gap between the floor and ours in two: floor to JSON floor
 //! is roughly what the JSON costs, JSON floor to ours what the runtime and
 //! the session cost. It is a reference point, not a proven bound: its I/O is
-//! chosen to match ours (reads of up to 64 KiB like the channel's, a child
-//! that writes the answers to one read at once, bursts sent 512 requests
-//! at a time), but with other choices, or a parent on two threads, it
+//! chosen to match ours (reads into 64 KiB of free buffer like the
+//! channel's, a child that writes the answers to one read at once, bursts
+//! sent 512 requests at a time), but with other choices, or a parent on two threads, it
 //! would measure somewhat differently.
 
 use std::io::{self, ErrorKind, Write};
@@ -33,7 +33,7 @@ use crate::ours::{TEXT, check_big, check_small};
 /// `src/channel/mod.rs`).
 const READ_ROOM: usize = 64 * 1024;
 
-/// Requests a burst encodes before it writes them: about 56 KiB of lines,
+/// Requests a burst encodes before it writes them: about 68 KiB of lines,
 /// near what one write of ours carries in a burst.
 const BATCH: usize = 512;
 

@@ -18,7 +18,8 @@ use ipc_request::{
 use tokio::sync::Notify;
 
 /// The text part of every small payload: a request payload is
-/// `[i, "hello, bench"]`, about 110 bytes on the wire with the envelope.
+/// `[i, "hello, bench"]`, 131 to 140 bytes on the wire with the envelope
+/// (see `request_line`).
 pub const TEXT: &str = "hello, bench";
 
 /// No single variant may take longer than this; past it the bench fails.
