@@ -309,3 +309,68 @@ async fn a_child_that_dies_while_another_process_holds_its_channel_ends_the_sess
         other => panic!("{other:?}"),
     }
 }
+
+/// A parent whose stdio is closed (a daemon's) gets the socket pair at
+/// descriptors 0 and 1. std sets up the child's stdio before the channel
+/// is moved to fd 3, so the child's end at 1 was replaced first: the child
+/// got `/dev/null`, or its own stdout pipe, as its channel, and the
+/// handshake failed as if the child had. In a process of its own, as
+/// closing this one's stdio would take the test harness's.
+#[test]
+fn a_parent_with_its_stdio_closed_still_gives_the_child_its_channel() {
+    let name = "spawn_and_death::a_parent_with_its_stdio_closed_still_gives_the_child_its_channel";
+    if !common::in_a_child_process() {
+        common::run_in_a_child_process(name, |_| {});
+        return;
+    }
+    use std::process::Stdio;
+    // Before stdio closes: the runtime's own descriptors, and the build of
+    // the example if it needs one, must not take 0 to 2.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let program = example("rust_peer");
+    // SAFETY: fcntl, close and dup2 on this process's stdio, which no
+    // other thread of this process (a copy of the test binary running this
+    // test alone) uses meanwhile; the saved copies are put back below.
+    let saved: Vec<i32> = (0..3)
+        .map(|fd| unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10) })
+        .collect();
+    assert!(saved.iter().all(|&fd| fd >= 10), "stdio saved: {saved:?}");
+    for fd in 0..3 {
+        unsafe { libc::close(fd) };
+    }
+    let outcomes: Vec<(&str, Result<Value, String>)> = runtime.block_on(async {
+        let mut outcomes = Vec::new();
+        for stdio in ["null", "piped", "inherit"] {
+            let mut command = Command::new(&program);
+            let pick = || match stdio {
+                "null" => Stdio::null(),
+                "piped" => Stdio::piped(),
+                _ => Stdio::inherit(),
+            };
+            command.stdin(pick()).stdout(pick()).stderr(pick());
+            let outcome = async {
+                let (session, child) = ipc_request::spawn_session(command, None)
+                    .await
+                    .map_err(|e| format!("setup: {e}"))?;
+                let answer = session.request(&json!({"op": "echo", "data": stdio})).await;
+                session.close();
+                let _ = child.wait_or_kill(Duration::from_secs(10)).await;
+                answer.map_err(|e| format!("request: {e}"))
+            };
+            outcomes.push((stdio, outcome.await));
+        }
+        outcomes
+    });
+    for (fd, copy) in saved.into_iter().enumerate() {
+        unsafe {
+            libc::dup2(copy, fd as i32);
+            libc::close(copy);
+        }
+    }
+    for (stdio, outcome) in outcomes {
+        assert_eq!(outcome, Ok(json!(stdio)), "the child's stdio {stdio}");
+    }
+}
