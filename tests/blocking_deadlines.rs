@@ -149,3 +149,40 @@ fn wait_timeout_holds_while_an_async_handler_blocks_the_worker() {
     child.kill();
     session.close();
 }
+
+/// `ChildProcess::wait_or_kill`'s grace is kept by the caller's clock
+/// too: the kill goes when it ends, though the exit status it returns
+/// still waits for the worker, which publishes it. With the grace a Tokio
+/// timer, a child that never exited was killed only once the handler let
+/// the worker go (a review saw 3.7 s for a grace of 300 ms).
+#[test]
+fn the_grace_of_wait_or_kill_holds_while_an_async_handler_blocks_the_worker() {
+    let (entered, entered_rx) = mpsc::channel();
+    let handler = an_async_handler_that_blocks(Duration::from_secs(4), entered);
+    let (session, child) = blocking::spawn(Command::new(example("blocking_peer")), handler).unwrap();
+    let asker = session.clone();
+    std::thread::spawn(move || asker.request::<_, Value>(&json!({"op": "call", "data": null})));
+    entered_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the handler never ran");
+    let pid = child.id();
+    let started = std::time::Instant::now();
+    let waiting = std::thread::spawn(move || child.wait_or_kill(Duration::from_millis(200)));
+    // Killed, it is a zombie until the reaping task (on the held worker)
+    // runs, or gone once that has.
+    while matches!(common::process_state(pid), Some(state) if state != 'Z') {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let killed_after = started.elapsed();
+    let status = waiting.join().unwrap().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL),
+        "{status:?}"
+    );
+    assert!(
+        killed_after < HELD,
+        "wait_or_kill(200ms) killed after {killed_after:?}"
+    );
+    session.close();
+}

@@ -81,8 +81,19 @@ impl ChildProcess {
     /// first with [`Session::close`](super::Session::close) (not an
     /// unbounded `shutdown`: a stuck child that reads nothing would keep it
     /// waiting before the grace has begun).
+    ///
+    /// The grace is kept by this thread's clock, as the timeouts of the
+    /// [module docs](super) are: the kill goes on time even while an async
+    /// handler holds the runtime's worker (on Linux; elsewhere the signal
+    /// too is sent from the runtime, see [`kill`](Self::kill)). The exit
+    /// status then comes through that worker, so the call returns once it
+    /// is free.
     pub fn wait_or_kill(&self, grace: Duration) -> Result<ExitStatus, Error> {
-        self.runtime.block_on(self.child.wait_or_kill(grace))
+        if let Some(exited) = self.runtime.block_on_timeout(self.child.wait(), grace) {
+            return exited;
+        }
+        self.child.kill();
+        self.wait()
     }
 }
 

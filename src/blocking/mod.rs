@@ -31,7 +31,9 @@
 //! and every request, answer and message waits. Work that blocks goes in
 //! a [`handler_fn`] handler. The timeouts here hold anyway: those of
 //! [`Session::request_timeout`] and its siblings, [`Messages::recv_timeout`],
-//! [`ChildProcess::wait_timeout`], [`Session::shutdown_timeout`] and the
+//! [`ChildProcess::wait_timeout`], the grace of
+//! [`ChildProcess::wait_or_kill`] (its kill, not the exit status it then
+//! waits for), [`Session::shutdown_timeout`] and the
 //! drop's bounded waits are kept by the waiting thread's own clock, not by
 //! the runtime's timers (which that worker drives): they end on time,
 //! with what they return at their deadline (a request fails with
