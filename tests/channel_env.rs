@@ -327,3 +327,53 @@ fn a_panic_for_a_runtime_without_io_leaves_the_channel_for_a_second_try() {
         std::path::Path::new("/dev/null")
     );
 }
+
+/// A child that closed its stderr (Rust's runtime puts `/dev/null` at
+/// any of 0 to 2 that a program starts without, but a program may close
+/// them later) got the channel's copy at fd 2, the lowest free number:
+/// what it then wrote to stderr went into the channel, bytes that a Node
+/// parent cannot parse. The copy goes to 3 or above, as the socket pair
+/// of `spawn` does.
+#[test]
+fn the_channel_takes_no_stdio_number_that_the_child_has_closed() {
+    let name = "the_channel_takes_no_stdio_number_that_the_child_has_closed";
+    if !common::in_a_child_process() {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let (_ours, theirs) = UnixStream::pair().unwrap();
+        let theirs_fd = theirs.as_raw_fd();
+        common::run_in_a_child_process(name, |child| {
+            // Not at stdin, where /dev/null opened to replace it would
+            // take the free number first.
+            child.env("NODE_CHANNEL_FD", "3");
+            // SAFETY: dup2 alone, async-signal-safe, between fork and
+            // exec; `theirs` outlives the spawn.
+            unsafe {
+                child.pre_exec(move || match libc::dup2(theirs_fd, 3) {
+                    -1 => Err(std::io::Error::last_os_error()),
+                    _ => Ok(()),
+                });
+            }
+        });
+        drop(theirs);
+        return;
+    }
+    // In the child: one test thread, nothing else reads the environment
+    // or uses stderr while it is closed; it is put back before asserting.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let stderr = unsafe { libc::fcntl(2, libc::F_DUPFD_CLOEXEC, 10) };
+    assert!(stderr >= 10);
+    unsafe { libc::close(2) };
+    let opened = runtime.block_on(async { unsafe { ipc_request::open_from_env() } });
+    let fd_2_now = unsafe { libc::fcntl(2, libc::F_GETFD) };
+    let fd_2_was = std::fs::read_link("/proc/self/fd/2");
+    unsafe {
+        libc::dup2(stderr, 2);
+        libc::close(stderr);
+    }
+    assert!(opened.is_ok(), "{opened:?}");
+    assert_eq!(fd_2_now, -1, "the channel took stderr's number: {fd_2_was:?}");
+}

@@ -109,8 +109,9 @@ pub unsafe fn open_from_env_with(config: ChannelConfig) -> Result<Channel, Error
     // flags the copy shares with the channel (non-blocking) are put back.
     let flags_as_they_came = RestoreFlagsOnPanic::of(channel_fd);
     // SAFETY: fcntl on the open channel descriptor; a copy it makes is
-    // new and ours alone.
-    let copy = unsafe { libc::fcntl(channel_fd, libc::F_DUPFD_CLOEXEC, 0) };
+    // new and ours alone. From 3 up: at a stdio number this program has
+    // closed, its prints would go into the channel.
+    let copy = unsafe { libc::fcntl(channel_fd, libc::F_DUPFD_CLOEXEC, 3) };
     let opened = if copy < 0 {
         Err(io_error(std::io::Error::last_os_error()))
     } else {
