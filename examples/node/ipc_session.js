@@ -50,9 +50,12 @@
 // session closes: what handlers asked the peer meanwhile fails, their
 // ctx.cancelled turns true, and nothing of the session stays on proc, so
 // setup may be tried again on it (a close() through ctx.session then
-// leaves the channel be). A handler's ctx.session.close() before the
-// handshake ends is a close like any other: setup rejects with
-// ERR_IPC_CHANNEL_CLOSED, and the channel is disconnected.
+// leaves the channel be), with the extensions of the first try: others
+// are a RangeError, as the peer may take ours from the first try's
+// handshake request, still in the channel. A handler's
+// ctx.session.close() before the handshake ends is a close like any
+// other: setup rejects with ERR_IPC_CHANNEL_CLOSED, and the channel is
+// disconnected.
 //
 // A handler that passes on (rethrows) an error its own request to the
 // peer got passes it whole (with the peer's stack, if it sent one, and
@@ -302,6 +305,9 @@ function makeError(message, code, name = 'Error') {
 // Plain messages kept while nobody listens, at most: so many, and their
 // JSON text so long (kept as that text, as the Rust side keeps them; one
 // longer message gets in alone).
+// What each channel's first setup advertised (see setupIpcSession).
+const advertisedOn = new WeakMap(); // proc -> its extensions, as sorted JSON
+
 const EARLY_MESSAGES = 1024;
 const EARLY_BYTES = 64 * 1024 * 1024;
 
@@ -326,6 +332,19 @@ function setupIpcSession(proc, handler, {
   } catch (err) {
     return Promise.reject(err);
   }
+  // A try that failed leaves its handshake request in the channel when
+  // the peer starts late, and the peer may take our extensions from that
+  // message, not from a later one (the Rust side takes the first it
+  // reads). A try with other extensions would then speak another protocol
+  // than the peer: a failure would reach the caller as an answer.
+  const advertised = JSON.stringify([...new Set(ours)].sort());
+  const before = advertisedOn.get(proc);
+  if (before !== undefined && before !== advertised) {
+    return Promise.reject(new RangeError(
+      `extensions ${advertised} differ from ${before}, which an earlier setup advertised on this channel`,
+    ));
+  }
+  advertisedOn.set(proc, advertised);
   const v1 = ours.length === 0; // plain ipc-request 1.0 mode
   const ourUid = `${process.pid}-${crypto.randomUUID()}`; // fresh handshake UID
 

@@ -474,7 +474,12 @@ impl Session {
         Some(Messages { rx })
     }
 
-    /// What the peer advertised in its handshake. Before any handshake
+    /// What the peer advertised in its handshake: in the first handshake
+    /// message of the peer's that this side read (a request, or the answer
+    /// to ours), for the session's life, though later ones say otherwise
+    /// (the peer's tries that timed out before we listened come first, and
+    /// `examples/node/ipc_session.js` makes a retry advertise the same).
+    /// Before any handshake
     /// message of the peer's has come (the session of a request that a
     /// peer sent without one, [`Request::session`]), a peer that advertised
     /// nothing, as the session then treats it (but for a request past a

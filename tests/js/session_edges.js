@@ -135,6 +135,32 @@ const cases = {
     if (warnings.length > 0) throw new Error(`warnings: ${warnings}`);
   },
 
+  // A try that timed out left its handshake request in the channel, and a
+  // peer that starts late takes our extensions from it (the Rust side
+  // takes the first it reads): a second try that advertised others spoke
+  // another protocol than the peer, and a failure of the peer's handler
+  // reached our caller as an answer. A try with other extensions is
+  // refused; one with the same (in any order) goes ahead.
+  async a_second_try_must_advertise_what_the_first_did() {
+    const c = fork(__filename, ['child', 'silent']);
+    const fails = (extensions) => setupIpcSession(c, null, { extensions, handshakeTimeoutMs: 10 })
+      .then(() => 'established', (e) => `${e.name} ${e.code ?? ''}`.trim());
+    const got = [
+      await fails(['error', 'cancel']),
+      await fails([]),
+      await fails(['error']),
+      await fails(null), // the default: both
+      await fails(['cancel', 'error', 'cancel']),
+    ];
+    const other = fork(__filename, ['child', 'silent']);
+    got.push(await setupIpcSession(other, null, { extensions: [], handshakeTimeoutMs: 10 })
+      .then(() => 'established', (e) => e.code)); // another channel: its own first
+    c.kill();
+    other.kill();
+    const want = ['TimeoutError ETIMEDOUT', 'RangeError', 'RangeError', 'TimeoutError ETIMEDOUT', 'TimeoutError ETIMEDOUT', 'ETIMEDOUT'];
+    if (JSON.stringify(got) !== JSON.stringify(want)) throw new Error(JSON.stringify(got));
+  },
+
   // A handler runs before the handshake ends; if the handshake then times
   // out, what it asked the peer fails, and its ctx.session.close() settles
   // (it waited for ever once the timeout had taken the session's
