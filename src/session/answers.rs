@@ -35,16 +35,18 @@ impl Shared {
     /// kilobyte: the peer's UID came in a line it could write, and an error
     /// is the last answer it can get (else it would wait for ever). A peer
     /// with a limit that low fails its request as too long to read, which
-    /// is still an answer.
+    /// is still an answer. Never past what a Node peer can read, though
+    /// (see [`error_answer_bound`]).
     pub(super) fn encode_error(&self, uid: &PeerUid, error: &RemoteError) -> Result<Vec<u8>, Error> {
         let room = uid.as_json().len() + 1024;
         // Encoded within `at_least` bytes, or the maximum if more.
         let encode = |e: &RemoteError, at_least: usize| {
             self.sender.encode_with(|max, out| {
+                let bound = error_answer_bound(max, at_least);
                 if self.peer_takes_errors() {
-                    protocol::encode_error_response(uid, e, max.max(at_least), out)
+                    protocol::encode_error_response(uid, e, bound, out)
                 } else {
-                    protocol::encode_response(uid, e, max.max(at_least), out)
+                    protocol::encode_response(uid, e, bound, out)
                 }
             })
         };
@@ -241,4 +243,31 @@ fn shortened(error: &RemoteError, why: &Error) -> Option<RemoteError> {
         stack: None,
         data: None,
     })
+}
+
+/// How long an error answer may be: the channel's maximum `max`, or
+/// `at_least` if that is more, but never past [`NODE_MAX_LINE_LEN`]. The
+/// channel caps `max` there; `at_least` (a peer UID and a kilobyte) could
+/// lift it back, and Node, given a longer line, throws in its channel code
+/// and exits (a review saw it, under a UID of 512 MiB and a maximum of
+/// 1 GiB). A UID that long cannot be answered at all: any answer holds it.
+///
+/// [`NODE_MAX_LINE_LEN`]: crate::frame::NODE_MAX_LINE_LEN
+fn error_answer_bound(max: usize, at_least: usize) -> usize {
+    max.max(at_least).min(crate::frame::NODE_MAX_LINE_LEN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_answer_bound;
+    use crate::frame::NODE_MAX_LINE_LEN;
+
+    #[test]
+    fn an_error_answer_may_pass_the_maximum_but_never_what_node_reads() {
+        assert_eq!(error_answer_bound(100, 2_000), 2_000);
+        assert_eq!(error_answer_bound(5_000, 2_000), 5_000);
+        let max = NODE_MAX_LINE_LEN; // as the channel caps it
+        assert_eq!(error_answer_bound(max, max - 1_000 + 1_024), max);
+        assert_eq!(error_answer_bound(max, usize::MAX), max);
+    }
 }
