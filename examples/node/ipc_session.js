@@ -38,6 +38,8 @@
 // peerExtensions (what the peer advertised), extensions (negotiated: ours
 // AND the peer's), uses(name), close() (fails what is pending, lets what
 // was sent be written, up to closeTimeoutMs, then disconnects the channel;
+// requests of the peer's that come meanwhile are not served, and its
+// callers learn at the disconnect, as with the Rust side;
 // returns a promise settled once it is disconnected; for a session whose
 // handshake failed, settled at once, the channel left be).
 //
