@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use common::example;
-use ipc_request::{Error, Request, SessionBuilder, blocking};
+use ipc_request::{Error, Request, SessionBuilder, SessionConfig, blocking};
 use serde_json::{Value, json};
 
 /// An async handler that blocks its thread, as one must not: in a
@@ -33,6 +33,14 @@ fn an_async_handler_that_blocks(block: Duration, entered: mpsc::Sender<()>) -> i
 /// whose request (asked from a thread of its own, which waits until the
 /// handler answers or the peer closes) set the handler going.
 fn a_session_whose_worker_is_blocked(block: Duration) -> (blocking::Session, blocking::Session) {
+    a_session_whose_worker_is_blocked_with(block, SessionConfig::default())
+}
+
+/// The same, with the blocked session's `config`.
+fn a_session_whose_worker_is_blocked_with(
+    block: Duration,
+    config: SessionConfig,
+) -> (blocking::Session, blocking::Session) {
     let (ours, theirs) = StdUnixStream::pair().unwrap();
     let (entered, entered_rx) = mpsc::channel();
     let handler = an_async_handler_that_blocks(block, entered);
@@ -40,7 +48,7 @@ fn a_session_whose_worker_is_blocked(block: Duration) -> (blocking::Session, blo
         let echo = blocking::handler_fn(|req: Request| req.payload::<Value>());
         common::blocking_session_over(theirs, SessionBuilder::new().handler(echo))
     });
-    let session = common::blocking_session_over(ours, SessionBuilder::new().handler(handler));
+    let session = common::blocking_session_over(ours, SessionBuilder::new().config(config).handler(handler));
     let peer = peer.join().unwrap();
     let asker = peer.clone();
     std::thread::spawn(move || asker.request::<_, Value>(&"block your worker"));
@@ -78,6 +86,42 @@ fn request_timeouts_hold_while_an_async_handler_blocks_the_worker() {
         "{late:?}"
     );
     assert!(took < HELD, "request_raw_timeout({deadline:?}) took {took:?}");
+    peer.close();
+}
+
+/// The session's default deadline is kept by the caller's clock too, for
+/// `request` and `request_raw` (those of a handler's `Peer` go the same way)
+/// (a review saw a default of 200 ms end after 3 s).
+#[test]
+fn the_default_deadline_holds_while_an_async_handler_blocks_the_worker() {
+    let deadline = Duration::from_millis(200);
+    let config = SessionConfig {
+        request_timeout: Some(deadline),
+        ..SessionConfig::default()
+    };
+    let (session, peer) = a_session_whose_worker_is_blocked_with(Duration::from_secs(3), config);
+    let started = std::time::Instant::now();
+    let late = session.request::<_, Value>(&"echo me");
+    let took = started.elapsed();
+    assert!(
+        matches!(late, Err(Error::Timeout(d)) if d == deadline),
+        "{late:?}"
+    );
+    assert!(
+        took < HELD,
+        "request() under a default of {deadline:?} took {took:?}"
+    );
+    let started = std::time::Instant::now();
+    let late = session.request_raw(&"echo me");
+    let took = started.elapsed();
+    assert!(
+        matches!(late, Err(Error::Timeout(d)) if d == deadline),
+        "{late:?}"
+    );
+    assert!(
+        took < HELD,
+        "request_raw() under a default of {deadline:?} took {took:?}"
+    );
     peer.close();
 }
 

@@ -30,7 +30,9 @@
 //! and writes for the session, so nothing is read or written meanwhile,
 //! and every request, answer and message waits. Work that blocks goes in
 //! a [`handler_fn`] handler. The timeouts here hold anyway: those of
-//! [`Session::request_timeout`] and its siblings, [`Messages::recv_timeout`],
+//! [`Session::request_timeout`] and its siblings, the session's default
+//! deadline ([`SessionConfig::request_timeout`](crate::SessionConfig::request_timeout))
+//! of [`Session::request`] and [`Session::request_raw`], [`Messages::recv_timeout`],
 //! [`ChildProcess::wait_timeout`], the grace of
 //! [`ChildProcess::wait_or_kill`] (its kill, not the exit status it then
 //! waits for), [`Session::shutdown_timeout`] and the
@@ -423,13 +425,16 @@ impl Session {
         self.inner.runtime.block_on(future)
     }
 
-    /// Sends a request and waits for its answer: [`crate::Session::request`].
+    /// Sends a request and waits for its answer: [`crate::Session::request`]
+    /// (its default deadline, if the session has one, kept by this
+    /// thread's clock too: see the module docs).
     pub fn request<Req, Res>(&self, payload: &Req) -> Result<Res, Error>
     where
         Req: Serialize + ?Sized,
         Res: DeserializeOwned,
     {
-        self.block_on(self.inner.session.request(payload))
+        let session = &self.inner.session;
+        wait::request(session, session.request(payload))
     }
 
     /// [`crate::Session::request_timeout`]: past `timeout` (by this thread's
@@ -445,9 +450,11 @@ impl Session {
         wait::request_within(session, session.request_timeout(payload, timeout), timeout)
     }
 
-    /// [`crate::Session::request_raw`]: the answer as raw JSON text.
+    /// [`crate::Session::request_raw`]: the answer as raw JSON text (a
+    /// default deadline kept as [`request`](Self::request) keeps it).
     pub fn request_raw<Req: Serialize + ?Sized>(&self, payload: &Req) -> Result<Message, Error> {
-        self.block_on(self.inner.session.request_raw(payload))
+        let session = &self.inner.session;
+        wait::request(session, session.request_raw(payload))
     }
 
     /// [`crate::Session::request_raw_timeout`]: the answer as raw JSON

@@ -56,13 +56,15 @@ impl Peer {
         self.session.runtime().block_on(future)
     }
 
-    /// Sends a request and waits for its answer: [`crate::Session::request`].
+    /// Sends a request and waits for its answer: [`crate::Session::request`]
+    /// (a default deadline kept as [`Session::request`](super::Session::request)
+    /// keeps it).
     pub fn request<Req, Res>(&self, payload: &Req) -> Result<Res, Error>
     where
         Req: Serialize + ?Sized,
         Res: DeserializeOwned,
     {
-        self.block_on(self.session.request(payload))
+        super::wait::request(&self.session, self.session.request(payload))
     }
 
     /// [`crate::Session::request_timeout`].
@@ -77,7 +79,7 @@ impl Peer {
 
     /// [`crate::Session::request_raw`].
     pub fn request_raw<Req: Serialize + ?Sized>(&self, payload: &Req) -> Result<Message, Error> {
-        self.block_on(self.session.request_raw(payload))
+        super::wait::request(&self.session, self.session.request_raw(payload))
     }
 
     /// [`crate::Session::request_raw_timeout`].

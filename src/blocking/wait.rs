@@ -77,6 +77,23 @@ pub(super) fn block_on_timeout<F: Future>(
     poll_for(future, timeout)
 }
 
+/// A request of `session`'s without a deadline of its own: `call` is the
+/// async `request`, under the session's default deadline
+/// (`SessionConfig::request_timeout`) if it has one, which this thread's
+/// clock then keeps too, as [`request_within`] keeps an explicit one (a
+/// review saw a default of 200 ms end after 3 s, while an async handler
+/// held the worker). Without one, it waits for the answer.
+pub(super) fn request<T>(
+    session: &crate::Session,
+    call: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    match session.default_request_timeout() {
+        Some(timeout) => request_within(session, call, timeout),
+        // A multi-thread runtime's: as the runtime's own block_on.
+        None => session.runtime().block_on(call),
+    }
+}
+
 /// A request of `session`'s: `call` is the async `request_timeout` itself,
 /// whose deadline is a Tokio timer; this thread's clock is the backstop
 /// for when the worker that drives that timer is held up. Given up then,

@@ -562,6 +562,12 @@ impl Session {
         &self.shared.runtime
     }
 
+    /// The deadline of a request that sets none
+    /// (`SessionConfig::request_timeout`).
+    pub(crate) fn default_request_timeout(&self) -> Option<Duration> {
+        self.shared.config.request_timeout
+    }
+
     /// What a request whose deadline `d` has passed fails with, as the
     /// async `request_timeout` does: for the blocking facade, whose own
     /// clock may end such a request first.
