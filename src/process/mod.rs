@@ -234,8 +234,8 @@ pub fn spawn_with(mut command: Command, options: SpawnOptions) -> Result<(Channe
     // the OS can).
     let (ours, theirs) = StdUnixStream::pair().map_err(io_error)?;
     let (ours, theirs) = (
-        above_stdio(ours).map_err(io_error)?,
-        above_stdio(theirs).map_err(io_error)?,
+        StdUnixStream::from(above_stdio(ours.into()).map_err(io_error)?),
+        StdUnixStream::from(above_stdio(theirs.into()).map_err(io_error)?),
     );
     let theirs_fd = theirs.as_raw_fd();
     let hold_target = hold_fd_number(&theirs, target);
@@ -472,27 +472,29 @@ impl ChildProcess {
     }
 }
 
-/// `socket` itself if its descriptor is 3 or more, else a close-on-exec
-/// copy at the lowest free number from 3 up (the original closed). A
-/// process that closed its stdio (a daemon) gets a socket pair at 0 to 2.
+/// `fd` itself if it is 3 or more, else a close-on-exec copy at the
+/// lowest free number from 3 up (the original closed). A process that
+/// closed its stdio (a daemon) gets a socket pair at 0 to 2.
 /// In the child, std puts the child's stdio at 0 to 2 before our `dup2`
 /// runs: the child's end there would be replaced first, and the child
 /// given `/dev/null` or its own stdout pipe as its channel (a review saw
 /// both). Our end there would take what this process writes to its
 /// stdout, bytes that are not JSON and that a Node child would choke on.
-/// (Under Node, libuv handles the same case in its child.)
-fn above_stdio(socket: StdUnixStream) -> std::io::Result<StdUnixStream> {
-    if socket.as_raw_fd() > 2 {
-        return Ok(socket);
+/// (Under Node, libuv handles the same case in its child.) Our pidfd
+/// moves too: at 1, it would make the process's `println!` panic, where
+/// with 1 closed std drops the text.
+fn above_stdio(fd: OwnedFd) -> std::io::Result<OwnedFd> {
+    if fd.as_raw_fd() > 2 {
+        return Ok(fd);
     }
     // SAFETY: fcntl on a descriptor we own; the result, if any, is a new
-    // descriptor nobody else has, and `socket` closes when it drops here.
-    let copy = unsafe { libc::fcntl(socket.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
+    // descriptor nobody else has, and `fd` closes when it drops here.
+    let copy = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
     if copy < 0 {
         return Err(std::io::Error::last_os_error());
     }
     // SAFETY: `copy` was just created and is owned here alone.
-    Ok(unsafe { StdUnixStream::from_raw_fd(copy) })
+    Ok(unsafe { OwnedFd::from_raw_fd(copy) })
 }
 
 /// A close-on-exec copy of `fd` at descriptor number `target`, if that

@@ -132,6 +132,9 @@ fn open_pidfd(pid: u32) -> Option<OwnedFd> {
         }
         // SAFETY: a descriptor the kernel just opened for us alone.
         let pidfd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+        // Off the stdio numbers a process that closed its stdio leaves
+        // free (see `above_stdio`); if even that fails, no pidfd.
+        let pidfd = super::above_stdio(pidfd).ok()?;
         // SAFETY: waitid into a siginfo_t of our own; WNOWAIT|WNOHANG
         // neither reaps nor blocks. Kernels before 5.4 know no P_PIDFD
         // (EINVAL): the pidfd is kept, as opened.

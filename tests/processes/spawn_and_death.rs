@@ -341,6 +341,9 @@ fn a_parent_with_its_stdio_closed_still_gives_the_child_its_channel() {
     for fd in 0..3 {
         unsafe { libc::close(fd) };
     }
+    // What each spawn left at 0 to 2, while its child runs.
+    let stdio_now = || (0..3).map(|fd| std::fs::read_link(format!("/proc/self/fd/{fd}")).ok());
+    let mut pidfds_at_stdio = Vec::new();
     let outcomes: Vec<(&str, Result<Value, String>)> = runtime.block_on(async {
         let mut outcomes = Vec::new();
         for stdio in ["null", "piped", "inherit"] {
@@ -355,6 +358,8 @@ fn a_parent_with_its_stdio_closed_still_gives_the_child_its_channel() {
                 let (session, child) = ipc_request::spawn_session(command, None)
                     .await
                     .map_err(|e| format!("setup: {e}"))?;
+                let pidfd = std::path::Path::new("anon_inode:[pidfd]");
+                pidfds_at_stdio.push(stdio_now().filter(|link| link.as_deref() == Some(pidfd)).count());
                 let answer = session.request(&json!({"op": "echo", "data": stdio})).await;
                 session.close();
                 let _ = child.wait_or_kill(Duration::from_secs(10)).await;
@@ -373,4 +378,11 @@ fn a_parent_with_its_stdio_closed_still_gives_the_child_its_channel() {
     for (stdio, outcome) in outcomes {
         assert_eq!(outcome, Ok(json!(stdio)), "the child's stdio {stdio}");
     }
+    // Our pidfd for the child is kept off them too (at 1, a `println!`
+    // panics, where with 1 closed std drops the text); Tokio's own, which
+    // it opens for the same child, is not ours to move.
+    assert!(
+        pidfds_at_stdio.iter().all(|&n| n <= 1),
+        "pidfds at 0 to 2: {pidfds_at_stdio:?}"
+    );
 }
