@@ -304,12 +304,12 @@ function makeError(message, code, name = 'Error') {
   return e;
 }
 
-// Plain messages kept while nobody listens, at most: so many, and their
-// JSON text so long (kept as that text, as the Rust side keeps them; one
-// longer message gets in alone).
 // What each channel's first setup advertised (see setupIpcSession).
 const advertisedOn = new WeakMap(); // proc -> its extensions, as sorted JSON
 
+// Plain messages kept while nobody listens, at most: so many, and their
+// JSON text so long (kept as that text, as the Rust side keeps them; one
+// longer message gets in alone).
 const EARLY_MESSAGES = 1024;
 const EARLY_BYTES = 64 * 1024 * 1024;
 
