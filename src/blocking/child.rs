@@ -84,8 +84,9 @@ impl ChildProcess {
     ///
     /// The grace is kept by this thread's clock, as the timeouts of the
     /// [module docs](super) are: the kill goes on time even while an async
-    /// handler holds the runtime's worker (on Linux; elsewhere the signal
-    /// too is sent from the runtime, see [`kill`](Self::kill)). The exit
+    /// handler holds the runtime's worker (on Linux, through a pidfd;
+    /// elsewhere, or with no pidfd, the signal too is sent from the
+    /// runtime: see [`crate::ChildProcess::kill`]). The exit
     /// status then comes through that worker, so the call returns once it
     /// is free.
     pub fn wait_or_kill(&self, grace: Duration) -> Result<ExitStatus, Error> {
