@@ -75,7 +75,17 @@ where
                     Err(panic) => Err(panic_error(panic)),
                 };
                 let sent = match answer {
-                    Ok(value) => responder.respond(&value).await,
+                    // The answer's `Serialize` is the user's code too. A
+                    // panic in it gives the responder's claim back as it
+                    // unwinds, so the panic can be answered here, with its
+                    // message, as one in `f`.
+                    Ok(value) => match AssertUnwindSafe(responder.respond(&value)).catch_unwind().await {
+                        Ok(sent) => sent,
+                        Err(panic) => {
+                            tracing::warn!("a request handler's answer panicked as it was serialized");
+                            responder.fail(panic_error(panic)).await
+                        }
+                    },
                     Err(error) => responder.fail(error).await,
                 };
                 if let Err(e) = sent {

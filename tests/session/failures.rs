@@ -81,6 +81,38 @@ async fn a_panic_in_a_returning_handler_carries_its_message() {
     }
 }
 
+/// The answer's `Serialize` is the handler's code too: a panic there is
+/// answered as one in the handler, with its message (it once lost it, the
+/// responder answering for it as dropped by a panic), and the session goes
+/// on serving.
+#[tokio::test]
+async fn a_panic_while_a_returned_answer_is_serialized_carries_its_message() {
+    struct PanicsWhenWritten;
+    impl serde::Serialize for PanicsWhenWritten {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            panic!("serialize panicked")
+        }
+    }
+    let (a, b) = Channel::pair(ChannelConfig::default());
+    let handler = handler_fn(|req: Request| async move {
+        match req.payload::<String>()?.as_str() {
+            "panic" => Ok::<_, RemoteError>(Err(PanicsWhenWritten)),
+            _ => Ok(Ok("fine")),
+        }
+    });
+    let (client, _server) = tokio::join!(setup(a, None), setup(b, handler));
+    let client = client.unwrap();
+    match client.request::<_, Value>(&"panic").await {
+        Err(Error::Remote(e)) => {
+            assert_eq!(e.name, "HandlerPanicked");
+            assert_eq!(e.message, "serialize panicked");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(client.request::<_, Value>(&"again").await.unwrap(), json!({"Ok": "fine"}));
+    assert_eq!(client.pending_requests(), 0);
+}
+
 #[tokio::test]
 async fn requests_to_a_side_without_handler_fail_with_no_handler() {
     let (a, b) = Channel::pair(ChannelConfig::default());
