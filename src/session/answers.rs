@@ -100,9 +100,7 @@ impl Shared {
             }
             table.running.insert(uid, entry);
         }
-        if let Some(at) = table.displaced.iter().position(is_this) {
-            table.displaced.swap_remove(at);
-        }
+        table.displaced.remove(&answer.key());
     }
 }
 

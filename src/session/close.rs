@@ -100,7 +100,7 @@ impl Shared {
         for waker in pending {
             waker.wake();
         }
-        for handler in running.into_values().chain(displaced) {
+        for handler in running.into_values().chain(displaced.into_values()) {
             handler.refuse();
         }
         self.in_flight.close();

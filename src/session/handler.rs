@@ -311,6 +311,13 @@ impl AnswerState {
         &self.uid
     }
 
+    /// What tells this state from every other alive: its address (it lives
+    /// in an `Arc`, and the table's entry holds one for as long as it is
+    /// keyed by this).
+    pub(super) fn key(&self) -> usize {
+        std::ptr::from_ref(self) as usize
+    }
+
     /// See `refused`. Called before the handler's token is cancelled.
     pub(super) fn refuse(&self) {
         self.refused.store(true, Ordering::Release);

@@ -313,7 +313,7 @@ impl Shared {
                 answer: state.clone(),
             };
             if let Some(older) = table.running.insert(state.uid().clone(), handler) {
-                table.displaced.push(older);
+                table.displaced.insert(older.answer.key(), older);
             }
         }
         Some((state, cancel))

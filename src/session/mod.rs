@@ -120,8 +120,13 @@ struct Table {
     /// Handlers whose UID the peer used again while they still ran (it
     /// may, once it has their answer): out of `running`, where the newer
     /// request is what a cancel of that UID means, but still told of the
-    /// close. As many as such handlers (and responders) still alive.
-    displaced: Vec<RunningHandler>,
+    /// close. As many as such handlers (and responders) still alive, which
+    /// a peer that sends one UID over and over to handlers that keep their
+    /// responders makes many: by the address of their answer state (see
+    /// [`AnswerState::key`]), so that each answer finds its own at once (a
+    /// scan of a list made each answer's cost grow with their number: a
+    /// review saw 40,000 such answers take 4.1 s, against 0.13 s).
+    displaced: HashMap<usize, RunningHandler>,
     /// Set once; from then on nothing is added to either map.
     closed: Option<CloseReason>,
 }
