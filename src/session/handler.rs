@@ -64,16 +64,17 @@ where
         call: Arc::new(move |request, responder| {
             let f = f.clone();
             Box::pin(async move {
-                // The user's code runs inside catch_unwind and the responder
-                // stays out here, so a panic is answered with its message.
-                let answer: Result<T, RemoteError> = match AssertUnwindSafe(async move { f(request).await })
+                // The user's code (`f`, and the conversion of its error,
+                // which may run its `Display`) runs inside catch_unwind and
+                // the responder stays out here, so a panic is answered with
+                // its message.
+                let answer = AssertUnwindSafe(async move { f(request).await.map_err(E::into) })
                     .catch_unwind()
-                    .await
-                {
-                    Ok(Ok(value)) => Ok(value),
-                    Ok(Err(error)) => Err(error.into()),
-                    Err(panic) => Err(panic_error(panic)),
-                };
+                    .await;
+                let answer: Result<T, RemoteError> = answer.unwrap_or_else(|panic| {
+                    tracing::warn!("a request handler panicked; the request is answered with an error");
+                    Err(panic_error(panic))
+                });
                 let sent = match answer {
                     // The answer's `Serialize` is the user's code too. A
                     // panic in it gives the responder's claim back as it
@@ -82,7 +83,10 @@ where
                     Ok(value) => match AssertUnwindSafe(responder.respond(&value)).catch_unwind().await {
                         Ok(sent) => sent,
                         Err(panic) => {
-                            tracing::warn!("a request handler's answer panicked as it was serialized");
+                            tracing::warn!(
+                                "a request handler's answer panicked as it was sent (in its Serialize, \
+                                 most likely); the request is answered with an error"
+                            );
                             responder.fail(panic_error(panic)).await
                         }
                     },

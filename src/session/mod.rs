@@ -125,7 +125,8 @@ struct Table {
     /// responders makes many: by the address of their answer state (see
     /// [`AnswerState::key`]), so that each answer finds its own at once (a
     /// scan of a list made each answer's cost grow with their number: a
-    /// review saw 40,000 such answers take 4.1 s, against 0.13 s).
+    /// review's test answered 20,000 such requests in 1.06 s, and in 72 ms
+    /// with the map).
     displaced: HashMap<usize, RunningHandler>,
     /// Set once; from then on nothing is added to either map.
     closed: Option<CloseReason>,

@@ -109,8 +109,41 @@ async fn a_panic_while_a_returned_answer_is_serialized_carries_its_message() {
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(client.request::<_, Value>(&"again").await.unwrap(), json!({"Ok": "fine"}));
+    assert_eq!(
+        client.request::<_, Value>(&"again").await.unwrap(),
+        json!({"Ok": "fine"})
+    );
     assert_eq!(client.pending_requests(), 0);
+}
+
+/// So is the conversion of the handler's error, which runs its `Display`.
+#[tokio::test]
+async fn a_panic_while_a_returned_error_is_converted_carries_its_message() {
+    #[derive(Debug)]
+    struct PanicsWhenShown;
+    impl std::fmt::Display for PanicsWhenShown {
+        fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            panic!("display panicked")
+        }
+    }
+    impl std::error::Error for PanicsWhenShown {}
+    let (a, b) = Channel::pair(ChannelConfig::default());
+    let handler = handler_fn(|req: Request| async move {
+        match req.payload::<String>().unwrap().as_str() {
+            "panic" => Err(PanicsWhenShown),
+            _ => Ok("fine"),
+        }
+    });
+    let (client, _server) = tokio::join!(setup(a, None), setup(b, handler));
+    let client = client.unwrap();
+    match client.request::<_, Value>(&"panic").await {
+        Err(Error::Remote(e)) => {
+            assert_eq!(e.name, "HandlerPanicked");
+            assert_eq!(e.message, "display panicked");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(client.request::<_, Value>(&"again").await.unwrap(), json!("fine"));
 }
 
 #[tokio::test]
