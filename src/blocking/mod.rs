@@ -40,7 +40,9 @@
 //! the runtime's timers (which that worker drives): they end on time,
 //! with what they return at their deadline (a request fails with
 //! [`Error::Timeout`] and is cancelled; what the flush of a drop could not
-//! write is lost).
+//! write is lost). A deadline of zero, or of a few microseconds, so fails
+//! a request here before its answer can come, where the async call,
+//! whose timer counts whole milliseconds, may still take the answer.
 //!
 //! # Panics
 //!
