@@ -180,6 +180,12 @@ impl AsyncRead for UnixReadHalf {
             // descriptors came with the bytes: the kernel ends a read at such
             // a message even with more data queued behind it, and no new
             // event would come for that data (a review reproduced the hang).
+            // Left as it is: a read also ends at a peer's out-of-band mark
+            // (`MSG_OOB`, which Node never sends), and the line after it then
+            // waits for that peer's next write or its end (a review
+            // reproduced it). That only delays the peer's own messages,
+            // which it could as well hold back, and telling it apart would
+            // cost every short read a syscall.
             let descriptors_came = header.msg_flags & libc::MSG_CTRUNC != 0;
             if n > 0 && n < wanted && !descriptors_came {
                 ready.clear_ready();
