@@ -173,18 +173,24 @@ fn a_drop_is_bounded_while_an_async_handler_blocks_the_worker() {
     peer.close();
 }
 
-/// The same with a real child, and `ChildProcess::wait_timeout`: the
-/// child's handler calls us back, and our handler blocks.
-#[test]
-fn wait_timeout_holds_while_an_async_handler_blocks_the_worker() {
+/// A real child, whose request (its handler calling us back, asked by
+/// ours) has our async handler block the worker for `block`.
+fn a_child_whose_parents_worker_is_blocked(block: Duration) -> (blocking::Session, blocking::ChildProcess) {
     let (entered, entered_rx) = mpsc::channel();
-    let handler = an_async_handler_that_blocks(Duration::from_secs(3), entered);
+    let handler = an_async_handler_that_blocks(block, entered);
     let (session, child) = blocking::spawn(Command::new(example("blocking_peer")), handler).unwrap();
     let asker = session.clone();
     std::thread::spawn(move || asker.request::<_, Value>(&json!({"op": "call", "data": null})));
     entered_rx
         .recv_timeout(Duration::from_secs(10))
         .expect("the handler never ran");
+    (session, child)
+}
+
+/// The same with a real child, and `ChildProcess::wait_timeout`.
+#[test]
+fn wait_timeout_holds_while_an_async_handler_blocks_the_worker() {
+    let (session, child) = a_child_whose_parents_worker_is_blocked(Duration::from_secs(3));
     let started = std::time::Instant::now();
     let waited = child.wait_timeout(Duration::from_millis(200));
     let took = started.elapsed();
@@ -201,14 +207,7 @@ fn wait_timeout_holds_while_an_async_handler_blocks_the_worker() {
 /// the worker go (a review saw 3.7 s for a grace of 300 ms).
 #[test]
 fn the_grace_of_wait_or_kill_holds_while_an_async_handler_blocks_the_worker() {
-    let (entered, entered_rx) = mpsc::channel();
-    let handler = an_async_handler_that_blocks(Duration::from_secs(4), entered);
-    let (session, child) = blocking::spawn(Command::new(example("blocking_peer")), handler).unwrap();
-    let asker = session.clone();
-    std::thread::spawn(move || asker.request::<_, Value>(&json!({"op": "call", "data": null})));
-    entered_rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("the handler never ran");
+    let (session, child) = a_child_whose_parents_worker_is_blocked(Duration::from_secs(4));
     let pid = child.id();
     let started = std::time::Instant::now();
     let waiting = std::thread::spawn(move || child.wait_or_kill(Duration::from_millis(200)));
