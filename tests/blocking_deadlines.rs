@@ -62,6 +62,18 @@ fn a_session_whose_worker_is_blocked_with(
 /// busy machine: a deadline of the facade kept to within this holds.
 const HELD: Duration = Duration::from_secs(2);
 
+/// Asserts that `call` fails with `Timeout(deadline)`, well within `HELD`.
+fn times_out_on_time(what: &str, deadline: Duration, call: impl FnOnce() -> Result<(), Error>) {
+    let started = std::time::Instant::now();
+    let late = call();
+    let took = started.elapsed();
+    assert!(
+        matches!(late, Err(Error::Timeout(d)) if d == deadline),
+        "{what}: {late:?}"
+    );
+    assert!(took < HELD, "{what} ({deadline:?}) took {took:?}");
+}
+
 /// The deadlines of the blocking facade are kept by the caller's own
 /// clock: a Tokio timer, driven by the blocked worker alone, kept a
 /// `request_timeout` of 200 ms waiting for the handler's 6 s (a review
@@ -70,28 +82,20 @@ const HELD: Duration = Duration::from_secs(2);
 fn request_timeouts_hold_while_an_async_handler_blocks_the_worker() {
     let (session, peer) = a_session_whose_worker_is_blocked(Duration::from_secs(3));
     let deadline = Duration::from_millis(200);
-    let started = std::time::Instant::now();
-    let late = session.request_timeout::<_, Value>(&"echo me", deadline);
-    let took = started.elapsed();
-    assert!(
-        matches!(late, Err(Error::Timeout(d)) if d == deadline),
-        "{late:?}"
-    );
-    assert!(took < HELD, "request_timeout({deadline:?}) took {took:?}");
-    let started = std::time::Instant::now();
-    let late = session.request_raw_timeout(&"echo me", deadline);
-    let took = started.elapsed();
-    assert!(
-        matches!(late, Err(Error::Timeout(d)) if d == deadline),
-        "{late:?}"
-    );
-    assert!(took < HELD, "request_raw_timeout({deadline:?}) took {took:?}");
+    times_out_on_time("request_timeout", deadline, || {
+        session
+            .request_timeout::<_, Value>(&"echo me", deadline)
+            .map(drop)
+    });
+    times_out_on_time("request_raw_timeout", deadline, || {
+        session.request_raw_timeout(&"echo me", deadline).map(drop)
+    });
     peer.close();
 }
 
 /// The session's default deadline is kept by the caller's clock too, for
-/// `request` and `request_raw` (those of a handler's `Peer` go the same way)
-/// (a review saw a default of 200 ms end after 3 s).
+/// `request` and `request_raw` (those of a handler's `Peer` go the same
+/// way; a review saw a default of 200 ms end after 3 s).
 #[test]
 fn the_default_deadline_holds_while_an_async_handler_blocks_the_worker() {
     let deadline = Duration::from_millis(200);
@@ -100,28 +104,12 @@ fn the_default_deadline_holds_while_an_async_handler_blocks_the_worker() {
         ..SessionConfig::default()
     };
     let (session, peer) = a_session_whose_worker_is_blocked_with(Duration::from_secs(3), config);
-    let started = std::time::Instant::now();
-    let late = session.request::<_, Value>(&"echo me");
-    let took = started.elapsed();
-    assert!(
-        matches!(late, Err(Error::Timeout(d)) if d == deadline),
-        "{late:?}"
-    );
-    assert!(
-        took < HELD,
-        "request() under a default of {deadline:?} took {took:?}"
-    );
-    let started = std::time::Instant::now();
-    let late = session.request_raw(&"echo me");
-    let took = started.elapsed();
-    assert!(
-        matches!(late, Err(Error::Timeout(d)) if d == deadline),
-        "{late:?}"
-    );
-    assert!(
-        took < HELD,
-        "request_raw() under a default of {deadline:?} took {took:?}"
-    );
+    times_out_on_time("request under a default", deadline, || {
+        session.request::<_, Value>(&"echo me").map(drop)
+    });
+    times_out_on_time("request_raw under a default", deadline, || {
+        session.request_raw(&"echo me").map(drop)
+    });
     peer.close();
 }
 
