@@ -25,7 +25,8 @@
 // 24.8 days; unset, Infinity or more is none), send(plain) (refuses, as the
 // Rust side does, a `cmd` of NODE_ and more, and the protocol's own
 // shapes; a send still unwritten when close() gives up on it fails),
-// onMessage(fn) (returns an unsubscribe function; a function subscribed
+// onMessage(fn) (throws a TypeError for a non-function; returns an
+// unsubscribe function; a function subscribed
 // twice is one listener, called once, and gone at either unsubscribe;
 // plain messages that come while there is no listener wait for one, up to
 // 1,024 messages and 64 Mi characters of JSON text (one longer message is
@@ -313,9 +314,7 @@ const advertisedOn = new WeakMap(); // proc -> its extensions, as sorted JSON
 const EARLY_MESSAGES = 1024;
 const EARLY_BYTES = 64 * 1024 * 1024;
 
-function setupIpcSession(proc, handler, {
-  extensions = ['error', 'cancel'], handshakeTimeoutMs = 10000, onMessage: firstListener, closeTimeoutMs = 10000,
-} = {}) {
+function setupIpcSession(proc, handler, options) {
   if (!proc || typeof proc.send !== 'function') {
     return Promise.reject(makeError('no IPC channel on this process', 'ERR_NO_IPC'));
   }
@@ -324,22 +323,29 @@ function setupIpcSession(proc, handler, {
     // already, and nothing would end the handshake but its timeout.
     return Promise.reject(makeError('IPC channel closed', 'ERR_IPC_CHANNEL_CLOSED'));
   }
-  let ours;
+  // Whatever is wrong with the options rejects, and never throws: a caller
+  // may only have chained .catch (options null, a getter that throws).
+  let handshakeTimeoutMs, closeTimeoutMs, firstListener, ours, advertised;
   try {
+    const { extensions, onMessage, handshakeTimeoutMs: handshakeMs, closeTimeoutMs: closeMs } = options ?? {};
     // null, as unset: the default.
-    handshakeTimeoutMs = timeoutOption(handshakeTimeoutMs ?? 10000, 'handshakeTimeoutMs');
-    closeTimeoutMs = timeoutOption(closeTimeoutMs ?? 10000, 'closeTimeoutMs');
+    handshakeTimeoutMs = timeoutOption(handshakeMs ?? 10000, 'handshakeTimeoutMs');
+    closeTimeoutMs = timeoutOption(closeMs ?? 10000, 'closeTimeoutMs');
     if (extensions != null && !Array.isArray(extensions)) throw new TypeError('extensions must be an array of names');
     ours = [...(extensions ?? ['error', 'cancel'])];
+    if (!ours.every((name) => typeof name === 'string')) throw new TypeError('extensions must be an array of names');
+    if (onMessage != null && typeof onMessage !== 'function') throw new TypeError('onMessage must be a function');
+    firstListener = onMessage;
+    // A try that failed leaves its handshake request in the channel when
+    // the peer starts late, and the peer may take our extensions from that
+    // message, not from a later one (the Rust side takes the first it
+    // reads). A try with other extensions would then speak another
+    // protocol than the peer: a failure would reach the caller as an
+    // answer.
+    advertised = JSON.stringify([...new Set(ours)].sort());
   } catch (err) {
     return Promise.reject(err);
   }
-  // A try that failed leaves its handshake request in the channel when
-  // the peer starts late, and the peer may take our extensions from that
-  // message, not from a later one (the Rust side takes the first it
-  // reads). A try with other extensions would then speak another protocol
-  // than the peer: a failure would reach the caller as an answer.
-  const advertised = JSON.stringify([...new Set(ours)].sort());
   const before = advertisedOn.get(proc);
   if (before !== undefined && before !== advertised) {
     return Promise.reject(new RangeError(
@@ -657,6 +663,8 @@ function setupIpcSession(proc, handler, {
     },
     get droppedMessages() { return droppedMessages; },
     onMessage(fn) {
+      // Not kept: it would throw at the next message, from Node's reader.
+      if (typeof fn !== 'function') throw new TypeError('onMessage takes a function');
       plainListeners.add(fn);
       handUnheardSoon();
       return () => plainListeners.delete(fn);

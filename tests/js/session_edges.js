@@ -217,6 +217,38 @@ const cases = {
     await setupIpcSession(c, (p) => p, { handshakeTimeoutMs: null, closeTimeoutMs: null });
   },
 
+  // Options it cannot take reject setup, and never throw from the call (a
+  // caller may only have chained .catch): options it read outside its
+  // try once threw (a getter, a name JSON cannot hold), and a listener
+  // that is no function was kept, to throw at the next message from
+  // Node's reader.
+  async bad_options_reject_and_never_throw() {
+    const cycle = [];
+    cycle.push(cycle);
+    const bad = {
+      getter: { get extensions() { throw new Error('boom'); } },
+      bigint: { extensions: [1n] },
+      symbol: { extensions: [Symbol('a')] },
+      cycle: { extensions: [cycle] },
+      number: { extensions: [1, 'cancel'] },
+      listener: { onMessage: 'not a function' },
+    };
+    const got = {};
+    for (const [name, options] of Object.entries(bad)) {
+      try {
+        got[name] = await setupIpcSession(standIn(writes), null, options).then(() => 'set up', (e) => e.name);
+      } catch (e) {
+        got[name] = `threw ${e.name}`;
+      }
+    }
+    const want = { getter: 'Error', bigint: 'TypeError', symbol: 'TypeError', cycle: 'TypeError', number: 'TypeError', listener: 'TypeError' };
+    if (JSON.stringify(got) !== JSON.stringify(want)) throw new Error(JSON.stringify(got));
+    const session = await setupIpcSession(standIn(writes), null);
+    let thrown;
+    try { session.onMessage('not a function'); } catch (e) { thrown = e.name; }
+    if (thrown !== 'TypeError') throw new Error(`session.onMessage of a string: ${thrown ?? 'kept'}`);
+  },
+
   // A channel already closed fails setup at once, as does a handshake whose
   // write fails: both once waited out the handshake's timeout (with none,
   // for ever).

@@ -203,7 +203,8 @@ async fn sent_to_a_child_not_listening<M: serde::Serialize + ?Sized>(
 /// added before the session's own, a plain-message listener that throws,
 /// the listeners a handshake that timed out leaves, a second try with
 /// other extensions than the first, a handler that outlives such a timeout, a message that cannot be kept as text,
-/// timeout options that Number() would read as 0, setup on a closed
+/// timeout options that Number() would read as 0, options that must reject
+/// and not throw, setup on a closed
 /// channel, a peer gone during the handshake, a send close() gave up on,
 /// `extensions: null`, and the stack of an error passed on.
 #[test]
@@ -217,7 +218,7 @@ fn the_js_session_between_two_node_processes() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert_eq!(stdout.matches("PASS ").count(), 12, "{stdout}");
+    assert_eq!(stdout.matches("PASS ").count(), 13, "{stdout}");
 }
 
 /// A plain message nested deeper than Node's JSON.stringify can go (it
