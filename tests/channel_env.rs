@@ -364,16 +364,11 @@ fn the_channel_takes_no_stdio_number_that_the_child_has_closed() {
         .enable_all()
         .build()
         .unwrap();
-    let stderr = unsafe { libc::fcntl(2, libc::F_DUPFD_CLOEXEC, 10) };
-    assert!(stderr >= 10);
-    unsafe { libc::close(2) };
-    let opened = runtime.block_on(async { unsafe { ipc_request::open_from_env() } });
-    let fd_2_now = unsafe { libc::fcntl(2, libc::F_GETFD) };
-    let fd_2_was = std::fs::read_link("/proc/self/fd/2");
-    unsafe {
-        libc::dup2(stderr, 2);
-        libc::close(stderr);
-    }
+    let (opened, fd_2_now, fd_2_was) = common::with_descriptors_closed(&[2], || {
+        let opened = runtime.block_on(async { unsafe { ipc_request::open_from_env() } });
+        let fd_2_now = unsafe { libc::fcntl(2, libc::F_GETFD) };
+        (opened, fd_2_now, std::fs::read_link("/proc/self/fd/2"))
+    });
     assert!(opened.is_ok(), "{opened:?}");
     assert_eq!(fd_2_now, -1, "the channel took stderr's number: {fd_2_was:?}");
 }

@@ -319,6 +319,33 @@ pub fn run_in_a_child_process(name: &str, configure: impl FnOnce(&mut Command)) 
     );
 }
 
+/// Runs `f` with descriptors `fds` closed, as a process that closed its
+/// stdio has them, and puts them back (from copies kept at 10 and up
+/// meanwhile) before returning what `f` returned: look at the result
+/// after, when stderr takes a panic's message again. Only in a process of
+/// its own ([`run_in_a_child_process`]), whose one thread nothing else
+/// shares these numbers with.
+pub fn with_descriptors_closed<R>(fds: &[i32], f: impl FnOnce() -> R) -> R {
+    // SAFETY: fcntl, close and dup2 on descriptors of this process that no
+    // other thread uses meanwhile (see above); the copies are new and ours.
+    let saved: Vec<i32> = fds
+        .iter()
+        .map(|&fd| unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10) })
+        .collect();
+    assert!(saved.iter().all(|&copy| copy >= 10), "{fds:?} saved as {saved:?}");
+    for &fd in fds {
+        unsafe { libc::close(fd) };
+    }
+    let result = f();
+    for (&fd, copy) in fds.iter().zip(saved) {
+        unsafe {
+            libc::dup2(copy, fd);
+            libc::close(copy);
+        }
+    }
+    result
+}
+
 /// The state letter of process `pid` (`R`, `S`, `Z` for a zombie, ...),
 /// `None` once it is gone (reaped).
 pub fn process_state(pid: u32) -> Option<char> {

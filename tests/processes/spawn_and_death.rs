@@ -331,50 +331,37 @@ fn a_parent_with_its_stdio_closed_still_gives_the_child_its_channel() {
         .build()
         .unwrap();
     let program = example("rust_peer");
-    // SAFETY: fcntl, close and dup2 on this process's stdio, which no
-    // other thread of this process (a copy of the test binary running this
-    // test alone) uses meanwhile; the saved copies are put back below.
-    let saved: Vec<i32> = (0..3)
-        .map(|fd| unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10) })
-        .collect();
-    assert!(saved.iter().all(|&fd| fd >= 10), "stdio saved: {saved:?}");
-    for fd in 0..3 {
-        unsafe { libc::close(fd) };
-    }
     // What each spawn left at 0 to 2, while its child runs.
     let stdio_now = || (0..3).map(|fd| std::fs::read_link(format!("/proc/self/fd/{fd}")).ok());
     let mut pidfds_at_stdio = Vec::new();
-    let outcomes: Vec<(&str, Result<Value, String>)> = runtime.block_on(async {
-        let mut outcomes = Vec::new();
-        for stdio in ["null", "piped", "inherit"] {
-            let mut command = Command::new(&program);
-            let pick = || match stdio {
-                "null" => Stdio::null(),
-                "piped" => Stdio::piped(),
-                _ => Stdio::inherit(),
-            };
-            command.stdin(pick()).stdout(pick()).stderr(pick());
-            let outcome = async {
-                let (session, child) = ipc_request::spawn_session(command, None)
-                    .await
-                    .map_err(|e| format!("setup: {e}"))?;
-                let pidfd = std::path::Path::new("anon_inode:[pidfd]");
-                pidfds_at_stdio.push(stdio_now().filter(|link| link.as_deref() == Some(pidfd)).count());
-                let answer = session.request(&json!({"op": "echo", "data": stdio})).await;
-                session.close();
-                let _ = child.wait_or_kill(Duration::from_secs(10)).await;
-                answer.map_err(|e| format!("request: {e}"))
-            };
-            outcomes.push((stdio, outcome.await));
-        }
-        outcomes
-    });
-    for (fd, copy) in saved.into_iter().enumerate() {
-        unsafe {
-            libc::dup2(copy, fd as i32);
-            libc::close(copy);
-        }
-    }
+    let run = || {
+        runtime.block_on(async {
+            let mut outcomes = Vec::new();
+            for stdio in ["null", "piped", "inherit"] {
+                let mut command = Command::new(&program);
+                let pick = || match stdio {
+                    "null" => Stdio::null(),
+                    "piped" => Stdio::piped(),
+                    _ => Stdio::inherit(),
+                };
+                command.stdin(pick()).stdout(pick()).stderr(pick());
+                let outcome = async {
+                    let (session, child) = ipc_request::spawn_session(command, None)
+                        .await
+                        .map_err(|e| format!("setup: {e}"))?;
+                    let pidfd = std::path::Path::new("anon_inode:[pidfd]");
+                    pidfds_at_stdio.push(stdio_now().filter(|link| link.as_deref() == Some(pidfd)).count());
+                    let answer = session.request(&json!({"op": "echo", "data": stdio})).await;
+                    session.close();
+                    let _ = child.wait_or_kill(Duration::from_secs(10)).await;
+                    answer.map_err(|e| format!("request: {e}"))
+                };
+                outcomes.push((stdio, outcome.await));
+            }
+            outcomes
+        })
+    };
+    let outcomes: Vec<(&str, Result<Value, String>)> = common::with_descriptors_closed(&[0, 1, 2], run);
     for (stdio, outcome) in outcomes {
         assert_eq!(outcome, Ok(json!(stdio)), "the child's stdio {stdio}");
     }
