@@ -43,16 +43,15 @@ pub fn machine() -> Vec<(&'static str, String)> {
         ("cpus", cpus),
         ("cpu", model),
         ("kernel", kernel),
-        (
-            "rustc",
-            output_of("rustc", &["--version"]).unwrap_or_else(|| "not found".into()),
-        ),
-        (
-            "node",
-            output_of("node", &["--version"]).unwrap_or_else(|| "not found".into()),
-        ),
+        ("rustc", version_of("rustc")),
+        ("node", version_of("node")),
         ("allocator", ALLOCATOR.into()),
     ]
+}
+
+/// What `program --version` prints, or "not found".
+fn version_of(program: &str) -> String {
+    output_of(program, &["--version"]).unwrap_or_else(|| "not found".into())
 }
 
 /// What `program args` prints, trimmed; `None` if it does not run or fails.
@@ -67,10 +66,7 @@ fn output_of(program: &str, args: &[&str]) -> Option<String> {
 
 /// True if `node` runs.
 pub fn have_node() -> bool {
-    Command::new("node")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
+    output_of("node", &["--version"]).is_some()
 }
 
 /// Whether [`rss_bytes`] can work here: it reads /proc, which macOS has
