@@ -331,9 +331,10 @@ function setupIpcSession(proc, handler, options) {
     // null, as unset: the default.
     handshakeTimeoutMs = timeoutOption(handshakeMs ?? 10000, 'handshakeTimeoutMs');
     closeTimeoutMs = timeoutOption(closeMs ?? 10000, 'closeTimeoutMs');
-    if (extensions != null && !Array.isArray(extensions)) throw new TypeError('extensions must be an array of names');
+    if (extensions != null && !(Array.isArray(extensions) && extensions.every((name) => typeof name === 'string'))) {
+      throw new TypeError('extensions must be an array of names');
+    }
     ours = [...(extensions ?? ['error', 'cancel'])];
-    if (!ours.every((name) => typeof name === 'string')) throw new TypeError('extensions must be an array of names');
     if (onMessage != null && typeof onMessage !== 'function') throw new TypeError('onMessage must be a function');
     firstListener = onMessage;
     // A try that failed leaves its handshake request in the channel when
