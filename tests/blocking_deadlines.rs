@@ -6,7 +6,7 @@ mod common;
 
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::process::Command;
-use std::sync::mpsc;
+use std::sync::{Mutex, mpsc};
 use std::time::Duration;
 
 use common::example;
@@ -111,6 +111,77 @@ fn the_default_deadline_holds_while_an_async_handler_blocks_the_worker() {
         session.request_raw(&"echo me").map(drop)
     });
     peer.close();
+}
+
+/// A handler's [`blocking::Peer`] keeps the default deadline the same way:
+/// a call back, made while another request has the worker blocked, ends on
+/// time.
+#[test]
+fn a_handlers_call_back_keeps_the_default_deadline_while_the_worker_is_blocked() {
+    let deadline = Duration::from_millis(200);
+    let (entered, entered_rx) = mpsc::channel();
+    let entered_rx = Mutex::new(Some(entered_rx));
+    let (called_back, called_back_rx) = mpsc::channel();
+    let called_back = Mutex::new(called_back);
+    // "call back" starts a thread that calls the peer back as soon as
+    // "block" holds the worker; the peer never answers the call.
+    let handler = ipc_request::handler_fn(move |req: Request| {
+        let block = req.payload::<String>().map(|p| p == "block");
+        let entered = entered.clone();
+        let calling = (
+            entered_rx.lock().unwrap().take(),
+            called_back.lock().unwrap().clone(),
+        );
+        async move {
+            if block? {
+                let _ = entered.send(());
+                std::thread::sleep(Duration::from_secs(3));
+                return Ok::<_, ipc_request::RemoteError>("late");
+            }
+            let (Some(entered_rx), called_back) = calling else {
+                return Ok("called back already");
+            };
+            std::thread::spawn(move || {
+                entered_rx
+                    .recv_timeout(Duration::from_secs(10))
+                    .expect("never blocked");
+                let started = std::time::Instant::now();
+                let answer = blocking::Peer::of(&req).request::<_, Value>(&"never answered");
+                let _ = called_back.send((answer, started.elapsed()));
+            });
+            Ok("calling back")
+        }
+    });
+    let config = SessionConfig {
+        request_timeout: Some(deadline),
+        ..SessionConfig::default()
+    };
+    let (ours, theirs) = StdUnixStream::pair().unwrap();
+    let peer = std::thread::spawn(move || {
+        let never = ipc_request::handler_fn(|_req: Request| async {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            Ok::<_, ipc_request::RemoteError>("never")
+        });
+        common::blocking_session_over(theirs, SessionBuilder::new().handler(never))
+    });
+    let session = common::blocking_session_over(ours, SessionBuilder::new().config(config).handler(handler));
+    let peer = peer.join().unwrap();
+    assert_eq!(
+        peer.request::<_, Value>(&"call back").unwrap(),
+        json!("calling back")
+    );
+    let asker = peer.clone();
+    std::thread::spawn(move || asker.request::<_, Value>(&"block"));
+    let (answer, took) = called_back_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the call back never returned");
+    assert!(
+        matches!(answer, Err(Error::Timeout(d)) if d == deadline),
+        "{answer:?}"
+    );
+    assert!(took < HELD, "the call back ({deadline:?}) took {took:?}");
+    peer.close();
+    drop(session);
 }
 
 #[test]
