@@ -279,8 +279,8 @@ pub struct RemoteError {
     pub message: String,
     /// A machine-readable code, a string or a number (`"ENOENT"`).
     /// PROTOCOL.md allows nothing else: written, any other value goes as
-    /// its JSON text, a string, and `null` is left out (a code read from a
-    /// peer is made the same way).
+    /// its JSON text, a string, and `null` is left out. A code read from a
+    /// peer is made the same way, its JSON text as the peer wrote it.
     #[serde(
         default,
         skip_serializing_if = "code_is_absent",
@@ -293,6 +293,11 @@ pub struct RemoteError {
     /// Any further data the handler attached. Read from a peer, data
     /// nested deeper than a `serde_json::Value` holds (128 levels; Node has
     /// no such limit) comes as its JSON text, in a string.
+    ///
+    /// A `Value` can take many times the size of its text (32 bytes for
+    /// each `0,` of an array), and a peer's error is read into one only for
+    /// a request that waits for it: the data of an answer to a request
+    /// given up, or never made, is not read at all.
     ///
     /// Boxed to keep the error small: a handler returns
     /// `Result<T, RemoteError>`, and clippy's `result_large_err` warns

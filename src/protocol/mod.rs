@@ -72,8 +72,12 @@ pub enum Inbound {
         uid: Result<u64, String>,
         /// The answer data (`null` when `error` is set).
         payload: Message,
-        /// The handler's failure (`error` extension).
-        error: Option<RemoteError>,
+        /// The handler's failure (`error` extension), as its JSON text:
+        /// [`remote_error`] reads it, once the session knows a request
+        /// waits for it (its `data` becomes a value tree, many times the
+        /// size of its text, which a peer must not make us build for
+        /// nothing).
+        error: Option<Box<RawValue>>,
     },
     /// The peer stopped waiting for one of its requests (`cancel` extension).
     Cancel {
@@ -238,7 +242,7 @@ fn classify_envelope(line: LineText<'_>) -> Option<Inbound> {
                 // No copy of the UIDs we issue: this runs once per answer.
                 uid: our_id(uid.as_str()),
                 payload: payload.to_owned(),
-                error: env.error.map(parse_remote_error),
+                error: env.error.map(RawValue::to_owned),
             }),
             TYPE_CANCEL => Some(Inbound::Cancel { uid: uid.into() }),
             _ => None,
@@ -316,26 +320,94 @@ pub fn is_protocol_message(json: &str) -> bool {
     all(0b00111) || all(0b11000)
 }
 
+/// The most extension names kept from a peer's handshake message: the first
+/// this many that are strings of at most [`MAX_EXTENSION_NAME_LEN`] bytes.
+pub const MAX_EXTENSION_NAMES: usize = 64;
+/// The longest extension name kept, in bytes.
+pub const MAX_EXTENSION_NAME_LEN: usize = 256;
+
 /// Extension names; anything that is not a string is ignored, as unknown
-/// names are.
+/// names are, and so is a name past the bounds above. Every element is
+/// read, but only the names kept are built: a `Vec<Value>` of the list
+/// took 32 bytes for each `0,` of a peer's line (a 16 MiB line, 512 MiB),
+/// and the names were kept for the session's life.
 fn parse_extensions(raw: &RawValue) -> Vec<String> {
-    serde_json::from_str::<Vec<serde_json::Value>>(raw.get())
-        .map(|v| {
-            v.into_iter()
-                .filter_map(|e| e.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
+    use serde::de::{self, IgnoredAny, SeqAccess, Visitor};
+    use std::fmt;
+
+    /// One element of the list: a name, if it is a string short enough.
+    struct Name(Option<String>);
+    impl<'de> Deserialize<'de> for Name {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Name, D::Error> {
+            d.deserialize_any(NameVisitor)
+        }
+    }
+    struct NameVisitor;
+    impl<'de> Visitor<'de> for NameVisitor {
+        type Value = Name;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_str<E: de::Error>(self, name: &str) -> Result<Name, E> {
+            Ok(Name(
+                (name.len() <= MAX_EXTENSION_NAME_LEN).then(|| name.to_owned()),
+            ))
+        }
+        // Anything else is skipped over without being built.
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Name, E> {
+            Ok(Name(None))
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Name, E> {
+            Ok(Name(None))
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Name, E> {
+            Ok(Name(None))
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Name, E> {
+            Ok(Name(None))
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Name, E> {
+            Ok(Name(None))
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Name, A::Error> {
+            IgnoredAny.visit_seq(seq).map(|_| Name(None))
+        }
+        // An object; also a number under serde_json's `arbitrary_precision`.
+        fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Name, A::Error> {
+            IgnoredAny.visit_map(map).map(|_| Name(None))
+        }
+    }
+    struct Names;
+    impl<'de> Visitor<'de> for Names {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an array")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<String>, A::Error> {
+            let mut names = Vec::new();
+            while let Some(Name(name)) = seq.next_element()? {
+                if let Some(name) = name.filter(|_| names.len() < MAX_EXTENSION_NAMES) {
+                    names.push(name);
+                }
+            }
+            Ok(names)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    serde::Deserializer::deserialize_seq(&mut de, Names).unwrap_or_default()
 }
 
-/// An `_IPC_REQUEST/ERROR` object. A malformed one still fails the request:
-/// the caller learns that the peer reported a failure, with its raw text.
+/// An `_IPC_REQUEST/ERROR` object (the text [`Inbound::Response`] carries).
+/// A malformed one still fails the request: the caller learns that the
+/// peer reported a failure, with its raw text.
 ///
 /// Each field is taken as raw text first, so that one a `Value` cannot
 /// hold (nested past serde_json's 128 levels, which Node allows) costs
-/// only itself: a `code` or `data` that deep is kept as its JSON text, in
-/// a string, and the name and message still come through.
-fn parse_remote_error(raw: &RawValue) -> RemoteError {
+/// only itself: a `data` that deep is kept as its JSON text, in a string,
+/// and the name and message still come through. A `code` other than a
+/// string or a number is kept as its JSON text, as sent, without being
+/// built as a value first.
+pub fn remote_error(raw: &RawValue) -> RemoteError {
     #[derive(Deserialize)]
     struct Loose<'a> {
         #[serde(borrow)]
@@ -356,11 +428,16 @@ fn parse_remote_error(raw: &RawValue) -> RemoteError {
     let value = |raw: &RawValue| {
         serde_json::from_str(raw.get()).unwrap_or_else(|_| serde_json::Value::String(raw.get().to_owned()))
     };
+    let code = |raw: &RawValue| match raw.get().as_bytes().first() {
+        Some(b'"' | b'-' | b'0'..=b'9') => Some(value(raw)),
+        Some(b'n') => None,
+        _ => Some(serde_json::Value::String(raw.get().to_owned())),
+    };
     match serde_json::from_str::<Loose>(raw.get()) {
         Ok(l) => RemoteError {
             name: text(l.name).unwrap_or_else(|| "Error".into()),
             message: text(l.message).unwrap_or_default(),
-            code: l.code.map(value).and_then(crate::error::code_from),
+            code: l.code.and_then(code),
             stack: text(l.stack),
             data: l.data.map(|data| Box::new(value(data))),
         },

@@ -150,6 +150,49 @@ fn extensions_are_read_and_unknown_entries_ignored() {
 }
 
 #[test]
+fn extension_names_are_kept_within_bounds() {
+    let extensions = |list: &str| {
+        let hs = format!(
+            r#"{{"_IPC_REQUEST/HANDSHAKE_UID":"u","_IPC_REQUEST/HANDSHAKE_MSG_TYPE":"_IPC_REQUEST/HANDSHAKE_MSG_TYPE:REQUEST","_IPC_REQUEST/EXTENSIONS":{list}}}"#
+        );
+        match classify(msg(&hs)) {
+            Inbound::HandshakeRequest { extensions, .. } => extensions.unwrap(),
+            other => panic!("{other:?}"),
+        }
+    };
+    // Names past the first MAX_EXTENSION_NAMES, and names too long, are
+    // dropped; values of every kind, nested too, are skipped over.
+    let many: Vec<String> = (0..MAX_EXTENSION_NAMES + 10).map(|i| format!("n{i}")).collect();
+    let long = "x".repeat(MAX_EXTENSION_NAME_LEN + 1);
+    let just = "y".repeat(MAX_EXTENSION_NAME_LEN);
+    let names: Vec<String> = many.iter().map(|name| format!(r#""{name}""#)).collect();
+    let listed = format!(
+        r#"["{long}","{just}",[["cancel"]],{{"error":1}},null,true,-1,2.5,"a\u0062c",{}]"#,
+        names.join(",")
+    );
+    let got = extensions(&listed);
+    assert_eq!(got.len(), MAX_EXTENSION_NAMES);
+    assert_eq!((got[0].as_str(), got[1].as_str()), (just.as_str(), "abc"));
+    assert_eq!(got[2..], many[..MAX_EXTENSION_NAMES - 2]);
+    // Not a list: no names (the peer still advertised extensions).
+    for not_a_list in [r#""error""#, r#"{"0":"error"}"#, "7"] {
+        assert_eq!(extensions(not_a_list), Vec::<String>::new(), "{not_a_list}");
+    }
+}
+
+#[test]
+fn an_error_code_of_another_kind_is_kept_as_sent() {
+    let text = r#"{"_IPC_REQUEST/MSG_TYPE":"_IPC_REQUEST/MSG_TYPE:RESPONSE","_IPC_REQUEST/REQUEST_UID":"3","_IPC_REQUEST/PAYLOAD":null,"_IPC_REQUEST/ERROR":{"code":{ "b" : [1, 2] , "a":null }}}"#;
+    match classify(msg(text)) {
+        Inbound::Response { error: Some(e), .. } => {
+            let code = remote_error(&e).code;
+            assert_eq!(code, Some(serde_json::json!(r#"{ "b" : [1, 2] , "a":null }"#)));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn our_handshake_carries_extensions() {
     let text = encode(&HandshakeOut::request("u1"));
     assert!(text.contains(r#""_IPC_REQUEST/EXTENSIONS":["error","cancel"]"#));
@@ -166,7 +209,7 @@ fn error_response_roundtrip() {
     match classify(msg(std::str::from_utf8(&line).unwrap().trim_end())) {
         Inbound::Response { payload, error, .. } => {
             assert_eq!(payload.get(), "null");
-            assert_eq!(error.unwrap(), err);
+            assert_eq!(remote_error(&error.unwrap()), err);
         }
         other => panic!("{other:?}"),
     }
@@ -206,7 +249,7 @@ fn an_error_code_read_is_a_string_or_a_number_too() {
             r#"{{"_IPC_REQUEST/MSG_TYPE":"_IPC_REQUEST/MSG_TYPE:RESPONSE","_IPC_REQUEST/REQUEST_UID":"3","_IPC_REQUEST/PAYLOAD":null,"_IPC_REQUEST/ERROR":{{"name":"E","message":"m","code":{code}}}}}"#
         );
         match classify(msg(&text)) {
-            Inbound::Response { error: Some(e), .. } => e.code,
+            Inbound::Response { error: Some(e), .. } => remote_error(&e).code,
             other => panic!("{other:?}"),
         }
     };
@@ -227,6 +270,7 @@ fn an_error_whose_data_or_code_is_too_deep_for_a_value_keeps_its_name_and_messag
     );
     match classify(msg(&text)) {
         Inbound::Response { error: Some(e), .. } => {
+            let e = remote_error(&e);
             assert_eq!((e.name.as_str(), e.message.as_str()), ("TypeError", "bad input"));
             assert_eq!(e.stack.as_deref(), Some("at x"));
             assert_eq!(e.code, Some(serde_json::Value::String(deep.clone())));
@@ -243,7 +287,7 @@ fn an_error_whose_data_or_code_is_too_deep_for_a_value_keeps_its_name_and_messag
 fn malformed_error_still_fails_the_request() {
     let text = r#"{"_IPC_REQUEST/MSG_TYPE":"_IPC_REQUEST/MSG_TYPE:RESPONSE","_IPC_REQUEST/REQUEST_UID":"3","_IPC_REQUEST/PAYLOAD":null,"_IPC_REQUEST/ERROR":"oops"}"#;
     match classify(msg(text)) {
-        Inbound::Response { error: Some(e), .. } => assert_eq!(e.message, "\"oops\""),
+        Inbound::Response { error: Some(e), .. } => assert_eq!(remote_error(&e).message, "\"oops\""),
         other => panic!("{other:?}"),
     }
 }

@@ -94,11 +94,17 @@ impl Shared {
             }
             Inbound::Request { uid, payload } => self.start_handler(uid, payload).await,
             Inbound::Response { uid, payload, error } => {
-                let answer = match error {
-                    Some(e) => Err(Box::new(Error::Remote(Box::new(e)))),
-                    None => Ok(payload),
-                };
-                if !uid.as_ref().is_ok_and(|&id| self.deliver_answer(id, answer)) {
+                let delivered = uid.as_ref().is_ok_and(|&id| match error {
+                    // Read only for a request that waits: its data becomes
+                    // a value tree, which takes many times its text.
+                    Some(error) if self.awaits_answer(id) => {
+                        let error = protocol::remote_error(&error);
+                        self.deliver_answer(id, Err(Box::new(Error::Remote(Box::new(error)))))
+                    }
+                    Some(_) => false,
+                    None => self.deliver_answer(id, Ok(payload)),
+                });
+                if !delivered {
                     tracing::debug!("answer to a request no longer pending: {uid:?}")
                 }
             }

@@ -66,7 +66,13 @@ fn refusal_budget(config: &SessionConfig) -> usize {
 /// What the peer said it understands, from its handshake message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerInfo {
-    /// The extension names it advertised, as sent (unknown ones included).
+    /// The extension names it advertised, as sent (unknown ones included),
+    /// within bounds: the first
+    /// [`MAX_EXTENSION_NAMES`](crate::protocol::MAX_EXTENSION_NAMES) that
+    /// are strings of at most
+    /// [`MAX_EXTENSION_NAME_LEN`](crate::protocol::MAX_EXTENSION_NAME_LEN)
+    /// bytes. They are kept for the session's life, and the list is the
+    /// peer's to make as long as a line.
     pub extensions: Vec<String>,
     /// False for an ipc-request 1.0 peer (no extensions key at all).
     pub advertises_extensions: bool,

@@ -73,6 +73,14 @@ impl PendingTable {
 }
 
 impl Shared {
+    /// True if our request `id` waits for its answer. For an answer that
+    /// costs work to build: by the time it is handed over, the caller may
+    /// have given up all the same, and `deliver_answer` says so.
+    pub(super) fn awaits_answer(&self, id: u64) -> bool {
+        let table = self.table.lock().unwrap();
+        matches!(table.pending.slots.get(&id), Some(Slot::Waiting(_)))
+    }
+
     /// Hands `answer` to our pending request `id` and wakes its caller;
     /// `false` if no such request waits (given up, or answered already:
     /// the first answer stands).
