@@ -54,8 +54,10 @@ impl Shared {
             Inbound::HandshakeRequest { uid, extensions } => {
                 let _ = self.peer.set(PeerInfo::new(extensions));
                 let answer = |max, out: &mut _| protocol::encode_handshake_response(&uid, max, out);
-                let Ok(line) = self.sender.encode_with(answer) else {
-                    return;
+                let line = match self.sender.encode_with(answer) {
+                    Ok(line) => line,
+                    // Its UID leaves no room for the rest: unanswerable.
+                    Err(e) => return tracing::warn!("could not answer the handshake request {uid}: {e}"),
                 };
                 let handshaking = matches!(*self.phase.borrow(), Phase::Handshaking);
                 if handshaking && !self.answering_handshake.swap(true, Ordering::AcqRel) {
@@ -83,7 +85,11 @@ impl Shared {
                     // `SessionBuilder::keep_plain_messages`).
                     self.keep_plain_messages_from_now();
                 } else {
-                    let _ = self.sender.send_line(line).await;
+                    // A handshake request after the first: answered as a
+                    // refusal is, without waiting for room in the write
+                    // queue, which would stop the reader while our own
+                    // requests fill it.
+                    self.send_unwaited(line).await;
                 }
             }
             Inbound::HandshakeResponse { uid, extensions } => {
@@ -231,10 +237,15 @@ impl Shared {
     /// does wait (stops reading), as the peer then reads none of what we
     /// write while it goes on sending, and memory must stay bounded.
     async fn refuse(&self, uid: &PeerUid, refusal: &RemoteError) {
-        let mut line = match self.encode_error(uid, refusal) {
-            Ok(line) => line,
-            Err(e) => return tracing::warn!("could not refuse request {uid}: {e}"),
-        };
+        match self.encode_error(uid, refusal) {
+            Ok(line) => self.send_unwaited(line).await,
+            Err(e) => tracing::warn!("could not refuse request {uid}: {e}"),
+        }
+    }
+
+    /// Sends `line`, an answer of the reader's own, under the refusals'
+    /// budget, without waiting for room in the write queue (see `refuse`).
+    async fn send_unwaited(&self, mut line: Vec<u8>) {
         let unwritten = &self.refusals_unwritten;
         let bytes = self.refusal_share(&mut line);
         let permit = match unwritten.clone().try_acquire_many_owned(bytes) {

@@ -17,7 +17,7 @@ use ipc_request::{
 };
 use serde_json::Value;
 use serde_json::value::RawValue;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 /// A session with `handler`, one handler slot and one place in the
@@ -334,4 +334,63 @@ where
         send_one_dot_zero_request(&mut writer, n).await;
     }
     (server, reader, writer)
+}
+
+/// A handshake request after the first is answered as a refusal is,
+/// without waiting for room in the write queue: our own messages may fill
+/// it while the peer reads nothing. Answered through the queue, it stopped
+/// the reader, and what the peer sent behind it went unread.
+#[tokio::test]
+async fn a_late_handshake_request_does_not_stop_the_reader_while_our_queue_is_full() {
+    const MESSAGE: usize = 1024;
+    let (a_io, b_io) = tokio::io::duplex(4096);
+    let config = ChannelConfig {
+        write_queue_bytes: 4 * MESSAGE,
+        ..Default::default()
+    };
+    let a = tokio::spawn(setup(Channel::from_stream(a_io, config), None));
+    let (mut b_read, mut b_write) = tokio::io::split(b_io);
+    answer_handshake_as_one_dot_zero(&mut b_read, &mut b_write).await;
+    let a = a.await.unwrap().unwrap();
+    let mut messages = a.messages().unwrap();
+    let filler = {
+        let a = a.clone();
+        let text = "z".repeat(MESSAGE);
+        tokio::spawn(async move {
+            for _ in 0..64 {
+                a.send(&text).await.unwrap();
+            }
+        })
+    };
+    while a.queued_bytes() + MESSAGE <= a.queue_capacity() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(!filler.is_finished(), "the queue was to stay full");
+    let late = concat!(
+        r#"{"_IPC_REQUEST/HANDSHAKE_UID":"late","_IPC_REQUEST/HANDSHAKE_MSG_TYPE":"_IPC_REQUEST/HANDSHAKE_MSG_TYPE:REQUEST"}"#,
+        "\n\"behind the handshake\"\n"
+    );
+    b_write.write_all(late.as_bytes()).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), messages.recv())
+        .await
+        .expect("the reader stopped behind the late handshake request");
+    assert_eq!(got.unwrap().unwrap(), "behind the handshake");
+    // The peer reads at last: the filler's messages, and the answer.
+    let mut all = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !filler.is_finished() || !all.ends_with(b"\n") || !String::from_utf8_lossy(&all).contains("late") {
+        let n = tokio::time::timeout(Duration::from_secs(5), b_read.read(&mut buf))
+            .await
+            .expect("the rest never came")
+            .unwrap();
+        all.extend_from_slice(&buf[..n]);
+    }
+    let answer = String::from_utf8(all).unwrap();
+    assert!(
+        answer
+            .lines()
+            .any(|line| line.contains(r#""_IPC_REQUEST/HANDSHAKE_UID":"late""#)
+                && line.contains("HANDSHAKE_MSG_TYPE:RESPONSE")),
+        "no answer to the late handshake"
+    );
 }
