@@ -187,6 +187,12 @@ pub enum CloseReason {
     ChildExited(ExitStatus),
     /// Reading from or writing to the channel failed.
     Io(Arc<io::Error>),
+    /// The Tokio runtime the session was set up on shut down (dropped, or
+    /// its `block_on` returned, for a current-thread one with no other
+    /// thread inside it) while the session was open: its tasks are gone.
+    /// The socket is let go of, and the peer sees the end of the stream
+    /// once every task that held it is dropped.
+    RuntimeShutDown,
 }
 
 impl fmt::Display for CloseReason {
@@ -198,6 +204,7 @@ impl fmt::Display for CloseReason {
                 write!(f, "the child process {}", describe_exit(*status))
             }
             CloseReason::Io(e) => write!(f, "I/O error: {e}"),
+            CloseReason::RuntimeShutDown => f.write_str("the runtime the session ran on shut down"),
         }
     }
 }

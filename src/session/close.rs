@@ -89,7 +89,9 @@ impl Shared {
         self.sender.close();
         // A disconnect or a clean exit is the normal end, not a crash.
         match &reason {
-            CloseReason::Local | CloseReason::PeerClosed => tracing::debug!("session closed: {reason}"),
+            CloseReason::Local | CloseReason::PeerClosed | CloseReason::RuntimeShutDown => {
+                tracing::debug!("session closed: {reason}")
+            }
             CloseReason::ChildExited(status) if status.success() => {
                 tracing::debug!("session closed: {reason}")
             }

@@ -236,7 +236,10 @@ pub(crate) struct Shared {
 ///
 /// The session lives until either side closes it: dropping the handles
 /// does not close it (a child that only answers requests keeps serving).
-/// Call [`Session::close`] to end it.
+/// Call [`Session::close`] to end it. It runs on the Tokio runtime it was
+/// set up on: if that runtime shuts down first, the session ends with
+/// [`CloseReason::RuntimeShutDown`],
+/// failing what was pending, and the peer sees the end of the stream.
 #[derive(Clone)]
 pub struct Session {
     shared: Arc<Shared>,

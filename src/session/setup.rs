@@ -281,7 +281,7 @@ impl SessionBuilder {
         // Until a Session is handed back, dropping this future (the
         // caller's own timeout, a select!) or failing must not leave the
         // reader, the writer and the socket running for nobody.
-        let mut unclaimed = ShutOnDrop(Some(shared.clone()));
+        let mut unclaimed = ShutOnDrop(Some(shared.clone()), CloseReason::Local);
         let our_uid = fresh_uid();
         // The handler is in place and we listen before announcing (2.1 step 1).
         let hello = shared.sender.encode(&HandshakeOut::request(&our_uid))?;
@@ -297,7 +297,7 @@ impl SessionBuilder {
         // found it). Made here and moved in, so that a task dropped before
         // its first poll drops it too. After the reader's own end the
         // session is closed already, and the guard does nothing.
-        let reader_guard = ShutOnDrop(Some(shared.clone()));
+        let reader_guard = ShutOnDrop(Some(shared.clone()), CloseReason::RuntimeShutDown);
         tokio::spawn(async move {
             // A panic on the reader (a bug, or a panicking stream the channel
             // was built on) must fail what waits on it, not leave it hanging.
@@ -342,12 +342,12 @@ impl SessionBuilder {
     }
 }
 
-/// Shuts the session down when dropped, unless taken out first: a setup
-/// given up before it handed a `Session` back, or a reader task dropped
-/// with its runtime. Ended as `Local`: this side's program let go of it,
-/// an ordinary way for a program to end (a `main` that returns with its
-/// sessions open), which is no failure to warn of.
-struct ShutOnDrop(Option<Arc<Shared>>);
+/// Shuts the session down when dropped, unless taken out first, for the
+/// reason it holds: a setup given up before it handed a `Session` back
+/// (`Local`), or a reader task dropped with its runtime
+/// (`RuntimeShutDown`). Either is an ordinary way for a program to end (a
+/// `main` that returns with its sessions open), no failure to warn of.
+struct ShutOnDrop(Option<Arc<Shared>>, CloseReason);
 
 impl Drop for ShutOnDrop {
     fn drop(&mut self) {
@@ -355,7 +355,7 @@ impl Drop for ShutOnDrop {
             if shared.closed_reason().is_none() {
                 tracing::debug!("a session was let go of while open: it is closed");
             }
-            shared.shut(CloseReason::Local);
+            shared.shut(self.1.clone());
         }
     }
 }

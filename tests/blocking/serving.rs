@@ -280,7 +280,7 @@ fn a_runtime_dropped_while_a_blocking_handler_waits_on_the_peer_ends_the_wait() 
         .recv_timeout(Duration::from_secs(10))
         .expect("the runtime's drop waits for ever for a handler blocked on the peer");
     let told = told_rx.recv_timeout(Duration::from_secs(1)).unwrap();
-    assert!(told.contains("Closed(Local)"), "{told}");
+    assert!(told.contains("Closed(RuntimeShutDown)"), "{told}");
     drop(session);
 }
 

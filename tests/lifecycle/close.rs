@@ -336,3 +336,75 @@ async fn an_answer_after_the_session_closed_fails_with_closed() {
         assert!(call.await.unwrap().is_err());
     }
 }
+
+/// A session whose runtime shuts down while it is open ends, saying so,
+/// and lets go of its socket: the peer sees the end of the stream though a
+/// handle of ours lives on. Before, it said "closed by this side", and the
+/// write half, kept by the handle, kept the peer waiting until that went.
+#[test]
+fn a_session_whose_runtime_shuts_down_ends_and_the_peer_sees_the_end() {
+    use std::io::{BufRead, Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let peer = std::thread::spawn(move || {
+        let mut reader = std::io::BufReader::new(theirs.try_clone().unwrap());
+        let mut hello = String::new();
+        reader.read_line(&mut hello).unwrap();
+        let answer = common::handshake_answer(&hello, Some(&["error", "cancel"]));
+        (&theirs).write_all(answer.as_bytes()).unwrap();
+        (theirs, reader)
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let session = runtime
+        .block_on(async {
+            ours.set_nonblocking(true).unwrap();
+            let ours = tokio::net::UnixStream::from_std(ours).unwrap();
+            setup(Channel::from_unix(ours, ChannelConfig::default()).unwrap(), None).await
+        })
+        .unwrap();
+    let (theirs, mut reader) = peer.join().unwrap();
+    let asking = session.clone();
+    runtime.spawn(async move { asking.request::<_, Value>(&"never answered").await });
+    let mut request = String::new();
+    reader.read_line(&mut request).unwrap();
+    assert!(request.contains("never answered"), "{request}");
+
+    drop(runtime);
+    assert!(
+        matches!(
+            session.close_reason(),
+            Some(ipc_request::CloseReason::RuntimeShutDown)
+        ),
+        "{:?}",
+        session.close_reason()
+    );
+    theirs.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut rest = Vec::new();
+    let end = reader.read_to_end(&mut rest);
+    assert!(end.is_ok(), "no end of stream while our handle lives: {end:?}");
+    // The request's cancel may come first: its future was dropped with the
+    // runtime, a caller giving up.
+    let rest = String::from_utf8(rest).unwrap();
+    assert!(
+        rest.lines().all(|line| line.contains("MSG_TYPE:CANCEL")),
+        "{rest}"
+    );
+    // The handle that outlived its runtime tells a caller why.
+    let late = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(session.request::<_, Value>(&"too late"));
+    assert!(
+        matches!(
+            &late,
+            Err(Error::Closed(ipc_request::CloseReason::RuntimeShutDown))
+        ),
+        "{late:?}"
+    );
+}

@@ -61,6 +61,16 @@ impl Drop for WriterGone {
         // written now: its budget comes back.
         if let Ok(mut stream) = self.shared.writer.try_lock() {
             stream.partial = None;
+            if !self.done_writing {
+                // Dropped with its runtime: nothing will write to the
+                // stream or shut it down now. Let go of it, so that the
+                // socket closes once the reader's half is gone too and the
+                // peer sees the end, rather than wait for as long as a
+                // handle of ours lives (a review found a child left
+                // waiting so). The channel is closed already (`fail`
+                // above): no write reaches what takes its place.
+                stream.writer = Box::new(tokio::io::sink());
+            }
         }
         self.shared.finished.cancel();
     }
