@@ -63,12 +63,14 @@ pub enum Error {
     /// arrived but could not be deserialized: into the type the caller
     /// asked for, or (a plain message) as a `serde_json::Value`, which
     /// refuses nesting deeper than 128.
-    #[error("could not decode the {what}: {source}")]
+    #[error("could not decode the {what}: {error}")]
     Decode {
         /// What could not be decoded: `"answer"` or `"message"`.
         what: &'static str,
-        /// serde_json's error.
-        source: Arc<serde_json::Error>,
+        /// serde_json's error. In the message, and so not given as its
+        /// `source()`, as no other error here gives one: a printer of error
+        /// chains showed it twice.
+        error: Arc<serde_json::Error>,
     },
 
     /// The payload of the peer's request could not be deserialized into the
@@ -156,7 +158,7 @@ impl Error {
     pub(crate) fn decode_answer(e: serde_json::Error) -> Self {
         Error::Decode {
             what: "answer",
-            source: Arc::new(e),
+            error: Arc::new(e),
         }
     }
 
@@ -169,7 +171,7 @@ impl Error {
     pub(crate) fn decode_message(e: serde_json::Error) -> Self {
         Error::Decode {
             what: "message",
-            source: Arc::new(e),
+            error: Arc::new(e),
         }
     }
 }
