@@ -280,7 +280,11 @@ fn signal_name(sig: i32) -> &'static str {
 /// that do not implement `std::error::Error` themselves, such as
 /// `anyhow::Error` and `Box<dyn Error + Send + Sync>`, convert with
 /// [`from_dyn`](Self::from_dyn).
+///
+/// Made with [`new`](Self::new) and the `with_` methods, so that a field
+/// added later breaks no one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct RemoteError {
     /// The kind of error, like a JS error's `name` (`"TypeError"`).
     pub name: String,

@@ -108,6 +108,7 @@ const SNIPPET_CHARS: usize = 64;
 /// None of these is fatal to the stream: after an error the decoder goes on with the next
 /// line, and a failed [`encode`] leaves the output buffer as it was.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum FrameError {
     /// A line (or an outgoing message) longer than the maximum. When reading, the decoder has
     /// discarded it up to and including its newline; the next line decodes normally.

@@ -41,6 +41,7 @@ const HS_RESPONSE: &str = "_IPC_REQUEST/HANDSHAKE_MSG_TYPE:RESPONSE";
 
 /// A message from the peer, classified.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Inbound {
     /// The peer's handshake request.
     HandshakeRequest {
