@@ -571,6 +571,19 @@ impl Messages {
         let next = self.runtime.block_on_timeout(self.messages.recv(), timeout);
         next.unwrap_or(Some(Err(Error::Timeout(timeout))))
     }
+
+    /// Waits for the next plain message as the JSON text that came:
+    /// [`crate::Messages::recv_raw`].
+    pub fn recv_raw(&mut self) -> Option<Result<Message, Error>> {
+        self.runtime.block_on(self.messages.recv_raw())
+    }
+
+    /// [`recv_raw`](Self::recv_raw), waiting at most `timeout`, as
+    /// [`recv_timeout`](Self::recv_timeout) does.
+    pub fn recv_raw_timeout(&mut self, timeout: Duration) -> Option<Result<Message, Error>> {
+        let next = self.runtime.block_on_timeout(self.messages.recv_raw(), timeout);
+        next.unwrap_or(Some(Err(Error::Timeout(timeout))))
+    }
 }
 
 impl Iterator for Messages {

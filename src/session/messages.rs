@@ -35,10 +35,30 @@ impl Messages {
         &mut self,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<serde_json::Value, Error>>> {
-        self.rx.poll_recv(cx).map(|next| {
-            let (item, _budget) = next?;
-            Some(item.and_then(|message| serde_json::from_str(message.get()).map_err(Error::decode_message)))
+        self.poll_recv_raw(cx).map(|next| {
+            Some(next?.and_then(|message| serde_json::from_str(message.get()).map_err(Error::decode_message)))
         })
+    }
+
+    /// The next plain message as the JSON text that came (a [`Message`]),
+    /// to deserialize into a type of the caller's own
+    /// (`serde_json::from_str(message.get())`) without a
+    /// `serde_json::Value` first, which takes many times the size of its
+    /// text (32 bytes for each `0,` of an array). Otherwise as
+    /// [`recv`](Self::recv), with which it shares the stream; it never
+    /// gives `Error::Decode`.
+    pub async fn recv_raw(&mut self) -> Option<Result<Message, Error>> {
+        std::future::poll_fn(|cx| self.poll_recv_raw(cx)).await
+    }
+
+    /// [`recv_raw`](Self::recv_raw) as a poll.
+    pub fn poll_recv_raw(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Message, Error>>> {
+        // The message's share of the byte budget is given back here, as
+        // it leaves the buffer.
+        self.rx.poll_recv(cx).map(|next| next.map(|(item, _budget)| item))
     }
 }
 

@@ -35,6 +35,38 @@ async fn plain_messages_interleaved_with_requests_arrive_untouched_and_in_order(
     }
 }
 
+/// `recv_raw` hands over a message as the text that came, sharing the
+/// stream with `recv`: one deserializes into the caller's own type with
+/// no value tree, or keeps one no `Value` can hold (nested past 128).
+#[tokio::test]
+async fn plain_messages_as_the_text_that_came() {
+    let (a, b) = connected().await;
+    let mut messages = b.messages().unwrap();
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    a.send(&json!({"n": 1})).await.unwrap();
+    a.send(&serde_json::value::RawValue::from_string(deep.clone()).unwrap())
+        .await
+        .unwrap();
+    a.send(&json!("after")).await.unwrap();
+    a.send(&serde_json::value::RawValue::from_string(deep.clone()).unwrap())
+        .await
+        .unwrap();
+    let first = messages.recv_raw().await.unwrap().unwrap();
+    assert_eq!(first.get(), r#"{"n":1}"#);
+    assert_eq!(messages.recv_raw().await.unwrap().unwrap().get(), deep);
+    assert_eq!(messages.recv().await.unwrap().unwrap(), json!("after"));
+    // The same message through `recv` is a decode error.
+    assert!(matches!(
+        messages.recv().await,
+        Some(Err(Error::Decode { what: "message", .. }))
+    ));
+    a.shutdown().await;
+    let end = tokio::time::timeout(Duration::from_secs(10), messages.recv_raw())
+        .await
+        .expect("the stream did not end with the session");
+    assert!(end.is_none(), "{end:?}");
+}
+
 /// `Messages` is a `Stream` too: its combinators see every message, then
 /// its end when the session closes.
 #[tokio::test]
