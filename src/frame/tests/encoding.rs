@@ -169,3 +169,51 @@ fn error_messages_name_the_numbers() {
         "{invalid}"
     );
 }
+
+#[test]
+fn encode_wrapped_counts_the_suffix_against_the_maximum() {
+    // "[1]" is 3 bytes: the suffix is what takes it past 2. Without it
+    // counted, a line longer than the maximum (or than what Node reads,
+    // NODE_MAX_LINE_LEN) would go out: the protocol's `}` ends every
+    // request and answer this way.
+    let mut out = b"earlier\n".to_vec();
+    assert_eq!(
+        encode_wrapped(&[b"["], &1, b"]", 2, &mut out),
+        Err(FrameError::TooLong { len: 3, max: 2 })
+    );
+    assert_eq!(out, b"earlier\n");
+    assert_eq!(encode_wrapped(&[b"["], &1, b"]", 3, &mut out), Ok(()));
+    assert_eq!(out, b"earlier\n[1]\n");
+}
+
+#[test]
+fn encode_wrapped_refuses_a_prefix_already_past_the_maximum() {
+    // The prefix alone (5 bytes) is over the maximum: refused with its own
+    // length, before the value is written, and `out` is left as it was.
+    let mut out = b"xyz".to_vec();
+    assert_eq!(
+        encode_wrapped(&[b"[1,", b"2,"], &3, b"]", 4, &mut out),
+        Err(FrameError::TooLong { len: 5, max: 4 })
+    );
+    assert_eq!(out, b"xyz");
+    // A prefix of exactly the maximum is not refused for itself; the value
+    // after it is, and the length reported is past the maximum, as the
+    // error's own message ("exceeds the maximum") says.
+    let error = encode_wrapped(&[b"[1,2"], &3, b"]", 4, &mut out).unwrap_err();
+    assert!(
+        matches!(error, FrameError::TooLong { len, max: 4 } if len > 4),
+        "{error:?}"
+    );
+    assert_eq!(out, b"xyz");
+}
+
+#[test]
+fn encode_writes_a_big_top_level_string_into_an_empty_buffer() {
+    // The one big write that comes first in the line: room is made for it
+    // in a buffer that holds nothing yet (the other big-string test has a
+    // prefix before it).
+    let text = "x".repeat(5_000);
+    let mut out = Vec::new();
+    encode(text.as_str(), DEFAULT_MAX_MESSAGE_LEN, &mut out).unwrap();
+    assert_eq!(out, format!("\"{text}\"\n").into_bytes());
+}

@@ -354,3 +354,30 @@ fn an_over_long_line_that_comes_in_pieces_is_reported_with_its_whole_head() {
         assert_eq!(results[2], Ok("[1]".to_string()), "pieces of {piece}");
     }
 }
+
+#[test]
+fn the_default_limit_is_the_documented_64_mib() {
+    // README ("max message length | 64 MiB") and ChannelConfig's docs
+    // promise this figure; the test above only compares the constant with
+    // itself.
+    assert_eq!(DEFAULT_MAX_MESSAGE_LEN, 64 * 1024 * 1024);
+    let mut decoder = FrameDecoder::default();
+    let mut line = vec![b'1'; 2 * 1024 * 1024];
+    line.push(b'\n');
+    let mut buf = BytesMut::from(&line[..]);
+    assert!(
+        decoder.decode(&mut buf).unwrap().is_some(),
+        "a 2 MiB line is within the default"
+    );
+}
+
+#[test]
+#[cfg(target_pointer_width = "64")]
+fn the_node_line_cap_is_v8s_longest_string() {
+    // V8's `buffer.constants.MAX_STRING_LENGTH` on 64-bit: 2^29 - 24 UTF-16
+    // units (README: "536,870,888"). A larger cap lets a channel write a
+    // line whose `RangeError` kills the Node peer; every other test uses
+    // the constant by name, so its value is pinned only here.
+    assert_eq!(NODE_MAX_LINE_LEN, 536_870_888);
+    assert_eq!(NODE_MAX_LINE_LEN, (1 << 29) - 24);
+}
