@@ -139,13 +139,16 @@ async fn a_line_the_session_has_no_use_for_costs_no_more_than_a_few_times_itself
             r#"{"_IPC_REQUEST/HANDSHAKE_UID":"not ours","_IPC_REQUEST/HANDSHAKE_MSG_TYPE":"_IPC_REQUEST/HANDSHAKE_MSG_TYPE:RESPONSE","_IPC_REQUEST/EXTENSIONS":ZEROS}"#,
         ),
     ];
-    let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
-    let setup = tokio::spawn(
-        SessionBuilder::new().setup(Channel::from_unix(ours, ChannelConfig::default()).unwrap()),
-    );
-    let (mut reader, mut writer) = theirs.into_split();
-    common::answer_handshake(&mut reader, &mut writer, Some(&["error", "cancel"])).await;
-    let session = setup.await.unwrap().unwrap();
+    let (ours, theirs) = tokio::io::duplex(64 * 1024);
+    let extensions = Some(&["error", "cancel"][..]);
+    let (session, mut reader, mut writer) = common::hand_played::serve_over(
+        ours,
+        theirs,
+        SessionBuilder::new(),
+        ChannelConfig::default(),
+        extensions,
+    )
+    .await;
     let mut messages = session.messages().unwrap();
     // What the session writes (the answer to the late handshake) is read
     // and dropped.

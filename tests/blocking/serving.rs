@@ -264,18 +264,7 @@ fn a_runtime_dropped_while_a_blocking_handler_waits_on_the_peer_ends_the_wait() 
         told.send(format!("{answer:?}")).unwrap();
         answer
     });
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let session = runtime
-        .block_on(async {
-            ours.set_nonblocking(true).unwrap();
-            let stream = tokio::net::UnixStream::from_std(ours).unwrap();
-            ipc_request::setup(Channel::from_unix(stream, ChannelConfig::default())?, handler).await
-        })
-        .unwrap();
+    let (runtime, session) = common::session_on_a_runtime_of_its_own(ours, handler);
     entered_rx.recv_timeout(Duration::from_secs(10)).unwrap();
     let (dropped, dropped_rx) = mpsc::channel();
     std::thread::spawn(move || {

@@ -245,6 +245,28 @@ pub fn handshake_answer(hello: &str, extensions: Option<&[&str]>) -> String {
     format!("{answer}\n")
 }
 
+/// An async session over one end of a Unix socket pair, set up with
+/// `handler` on a multi-thread runtime of its own (one worker), which the
+/// caller may drop under it; returns once the peer has shaken hands.
+pub fn session_on_a_runtime_of_its_own(
+    ours: std::os::unix::net::UnixStream,
+    handler: impl Into<Option<Handler>>,
+) -> (tokio::runtime::Runtime, Session) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let session = runtime
+        .block_on(async {
+            ours.set_nonblocking(true).unwrap();
+            let stream = tokio::net::UnixStream::from_std(ours).unwrap();
+            ipc_request::setup(Channel::from_unix(stream, ChannelConfig::default())?, handler).await
+        })
+        .unwrap();
+    (runtime, session)
+}
+
 /// A blocking session (`ipc_request::blocking`) over one end of a Unix
 /// socket pair, with `builder`'s settings and handler and a 16 MiB write
 /// queue; returns once the peer at the other end has shaken hands.

@@ -343,15 +343,12 @@ where
 #[tokio::test]
 async fn a_late_handshake_request_does_not_stop_the_reader_while_our_queue_is_full() {
     const MESSAGE: usize = 1024;
-    let (a_io, b_io) = tokio::io::duplex(4096);
     let config = ChannelConfig {
         write_queue_bytes: 4 * MESSAGE,
         ..Default::default()
     };
-    let a = tokio::spawn(setup(Channel::from_stream(a_io, config), None));
-    let (mut b_read, mut b_write) = tokio::io::split(b_io);
-    answer_handshake_as_one_dot_zero(&mut b_read, &mut b_write).await;
-    let a = a.await.unwrap().unwrap();
+    let (ours, theirs) = tokio::io::duplex(4096);
+    let (a, mut b_read, mut b_write) = serve_over(ours, theirs, SessionBuilder::new(), config, None).await;
     let mut messages = a.messages().unwrap();
     let filler = {
         let a = a.clone();

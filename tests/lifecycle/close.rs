@@ -355,18 +355,7 @@ fn a_session_whose_runtime_shuts_down_ends_and_the_peer_sees_the_end() {
         (&theirs).write_all(answer.as_bytes()).unwrap();
         (theirs, reader)
     });
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let session = runtime
-        .block_on(async {
-            ours.set_nonblocking(true).unwrap();
-            let ours = tokio::net::UnixStream::from_std(ours).unwrap();
-            setup(Channel::from_unix(ours, ChannelConfig::default()).unwrap(), None).await
-        })
-        .unwrap();
+    let (runtime, session) = common::session_on_a_runtime_of_its_own(ours, None);
     let (theirs, mut reader) = peer.join().unwrap();
     let asking = session.clone();
     runtime.spawn(async move { asking.request::<_, Value>(&"never answered").await });
