@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::frame::FrameError;
 
@@ -283,7 +284,7 @@ fn signal_name(sig: i32) -> &'static str {
 ///
 /// Made with [`new`](Self::new) and the `with_` methods, so that a field
 /// added later breaks no one.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct RemoteError {
     /// The kind of error, like a JS error's `name` (`"TypeError"`).
@@ -303,20 +304,27 @@ pub struct RemoteError {
     /// A stack trace, as text, if the peer sent one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stack: Option<String>,
-    /// Any further data the handler attached. Read from a peer, data
-    /// nested deeper than a `serde_json::Value` holds (128 levels; Node has
-    /// no such limit) comes as its JSON text, in a string.
-    ///
-    /// A `Value` can take many times the size of its text (32 bytes for
-    /// each `0,` of an array), and a peer's error is read into one only for
-    /// a request that waits for it: the data of an answer to a request
-    /// given up, or never made, is not read at all.
-    ///
-    /// Boxed to keep the error small: a handler returns
-    /// `Result<T, RemoteError>`, and clippy's `result_large_err` warns
-    /// from 128 bytes on (unboxed, the error was 136).
+    /// Any further data the handler attached, as JSON text;
+    /// [`data_as`](Self::data_as) deserializes it. Read from a peer, it is
+    /// the text that came: the peer's to make as long as a line and as
+    /// deep as it likes (Node has no limit), it is never built as a
+    /// `serde_json::Value`, which can take many times the size of its text
+    /// (32 bytes for each `0,` of an array) and stops at 128 levels. The
+    /// error itself is read only for a request that waits for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data: Option<Box<serde_json::Value>>,
+    pub data: Option<Box<RawValue>>,
+}
+
+/// Field by field, the data by its text.
+impl PartialEq for RemoteError {
+    fn eq(&self, other: &Self) -> bool {
+        fn data(e: &RemoteError) -> Option<&str> {
+            e.data.as_deref().map(RawValue::get)
+        }
+        (&self.name, &self.message, &self.code, &self.stack)
+            == (&other.name, &other.message, &other.code, &other.stack)
+            && data(self) == data(other)
+    }
 }
 
 impl RemoteError {
@@ -381,8 +389,15 @@ impl RemoteError {
 
     /// Attaches data.
     pub fn with_data(mut self, data: impl Into<serde_json::Value>) -> Self {
-        self.data = Some(Box::new(data.into()));
+        // A `Value` always serializes: it is already JSON.
+        self.data = serde_json::value::to_raw_value(&data.into()).ok();
         self
+    }
+
+    /// The data deserialized as a `T` (`serde_json::Value` for any): `None`
+    /// if there is none.
+    pub fn data_as<T: serde::de::DeserializeOwned>(&self) -> Option<Result<T, serde_json::Error>> {
+        self.data.as_ref().map(|data| serde_json::from_str(data.get()))
     }
 
     /// Sets the stack trace text.
@@ -539,7 +554,8 @@ mod tests {
         let remote = RemoteError::from_dyn(&*boxed);
         assert_eq!(remote.name, "Error");
         assert_eq!(remote.message, "could not load the job: jobs.json is missing");
-        assert_eq!((remote.code, remote.stack, remote.data), (None, None, None));
+        assert_eq!((remote.code, remote.stack), (None, None));
+        assert!(remote.data.is_none());
     }
 
     /// The usual shape of a wrapper (`#[error("...: {0}")]` with
@@ -596,6 +612,32 @@ mod tests {
         let by_dyn = RemoteError::from_dyn(&*boxed);
         assert_eq!(by_dyn, RemoteError::from(Error::Cancelled));
         assert_eq!(by_dyn.name, "Cancelled");
+    }
+
+    /// The data is JSON text: set from a value, read as any type, compared
+    /// by its text, and made by serde from any deserializer of JSON (a
+    /// handler that builds its error from a request's `Value`).
+    #[test]
+    fn a_remote_errors_data_is_its_json_text() {
+        let e = RemoteError::new("E", "m").with_data(serde_json::json!({"n": [1, 2]}));
+        assert_eq!(e.data.as_deref().map(RawValue::get), Some(r#"{"n":[1,2]}"#));
+        #[derive(serde::Deserialize, Debug, PartialEq)]
+        struct N {
+            n: Vec<u8>,
+        }
+        assert_eq!(e.data_as::<N>().unwrap().unwrap(), N { n: vec![1, 2] });
+        assert!(e.data_as::<String>().unwrap().is_err());
+        assert!(RemoteError::new("E", "m").data_as::<N>().is_none());
+        assert_ne!(
+            e,
+            RemoteError::new("E", "m").with_data(serde_json::json!({"n": [2, 1]}))
+        );
+        let read: RemoteError =
+            serde_json::from_value(serde_json::json!({"name": "E", "message": "m", "data": {"n": [1, 2]}}))
+                .unwrap();
+        assert_eq!(read, e);
+        let text = serde_json::to_string(&e).unwrap();
+        assert_eq!(serde_json::from_str::<RemoteError>(&text).unwrap(), e);
     }
 
     /// A handler whose own call to a peer failed there, and that passes

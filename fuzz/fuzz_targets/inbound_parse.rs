@@ -15,7 +15,7 @@
 
 use bytes::BytesMut;
 use ipc_request::frame::FrameDecoder;
-use ipc_request::protocol::{classify, parse_inbound};
+use ipc_request::protocol::{Inbound, classify, parse_inbound, remote_error};
 use libfuzzer_sys::fuzz_target;
 
 const TEMPLATES: &[&str] = &[
@@ -52,6 +52,12 @@ fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(&text);
     assert_eq!(one_pass.is_ok(), two_pass.is_ok(), "{text}");
     if let (Ok(Some(one)), Ok(Some(two))) = (one_pass, two_pass) {
+        // An answer's error is carried as its text, and read only when a
+        // request waits for it: read it here, so that its reading is
+        // fuzzed too (it must not panic).
+        if let Inbound::Response { error: Some(error), .. } = &one {
+            let _ = remote_error(error);
+        }
         if rewritten {
             assert_eq!(std::mem::discriminant(&one), std::mem::discriminant(&two), "{text}");
         } else {

@@ -404,10 +404,9 @@ fn parse_extensions(raw: &RawValue) -> Vec<String> {
 ///
 /// Each field is taken as raw text first, so that one a `Value` cannot
 /// hold (nested past serde_json's 128 levels, which Node allows) costs
-/// only itself: a `data` that deep is kept as its JSON text, in a string,
-/// and the name and message still come through. A `code` other than a
-/// string or a number is kept as its JSON text, as sent, without being
-/// built as a value first.
+/// only itself, and the name and message still come through. The `data`
+/// stays that text; a `code` other than a string or a number is kept as
+/// its JSON text, as sent, in a string. Neither is built as a value tree.
 pub fn remote_error(raw: &RawValue) -> RemoteError {
     #[derive(Deserialize)]
     struct Loose<'a> {
@@ -426,13 +425,15 @@ pub fn remote_error(raw: &RawValue) -> RemoteError {
     let text = |v: Option<&RawValue>| {
         v.map(|raw| serde_json::from_str::<String>(raw.get()).unwrap_or_else(|_| raw.get().to_owned()))
     };
-    let value = |raw: &RawValue| {
-        serde_json::from_str(raw.get()).unwrap_or_else(|_| serde_json::Value::String(raw.get().to_owned()))
-    };
+    let as_text = |raw: &RawValue| serde_json::Value::String(raw.get().to_owned());
     let code = |raw: &RawValue| match raw.get().as_bytes().first() {
-        Some(b'"' | b'-' | b'0'..=b'9') => Some(value(raw)),
+        // A string (kept as its text if serde_json refuses it: a lone
+        // surrogate) or a number.
+        Some(b'"' | b'-' | b'0'..=b'9') => {
+            Some(serde_json::from_str(raw.get()).unwrap_or_else(|_| as_text(raw)))
+        }
         Some(b'n') => None,
-        _ => Some(serde_json::Value::String(raw.get().to_owned())),
+        _ => Some(as_text(raw)),
     };
     match serde_json::from_str::<Loose>(raw.get()) {
         Ok(l) => RemoteError {
@@ -440,7 +441,7 @@ pub fn remote_error(raw: &RawValue) -> RemoteError {
             message: text(l.message).unwrap_or_default(),
             code: l.code.and_then(code),
             stack: text(l.stack),
-            data: l.data.map(|data| Box::new(value(data))),
+            data: l.data.map(RawValue::to_owned),
         },
         Err(_) => RemoteError::new("Error", raw.get().to_string()),
     }

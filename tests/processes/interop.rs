@@ -90,7 +90,7 @@ async fn exercise_full_peer(session: &Session) {
         Err(Error::Remote(e)) => {
             assert_eq!((e.name.as_str(), e.message.as_str()), ("TypeError", "boom"));
             assert_eq!(e.code, Some(json!("E_BOOM")));
-            assert_eq!(e.data.as_deref(), Some(&json!({"n": 1})));
+            assert_eq!(e.data_as::<Value>().unwrap().unwrap(), json!({"n": 1}));
         }
         other => panic!("{other:?}"),
     }
