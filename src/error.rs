@@ -190,11 +190,13 @@ pub enum CloseReason {
     ChildExited(ExitStatus),
     /// Reading from or writing to the channel failed.
     Io(Arc<io::Error>),
-    /// The Tokio runtime the session was set up on shut down (dropped, or
-    /// its `block_on` returned, for a current-thread one with no other
-    /// thread inside it) while the session was open: its tasks are gone.
-    /// The socket is let go of, and the peer sees the end of the stream
-    /// once every task that held it is dropped.
+    /// The Tokio runtime the session (or the channel) was set up on shut
+    /// down while it was open: the runtime was dropped, or shut down with
+    /// `shutdown_timeout` or `shutdown_background`, and the tasks that
+    /// served it are gone. (A current-thread runtime whose `block_on` has
+    /// returned keeps them, to run in its next `block_on`.) The socket is
+    /// let go of, and the peer sees the end of the stream once every task
+    /// that held it is dropped.
     RuntimeShutDown,
 }
 

@@ -42,9 +42,7 @@ fn sends_fail_and_write_nothing_once_the_writer_task_is_gone() {
         sender.finished().await;
         for line in ["small".to_string(), "B".repeat(300)] {
             match sender.send(&line).await {
-                Err(crate::Error::Closed(crate::CloseReason::Io(e))) => {
-                    assert!(e.to_string().contains("writer task was dropped"), "{e}")
-                }
+                Err(crate::Error::Closed(crate::CloseReason::RuntimeShutDown)) => {}
                 other => panic!("a send past a writer that is gone: {other:?}"),
             }
         }
@@ -69,9 +67,7 @@ fn a_writer_task_dropped_before_its_end_ends_the_receiver_as_a_failed_write() {
             .await
             .expect("the receiver waits for ever on a writer that is gone");
         match ended {
-            Err(crate::Error::Closed(crate::CloseReason::Io(e))) => {
-                assert!(e.to_string().contains("writer task was dropped"), "{e}")
-            }
+            Err(crate::Error::Closed(crate::CloseReason::RuntimeShutDown)) => {}
             other => panic!("lines lost with the writer are no clean end: {other:?}"),
         }
         assert!(sender.write_error().is_some());

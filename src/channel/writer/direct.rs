@@ -10,7 +10,7 @@ use std::task::{Context, Poll, Waker};
 
 use tokio::io::AsyncWrite;
 
-use super::write_task::{fail, writer_task_dropped};
+use super::write_task::{fail, fail_for};
 use super::{ChannelSender, Command, LineTicket, Outgoing};
 use crate::error::Error;
 
@@ -69,7 +69,7 @@ impl ChannelSender {
                     // window; no test reaches it).
                     stream.partial = None;
                     shared.queued_lines.fetch_sub(1, Ordering::AcqRel);
-                    fail(shared, writer_task_dropped());
+                    fail_for(shared, crate::error::CloseReason::RuntimeShutDown);
                     return Err(self.closed_error());
                 }
                 // Half written: it can no longer be taken back.

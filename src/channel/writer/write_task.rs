@@ -48,14 +48,15 @@ impl Drop for WriterGone {
             // Only the shutdown was left: everything queued is written (or
             // a failure recorded), so this is no failure. The first reason
             // stays: `Local` after a close, the write's error after one.
-            self.shared
-                .set_closed(CloseReason::Io(Arc::new(writer_task_dropped())));
+            self.shared.set_closed(CloseReason::RuntimeShutDown);
         } else {
             // Cut short with lines maybe queued: a failure, recorded and
             // the receiver woken, so that the session ends (its pending
             // requests fail) rather than wait for lines nobody writes. A
-            // failure recorded before stays (`fail` keeps the first).
-            fail(&self.shared, writer_task_dropped());
+            // failure recorded before stays (`fail` keeps the first). Said
+            // as the session will say it: a send in the moment before the
+            // session hears of it is told the same reason.
+            fail_for(&self.shared, CloseReason::RuntimeShutDown);
         }
         // The rest of a line a direct write left for the task is never
         // written now: its budget comes back.
@@ -74,13 +75,6 @@ impl Drop for WriterGone {
         }
         self.shared.finished.cancel();
     }
-}
-
-/// The error of a channel whose writer task was dropped before it ended:
-/// its runtime shut down. One wording, whichever side finds it (the task's
-/// drop, or a direct write that could not hand its rest over).
-pub(super) fn writer_task_dropped() -> io::Error {
-    io::Error::other("the channel's writer task was dropped (its runtime shut down)")
 }
 
 /// The writer task.
@@ -269,8 +263,14 @@ fn count_out(mut out: Outgoing, shared: &SenderShared) -> usize {
 }
 
 pub(super) fn fail(shared: &SenderShared, e: io::Error) {
-    tracing::debug!("channel write failed: {e}");
-    let reason = CloseReason::Io(Arc::new(e));
+    fail_for(shared, CloseReason::Io(Arc::new(e)));
+}
+
+/// [`fail`], for a reason of any kind: the writer task dropped with its
+/// runtime (from the task's drop, or a direct write that could not hand
+/// the rest of its line over) is `RuntimeShutDown`.
+pub(super) fn fail_for(shared: &SenderShared, reason: CloseReason) {
+    tracing::debug!("channel write failed: {reason}");
     let _ = shared.write_error.set(reason.clone());
     shared.set_closed(reason);
     shared.write_failure_waker.wake();
