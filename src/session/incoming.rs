@@ -88,7 +88,9 @@ impl Shared {
                     // A handshake request after the first: answered as a
                     // refusal is, without waiting for room in the write
                     // queue, which would stop the reader while our own
-                    // requests fill it.
+                    // requests fill it. During setup this answer may pass
+                    // the first one's, which waits for room in its task: a
+                    // peer matches answers by UID (PROTOCOL.md 2.1).
                     self.send_unwaited(line).await;
                 }
             }
