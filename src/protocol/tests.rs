@@ -658,3 +658,52 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn a_cancel_is_read_as_a_cancel_of_that_uid() {
+    // The `cancel` extension (PROTOCOL.md 3): the peer stops waiting for
+    // its request; read as plain, the handler would run on and the user
+    // would get the cancel as a message of theirs.
+    for (text, uid) in [
+        (encode(&MessageOut::cancel("7")), "7"),
+        (
+            r#"{"_IPC_REQUEST/REQUEST_UID":"a\"b","_IPC_REQUEST/PAYLOAD":null,"_IPC_REQUEST/MSG_TYPE":"_IPC_REQUEST/MSG_TYPE:CANCEL"}"#.to_string(),
+            r#"a\"b"#,
+        ),
+    ] {
+        assert!(
+            matches!(classify(msg(&text)), Inbound::Cancel { uid: u } if u.as_json() == uid),
+            "{text}"
+        );
+        assert!(
+            matches!(parse_inbound(LineText::clean(&text)), Ok(Inbound::Cancel { uid: u }) if u.as_json() == uid),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn a_too_long_line_with_its_type_twice_is_only_reported() {
+    // The reader of whole lines takes a repeated MSG_TYPE for a plain
+    // message; the head reader must not fail one of our requests for it.
+    let twice = r#"{"_IPC_REQUEST/MSG_TYPE":"_IPC_REQUEST/MSG_TYPE:RESPONSE","_IPC_REQUEST/MSG_TYPE":"_IPC_REQUEST/MSG_TYPE:RESPONSE","_IPC_REQUEST/REQUEST_UID":"7","_IPC_REQUEST/PAYLOAD":0"#;
+    assert_eq!(unreadable_line(twice.as_bytes()), None);
+    assert!(matches!(
+        parse_inbound_line(LineText::clean(&format!("{twice}}}"))),
+        Ok((Inbound::Plain(_), _))
+    ));
+}
+
+#[test]
+fn a_peer_uid_shows_as_its_json_text() {
+    // Log lines show a UID as the peer wrote it, a lone surrogate as its
+    // escape.
+    let uid = match unreadable_line(
+        br#"{"_IPC_REQUEST/MSG_TYPE":"_IPC_REQUEST/MSG_TYPE:REQUEST","_IPC_REQUEST/REQUEST_UID":"a\uD800\"","_IPC_REQUEST/PAYLOAD":"#,
+    ) {
+        Some(UnreadableLine::Request(uid)) => uid,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(uid.to_string(), r#"a\ud800\""#);
+    assert_eq!(format!("{uid:?}"), r#"PeerUid("a\ud800\"")"#);
+}

@@ -433,3 +433,19 @@ fn a_string_of_escapes_stops_at_the_maximum_length() {
         assert_eq!(encode(&text, max, &mut out).is_ok(), fits, "max {max}");
     }
 }
+
+#[test]
+fn a_string_that_reaches_the_limit_at_an_escape_is_refused_not_cut() {
+    // The line is full just as an escape is due: the string is too long,
+    // and must not go out cut off there (`"\n\n…`, no closing quote,
+    // which a Node peer cannot parse).
+    // `"` and `a` escapes fill `max`; the next escape is due there.
+    for a in [2, 10, 100] {
+        let max = 1 + 2 * a;
+        let text = "\n".repeat(a + 1);
+        let mut out = b"kept".to_vec();
+        let err = encode(&text, max, &mut out).unwrap_err();
+        assert!(matches!(err, FrameError::TooLong { .. }), "{a}: {err}");
+        assert_eq!(out, b"kept");
+    }
+}
