@@ -75,9 +75,8 @@ pub enum Inbound {
         payload: Message,
         /// The handler's failure (`error` extension), as its JSON text:
         /// [`remote_error`] reads it, once the session knows a request
-        /// waits for it (its `data` becomes a value tree, many times the
-        /// size of its text, which a peer must not make us build for
-        /// nothing).
+        /// waits for it (reading copies its fields, up to a line's worth,
+        /// which an answer nobody waits for must not cost).
         error: Option<Box<RawValue>>,
     },
     /// The peer stopped waiting for one of its requests (`cancel` extension).
@@ -426,20 +425,18 @@ pub fn remote_error(raw: &RawValue) -> RemoteError {
         v.map(|raw| serde_json::from_str::<String>(raw.get()).unwrap_or_else(|_| raw.get().to_owned()))
     };
     let as_text = |raw: &RawValue| serde_json::Value::String(raw.get().to_owned());
+    // (A `null` code is no code: serde reads it as `None` already.)
     let code = |raw: &RawValue| match raw.get().as_bytes().first() {
         // A string (kept as its text if serde_json refuses it: a lone
         // surrogate) or a number.
-        Some(b'"' | b'-' | b'0'..=b'9') => {
-            Some(serde_json::from_str(raw.get()).unwrap_or_else(|_| as_text(raw)))
-        }
-        Some(b'n') => None,
-        _ => Some(as_text(raw)),
+        Some(b'"' | b'-' | b'0'..=b'9') => serde_json::from_str(raw.get()).unwrap_or_else(|_| as_text(raw)),
+        _ => as_text(raw),
     };
     match serde_json::from_str::<Loose>(raw.get()) {
         Ok(l) => RemoteError {
             name: text(l.name).unwrap_or_else(|| "Error".into()),
             message: text(l.message).unwrap_or_default(),
-            code: l.code.and_then(code),
+            code: l.code.map(code),
             stack: text(l.stack),
             data: l.data.map(RawValue::to_owned),
         },

@@ -103,8 +103,8 @@ impl Shared {
             Inbound::Request { uid, payload } => self.start_handler(uid, payload).await,
             Inbound::Response { uid, payload, error } => {
                 let delivered = uid.as_ref().is_ok_and(|&id| match error {
-                    // Read only for a request that waits: its data becomes
-                    // a value tree, which takes many times its text.
+                    // Read only for a request that waits: reading copies
+                    // the error's fields, up to a line's worth.
                     Some(error) if self.awaits_answer(id) => {
                         let error = protocol::remote_error(&error);
                         self.deliver_answer(id, Err(Box::new(Error::Remote(Box::new(error)))))
